@@ -1,0 +1,297 @@
+"""Datasets (paper Table 5) as in-memory arrays, online through TFDS or offline from standard files.
+
+Pixels are scaled to [0, 1] and nothing else is done (PAPER.md "Data"). Offline sources:
+- MNIST / Fashion-MNIST: the four IDX `.gz` files (as Debian's `dataset-fashion-mnist` installs
+  them in /usr/share/datasets/fashion-mnist/). Checked against the upstream `.gz` MD5 or the
+  SHA-256 of the decompressed bytes (Debian re-compresses the files, the content is the same).
+- CIFAR-10 / CIFAR-100: the "python version" archives, MD5-checked.
+- cifar10_jpeg: the CIFAR-10 JPEG stand-in (`../shared/data/cifar10-jpeg.tar.gz`), SHA-256 checked;
+  decoded once and cached beside the project in `.cache/`.
+- TIMIT (F2): LDC-licensed; a user-made `timit.npz` (see `TIMIT_FORMAT`).
+- synthetic_mnist / synthetic_cifar10: small Gaussian-cluster data for tests and smoke runs; never
+  a paper result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from replication import storage
+
+
+class DataError(RuntimeError):
+    """A dataset is missing, corrupt or malformed; the message says what to download and where."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    name: str
+    label: str          # how results name the data (stand-ins say so)
+    source: str         # "tfds", a path, or "generated"
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+
+LABELS = {
+    "mnist": "MNIST",
+    "fashion_mnist": "Fashion-MNIST (stand-in for MNIST)",
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+    "cifar10_jpeg": "CIFAR-10 (JPEG q75 stand-in)",
+    "timit": "TIMIT (user-supplied features)",
+    "synthetic_mnist": "synthetic MNIST-shaped clusters (test data)",
+    "synthetic_cifar10": "synthetic CIFAR-shaped clusters (test data)",
+}
+NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
+               "cifar10_jpeg": 10, "timit": 1973, "synthetic_mnist": 10, "synthetic_cifar10": 10}
+
+INPUT_SHAPE = {name: (28, 28, 1) for name in ("mnist", "fashion_mnist", "synthetic_mnist")}
+INPUT_SHAPE.update({name: (32, 32, 3) for name in ("cifar10", "cifar100", "cifar10_jpeg",
+                                                   "synthetic_cifar10")}, timit=(360,))
+
+IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+# Accepted checksums per file: the upstream .gz MD5 and, where known, the SHA-256 of the
+# decompressed IDX bytes (measured on Debian's dataset-fashion-mnist 0.0~git20200523).
+IDX_CHECKSUMS = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": {"md5": "f68b3c2dcbeaaa9fbdd348bbdeb94873"},
+        "train-labels-idx1-ubyte.gz": {"md5": "d53e105ee54ea40749a09fcbcd1e9432"},
+        "t10k-images-idx3-ubyte.gz": {"md5": "9fb629c4189551a2d022fa330f9573f3"},
+        "t10k-labels-idx1-ubyte.gz": {"md5": "ec29112dd5afa0611ce80d1b7f02629c"},
+    },
+    "fashion_mnist": {
+        "train-images-idx3-ubyte.gz": {
+            "md5": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "content_sha256": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"},
+        "train-labels-idx1-ubyte.gz": {
+            "md5": "25c81989df183df01b3e8a0aad5dffbe",
+            "content_sha256": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"},
+        "t10k-images-idx3-ubyte.gz": {
+            "md5": "bef4ecab320f06d8554ea6380940ec79",
+            "content_sha256": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"},
+        "t10k-labels-idx1-ubyte.gz": {
+            "md5": "bb300cfdad3c16e7a12a480ee83cd310",
+            "content_sha256": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"},
+    },
+}
+CIFAR_ARCHIVES = {
+    "cifar10": ("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
+                "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
+    "cifar100": ("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
+                 "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
+}
+JPEG_ARCHIVE = "cifar10-jpeg.tar.gz"
+JPEG_SHA256 = "b379c20532d0d7113e4257fb4fe37c05481e5a503319cd10c2de3889728c9e18"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+TIMIT_FORMAT = ("timit.npz with arrays x_train (N, 360) float32, y_train (N,) int in [0, 1973), "
+                "x_test (M, 360) float32, y_test (M,) int in [0, 1973)")
+TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist",
+              "cifar10": "cifar10", "cifar100": "cifar100"}
+DOWNLOAD_HINT = {
+    "mnist": "the four MNIST IDX files (train-images-idx3-ubyte.gz, ...) from "
+             "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "fashion_mnist": "the four Fashion-MNIST IDX files (Debian: `apt-get install "
+                     "dataset-fashion-mnist` puts them in /usr/share/datasets/fashion-mnist/)",
+    "cifar10": f"{CIFAR_ARCHIVES['cifar10'][0]} from {CIFAR_ARCHIVES['cifar10'][2]}",
+    "cifar100": f"{CIFAR_ARCHIVES['cifar100'][0]} from {CIFAR_ARCHIVES['cifar100'][2]}",
+    "cifar10_jpeg": f"{JPEG_ARCHIVE} (the project's ../shared/data/ holds it)",
+    "timit": f"{TIMIT_FORMAT}, made as the README's 'TIMIT' section says",
+}
+
+
+def load(name: str, data_dir: str | None = None) -> Dataset:
+    """Load dataset `name` from `data_dir` (offline) or through TFDS (data_dir None)."""
+    if name not in LABELS:
+        raise DataError(f"unknown dataset {name!r}: use one of {sorted(LABELS)}")
+    if name.startswith("synthetic_"):
+        return _synthetic(name)
+    if data_dir is None:
+        if name in TFDS_NAMES:
+            return _from_tfds(name)
+        raise DataError(f"dataset {name} has no download: set data_dir to a directory holding "
+                        f"{DOWNLOAD_HINT[name]}")
+    directory = Path(data_dir).expanduser()
+    if not directory.is_dir():
+        raise DataError(f"data directory {directory} for {name} does not exist: create it and put "
+                        f"{DOWNLOAD_HINT[name]} in it (or set data_dir: null to download through TFDS)")
+    loader = {"mnist": _idx, "fashion_mnist": _idx, "cifar10": _cifar, "cifar100": _cifar,
+              "cifar10_jpeg": _jpeg, "timit": _timit}[name]
+    x_train, y_train, x_test, y_test = loader(name, directory)
+    return _checked(name, str(directory), x_train, y_train, x_test, y_test)
+
+
+def _checked(name, source, x_train, y_train, x_test, y_test) -> Dataset:
+    k = NUM_CLASSES[name]
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        if len(x) != len(y):
+            raise DataError(f"{name} {split}: {len(x)} inputs but {len(y)} labels")
+        if len(y) and (y.min() < 0 or y.max() >= k):
+            raise DataError(f"{name} {split}: labels out of range [0, {k}) "
+                            f"(found {int(y.min())}..{int(y.max())})")
+    return Dataset(name, LABELS[name], source, x_train.astype(np.float32), y_train.astype(np.int32),
+                   x_test.astype(np.float32), y_test.astype(np.int32), k)
+
+
+def _missing(name: str, path: Path) -> DataError:
+    return DataError(f"{name}: {path} not found: download {DOWNLOAD_HINT[name]} into {path.parent}")
+
+
+def _digest(data: bytes, algorithm: str) -> str:
+    return hashlib.new(algorithm, data).hexdigest()
+
+
+def read_idx(raw: bytes) -> np.ndarray:
+    """Parse IDX bytes (big-endian, unsigned byte data) into an array."""
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError("not an IDX file of unsigned bytes (bad magic number)")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(int)
+    offset = 4 + 4 * ndim
+    if len(raw) - offset != int(np.prod(dims)):
+        raise DataError(f"IDX file truncated: header says {tuple(dims)}, "
+                        f"found {len(raw) - offset} bytes of data")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def _idx(name, directory):
+    arrays = []
+    for filename in IDX_FILES:
+        path = directory / filename
+        if not path.is_file():
+            raise _missing(name, path)
+        packed = path.read_bytes()
+        try:
+            raw = gzip.decompress(packed)
+        except (OSError, EOFError) as err:
+            raise DataError(f"{path}: not a valid gzip file ({err}): download it again") from None
+        known = IDX_CHECKSUMS[name][filename]
+        if _digest(packed, "md5") != known["md5"] and \
+                _digest(raw, "sha256") != known.get("content_sha256"):
+            raise DataError(f"{path}: checksum mismatch (corrupt or a different file): "
+                            f"download {DOWNLOAD_HINT[name]} again")
+        try:
+            arrays.append(read_idx(raw))
+        except DataError as err:
+            raise DataError(f"{path}: {err}") from None
+    x_train, y_train, x_test, y_test = arrays
+    return x_train[..., None] / 255.0, y_train, x_test[..., None] / 255.0, y_test
+
+
+def _cifar(name, directory):
+    filename, md5, _ = CIFAR_ARCHIVES[name]
+    path = directory / filename
+    if not path.is_file():
+        raise _missing(name, path)
+    packed = path.read_bytes()
+    if _digest(packed, "md5") != md5:
+        raise DataError(f"{path}: checksum mismatch (corrupt or a different file): "
+                        f"download {DOWNLOAD_HINT[name]} again")
+    members = {"cifar10": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
+               "cifar100": (["train"], ["test"], b"fine_labels")}[name]
+    with tarfile.open(fileobj=io.BytesIO(packed)) as tar:
+        batches = {Path(m.name).name: pickle.loads(tar.extractfile(m).read(), encoding="bytes")
+                   for m in tar.getmembers() if m.isfile()}
+
+    def stack(names):
+        x = np.concatenate([batches[n][b"data"] for n in names]).reshape(-1, 3, 32, 32)
+        y = np.concatenate([np.asarray(batches[n][members[2]]) for n in names])
+        return x.transpose(0, 2, 3, 1) / 255.0, y
+
+    return (*stack(members[0]), *stack(members[1]))
+
+
+def _jpeg(name, directory):
+    """Decode the JPEG stand-in once (tf.io.decode_jpeg) and cache the uint8 arrays."""
+    path = directory / JPEG_ARCHIVE
+    if not path.is_file():
+        raise _missing(name, path)
+    packed = path.read_bytes()
+    checksum = _digest(packed, "sha256")
+    if checksum != JPEG_SHA256:
+        raise DataError(f"{path}: checksum mismatch (corrupt or a different file): "
+                        f"use the archive from ../shared/data/")
+    cache = Path(os.environ.get("REPLICATION_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
+    cached = cache / f"cifar10_jpeg-{checksum[:16]}.npz"
+    if not cached.is_file():
+        import tensorflow as tf
+
+        images = {"train": [], "test": []}
+        labels = {"train": [], "test": []}
+        with tarfile.open(fileobj=io.BytesIO(packed)) as tar:
+            for member in sorted(tar.getmembers(), key=lambda m: m.name):
+                parts = Path(member.name).parts
+                if not member.isfile() or not member.name.endswith(".jpg"):
+                    continue
+                split, cls = parts[-3], parts[-2]
+                images[split].append(tf.io.decode_jpeg(tar.extractfile(member).read(), channels=3).numpy())
+                labels[split].append(CIFAR10_CLASSES.index(cls))
+        storage.atomic_savez(cached, **{f"x_{s}": np.stack(images[s]) for s in images},
+                             **{f"y_{s}": np.asarray(labels[s]) for s in labels})
+    with np.load(cached) as arrays:
+        return (arrays["x_train"] / 255.0, arrays["y_train"], arrays["x_test"] / 255.0, arrays["y_test"])
+
+
+def _timit(name, directory):
+    path = directory / "timit.npz"
+    if not path.is_file():
+        raise _missing(name, path)
+    try:
+        with np.load(path) as arrays:
+            parts = [arrays[k] for k in ("x_train", "y_train", "x_test", "y_test")]
+    except KeyError as err:
+        raise DataError(f"{path}: missing array {err}: expected {TIMIT_FORMAT}") from None
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable .npz ({err}): expected {TIMIT_FORMAT}") from None
+    for key, x in (("x_train", parts[0]), ("x_test", parts[2])):
+        if x.ndim != 2 or x.shape[1] != 360:
+            raise DataError(f"{path}: {key} has shape {x.shape}, expected (N, 360): {TIMIT_FORMAT}")
+    return parts
+
+
+def _from_tfds(name):
+    import tensorflow_datasets as tfds
+
+    try:
+        splits = tfds.load(TFDS_NAMES[name], split=["train", "test"], batch_size=-1,
+                           as_supervised=True)
+    except Exception as err:  # network errors come in many types
+        raise DataError(f"could not download {name} through tensorflow-datasets ({err}). Offline: "
+                        f"set data_dir to a directory holding {DOWNLOAD_HINT[name]}") from None
+    (x_train, y_train), (x_test, y_test) = tfds.as_numpy(splits)
+    return _checked(name, "tfds", x_train / 255.0, y_train, x_test / 255.0, y_test)
+
+
+def _synthetic(name):
+    """Learnable Gaussian clusters: 2000 train / 500 test examples, fixed seed."""
+    shape = (28, 28, 1) if name == "synthetic_mnist" else (32, 32, 3)
+    rng = np.random.default_rng(1234)
+    centers = rng.uniform(0.2, 0.8, size=(10, *shape))
+
+    def make(n):
+        y = rng.integers(0, 10, size=n)
+        x = np.clip(centers[y] + rng.normal(0, 0.25, size=(n, *shape)), 0, 1)
+        return x, y
+
+    return _checked(name, "generated", *make(2000), *make(500))
+
+
+def subset(x: np.ndarray, y: np.ndarray, size: int | None, seed: int = 0):
+    """A fixed random subset of `size` examples, in their original order (same for every run)."""
+    if size is None or size >= len(x):
+        return x, y
+    index = np.sort(np.random.default_rng(seed).permutation(len(x))[:size])
+    return x[index], y[index]

@@ -1,0 +1,166 @@
+"""The paper's six networks (Keskar et al. 2017, appendix B) as functions returning keras.Model.
+
+Where the paper is silent or disagrees with the authors' code, we follow the official
+`network_zoo.py` (github.com/keskarnitish/large-batch-training) and say so in each docstring.
+Common choices: Keras default initialisation (Glorot uniform kernels, zero biases), Dense and Conv
+layers keep their bias before batch norm (as Keras 1 did), batch-norm epsilon 1e-3 (Keras 1),
+no batch norm on the output layer, softmax output.
+
+Batch normalisation is a config choice:
+- "batch_statistics": Keras 1 `BatchNormalization(mode=2)`, the paper's: normalise with the
+  statistics of the current batch in training and in evaluation alike, no moving averages.
+- "moving_average": modern `keras.layers.BatchNormalization` (moving averages at evaluation).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+BN_EPSILON = 1e-3  # Keras 1 default
+
+
+@keras.saving.register_keras_serializable(package="replication")
+class BatchStatNormalization(layers.Layer):
+    """Batch norm that always uses the current batch's statistics (Keras 1 mode=2).
+
+    Trainable gamma and beta per feature (last axis); no moving mean or variance, so the
+    `training` flag does not change its output.
+    """
+
+    def __init__(self, epsilon: float = BN_EPSILON, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        self.gamma = self.add_weight(shape=(dim,), initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=(dim,), initializer="zeros", name="beta")
+
+    def call(self, inputs, training=None):
+        axes = list(range(len(inputs.shape) - 1))
+        mean, variance = ops.moments(inputs, axes=axes)
+        return (inputs - mean) * ops.rsqrt(variance + self.epsilon) * self.gamma + self.beta
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+def _bn(batchnorm: str) -> layers.Layer:
+    if batchnorm == "batch_statistics":
+        return BatchStatNormalization()
+    if batchnorm == "moving_average":
+        return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99)
+    raise ValueError(f"unknown batchnorm {batchnorm!r}: use 'batch_statistics' or 'moving_average'")
+
+
+def _dense_block(h, units: int, batchnorm: str):
+    h = layers.Dense(units)(h)
+    h = _bn(batchnorm)(h)
+    return layers.Activation("relu")(h)
+
+
+def _fully_connected(name, input_shape, num_classes, depth, batchnorm):
+    inputs = keras.Input(shape=input_shape)
+    h = layers.Flatten()(inputs) if len(input_shape) > 1 else inputs
+    for _ in range(depth):
+        h = _dense_block(h, 512, batchnorm)
+    outputs = layers.Dense(num_classes, activation="softmax")(h)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def f1(input_shape=(28, 28, 1), num_classes=10, batchnorm="batch_statistics") -> keras.Model:
+    """F1 (MNIST): 784 -> 5 x [Dense 512 -> BN -> ReLU] -> Dense 10 softmax (appendix B.1)."""
+    return _fully_connected("F1", input_shape, num_classes, 5, batchnorm)
+
+
+def f2(input_shape=(360,), num_classes=1973, batchnorm="batch_statistics") -> keras.Model:
+    """F2 (TIMIT): 360 -> 7 x [Dense 512 -> BN -> ReLU] -> Dense 1973 softmax (appendix B.1)."""
+    return _fully_connected("F2", input_shape, num_classes, 7, batchnorm)
+
+
+def _shallow_conv(name, input_shape, num_classes, batchnorm):
+    """C1/C3: the official code's AlexNet-like net.
+
+    The paper writes the conv layers as [64, 5, 5, 2]; the official code uses stride 1 in the
+    convolution and puts stride 2 in the 3x3 'same' max-pool. We follow the code: 32 -> 16 -> 8,
+    so Flatten gives 8x8x64 = 4096 features.
+    """
+    inputs = keras.Input(shape=input_shape)
+    h = inputs
+    for _ in range(2):
+        h = layers.Conv2D(64, 5, padding="same")(h)
+        h = _bn(batchnorm)(h)
+        h = layers.Activation("relu")(h)
+        h = layers.MaxPooling2D(pool_size=3, strides=2, padding="same")(h)
+    h = layers.Flatten()(h)
+    for units in (384, 192):
+        h = _dense_block(h, units, batchnorm)
+        h = layers.Dropout(0.5)(h)
+    outputs = layers.Dense(num_classes, activation="softmax")(h)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def c1(input_shape=(32, 32, 3), num_classes=10, batchnorm="batch_statistics") -> keras.Model:
+    """C1 (CIFAR-10), shallow convolutional network (appendix B.2; see `_shallow_conv`)."""
+    return _shallow_conv("C1", input_shape, num_classes, batchnorm)
+
+
+def c3(input_shape=(32, 32, 3), num_classes=100, batchnorm="batch_statistics") -> keras.Model:
+    """C3 (CIFAR-100): C1 with a 100-way output (appendix B.2)."""
+    return _shallow_conv("C3", input_shape, num_classes, batchnorm)
+
+
+VGG_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+
+def _vgg(name, input_shape, num_classes, batchnorm):
+    """C2/C4: the official code's VGG-16-like net (appendix B.2 gives only "VGG").
+
+    Every conv is 3x3 'same' -> BN -> ReLU; 2x2 max-pool after each block. Dropout (official code):
+    0.3 after the very first conv, 0.4 after every other conv that is not last in its block, then
+    Flatten (1x1x512) -> Dropout 0.5 -> Dense 512 -> BN -> ReLU -> Dropout 0.5 -> softmax.
+    """
+    inputs = keras.Input(shape=input_shape)
+    h = inputs
+    first = True
+    for block in VGG_BLOCKS:
+        for i, filters in enumerate(block):
+            h = layers.Conv2D(filters, 3, padding="same")(h)
+            h = _bn(batchnorm)(h)
+            h = layers.Activation("relu")(h)
+            if i < len(block) - 1:
+                h = layers.Dropout(0.3 if first else 0.4)(h)
+            first = False
+        h = layers.MaxPooling2D(pool_size=2, strides=2)(h)
+    h = layers.Flatten()(h)
+    h = layers.Dropout(0.5)(h)
+    h = _dense_block(h, 512, batchnorm)
+    h = layers.Dropout(0.5)(h)
+    outputs = layers.Dense(num_classes, activation="softmax")(h)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def c2(input_shape=(32, 32, 3), num_classes=10, batchnorm="batch_statistics") -> keras.Model:
+    """C2 (CIFAR-10), VGG-like (appendix B.2; see `_vgg`)."""
+    return _vgg("C2", input_shape, num_classes, batchnorm)
+
+
+def c4(input_shape=(32, 32, 3), num_classes=100, batchnorm="batch_statistics") -> keras.Model:
+    """C4 (CIFAR-100): C2 with a 100-way output (appendix B.2)."""
+    return _vgg("C4", input_shape, num_classes, batchnorm)
+
+
+MODELS = {"F1": f1, "F2": f2, "C1": c1, "C2": c2, "C3": c3, "C4": c4}
+
+
+def build(network: str, input_shape, num_classes: int, batchnorm: str) -> keras.Model:
+    if network not in MODELS:
+        raise ValueError(f"unknown network {network!r}: use one of {sorted(MODELS)}")
+    return MODELS[network](input_shape=tuple(input_shape), num_classes=num_classes, batchnorm=batchnorm)
+
+
+def parameter_counts(model: keras.Model) -> tuple[int, int]:
+    """(trainable, non-trainable) scalar counts."""
+    count = lambda vs: int(sum(int(ops.size(v)) for v in vs))  # noqa: E731
+    return count(model.trainable_weights), count(model.non_trainable_weights)

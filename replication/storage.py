@@ -1,0 +1,124 @@
+"""Atomic files and locks: nothing half-written is ever read, concurrent jobs never collide.
+
+Every result goes through a temporary file in the same directory, fsync, then os.replace, so a
+reader sees the old file or the new one, never a partial one. Locks are fcntl.flock on a
+`.lock` file: `make -j` jobs that ask for the same run wait for each other instead of both
+writing it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+class StorageError(OSError):
+    """An output location cannot be written; the message names the path and the fix."""
+
+
+def _explain(path: Path, err: OSError) -> StorageError:
+    if err.errno == errno.ENOSPC:
+        return StorageError(f"{path}: no space left on the device: free space or point "
+                            "results_dir at another disk")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StorageError(f"{path}: cannot write here (permission denied or read-only): "
+                            "choose a writable results_dir")
+    return StorageError(f"{path}: cannot write: {err}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ""):
+    """Yield a temporary path beside `path`; on success rename it over `path`."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=suffix)
+        os.close(fd)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read by others
+    except OSError as err:
+        raise _explain(path, err) from None
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        raise _explain(path, err) from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
+
+
+def atomic_write_csv(path, rows: list[dict], fieldnames: list[str] | None = None) -> None:
+    fieldnames = fieldnames or (list(rows[0]) if rows else [])
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fieldnames, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def atomic_savez(path, **arrays) -> None:
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
+
+
+def save_weights(model, path) -> None:
+    """model.save_weights through a temporary file (Keras wants the .weights.h5 suffix)."""
+    with atomic_path(path, suffix=".weights.h5") as tmp:
+        model.save_weights(tmp)
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+def read_csv(path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def sha256_file(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike):
+    """Exclusive lock on `path` (created if needed); blocks while another process holds it."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")
+    except OSError as err:
+        raise _explain(path, err) from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,289 @@
+"""The SB/LB protocol of Keskar et al. (2017), section 2.2 and appendix B, for one run.
+
+One run = (network, regime, seed) -> a self-describing run directory:
+
+    <results_dir>/<network>_<dataset>/<regime>/seed<N>/
+        config.yaml         resolved config (plus regime, seed, batch size)
+        env.json            git commit/dirty, versions, device, seed, start/end time, wall time
+        history.csv         one row per epoch: train/test loss and accuracy
+        metrics.json        final numbers, stopping reason, divergence, deviations from the paper
+        initial.weights.h5  x0, shared by the SB and LB runs of the trial (same SHA-256)
+        final.weights.h5    the minimiser
+
+Protocol: Adam (Keras 1 defaults: lr 1e-3, betas 0.9/0.999, epsilon 1e-8), mean cross-entropy,
+SB batch 256, LB batch 10% of the training set, SB and LB from the same x0 with fresh Adam state.
+Each epoch's shuffle and dropout masks are derived from (seed, epoch) alone, and the Adam state is
+checkpointed with the weights after every epoch, so an interrupted run resumes from its last
+completed epoch and ends with exactly the numbers of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from replication import config as config_lib
+from replication import data, storage
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Keys that do not change what training computes: a run directory made with other values of
+# these is still the same run.
+NON_TRAINING_KEYS = ("description", "profile", "seeds", "sharpness", "landscape", "results_dir")
+HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"]
+
+
+class RunError(RuntimeError):
+    """A run directory conflicts with the request, or a run cannot proceed."""
+
+
+@dataclasses.dataclass
+class Run:
+    """A finished run loaded back from its directory."""
+
+    path: Path
+    config: config_lib.Config
+    metrics: dict
+    model: object  # keras.Model holding the final weights
+
+
+def trial_directory(config: config_lib.Config) -> Path:
+    return Path(config.results_dir) / f"{config.network}_{config.dataset}"
+
+
+def run_directory(config: config_lib.Config, regime: str, seed: int) -> Path:
+    return trial_directory(config) / regime / f"seed{seed}"
+
+
+def setup_determinism(seed: int) -> None:
+    """Keras determinism recipe; deterministic on CPU, see README 'Guarantees' for GPU/XLA."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def load_arrays(config: config_lib.Config):
+    """(dataset, x_train, y_train, x_test, y_test) with the config's subsets applied."""
+    dataset = data.load(config.dataset, config.data_dir)
+    x_train, y_train = data.subset(dataset.x_train, dataset.y_train, config.train_subset)
+    x_test, y_test = data.subset(dataset.x_test, dataset.y_test, config.test_subset)
+    return dataset, x_train, y_train, x_test, y_test
+
+
+def build_model(config: config_lib.Config, input_shape, num_classes: int, compiled: bool = True):
+    import keras
+
+    from replication import models
+
+    model = models.build(config.network, input_shape, num_classes, config.batchnorm)
+    if compiled:
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate, beta_1=config.beta_1,
+                                            beta_2=config.beta_2, epsilon=config.adam_epsilon),
+            loss="sparse_categorical_crossentropy",
+            jit_compile=config.jit_compile,
+        )
+    return model
+
+
+def environment(seed: int) -> dict:
+    import keras
+    import tensorflow as tf
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    return {
+        "git_commit": git("rev-parse", "HEAD") or "unknown",
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "device": ", ".join(gpus) if gpus else f"CPU ({_cpu_name()}, {os.cpu_count()} cores)",
+        "platform": platform.platform(),
+        "seed": seed,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _resolved(config: config_lib.Config, regime: str, seed: int, batch_size: int) -> dict:
+    return {**config.to_dict(), "run": {"regime": regime, "seed": seed, "batch_size": batch_size}}
+
+
+def _check_same_config(path: Path, resolved: dict) -> None:
+    previous = config_lib.yaml.safe_load((path / "config.yaml").read_text())
+    for key in sorted(set(previous) | set(resolved)):
+        if key in NON_TRAINING_KEYS:
+            continue
+        if previous.get(key) != resolved.get(key):
+            raise RunError(
+                f"run directory {path} was made by another config ('{key}' was "
+                f"{previous.get(key)!r}, now {resolved.get(key)!r}): use another results_dir "
+                "or delete that directory")
+
+
+def _initial_weights(model, config, seed: int) -> Path:
+    """x0 of the trial: made once (under a lock) and shared by its SB and LB runs."""
+    path = trial_directory(config) / "x0" / f"seed{seed}.weights.h5"
+    with storage.locked(path.with_suffix(".lock")):
+        if not path.exists():
+            storage.save_weights(model, path)
+    return path
+
+
+def _reseed_dropout(model, seed: int, epoch: int) -> None:
+    """Dropout masks depend on (seed, epoch) only, so a resumed epoch draws the same masks."""
+    for index, layer in enumerate(model.layers):
+        generator = getattr(layer, "seed_generator", None)
+        if generator is not None:
+            generator.state.assign(np.array([seed * 1_000_003 + epoch * 1009 + index, 0], np.int64))
+
+
+def _should_stop(config: config_lib.Config, history: list[dict]) -> str | None:
+    if history and not all(math.isfinite(float(history[-1][k])) for k in ("train_loss", "test_loss")):
+        return "diverged"
+    if len(history) >= config.epochs:
+        return "fixed" if config.stopping == "fixed" else "max_epochs"
+    if config.stopping == "plateau" and len(history) > config.patience:
+        losses = [float(r["train_loss"]) for r in history]
+        best_before = min(losses[:-config.patience])
+        if min(losses[-config.patience:]) > best_before - config.min_delta:
+            return "plateau"
+    return None
+
+
+def train(config: config_lib.Config, regime: str, seed: int, log=sys.stderr) -> Path:
+    """Train one run (or finish an interrupted one) and return its directory."""
+    path = run_directory(config, regime, seed)
+    with storage.locked(path.parent / f".seed{seed}.lock"):
+        if (path / "metrics.json").exists():
+            _check_same_config(path, storage.read_json(path / "metrics.json")["resolved_config"])
+            print(f"[{path}] already finished; skipping", file=log)
+            return path
+        return _train_locked(config, regime, seed, path, log)
+
+
+def _train_locked(config, regime, seed, path, log) -> Path:
+    from replication import objective
+
+    dataset, x_train, y_train, x_test, y_test = load_arrays(config)
+    batch_size = config.batch_size(regime, len(x_train))
+    resolved = _resolved(config, regime, seed, batch_size)
+    if (path / "config.yaml").exists():
+        _check_same_config(path, resolved)
+    setup_determinism(seed)
+    model = build_model(config, x_train.shape[1:], dataset.num_classes)
+    model.load_weights(_initial_weights(model, config, seed))
+    model.optimizer.build(model.trainable_variables)  # so a checkpoint can restore Adam's state
+
+    env = {**environment(seed), "start_time": _now()}
+    if not (path / "config.yaml").exists():
+        storage.atomic_write_text(path / "config.yaml", config_lib.yaml.safe_dump(resolved, sort_keys=False))
+        storage.atomic_write_bytes(path / "initial.weights.h5",
+                                   (trial_directory(config) / "x0" / f"seed{seed}.weights.h5").read_bytes())
+        storage.atomic_write_json(path / "env.json", env)
+    env = {**storage.read_json(path / "env.json"), **{k: v for k, v in env.items() if k != "start_time"}}
+
+    history = storage.read_csv(path / "history.csv") if (path / "history.csv").exists() else []
+    if history:
+        model.load_weights(path / f"checkpoint-{len(history)}.weights.h5")
+        print(f"[{path}] resuming after epoch {len(history)}", file=log)
+
+    train_objective = objective.Objective(model, x_train, y_train, config.eval_batch_size)
+    test_objective = objective.Objective(model, x_test, y_test, config.eval_batch_size)
+    tag = f"{config.network} {regime.upper()} (batch {batch_size}) seed {seed}"
+    started = time.time()
+    while (reason := _should_stop(config, history)) is None:
+        epoch = len(history)
+        tick = time.time()
+        _reseed_dropout(model, seed, epoch)
+        order = np.random.default_rng([seed, epoch]).permutation(len(x_train))
+        model.fit(x_train[order], y_train[order], batch_size=batch_size, epochs=1,
+                  shuffle=False, verbose=0)
+        train_loss, train_acc = train_objective.evaluate()
+        test_loss, test_acc = test_objective.evaluate()
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": 100 * train_acc,
+                        "test_loss": test_loss, "test_accuracy": 100 * test_acc,
+                        "seconds": round(time.time() - tick, 3)})
+        # Checkpoint first, then history: history's length always names an existing checkpoint.
+        storage.save_weights(model, path / f"checkpoint-{epoch + 1}.weights.h5")
+        storage.atomic_write_csv(path / "history.csv", history, HISTORY_FIELDS)
+        old = path / f"checkpoint-{epoch}.weights.h5"
+        if old.exists():
+            old.unlink()
+        print(f"[{tag}] epoch {epoch + 1}/{config.epochs}: train loss {train_loss:.4f} "
+              f"acc {100 * train_acc:.2f}% | test loss {test_loss:.4f} acc {100 * test_acc:.2f}% "
+              f"({time.time() - tick:.1f} s)", file=log, flush=True)
+
+    final = history[-1]
+    diverged = reason == "diverged"
+    metrics = {
+        "network": config.network, "dataset": config.dataset, "dataset_label": dataset.label,
+        "profile": config.profile, "regime": regime, "seed": seed, "batch_size": batch_size,
+        "batchnorm": config.batchnorm, "eval_batch_size": config.eval_batch_size,
+        "num_train": len(x_train), "num_test": len(x_test),
+        "epochs_run": len(history), "stopped": reason, "diverged": diverged,
+        "diverged_epoch": len(history) if diverged else None,
+        "train_loss": float(final["train_loss"]), "train_accuracy": float(final["train_accuracy"]),
+        "test_loss": float(final["test_loss"]), "test_accuracy": float(final["test_accuracy"]),
+        "x0_sha256": storage.sha256_file(path / "initial.weights.h5"),
+        "deviations": config.deviations(),
+        "resolved_config": resolved,
+    }
+    # Final weights without the optimizer's slots: a plain model loads them.
+    plain = build_model(config, x_train.shape[1:], dataset.num_classes, compiled=False)
+    plain.set_weights(model.get_weights())
+    storage.save_weights(plain, path / "final.weights.h5")
+    env.update(end_time=_now(), train_seconds_this_process=round(time.time() - started, 1))
+    storage.atomic_write_json(path / "env.json", env)
+    storage.atomic_write_json(path / "metrics.json", metrics)  # last: its presence means "done"
+    for leftover in path.glob("checkpoint-*.weights.h5"):
+        leftover.unlink()
+    print(f"[{tag}] done ({reason}): {path}", file=log, flush=True)
+    return path
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """A finished run: its config, metrics and a model holding the final weights."""
+    path = Path(path)
+    if not (path / "metrics.json").is_file():
+        raise RunError(f"{path} is not a finished run directory (no metrics.json): "
+                       "train it first with `python -m replication train CONFIG`")
+    metrics = storage.read_json(path / "metrics.json")
+    resolved = dict(metrics["resolved_config"])
+    resolved.pop("run")
+    config = config_lib.from_dict(resolved, where=str(path / "config.yaml"))
+    model = build_model(config, data.INPUT_SHAPE[config.dataset], data.NUM_CLASSES[config.dataset],
+                        compiled=False)
+    model.load_weights(path / "final.weights.h5")
+    return Run(path, config, metrics, model)
+
