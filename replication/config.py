@@ -154,7 +154,8 @@ class Config:
         """SB: 256; LB: 10% of the training set unless set (PAPER.md "Training protocol")."""
         if regime not in REGIMES:
             raise ConfigError(f"unknown regime {regime!r}: use one of {REGIMES}")
-        size = self.sb_batch_size if regime == "sb" else (self.lb_batch_size or max(1, num_train // 10))
+        ten_percent = max(1, round(num_train / 10))  # TIMIT: 72133, as the paper prints
+        size = self.sb_batch_size if regime == "sb" else (self.lb_batch_size or ten_percent)
         if size > num_train:
             raise ConfigError(
                 f"{regime}_batch_size {size} is larger than the training set ({num_train} examples): "

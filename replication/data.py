@@ -159,10 +159,10 @@ def read_idx(raw: bytes) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError("not an IDX file of unsigned bytes (bad magic number)")
     ndim = raw[3]
-    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(int)
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     offset = 4 + 4 * ndim
     if len(raw) - offset != int(np.prod(dims)):
-        raise DataError(f"IDX file truncated: header says {tuple(dims)}, "
+        raise DataError(f"IDX file truncated: header says {dims}, "
                         f"found {len(raw) - offset} bytes of data")
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
 

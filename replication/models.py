@@ -46,26 +46,39 @@ class BatchStatNormalization(layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
-def _bn(batchnorm: str) -> layers.Layer:
+class _Names:
+    """Stable layer names (dense_1, bn_1, ...) per model: Keras' global auto-names depend on how
+    many models the process built before, and they end up in the .weights.h5 files."""
+
+    def __init__(self):
+        self.counts = {}
+
+    def __call__(self, kind: str) -> str:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        return f"{kind}_{self.counts[kind]}"
+
+
+def _bn(batchnorm: str, name: str) -> layers.Layer:
     if batchnorm == "batch_statistics":
-        return BatchStatNormalization()
+        return BatchStatNormalization(name=name)
     if batchnorm == "moving_average":
-        return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99)
+        return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, name=name)
     raise ValueError(f"unknown batchnorm {batchnorm!r}: use 'batch_statistics' or 'moving_average'")
 
 
-def _dense_block(h, units: int, batchnorm: str):
-    h = layers.Dense(units)(h)
-    h = _bn(batchnorm)(h)
-    return layers.Activation("relu")(h)
+def _dense_block(h, units: int, batchnorm: str, names):
+    h = layers.Dense(units, name=names("dense"))(h)
+    h = _bn(batchnorm, names("bn"))(h)
+    return layers.Activation("relu", name=names("relu"))(h)
 
 
 def _fully_connected(name, input_shape, num_classes, depth, batchnorm):
-    inputs = keras.Input(shape=input_shape)
-    h = layers.Flatten()(inputs) if len(input_shape) > 1 else inputs
+    names = _Names()
+    inputs = keras.Input(shape=input_shape, name="input")
+    h = layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 else inputs
     for _ in range(depth):
-        h = _dense_block(h, 512, batchnorm)
-    outputs = layers.Dense(num_classes, activation="softmax")(h)
+        h = _dense_block(h, 512, batchnorm, names)
+    outputs = layers.Dense(num_classes, activation="softmax", name="output")(h)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -86,18 +99,19 @@ def _shallow_conv(name, input_shape, num_classes, batchnorm):
     convolution and puts stride 2 in the 3x3 'same' max-pool. We follow the code: 32 -> 16 -> 8,
     so Flatten gives 8x8x64 = 4096 features.
     """
-    inputs = keras.Input(shape=input_shape)
+    names = _Names()
+    inputs = keras.Input(shape=input_shape, name="input")
     h = inputs
     for _ in range(2):
-        h = layers.Conv2D(64, 5, padding="same")(h)
-        h = _bn(batchnorm)(h)
-        h = layers.Activation("relu")(h)
-        h = layers.MaxPooling2D(pool_size=3, strides=2, padding="same")(h)
-    h = layers.Flatten()(h)
+        h = layers.Conv2D(64, 5, padding="same", name=names("conv"))(h)
+        h = _bn(batchnorm, names("bn"))(h)
+        h = layers.Activation("relu", name=names("relu"))(h)
+        h = layers.MaxPooling2D(pool_size=3, strides=2, padding="same", name=names("pool"))(h)
+    h = layers.Flatten(name="flatten")(h)
     for units in (384, 192):
-        h = _dense_block(h, units, batchnorm)
-        h = layers.Dropout(0.5)(h)
-    outputs = layers.Dense(num_classes, activation="softmax")(h)
+        h = _dense_block(h, units, batchnorm, names)
+        h = layers.Dropout(0.5, name=names("dropout"))(h)
+    outputs = layers.Dense(num_classes, activation="softmax", name="output")(h)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -121,23 +135,24 @@ def _vgg(name, input_shape, num_classes, batchnorm):
     0.3 after the very first conv, 0.4 after every other conv that is not last in its block, then
     Flatten (1x1x512) -> Dropout 0.5 -> Dense 512 -> BN -> ReLU -> Dropout 0.5 -> softmax.
     """
-    inputs = keras.Input(shape=input_shape)
+    names = _Names()
+    inputs = keras.Input(shape=input_shape, name="input")
     h = inputs
     first = True
     for block in VGG_BLOCKS:
         for i, filters in enumerate(block):
-            h = layers.Conv2D(filters, 3, padding="same")(h)
-            h = _bn(batchnorm)(h)
-            h = layers.Activation("relu")(h)
+            h = layers.Conv2D(filters, 3, padding="same", name=names("conv"))(h)
+            h = _bn(batchnorm, names("bn"))(h)
+            h = layers.Activation("relu", name=names("relu"))(h)
             if i < len(block) - 1:
-                h = layers.Dropout(0.3 if first else 0.4)(h)
+                h = layers.Dropout(0.3 if first else 0.4, name=names("dropout"))(h)
             first = False
-        h = layers.MaxPooling2D(pool_size=2, strides=2)(h)
-    h = layers.Flatten()(h)
-    h = layers.Dropout(0.5)(h)
-    h = _dense_block(h, 512, batchnorm)
-    h = layers.Dropout(0.5)(h)
-    outputs = layers.Dense(num_classes, activation="softmax")(h)
+        h = layers.MaxPooling2D(pool_size=2, strides=2, name=names("pool"))(h)
+    h = layers.Flatten(name="flatten")(h)
+    h = layers.Dropout(0.5, name=names("dropout"))(h)
+    h = _dense_block(h, 512, batchnorm, names)
+    h = layers.Dropout(0.5, name=names("dropout"))(h)
+    outputs = layers.Dense(num_classes, activation="softmax", name="output")(h)
     return keras.Model(inputs, outputs, name=name)
 
 

@@ -168,6 +168,20 @@ def _reseed_dropout(model, seed: int, epoch: int) -> None:
             generator.state.assign(np.array([seed * 1_000_003 + epoch * 1009 + index, 0], np.int64))
 
 
+def _failpoint_callbacks(epoch: int) -> list:
+    """A callback that triggers the "epoch:<n>:mid" failpoint, only when a test asks for one."""
+    if os.environ.get(storage.FAILPOINT_VARIABLE) != f"epoch:{epoch}:mid":
+        return []
+    import keras
+
+    class MidEpoch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch + 1 >= max(1, self.params["steps"] // 2):
+                storage.failpoint(f"epoch:{epoch}:mid")
+
+    return [MidEpoch()]
+
+
 def _should_stop(config: config_lib.Config, history: list[dict]) -> str | None:
     if history and not all(math.isfinite(float(history[-1][k])) for k in ("train_loss", "test_loss")):
         return "diverged"
@@ -181,12 +195,14 @@ def _should_stop(config: config_lib.Config, history: list[dict]) -> str | None:
     return None
 
 
-def train(config: config_lib.Config, regime: str, seed: int, log=sys.stderr) -> Path:
+def train(config: config_lib.Config, regime: str, seed: int, log=None) -> Path:
     """Train one run (or finish an interrupted one) and return its directory."""
+    log = log or sys.stderr
     path = run_directory(config, regime, seed)
     with storage.locked(path.parent / f".seed{seed}.lock"):
         if (path / "metrics.json").exists():
-            _check_same_config(path, storage.read_json(path / "metrics.json")["resolved_config"])
+            num_train = storage.read_json(path / "metrics.json")["num_train"]
+            _check_same_config(path, _resolved(config, regime, seed, config.batch_size(regime, num_train)))
             print(f"[{path}] already finished; skipping", file=log)
             return path
         return _train_locked(config, regime, seed, path, log)
@@ -203,6 +219,7 @@ def _train_locked(config, regime, seed, path, log) -> Path:
     setup_determinism(seed)
     model = build_model(config, x_train.shape[1:], dataset.num_classes)
     model.load_weights(_initial_weights(model, config, seed))
+    x0_digest = storage.weights_digest(model.get_weights())
     model.optimizer.build(model.trainable_variables)  # so a checkpoint can restore Adam's state
 
     env = {**environment(seed), "start_time": _now()}
@@ -228,7 +245,7 @@ def _train_locked(config, regime, seed, path, log) -> Path:
         _reseed_dropout(model, seed, epoch)
         order = np.random.default_rng([seed, epoch]).permutation(len(x_train))
         model.fit(x_train[order], y_train[order], batch_size=batch_size, epochs=1,
-                  shuffle=False, verbose=0)
+                  shuffle=False, verbose=0, callbacks=_failpoint_callbacks(epoch + 1))
         train_loss, train_acc = train_objective.evaluate()
         test_loss, test_acc = test_objective.evaluate()
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": 100 * train_acc,
@@ -240,6 +257,7 @@ def _train_locked(config, regime, seed, path, log) -> Path:
         old = path / f"checkpoint-{epoch}.weights.h5"
         if old.exists():
             old.unlink()
+        storage.failpoint(f"epoch:{epoch + 1}:end")
         print(f"[{tag}] epoch {epoch + 1}/{config.epochs}: train loss {train_loss:.4f} "
               f"acc {100 * train_acc:.2f}% | test loss {test_loss:.4f} acc {100 * test_acc:.2f}% "
               f"({time.time() - tick:.1f} s)", file=log, flush=True)
@@ -255,9 +273,11 @@ def _train_locked(config, regime, seed, path, log) -> Path:
         "diverged_epoch": len(history) if diverged else None,
         "train_loss": float(final["train_loss"]), "train_accuracy": float(final["train_accuracy"]),
         "test_loss": float(final["test_loss"]), "test_accuracy": float(final["test_accuracy"]),
-        "x0_sha256": storage.sha256_file(path / "initial.weights.h5"),
+        "x0_sha256": x0_digest,  # of the weight values: the SB/LB pair check compares these
         "deviations": config.deviations(),
-        "resolved_config": resolved,
+        # Where the run lives is its path, not part of what it computed: leaving results_dir out
+        # makes metrics.json identical wherever the same run is made (and moved trees still load).
+        "resolved_config": {k: v for k, v in resolved.items() if k != "results_dir"},
     }
     # Final weights without the optimizer's slots: a plain model loads them.
     plain = build_model(config, x_train.shape[1:], dataset.num_classes, compiled=False)
@@ -281,6 +301,7 @@ def load_run(path: str | os.PathLike) -> Run:
     metrics = storage.read_json(path / "metrics.json")
     resolved = dict(metrics["resolved_config"])
     resolved.pop("run")
+    resolved["results_dir"] = str(path.parents[2])
     config = config_lib.from_dict(resolved, where=str(path / "config.yaml"))
     model = build_model(config, data.INPUT_SHAPE[config.dataset], data.NUM_CLASSES[config.dataset],
                         compiled=False)

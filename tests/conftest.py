@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny configs on generated data, and a way to run the CLI in a subprocess."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY = {
+    "network": "F1",
+    "dataset": "synthetic_mnist",
+    "profile": "test",
+    "train_subset": 400,
+    "test_subset": 100,
+    "sb_batch_size": 32,
+    "eval_batch_size": 100,
+    "epochs": 2,
+    "seeds": [0],
+}
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """Write a tiny config YAML (overrides merged in) and return its path."""
+
+    def make(**overrides):
+        data = {**TINY, "results_dir": str(tmp_path / "results"), **overrides}
+        path = tmp_path / f"config-{len(list(tmp_path.glob('config-*.yaml')))}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    return make
+
+
+def cli(*args, env=None, check=False):
+    """Run `python -m replication ARGS` and return the CompletedProcess."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    result = subprocess.run([sys.executable, "-m", "replication", *map(str, args)], cwd=ROOT,
+                            capture_output=True, text=True, env=full_env, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result

@@ -1,0 +1,124 @@
+"""Data loaders on files the tests make: IDX, CIFAR archives, TIMIT npz, the JPEG stand-in layout."""
+
+import gzip
+import hashlib
+import io
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+
+from replication import data
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_idx_set(directory, name="fashion_mnist", n_train=6, n_test=4):
+    """Write four IDX .gz files and register their content checksums for `name`."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte.gz": rng.integers(0, 256, (n_train, 28, 28)),
+        "train-labels-idx1-ubyte.gz": rng.integers(0, 10, n_train),
+        "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (n_test, 28, 28)),
+        "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, n_test),
+    }
+    sums = {}
+    for filename, array in arrays.items():
+        raw = idx_bytes(array)
+        (directory / filename).write_bytes(gzip.compress(raw))
+        sums[filename] = {"md5": "-", "content_sha256": hashlib.sha256(raw).hexdigest()}
+    return arrays, sums
+
+
+def test_read_idx_round_trip():
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    np.testing.assert_array_equal(data.read_idx(idx_bytes(array)), array)
+
+
+def test_read_idx_truncated():
+    raw = idx_bytes(np.zeros((2, 3), np.uint8))[:-1]
+    with pytest.raises(data.DataError, match=r"truncated: header says \(2, 3\), found 5 bytes"):
+        data.read_idx(raw)
+
+
+def test_idx_loader_scales_to_unit_interval(tmp_path, monkeypatch):
+    arrays, sums = write_idx_set(tmp_path)
+    monkeypatch.setitem(data.IDX_CHECKSUMS, "fashion_mnist", sums)
+    ds = data.load("fashion_mnist", str(tmp_path))
+    assert ds.x_train.shape == (6, 28, 28, 1) and ds.x_test.shape == (4, 28, 28, 1)
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+    np.testing.assert_allclose(ds.x_train[..., 0], arrays["train-images-idx3-ubyte.gz"] / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(ds.y_test, arrays["t10k-labels-idx1-ubyte.gz"])
+    assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+    assert ds.label == "Fashion-MNIST (stand-in for MNIST)"
+
+
+def test_idx_checksum_mismatch(tmp_path):
+    write_idx_set(tmp_path)  # not registered: checksums are the real Fashion-MNIST ones
+    with pytest.raises(data.DataError, match="train-images-idx3-ubyte.gz: checksum mismatch"):
+        data.load("fashion_mnist", str(tmp_path))
+
+
+def test_cifar_archive(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            batch = {b"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), b"labels": [1, 9]}
+            blob = pickle.dumps(batch)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    packed = buffer.getvalue()
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(packed)
+    name, _, url = data.CIFAR_ARCHIVES["cifar10"]
+    monkeypatch.setitem(data.CIFAR_ARCHIVES, "cifar10", (name, hashlib.md5(packed).hexdigest(), url))
+    ds = data.load("cifar10", str(tmp_path))
+    assert ds.x_train.shape == (10, 32, 32, 3) and ds.x_test.shape == (2, 32, 32, 3)
+    assert list(ds.y_test) == [1, 9]
+
+
+def test_timit_npz_and_wrong_shape(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "timit.npz", x_train=rng.random((5, 360)), y_train=np.array([0, 1, 2, 1972, 5]),
+             x_test=rng.random((3, 360)), y_test=np.array([0, 1, 2]))
+    ds = data.load("timit", str(tmp_path))
+    assert ds.x_train.shape == (5, 360) and ds.num_classes == 1973
+    np.savez(tmp_path / "timit.npz", x_train=rng.random((5, 39)), y_train=np.zeros(5, int),
+             x_test=rng.random((3, 360)), y_test=np.zeros(3, int))
+    with pytest.raises(data.DataError, match=r"x_train has shape \(5, 39\), expected \(N, 360\)"):
+        data.load("timit", str(tmp_path))
+
+
+def test_labels_out_of_range(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "timit.npz", x_train=rng.random((2, 360)), y_train=np.array([0, 1973]),
+             x_test=rng.random((1, 360)), y_test=np.array([0]))
+    with pytest.raises(data.DataError, match=r"labels out of range \[0, 1973\) \(found 0..1973\)"):
+        data.load("timit", str(tmp_path))
+
+
+def test_missing_directory_says_what_to_download(tmp_path):
+    with pytest.raises(data.DataError, match="does not exist: create it and put the four Fashion-MNIST IDX"):
+        data.load("fashion_mnist", str(tmp_path / "nope"))
+    with pytest.raises(data.DataError, match="cifar-10-python.tar.gz not found: download"):
+        data.load("cifar10", str(tmp_path))
+
+
+def test_subset_is_fixed_and_ordered():
+    x = np.arange(100)
+    a, _ = data.subset(x, x, 10)
+    b, _ = data.subset(x, x, 10)
+    np.testing.assert_array_equal(a, b)
+    assert list(a) == sorted(a) and len(set(a)) == 10
+    assert data.subset(x, x, None)[0] is x
+
+
+def test_synthetic_is_deterministic_and_learnable_shape():
+    a, b = data.load("synthetic_mnist"), data.load("synthetic_mnist")
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    assert a.x_train.shape == (2000, 28, 28, 1) and set(np.unique(a.y_train)) == set(range(10))
