@@ -287,6 +287,8 @@ def load(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Confi
             raise ConfigError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
         _set_dotted(data, key.strip(), raw, f"{where} (--set {item})")
+    if overrides:
+        where = f"{where} (--set {' --set '.join(overrides)})"
     return _coerce(Config, data, where).validate(where)
 
 

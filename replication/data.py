@@ -249,11 +249,13 @@ def _timit(name, directory):
     path = directory / "timit.npz"
     if not path.is_file():
         raise _missing(name, path)
+    keys = ("x_train", "y_train", "x_test", "y_test")
     try:
         with np.load(path) as arrays:
-            parts = [arrays[k] for k in ("x_train", "y_train", "x_test", "y_test")]
-    except KeyError as err:
-        raise DataError(f"{path}: missing array {err}: expected {TIMIT_FORMAT}") from None
+            missing = [k for k in keys if k not in arrays.files]
+            if missing:
+                raise DataError(f"{path}: missing array '{missing[0]}': expected {TIMIT_FORMAT}")
+            parts = [arrays[k] for k in keys]
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: not a readable .npz ({err}): expected {TIMIT_FORMAT}") from None
     for key, x in (("x_train", parts[0]), ("x_test", parts[2])):

@@ -199,19 +199,24 @@ def train(config: config_lib.Config, regime: str, seed: int, log=None) -> Path:
     """Train one run (or finish an interrupted one) and return its directory."""
     log = log or sys.stderr
     path = run_directory(config, regime, seed)
+    arrays = None
+    if not (path / "metrics.json").exists():
+        # Missing data or an impossible batch size fail here, before anything is written.
+        arrays = load_arrays(config)
+        config.batch_size(regime, len(arrays[1]))
     with storage.locked(path.parent / f".seed{seed}.lock"):
         if (path / "metrics.json").exists():
             num_train = storage.read_json(path / "metrics.json")["num_train"]
             _check_same_config(path, _resolved(config, regime, seed, config.batch_size(regime, num_train)))
             print(f"[{path}] already finished; skipping", file=log)
             return path
-        return _train_locked(config, regime, seed, path, log)
+        return _train_locked(config, regime, seed, path, log, arrays or load_arrays(config))
 
 
-def _train_locked(config, regime, seed, path, log) -> Path:
+def _train_locked(config, regime, seed, path, log, arrays) -> Path:
     from replication import objective
 
-    dataset, x_train, y_train, x_test, y_test = load_arrays(config)
+    dataset, x_train, y_train, x_test, y_test = arrays
     batch_size = config.batch_size(regime, len(x_train))
     resolved = _resolved(config, regime, seed, batch_size)
     if (path / "config.yaml").exists():

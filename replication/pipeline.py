@@ -1,0 +1,47 @@
+"""The steps of a profile as Make rules: train -> sharpness -> parametric plots -> report.
+
+`python -m replication make-rules --name quick configs/quick/*.yaml` prints one rule per result
+file, generated from the configs (seeds, regimes, epsilons, spaces), so `make -j N` runs
+independent runs in parallel and a rerun skips every file that exists. The commands themselves
+also skip finished work and lock what they write, so the rules are a schedule, not the guard.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from replication import config as config_lib
+from replication import landscape, sharpness, train
+
+PY = "$(PY) -m replication"
+
+
+def rules(name: str, config_paths: list[str]) -> str:
+    """Make rules for every result of the given configs; `<name>-all` builds them all."""
+    lines, reports = [], {}
+    for config_path in config_paths:
+        config = config_lib.load(config_path)
+        quoted = shlex.quote(config_path)
+        for seed in config.seeds:
+            runs = {}
+            for regime in config_lib.REGIMES:
+                run = train.run_directory(config, regime, seed)
+                runs[regime] = f"{run}/metrics.json"
+                lines += [f"{runs[regime]}:",
+                          f"\t{PY} train {quoted} --seed {seed} --regime {regime}", ""]
+                for space in config.sharpness.spaces:
+                    for epsilon in config.sharpness.epsilons:
+                        target = sharpness.result_path(run, space, epsilon)
+                        reports.setdefault(config.results_dir, []).append(str(target))
+                        lines += [f"{target}: {runs[regime]}",
+                                  f"\t{PY} sharpness {run} --space {space} --epsilon {epsilon:g}", ""]
+            for path in landscape.PATHS:
+                target = f"{landscape.output_stem(config, seed, path)}.csv"
+                reports.setdefault(config.results_dir, []).append(target)
+                lines += [f"{target}: {runs['sb']} {runs['lb']}",
+                          f"\t{PY} landscape {quoted} --seed {seed} --path {path}", ""]
+    for results_dir, targets in reports.items():
+        lines += [f"{results_dir}/REPORT.md: {' '.join(targets)}",
+                  f"\t{PY} report {results_dir}", ""]
+    lines.append(f"{name}-all: {' '.join(f'{d}/REPORT.md' for d in reports)}")
+    return "\n".join(lines) + "\n"
