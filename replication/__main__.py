@@ -42,6 +42,57 @@ def _table2(args):
     print(markdown)
 
 
+def _sharpness(args):
+    from replication import sharpness
+
+    for run_dir in args.run_dir:
+        sharpness.sharpness_all(run_dir, [args.epsilon] if args.epsilon else None,
+                                [args.space] if args.space else None, args.dim, args.force)
+
+
+def _table_sharpness(args):
+    from replication import compare
+
+    space = "full" if args.command == "table3" else "random"
+    rows = compare.table_sharpness(args.results_dir, space)
+    markdown = compare.table_sharpness_markdown(rows)
+    compare.write_table(args.results_dir, args.command, rows, markdown)
+    print(markdown)
+
+
+def _landscape(args):
+    from replication import config as config_lib
+    from replication import landscape
+
+    config = config_lib.load(args.config, args.set)
+    seeds = [args.seed] if args.seed is not None else landscape.finished_seeds(config)
+    if not seeds:
+        print(f"no seed of {args.config} has both its SB and LB runs finished: train them first",
+              file=sys.stderr)
+    paths = [args.path] if args.path else list(landscape.PATHS)
+    for seed in seeds:
+        for csv_path in landscape.compute(config, seed, paths):
+            print(csv_path)
+
+
+def _report(args):
+    from replication import report
+
+    print(report.build(args.results_dir))
+
+
+def _make_rules(args):
+    from replication import pipeline
+
+    print(pipeline.rules(args.name, args.configs), end="")
+
+
+def _bench(args):
+    from replication import bench
+
+    print(bench.run(args.out, quick=args.quick))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m replication", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +113,44 @@ def main(argv=None) -> int:
     p.add_argument("results_dir")
     p.set_defaults(func=_table2)
 
+    p = sub.add_parser("sharpness", help="Metric 2.1 of finished runs (default: every epsilon and "
+                       "space of the run's config); writes RUN_DIR/sharpness/<space>_eps<eps>.json")
+    p.add_argument("run_dir", nargs="+")
+    p.add_argument("--epsilon", type=float, help="one epsilon (default: config sharpness.epsilons)")
+    p.add_argument("--space", choices=("full", "random"), help="one space (default: config sharpness.spaces)")
+    p.add_argument("--dim", type=int, help="p, columns of A in the random subspace (default: config sharpness.dim)")
+    p.add_argument("--force", action="store_true", help="recompute even if a result with these settings exists")
+    p.set_defaults(func=_sharpness)
+
+    for name, what in (("table3", "full space"), ("table4", "random subspaces")):
+        p = sub.add_parser(name, help=f"Table {name[-1]} (sharpness, {what}) from the runs under RESULTS_DIR")
+        p.add_argument("results_dir")
+        p.set_defaults(func=_table_sharpness)
+
+    p = sub.add_parser("landscape", help="Figures 3 and 7: loss on the paths between each finished "
+                       "SB/LB pair of a config; prints each CSV")
+    p.add_argument("config")
+    p.add_argument("--seed", type=int, help="one seed (default: every seed whose SB and LB runs finished)")
+    p.add_argument("--path", choices=("linear", "curvilinear"), help="one path (default: both)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (dotted for sections), repeatable")
+    p.set_defaults(func=_landscape)
+
+    p = sub.add_parser("report", help="rebuild RESULTS_DIR/REPORT.md and tables/ from result files "
+                       "(no training)")
+    p.add_argument("results_dir")
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser("make-rules", help="print Make rules for every result of CONFIGS (used by the Makefile)")
+    p.add_argument("--name", required=True, help="profile name: the rules end with <name>-all")
+    p.add_argument("configs", nargs="+")
+    p.set_defaults(func=_make_rules)
+
+    p = sub.add_parser("bench", help="throughput, FLOP/s vs a measured matmul peak, sharpness cost")
+    p.add_argument("--out", default="results/bench")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (for tests)")
+    p.set_defaults(func=_bench)
+
     args = parser.parse_args(argv)
     from replication import errors
 
@@ -69,6 +158,12 @@ def main(argv=None) -> int:
         args.func(args)
     except errors.EXPECTED as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        if not errors.is_out_of_memory(err):
+            raise
+        print(f"error: out of device memory ({type(err).__name__}): {errors.OUT_OF_MEMORY_FIX}",
+              file=sys.stderr)
         return 2
     return 0
 

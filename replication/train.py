@@ -63,13 +63,18 @@ def run_directory(config: config_lib.Config, regime: str, seed: int) -> Path:
     return trial_directory(config) / regime / f"seed{seed}"
 
 
-def setup_determinism(seed: int) -> None:
-    """Keras determinism recipe; deterministic on CPU, see README 'Guarantees' for GPU/XLA."""
+def setup_determinism(seed: int, deterministic_ops: bool = True) -> None:
+    """Keras determinism recipe: seeds everywhere, plus deterministic TF ops unless asked not to.
+
+    Keras silently turns XLA off while op determinism is on (keras model_supports_jit), so a
+    config with jit_compile: true trains without op determinism; env.json records which.
+    """
     import keras
     import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+    if deterministic_ops:
+        tf.config.experimental.enable_op_determinism()
 
 
 def load_arrays(config: config_lib.Config):
@@ -221,13 +226,14 @@ def _train_locked(config, regime, seed, path, log, arrays) -> Path:
     resolved = _resolved(config, regime, seed, batch_size)
     if (path / "config.yaml").exists():
         _check_same_config(path, resolved)
-    setup_determinism(seed)
+    setup_determinism(seed, deterministic_ops=not config.jit_compile)
     model = build_model(config, x_train.shape[1:], dataset.num_classes)
     model.load_weights(_initial_weights(model, config, seed))
     x0_digest = storage.weights_digest(model.get_weights())
     model.optimizer.build(model.trainable_variables)  # so a checkpoint can restore Adam's state
 
-    env = {**environment(seed), "start_time": _now()}
+    env = {**environment(seed), "deterministic_ops": not config.jit_compile,
+           "xla": bool(model.jit_compile), "start_time": _now()}
     if not (path / "config.yaml").exists():
         storage.atomic_write_text(path / "config.yaml", config_lib.yaml.safe_dump(resolved, sort_keys=False))
         storage.atomic_write_bytes(path / "initial.weights.h5",

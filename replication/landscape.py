@@ -1,0 +1,286 @@
+"""Parametric plots of Keskar et al. (2017): the loss between the SB and the LB minimiser.
+
+For one trial (an SB run and an LB run from the same x0) we evaluate f and the accuracy on the
+training and test sets along two paths through x_SB (alpha = 0) and x_LB (alpha = 1):
+
+    linear       (Figure 3):  alpha * x_LB + (1 - alpha) * x_SB
+    curvilinear  (Figure 7):  sin(alpha * pi / 2) * x_LB + cos(alpha * pi / 2) * x_SB
+
+at `landscape.points` values of alpha in linspace(alpha_min, alpha_max) (the paper: 25 in [-1, 2]).
+x is every trainable variable (kernels, biases, batch-norm gamma/beta), as in `objective`.
+
+Batch norm: under `batch_statistics` (the paper's Keras 1 mode=2) each evaluation batch of
+`eval_batch_size` is normalised with its own statistics, exactly as the runs were evaluated.
+Under `moving_average` the moving mean/variance are not part of x; `landscape.moving_statistics`
+says what we do with them, and the output records it:
+- "interpolate": move them along the same path as the weights. Outside [0, 1] a combination of
+  variances can be negative; such entries are clamped to 0 and the alphas where it happened are
+  listed in the JSON sidecar.
+- "recompute": at each point, set every layer's statistics to the exact population mean/variance
+  of its inputs over the evaluated training examples, layer by layer in network order, so each
+  layer sees its predecessors normalised with their recomputed statistics (what inference sees).
+
+Output per pair and path, in `<results_dir>/<network>_<dataset>/landscape/`:
+`seed<N>_<path>.csv` (the columns of `reference/paper_figures/figure3_F1.csv`), `.json`
+(provenance and the settings that made it; a rerun with the same settings is skipped), `.png` and
+`.pdf` (the paper's style, with the published curves overlaid where they exist).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from replication import compare, data, storage, train
+
+PATHS = {"linear": "Figure 3", "curvilinear": "Figure 7"}
+FORMULA = {"linear": "alpha * x_LB + (1 - alpha) * x_SB",
+           "curvilinear": "sin(alpha * pi / 2) * x_LB + cos(alpha * pi / 2) * x_SB"}
+COLUMNS = ["alpha", "train_xent", "test_xent", "train_acc_pct", "test_acc_pct"]
+
+
+class LandscapeError(train.RunError):
+    """The two runs of a pair cannot be compared (different x0, missing run)."""
+
+
+def coefficients(path: str, alpha: float) -> tuple[float, float]:
+    """(weight of x_LB, weight of x_SB) at alpha on `path`; (0, 1) at alpha=0, (1, 0) at alpha=1."""
+    if path == "linear":
+        return alpha, 1.0 - alpha
+    if path == "curvilinear":
+        return math.sin(alpha * math.pi / 2), math.cos(alpha * math.pi / 2)
+    raise ValueError(f"unknown path {path!r}: use one of {tuple(PATHS)}")
+
+
+def alphas(config) -> np.ndarray:
+    return np.linspace(config.landscape.alpha_min, config.landscape.alpha_max, config.landscape.points)
+
+
+def output_stem(config, seed: int, path: str) -> Path:
+    return train.trial_directory(config) / "landscape" / f"seed{seed}_{path}"
+
+
+def load_pair(config, seed: int):
+    """(SB run, LB run) of trial `seed`; they must share x0 (the same metrics.json x0_sha256)."""
+    sb = train.load_run(train.run_directory(config, "sb", seed))
+    lb = train.load_run(train.run_directory(config, "lb", seed))
+    check_pair(sb.path, sb.metrics, lb.path, lb.metrics)
+    return sb, lb
+
+
+def check_pair(sb_path, sb_metrics: dict, lb_path, lb_metrics: dict) -> None:
+    # The paper's plots only mean something for minimisers reached from one starting point.
+    if sb_metrics.get("x0_sha256") != lb_metrics.get("x0_sha256"):
+        raise LandscapeError(
+            f"SB run {sb_path} (x0 sha256 {sb_metrics.get('x0_sha256')}) and LB run {lb_path} "
+            f"(x0 sha256 {lb_metrics.get('x0_sha256')}) did not start from the same x0: they are not "
+            "a pair; retrain one of them")
+
+
+def _batchnorm_layers(model) -> list:
+    import keras
+
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def _statistics_variables(model) -> list:
+    """[mean, variance, mean, variance, ...] of every BatchNormalization layer, in network order."""
+    return [v for layer in _batchnorm_layers(model) for v in (layer.moving_mean, layer.moving_variance)]
+
+
+def _statistics(model) -> list[np.ndarray]:
+    return [v.numpy() for v in _statistics_variables(model)]
+
+
+def _set_statistics(model, values) -> None:
+    for variable, value in zip(_statistics_variables(model), values):
+        variable.assign(value)
+
+
+def _interpolated_statistics(stats_sb, stats_lb, c_lb, c_sb) -> tuple[list[np.ndarray], bool]:
+    """Statistics moved along the path; variances (every second array) clamped at 0."""
+    out, clamped = [], False
+    for index, (s, l) in enumerate(zip(stats_sb, stats_lb)):
+        value = c_lb * l.astype(np.float64) + c_sb * s.astype(np.float64)
+        if index % 2 == 1 and (value < 0).any():
+            value, clamped = np.maximum(value, 0.0), True
+        out.append(value.astype(np.float32))
+    return out, clamped
+
+
+def recompute_statistics(model, inputs: np.ndarray, batch_size: int) -> None:
+    """Set each BatchNormalization layer's moving mean/variance to the exact population moments
+    of its inputs over `inputs` (inference mode, layer by layer in network order)."""
+    import keras
+
+    for layer in _batchnorm_layers(model):
+        probe = keras.Model(model.input, layer.input)
+        total = total_sq = 0.0
+        count = 0
+        for start in range(0, len(inputs), batch_size):
+            h = np.asarray(probe(inputs[start:start + batch_size], training=False), np.float64)
+            h = h.reshape(-1, h.shape[-1])  # per feature / channel, as BatchNormalization(axis=-1)
+            total, total_sq, count = total + h.sum(0), total_sq + (h * h).sum(0), count + len(h)
+        mean = total / count
+        layer.moving_mean.assign(mean.astype(np.float32))
+        layer.moving_variance.assign(np.maximum(total_sq / count - mean ** 2, 0.0).astype(np.float32))
+
+
+def settings(config, sb, lb, path: str, num_train: int, num_test: int) -> dict:
+    """Everything that determines the curve: an existing CSV made with these is reused."""
+    moving = config.landscape.moving_statistics if config.batchnorm == "moving_average" else None
+    return {
+        "path": path, "alphas": [float(a) for a in alphas(config)],
+        "batchnorm": config.batchnorm, "moving_statistics": moving,
+        "eval_batch_size": config.eval_batch_size, "landscape_subset": config.landscape.subset,
+        "train_examples": num_train, "test_examples": num_test,
+        "sb_final_sha256": storage.sha256_file(sb.path / "final.weights.h5"),
+        "lb_final_sha256": storage.sha256_file(lb.path / "final.weights.h5"),
+    }
+
+
+def compute(config, seed: int, paths=tuple(PATHS), log=sys.stderr) -> list[Path]:
+    """Evaluate the SB/LB pair of trial `seed` along each path; returns the CSV paths.
+
+    Skips a path whose CSV and JSON exist with the same settings (and redraws a missing figure).
+    """
+    from replication import objective
+
+    sb, lb = load_pair(config, seed)
+    dataset, x_train, y_train, x_test, y_test = train.load_arrays(config)
+    x_train, y_train = data.subset(x_train, y_train, config.landscape.subset)
+    model = sb.model  # evaluates every point; the LB model only lends its weights
+    train_f = objective.Objective(model, x_train, y_train, config.eval_batch_size)
+    test_f = objective.Objective(model, x_test, y_test, config.eval_batch_size)
+    x_sb = train_f.get_flat().numpy().astype(np.float64)
+    x_lb = np.concatenate([np.ravel(v.numpy()) for v in lb.model.trainable_variables]).astype(np.float64)
+    stats_sb, stats_lb = _statistics(sb.model), _statistics(lb.model)
+    moving = config.landscape.moving_statistics if config.batchnorm == "moving_average" else None
+
+    written = []
+    for path in paths:
+        stem = output_stem(config, seed, path)
+        wanted = settings(config, sb, lb, path, len(x_train), len(x_test))
+        with storage.locked(stem.parent / f".seed{seed}_{path}.lock"):
+            csv_path, json_path = stem.with_suffix(".csv"), stem.with_suffix(".json")
+            done = csv_path.exists() and json_path.exists()
+            if done and storage.read_json(json_path).get("settings") == wanted:
+                print(f"[{csv_path}] already computed with these settings; skipping", file=log)
+                if not (stem.with_suffix(".png").exists() and stem.with_suffix(".pdf").exists()):
+                    plot(csv_path)
+                written.append(csv_path)
+                continue
+            started, rows, clamped = time.time(), [], []
+            for alpha in alphas(config):
+                c_lb, c_sb = coefficients(path, float(alpha))
+                point = (c_lb * x_lb + c_sb * x_sb).astype(np.float32)
+                if moving == "interpolate":
+                    values, was_clamped = _interpolated_statistics(stats_sb, stats_lb, c_lb, c_sb)
+                    _set_statistics(model, values)
+                    if was_clamped:
+                        clamped.append(float(alpha))
+                elif moving == "recompute":
+                    train_f.set_flat(point)
+                    recompute_statistics(model, x_train, config.eval_batch_size)
+                train_loss, train_acc = train_f.evaluate(point)
+                test_loss, test_acc = test_f.evaluate(point)
+                rows.append({"alpha": float(alpha), "train_xent": train_loss, "test_xent": test_loss,
+                             "train_acc_pct": 100 * train_acc, "test_acc_pct": 100 * test_acc})
+                print(f"[{config.network} seed {seed} {path}] alpha {alpha:+.3f}: train {train_loss:.4f} "
+                      f"({100 * train_acc:.2f}%) test {test_loss:.4f} ({100 * test_acc:.2f}%)",
+                      file=log, flush=True)
+            sidecar = {
+                "figure": PATHS[path], "path": path, "formula": FORMULA[path],
+                "network": config.network, "dataset": config.dataset, "dataset_label": dataset.label,
+                "profile": config.profile, "seed": seed, "sb_run": str(sb.path), "lb_run": str(lb.path),
+                "x0_sha256": sb.metrics["x0_sha256"],
+                "batchnorm_mode": _describe_batchnorm(config),
+                "train_statistics_examples": len(x_train) if moving == "recompute" else None,
+                "variance_clamped_alphas": clamped,
+                # The config's, not the runs': landscape.subset is set here, not at training.
+                "deviations": [d for d in config.deviations() if not d.startswith("sharpness")],
+                "environment": train.environment(seed),
+                "wall_seconds": round(time.time() - started, 1),
+                "settings": wanted,
+            }
+            storage.atomic_write_csv(csv_path, rows, COLUMNS)
+            storage.atomic_write_json(json_path, sidecar)  # after the CSV: its presence means done
+            plot(csv_path)
+        written.append(csv_path)
+    # The evaluation moved the SB model's variables; leave it holding x_SB again.
+    train_f.set_flat(x_sb.astype(np.float32))
+    _set_statistics(model, stats_sb)
+    return written
+
+
+def _describe_batchnorm(config) -> str:
+    if config.batchnorm == "batch_statistics":
+        return (f"batch statistics of each evaluation batch of {config.eval_batch_size} "
+                "(the paper's Keras 1 mode=2)")
+    if config.landscape.moving_statistics == "interpolate":
+        return "moving averages, interpolated along the path like the weights (variances clamped at 0)"
+    return "moving averages, recomputed at each point from the evaluated training examples (exact)"
+
+
+def finished_seeds(config) -> list[int]:
+    """Seeds of `config` whose SB and LB runs both have metrics.json."""
+    return [s for s in config.seeds
+            if all((train.run_directory(config, r, s) / "metrics.json").exists() for r in ("sb", "lb"))]
+
+
+# Figures ---------------------------------------------------------------------------------------
+def plot(csv_path) -> tuple[Path, Path]:
+    """Draw `csv_path` in the paper's style beside the published curves; write .png and .pdf.
+
+    Left axis: cross-entropy (blue); right axis: accuracy % (red); solid train, dashed test.
+    Published curves are thin and light. Reads only files (the CSV and its JSON sidecar).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    csv_path = Path(csv_path)
+    meta = storage.read_json(csv_path.with_suffix(".json"))
+    ours = _columns(storage.read_csv(csv_path))
+    figure, xent_axis = pyplot.subplots(figsize=(6.4, 4.4))
+    acc_axis = xent_axis.twinx()
+    for label, ref_path in compare.published_figures(meta["network"], meta["path"]).items():
+        ref = _columns(storage.read_csv(ref_path))
+        style = dict(linewidth=0.8, alpha=0.45, linestyle=":" if label == "official code" else None)
+        xent_axis.plot(ref["alpha"], ref["train_xent"], color="tab:blue", **style, label=f"{label} (thin)")
+        xent_axis.plot(ref["alpha"], ref["test_xent"], color="tab:blue", **{**style, "linestyle": "--"})
+        acc_axis.plot(ref["alpha"], ref["train_acc_pct"], color="tab:red", **style)
+        acc_axis.plot(ref["alpha"], ref["test_acc_pct"], color="tab:red", **{**style, "linestyle": "--"})
+    xent_axis.plot(ours["alpha"], ours["train_xent"], color="tab:blue", linewidth=2, label="train")
+    xent_axis.plot(ours["alpha"], ours["test_xent"], color="tab:blue", linewidth=2, linestyle="--",
+                   label="test")
+    acc_axis.plot(ours["alpha"], ours["train_acc_pct"], color="tab:red", linewidth=2)
+    acc_axis.plot(ours["alpha"], ours["test_acc_pct"], color="tab:red", linewidth=2, linestyle="--")
+    xent_axis.set_xlabel(r"$\alpha$")
+    xent_axis.set_ylabel("Cross Entropy", color="tab:blue")
+    acc_axis.set_ylabel("Accuracy (%)", color="tab:red")
+    xent_axis.tick_params(axis="y", colors="tab:blue")
+    acc_axis.tick_params(axis="y", colors="tab:red")
+    acc_axis.set_ylim(-1, 101)
+    xent_axis.set_xlim(min(ours["alpha"]), max(ours["alpha"]))
+    xent_axis.legend(loc="center left", fontsize=7, frameon=False)
+    xent_axis.set_title(f"{meta['network']} on {meta['dataset_label']}, seed {meta['seed']}: "
+                        f"{meta['path']} path ({meta['figure']})\nBN: {meta['batchnorm_mode']}", fontsize=8)
+    figure.tight_layout()
+    written = []
+    for suffix in (".png", ".pdf"):
+        target = csv_path.with_suffix(suffix)
+        with storage.atomic_path(target, suffix=suffix) as tmp:
+            figure.savefig(tmp, dpi=150)
+        written.append(target)
+    pyplot.close(figure)
+    return tuple(written)
+
+
+def _columns(rows: list[dict]) -> dict[str, list[float]]:
+    return {c: [float(r[c]) for r in rows] for c in COLUMNS}

@@ -1,0 +1,244 @@
+"""REPORT.md of one results directory: published vs produced, figures, verdicts and provenance.
+
+Built from files only (each run's metrics.json, env.json, history.csv; landscape CSV/JSON;
+sharpness JSON): `python -m replication report RESULTS_DIR` never trains or evaluates a model, so
+the report can be rebuilt at any time and changes only when the results do. Writes
+RESULTS_DIR/REPORT.md and RESULTS_DIR/tables/<name>.{md,csv,tex}; the arithmetic and the verdict
+rules live in `compare` (Keskar et al. 2017: Table 2 accuracy, Tables 3-4 sharpness,
+Figures 3 and 7 parametric plots, the seven claims of PAPER.md).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from replication import compare, storage
+
+VERDICT_MARK = {"reproduced": "**reproduced**", "partly reproduced": "**partly reproduced**",
+                "not reproduced": "**not reproduced**", "not run": "not run"}
+
+
+def build(results_dir) -> Path:
+    """Write RESULTS_DIR/REPORT.md (and tables/) from the result files; returns its path."""
+    root = Path(results_dir)
+    runs = compare.collect(root)  # raises ResultsError naming the directory when nothing is there
+    profiles = sorted({r.get("profile", root.name) for r in runs})
+    parts = [f"# Replication report: profile {', '.join(profiles)}\n",
+             "Keskar et al., \"On Large-Batch Training for Deep Learning: Generalization Gap and Sharp "
+             "Minima\", ICLR 2017 (arXiv:1609.04836), replicated in TensorFlow/Keras 3. Every number "
+             "below is read from the files in this directory (provenance at the end); rebuild with "
+             f"`python -m replication report {root}`.\n"]
+    verdicts = compare.verdicts(root)
+    parts.append(_verdict_section(root, verdicts))
+    parts.append(_table_section(root, "table2", "Table 2: accuracy (%)", compare.table2(root),
+                                compare.table2_markdown, "Differences are ours minus the paper's, in "
+                                "points and in the paper's standard deviations."))
+    parts.append(_sharpness_section(root))
+    parts.append(_figure_section(root, compare.landscape_rows(root)))
+    parts.append(_provenance_section(root, runs))
+    path = root / "REPORT.md"
+    storage.atomic_write_text(path, "\n".join(p for p in parts if p))
+    return path
+
+
+# Sections ---------------------------------------------------------------------------------------
+def _verdict_section(root: Path, verdicts: list[dict]) -> str:
+    rows = [{"claim": v["claim"], "verdict": v["verdict"], "scope": v["scope"] or "-",
+             "statement": v["statement"]} for v in verdicts]
+    table = markdown_table(rows, {"claim": "claim", "statement": "the paper says",
+                                  "verdict": "verdict", "scope": "scope"},
+                           format_cell=lambda k, v: VERDICT_MARK.get(v, v) if k == "verdict" else v)
+    _write(root, "verdicts", verdicts, table, "Verdicts on the claims of Keskar et al. (2017)")
+    evidence = "\n".join(f"- Claim {v['claim']} ({v['verdict']}):"
+                         + "".join(f"\n  - {item}" for item in v["reason"].split(" | ")) for v in verdicts)
+    return ("## Verdicts\n\n" + table + "\nEvidence:\n\n" + evidence + "\n\n### Rules\n\n"
+            + compare.VERDICT_RULES)
+
+
+def _table_section(root: Path, name: str, title: str, rows: list[dict], to_markdown,
+                   note: str = "") -> str:
+    if not rows:
+        return ""
+    markdown = to_markdown(rows)
+    _write(root, name, rows, markdown, title)
+    return (f"## {title}\n\n{markdown}\nFiles: [{name}.csv](tables/{name}.csv) (every number, "
+            f"with the paper's beside it), [{name}.tex](tables/{name}.tex). {note}\n")
+
+
+def _sharpness_section(root: Path) -> str:
+    """Tables 3 and 4 for the spaces that have sharpness results (compare.table_sharpness when
+    present, else the raw results)."""
+    results = compare.sharpness_results(root)
+    out = []
+    for space, name, title in (("full", "table3", "Table 3: sharpness, full space"),
+                               ("random", "table4", "Table 4: sharpness, random subspace (p = 100)")):
+        if not any(r["space"] == space for r in results):
+            continue
+        if hasattr(compare, "table_sharpness"):
+            rows, to_markdown = compare.table_sharpness(root, space), compare.table_sharpness_markdown
+        else:
+            rows = [r for r in results if r["space"] == space]
+            to_markdown = lambda r: markdown_table(r, {k: k for k in (  # noqa: E731
+                "network", "regime", "seed", "epsilon", "phi", "failed")})
+        out.append(_table_section(root, name, title, rows, to_markdown,
+                                  "Sharpness in the paper's units (Metric 2.1, x100); the CSV has "
+                                  "our mean over the paper's."))
+    return "\n".join(out)
+
+
+def _figure_section(root: Path, rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    from replication import landscape
+
+    for row in rows:  # figures are drawn from the CSV files; redraw any that are missing
+        if not (root / row["png"]).exists() or not (root / row["png"]).with_suffix(".pdf").exists():
+            landscape.plot(root / row["csv"])
+    columns = {"network": "network", "data": "data", "seed": "seed", "figure": "figure",
+               "rise_sb": "rise at SB end", "rise_lb": "rise at LB end", "rise_ratio": "LB/SB",
+               "paper_rise_ratio": "paper LB/SB", "mad_test_acc_pct": "MAD test acc (points)",
+               "mad_train_xent": "MAD train xent", "mad_test_xent": "MAD test xent"}
+    table = markdown_table(rows, columns)
+    _write(root, "figures", rows, table, "Parametric plots (Figures 3 and 7), ours vs published")
+    images = "\n".join(
+        f"### {r['network']} seed {r['seed']}, {r['path']} path ({r['figure']})\n\n"
+        f"![{r['network']} {r['path']} seed {r['seed']}]({r['png']})\n\n"
+        f"[PDF]({Path(r['png']).with_suffix('.pdf')}) · [CSV]({r['csv']}) · batch norm: {r['batchnorm']}\n"
+        for r in rows)
+    return ("## Figures 3 and 7: the loss between the SB and LB minimisers\n\n"
+            f"Rise at an end a = (f(a - h) + f(a + h)) / 2 - f(a) of the training cross-entropy, "
+            f"h = {compare.RISE_STEP}; LB/SB is their ratio (the paper's curves: \"paper LB/SB\"). "
+            "MAD = mean absolute difference from the published curve over alpha (ours interpolated "
+            "onto its alphas). Thin light lines in the figures are the published curves (data: "
+            "the paper's, which may differ from ours; see each row's data).\n\n"
+            + table + f"\nFiles: [figures.csv](tables/figures.csv), [figures.tex](tables/figures.tex).\n\n"
+            + images)
+
+
+def _provenance_section(root: Path, runs: list[dict]) -> str:
+    run_rows = []
+    for run in runs:
+        path = Path(run["path"])
+        env = storage.read_json(path / "env.json") if (path / "env.json").exists() else {}
+        history = storage.read_csv(path / "history.csv") if (path / "history.csv").exists() else []
+        seconds = sum(float(h.get("seconds") or 0) for h in history)
+        run_rows.append({
+            "run": str(path.relative_to(root)), "config": str((path / "config.yaml").relative_to(root)),
+            "git_commit": _commit(env),
+            "device": env.get("device", "unknown"), "versions": _versions(env),
+            "start": env.get("start_time", "?"), "end": env.get("end_time", "?"),
+            "epochs": run["epochs_run"], "train_seconds": round(seconds, 1)})
+    text = ["## Provenance\n",
+            "Every Table 2 number is the mean (sample std, ddof=1) over the runs below; each run "
+            "directory holds its resolved config.yaml, env.json, history.csv and metrics.json. "
+            "train_seconds is the sum of the epochs' wall times in history.csv (training and "
+            "evaluation, over any resumptions).\n",
+            markdown_table(run_rows, {"run": "run", "config": "config", "git_commit": "git commit",
+                                      "device": "hardware", "versions": "software", "start": "start",
+                                      "end": "end", "epochs": "epochs", "train_seconds": "train s"},
+                           format_cell=lambda k, v: f"[{v}]({v})" if k == "config" else v)]
+    landscape_rows = []
+    for meta_path in sorted(root.glob("*/landscape/seed*_*.json")):
+        meta = storage.read_json(meta_path)
+        env = meta.get("environment", {})
+        landscape_rows.append({
+            "curve": str(meta_path.with_suffix(".csv").relative_to(root)),
+            "runs": f"{_relative(meta['sb_run'], root)} + {_relative(meta['lb_run'], root)}",
+            "x0": meta["x0_sha256"][:12], "examples": f"{meta['settings']['train_examples']} train / "
+                                                      f"{meta['settings']['test_examples']} test",
+            "git_commit": _commit(env),
+            "device": env.get("device", "unknown"), "wall_seconds": meta.get("wall_seconds")})
+    if landscape_rows:
+        text += ["\nParametric plots (each CSV's JSON sidecar holds the full provenance and settings):\n",
+                 markdown_table(landscape_rows, {k: k.replace("_", " ") for k in landscape_rows[0]})]
+    sharpness = compare.sharpness_results(root)
+    if sharpness:
+        text += ["\nSharpness results (one JSON per run, space and epsilon; failed solves are "
+                 "reported, never counted as 0):\n",
+                 markdown_table([_sharpness_provenance(s, root) for s in sharpness])]
+    return "\n".join(text)
+
+
+# Rendering --------------------------------------------------------------------------------------
+def markdown_table(rows: list[dict], columns: dict[str, str] | None = None, format_cell=None) -> str:
+    """A Markdown table of `rows` ({key: header} picks and names the columns)."""
+    if not rows:
+        return "(none)\n"
+    columns = columns or {k: k for k in rows[0]}
+    lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = []
+        for key in columns:
+            value = row.get(key, "")
+            value = format_cell(key, value) if format_cell else value
+            cells.append(_format(value).replace("|", "\\|").replace("\n", " "))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:.3g}" if abs(value) < 0.01 or abs(value) >= 1e4 else f"{value:.2f}"
+    return str(value)
+
+
+def markdown_to_latex(markdown: str, caption: str) -> str:
+    """The first Markdown table of `markdown` as a LaTeX table (booktabs); notes become the caption."""
+    lines = markdown.splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    notes = " ".join(line for line in lines if line and not line.startswith("|"))
+    rows = [[_latex_escape(c.strip()) for c in line.strip().strip("|").split(" | ")]
+            for line in table if not set(line) <= set("|-: ")]
+    if not rows:
+        return ""
+    out = ["\\begin{table}[ht]", "\\centering", "\\small",
+           "\\begin{tabular}{" + "l" * len(rows[0]) + "}", "\\toprule",
+           " & ".join(rows[0]) + " \\\\", "\\midrule"]
+    out += [" & ".join(row) + " \\\\" for row in rows[1:]]
+    out += ["\\bottomrule", "\\end{tabular}",
+            f"\\caption{{{_latex_escape(caption + ('. ' + notes if notes else ''))}}}", "\\end{table}"]
+    return "\n".join(out) + "\n"
+
+
+LATEX_SPECIAL = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#",
+                 "_": "\\_", "{": "\\{", "}": "\\}", "~": "\\~{}", "^": "\\^{}",
+                 "±": "$\\pm$", "→": "$\\to$"}
+
+
+def _latex_escape(text: str) -> str:
+    text = text.replace("\\|", "|").replace("**", "")
+    return re.sub("|".join(map(re.escape, LATEX_SPECIAL)), lambda m: LATEX_SPECIAL[m.group()], text)
+
+
+def _write(root: Path, name: str, rows: list[dict], markdown: str, caption: str) -> None:
+    compare.write_table(root, name, rows, markdown)
+    storage.atomic_write_text(root / "tables" / f"{name}.tex", markdown_to_latex(markdown, caption))
+
+
+def _sharpness_provenance(result: dict, root: Path) -> dict:
+    record = storage.read_json(result["path"])
+    env = record.get("environment", {})
+    return {"file": _relative(result["path"], root), "phi": result["phi"], "failed": result["failed"],
+            "examples": record.get("num_examples", "?"), "iterations": record.get("iterations", "?"),
+            "git commit": _commit(env), "device": env.get("device", "unknown"),
+            "wall seconds": record.get("wall_seconds", "?")}
+
+
+def _commit(env: dict) -> str:
+    return str(env.get("git_commit", "unknown"))[:12] + (" (dirty)" if env.get("git_dirty") else "")
+
+
+def _versions(env: dict) -> str:
+    keys = ("python", "tensorflow", "keras", "numpy")
+    return ", ".join(f"{k} {env[k]}" for k in keys if k in env) or "unknown"
+
+
+def _relative(path, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,450 @@
+"""Sharpness, Metric 2.1 of Keskar et al. (2017), section 2.2.1 (PAPER.md "Sharpness").
+
+    C_eps = { y in R^p : |y_i| <= eps * (|(A+ x)_i| + 1) }
+    phi(x, f, eps, A) = (max_{y in C_eps} f(x + A y) - f(x)) / (1 + f(x)) * 100
+
+Paper symbols -> code: x is `x`, the flat vector of the run's trainable variables
+(objective.Objective order); f is the mean training cross-entropy computed by objective.Objective
+(the run's batch-norm semantics and evaluation batch size); eps is `epsilon`; A is `subspace`
+(None for the full space A = I_n, else a RandomSubspace); y is the solver's variable; phi is `phi`.
+
+Choices where the paper is silent:
+- Random subspace: A is n x p (p = 100) with i.i.d. standard normal entries, float32, drawn by
+  TensorFlow's stateless Philox generator from (seed, row block) in blocks of BLOCK_ROWS rows.
+  A is held on the device when n*p*4 bytes <= `materialize_bytes` (8 GiB: F1-C4 at p = 100) and
+  otherwise regenerated block by block inside every product (the same numbers either way), so a
+  device without room for A still works.
+- A+ x = (A^T A)^-1 A^T x (A has full column rank with probability 1 when p <= n), with the
+  p x p Gram matrix and A^T x accumulated in float64 block by block; a float64 n x p never exists.
+- The maximisation is SciPy's L-BFGS-B (its compiled routine, see `lbfgsb`) on -f over y,
+  `iterations` iterations (the paper: 10), from y = 0 (or uniform in the box per restart), with
+  memory 10 and at most 20 line-search steps (SciPy's defaults). gtol = ftol = 0: SciPy's default tolerances are
+  absolute and would call a flat minimum (gradient entries < 1e-5) "converged" at y = 0, reporting
+  phi = 0; only the iteration cap, an exactly zero projected gradient or a line-search stop end it.
+- max f is the largest f at any point evaluated (all inside the box, x itself included), which is
+  at least f at the solver's last iterate.
+- Failure (phi is None, never 0): f(x) or any f or gradient the solver asks for is not finite, or
+  the solve ends with no ascent over its start although the gradient there is not zero (an
+  abnormal line-search stop, or SciPy's "relative reduction <= ftol" when a step changed nothing,
+  which with ftol = 0 is how a failed line search can also end). Reaching the iteration limit
+  (status 1) is the paper's intended inexact solve and is not a failure; nor is phi = 0 at a start
+  whose gradient is exactly zero. With restarts, one failed restart fails the result (a non-finite
+  f in the box means the max is not measured).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from replication import storage
+
+BLOCK_ROWS = 1 << 17            # rows of A generated together; part of A's definition, recorded
+# Keep A (float32) on the device up to this size: a product then reads A once (C2/C4's 6 GB:
+# milliseconds on an H100), while regenerating it costs a Philox draw of all n*p entries.
+MATERIALIZE_BYTES = 8 << 30
+METRIC = "sharpness, Keskar et al. (2017) Metric 2.1"
+A_DISTRIBUTION = (f"i.i.d. N(0, 1) entries, float32, tf.random.stateless_normal seeded by "
+                  f"(seed, block) over blocks of {BLOCK_ROWS} rows")
+A_PINV = "A+ x = solve(A^T A, A^T x), Gram matrix accumulated in float64 by row blocks"
+
+
+class _NonFinite(ArithmeticError):
+    pass
+
+
+class RandomSubspace:
+    """A (n x p, i.i.d. N(0, 1)) as products: A y, A^T g and A+ x, optionally never materialised."""
+
+    def __init__(self, n: int, p: int, seed: int, materialize_bytes: int = MATERIALIZE_BYTES,
+                 block_rows: int = BLOCK_ROWS):
+        import tensorflow as tf
+
+        if not 1 <= p <= n:
+            raise ValueError(f"subspace dimension p={p} must be between 1 and n={n}")
+        self.n, self.p, self.seed, self.block_rows = n, p, seed, block_rows
+        self.starts = list(range(0, n, block_rows))
+        self.materialized = n * p * 4 <= materialize_bytes
+        self._dense = (tf.concat([self._generate(i) for i in range(len(self.starts))], axis=0)
+                       if self.materialized else None)
+
+    def _generate(self, index: int):
+        import tensorflow as tf
+
+        rows = min(self.block_rows, self.n - self.starts[index])
+        return tf.random.stateless_normal([rows, self.p], seed=[self.seed, index], dtype=tf.float32)
+
+    def _blocks(self):
+        for index, start in enumerate(self.starts):
+            stop = min(start + self.block_rows, self.n)
+            yield start, stop, (self._dense[start:stop] if self.materialized else self._generate(index))
+
+    def matvec(self, y):
+        """A y (float32 tensor of length n) for y of length p."""
+        import tensorflow as tf
+
+        y = tf.convert_to_tensor(y, tf.float32)
+        if self.materialized:
+            return tf.linalg.matvec(self._dense, y)
+        return tf.concat([tf.linalg.matvec(block, y) for _, _, block in self._blocks()], axis=0)
+
+    def rmatvec(self, g):
+        """A^T g (float32 tensor of length p) for g of length n."""
+        import tensorflow as tf
+
+        g = tf.convert_to_tensor(g, tf.float32)
+        if self.materialized:
+            return tf.linalg.matvec(self._dense, g, transpose_a=True)
+        return tf.add_n([tf.linalg.matvec(block, g[start:stop], transpose_a=True)
+                         for start, stop, block in self._blocks()])
+
+    def pinv(self, x) -> np.ndarray:
+        """A+ x in float64: solve(A^T A, A^T x), both accumulated in float64 block by block."""
+        import tensorflow as tf
+
+        x = tf.cast(tf.convert_to_tensor(x), tf.float64)
+        gram = tf.zeros([self.p, self.p], tf.float64)
+        atx = tf.zeros([self.p], tf.float64)
+        for start, stop, block in self._blocks():
+            block = tf.cast(block, tf.float64)
+            gram += tf.matmul(block, block, transpose_a=True)
+            atx += tf.linalg.matvec(block, x[start:stop], transpose_a=True)
+        return np.linalg.solve(gram.numpy(), atx.numpy())
+
+    def dense(self) -> np.ndarray:
+        """A as a float32 NumPy array (for tests and small n only)."""
+        return np.concatenate([block.numpy() for _, _, block in self._blocks()], axis=0)
+
+
+def maximize(objective, x, epsilon: float, subspace=None, iterations: int = 10, start: str = "zero",
+             restarts: int = 1, seed: int = 0) -> dict:
+    """max_{y in C_eps} f(x + A y) by L-BFGS-B, and phi. Works on any objective-like object.
+
+    `objective` needs value_and_gradient(flat float32 tensor) -> (f, grad f) (tensors or arrays);
+    `subspace` (None = A = I) needs matvec(y), rmatvec(g) -> tensors or arrays, pinv(x) and p.
+    Returns a dict: phi (None on failure), phi_std, phi_values, f_x, max_f, failed, failure,
+    function_evaluations (passes of the objective, f(x) included), solves (one per restart) and
+    y_max (the best y found, a NumPy array).
+    """
+    import tensorflow as tf
+
+    if epsilon <= 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    if start not in ("zero", "random"):
+        raise ValueError(f"start must be 'zero' or 'random', got {start!r}")
+    x = tf.convert_to_tensor(x, tf.float32)
+    started = time.perf_counter()
+    coordinates = np.abs(np.asarray(x, np.float64) if subspace is None else subspace.pinv(x))
+    bound = epsilon * (coordinates + 1.0)
+    bound_seconds = time.perf_counter() - started
+    passes = 0
+
+    def evaluate(y):
+        """(f(x + A y), A^T grad f) with y from SciPy (float64) and the pass's float32 results."""
+        nonlocal passes
+        passes += 1
+        step = tf.constant(y, tf.float32)
+        value, grad = objective.value_and_gradient(x + (step if subspace is None else subspace.matvec(step)))
+        if subspace is not None:
+            grad = subspace.rmatvec(grad)
+        value, grad = float(value), np.asarray(grad, np.float64)
+        if not (math.isfinite(value) and np.isfinite(grad).all()):
+            raise _NonFinite(f"f or its gradient is not finite (f = {value}) at evaluation {passes}")
+        return value, grad
+
+    result = {"f_x": None, "max_f": None, "phi": None, "phi_std": None, "phi_values": [],
+              "failed": True, "failure": None, "solves": [], "y_max": None, "bound_seconds": bound_seconds}
+    try:
+        f_x, grad_x = evaluate(np.zeros(len(bound)))
+    except _NonFinite as err:
+        result.update(failure=f"f(x) is not finite: {err}", function_evaluations=passes,
+                      seconds=time.perf_counter() - started)
+        return result
+    result["f_x"] = f_x
+    # y = 0 gives the same point for every restart, so zero-start solves once.
+    for restart in range(restarts if start == "random" else 1):
+        tick, first_pass = time.perf_counter(), passes
+        y0 = (np.zeros(len(bound)) if start == "zero"
+              else np.random.default_rng([seed, 1, restart]).uniform(-bound, bound))
+        best = {"f": -math.inf, "y": None}
+        first = {}
+
+        def negated(y):
+            # SciPy evaluates y = 0 first on a zero start: reuse the f(x) pass.
+            if start == "zero" and passes == first_pass and not y.any():
+                value, grad = f_x, grad_x
+            else:
+                value, grad = evaluate(y)
+            if not first:
+                first.update(f=value, moving=bool(np.any(grad != 0)))
+            if value > best["f"]:
+                best.update(f=value, y=y.copy())
+            return -value, -grad
+
+        solve = {"restart": restart}
+        try:
+            answer = lbfgsb(negated, y0, -bound, bound, iterations)
+            solve.update(status=answer["status"], message=answer["message"], iterations=answer["nit"],
+                         solver_final_f=-answer["fun"], solver_seconds=answer["solver_seconds"],
+                         failure=None)
+            # Any stop (an abnormal line search, or SciPy's "converged" when a step changed
+            # nothing) that leaves f where it started although the gradient there is not zero.
+            if first["moving"] and not best["f"] > first["f"]:
+                solve["failure"] = ("no ascent from the start although its gradient is not zero: "
+                                    + answer["message"])
+        except _NonFinite as err:
+            solve.update(status=None, message=str(err), iterations=None, solver_final_f=None,
+                         solver_seconds=None, failure=str(err))
+        # x itself (y = 0) is in the box: a random start that ascends less still has max f >= f(x).
+        max_f = max(best["f"], f_x) if math.isfinite(best["f"]) else None
+        solve.update(max_f=max_f, function_evaluations=passes - first_pass,
+                     phi=None if solve["failure"] or max_f is None else phi_value(f_x, max_f),
+                     seconds=time.perf_counter() - tick)
+        result["solves"].append(solve)
+        if max_f is not None and (result["max_f"] is None or max_f > result["max_f"]):
+            result.update(max_f=max_f, y_max=best["y"])
+    failures = [s["failure"] for s in result["solves"] if s["failure"]]
+    values = [s["phi"] for s in result["solves"] if not s["failure"]]
+    result.update(failed=bool(failures), failure="; ".join(failures) or None, phi_values=values,
+                  function_evaluations=passes, seconds=time.perf_counter() - started)
+    if not failures:
+        result.update(phi=float(np.mean(values)),
+                      phi_std=float(np.std(values, ddof=1)) if len(values) > 1 else None)
+    return result
+
+
+def lbfgsb(fun, x0, lower, upper, iterations: int, maxcor: int = 10, maxls: int = 20) -> dict:
+    """Minimise fun (x -> (f, grad), float64) over lower <= x <= upper with SciPy's L-BFGS-B.
+
+    This is SciPy's compiled L-BFGS-B (`_lbfgsb.setulb`, SciPy >= 1.15) driven exactly as
+    scipy.optimize.minimize(method="L-BFGS-B", options={"maxiter": iterations, "gtol": 0,
+    "ftol": 0}) drives it (a test checks identical iterates), without minimize's Python loops
+    over every coordinate's bounds: those take seconds for F1 and minutes and gigabytes for the
+    15M-parameter C2/C4, once per solve. Returns status (0 converged, 1 iteration limit,
+    2 other), message, nit, nfev, fun, x and solver_seconds (time inside setulb).
+    """
+    from scipy.optimize import _lbfgsb, _lbfgsb_py
+
+    n, m = len(x0), maxcor
+    lower, upper = np.asarray(lower, np.float64).copy(), np.asarray(upper, np.float64).copy()
+    x = np.clip(np.asarray(x0, np.float64), lower, upper)
+    nbd = np.full(n, 2, np.int32)  # 2: both bounds finite
+    f, g = np.array(0.0), np.zeros(n)
+    wa = np.zeros(2 * m * n + 5 * n + 11 * m * m + 8 * m)
+    iwa = np.zeros(3 * n, np.int32)
+    task, ln_task, lsave = np.zeros(2, np.int32), np.zeros(2, np.int32), np.zeros(4, np.int32)
+    isave, dsave = np.zeros(44, np.int32), np.zeros(29)
+    nit = nfev = 0
+    last_x = None
+    solver_seconds = 0.0  # inside setulb: the algorithm's own work (Cauchy point, subspace step)
+    while True:
+        g = g.astype(np.float64)  # a fresh float64 copy each call, as SciPy's own driver does
+        tick = time.perf_counter()
+        _lbfgsb.setulb(m, x, lower, upper, nbd, f, g, 0.0, 0.0, wa, iwa, task, lsave, isave, dsave,
+                       maxls, ln_task)
+        solver_seconds += time.perf_counter() - tick
+        if task[0] == 3:  # FG: f and g wanted at x
+            # The routine may ask again at the point it just had (SciPy's wrapper caches that too):
+            # one pass over the training set saved each time.
+            if last_x is None or not np.array_equal(x, last_x):
+                f, g = fun(x)
+                last_x = x.copy()
+                nfev += 1
+        elif task[0] == 1:  # NEW_X: an iteration is complete
+            nit += 1
+            if nit >= iterations:
+                task[0], task[1] = 5, 504
+        else:
+            break
+    status = 0 if task[0] == 4 else 1 if nit >= iterations else 2
+    message = _lbfgsb_py.status_messages[task[0]] + ": " + _lbfgsb_py.task_messages[task[1]]
+    return {"status": status, "message": message, "nit": nit, "nfev": nfev, "fun": float(f), "x": x,
+            "solver_seconds": solver_seconds}
+
+
+def phi_value(f_x: float, max_f: float) -> float:
+    """phi = (max f - f(x)) / (1 + f(x)) * 100 (Metric 2.1)."""
+    return (max_f - f_x) / (1.0 + f_x) * 100.0
+
+
+def measure(model, inputs, labels, batch_size: int, epsilon: float, space: str = "full", dim: int = 100,
+            iterations: int = 10, start: str = "zero", restarts: int = 1, seed: int = 0,
+            materialize_bytes: int = MATERIALIZE_BYTES) -> dict:
+    """phi of a Keras model's current weights on (inputs, labels); the weights are left unchanged."""
+    from replication import objective as objective_lib
+
+    if space not in ("full", "random"):
+        raise ValueError(f"space must be 'full' or 'random', got {space!r}")
+    saved = model.get_weights()
+    try:
+        objective = objective_lib.Objective(model, inputs, labels, batch_size)
+        tick = time.perf_counter()
+        subspace = (RandomSubspace(objective.dimension, dim, seed, materialize_bytes)
+                    if space == "random" else None)
+        setup = time.perf_counter() - tick
+        result = maximize(objective, objective.get_flat(), epsilon, subspace, iterations, start,
+                          restarts, seed)
+    finally:
+        model.set_weights(saved)  # Objective evaluates statelessly; this makes it a guarantee
+    result.update(n=objective.dimension, p=dim if space == "random" else objective.dimension,
+                  subspace_setup_seconds=setup,
+                  subspace_materialized=None if subspace is None else subspace.materialized)
+    return result
+
+
+def result_path(run_dir, space: str, epsilon: float) -> Path:
+    return Path(run_dir) / "sharpness" / f"{space}_eps{epsilon:g}.json"
+
+
+def sharpness(run_dir, epsilon: float, space: str, dim: int | None = None, force: bool = False,
+              log=None) -> dict:
+    """phi of a finished run for one epsilon and space, with the run's config.sharpness settings.
+
+    The result is `<run_dir>/sharpness/<space>_eps<epsilon>.json`, written atomically; a result
+    with identical settings (and the same final weights) is returned without recomputing.
+    """
+    import dataclasses
+
+    from replication import data, train
+
+    log = log or sys.stderr
+    run = train.load_run(run_dir)
+    cfg = run.config.sharpness
+    p = cfg.dim if dim is None else dim
+    # The config's checks apply to the values asked for here too (ConfigError names them).
+    dataclasses.replace(cfg, epsilons=(epsilon,), spaces=(space,), dim=p).validate(
+        f"sharpness of {run.path} (epsilon/space/dim)")
+    settings = {
+        "epsilon": epsilon, "space": space, "p": p if space == "random" else None,
+        "iterations": cfg.iterations, "start": cfg.start, "restarts": cfg.restarts,
+        "subset": cfg.subset, "seed": cfg.seed, "eval_batch_size": run.config.eval_batch_size,
+        "block_rows": BLOCK_ROWS if space == "random" else None,
+        "weights_digest": storage.weights_digest(run.model.get_weights()),
+    }
+    path = result_path(run.path, space, epsilon)
+    with storage.locked(path.with_suffix(".lock")):
+        if path.exists() and not force:
+            previous = storage.read_json(path)
+            if previous.get("settings") == settings:
+                print(f"[{path}] already computed with these settings; skipping", file=log)
+                return previous
+        _, x_train, y_train, _, _ = train.load_arrays(run.config)
+        inputs, labels = data.subset(x_train, y_train, cfg.subset)
+        tick = time.time()
+        result = measure(run.model, inputs, labels, run.config.eval_batch_size, epsilon, space, p,
+                         cfg.iterations, cfg.start, cfg.restarts, cfg.seed)
+        result.pop("y_max")
+        record = {
+            "metric": METRIC, "run": str(run.path), "network": run.config.network,
+            "dataset": run.config.dataset, "regime": run.metrics["regime"],
+            "run_seed": run.metrics["seed"], "diverged_run": run.metrics["diverged"],
+            **result, "epsilon": epsilon, "space": space, "a_seed": cfg.seed if space == "random" else None,
+            "a_distribution": A_DISTRIBUTION if space == "random" else "identity (A = I_n)",
+            "a_pinv": A_PINV if space == "random" else "A+ = I", "iterations": cfg.iterations,
+            "start": cfg.start, "restarts": cfg.restarts, "subset": cfg.subset,
+            "num_examples": len(inputs), "batchnorm": run.config.batchnorm,
+            "messages": [s["message"] for s in result["solves"]],
+            "config_sharpness": run.config.to_dict()["sharpness"], "settings": settings,
+            "wall_seconds": round(time.time() - tick, 3), "environment": train.environment(cfg.seed),
+        }
+        storage.atomic_write_json(path, record)
+    state = f"FAILED ({record['failure']})" if record["failed"] else f"phi = {record['phi']:.4g}"
+    print(f"[{run.path}] {space} eps {epsilon:g}: {state}, f(x) = {record['f_x']}, "
+          f"{record['function_evaluations']} evaluations, {record['wall_seconds']:.1f} s -> {path}",
+          file=log, flush=True)
+    return record
+
+
+def sharpness_all(run_dir, epsilons=None, spaces=None, dim: int | None = None, force: bool = False,
+                  log=None) -> list[dict]:
+    """Every (epsilon, space) asked for; None means all of the run's config.sharpness."""
+    from replication import train
+
+    cfg = train.load_run(run_dir).config.sharpness
+    return [sharpness(run_dir, epsilon, space, dim, force, log)
+            for space in (spaces or cfg.spaces) for epsilon in (epsilons or cfg.epsilons)]
+
+
+def benchmark(run_dir_or_model, epsilon: float = 1e-3, space: str = "full", dim: int = 100,
+              iterations: int = 10, subset: int | None = None, inputs=None, labels=None,
+              batch_size: int | None = None, materialize_bytes: int = MATERIALIZE_BYTES) -> dict:
+    """Time one solve and its glue: benchmark(run_dir_or_model, epsilon=1e-3, space="full", dim=100,
+    iterations=10, subset=None, inputs=None, labels=None, batch_size=None,
+    materialize_bytes=MATERIALIZE_BYTES) -> dict.
+
+    `run_dir_or_model`: a finished run directory (its final weights, training set, config's
+    sharpness.subset unless `subset` is given, and eval batch size) or a keras.Model, which then
+    needs `inputs`, `labels` and `batch_size`; materialize_bytes=0 times the regenerated-A path
+    (reported as `materialized`). After one warm-up pass (tracing), it times one
+    solve from y = 0 (`solve_seconds`; `passes` = objective evaluations), timing each pass inside
+    it (`pass_seconds`, input and output waited for), then the same number of bare
+    Objective.value_and_gradient calls at x (`bare_seconds`, a cross-check of pass_seconds).
+    - solver_seconds: time inside SciPy's L-BFGS-B routine itself (the algorithm, not glue).
+    - glue_seconds = solve - pass - solver: float64 casts, host/device transfers, A y and A^T g,
+      finiteness checks, Python. glue_fraction = glue / solve (the budget: <= 0.15, reported as
+      within_budget); glue_ratio_to_bare = glue / bare.
+    - overhead_fraction = (solve - bare) / solve: everything but bare passes, solver included.
+    - setup_seconds: A (random space) and A+ x, made once per measurement, not part of the solve.
+    Also: space, epsilon, iterations, n, p, examples, phi, failed, device.
+    """
+    import tensorflow as tf
+
+    from replication import data, objective as objective_lib, train
+
+    if isinstance(run_dir_or_model, (str, Path)):
+        run = train.load_run(run_dir_or_model)
+        _, x_train, y_train, _, _ = train.load_arrays(run.config)
+        inputs, labels = data.subset(x_train, y_train, subset or run.config.sharpness.subset)
+        model, batch_size = run.model, run.config.eval_batch_size
+    else:
+        model = run_dir_or_model
+        if inputs is None or labels is None or batch_size is None:
+            raise ValueError("a model needs inputs, labels and batch_size")
+        inputs, labels = data.subset(inputs, labels, subset)
+    objective = _TimedObjective(objective_lib.Objective(model, inputs, labels, batch_size))
+    x = objective.objective.get_flat()
+    objective.value_and_gradient(x)  # warm-up: tracing
+    tick = time.perf_counter()
+    subspace = (RandomSubspace(objective.dimension, dim, 0, materialize_bytes)
+                if space == "random" else None)
+    setup = time.perf_counter() - tick
+    objective.seconds = 0.0
+    tick = time.perf_counter()
+    result = maximize(objective, x, epsilon, subspace, iterations)
+    solve = time.perf_counter() - tick - result["bound_seconds"]
+    passes_in_solve = objective.seconds
+    objective.seconds = 0.0
+    for _ in range(result["function_evaluations"]):
+        objective.value_and_gradient(x)
+    bare = objective.seconds
+    solver = sum(s["solver_seconds"] or 0.0 for s in result["solves"])
+    glue = solve - passes_in_solve - solver
+    gpus = tf.config.list_physical_devices("GPU")
+    return {"space": space, "epsilon": epsilon, "iterations": iterations, "n": objective.dimension,
+            "p": dim if space == "random" else objective.dimension, "examples": objective.objective.size,
+            "passes": result["function_evaluations"], "solve_seconds": solve,
+            "pass_seconds": passes_in_solve, "bare_seconds": bare, "solver_seconds": solver,
+            "glue_seconds": glue, "glue_fraction": glue / solve, "glue_ratio_to_bare": glue / bare,
+            "overhead_fraction": (solve - bare) / solve, "within_budget": glue / solve <= 0.15,
+            "setup_seconds": setup + result["bound_seconds"], "phi": result["phi"],
+            "failed": result["failed"], "materialized": subspace.materialized if subspace else None,
+            "device": ", ".join(d.name for d in gpus) if gpus else "CPU"}
+
+
+class _TimedObjective:
+    """An Objective whose passes are timed from a ready input to a finished output."""
+
+    def __init__(self, objective):
+        self.objective, self.dimension, self.seconds = objective, objective.dimension, 0.0
+
+    def value_and_gradient(self, flat):
+        float(flat[-1])  # wait for x + A y (asynchronous on a GPU): it is glue, not the pass
+        tick = time.perf_counter()
+        value, grad = self.objective.value_and_gradient(flat)
+        float(value), float(grad[-1])  # wait for the whole pass; grad[-1] needs the full sum
+        self.seconds += time.perf_counter() - tick
+        return value, grad

@@ -1,0 +1,244 @@
+"""Published vs produced: the comparison arithmetic on hand-made numbers, the verdict rules, and
+REPORT.md built from a hand-made results tree (files only, no training)."""
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from conftest import cli
+from replication import compare, report, sharpness, storage
+
+PNG_MAGIC, PDF_MAGIC = b"\x89PNG\r\n\x1a\n", b"%PDF-"
+ALPHAS = np.linspace(-1, 2, 25)
+FASHION = "Fashion-MNIST (stand-in for MNIST)"
+DEVIATIONS = ["dataset fashion_mnist instead of the paper's mnist", "10 epochs instead of the figures' 100",
+              "2 seed(s) instead of 5"]
+
+
+# A hand-made results tree -------------------------------------------------------------------------
+def write_run(root, regime, seed, train_acc, test_acc, phis=None):
+    """One finished F1 run on Fashion-MNIST; `phis` = {(space, epsilon): phi or None (failed)}."""
+    path = root / "F1_fashion_mnist" / regime / f"seed{seed}"
+    storage.atomic_write_json(path / "metrics.json", {
+        "network": "F1", "dataset": "fashion_mnist", "dataset_label": FASHION, "profile": "handmade",
+        "regime": regime, "seed": seed, "batch_size": 256 if regime == "sb" else 6000,
+        "batchnorm": "batch_statistics", "eval_batch_size": 5000, "num_train": 60000, "num_test": 10000,
+        "epochs_run": 10, "stopped": "fixed", "diverged": False, "diverged_epoch": None,
+        "train_loss": 0.1, "train_accuracy": train_acc, "test_loss": 0.3, "test_accuracy": test_acc,
+        "x0_sha256": f"x0-{seed}", "deviations": DEVIATIONS, "resolved_config": {}})
+    storage.atomic_write_json(path / "env.json", {
+        "git_commit": "0123456789abcdef", "git_dirty": False, "device": "test CPU", "python": "3.11",
+        "tensorflow": "2.21", "keras": "3.15", "numpy": "2.4", "seed": seed,
+        "start_time": "2026-01-01T00:00:00+00:00", "end_time": "2026-01-01T00:10:00+00:00"})
+    storage.atomic_write_csv(path / "history.csv", [{"epoch": e, "seconds": 1.5} for e in range(1, 11)])
+    storage.atomic_write_text(path / "config.yaml", "network: F1\n")
+    for (space, epsilon), phi in (phis or {}).items():
+        storage.atomic_write_json(sharpness.result_path(path, space, epsilon), {
+            "phi": phi, "failed": phi is None, "f_x": 0.1, "max_f": None if phi is None else 0.1 + phi,
+            "epsilon": epsilon, "space": space, "p": 100 if space == "random" else None,
+            "iterations": 10, "start": "zero", "num_examples": 60000, "wall_seconds": 2.0,
+            "environment": {"git_commit": "0123456789abcdef", "device": "test CPU"}})
+    return path
+
+
+def landscape_curve(sb_curvature=0.1, lb_curvature=10.0):
+    """Quadratic bowls: curvature 2*sb_curvature around alpha=0, 2*lb_curvature around alpha=1."""
+    xent = np.where(ALPHAS <= 0.5, 0.01 + sb_curvature * ALPHAS ** 2, 0.01 + lb_curvature * (ALPHAS - 1) ** 2)
+    acc = np.clip(100 - 10 * xent, 0, 100)
+    return {"alpha": ALPHAS, "train_xent": xent, "test_xent": xent + 0.05, "train_acc_pct": acc,
+            "test_acc_pct": acc - 1}
+
+
+def write_landscape(root, path, curve):
+    stem = root / "F1_fashion_mnist" / "landscape" / f"seed0_{path}"
+    storage.atomic_write_csv(stem.with_suffix(".csv"), [
+        {k: float(curve[k][i]) for k in ("alpha", *compare.FIGURE_COLUMNS)} for i in range(len(ALPHAS))])
+    storage.atomic_write_json(stem.with_suffix(".json"), {
+        "figure": "Figure 3" if path == "linear" else "Figure 7", "path": path, "network": "F1",
+        "dataset": "fashion_mnist", "dataset_label": FASHION, "seed": 0,
+        "sb_run": str(root / "F1_fashion_mnist/sb/seed0"), "lb_run": str(root / "F1_fashion_mnist/lb/seed0"),
+        "x0_sha256": "x0-0", "batchnorm_mode": "batch statistics", "deviations": DEVIATIONS,
+        "settings": {"train_examples": 60000, "test_examples": 10000},
+        "environment": {"git_commit": "0123456789abcdef", "device": "test CPU"}, "wall_seconds": 3.0})
+    return stem
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "results" / "handmade"
+    sharp = {("full", 1e-3): 200.0, ("full", 5e-4): 40.0, ("random", 1e-3): 9.0, ("random", 5e-4): 5.0}
+    flat = {key: value / 100 for key, value in sharp.items()}
+    for seed, jitter in ((0, 0.0), (1, 0.2)):
+        write_run(root, "sb", seed, 99.5 + jitter, 90.0 + jitter, flat)
+        lb_phis = {**sharp, ("full", 5e-4): None} if seed else sharp  # one failed solve
+        write_run(root, "lb", seed, 99.0 + jitter, 88.0 + jitter, lb_phis)
+    for path in ("linear", "curvilinear"):
+        write_landscape(root, path, landscape_curve())
+    return root
+
+
+# Arithmetic -----------------------------------------------------------------------------------------
+def test_end_rise_is_a_finite_difference_curvature():
+    curve = landscape_curve(sb_curvature=0.1, lb_curvature=10.0)
+    h = compare.RISE_STEP
+    assert compare.end_rise(curve, 0.0) == pytest.approx(0.1 * h ** 2)
+    assert compare.end_rise(curve, 1.0) == pytest.approx(10.0 * h ** 2)
+    assert compare.end_rise(curve, 0.0, column="test_xent") == pytest.approx(0.1 * h ** 2)
+    assert math.isnan(compare.end_rise(curve, 2.0))  # no grid beyond alpha=2
+    assert compare.rise_ratio(10.0, 0.1) == pytest.approx(100.0)
+    assert compare.rise_ratio(1.0, 0.0) == math.inf and math.isnan(compare.rise_ratio(0.0, 0.0))
+
+
+def test_claim3_rule_passes_the_papers_own_curves():
+    rows = []
+    for network in ("F1", "F2", "C1", "C2", "C3", "C4"):
+        for path in ("linear", "curvilinear"):
+            for paper_path in compare.published_figures(network, path).values():
+                paper = compare.read_curve(paper_path)
+                rows.append({"network": network, "dataset": "mnist", "data": "paper", "seed": 0, "path": path,
+                             "rise_sb": compare.end_rise(paper, 0.0), "rise_lb": compare.end_rise(paper, 1.0),
+                             "rise_ratio": math.nan, "paper_rise_ratio": math.nan})
+    assert len(rows) == 16 and compare.claim3(rows)["verdict"] == "reproduced"
+
+
+def test_curve_distance_is_the_mean_absolute_difference():
+    paper = landscape_curve()
+    shifted = {k: v + (1.0 if k != "alpha" else 0.0) for k, v in paper.items()}
+    distance = compare.curve_distance(shifted, paper)
+    assert distance["alphas_compared"] == 25
+    for column in compare.FIGURE_COLUMNS:
+        assert distance[f"mad_{column}"] == pytest.approx(1.0)
+    # A coarser grid of ours is interpolated onto the paper's alphas; exact for straight lines.
+    line = {k: 2 * ALPHAS + 1 for k in compare.FIGURE_COLUMNS} | {"alpha": ALPHAS}
+    coarse = {k: v[::8] for k, v in line.items()}
+    assert compare.curve_distance(coarse, line)["mad_test_acc_pct"] == pytest.approx(0.0, abs=1e-12)
+    narrow = {k: v[8:17] for k, v in line.items()}  # alpha in [0, 1] only
+    assert compare.curve_distance(narrow, line)["alphas_compared"] == 9
+
+
+def table2_row(network, regime, train, test, train_std=0.1, test_std=0.1, data="MNIST"):
+    return {"network": network, "data": data, "regime": regime, "train_mean": train, "train_std": train_std,
+            "test_mean": test, "test_std": test_std}
+
+
+def test_claim1_rule_passes_the_papers_own_table2():
+    rows = []
+    for network, p in compare.published("table2_accuracy").items():
+        for regime in ("sb", "lb"):
+            rows.append(table2_row(network, regime.upper(), p[f"train_{regime}_mean"],
+                                   p[f"test_{regime}_mean"], p[f"train_{regime}_std"],
+                                   p[f"test_{regime}_std"]))
+    assert compare.claim1(rows)["verdict"] == "reproduced"
+
+
+@pytest.mark.parametrize("sb, lb, verdict", [
+    ((99.5, 90.0, 0.1), (99.0, 88.0, 0.1), "reproduced"),
+    ((99.5, 90.0, 1.5), (99.0, 89.0, 0.2), "not reproduced"),     # gap within the seed std
+    ((99.5, 88.0, 0.1), (99.0, 90.0, 0.1), "not reproduced"),     # LB better
+    ((99.5, 90.0, math.nan), (99.0, 88.0, math.nan), "partly reproduced"),  # one seed
+    ((99.5, 90.0, 0.1), (95.0, 88.0, 0.1), "partly reproduced"),  # LB did not fit the training set
+])
+def test_claim1_rule(sb, lb, verdict):
+    rows = [table2_row("F1", "SB", sb[0], sb[1], test_std=sb[2]),
+            table2_row("F1", "LB", lb[0], lb[1], test_std=lb[2])]
+    assert compare.claim1(rows)["verdict"] == verdict
+    assert compare.claim1([])["verdict"] == "not run"
+
+
+def sharp_record(regime, space, eps, phi, seed=0, failed=False):
+    return {"network": "F1", "dataset": "mnist", "dataset_label": "MNIST", "regime": regime, "seed": seed,
+            "space": space, "epsilon": eps, "phi": phi, "failed": failed, "deviations": []}
+
+
+def test_claim2_rule():
+    both = [sharp_record(g, s, e, phi * (100 if g == "lb" else 1))
+            for g in ("sb", "lb") for s in ("full", "random") for e in (1e-3, 5e-4) for phi in (1.0,)]
+    assert compare.claim2(both)["verdict"] == "reproduced"
+    full_only = [r for r in both if r["space"] == "full"]
+    assert compare.claim2(full_only)["verdict"] == "partly reproduced"
+    assert "random space" in compare.claim2(full_only)["reason"]
+    flipped = [{**r, "phi": 1.0 / r["phi"]} for r in both]
+    assert compare.claim2(flipped)["verdict"] == "not reproduced"
+    # A failed solve is left out (never a sharpness of 0) and reported.
+    failed = both + [sharp_record("lb", "full", 1e-3, None, seed=1, failed=True)]
+    result = compare.claim2(failed)
+    assert result["verdict"] == "reproduced" and "1 failed solve(s) left out" in result["reason"]
+    assert compare.claim2([])["verdict"] == "not run"
+
+
+def test_claim3_rule():
+    row = {"network": "F1", "dataset": "mnist", "data": "MNIST", "seed": 0, "rise_sb": 0.001,
+           "rise_lb": 0.1, "rise_ratio": 100.0, "paper_rise_ratio": 2000.0, "deviations": "none"}
+    both = [{**row, "path": "linear"}, {**row, "path": "curvilinear"}]
+    assert compare.claim3(both)["verdict"] == "reproduced"
+    assert compare.claim3(both[:1])["verdict"] == "partly reproduced"
+    assert compare.claim3([both[0], {**both[1], "rise_lb": 0.0}])["verdict"] == "partly reproduced"
+    assert compare.claim3([{**r, "rise_lb": 0.003} for r in both])["verdict"] == "partly reproduced"
+    assert compare.claim3([{**r, "rise_lb": 0.0} for r in both])["verdict"] == "not reproduced"
+    assert compare.claim3([])["verdict"] == "not run"
+    assert compare.claim3(both)["scope"].startswith("F1 only")
+
+
+# The report ------------------------------------------------------------------------------------------
+def test_report_from_a_handmade_tree(tree):
+    path = report.build(tree)
+    text = path.read_text()
+    verdicts = {v["claim"]: v for v in compare.verdicts(tree)}
+    assert [verdicts[c]["verdict"] for c in range(1, 8)] == ["reproduced"] * 3 + ["not run"] * 4
+    for claim in (1, 2, 3):  # never "reproduced" on a stand-in without saying so
+        assert "data other than the paper's (Fashion-MNIST (stand-in for MNIST))" in verdicts[claim]["scope"]
+        assert "F1 only" in verdicts[claim]["scope"] and "10 epochs" in verdicts[claim]["reason"]
+    assert "1 failed solve(s) left out" in verdicts[2]["reason"]
+    assert "**reproduced** | F1 only; on data other than the paper's" in text
+    for heading in ("## Verdicts", "### Rules", "## Table 2", "## Table 3", "## Table 4",
+                    "## Figures 3 and 7", "## Provenance"):
+        assert heading in text
+    # Our numbers and the paper's, side by side (Table 2: paper F1 SB test 98.03 +- 0.07).
+    assert "90.10 ± 0.14" in text and "98.03 ± 0.07" in text
+    assert "0123456789ab" in text and "test CPU" in text
+    # Every relative link resolves; the figures were redrawn from the CSV files and are valid.
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert links and all((tree / link).exists() for link in links)
+    for stem in tree.glob("F1_fashion_mnist/landscape/seed0_*.csv"):
+        assert stem.with_suffix(".png").read_bytes()[:8] == PNG_MAGIC
+        assert stem.with_suffix(".pdf").read_bytes()[:5] == PDF_MAGIC
+    for name in ("table2", "table3", "table4", "figures", "verdicts"):
+        for suffix in (".csv", ".md", ".tex"):
+            assert (tree / "tables" / f"{name}{suffix}").stat().st_size > 0
+    assert "\\begin{tabular}" in (tree / "tables" / "table2.tex").read_text()
+    # The figure distance: our bowl against the paper's F1 curve, computed by hand.
+    figures = storage.read_csv(tree / "tables" / "figures.csv")
+    ours = landscape_curve()
+    paper = compare.read_curve(compare.published_figures("F1", "linear")["paper Figure 3"])
+    expected = np.mean(np.abs(ours["test_acc_pct"] - paper["test_acc_pct"]))
+    assert float(figures[0]["mad_test_acc_pct"]) == pytest.approx(expected)
+    assert float(figures[0]["rise_ratio"]) == pytest.approx(100.0)
+    # Rebuilding from the same files gives the same report.
+    assert report.build(tree).read_text() == text
+
+
+def test_report_without_optional_results(tmp_path):
+    root = tmp_path / "results"
+    write_run(root, "sb", 0, 99.0, 90.0)
+    write_run(root, "lb", 0, 99.0, 89.0)
+    text = report.build(root).read_text()
+    assert "## Table 3" not in text and "## Figures 3 and 7" not in text
+    verdicts = {v["claim"]: v["verdict"] for v in compare.verdicts(root)}
+    assert verdicts == {1: "partly reproduced", 2: "not run", 3: "not run", 4: "not run", 5: "not run",
+                        6: "not run", 7: "not run"}
+
+
+def test_latex_escapes_and_converts_the_markdown_table():
+    markdown = report.markdown_table([{"a": "50% a_b & c", "b": 1.23456}]) + "\nnote: x ± y\n"
+    latex = report.markdown_to_latex(markdown, "caption")
+    assert "50\\% a\\_b \\& c & 1.23 \\\\" in latex
+    assert "\\caption{caption. note: x $\\pm$ y}" in latex
+
+
+def test_report_cli(tree, tmp_path):
+    result = cli("report", tree, check=True)
+    assert result.stdout.strip() == str(tree / "REPORT.md")
+    result = cli("report", tmp_path / "nowhere")
+    assert result.returncode == 2 and "error:" in result.stderr and "nowhere" in result.stderr
