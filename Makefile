@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONUNBUFFERED := 1
 
-.PHONY: test quick reproduce official report bench clean-quick
+.PHONY: test quick reproduce official official-cpu report bench
 .DELETE_ON_ERROR:
 
 $(VENV)/.installed: requirements.txt
@@ -33,13 +33,20 @@ endif
 ifneq ($(filter official,$(MAKECMDGOALS)),)
 include .cache/official.mk
 endif
+ifneq ($(filter official-cpu,$(MAKECMDGOALS)),)
+include .cache/official-cpu.mk
+endif
 
 quick: quick-all
 reproduce: paper-all
 official: official-all
+official-cpu: official-cpu-all
 
+# Profiles with finished runs: results/<profile>/<network>_<dataset>/<regime>/seed<N>/metrics.json
+PROFILES = $(sort $(foreach f,$(wildcard results/*/*/*/seed*/metrics.json),$(word 2,$(subst /, ,$f))))
 report: $(VENV)/.installed
-	for d in results/*/; do [ -d "$$d" ] && $(PY) -m replication report "$$d" || true; done
+	@test -n "$(PROFILES)" || { echo "no finished runs under results/: run make quick first"; exit 2; }
+	for p in $(PROFILES); do $(PY) -m replication report results/$$p || exit 1; done
 
 bench: $(VENV)/.installed
 	$(PY) -m replication bench --out results/bench
