@@ -82,26 +82,32 @@ def table2(results_dir) -> list[dict]:
     """Table 2: train and test accuracy (%) per network and regime, beside the paper."""
     paper = published("table2_accuracy")
     rows = []
-    for (network, dataset), by_regime in groups(collect(results_dir)).items():
+    for network, regime, runs, ok, row in _regime_groups(results_dir):
+        row["epochs"] = max(r["epochs_run"] for r in runs)
+        for split in ("train", "test"):
+            mean, std, _ = summarize([r[f"{split}_accuracy"] for r in ok])
+            p_mean = paper[network][f"{split}_{regime}_mean"]
+            p_std = paper[network][f"{split}_{regime}_std"]
+            row.update({f"{split}_mean": mean, f"{split}_std": std,
+                        f"paper_{split}_mean": p_mean, f"paper_{split}_std": p_std,
+                        f"{split}_diff_points": mean - p_mean,
+                        f"{split}_diff_paper_std": z_score(mean, p_mean, p_std)})
+        rows.append(row)
+    return rows
+
+
+def _regime_groups(results_dir):
+    """(network, regime, runs, non-diverged runs, the row's common cells) per network and regime."""
+    for (network, _), by_regime in groups(collect(results_dir)).items():
         for regime in REGIMES:
             runs = by_regime.get(regime, [])
             if not runs:
                 continue
             ok = [r for r in runs if not r["diverged"]]
-            row = {"network": network, "data": runs[0]["dataset_label"], "regime": regime.upper(),
-                   "batch_size": runs[0]["batch_size"], "seeds": len(runs),
-                   "diverged": len(runs) - len(ok), "epochs": max(r["epochs_run"] for r in runs)}
-            for split in ("train", "test"):
-                mean, std, _ = summarize([r[f"{split}_accuracy"] for r in ok])
-                p_mean = paper[network][f"{split}_{regime}_mean"]
-                p_std = paper[network][f"{split}_{regime}_std"]
-                row.update({f"{split}_mean": mean, f"{split}_std": std,
-                            f"paper_{split}_mean": p_mean, f"paper_{split}_std": p_std,
-                            f"{split}_diff_points": mean - p_mean,
-                            f"{split}_diff_paper_std": z_score(mean, p_mean, p_std)})
-            row["deviations"] = "; ".join(runs[0]["deviations"]) or "none"
-            rows.append(row)
-    return rows
+            yield network, regime, runs, ok, {
+                "network": network, "data": runs[0]["dataset_label"], "regime": regime.upper(),
+                "batch_size": runs[0]["batch_size"], "seeds": len(runs), "diverged": len(runs) - len(ok),
+                "deviations": "; ".join(runs[0]["deviations"]) or "none"}
 
 
 def table2_markdown(rows: list[dict]) -> str:
@@ -134,32 +140,24 @@ def table_sharpness(results_dir, space: str) -> list[dict]:
 
     paper = published(SHARPNESS_TABLES[space])
     rows = []
-    for (network, dataset), by_regime in groups(collect(results_dir)).items():
-        for regime in REGIMES:
-            runs = by_regime.get(regime, [])
-            if not runs:
-                continue
-            ok = [r for r in runs if not r["diverged"]]
-            row = {"network": network, "data": runs[0]["dataset_label"], "regime": regime.upper(),
-                   "batch_size": runs[0]["batch_size"], "seeds": len(runs), "diverged": len(runs) - len(ok)}
-            settings = set()
-            for tag, epsilon in SHARPNESS_EPSILONS.items():
-                paths = [sharpness.result_path(r["path"], space, epsilon) for r in ok]
-                results = [storage.read_json(p) for p in paths if p.exists()]
-                solved = [r for r in results if not r["failed"]]
-                settings |= {f"p={r['p']}, " * (space == "random") + f"{r['iterations']} L-BFGS-B "
-                             f"iterations, start {r['start']}, f on {r['num_examples']} examples"
-                             for r in results}
-                mean, std, _ = summarize([r["phi"] for r in solved])
-                p_mean, p_std = paper[network][f"{tag}_{regime}_mean"], paper[network][f"{tag}_{regime}_std"]
-                row.update({f"{tag}_mean": mean, f"{tag}_std": std, f"{tag}_solved": len(solved),
-                            f"{tag}_failed": len(results) - len(solved),
-                            f"{tag}_missing": len(paths) - len(results),
-                            f"paper_{tag}_mean": p_mean, f"paper_{tag}_std": p_std,
-                            f"{tag}_ratio_to_paper": mean / p_mean if p_mean else math.nan})
-            row["settings"] = " | ".join(sorted(settings)) or "none computed"
-            row["deviations"] = "; ".join(runs[0]["deviations"]) or "none"
-            rows.append(row)
+    for network, regime, _, ok, row in _regime_groups(results_dir):
+        settings = set()
+        for tag, epsilon in SHARPNESS_EPSILONS.items():
+            paths = [sharpness.result_path(r["path"], space, epsilon) for r in ok]
+            results = [storage.read_json(p) for p in paths if p.exists()]
+            solved = [r for r in results if not r["failed"]]
+            settings |= {f"p={r['p']}, " * (space == "random") + f"{r['iterations']} L-BFGS-B "
+                         f"iterations, start {r['start']}, f on {r['num_examples']} examples"
+                         for r in results}
+            mean, std, _ = summarize([r["phi"] for r in solved])
+            p_mean, p_std = paper[network][f"{tag}_{regime}_mean"], paper[network][f"{tag}_{regime}_std"]
+            row.update({f"{tag}_mean": mean, f"{tag}_std": std, f"{tag}_solved": len(solved),
+                        f"{tag}_failed": len(results) - len(solved),
+                        f"{tag}_missing": len(paths) - len(results),
+                        f"paper_{tag}_mean": p_mean, f"paper_{tag}_std": p_std,
+                        f"{tag}_ratio_to_paper": mean / p_mean if p_mean else math.nan})
+        row["settings"] = " | ".join(sorted(settings)) or "none computed"
+        rows.append(row)
     return rows
 
 

@@ -242,7 +242,14 @@ def _jpeg(name, directory):
         storage.atomic_savez(cached, **{f"x_{s}": np.stack(images[s]) for s in images},
                              **{f"y_{s}": np.asarray(labels[s]) for s in labels})
     with np.load(cached) as arrays:
-        return (arrays["x_train"] / 255.0, arrays["y_train"], arrays["x_test"] / 255.0, arrays["y_test"])
+        x_train, y_train, x_test, y_test = (arrays[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+    # The archive is sorted by class; CIFAR-10's own files are in random order. Evaluation under
+    # batch statistics needs mixed batches (a one-class batch of 5000 normalises away the class),
+    # so the images are put in a fixed random order, the same for every run.
+    train_order = np.random.default_rng(0).permutation(len(x_train))
+    test_order = np.random.default_rng(1).permutation(len(x_test))
+    return (x_train[train_order] / 255.0, y_train[train_order],
+            x_test[test_order] / 255.0, y_test[test_order])
 
 
 def _timit(name, directory):

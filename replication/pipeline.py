@@ -36,7 +36,8 @@ def rules(name: str, config_paths: list[str]) -> str:
                         lines += [f"{target}: {runs[regime]}",
                                   f"\t{PY} sharpness {run} --space {space} --epsilon {epsilon:g}", ""]
             for path in landscape.PATHS:
-                target = f"{landscape.output_stem(config, seed, path)}.csv"
+                # Written in the order CSV, JSON sidecar, PNG, PDF: the PDF means all are there.
+                target = f"{landscape.output_stem(config, seed, path)}.pdf"
                 reports.setdefault(config.results_dir, []).append(target)
                 lines += [f"{target}: {runs['sb']} {runs['lb']}",
                           f"\t{PY} landscape {quoted} --seed {seed} --path {path}", ""]

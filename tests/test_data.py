@@ -122,3 +122,33 @@ def test_synthetic_is_deterministic_and_learnable_shape():
     a, b = data.load("synthetic_mnist"), data.load("synthetic_mnist")
     np.testing.assert_array_equal(a.x_train, b.x_train)
     assert a.x_train.shape == (2000, 28, 28, 1) and set(np.unique(a.y_train)) == set(range(10))
+
+
+def test_jpeg_stand_in_layout_labels_and_order(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(0)
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for split, count in (("train", 3), ("test", 2)):
+            for label, name in enumerate(data.CIFAR10_CLASSES):
+                for i in range(count):
+                    image = np.full((32, 32, 3), 20 * label, np.uint8) + rng.integers(0, 3, (32, 32, 3), dtype=np.uint8)
+                    blob = tf.io.encode_jpeg(image, quality=100).numpy()
+                    info = tarfile.TarInfo(f"cifar10-jpeg/{split}/{name}/{i:04d}.jpg")
+                    info.size = len(blob)
+                    tar.addfile(info, io.BytesIO(blob))
+    packed = buffer.getvalue()
+    (tmp_path / data.JPEG_ARCHIVE).write_bytes(packed)
+    monkeypatch.setattr(data, "JPEG_SHA256", hashlib.sha256(packed).hexdigest())
+    monkeypatch.setenv("REPLICATION_CACHE", str(tmp_path / "cache"))
+    ds = data.load("cifar10_jpeg", str(tmp_path))
+    assert ds.label == "CIFAR-10 (JPEG q75 stand-in)"
+    assert ds.x_train.shape == (30, 32, 32, 3) and ds.x_test.shape == (20, 32, 32, 3)
+    assert sorted(ds.y_train) == sorted(list(range(10)) * 3)
+    # Pixel level encodes the label: classes follow CIFAR-10's order (airplane=0 ... truck=9).
+    np.testing.assert_allclose(ds.x_train.mean(axis=(1, 2, 3)) * 255, 20 * ds.y_train + 1, atol=2)
+    # Not class-sorted: batch-statistics evaluation needs mixed batches.
+    assert list(ds.y_train) != sorted(ds.y_train)
+    assert list((tmp_path / "cache").iterdir())  # decoded once, cached
+    np.testing.assert_array_equal(data.load("cifar10_jpeg", str(tmp_path)).y_train, ds.y_train)
