@@ -299,6 +299,8 @@ def landscape_rows(results_dir) -> list[dict]:
         row["rise_ratio"] = rise_ratio(row["rise_lb"], row["rise_sb"])
         published = published_figures(meta["network"], meta["path"])
         paper_path = next(iter(published.values()), None)
+        # For C1-C4 the paper's Figure 3 curve is the official repository's figure, point for point.
+        row["published_curve"] = " = ".join(published) if paper_path else "none published"
         paper = read_curve(paper_path) if paper_path else None
         row["paper_rise_sb"] = end_rise(paper, 0.0) if paper else math.nan
         row["paper_rise_lb"] = end_rise(paper, 1.0) if paper else math.nan
