@@ -26,7 +26,10 @@ def test_rules_cover_every_result_and_parse_with_make(tmp_path):
     assert f"tiny-all: {results}/REPORT.md" in rules
     makefile = tmp_path / "rules.mk"
     makefile.write_text("PY := echo\n" + rules)
-    dry = subprocess.run(["make", "-n", "-f", str(makefile), "tiny-all"], capture_output=True, text=True)
+    # --no-print-directory: under `make test` this is a sub-make, which would otherwise print
+    # "Entering/Leaving directory" lines around the commands.
+    dry = subprocess.run(["make", "-n", "--no-print-directory", "-f", str(makefile), "tiny-all"],
+                         capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.splitlines()
     first_train = next(i for i, line in enumerate(lines) if " train " in line)
