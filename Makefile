@@ -1,4 +1,5 @@
 # One command per job. `make test` runs the tests; `make quick` the CPU profile end to end;
+# `make sweep` the batch-size sweep (Figure 4) on the CPU;
 # `make reproduce` the paper profile (GPU; every run is a file target, so `make -j N` runs them in
 # parallel and a rerun skips what is done); `make report` rebuilds reports from existing results.
 PYTHON ?= python3
@@ -7,7 +8,7 @@ PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONUNBUFFERED := 1
 
-.PHONY: test quick reproduce official official-cpu report bench
+.PHONY: test quick sweep reproduce official official-cpu report bench
 .DELETE_ON_ERROR:
 
 $(VENV)/.installed: requirements.txt
@@ -27,6 +28,9 @@ test: $(VENV)/.installed
 ifneq ($(filter quick,$(MAKECMDGOALS)),)
 include .cache/quick.mk
 endif
+ifneq ($(filter sweep,$(MAKECMDGOALS)),)
+include .cache/sweep.mk
+endif
 ifneq ($(filter reproduce,$(MAKECMDGOALS)),)
 include .cache/paper.mk
 endif
@@ -38,6 +42,7 @@ include .cache/official-cpu.mk
 endif
 
 quick: quick-all
+sweep: sweep-all
 reproduce: paper-all
 official: official-all
 official-cpu: official-cpu-all

@@ -27,7 +27,7 @@ def _train(args):
 
     config = config_lib.load(args.config, args.set)
     seeds = [args.seed] if args.seed is not None else list(config.seeds)
-    regimes = [args.regime] if args.regime else list(config_lib.REGIMES)
+    regimes = [args.regime] if args.regime else config.regimes()
     for seed in seeds:
         for regime in regimes:
             print(train.train(config, regime, seed))
@@ -104,7 +104,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("train", help="train runs of a config; prints each run directory")
     p.add_argument("config")
     p.add_argument("--seed", type=int, help="one seed (default: every seed of the config)")
-    p.add_argument("--regime", choices=("sb", "lb"), help="one regime (default: SB then LB)")
+    p.add_argument("--regime", help="one run: sb, lb, or a sweep run b<batch>[-sqrt|-linear] "
+                   "(default: SB, LB, then the config's sweep)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (dotted for sections), repeatable")
     p.set_defaults(func=_train)

@@ -203,7 +203,8 @@ CLAIMS = {
        "sharp (Tables 6, 7).",
 }
 NOT_RUN = {
-    4: "no batch-size sweep (Figure 4) in these results; the package has no command for it yet",
+    4: "no batch-size sweep (Figure 4) in these results: give a config a `sweep` section "
+       "(configs/sweep/, `make sweep`)",
     5: "no warm-start / piggyback runs (Figure 5) in these results; the package has no command for it yet",
     6: "no sharpness along training iterates (Figure 6) in these results; the package has no "
        "command for it yet",
@@ -227,7 +228,13 @@ never changes it: a claim reproduced on a stand-in dataset says so.
   curvature, h^2/2 f''), passes if rise(1) > {STEEP_FACTOR:g} x rise(0) (every published curve of
   Figures 3 and 7 has a ratio of at least 41), partial if rise(1) > rise(0) only, fails otherwise.
   Capped at partly reproduced if the linear (Figure 3) or curvilinear (Figure 7) path is missing.
-- Claims 4-7: not run (no command for these experiments yet).
+- Claim 4, per network and data, on the unscaled sweep (the paper's fixed learning rate; SB and
+  LB runs count as points): passes if test accuracy falls with the batch size (Spearman rho <=
+  -0.5 and lower at the largest batch than at the smallest) AND sharpness rises (rho >= 0.5 and
+  higher at the largest batch; full space at eps 1e-3, else the first computed); partial if one of
+  the two; fails if neither. Needs at least 3 batch sizes. The threshold's location is reported
+  (the largest drop between consecutive batch sizes), not judged.
+- Claims 5-7: not run (no command for these experiments yet).
 """
 
 
@@ -342,7 +349,8 @@ def _overall(levels: list[str], cap: str | None = None) -> str:
 
 
 # Deviations that do not bear on a claim (a run's list names every later measurement's settings).
-UNRELATED = {1: ("sharpness", "parametric plots"), 2: ("parametric plots",), 3: ("sharpness",)}
+UNRELATED = {1: ("sharpness", "parametric plots"), 2: ("parametric plots",), 3: ("sharpness",),
+             4: ("parametric plots",)}
 
 
 def qualifier(records: list[dict], ignore: tuple[str, ...] = ()) -> str:
@@ -461,8 +469,13 @@ def _verdict(claim: int, verdict: str, records: list[dict], evidence: list[str],
 
 def verdicts(results_dir) -> list[dict]:
     """The seven claims' verdicts from the files below `results_dir` (rules in VERDICT_RULES)."""
-    out = [claim1(table2(results_dir), collect(results_dir)), claim2(sharpness_results(results_dir)),
-           claim3(landscape_rows(results_dir))]
+    from replication import sweep
+
+    # Claims 1-3 are about the SB/LB pair: sweep runs (and their scaled learning rates) stay out.
+    pair_runs = [r for r in collect(results_dir) if r["regime"] in REGIMES]
+    pair_sharpness = [r for r in sharpness_results(results_dir) if r["regime"] in REGIMES]
+    out = [claim1(table2(results_dir), pair_runs), claim2(pair_sharpness),
+           claim3(landscape_rows(results_dir)), sweep.claim4(sweep.points(results_dir))]
     out += [{"claim": c, "statement": CLAIMS[c], "verdict": "not run", "scope": "", "reason": NOT_RUN[c]}
-            for c in (4, 5, 6, 7)]
+            for c in (5, 6, 7)]
     return out

@@ -34,6 +34,8 @@ COMPATIBLE = {
 BATCHNORM = ("batch_statistics", "moving_average")
 STOPPING = ("fixed", "plateau")
 REGIMES = ("sb", "lb")
+# Learning rate of a sweep run: learning_rate * (batch / sb_batch_size) ** exponent.
+LR_SCALINGS = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
 PAPER_EPOCHS = 100
 PAPER_SEEDS = 5
 
@@ -95,6 +97,47 @@ class LandscapeConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """Batch-size sweep (PAPER.md Figure 4, claim 4), optionally with the learning rate scaled.
+
+    Each (batch size, scaling) is one more run of the trial, from the same x0 as SB and LB, named
+    `b<batch>` (scaling "none", the paper's fixed learning rate) or `b<batch>-<scaling>`. Scaling
+    goes beyond the paper: "linear" is Goyal et al. (2017)'s rule for SGD, "sqrt" the square-root
+    rule argued for Adam (Hoffer et al. 2017; Malladi et al. 2022), both relative to sb_batch_size.
+    """
+
+    batch_sizes: tuple[int, ...] = ()          # empty: no sweep
+    lr_scalings: tuple[str, ...] = ("none",)
+
+    def validate(self, where: str) -> None:
+        for b in self.batch_sizes:
+            _check(b >= 1, "sweep.batch_sizes", b, where, "each batch size must be >= 1")
+        _check(len(set(self.batch_sizes)) == len(self.batch_sizes), "sweep.batch_sizes",
+               self.batch_sizes, where, "batch sizes repeat")
+        _check(len(self.lr_scalings) >= 1, "sweep.lr_scalings", self.lr_scalings, where,
+               f"give at least one of {tuple(LR_SCALINGS)}")
+        for s in self.lr_scalings:
+            _check(s in LR_SCALINGS, "sweep.lr_scalings", s, where, f"use one of {tuple(LR_SCALINGS)}")
+        _check(len(set(self.lr_scalings)) == len(self.lr_scalings), "sweep.lr_scalings",
+               self.lr_scalings, where, "scalings repeat")
+
+
+def sweep_regime(batch_size: int, scaling: str = "none") -> str:
+    """The run name of one sweep point: b<batch> or b<batch>-<scaling>."""
+    return f"b{batch_size}" + ("" if scaling == "none" else f"-{scaling}")
+
+
+def parse_regime(regime: str) -> tuple[int, str] | None:
+    """(batch size, scaling) of a sweep run name, or None for anything else (sb, lb, typos)."""
+    head, dash, scaling = regime.partition("-")
+    if len(head) < 2 or head[0] != "b" or not head[1:].isdigit() or head[1] == "0":
+        return None
+    if not dash:
+        return int(head[1:]), "none"
+    return (int(head[1:]), scaling) if scaling in LR_SCALINGS and scaling != "none" else None
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """One experiment: a network trained on a dataset under the SB and LB regimes, several seeds."""
 
@@ -122,6 +165,7 @@ class Config:
     results_dir: str = "results/paper"
     sharpness: SharpnessConfig = SharpnessConfig()
     landscape: LandscapeConfig = LandscapeConfig()
+    sweep: SweepConfig = SweepConfig()
 
     def validate(self, where: str) -> "Config":
         _check(self.network in NETWORKS, "network", self.network, where, f"use one of {NETWORKS}")
@@ -148,18 +192,45 @@ class Config:
                "a non-empty name without '/'")
         self.sharpness.validate(where)
         self.landscape.validate(where)
+        self.sweep.validate(where)
         return self
 
+    def sweep_regimes(self) -> list[str]:
+        """Run names of the sweep, batch sizes in order, each scaling in turn."""
+        return [sweep_regime(b, s) for s in self.sweep.lr_scalings for b in sorted(self.sweep.batch_sizes)]
+
+    def regimes(self) -> list[str]:
+        """Every run of one seed: SB, LB, then the sweep."""
+        return [*REGIMES, *self.sweep_regimes()]
+
+    def for_regime(self, regime: str) -> "Config":
+        """The config a run of `regime` trains with: a scaled sweep run gets its learning rate."""
+        self._check_regime(regime)
+        point = parse_regime(regime)
+        if point is None or point[1] == "none":
+            return self
+        batch, scaling = point
+        factor = (batch / self.sb_batch_size) ** LR_SCALINGS[scaling]
+        return dataclasses.replace(self, learning_rate=self.learning_rate * factor)
+
+    def _check_regime(self, regime: str) -> None:
+        if regime not in REGIMES and regime not in self.sweep_regimes():
+            sweep = (f", or a sweep run of this config: {', '.join(self.sweep_regimes())}"
+                     if self.sweep.batch_sizes else " (this config has no sweep.batch_sizes)")
+            raise ConfigError(f"unknown regime {regime!r}: use sb or lb{sweep}")
+
     def batch_size(self, regime: str, num_train: int) -> int:
-        """SB: 256; LB: 10% of the training set unless set (PAPER.md "Training protocol")."""
-        if regime not in REGIMES:
-            raise ConfigError(f"unknown regime {regime!r}: use one of {REGIMES}")
+        """SB: 256; LB: 10% of the training set unless set (PAPER.md "Training protocol");
+        a sweep run: its batch size."""
+        self._check_regime(regime)
         ten_percent = max(1, round(num_train / 10))  # TIMIT: 72133, as the paper prints
-        size = self.sb_batch_size if regime == "sb" else (self.lb_batch_size or ten_percent)
+        point = parse_regime(regime)
+        size = (point[0] if point else self.sb_batch_size if regime == "sb"
+                else (self.lb_batch_size or ten_percent))
         if size > num_train:
-            raise ConfigError(
-                f"{regime}_batch_size {size} is larger than the training set ({num_train} examples): "
-                "lower it or use a larger train_subset")
+            name = f"{regime}_batch_size" if regime in REGIMES else f"sweep batch size ({regime})"
+            raise ConfigError(f"{name} {size} is larger than the training set ({num_train} examples): "
+                              "lower it or use a larger train_subset")
         return size
 
     def deviations(self) -> list[str]:

@@ -24,7 +24,7 @@ def rules(name: str, config_paths: list[str]) -> str:
         quoted = shlex.quote(config_path)
         for seed in config.seeds:
             runs = {}
-            for regime in config_lib.REGIMES:
+            for regime in config.regimes():
                 run = train.run_directory(config, regime, seed)
                 runs[regime] = f"{run}/metrics.json"
                 lines += [f"{runs[regime]}:",

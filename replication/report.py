@@ -37,6 +37,7 @@ def build(results_dir) -> Path:
                                 "points and in the paper's standard deviations."))
     parts.append(_sharpness_section(root))
     parts.append(_figure_section(root, compare.landscape_rows(root)))
+    parts.append(_sweep_section(root))
     parts.append(_differences_section(runs))
     parts.append(_provenance_section(root, runs))
     path = root / "REPORT.md"
@@ -117,6 +118,58 @@ def _figure_section(root: Path, rows: list[dict]) -> str:
             "the paper's, which may differ from ours; see each row's data).\n\n"
             + table + f"\nFiles: [figures.csv](tables/figures.csv), [figures.tex](tables/figures.tex).\n\n"
             + images)
+
+
+def _sweep_section(root: Path) -> str:
+    """Figure 4 (batch-size sweep): a table of every point, a figure per trial (drawn from the
+    files each time), and how the scaled learning rates compare where they were run."""
+    from replication import sweep
+
+    rows = sweep.points(root)
+    if not rows:
+        return ""
+    sharp = sweep.sharpness_columns(rows)
+    table_rows = []
+    for r in rows:
+        out = {"network": r["network"], "data": r["data"], "lr_scaling": r["lr_scaling"],
+               "batch_size": r["batch_size"], "learning_rate": f"{r['learning_rate']:.3g}",
+               "runs": r["runs"], "seeds": f"{r['seeds']} ({r['diverged']})",
+               "test": compare.cell(r["test_mean"], r["test_std"]),
+               "paper_test": compare.cell(r["paper_test_acc_pct"], math.nan),
+               "train": compare.cell(r["train_mean"], r["train_std"])}
+        for key in sharp:
+            failed = r.get(key + "_failed", 0)
+            out[key] = compare.cell(r.get(key, math.nan), r.get(key + "_std", math.nan)) + (
+                f" ({failed} failed)" if failed else "")
+            paper_key = "paper_" + key.replace("_full", "") if "_full_" in key else None
+            if paper_key in r:
+                out["paper_" + key] = compare.cell(r[paper_key], math.nan)
+        table_rows.append(out)
+    columns = {"network": "network", "data": "data", "lr_scaling": "lr scaling", "batch_size": "batch",
+               "learning_rate": "lr", "runs": "runs", "seeds": "seeds (diverged)", "test": "test acc %",
+               "paper_test": "paper test acc %", "train": "train acc %"}
+    for key in sharp:
+        columns[key] = sweep.sharpness_label(key)
+        if any("paper_" + key in t for t in table_rows):
+            columns["paper_" + key] = "paper"
+    table = markdown_table(table_rows, columns)
+    _write(root, "figure4", rows, table, "Batch-size sweep (Figure 4), ours beside the published curve")
+    images = []
+    for network, dataset, label in dict.fromkeys((r["network"], r["dataset"], r["data"]) for r in rows):
+        stem = root / f"{network}_{dataset}" / "sweep" / "figure4"
+        sweep.plot([r for r in rows if (r["network"], r["dataset"]) == (network, dataset)], stem)
+        png = stem.with_suffix(".png").relative_to(root)
+        images.append(f"### {network} on {label}\n\n![{network} Figure 4]({png})\n\n"
+                      f"[PDF]({png.with_suffix('.pdf')})\n")
+    return ("## Figure 4: test accuracy and sharpness against the batch size\n\n"
+            "Every run of a trial starts from the same x0; SB and LB runs are points of the unscaled "
+            "curve. \"paper\" is the published Figure 4 curve at our batch size (linear interpolation; "
+            "only C1 and F2 were published, and only inside the published range). Learning-rate "
+            "scaling (sqrt, linear: lr = 1e-3 x (batch / SB batch)^(1/2 or 1)) goes beyond the paper, "
+            "which kept lr fixed. Mean ± sample std over seeds; diverged runs are counted, not "
+            "averaged.\n\n" + table
+            + "\nFiles: [figure4.csv](tables/figure4.csv), [figure4.tex](tables/figure4.tex).\n\n"
+            + "\n".join(images))
 
 
 def _differences_section(runs: list[dict]) -> str:

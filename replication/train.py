@@ -37,7 +37,7 @@ from replication import data, storage
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Keys that do not change what training computes: a run directory made with other values of
 # these is still the same run.
-NON_TRAINING_KEYS = ("description", "profile", "seeds", "sharpness", "landscape", "results_dir")
+NON_TRAINING_KEYS = ("description", "profile", "seeds", "sharpness", "landscape", "sweep", "results_dir")
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"]
 
 
@@ -212,8 +212,12 @@ def _should_stop(config: config_lib.Config, history: list[dict]) -> str | None:
 
 
 def train(config: config_lib.Config, regime: str, seed: int, log=None) -> Path:
-    """Train one run (or finish an interrupted one) and return its directory."""
+    """Train one run (or finish an interrupted one) and return its directory.
+
+    `regime` is "sb", "lb" or a sweep run of the config ("b<batch>[-<scaling>]"), whose learning
+    rate `Config.for_regime` scales."""
     log = log or sys.stderr
+    config = config.for_regime(regime)
     path = run_directory(config, regime, seed)
     arrays = None
     if not (path / "metrics.json").exists():

@@ -47,6 +47,11 @@ CONFIG_CASES = [
     ("bad-space", {"sharpness": {"spaces": ["diagonal"]}}, r"'sharpness.spaces': use 'full' or 'random'"),
     ("bad-start", {"sharpness": {"start": "middle"}}, r"'sharpness.start': use 'zero' or 'random'"),
     ("profile-with-slash", {"profile": "a/b"}, r"'profile': a non-empty name without '/'"),
+    ("sweep-batch-zero", {"sweep": {"batch_sizes": [0]}},
+     r"bad value 0 for 'sweep.batch_sizes': each batch size must be >= 1"),
+    ("sweep-batches-repeat", {"sweep": {"batch_sizes": [64, 64]}}, r"'sweep.batch_sizes': batch sizes repeat"),
+    ("sweep-bad-scaling", {"sweep": {"batch_sizes": [64], "lr_scalings": ["cubic"]}},
+     r"bad value 'cubic' for 'sweep.lr_scalings': use one of \('none', 'sqrt', 'linear'\)"),
     ("missing-required", {"network": None}, r"bad value None for 'network': expected str"),
 ]
 
@@ -59,7 +64,7 @@ def run_main(capsys, *argv):
 def write_config(tmp_path, changes):
     data_ = {**TINY, "results_dir": str(tmp_path / "results")}
     for key, value in changes.items():
-        if isinstance(value, dict) and key in ("sharpness", "landscape"):
+        if isinstance(value, dict) and key in ("sharpness", "landscape", "sweep"):
             data_[key] = {**data_.get(key, {}), **value}
         else:
             data_[key] = value

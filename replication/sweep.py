@@ -1,0 +1,243 @@
+"""Batch-size sweep: Figure 4 and claim 4 of Keskar et al. (2017), and learning-rate scaling.
+
+Figure 4 (PAPER.md "Figures") plots test accuracy and sharpness (eps 1e-3 and 5e-4) against the
+batch size after training, for F2 and C1; claim 4 says accuracy falls and sharpness rises with
+the batch size, sharply past a threshold (about 500 for C1, 15000 for F2). A config's `sweep`
+section adds one run per batch size to each trial (`b<batch>`, same x0 and protocol as SB and LB);
+`sweep.lr_scalings` adds runs whose learning rate grows with the batch (`b<batch>-sqrt`,
+`b<batch>-linear`), which the paper did not try and later work recommends.
+
+A point of the sweep is every finished run of a trial at one (batch size, scaling). SB and LB
+runs are points of the unscaled curve (the same protocol), so a sweep config need not repeat
+them. Everything here is read from files (metrics.json, sharpness JSON); nothing is trained.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from replication import compare, storage
+from replication import config as config_lib
+
+# Published Figure 4 curves (package data): only C1 and F2 were published.
+FIGURE4_COLUMNS = ("test_acc_pct", "sharpness_eps1e-3", "sharpness_eps5e-4")
+TREND = 0.5   # |Spearman rho| that counts as a trend over the batch sizes (claim 4's rule)
+MIN_BATCH_SIZES = 3
+
+
+def published_figure4(network: str) -> dict[str, dict[str, np.ndarray]]:
+    """{column: {"batch_size": xs, "value": ys}} of the paper's Figure 4 for `network` (or {})."""
+    out = {}
+    for column in FIGURE4_COLUMNS:
+        path = compare.REFERENCE / "paper_figures" / f"figure4_{network}_{column}.csv"
+        if path.exists():
+            rows = storage.read_csv(path)
+            value_key = next(k for k in rows[0] if k != "batch_size")
+            out[column] = {"batch_size": np.array([float(r["batch_size"]) for r in rows]),
+                           "value": np.array([float(r[value_key]) for r in rows])}
+    return out
+
+
+def _published_at(curve: dict | None, batch: float) -> float:
+    """The published curve at `batch` (linear interpolation), nan outside its range or if absent."""
+    if not curve or not curve["batch_size"].min() <= batch <= curve["batch_size"].max():
+        return math.nan
+    return float(np.interp(batch, curve["batch_size"], curve["value"]))
+
+
+def sharpness_key(space: str, epsilon: float) -> str:
+    return f"sharpness_{space}_eps{epsilon:g}"
+
+
+def sharpness_label(key: str) -> str:
+    """'sharpness_full_eps0.001' -> 'full-space sharpness, eps 0.001'."""
+    space, epsilon = key.removeprefix("sharpness_").split("_eps")
+    return f"{space}-space sharpness, eps {epsilon}"
+
+
+def sharpness_columns(rows: list[dict]) -> list[str]:
+    """The mean-sharpness columns present in `rows`, full space at eps 1e-3 first."""
+    keys = {k for r in rows for k in r
+            if k.startswith("sharpness_") and not k.endswith(("_std", "_failed"))}
+    return sorted(keys, key=lambda k: (k != sharpness_key("full", 1e-3), k))
+
+
+def points(results_dir) -> list[dict]:
+    """One row per (trial, lr scaling, batch size) of every trial that has sweep runs: the mean
+    (sample std) over seeds of test/train accuracy and of each sharpness computed, beside the
+    published Figure 4 value at that batch size where the paper has one (unscaled curve only).
+    Diverged runs and failed solves are counted, never averaged in."""
+    runs = compare.collect(results_dir)
+    swept = {(r["network"], r["dataset"]) for r in runs if config_lib.parse_regime(r["regime"])}
+    phis: dict[str, dict[tuple[str, float], float | None]] = {}
+    for result in compare.sharpness_results(results_dir):
+        run_path = str(Path(result["path"]).parent.parent)
+        phis.setdefault(run_path, {})[(result["space"], result["epsilon"])] = (
+            None if result["failed"] or result["phi"] is None else float(result["phi"]))
+    groups: dict[tuple, dict[int, dict]] = {}
+    # Sweep runs first, so that a sweep run at the SB or LB batch size stands for that seed.
+    for run in sorted(runs, key=lambda r: config_lib.parse_regime(r["regime"]) is None):
+        if (run["network"], run["dataset"]) not in swept:
+            continue
+        point = config_lib.parse_regime(run["regime"])
+        if point is None and run["regime"] in config_lib.REGIMES:
+            point = (int(run["batch_size"]), "none")
+        if point is None:
+            continue
+        key = (run["network"], run["dataset"], point[1], point[0])
+        groups.setdefault(key, {}).setdefault(int(run["seed"]), run)
+    scaling_order = list(config_lib.LR_SCALINGS)
+    rows = []
+    for (network, dataset, scaling, batch), by_seed in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], kv[0][1], scaling_order.index(kv[0][2]), kv[0][3])):
+        members = list(by_seed.values())
+        ok = [r for r in members if not r["diverged"]]
+        test_mean, test_std, _ = compare.summarize([float(r["test_accuracy"]) for r in ok])
+        train_mean, train_std, _ = compare.summarize([float(r["train_accuracy"]) for r in ok])
+        regimes = sorted({r["regime"] for r in members})
+        row = {"network": network, "dataset": dataset, "data": members[0]["dataset_label"],
+               "lr_scaling": scaling, "batch_size": batch,
+               "learning_rate": float(members[0]["resolved_config"].get("learning_rate", math.nan)),
+               "runs": "+".join(regimes), "seeds": len(members), "diverged": len(members) - len(ok),
+               "test_mean": test_mean, "test_std": test_std,
+               "train_mean": train_mean, "train_std": train_std}
+        measured = sorted({k for r in ok for k in phis.get(r["path"], {})})
+        for space, epsilon in measured:
+            found = [phis[r["path"]][(space, epsilon)] for r in ok
+                     if (space, epsilon) in phis.get(r["path"], {})]
+            solved = [v for v in found if v is not None]
+            key = sharpness_key(space, epsilon)
+            row[key], row[key + "_std"], _ = compare.summarize(solved)
+            row[key + "_failed"] = len(found) - len(solved)
+        published = published_figure4(network) if scaling == "none" else {}
+        row["paper_test_acc_pct"] = _published_at(published.get("test_acc_pct"), batch)
+        row["paper_sharpness_eps0.001"] = _published_at(published.get("sharpness_eps1e-3"), batch)
+        row["paper_sharpness_eps0.0005"] = _published_at(published.get("sharpness_eps5e-4"), batch)
+        row["deviations"] = "; ".join(sorted({d for r in members for d in r["deviations"]})) or "none"
+        rows.append(row)
+    return rows
+
+
+def trend(rows: list[dict], column: str) -> tuple[float, float]:
+    """(Spearman rho of `column` against the batch size, last minus first value) over the rows
+    where it is finite; (nan, nan) with fewer than MIN_BATCH_SIZES of them or a constant column."""
+    from scipy import stats
+
+    pairs = sorted((r["batch_size"], r[column]) for r in rows
+                   if isinstance(r.get(column), float) and math.isfinite(r[column]))
+    if len(pairs) < MIN_BATCH_SIZES or len({v for _, v in pairs}) < 2:
+        return math.nan, math.nan
+    batches, values = zip(*pairs)
+    rho = float(stats.spearmanr(batches, values).statistic)
+    return rho, float(values[-1] - values[0])
+
+
+def largest_drop(rows: list[dict]) -> tuple[int, int, float] | None:
+    """The consecutive batch sizes between which mean test accuracy falls most (a, b, points)."""
+    pairs = sorted((r["batch_size"], r["test_mean"]) for r in rows if math.isfinite(r["test_mean"]))
+    drops = [(a, b, va - vb) for (a, va), (b, vb) in zip(pairs, pairs[1:])]
+    return max(drops, key=lambda d: d[2]) if drops else None
+
+
+PAPER_THRESHOLD = {"C1": 500, "F2": 15000}  # PAPER.md claim 4
+
+
+def claim4(rows: list[dict]) -> dict:
+    """Verdict on claim 4 from points(): per trial, on the unscaled curve (the paper's protocol):
+    passes if test accuracy falls (Spearman rho <= -TREND and the largest batch below the smallest)
+    and sharpness rises (rho >= TREND and the largest batch above the smallest) with the batch
+    size; partial if one of the two; fails if neither. Sharpness is the full space at eps 1e-3,
+    else the first computed. The threshold is reported (largest drop), not judged."""
+    levels, evidence, records = [], [], []
+    trials: dict = {}
+    for row in rows:
+        if row["lr_scaling"] == "none":
+            trials.setdefault((row["network"], row["data"]), []).append(row)
+    for (network, label), items in trials.items():
+        records += [{**r, "deviations": r["deviations"].split("; ") if r["deviations"] != "none" else []}
+                    for r in items]
+        batches = sorted(r["batch_size"] for r in items)
+        if len(batches) < MIN_BATCH_SIZES:
+            evidence.append(f"{network} ({label}): {len(batches)} batch sizes, at least "
+                            f"{MIN_BATCH_SIZES} are needed for a trend")
+            continue
+        rho_acc, change_acc = trend(items, "test_mean")
+        keys = sharpness_columns(items)
+        sharp_key = keys[0] if keys else None
+        rho_phi, change_phi = trend(items, sharp_key) if sharp_key else (math.nan, math.nan)
+        falls = rho_acc <= -TREND and change_acc < 0
+        rises = rho_phi >= TREND and change_phi > 0
+        level = "pass" if falls and rises else "partial" if falls or rises else "fail"
+        levels.append(level)
+        drop = largest_drop(items)
+        threshold = (f"largest test-accuracy drop {drop[2]:.2f} points between batch {drop[0]} and "
+                     f"{drop[1]}" if drop else "no drop")
+        paper = PAPER_THRESHOLD.get(network)
+        evidence.append(
+            f"{network} ({label}), batch {batches[0]}-{batches[-1]} ({len(batches)} sizes): test accuracy "
+            f"rho {rho_acc:+.2f}, change {change_acc:+.2f} points; "
+            + (f"{sharpness_label(sharp_key)}: rho {rho_phi:+.2f}, change {change_phi:+.3g}"
+               if sharp_key else "no sharpness computed")
+            + f"; {threshold}" + (f" (paper: threshold about {paper})" if paper else "") + f" -> {level}")
+    if not levels:
+        return {"claim": 4, "statement": compare.CLAIMS[4], "verdict": "not run", "scope": "",
+                "reason": " | ".join(evidence) or compare.NOT_RUN[4]}
+    return compare._verdict(4, compare._overall(levels), records, evidence, compare.NOT_RUN[4])
+
+
+def plot(rows: list[dict], stem: Path) -> tuple[Path, Path]:
+    """Figure 4 for one trial: test accuracy (left) and sharpness (right) against the batch size,
+    one line per lr scaling, error bars = seed std; the paper's curves thin and light. Writes
+    `stem`.png and `stem`.pdf."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    network, label = rows[0]["network"], rows[0]["data"]
+    published = published_figure4(network)
+    figure, (acc_axis, sharp_axis) = pyplot.subplots(1, 2, figsize=(10, 4))
+    styles = {"none": "-", "sqrt": "--", "linear": ":"}
+    markers = {"none": "o", "sqrt": "s", "linear": "^"}
+    for column, axis, name in (("test_acc_pct", acc_axis, "paper"), ("sharpness_eps1e-3", sharp_axis,
+                               "paper eps 1e-3"), ("sharpness_eps5e-4", sharp_axis, "paper eps 5e-4")):
+        if column in published:
+            axis.plot(published[column]["batch_size"], published[column]["value"], color="grey",
+                      linewidth=0.8, alpha=0.5, linestyle="-" if "5e-4" not in column else "--",
+                      label=f"{name} (thin)")
+    keys = sharpness_columns(rows)
+    colors = {k: c for k, c in zip(keys, ("tab:red", "tab:orange", "tab:purple", "tab:brown"))}
+    for scaling in config_lib.LR_SCALINGS:
+        mine = sorted((r for r in rows if r["lr_scaling"] == scaling), key=lambda r: r["batch_size"])
+        if not mine:
+            continue
+        batches = [r["batch_size"] for r in mine]
+        acc_axis.errorbar(batches, [r["test_mean"] for r in mine],
+                          yerr=[0 if math.isnan(r["test_std"]) else r["test_std"] for r in mine],
+                          color="tab:blue", linestyle=styles[scaling], marker=markers[scaling], capsize=3,
+                          label=f"ours, lr scaling {scaling}")
+        for key in keys:
+            values = [r.get(key, math.nan) for r in mine]
+            sharp_axis.plot(batches, values, color=colors[key], linestyle=styles[scaling], marker=markers[scaling],
+                            label=f"{sharpness_label(key)}, lr {scaling}")
+    for axis in (acc_axis, sharp_axis):
+        axis.set_xscale("log")
+        axis.set_xlabel("batch size")
+        axis.legend(fontsize=7, frameon=False)
+    acc_axis.set_ylabel("test accuracy (%)")
+    sharp_axis.set_ylabel("sharpness (Metric 2.1)")
+    sharp_axis.set_yscale("log")
+    figure.suptitle(f"{network} on {label}: Figure 4 (batch-size sweep)", fontsize=9)
+    figure.tight_layout()
+    written = []
+    for suffix in (".png", ".pdf"):
+        target = stem.with_suffix(suffix)
+        with storage.atomic_path(target, suffix=suffix) as tmp:
+            # No creation date in the PDF: a rebuilt report with the same numbers is byte-identical.
+            figure.savefig(tmp, dpi=150, metadata={"CreationDate": None} if suffix == ".pdf" else None)
+        written.append(target)
+    pyplot.close(figure)
+    return tuple(written)

@@ -1,0 +1,182 @@
+"""Batch-size sweep (Figure 4, claim 4): run names, learning-rate scaling, the points and the
+verdict from a hand-made results tree, the published curve, and one real sweep run end to end."""
+
+import math
+import re
+
+import pytest
+import yaml
+
+from conftest import cli
+from replication import config as config_lib
+from replication import compare, report, storage, sweep, train
+from test_report import PDF_MAGIC, PNG_MAGIC, write_run
+
+
+# Run names and learning rates ---------------------------------------------------------------------
+def test_run_names_round_trip_and_typos_are_not_sweep_runs():
+    assert config_lib.sweep_regime(1024) == "b1024"
+    assert config_lib.sweep_regime(1024, "sqrt") == "b1024-sqrt"
+    for batch, scaling in ((1, "none"), (64, "sqrt"), (50000, "linear")):
+        assert config_lib.parse_regime(config_lib.sweep_regime(batch, scaling)) == (batch, scaling)
+    for name in ("sb", "lb", "b", "b0", "b064", "bx", "b64-none", "b64-cubic", "64", "B64"):
+        assert config_lib.parse_regime(name) is None, name
+
+
+def test_learning_rate_scaling_has_the_closed_form():
+    config = config_lib.from_dict({"network": "F1", "dataset": "mnist",
+                                   "sweep": {"batch_sizes": [64, 1024], "lr_scalings": ["none", "sqrt", "linear"]}})
+    assert config.regimes() == ["sb", "lb", "b64", "b1024", "b64-sqrt", "b1024-sqrt", "b64-linear", "b1024-linear"]
+    assert config.for_regime("sb") is config and config.for_regime("b1024") is config
+    assert config.for_regime("b1024-sqrt").learning_rate == pytest.approx(1e-3 * 2)     # sqrt(1024/256)
+    assert config.for_regime("b64-sqrt").learning_rate == pytest.approx(1e-3 / 2)       # sqrt(64/256)
+    assert config.for_regime("b1024-linear").learning_rate == pytest.approx(1e-3 * 4)
+    assert config.batch_size("b1024-linear", 60000) == 1024 and config.batch_size("lb", 60000) == 6000
+    with pytest.raises(config_lib.ConfigError, match=r"unknown regime 'b512': use sb or lb, or a sweep "
+                                                     r"run of this config: b64, b1024, b64-sqrt"):
+        config.batch_size("b512", 60000)
+    plain = config_lib.from_dict({"network": "F1", "dataset": "mnist"})
+    with pytest.raises(config_lib.ConfigError, match="this config has no sweep.batch_sizes"):
+        plain.for_regime("b64")
+    with pytest.raises(config_lib.ConfigError, match=r"sweep batch size \(b1024\) 1024 is larger than "
+                                                     r"the training set \(1000 examples\)"):
+        config.batch_size("b1024", 1000)
+
+
+# Points and claim 4 from a hand-made tree ----------------------------------------------------------
+def write_point(root, regime, seed, batch, test_acc, phi, network="F1"):
+    """A finished run of `regime` at `batch` with full-space sharpness `phi` at eps 1e-3."""
+    path = write_run(root, regime, seed, 99.0, test_acc, {("full", 1e-3): phi})
+    metrics = storage.read_json(path / "metrics.json")
+    point = config_lib.parse_regime(regime)
+    scale = 1.0 if not point or point[1] == "none" else (batch / 256) ** config_lib.LR_SCALINGS[point[1]]
+    metrics.update(batch_size=batch, network=network,
+                   resolved_config={"learning_rate": 1e-3 * scale})
+    if scale != 1.0:
+        metrics["deviations"] = [*metrics["deviations"], "Adam hyper-parameters differ from Keras 1 defaults"]
+    storage.atomic_write_json(path / "metrics.json", metrics)
+    return path
+
+
+@pytest.fixture
+def swept(tmp_path):
+    root = tmp_path / "results" / "sweep"
+    # Unscaled: accuracy falls and sharpness rises with the batch; SB (256) and LB (6000) are points.
+    for seed, jitter in ((0, 0.0), (1, 0.4)):
+        write_point(root, "b64", seed, 64, 91.0 + jitter, 10.0)
+        write_point(root, "sb", seed, 256, 90.0 + jitter, 20.0)
+        write_point(root, "b1024", seed, 1024, 89.5 + jitter, 80.0)
+        write_point(root, "lb", seed, 6000, 86.0 + jitter, 300.0 if seed == 0 else None)  # a failed solve
+    write_point(root, "b1024-sqrt", 0, 1024, 90.5, 30.0)
+    return root
+
+
+def test_points_average_seeds_and_count_failures(swept):
+    rows = sweep.points(swept)
+    unscaled = [r for r in rows if r["lr_scaling"] == "none"]
+    assert [r["batch_size"] for r in unscaled] == [64, 256, 1024, 6000]
+    assert [r["runs"] for r in unscaled] == ["b64", "sb", "b1024", "lb"]
+    sb = unscaled[1]
+    assert sb["seeds"] == 2 and sb["test_mean"] == pytest.approx(90.2)
+    assert sb["test_std"] == pytest.approx(math.sqrt(0.08))  # two values 0.4 apart, ddof=1
+    lb = unscaled[3]
+    assert lb["sharpness_full_eps0.001"] == pytest.approx(300.0) and lb["sharpness_full_eps0.001_failed"] == 1
+    (scaled,) = [r for r in rows if r["lr_scaling"] == "sqrt"]
+    assert scaled["batch_size"] == 1024 and scaled["learning_rate"] == pytest.approx(2e-3)
+    assert math.isnan(scaled["paper_test_acc_pct"])  # F1 has no published Figure 4
+
+
+def test_claim4_passes_a_falling_accuracy_and_rising_sharpness(swept):
+    verdict = sweep.claim4(sweep.points(swept))
+    assert verdict["verdict"] == "reproduced", verdict
+    assert "test accuracy rho -1.00" in verdict["reason"] and "full-space sharpness, eps 0.001: rho +1.00" in verdict["reason"]
+    assert "largest test-accuracy drop 3.50 points between batch 1024 and 6000" in verdict["reason"]
+    assert "Fashion-MNIST" in verdict["scope"]
+
+
+def test_claim4_fails_flat_curves_and_needs_three_batch_sizes(tmp_path):
+    root = tmp_path / "flat"
+    for regime, batch in (("b64", 64), ("sb", 256), ("b1024", 1024), ("lb", 6000)):
+        write_point(root, regime, 0, batch, 90.0 + batch / 1e4, 50.0 - batch / 1e3)
+    assert sweep.claim4(sweep.points(root))["verdict"] == "not reproduced"
+    partial = tmp_path / "partial"
+    for regime, batch in (("b64", 64), ("sb", 256), ("lb", 6000)):
+        write_point(partial, regime, 0, batch, 90.0 - batch / 1e3, 10.0)  # accuracy falls, sharpness flat
+    assert sweep.claim4(sweep.points(partial))["verdict"] == "partly reproduced"
+    few = tmp_path / "few"
+    write_point(few, "b64", 0, 64, 90.0, 1.0)
+    write_point(few, "sb", 0, 256, 89.0, 2.0)
+    verdict = sweep.claim4(sweep.points(few))
+    assert verdict["verdict"] == "not run" and "2 batch sizes, at least 3 are needed" in verdict["reason"]
+
+
+def test_no_sweep_means_no_points_and_claim4_not_run(tmp_path):
+    root = tmp_path / "pairs"
+    write_run(root, "sb", 0, 99.0, 90.0)
+    write_run(root, "lb", 0, 99.0, 88.0)
+    assert sweep.points(root) == []
+    assert compare.verdicts(root)[3]["verdict"] == "not run"
+
+
+def test_published_figure4_is_read_and_interpolated():
+    curves = sweep.published_figure4("C1")
+    assert set(curves) == set(sweep.FIGURE4_COLUMNS)
+    acc = curves["test_acc_pct"]
+    assert sweep._published_at(acc, 100) == pytest.approx(79.06)      # the first published point
+    assert sweep._published_at(acc, 5000) == pytest.approx(75.67)     # the last
+    assert math.isnan(sweep._published_at(acc, 50)) and math.isnan(sweep._published_at(acc, 6000))
+    assert sweep.published_figure4("F1") == {}
+
+
+def test_report_has_the_figure4_section_and_files(swept):
+    path = report.build(swept)
+    text = path.read_text()
+    assert "## Figure 4: test accuracy and sharpness against the batch size" in text
+    assert re.search(r"\| F1 \| Fashion-MNIST \(stand-in for MNIST\) \| sqrt \| 1024 \| 0.002 \| b1024-sqrt", text)
+    assert "| 4 | Test accuracy falls" in text and "**reproduced**" in text.split("| 4 |")[1].split("\n")[0]
+    stem = swept / "F1_fashion_mnist" / "sweep" / "figure4"
+    assert stem.with_suffix(".png").read_bytes().startswith(PNG_MAGIC)
+    assert stem.with_suffix(".pdf").read_bytes().startswith(PDF_MAGIC)
+    csv_rows = storage.read_csv(swept / "tables" / "figure4.csv")
+    assert len(csv_rows) == 5
+    # Rebuilding from the same files gives the same bytes (no dates in the figures).
+    before = {p: p.read_bytes() for p in (path, stem.with_suffix(".pdf"), stem.with_suffix(".png"))}
+    report.build(swept)
+    assert all(p.read_bytes() == b for p, b in before.items())
+    # Claims 1-2 ignore the sweep: the scaled run's learning rate is no deviation of theirs.
+    verdicts = compare.verdicts(swept)
+    assert "Adam" not in verdicts[0]["reason"] and "Adam" not in verdicts[1]["reason"]
+    assert "Adam" not in verdicts[3]["reason"]  # claim 4 is judged on the unscaled curve only
+
+
+# One real sweep run -----------------------------------------------------------------------------------
+def test_a_sweep_run_trains_with_its_batch_and_scaled_learning_rate(tiny_config):
+    path = tiny_config(sweep={"batch_sizes": [128], "lr_scalings": ["sqrt"]}, epochs=1)
+    result = cli("train", path, "--seed", "0", "--regime", "b128-sqrt", check=True)
+    run = train.run_directory(config_lib.load(path), "b128-sqrt", 0)
+    assert result.stdout.strip() == str(run)
+    metrics = storage.read_json(run / "metrics.json")
+    assert metrics["regime"] == "b128-sqrt" and metrics["batch_size"] == 128
+    assert metrics["resolved_config"]["learning_rate"] == pytest.approx(1e-3 * 2)  # sqrt(128/32)
+    assert yaml.safe_load((run / "config.yaml").read_text())["run"]["regime"] == "b128-sqrt"
+    # Same x0 as the pair: the trial's x0 file is shared.
+    sb = train.train(config_lib.load(path), "sb", 0)
+    assert storage.read_json(sb / "metrics.json")["x0_sha256"] == metrics["x0_sha256"]
+    bad = cli("train", path, "--regime", "b999")
+    assert bad.returncode == 2 and "unknown regime 'b999'" in bad.stderr
+
+
+def test_make_rules_train_and_measure_every_sweep_run(tmp_path):
+    from conftest import TINY
+    from replication import pipeline
+
+    path = tmp_path / "tiny.yaml"
+    results = tmp_path / "results"
+    path.write_text(yaml.safe_dump({**TINY, "results_dir": str(results),
+                                    "sweep": {"batch_sizes": [64], "lr_scalings": ["none", "sqrt"]}}))
+    rules = pipeline.rules("tiny", [str(path)])
+    trial = results / "F1_synthetic_mnist"
+    for regime in ("sb", "lb", "b64", "b64-sqrt"):
+        assert f"{trial}/{regime}/seed0/metrics.json:\n\t$(PY) -m replication train {path} --seed 0 --regime {regime}\n" in rules
+        report_rule = next(line for line in rules.splitlines() if line.startswith(f"{results}/REPORT.md:"))
+        assert f"{trial}/{regime}/seed0/sharpness/full_eps0.001.json" in report_rule
