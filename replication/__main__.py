@@ -50,6 +50,13 @@ def _sharpness(args):
                                 [args.space] if args.space else None, args.dim, args.force)
 
 
+def _noise(args):
+    from replication import noise
+
+    for run_dir in args.run_dir:
+        noise.noise_scale(run_dir, args.point, args.force)
+
+
 def _table_sharpness(args):
     from replication import compare
 
@@ -122,6 +129,14 @@ def main(argv=None) -> int:
     p.add_argument("--dim", type=int, help="p, columns of A in the random subspace (default: config sharpness.dim)")
     p.add_argument("--force", action="store_true", help="recompute even if a result with these settings exists")
     p.set_defaults(func=_sharpness)
+
+    p = sub.add_parser("noise", help="gradient noise scale B_simple (McCandlish et al. 2018) of finished "
+                       "runs; writes RUN_DIR/noise/<point>.json")
+    p.add_argument("run_dir", nargs="+")
+    p.add_argument("--point", choices=("final", "initial"), default="final",
+                   help="the run's minimiser (default) or its x0")
+    p.add_argument("--force", action="store_true", help="recompute even if a result with these settings exists")
+    p.set_defaults(func=_noise)
 
     for name, what in (("table3", "full space"), ("table4", "random subspaces")):
         p = sub.add_parser(name, help=f"Table {name[-1]} (sharpness, {what}) from the runs under RESULTS_DIR")

@@ -108,6 +108,9 @@ class SweepConfig:
 
     batch_sizes: tuple[int, ...] = ()          # empty: no sweep
     lr_scalings: tuple[str, ...] = ("none",)
+    # Gradient noise scale (replication/noise.py): mini-batches of sb_batch_size drawn per
+    # estimate, at x0 and at every minimiser of a config with a sweep.
+    noise_batches: int = 100
 
     def validate(self, where: str) -> None:
         for b in self.batch_sizes:
@@ -120,6 +123,8 @@ class SweepConfig:
             _check(s in LR_SCALINGS, "sweep.lr_scalings", s, where, f"use one of {tuple(LR_SCALINGS)}")
         _check(len(set(self.lr_scalings)) == len(self.lr_scalings), "sweep.lr_scalings",
                self.lr_scalings, where, "scalings repeat")
+        _check(self.noise_batches >= 2, "sweep.noise_batches", self.noise_batches, where,
+               "the noise-scale estimate needs at least 2 mini-batches")
 
 
 def sweep_regime(batch_size: int, scaling: str = "none") -> str:

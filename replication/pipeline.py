@@ -11,7 +11,7 @@ from __future__ import annotations
 import shlex
 
 from replication import config as config_lib
-from replication import landscape, sharpness, train
+from replication import landscape, noise, sharpness, train
 
 PY = "$(PY) -m replication"
 
@@ -35,6 +35,12 @@ def rules(name: str, config_paths: list[str]) -> str:
                         reports.setdefault(config.results_dir, []).append(str(target))
                         lines += [f"{target}: {runs[regime]}",
                                   f"\t{PY} sharpness {run} --space {space} --epsilon {epsilon:g}", ""]
+                # A sweep also measures the gradient noise scale: at every minimiser, and at x0 once.
+                points = (("final", "initial") if regime == "sb" else ("final",)) if config.sweep.batch_sizes else ()
+                for point in points:
+                    target = noise.result_path(run, point)
+                    reports.setdefault(config.results_dir, []).append(str(target))
+                    lines += [f"{target}: {runs[regime]}", f"\t{PY} noise {run} --point {point}", ""]
             for path in landscape.PATHS:
                 # Written in the order CSV, JSON sidecar, PNG, PDF: the PDF means all are there.
                 target = f"{landscape.output_stem(config, seed, path)}.pdf"

@@ -137,6 +137,8 @@ def _sweep_section(root: Path) -> str:
                "test": compare.cell(r["test_mean"], r["test_std"]),
                "paper_test": compare.cell(r["paper_test_acc_pct"], math.nan),
                "train": compare.cell(r["train_mean"], r["train_std"])}
+        if not math.isnan(r["noise_scale"]):
+            out["noise"] = compare.cell(r["noise_scale"], r["noise_scale_std"], digits=0)
         for key in sharp:
             failed = r.get(key + "_failed", 0)
             out[key] = compare.cell(r.get(key, math.nan), r.get(key + "_std", math.nan)) + (
@@ -152,6 +154,8 @@ def _sweep_section(root: Path) -> str:
         columns[key] = sweep.sharpness_label(key)
         if any("paper_" + key in t for t in table_rows):
             columns["paper_" + key] = "paper"
+    if any("noise" in t for t in table_rows):
+        columns["noise"] = "B_simple at the minimiser"
     table = markdown_table(table_rows, columns)
     _write(root, "figure4", rows, table, "Batch-size sweep (Figure 4), ours beside the published curve")
     images = []
@@ -169,7 +173,32 @@ def _sweep_section(root: Path) -> str:
             "which kept lr fixed. Mean ± sample std over seeds; diverged runs are counted, not "
             "averaged.\n\n" + table
             + "\nFiles: [figure4.csv](tables/figure4.csv), [figure4.tex](tables/figure4.tex).\n\n"
-            + "\n".join(images))
+            + _noise_text(root, rows) + "\n".join(images))
+
+
+def _noise_text(root: Path, rows: list[dict]) -> str:
+    """The gradient noise scale beside the sweep: what it predicts and where our accuracy fell."""
+    from replication import sweep
+
+    at_x0 = sweep.noise_at_x0(root)
+    if not at_x0 and all(math.isnan(r["noise_scale"]) for r in rows):
+        return ""
+    lines = ["**Gradient noise scale** (beyond the paper): B_simple = tr(Sigma) / |G|^2 (McCandlish et "
+             "al. 2018), estimated from mini-batch gradients of the SB batch size on the sharpness "
+             "examples (replication/noise.py). McCandlish et al. find that batches up to about this "
+             "size train almost as efficiently per example as small ones, and larger ones with "
+             "diminishing returns; it grows as training proceeds, so it is given at x0 and at each "
+             "minimiser (table column).", ""]
+    for (network, label), values in at_x0.items():
+        mean, std, n = compare.summarize(values)
+        unscaled = [r for r in rows if r["network"] == network and r["data"] == label
+                    and r["lr_scaling"] == "none"]
+        drop = sweep.largest_drop(unscaled)
+        where = (f"; our largest test-accuracy drop is between batch {drop[0]} and {drop[1]} "
+                 f"({drop[2]:.2f} points)" if drop else "")
+        lines.append(f"- {network} ({label}): B_simple at x0 = {compare.cell(mean, std, digits=0)} "
+                     f"({n} seed{'s' if n > 1 else ''}){where}.")
+    return "\n".join(lines) + "\n\n"
 
 
 def _differences_section(runs: list[dict]) -> str:

@@ -70,7 +70,7 @@ def points(results_dir) -> list[dict]:
     (sample std) over seeds of test/train accuracy and of each sharpness computed, beside the
     published Figure 4 value at that batch size where the paper has one (unscaled curve only).
     Diverged runs and failed solves are counted, never averaged in."""
-    runs = compare.collect(results_dir)
+    runs = [{**r, "noise_final": _b_simple(r["path"], "final")} for r in compare.collect(results_dir)]
     swept = {(r["network"], r["dataset"]) for r in runs if config_lib.parse_regime(r["regime"])}
     phis: dict[str, dict[tuple[str, float], float | None]] = {}
     for result in compare.sharpness_results(results_dir):
@@ -112,6 +112,8 @@ def points(results_dir) -> list[dict]:
             key = sharpness_key(space, epsilon)
             row[key], row[key + "_std"], _ = compare.summarize(solved)
             row[key + "_failed"] = len(found) - len(solved)
+        scales = [r["noise_final"] for r in ok if r.get("noise_final") is not None]
+        row["noise_scale"], row["noise_scale_std"], _ = compare.summarize(scales)
         published = published_figure4(network) if scaling == "none" else {}
         row["paper_test_acc_pct"] = _published_at(published.get("test_acc_pct"), batch)
         row["paper_sharpness_eps0.001"] = _published_at(published.get("sharpness_eps1e-3"), batch)
@@ -119,6 +121,23 @@ def points(results_dir) -> list[dict]:
         row["deviations"] = "; ".join(sorted({d for r in members for d in r["deviations"]})) or "none"
         rows.append(row)
     return rows
+
+
+def _b_simple(run_path, point: str) -> float | None:
+    from replication import noise
+
+    path = noise.result_path(run_path, point)
+    return storage.read_json(path).get("b_simple") if path.exists() else None
+
+
+def noise_at_x0(results_dir) -> dict[tuple[str, str], list[float]]:
+    """{(network, data label): B_simple at x0 of each seed} from the SB runs' noise/initial.json."""
+    out: dict = {}
+    for run in compare.collect(results_dir):
+        value = _b_simple(run["path"], "initial") if run["regime"] == "sb" else None
+        if value is not None:
+            out.setdefault((run["network"], run["dataset_label"]), []).append(float(value))
+    return out
 
 
 def trend(rows: list[dict], column: str) -> tuple[float, float]:

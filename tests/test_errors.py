@@ -50,6 +50,8 @@ CONFIG_CASES = [
     ("sweep-batch-zero", {"sweep": {"batch_sizes": [0]}},
      r"bad value 0 for 'sweep.batch_sizes': each batch size must be >= 1"),
     ("sweep-batches-repeat", {"sweep": {"batch_sizes": [64, 64]}}, r"'sweep.batch_sizes': batch sizes repeat"),
+    ("sweep-noise-batches", {"sweep": {"noise_batches": 1}},
+     r"bad value 1 for 'sweep.noise_batches': the noise-scale estimate needs at least 2 mini-batches"),
     ("sweep-bad-scaling", {"sweep": {"batch_sizes": [64], "lr_scalings": ["cubic"]}},
      r"bad value 'cubic' for 'sweep.lr_scalings': use one of \('none', 'sqrt', 'linear'\)"),
     ("missing-required", {"network": None}, r"bad value None for 'network': expected str"),

@@ -164,6 +164,14 @@ def test_a_sweep_run_trains_with_its_batch_and_scaled_learning_rate(tiny_config)
     assert storage.read_json(sb / "metrics.json")["x0_sha256"] == metrics["x0_sha256"]
     bad = cli("train", path, "--regime", "b999")
     assert bad.returncode == 2 and "unknown regime 'b999'" in bad.stderr
+    # The gradient noise scale at x0 and at the minimiser; a second request is skipped.
+    for point in ("initial", "final"):
+        cli("noise", run, "--point", point, check=True)
+        record = storage.read_json(run / "noise" / f"{point}.json")
+        assert record["b_simple"] > 0 and record["batch_size"] == 32 and record["num_examples"] == 400
+    assert record["settings"]["weights_digest"] != storage.read_json(run / "noise" / "initial.json")["settings"]["weights_digest"]
+    again = cli("noise", run, check=True)
+    assert "already computed with these settings; skipping" in again.stderr
 
 
 def test_make_rules_train_and_measure_every_sweep_run(tmp_path):
@@ -180,3 +188,6 @@ def test_make_rules_train_and_measure_every_sweep_run(tmp_path):
         assert f"{trial}/{regime}/seed0/metrics.json:\n\t$(PY) -m replication train {path} --seed 0 --regime {regime}\n" in rules
         report_rule = next(line for line in rules.splitlines() if line.startswith(f"{results}/REPORT.md:"))
         assert f"{trial}/{regime}/seed0/sharpness/full_eps0.001.json" in report_rule
+        assert f"{trial}/{regime}/seed0/noise/final.json: {trial}/{regime}/seed0/metrics.json\n" in rules
+    assert f"\t$(PY) -m replication noise {trial}/sb/seed0 --point initial\n" in rules
+    assert "--point initial" not in rules.replace(f"{trial}/sb/seed0 --point initial", "")
