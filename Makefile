@@ -21,7 +21,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 # Rules for every run of a profile, generated from its configs (seeds and regimes come from there).
-.cache/%.mk: $(VENV)/.installed $(wildcard configs/*/*.yaml) replication/pipeline.py
+.cache/%.mk: $(VENV)/.installed $(wildcard configs/*/*.yaml) replication/pipeline.py replication/config.py
 	@mkdir -p .cache
 	$(PY) -m replication make-rules --name $* configs/$*/*.yaml > $@.tmp && mv $@.tmp $@
 

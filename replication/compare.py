@@ -232,7 +232,10 @@ never changes it: a claim reproduced on a stand-in dataset says so.
   LB runs count as points): passes if test accuracy falls with the batch size (Spearman rho <=
   -0.5 and lower at the largest batch than at the smallest) AND sharpness rises (rho >= 0.5 and
   higher at the largest batch; full space at eps 1e-3, else the first computed); partial if one of
-  the two; fails if neither. Needs at least 3 batch sizes. The threshold's location is reported
+  the two, or if both but the train accuracy also falls by more than {TRAIN_TOLERANCE_POINTS}
+  points (at a fixed epoch budget the largest batches take few steps: under-training, not only a
+  generalization gap); fails if neither. Needs at least 3 batch sizes with non-diverged runs;
+  capped at partly reproduced if no sharpness was computed. The threshold's location is reported
   (the largest drop between consecutive batch sizes), not judged.
 - Claims 5-7: not run (no command for these experiments yet).
 """

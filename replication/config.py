@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from pathlib import Path
 
@@ -123,8 +124,8 @@ class SweepConfig:
             _check(s in LR_SCALINGS, "sweep.lr_scalings", s, where, f"use one of {tuple(LR_SCALINGS)}")
         _check(len(set(self.lr_scalings)) == len(self.lr_scalings), "sweep.lr_scalings",
                self.lr_scalings, where, "scalings repeat")
-        _check(self.noise_batches >= 2, "sweep.noise_batches", self.noise_batches, where,
-               "the noise-scale estimate needs at least 2 mini-batches")
+        _check(self.noise_batches >= 3, "sweep.noise_batches", self.noise_batches, where,
+               "the noise-scale estimate needs at least 3 mini-batches")
 
 
 def sweep_regime(batch_size: int, scaling: str = "none") -> str:
@@ -134,12 +135,8 @@ def sweep_regime(batch_size: int, scaling: str = "none") -> str:
 
 def parse_regime(regime: str) -> tuple[int, str] | None:
     """(batch size, scaling) of a sweep run name, or None for anything else (sb, lb, typos)."""
-    head, dash, scaling = regime.partition("-")
-    if len(head) < 2 or head[0] != "b" or not head[1:].isdigit() or head[1] == "0":
-        return None
-    if not dash:
-        return int(head[1:]), "none"
-    return (int(head[1:]), scaling) if scaling in LR_SCALINGS and scaling != "none" else None
+    match = re.fullmatch(r"b([1-9][0-9]*)(?:-(sqrt|linear))?", regime)
+    return (int(match.group(1)), match.group(2) or "none") if match else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +195,11 @@ class Config:
         self.sharpness.validate(where)
         self.landscape.validate(where)
         self.sweep.validate(where)
+        for b in self.sweep.batch_sizes:  # these would train an exact copy of the SB or LB run
+            _check(b != self.sb_batch_size, "sweep.batch_sizes", b, where,
+                   "the SB batch size is already a point of every curve (scaling is 1 there)")
+            _check(b != self.lb_batch_size or "none" not in self.sweep.lr_scalings, "sweep.batch_sizes",
+                   b, where, "the LB batch size is already a point of the unscaled curve")
         return self
 
     def sweep_regimes(self) -> list[str]:
@@ -217,6 +219,15 @@ class Config:
         batch, scaling = point
         factor = (batch / self.sb_batch_size) ** LR_SCALINGS[scaling]
         return dataclasses.replace(self, learning_rate=self.learning_rate * factor)
+
+    def run_deviations(self, regime: str) -> list[str]:
+        """deviations() of the run `regime`: a scaled sweep run says its learning rate."""
+        scaled = self.for_regime(regime)
+        if scaled is self:
+            return self.deviations()
+        batch, scaling = parse_regime(regime)
+        return [*self.deviations(), f"learning rate {scaled.learning_rate:.3g} ({scaling}-scaled with "
+                f"batch {batch} from {self.learning_rate:g} at {self.sb_batch_size}; sweep run)"]
 
     def _check_regime(self, regime: str) -> None:
         if regime not in REGIMES and regime not in self.sweep_regimes():

@@ -1,21 +1,27 @@
 """Gradient noise scale B_simple = tr(Sigma) / |G|^2 (McCandlish, Kaplan, Amodei et al. 2018,
 "An Empirical Model of Large-Batch Training", eq. 2.8 and appendix A).
 
-Beyond Keskar et al. (2017): B_simple predicts the "critical batch size" below which a larger
-batch buys an almost proportional speed-up and above which it buys little, which is the rule for
-choosing a batch size that the generalization-gap question leads to. Symbols -> code: G is the
-full-batch gradient of the mean training cross-entropy (`gradient`), Sigma the covariance of the
-per-example gradients, tr(Sigma) `trace_sigma`.
+Beyond Keskar et al. (2017): McCandlish et al. find that batches up to about the noise scale
+train almost as efficiently per example as small ones, and larger batches with diminishing
+returns, so it is a measured answer to "which batch size?". Symbols -> code: G is the expected
+gradient of the mean training cross-entropy, Sigma the covariance of per-example gradients,
+tr(Sigma) `trace_sigma`, |G|^2 `grad_norm_sq`.
 
-Estimator: G over the examples (evaluation batches, as for sharpness), then K mini-batch
-gradients g_k of b examples drawn without replacement. For such batches
-E|g_k - G|^2 = tr(Sigma) / b * (N - b) / (N - 1), so tr(Sigma) = b (N - 1) / (N - b) * mean_k |g_k - G|^2.
-The standard error comes from the spread of the K squared distances.
+Estimator, from K mini-batch gradients g_k of b examples each (drawn without replacement from the
+N examples, independently per batch), and nothing else:
+    V = sum_k |g_k - mean g|^2 / (K - 1)        unbiased for E|g - E g|^2 = tr(Sigma)/b (N - b)/(N - 1)
+    tr(Sigma) = V b (N - 1) / (N - b)
+    |G|^2 = |mean g|^2 - V / K                  unbiased, since E|mean g|^2 = |E g|^2 + V / K
+The standard error is the jackknife over the K batches (closed form from two passes: the sums,
+then each g_k . sum g). Where |G|^2's estimate is not positive the noise dominates the mean
+gradient at this K and B_simple is reported as not resolved (None), never as a number.
 
-Under batch-statistics batch norm (the paper's semantics) a gradient depends on which examples
-share a batch, so g_k (b examples) and G (evaluation batches) normalise differently; the estimate
-then measures the noise the optimizer actually sees, bias included. Dropout is off (training=False),
-as for every evaluation of f.
+Why G is not the full-data gradient: under batch-statistics batch norm (the paper's semantics) a
+gradient depends on which examples share a batch, so the mean of b-example gradients differs from
+a gradient over evaluation batches of 5000; measuring both moments from the same b-example
+batches keeps the estimate about the noise the optimizer sees. Without batch norm E g_k is the
+full-data gradient and this is exactly McCandlish et al.'s quantity. Dropout is off
+(training=False), as for every evaluation of f.
 """
 
 from __future__ import annotations
@@ -34,8 +40,7 @@ REFERENCE = "McCandlish et al. (2018), An Empirical Model of Large-Batch Trainin
 POINTS = ("initial", "final")  # x0 of the run, and its minimiser
 
 
-def estimate(model, inputs, labels, batch_size: int, eval_batch_size: int, batches: int,
-             seed: int = 0) -> dict:
+def estimate(model, inputs, labels, batch_size: int, batches: int, seed: int = 0) -> dict:
     """B_simple of the model's current weights on (inputs, labels); the weights are unchanged."""
     import tensorflow as tf
 
@@ -45,27 +50,47 @@ def estimate(model, inputs, labels, batch_size: int, eval_batch_size: int, batch
     if not 1 <= batch_size < size:
         raise ValueError(f"the noise-scale batch ({batch_size}) must be between 1 and the number of "
                          f"examples minus one ({size - 1})")
-    if batches < 2:
-        raise ValueError(f"the noise scale needs at least 2 mini-batches, got {batches}")
-    objective = objective_lib.Objective(model, inputs, labels, eval_batch_size)
+    if batches < 3:
+        raise ValueError(f"the noise scale needs at least 3 mini-batches, got {batches}")
+    objective = objective_lib.Objective(model, inputs[:batch_size], labels[:batch_size], batch_size)
     flat = objective.get_flat()
-    loss, gradient = objective.value_and_gradient(flat)
     rng = np.random.default_rng([seed, 7])
-    distances = []
-    for _ in range(batches):
-        index = np.sort(rng.choice(size, batch_size, replace=False))
-        # One compiled pass per mini-batch, through the same traced function as f.
+    indices = [np.sort(rng.choice(size, batch_size, replace=False)) for _ in range(batches)]
+
+    def gradient(index):  # one compiled pass, the same traced function as f
         _, grad_sum = objective._value_and_grad(flat, tf.constant(inputs[index]), tf.constant(labels[index]))
-        distances.append(float(tf.reduce_sum(tf.square(grad_sum / batch_size - gradient))))
-    correction = batch_size * (size - 1) / (size - batch_size)
-    trace_sigma = correction * float(np.mean(distances))
-    grad_norm_sq = float(tf.reduce_sum(tf.square(gradient)))
-    trace_se = correction * float(np.std(distances, ddof=1)) / math.sqrt(batches)
-    finite = math.isfinite(trace_sigma) and math.isfinite(grad_norm_sq) and grad_norm_sq > 0
-    return {"b_simple": trace_sigma / grad_norm_sq if finite else None,
-            "b_simple_standard_error": trace_se / grad_norm_sq if finite else None,
-            "trace_sigma": trace_sigma, "grad_norm_sq": grad_norm_sq, "loss": float(loss),
-            "batch_size": batch_size, "batches": batches, "num_examples": size}
+        return tf.cast(grad_sum, tf.float64) / batch_size
+
+    total = tf.zeros_like(flat, dtype=tf.float64)
+    squares = np.empty(batches)
+    for k, index in enumerate(indices):
+        g = gradient(index)
+        total += g
+        squares[k] = float(tf.reduce_sum(g * g))
+    # Second pass (same batches, same deterministic gradients): g_k . sum g for the jackknife.
+    dots = np.array([float(tf.reduce_sum(gradient(index) * total)) for index in indices])
+    total_sq = float(tf.reduce_sum(total * total))
+
+    def moments(k_count, sum_sq, sum_squares):
+        variance = (sum_squares - sum_sq / k_count) / (k_count - 1)
+        return variance * batch_size * (size - 1) / (size - batch_size), sum_sq / k_count ** 2 - variance / k_count
+
+    trace_sigma, grad_norm_sq = moments(batches, total_sq, squares.sum())
+    # Leave batch k out: |sum g - g_k|^2 = |sum g|^2 - 2 g_k . sum g + |g_k|^2.
+    leave_out = [moments(batches - 1, total_sq - 2 * dots[k] + squares[k], squares.sum() - squares[k])
+                 for k in range(batches)]
+    trace_sigma, grad_norm_sq = float(trace_sigma), float(grad_norm_sq)
+    resolved = bool(math.isfinite(trace_sigma) and math.isfinite(grad_norm_sq) and grad_norm_sq > 0)
+    b_simple = trace_sigma / grad_norm_sq if resolved else None
+    standard_error = None
+    if resolved and all(g > 0 for _, g in leave_out):
+        jack = np.array([t / g for t, g in leave_out])
+        standard_error = float(np.sqrt((batches - 1) / batches * np.sum((jack - jack.mean()) ** 2)))
+    return {"b_simple": b_simple, "b_simple_standard_error": standard_error,
+            "resolved": resolved, "trace_sigma": trace_sigma, "grad_norm_sq": grad_norm_sq,
+            "batch_size": batch_size, "batches": batches, "num_examples": size,
+            "note": None if resolved else "not resolved: the estimate of |G|^2 is not positive at "
+                                          "this number of batches (raise sweep.noise_batches)"}
 
 
 def result_path(run_dir, point: str) -> Path:
@@ -86,7 +111,7 @@ def noise_scale(run_dir, point: str = "final", force: bool = False, log=None) ->
     if point == "initial":
         run.model.load_weights(run.path / "initial.weights.h5")
     settings = {"point": point, "batch_size": config.sb_batch_size, "batches": config.sweep.noise_batches,
-                "subset": config.sharpness.subset, "eval_batch_size": config.eval_batch_size,
+                "subset": config.sharpness.subset, "estimator": "mini-batch moments, jackknife SE",
                 "seed": config.sharpness.seed, "weights_digest": storage.weights_digest(run.model.get_weights())}
     path = result_path(run.path, point)
     with storage.locked(path.with_suffix(".lock")):
@@ -102,16 +127,20 @@ def noise_scale(run_dir, point: str = "final", force: bool = False, log=None) ->
                 f"noise scale of {run.path}: mini-batches of sb_batch_size {config.sb_batch_size} need "
                 f"more than the {len(inputs)} examples used: raise sharpness.subset")
         tick = time.time()
-        result = estimate(run.model, inputs, labels, config.sb_batch_size, config.eval_batch_size,
-                          config.sweep.noise_batches, config.sharpness.seed)
+        if run.metrics["diverged"]:  # no minimiser to measure; the target still exists for make
+            result = {"b_simple": None, "b_simple_standard_error": None, "resolved": False,
+                      "note": "not measured: the run diverged"}
+        else:
+            result = estimate(run.model, inputs, labels, config.sb_batch_size,
+                              config.sweep.noise_batches, config.sharpness.seed)
         record = {"measure": REFERENCE, "run": str(run.path), "network": config.network,
                   "dataset": config.dataset, "regime": run.metrics["regime"], "run_seed": run.metrics["seed"],
                   "run_batch_size": run.metrics["batch_size"], **result, "batchnorm": config.batchnorm,
                   "settings": settings, "wall_seconds": round(time.time() - tick, 3),
                   "environment": train.environment(config.sharpness.seed)}
         storage.atomic_write_json(path, record)
-    value = "undefined (zero or non-finite gradient)" if record["b_simple"] is None else \
-        f"{record['b_simple']:.4g} ± {record['b_simple_standard_error']:.2g}"
+    value = record["note"] if record["b_simple"] is None else \
+        f"{record['b_simple']:.4g} ± {record['b_simple_standard_error'] or float('nan'):.2g}"
     print(f"[{run.path}] gradient noise scale at {point}: B_simple = {value} ({record['wall_seconds']:.1f} s) "
           f"-> {path}", file=log, flush=True)
     return record

@@ -38,7 +38,8 @@ def build(results_dir) -> Path:
     parts.append(_sharpness_section(root))
     parts.append(_figure_section(root, compare.landscape_rows(root)))
     parts.append(_sweep_section(root))
-    parts.append(_differences_section(runs))
+    parts.append(_differences_section([r for r in runs if r["regime"] in compare.REGIMES],
+                                      [r for r in runs if r["regime"] not in compare.REGIMES]))
     parts.append(_provenance_section(root, runs))
     path = root / "REPORT.md"
     storage.atomic_write_text(path, "\n".join(p for p in parts if p))
@@ -169,8 +170,8 @@ def _sweep_section(root: Path) -> str:
             "Every run of a trial starts from the same x0; SB and LB runs are points of the unscaled "
             "curve. \"paper\" is the published Figure 4 curve at our batch size (linear interpolation; "
             "only C1 and F2 were published, and only inside the published range). Learning-rate "
-            "scaling (sqrt, linear: lr = 1e-3 x (batch / SB batch)^(1/2 or 1)) goes beyond the paper, "
-            "which kept lr fixed. Mean ± sample std over seeds; diverged runs are counted, not "
+            "scaling (sqrt, linear: lr = the config's learning_rate x (batch / SB batch)^(1/2 or 1); "
+            "the SB run is a point of every curve) goes beyond the paper, which kept lr fixed. Mean ± sample std over seeds; diverged runs are counted, not "
             "averaged.\n\n" + table
             + "\nFiles: [figure4.csv](tables/figure4.csv), [figure4.tex](tables/figure4.tex).\n\n"
             + _noise_text(root, rows) + "\n".join(images))
@@ -201,16 +202,22 @@ def _noise_text(root: Path, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-def _differences_section(runs: list[dict]) -> str:
+def _differences_section(runs: list[dict], sweep_runs: list[dict] = ()) -> str:
     """Why our numbers may differ from the published ones: this profile's deviations (from the
-    run files), then the differences every run of this project has from the authors' setup."""
+    run files; the SB/LB runs, then what only the sweep runs add), then the differences every run
+    of this project has from the authors' setup."""
+    everything = [*runs, *sweep_runs]
     deviations = sorted({d for r in runs for d in r["deviations"]})
-    labels = sorted({r["dataset_label"] for r in runs})
-    batchnorm = sorted({r["batchnorm"] for r in runs})
+    labels = sorted({r["dataset_label"] for r in everything})
+    batchnorm = sorted({r["batchnorm"] for r in everything})
     lines = ["## Why our numbers may differ from the paper's", "",
              f"Data: {', '.join(labels)}. Batch norm: {', '.join(batchnorm)}.", "",
-             "Departures from the paper's protocol in these runs:", ""]
+             "Departures from the paper's protocol in the SB and LB runs:", ""]
     lines += [f"- {d}" for d in deviations] or ["- none"]
+    extra = sorted({d for r in sweep_runs for d in r["deviations"]} - set(deviations))
+    if sweep_runs:
+        lines += ["", "Added by the batch-size sweep runs (Figure 4 only):", ""]
+        lines += [f"- {d}" for d in extra] or ["- nothing beyond the above"]
     lines += ["", "Differences every run of this project has from the authors' setup:", "",
               "- TensorFlow 2 / Keras 3 (float32, oneDNN or cuDNN kernels) instead of Keras 1 on Theano: "
               "the same protocol gives different random draws and rounding, so single runs differ.",
@@ -238,7 +245,8 @@ def _provenance_section(root: Path, runs: list[dict]) -> str:
             "start": env.get("start_time", "?"), "end": env.get("end_time", "?"),
             "epochs": run["epochs_run"], "train_seconds": round(seconds, 1)})
     text = ["## Provenance\n",
-            "Every Table 2 number is the mean (sample std, ddof=1) over the runs below; each run "
+            "Every Table 2 number is the mean (sample std, ddof=1) over the SB and LB runs below "
+            "(sweep runs, b<batch>, feed Figure 4 only); each run "
             "directory holds its resolved config.yaml, env.json, history.csv and metrics.json. "
             "train_seconds is the sum of the epochs' wall times in history.csv (training and "
             "evaluation, over any resumptions).\n",

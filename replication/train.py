@@ -217,6 +217,7 @@ def train(config: config_lib.Config, regime: str, seed: int, log=None) -> Path:
     `regime` is "sb", "lb" or a sweep run of the config ("b<batch>[-<scaling>]"), whose learning
     rate `Config.for_regime` scales."""
     log = log or sys.stderr
+    deviations = config.run_deviations(regime)
     config = config.for_regime(regime)
     path = run_directory(config, regime, seed)
     arrays = None
@@ -230,10 +231,10 @@ def train(config: config_lib.Config, regime: str, seed: int, log=None) -> Path:
             _check_same_config(path, _resolved(config, regime, seed, config.batch_size(regime, num_train)))
             print(f"[{path}] already finished; skipping", file=log)
             return path
-        return _train_locked(config, regime, seed, path, log, arrays or load_arrays(config))
+        return _train_locked(config, regime, seed, path, log, arrays or load_arrays(config), deviations)
 
 
-def _train_locked(config, regime, seed, path, log, arrays) -> Path:
+def _train_locked(config, regime, seed, path, log, arrays, deviations) -> Path:
     import tensorflow as tf
 
     from replication import objective
@@ -303,7 +304,7 @@ def _train_locked(config, regime, seed, path, log, arrays) -> Path:
         "train_loss": float(final["train_loss"]), "train_accuracy": float(final["train_accuracy"]),
         "test_loss": float(final["test_loss"]), "test_accuracy": float(final["test_accuracy"]),
         "x0_sha256": x0_digest,  # of the weight values: the SB/LB pair check compares these
-        "deviations": config.deviations(),
+        "deviations": deviations,
         # Where the run lives is its path, not part of what it computed: leaving results_dir out
         # makes metrics.json identical wherever the same run is made (and moved trees still load).
         "resolved_config": {k: v for k, v in resolved.items() if k != "results_dir"},

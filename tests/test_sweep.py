@@ -19,7 +19,7 @@ def test_run_names_round_trip_and_typos_are_not_sweep_runs():
     assert config_lib.sweep_regime(1024, "sqrt") == "b1024-sqrt"
     for batch, scaling in ((1, "none"), (64, "sqrt"), (50000, "linear")):
         assert config_lib.parse_regime(config_lib.sweep_regime(batch, scaling)) == (batch, scaling)
-    for name in ("sb", "lb", "b", "b0", "b064", "bx", "b64-none", "b64-cubic", "64", "B64"):
+    for name in ("sb", "lb", "b", "b0", "b064", "bx", "b64-none", "b64-cubic", "64", "B64", "b\u00b2", "b64-"):
         assert config_lib.parse_regime(name) is None, name
 
 
@@ -44,10 +44,12 @@ def test_learning_rate_scaling_has_the_closed_form():
 
 
 # Points and claim 4 from a hand-made tree ----------------------------------------------------------
-def write_point(root, regime, seed, batch, test_acc, phi, network="F1"):
+def write_point(root, regime, seed, batch, test_acc, phi, network="F1", train_acc=99.0, diverged=False,
+                measured=True):
     """A finished run of `regime` at `batch` with full-space sharpness `phi` at eps 1e-3."""
-    path = write_run(root, regime, seed, 99.0, test_acc, {("full", 1e-3): phi})
+    path = write_run(root, regime, seed, train_acc, test_acc, {("full", 1e-3): phi} if measured else None)
     metrics = storage.read_json(path / "metrics.json")
+    metrics["diverged"] = diverged
     point = config_lib.parse_regime(regime)
     scale = 1.0 if not point or point[1] == "none" else (batch / 256) ** config_lib.LR_SCALINGS[point[1]]
     metrics.update(batch_size=batch, network=network,
@@ -81,7 +83,8 @@ def test_points_average_seeds_and_count_failures(swept):
     assert sb["test_std"] == pytest.approx(math.sqrt(0.08))  # two values 0.4 apart, ddof=1
     lb = unscaled[3]
     assert lb["sharpness_full_eps0.001"] == pytest.approx(300.0) and lb["sharpness_full_eps0.001_failed"] == 1
-    (scaled,) = [r for r in rows if r["lr_scaling"] == "sqrt"]
+    anchor, scaled = [r for r in rows if r["lr_scaling"] == "sqrt"]
+    assert (anchor["batch_size"], anchor["runs"]) == (256, "sb")  # the SB run anchors every curve
     assert scaled["batch_size"] == 1024 and scaled["learning_rate"] == pytest.approx(2e-3)
     assert math.isnan(scaled["paper_test_acc_pct"])  # F1 has no published Figure 4
 
@@ -107,7 +110,44 @@ def test_claim4_fails_flat_curves_and_needs_three_batch_sizes(tmp_path):
     write_point(few, "b64", 0, 64, 90.0, 1.0)
     write_point(few, "sb", 0, 256, 89.0, 2.0)
     verdict = sweep.claim4(sweep.points(few))
-    assert verdict["verdict"] == "not run" and "2 batch sizes, at least 3 are needed" in verdict["reason"]
+    assert verdict["verdict"] == "not run" and "2 batch sizes with results, at least 3 are needed" in verdict["reason"]
+
+
+def test_claim4_is_capped_by_under_training_missing_sharpness_and_divergence(tmp_path):
+    falling = [("b64", 64, 91.0, 10.0), ("sb", 256, 90.0, 20.0), ("b1024", 1024, 89.0, 80.0), ("lb", 6000, 86.0, 300.0)]
+    root = tmp_path / "undertrained"
+    for regime, batch, test, phi in falling:
+        write_point(root, regime, 0, batch, test, phi, train_acc=99.0 - batch / 1000)  # train falls 5.9 points
+    verdict = sweep.claim4(sweep.points(root))
+    assert verdict["verdict"] == "partly reproduced" and "not only a generalization gap" in verdict["reason"]
+    unmeasured = tmp_path / "unmeasured"
+    for regime, batch, test, phi in falling:
+        write_point(unmeasured, regime, 0, batch, test, phi, measured=(regime != "b64"))
+    rows = sweep.points(unmeasured)  # b64 has no sharpness file: its columns are there, empty
+    assert rows[0]["sharpness_full_eps0.001_missing"] == 1 and math.isnan(rows[0]["sharpness_full_eps0.001"])
+    assert report.build(unmeasured).exists()  # one CSV header for rows with and without sharpness
+    none_measured = tmp_path / "none_measured"
+    for regime, batch, test, phi in falling:
+        write_point(none_measured, regime, 0, batch, test, phi, measured=False)
+    verdict = sweep.claim4(sweep.points(none_measured))
+    assert verdict["verdict"] == "partly reproduced" and "sharpness not computed" in verdict["reason"]
+    diverged = tmp_path / "diverged"
+    for regime, batch, test, phi in falling[1:]:
+        write_point(diverged, regime, 0, batch, test, phi, diverged=(regime == "lb"))
+    verdict = sweep.claim4(sweep.points(diverged))
+    assert verdict["verdict"] == "not run"
+    assert "2 batch sizes with results" in verdict["reason"] and "every seed diverged at batch 6000" in verdict["reason"]
+
+
+def test_sweep_points_that_repeat_sb_or_lb_are_refused():
+    with pytest.raises(config_lib.ConfigError, match=r"bad value 256 for 'sweep.batch_sizes': the SB batch size"):
+        config_lib.from_dict({"network": "F1", "dataset": "mnist", "sweep": {"batch_sizes": [64, 256]}})
+    with pytest.raises(config_lib.ConfigError, match=r"bad value 5000 for 'sweep.batch_sizes': the LB batch size"):
+        config_lib.from_dict({"network": "F1", "dataset": "mnist", "lb_batch_size": 5000,
+                              "sweep": {"batch_sizes": [5000]}})
+    sqrt_only = config_lib.from_dict({"network": "F1", "dataset": "mnist", "lb_batch_size": 5000,
+                                      "sweep": {"batch_sizes": [5000], "lr_scalings": ["sqrt"]}})
+    assert sqrt_only.sweep_regimes() == ["b5000-sqrt"]
 
 
 def test_no_sweep_means_no_points_and_claim4_not_run(tmp_path):
@@ -138,7 +178,7 @@ def test_report_has_the_figure4_section_and_files(swept):
     assert stem.with_suffix(".png").read_bytes().startswith(PNG_MAGIC)
     assert stem.with_suffix(".pdf").read_bytes().startswith(PDF_MAGIC)
     csv_rows = storage.read_csv(swept / "tables" / "figure4.csv")
-    assert len(csv_rows) == 5
+    assert len(csv_rows) == 6
     # Rebuilding from the same files gives the same bytes (no dates in the figures).
     before = {p: p.read_bytes() for p in (path, stem.with_suffix(".pdf"), stem.with_suffix(".png"))}
     report.build(swept)
@@ -159,6 +199,8 @@ def test_a_sweep_run_trains_with_its_batch_and_scaled_learning_rate(tiny_config)
     assert metrics["regime"] == "b128-sqrt" and metrics["batch_size"] == 128
     assert metrics["resolved_config"]["learning_rate"] == pytest.approx(1e-3 * 2)  # sqrt(128/32)
     assert yaml.safe_load((run / "config.yaml").read_text())["run"]["regime"] == "b128-sqrt"
+    assert "learning rate 0.002 (sqrt-scaled with batch 128 from 0.001 at 32; sweep run)" in metrics["deviations"]
+    assert not any("Adam" in d for d in metrics["deviations"])
     # Same x0 as the pair: the trial's x0 file is shared.
     sb = train.train(config_lib.load(path), "sb", 0)
     assert storage.read_json(sb / "metrics.json")["x0_sha256"] == metrics["x0_sha256"]
