@@ -115,11 +115,8 @@ def noise_scale(run_dir, point: str = "final", force: bool = False, log=None) ->
                 "seed": config.sharpness.seed, "weights_digest": storage.weights_digest(run.model.get_weights())}
     path = result_path(run.path, point)
     with storage.locked(path.with_suffix(".lock")):
-        if path.exists() and not force:
-            previous = storage.read_json(path)
-            if previous.get("settings") == settings:
-                print(f"[{path}] already computed with these settings; skipping", file=log)
-                return previous
+        if (previous := storage.reusable(path, settings, force, log)) is not None:
+            return previous
         _, x_train, y_train, _, _ = train.load_arrays(config)
         inputs, labels = data.subset(x_train, y_train, config.sharpness.subset)
         if config.sb_batch_size >= len(inputs):

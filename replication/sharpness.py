@@ -327,11 +327,8 @@ def sharpness(run_dir, epsilon: float, space: str, dim: int | None = None, force
     }
     path = result_path(run.path, space, epsilon)
     with storage.locked(path.with_suffix(".lock")):
-        if path.exists() and not force:
-            previous = storage.read_json(path)
-            if previous.get("settings") == settings:
-                print(f"[{path}] already computed with these settings; skipping", file=log)
-                return previous
+        if (previous := storage.reusable(path, settings, force, log)) is not None:
+            return previous
         _, x_train, y_train, _, _ = train.load_arrays(run.config)
         inputs, labels = data.subset(x_train, y_train, cfg.subset)
         tick = time.time()

@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+import sys
 import signal
 import tempfile
 from pathlib import Path
@@ -148,3 +149,16 @@ def locked(path: str | os.PathLike):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def reusable(path: str | os.PathLike, settings: dict, force: bool = False, log=None) -> dict | None:
+    """The result JSON at `path` if it was computed with exactly `settings` (and not `force`d),
+    else None: a measurement (sharpness, noise scale) is never redone for the same inputs."""
+    path = Path(path)
+    if force or not path.exists():
+        return None
+    previous = read_json(path)
+    if previous.get("settings") != settings:
+        return None
+    print(f"[{path}] already computed with these settings; skipping", file=log or sys.stderr)
+    return previous
