@@ -247,6 +247,10 @@ def _train_locked(config, regime, seed, path, log, arrays, deviations) -> Path:
     setup_determinism(seed, deterministic_ops=not config.jit_compile)
     model = build_model(config, x_train.shape[1:], dataset.num_classes)
     model.load_weights(_initial_weights(model, config, seed))
+    # Keras 3 saves a compiled model's optimizer variables with its weights, learning rate included,
+    # so loading x0 sets the rate of whichever run wrote x0: give this run its own (a scaled sweep
+    # run's differs; test_sweep proves it takes effect).
+    model.optimizer.learning_rate.assign(config.learning_rate)
     x0_digest = storage.weights_digest(model.get_weights())
     model.optimizer.build(model.trainable_variables)  # so a checkpoint can restore Adam's state
 

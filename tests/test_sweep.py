@@ -204,6 +204,11 @@ def test_a_sweep_run_trains_with_its_batch_and_scaled_learning_rate(tiny_config)
     # Same x0 as the pair: the trial's x0 file is shared.
     sb = train.train(config_lib.load(path), "sb", 0)
     assert storage.read_json(sb / "metrics.json")["x0_sha256"] == metrics["x0_sha256"]
+    # The scaled rate is the one trained with: the same batch at the base rate ends elsewhere.
+    unscaled = tiny_config(sweep={"batch_sizes": [128]}, epochs=1)
+    plain = train.train(config_lib.load(unscaled), "b128", 0)
+    assert storage.read_json(plain / "metrics.json")["x0_sha256"] == metrics["x0_sha256"]
+    assert storage.read_json(plain / "metrics.json")["train_loss"] != metrics["train_loss"]
     bad = cli("train", path, "--regime", "b999")
     assert bad.returncode == 2 and "unknown regime 'b999'" in bad.stderr
     # The gradient noise scale at x0 and at the minimiser; a second request is skipped.
