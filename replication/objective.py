@@ -74,13 +74,18 @@ class Objective:
             correct += float(batch_correct)
         return loss / self.size, correct / self.size
 
+    def batch_value_and_gradient(self, flat, inputs, labels) -> tuple[tf.Tensor, tf.Tensor]:
+        """(sum of the losses, its gradient) over one given batch, through the same compiled pass
+        as f (the noise scale needs gradients of batches other than this objective's own)."""
+        return self._value_and_grad(flat, tf.convert_to_tensor(inputs), tf.convert_to_tensor(labels))
+
     def value_and_gradient(self, flat) -> tuple[tf.Tensor, tf.Tensor]:
         """(f(x), grad f(x)) as float32 tensors on the device."""
         flat = tf.convert_to_tensor(flat, tf.float32)
         loss = tf.constant(0.0)
         grad = tf.zeros_like(flat)
         for x, y in self._batches:
-            batch_loss, batch_grad = self._value_and_grad(flat, x, y)
+            batch_loss, batch_grad = self.batch_value_and_gradient(flat, x, y)
             loss += batch_loss
             grad += batch_grad
         return loss / self.size, grad / self.size

@@ -36,7 +36,9 @@ def rules(name: str, config_paths: list[str]) -> str:
                         lines += [f"{target}: {runs[regime]}",
                                   f"\t{PY} sharpness {run} --space {space} --epsilon {epsilon:g}", ""]
                 # A sweep also measures the gradient noise scale: at every minimiser, and at x0 once.
-                points = (("final", "initial") if regime == "sb" else ("final",)) if config.sweep.batch_sizes else ()
+                points = []
+                if config.sweep.batch_sizes:
+                    points = ["final", "initial"] if regime == "sb" else ["final"]
                 for point in points:
                     target = noise.result_path(run, point)
                     reports.setdefault(config.results_dir, []).append(str(target))

@@ -74,8 +74,8 @@ def points(results_dir) -> list[dict]:
     swept = {(r["network"], r["dataset"]) for r in runs if config_lib.parse_regime(r["regime"])}
     scalings: dict = {trial: {"none"} for trial in swept}
     for r in runs:
-        if config_lib.parse_regime(r["regime"]):
-            scalings[(r["network"], r["dataset"])].add(config_lib.parse_regime(r["regime"])[1])
+        if point := config_lib.parse_regime(r["regime"]):
+            scalings[(r["network"], r["dataset"])].add(point[1])
     phis: dict[str, dict[tuple[str, float], float | None]] = {}
     for result in compare.sharpness_results(results_dir):
         run_path = str(Path(result["path"]).parent.parent)
@@ -98,6 +98,7 @@ def points(results_dir) -> list[dict]:
         for scaling, batch in keys:
             groups.setdefault((run["network"], run["dataset"], scaling, batch), {}).setdefault(int(run["seed"]), run)
     measured = sorted({k for run_phis in phis.values() for k in run_phis})
+    published = {network: published_figure4(network) for network, _ in swept}  # read each CSV once
     scaling_order = list(config_lib.LR_SCALINGS)
     rows = []
     for (network, dataset, scaling, batch), by_seed in sorted(
@@ -123,10 +124,10 @@ def points(results_dir) -> list[dict]:
             row[key + "_missing"] = len(ok) - len(found)
         scales = [r["noise_final"] for r in ok if r.get("noise_final") is not None]
         row["noise_scale"], row["noise_scale_std"], row["noise_scale_seeds"] = compare.summarize(scales)
-        published = published_figure4(network) if scaling == "none" else {}
-        row["paper_test_acc_pct"] = _published_at(published.get("test_acc_pct"), batch)
-        row["paper_sharpness_eps0.001"] = _published_at(published.get("sharpness_eps1e-3"), batch)
-        row["paper_sharpness_eps0.0005"] = _published_at(published.get("sharpness_eps5e-4"), batch)
+        paper = published[network] if scaling == "none" else {}
+        row["paper_test_acc_pct"] = _published_at(paper.get("test_acc_pct"), batch)
+        row["paper_sharpness_eps0.001"] = _published_at(paper.get("sharpness_eps1e-3"), batch)
+        row["paper_sharpness_eps0.0005"] = _published_at(paper.get("sharpness_eps5e-4"), batch)
         row["deviations"] = "; ".join(sorted({d for r in members for d in r["deviations"]})) or "none"
         rows.append(row)
     return rows
