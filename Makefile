@@ -1,14 +1,24 @@
 # One command per job. `make test` runs the tests; `make quick` the CPU profile end to end;
 # `make sweep` the batch-size sweep (Figure 4) on the CPU;
 # `make reproduce` the paper profile (GPU; every run is a file target, so `make -j N` runs them in
-# parallel and a rerun skips what is done); `make report` rebuilds reports from existing results.
+# parallel and a rerun skips what is done); `make paper-gpu` C1 at the paper's protocol under JAX;
+# `make report` rebuilds reports from existing results.
+#
+# Interpreter: by default a .venv made from requirements.txt. `make <target> PY=python3` uses that
+# interpreter as it is (a cluster's or a GPU image's environment): no venv, no pip; a missing
+# package is one line naming it. Backend: KERAS_BACKEND=jax (or tensorflow, the default), as Keras reads it.
 PYTHON ?= python3
 VENV := .venv
+ifeq ($(origin PY),undefined)
 PY := $(VENV)/bin/python
+SETUP := $(VENV)/.installed
+else
+SETUP :=
+endif
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONUNBUFFERED := 1
 
-.PHONY: test quick sweep reproduce official official-cpu report bench
+.PHONY: test test-jax quick sweep reproduce paper-gpu official official-cpu report bench
 .DELETE_ON_ERROR:
 
 $(VENV)/.installed: requirements.txt
@@ -17,11 +27,18 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-test: $(VENV)/.installed
+test: $(SETUP)
 	$(PY) -m pytest -q
 
+# The backend-sensitive tests again under JAX (CPU jax from requirements.txt); `make test` runs
+# everything under TensorFlow, and test_backend compares the two.
+JAX_TESTS := tests/test_backend.py tests/test_sharpness.py tests/test_noise.py tests/test_train.py \
+             tests/test_landscape.py tests/test_errors.py tests/test_data.py
+test-jax: $(SETUP)
+	KERAS_BACKEND=jax $(PY) -m pytest -q $(JAX_TESTS)
+
 # Rules for every run of a profile, generated from its configs (seeds and regimes come from there).
-.cache/%.mk: $(VENV)/.installed $(wildcard configs/*/*.yaml) replication/pipeline.py replication/config.py
+.cache/%.mk: $(SETUP) $(wildcard configs/*/*.yaml) replication/pipeline.py replication/config.py
 	@mkdir -p .cache
 	$(PY) -m replication make-rules --name $* configs/$*/*.yaml > $@.tmp && mv $@.tmp $@
 
@@ -34,6 +51,9 @@ endif
 ifneq ($(filter reproduce,$(MAKECMDGOALS)),)
 include .cache/paper.mk
 endif
+ifneq ($(filter paper-gpu,$(MAKECMDGOALS)),)
+include .cache/paper-gpu.mk
+endif
 ifneq ($(filter official,$(MAKECMDGOALS)),)
 include .cache/official.mk
 endif
@@ -44,14 +64,15 @@ endif
 quick: quick-all
 sweep: sweep-all
 reproduce: paper-all
+paper-gpu: paper-gpu-all
 official: official-all
 official-cpu: official-cpu-all
 
 # Profiles with finished runs: results/<profile>/<network>_<dataset>/<regime>/seed<N>/metrics.json
 PROFILES = $(sort $(foreach f,$(wildcard results/*/*/*/seed*/metrics.json),$(word 2,$(subst /, ,$f))))
-report: $(VENV)/.installed
+report: $(SETUP)
 	@test -n "$(PROFILES)" || { echo "no finished runs under results/: run make quick first"; exit 2; }
 	for p in $(PROFILES); do $(PY) -m replication report results/$$p || exit 1; done
 
-bench: $(VENV)/.installed
+bench: $(SETUP)
 	$(PY) -m replication bench --out results/bench

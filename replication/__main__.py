@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's start-up chatter out of logs
+
+def _missing_package(err: ModuleNotFoundError) -> int:
+    print(f"error: Python package '{err.name}' is missing from {sys.executable}: install it "
+          "(pip install -r requirements.txt lists every one), or run make without PY= to use the "
+          "project's own .venv", file=sys.stderr)
+    return 2
+
+
+try:  # first: sets the backend's environment (quiet TensorFlow, deterministic XLA) before Keras starts
+    from replication import backend
+except ModuleNotFoundError as _err:
+    sys.exit(_missing_package(_err))
 
 
 def _models(args):
@@ -82,6 +92,14 @@ def _landscape(args):
             print(csv_path)
 
 
+def _evaluate(args):
+    from replication import evaluate
+
+    for run_dir in args.run_dir:
+        evaluate.evaluate(run_dir)
+        print(evaluate.table(run_dir))
+
+
 def _report(args):
     from replication import report
 
@@ -97,7 +115,7 @@ def _make_rules(args):
 def _bench(args):
     from replication import bench
 
-    print(bench.run(args.out, quick=args.quick))
+    print(bench.run(args.out, quick=args.quick, networks=args.networks))
 
 
 def main(argv=None) -> int:
@@ -152,6 +170,11 @@ def main(argv=None) -> int:
                    help="override a config key (dotted for sections), repeatable")
     p.set_defaults(func=_landscape)
 
+    p = sub.add_parser("evaluate", help="f(x), accuracy, |grad f| and phi of finished runs on this "
+                       "process's backend; prints every backend's numbers side by side")
+    p.add_argument("run_dir", nargs="+")
+    p.set_defaults(func=_evaluate)
+
     p = sub.add_parser("report", help="rebuild RESULTS_DIR/REPORT.md and tables/ from result files "
                        "(no training)")
     p.add_argument("results_dir")
@@ -165,18 +188,26 @@ def main(argv=None) -> int:
     p = sub.add_parser("bench", help="throughput, FLOP/s vs a measured matmul peak, sharpness cost")
     p.add_argument("--out", default="results/bench")
     p.add_argument("--quick", action="store_true", help="tiny sizes (for tests)")
+    p.add_argument("--networks", type=lambda s: s.split(","), metavar="F1,C1,C2",
+                   help="networks to time training of (default: F1,C1, and C2 on a GPU)")
     p.set_defaults(func=_bench)
 
     args = parser.parse_args(argv)
-    from replication import errors
+    try:
+        from replication import errors
+    except ModuleNotFoundError as err:
+        return _missing_package(err)
 
     try:
+        backend.name()  # an unsupported KERAS_BACKEND is one line, like every other bad input
         args.func(args)
     except errors.EXPECTED as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as err:
+        return _missing_package(err)
     except Exception as err:
-        if not errors.is_out_of_memory(err):
+        if not backend.is_out_of_memory(err):
             raise
         print(f"error: out of device memory ({type(err).__name__}): {errors.OUT_OF_MEMORY_FIX}",
               file=sys.stderr)

@@ -33,6 +33,7 @@ COMPATIBLE = {
     "C4": ("cifar100",),
 }
 BATCHNORM = ("batch_statistics", "moving_average")
+BACKENDS = ("tensorflow", "jax")
 STOPPING = ("fixed", "plateau")
 REGIMES = ("sb", "lb")
 # Learning rate of a sweep run: learning_rate * (batch / sb_batch_size) ** exponent.
@@ -163,7 +164,8 @@ class Config:
     min_delta: float = 1e-4                # plateau: improvement smaller than this does not count
     eval_batch_size: int = 5000            # the paper evaluated in batches of 5000
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    jit_compile: bool = False              # XLA for the training step (see `make bench`)
+    jit_compile: bool = False              # TensorFlow: XLA for the training step; JAX: always XLA
+    backend: str | None = None             # the Keras backend this profile must run on; None = either
     results_dir: str = "results/paper"
     sharpness: SharpnessConfig = SharpnessConfig()
     landscape: LandscapeConfig = LandscapeConfig()
@@ -190,6 +192,8 @@ class Config:
         _check(len(set(self.seeds)) == len(self.seeds), "seeds", self.seeds, where, "seeds repeat")
         for s in self.seeds:
             _check(s >= 0, "seeds", s, where, "seeds must be >= 0")
+        _check(self.backend is None or self.backend in BACKENDS, "backend", self.backend, where,
+               f"use one of {BACKENDS} or null")
         _check(bool(self.profile) and "/" not in self.profile, "profile", self.profile, where,
                "a non-empty name without '/'")
         self.sharpness.validate(where)

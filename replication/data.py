@@ -49,7 +49,7 @@ LABELS = {
     "fashion_mnist": "Fashion-MNIST (stand-in for MNIST)",
     "cifar10": "CIFAR-10",
     "cifar100": "CIFAR-100",
-    "cifar10_jpeg": "CIFAR-10 (JPEG q75 stand-in)",
+    "cifar10_jpeg": "CIFAR-10 (JPEG q75 stand-in, decoded by Pillow)",
     "timit": "TIMIT (user-supplied features)",
     "synthetic_mnist": "synthetic MNIST-shaped clusters (test data)",
     "synthetic_cifar10": "synthetic CIFAR-shaped clusters (test data)",
@@ -97,6 +97,10 @@ JPEG_ARCHIVE = "cifar10-jpeg.tar.gz"
 JPEG_SHA256 = "b379c20532d0d7113e4257fb4fe37c05481e5a503319cd10c2de3889728c9e18"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
+# Named in the decoded cache's file name and in every result on the stand-in (its label). Pillow's
+# decode equals TensorFlow's decode_jpeg(dct_method="INTEGER_ACCURATE"); results made before the
+# JAX port used TensorFlow's default INTEGER_FAST, which differs by up to 5 levels in some pixels.
+JPEG_DECODER_KEY = "pillow"
 TIMIT_FORMAT = ("timit.npz with arrays x_train (N, 360) float32, y_train (N,) int in [0, 1973), "
                 "x_test (M, 360) float32, y_test (M,) int in [0, 1973)")
 TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist",
@@ -215,7 +219,8 @@ def _cifar(name, directory):
 
 
 def _jpeg(name, directory):
-    """Decode the JPEG stand-in once (tf.io.decode_jpeg) and cache the uint8 arrays."""
+    """Decode the JPEG stand-in once (Pillow, the same on every backend) and cache the uint8
+    arrays; the cache file names the archive's checksum and the decoder."""
     path = directory / JPEG_ARCHIVE
     if not path.is_file():
         raise _missing(name, path)
@@ -225,10 +230,8 @@ def _jpeg(name, directory):
         raise DataError(f"{path}: checksum mismatch (corrupt or a different file): "
                         f"use the archive from ../shared/data/")
     cache = Path(os.environ.get("REPLICATION_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
-    cached = cache / f"cifar10_jpeg-{checksum[:16]}.npz"
+    cached = cache / f"cifar10_jpeg-{checksum[:16]}-{JPEG_DECODER_KEY}.npz"
     if not cached.is_file():
-        import tensorflow as tf
-
         images = {"train": [], "test": []}
         labels = {"train": [], "test": []}
         with tarfile.open(fileobj=io.BytesIO(packed)) as tar:
@@ -237,7 +240,7 @@ def _jpeg(name, directory):
                 if not member.isfile() or not member.name.endswith(".jpg"):
                     continue
                 split, cls = parts[-3], parts[-2]
-                images[split].append(tf.io.decode_jpeg(tar.extractfile(member).read(), channels=3).numpy())
+                images[split].append(decode_jpeg(tar.extractfile(member).read()))
                 labels[split].append(CIFAR10_CLASSES.index(cls))
         storage.atomic_savez(cached, **{f"x_{s}": np.stack(images[s]) for s in images},
                              **{f"y_{s}": np.asarray(labels[s]) for s in labels})
@@ -250,6 +253,14 @@ def _jpeg(name, directory):
     test_order = np.random.default_rng(1).permutation(len(x_test))
     return (x_train[train_order] / 255.0, y_train[train_order],
             x_test[test_order] / 255.0, y_test[test_order])
+
+
+def decode_jpeg(blob: bytes) -> np.ndarray:
+    """One JPEG as uint8 RGB (height, width, 3), by Pillow (libjpeg-turbo, its default ISLOW IDCT)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(blob)) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 def _timit(name, directory):

@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from replication import compare, data, storage, train
@@ -82,8 +83,6 @@ def check_pair(sb_path, sb_metrics: dict, lb_path, lb_metrics: dict) -> None:
 
 
 def _batchnorm_layers(model) -> list:
-    import keras
-
     return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
 
 
@@ -93,7 +92,7 @@ def _statistics_variables(model) -> list:
 
 
 def _statistics(model) -> list[np.ndarray]:
-    return [v.numpy() for v in _statistics_variables(model)]
+    return [keras.ops.convert_to_numpy(v) for v in _statistics_variables(model)]
 
 
 def _set_statistics(model, values) -> None:
@@ -115,8 +114,6 @@ def _interpolated_statistics(stats_sb, stats_lb, c_lb, c_sb) -> tuple[list[np.nd
 def recompute_statistics(model, inputs: np.ndarray, batch_size: int) -> None:
     """Set each BatchNormalization layer's moving mean/variance to the exact population moments
     of its inputs over `inputs` (inference mode, layer by layer in network order)."""
-    import keras
-
     for layer in _batchnorm_layers(model):
         probe = keras.Model(model.input, layer.input)
         total = total_sq = 0.0
@@ -156,8 +153,8 @@ def compute(config, seed: int, paths=tuple(PATHS), log=sys.stderr) -> list[Path]
     model = sb.model  # evaluates every point; the LB model only lends its weights
     train_f = objective.Objective(model, x_train, y_train, config.eval_batch_size)
     test_f = objective.Objective(model, x_test, y_test, config.eval_batch_size)
-    x_sb = train_f.get_flat().numpy().astype(np.float64)
-    x_lb = np.concatenate([np.ravel(v.numpy()) for v in lb.model.trainable_variables]).astype(np.float64)
+    x_sb = keras.ops.convert_to_numpy(train_f.get_flat()).astype(np.float64)
+    x_lb = np.concatenate([np.ravel(keras.ops.convert_to_numpy(v)) for v in lb.model.trainable_variables]).astype(np.float64)
     stats_sb, stats_lb = _statistics(sb.model), _statistics(lb.model)
     moving = config.landscape.moving_statistics if config.batchnorm == "moving_average" else None
 

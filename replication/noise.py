@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from replication import config as config_lib
-from replication import storage
+from replication import backend, storage
 
 REFERENCE = "McCandlish et al. (2018), An Empirical Model of Large-Batch Training, eq. 2.8"
 POINTS = ("initial", "final")  # x0 of the run, and its minimiser
@@ -42,8 +42,6 @@ POINTS = ("initial", "final")  # x0 of the run, and its minimiser
 
 def estimate(model, inputs, labels, batch_size: int, batches: int, seed: int = 0) -> dict:
     """B_simple of the model's current weights on (inputs, labels); the weights are unchanged."""
-    import tensorflow as tf
-
     from replication import objective as objective_lib
 
     size = len(inputs)
@@ -57,20 +55,20 @@ def estimate(model, inputs, labels, batch_size: int, batches: int, seed: int = 0
     rng = np.random.default_rng([seed, 7])
     indices = [np.sort(rng.choice(size, batch_size, replace=False)) for _ in range(batches)]
 
-    def gradient(index):  # one compiled pass, the same traced function as f
+    def gradient(index):  # one compiled pass, the same traced function as f; float64 on the host
         _, grad_sum = objective.batch_value_and_gradient(flat, inputs[index], labels[index])
-        return tf.cast(grad_sum, tf.float64) / batch_size
+        return np.asarray(grad_sum, np.float64) / batch_size
 
-    total = tf.zeros_like(flat, dtype=tf.float64)
+    total = np.zeros(objective.dimension)
     squares = np.empty(batches)
     for k, index in enumerate(indices):
         g = gradient(index)
         total += g
-        squares[k] = float(tf.reduce_sum(g * g))
+        squares[k] = g @ g
     # Second pass (same batches, same gradients): g_k . sum g for the jackknife. Recomputing beats
     # keeping K gradients (K x n float64: 12 GB for C2/C4 at K = 100).
-    dots = np.array([float(tf.reduce_sum(gradient(index) * total)) for index in indices])
-    total_sq = float(tf.reduce_sum(total * total))
+    dots = np.array([gradient(index) @ total for index in indices])
+    total_sq = float(total @ total)
 
     def moments(k_count, sum_sq, sum_squares):
         variance = (sum_squares - sum_sq / k_count) / (k_count - 1)
@@ -113,7 +111,8 @@ def noise_scale(run_dir, point: str = "final", force: bool = False, log=None) ->
         run.model.load_weights(run.path / "initial.weights.h5")
     settings = {"point": point, "batch_size": config.sb_batch_size, "batches": config.sweep.noise_batches,
                 "subset": config.sharpness.subset, "estimator": "mini-batch moments, jackknife SE",
-                "seed": config.sharpness.seed, "weights_digest": storage.weights_digest(run.model.get_weights())}
+                "seed": config.sharpness.seed, "weights_digest": storage.weights_digest(run.model.get_weights()),
+                "backend": backend.name()}
     path = result_path(run.path, point)
     with storage.locked(path.with_suffix(".lock")):
         if (previous := storage.reusable(path, settings, force, log)) is not None:

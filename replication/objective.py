@@ -4,15 +4,18 @@ x is the flat vector of the model's trainable variables (kernels, biases, batch-
 in `model.trainable_variables` order. Evaluation always runs with training=False (no dropout);
 batch norm follows the model's semantics: `BatchStatNormalization` normalises each evaluation
 batch with its own statistics (the paper: batches of 5000), Keras BatchNormalization uses its
-moving averages. Each batch is one compiled pass (tf.function) producing loss and gradient
-together; the data stays resident as tensors.
+moving averages, read afresh at every call (the landscape changes them between evaluations).
+Each batch is one compiled pass (backend.compiled) producing loss and gradient together, in full
+float32 (backend.float32_matmuls); the data stays resident as tensors on the device.
 """
 
 from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
+
+from replication import backend
 
 
 class Objective:
@@ -28,64 +31,69 @@ class Objective:
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.dimension = int(sum(self.sizes))
         self._batches = [
-            (tf.constant(inputs[i:i + self.batch_size]), tf.constant(labels[i:i + self.batch_size]))
+            (backend.resident(inputs[i:i + self.batch_size]), backend.resident(labels[i:i + self.batch_size]))
             for i in range(0, self.size, self.batch_size)]
-        self._value = tf.function(self._batch_value, reduce_retracing=True)
-        self._value_and_grad = tf.function(self._batch_value_and_grad, reduce_retracing=True)
+        self._value = backend.compiled(self._batch_value)
+        self._value_and_grad = backend.compiled(backend.value_and_grad(self._batch_value))
 
     # x <-> variables --------------------------------------------------------------------------
-    def get_flat(self) -> tf.Tensor:
-        return tf.concat([tf.reshape(v, [-1]) for v in self.model.trainable_variables], axis=0)
+    def get_flat(self):
+        """x as a float32 tensor of length n."""
+        return ops.concatenate([ops.reshape(v.value, [-1]) for v in self.model.trainable_variables], axis=0)
 
     def set_flat(self, flat) -> None:
         for variable, value in zip(self.model.trainable_variables, self._unflatten(flat)):
             variable.assign(value)
 
     def _unflatten(self, flat):
-        flat = tf.convert_to_tensor(flat, dtype=tf.float32)
-        return [tf.reshape(t, s) for t, s in zip(tf.split(flat, self.sizes), self.shapes)]
+        flat = ops.convert_to_tensor(flat, "float32")
+        pieces, start = [], 0
+        for size, shape in zip(self.sizes, self.shapes):
+            pieces.append(ops.reshape(flat[start:start + size], shape))
+            start += size
+        return pieces
 
-    # compiled passes --------------------------------------------------------------------------
-    def _forward(self, flat, x):
-        non_trainable = [v.value for v in self.model.non_trainable_variables]
-        outputs, _ = self.model.stateless_call(self._unflatten(flat), non_trainable, x, training=False)
-        return outputs
+    def _non_trainable(self):
+        return [ops.convert_to_tensor(v.value) for v in self.model.non_trainable_variables]
 
-    def _batch_value(self, flat, x, y):
-        probs = self._forward(flat, x)
+    # compiled passes (everything they use comes in as an argument) ------------------------------
+    def _batch_value(self, flat, non_trainable, x, y):
+        probs, _ = self.model.stateless_call(self._unflatten(flat), non_trainable, x, training=False)
         loss = keras.losses.sparse_categorical_crossentropy(y, probs)
-        correct = tf.cast(tf.equal(tf.cast(tf.argmax(probs, axis=-1), y.dtype), y), tf.float32)
-        return tf.reduce_sum(loss), tf.reduce_sum(correct)
-
-    def _batch_value_and_grad(self, flat, x, y):
-        with tf.GradientTape() as tape:
-            tape.watch(flat)
-            loss_sum, _ = self._batch_value(flat, x, y)
-        return loss_sum, tape.gradient(loss_sum, flat)
+        correct = ops.cast(ops.equal(ops.cast(ops.argmax(probs, axis=-1), y.dtype), y), "float32")
+        return ops.sum(loss), ops.sum(correct)
 
     # public -------------------------------------------------------------------------------------
     def evaluate(self, flat=None) -> tuple[float, float]:
         """(mean cross-entropy, accuracy in [0, 1]) at x = flat (default: the model's weights)."""
-        flat = self.get_flat() if flat is None else tf.convert_to_tensor(flat, tf.float32)
+        flat = self.get_flat() if flat is None else ops.convert_to_tensor(flat, "float32")
+        non_trainable = self._non_trainable()
         loss, correct = 0.0, 0.0
-        for x, y in self._batches:
-            batch_loss, batch_correct = self._value(flat, x, y)
-            loss += float(batch_loss)
-            correct += float(batch_correct)
+        with backend.float32_matmuls():
+            for x, y in self._batches:
+                batch_loss, batch_correct = self._value(flat, non_trainable, x, y)
+                loss += float(batch_loss)
+                correct += float(batch_correct)
         return loss / self.size, correct / self.size
 
-    def batch_value_and_gradient(self, flat, inputs, labels) -> tuple[tf.Tensor, tf.Tensor]:
+    def batch_value_and_gradient(self, flat, inputs, labels):
         """(sum of the losses, its gradient) over one given batch, through the same compiled pass
         as f (the noise scale needs gradients of batches other than this objective's own)."""
-        return self._value_and_grad(flat, tf.convert_to_tensor(inputs), tf.convert_to_tensor(labels))
+        return self._batch_value_and_gradient(flat, self._non_trainable(), ops.convert_to_tensor(inputs),
+                                              ops.convert_to_tensor(labels))
 
-    def value_and_gradient(self, flat) -> tuple[tf.Tensor, tf.Tensor]:
+    def _batch_value_and_gradient(self, flat, non_trainable, x, y):
+        with backend.float32_matmuls():
+            loss_sum, _, grad = self._value_and_grad(flat, non_trainable, x, y)
+        return loss_sum, grad
+
+    def value_and_gradient(self, flat):
         """(f(x), grad f(x)) as float32 tensors on the device."""
-        flat = tf.convert_to_tensor(flat, tf.float32)
-        loss = tf.constant(0.0)
-        grad = tf.zeros_like(flat)
+        flat = ops.convert_to_tensor(flat, "float32")
+        non_trainable = self._non_trainable()
+        loss = grad = None
         for x, y in self._batches:
-            batch_loss, batch_grad = self.batch_value_and_gradient(flat, x, y)
-            loss += batch_loss
-            grad += batch_grad
+            batch_loss, batch_grad = self._batch_value_and_gradient(flat, non_trainable, x, y)
+            loss = batch_loss if loss is None else loss + batch_loss
+            grad = batch_grad if grad is None else grad + batch_grad
         return loss / self.size, grad / self.size

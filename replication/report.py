@@ -27,8 +27,8 @@ def build(results_dir) -> Path:
     profiles = sorted({r.get("profile", root.name) for r in runs})
     parts = [f"# Replication report: profile {', '.join(profiles)}\n",
              "Keskar et al., \"On Large-Batch Training for Deep Learning: Generalization Gap and Sharp "
-             "Minima\", ICLR 2017 (arXiv:1609.04836), replicated in TensorFlow/Keras 3. Every number "
-             "below is read from the files in this directory (provenance at the end); rebuild with "
+             "Minima\", ICLR 2017 (arXiv:1609.04836), replicated in Keras 3 (on TensorFlow or JAX: each run's "
+             "backend and device are in the provenance at the end). Every number below is read from the files in this directory (provenance at the end); rebuild with "
              f"`python -m replication report {root}`.\n"]
     verdicts = compare.verdicts(root)
     parts.append(_verdict_section(root, verdicts))
@@ -219,8 +219,9 @@ def _differences_section(runs: list[dict], sweep_runs: list[dict] = ()) -> str:
         lines += ["", "Added by the batch-size sweep runs (Figure 4 only):", ""]
         lines += [f"- {d}" for d in extra] or ["- nothing beyond the above"]
     lines += ["", "Differences every run of this project has from the authors' setup:", "",
-              "- TensorFlow 2 / Keras 3 (float32, oneDNN or cuDNN kernels) instead of Keras 1 on Theano: "
-              "the same protocol gives different random draws and rounding, so single runs differ.",
+              "- Keras 3 on TensorFlow 2 or JAX (float32; on a GPU, training's matrix products in TF32, "
+              "each backend's default) instead of Keras 1 on Theano: the same protocol gives different "
+              "random draws and rounding, so single runs differ (and x0 differs between backends).",
               "- Under batch statistics (Keras 1 mode=2), every evaluation depends on how examples are "
               "grouped into batches of the evaluation size; we evaluate in the dataset's stored order "
               "(a fixed random order), the authors in theirs.",
@@ -348,8 +349,12 @@ def _commit(env: dict) -> str:
 
 
 def _versions(env: dict) -> str:
-    keys = ("python", "tensorflow", "keras", "numpy")
-    return ", ".join(f"{k} {env[k]}" for k in keys if k in env) or "unknown"
+    # "tensorflow": results made before the JAX port, which ran on TensorFlow only.
+    parts = [f"python {env['python']}"] if "python" in env else []
+    parts += [env["backend_version"]] if "backend_version" in env else \
+        [f"tensorflow {env['tensorflow']}"] if "tensorflow" in env else []
+    parts += [f"{k} {env[k]}" for k in ("keras", "numpy") if k in env]
+    return ", ".join(parts) or "unknown"
 
 
 def _relative(path, root: Path) -> str:

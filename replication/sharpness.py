@@ -10,8 +10,9 @@ Paper symbols -> code: x is `x`, the flat vector of the run's trainable variable
 
 Choices where the paper is silent:
 - Random subspace: A is n x p (p = 100) with i.i.d. standard normal entries, float32, drawn by
-  TensorFlow's stateless Philox generator from (seed, row block) in blocks of BLOCK_ROWS rows.
-  A is held on the device when n*p*4 bytes <= `materialize_bytes` (8 GiB: F1-C4 at p = 100) and
+  NumPy's PCG64 generator seeded by (seed, row block) in blocks of BLOCK_ROWS rows, so a seed
+  means the same A on every backend (results before the JAX port drew A with TensorFlow's
+  Philox generator; each result file names its generator). A is held on the device when n*p*4 bytes <= `materialize_bytes` (8 GiB: F1-C4 at p = 100) and
   otherwise regenerated block by block inside every product (the same numbers either way), so a
   device without room for A still works.
 - A+ x = (A^T A)^-1 A^T x (A has full column rank with probability 1 when p <= n), with the
@@ -41,16 +42,18 @@ from pathlib import Path
 
 import numpy as np
 
-from replication import storage
+from keras import ops
+
+from replication import backend, storage
 
 BLOCK_ROWS = 1 << 17            # rows of A generated together; part of A's definition, recorded
 # Keep A (float32) on the device up to this size: a product then reads A once (C2/C4's 6 GB:
 # milliseconds on an H100), while regenerating it costs a Philox draw of all n*p entries.
 MATERIALIZE_BYTES = 8 << 30
 METRIC = "sharpness, Keskar et al. (2017) Metric 2.1"
-A_DISTRIBUTION = (f"i.i.d. N(0, 1) entries, float32, tf.random.stateless_normal seeded by "
-                  f"(seed, block) over blocks of {BLOCK_ROWS} rows")
-A_PINV = "A+ x = solve(A^T A, A^T x), Gram matrix accumulated in float64 by row blocks"
+A_DISTRIBUTION = (f"i.i.d. N(0, 1) entries, float32, NumPy default_rng([seed, block]).standard_normal "
+                  f"over blocks of {BLOCK_ROWS} rows")
+A_PINV = "A+ x = solve(A^T A, A^T x), Gram matrix accumulated in float64 on the host by row blocks"
 
 
 class _NonFinite(ArithmeticError):
@@ -58,66 +61,64 @@ class _NonFinite(ArithmeticError):
 
 
 class RandomSubspace:
-    """A (n x p, i.i.d. N(0, 1)) as products: A y, A^T g and A+ x, optionally never materialised."""
+    """A (n x p, i.i.d. N(0, 1)) as products: A y, A^T g and A+ x, optionally never materialised.
+
+    A is drawn on the host by NumPy (PCG64 seeded by (seed, block)), so a seed gives the same A on
+    every backend and device; the products run on the device in full float32."""
 
     def __init__(self, n: int, p: int, seed: int, materialize_bytes: int = MATERIALIZE_BYTES,
                  block_rows: int = BLOCK_ROWS):
-        import tensorflow as tf
-
         if not 1 <= p <= n:
             raise ValueError(f"subspace dimension p={p} must be between 1 and n={n}")
         self.n, self.p, self.seed, self.block_rows = n, p, seed, block_rows
         self.starts = list(range(0, n, block_rows))
         self.materialized = n * p * 4 <= materialize_bytes
-        self._dense = (tf.concat([self._generate(i) for i in range(len(self.starts))], axis=0)
+        self._dense = (backend.resident(np.concatenate([self._generate(i) for i in range(len(self.starts))]))
                        if self.materialized else None)
 
-    def _generate(self, index: int):
-        import tensorflow as tf
-
+    def _generate(self, index: int) -> np.ndarray:
         rows = min(self.block_rows, self.n - self.starts[index])
-        return tf.random.stateless_normal([rows, self.p], seed=[self.seed, index], dtype=tf.float32)
+        return np.random.default_rng([self.seed, index]).standard_normal((rows, self.p), dtype=np.float32)
 
-    def _blocks(self):
+    def _host_blocks(self):
         for index, start in enumerate(self.starts):
-            stop = min(start + self.block_rows, self.n)
-            yield start, stop, (self._dense[start:stop] if self.materialized else self._generate(index))
+            yield start, min(start + self.block_rows, self.n), self._generate(index)
 
     def matvec(self, y):
         """A y (float32 tensor of length n) for y of length p."""
-        import tensorflow as tf
-
-        y = tf.convert_to_tensor(y, tf.float32)
-        if self.materialized:
-            return tf.linalg.matvec(self._dense, y)
-        return tf.concat([tf.linalg.matvec(block, y) for _, _, block in self._blocks()], axis=0)
+        y = ops.convert_to_tensor(y, "float32")
+        with backend.float32_matmuls():
+            if self.materialized:
+                return ops.matmul(self._dense, y)
+            return ops.concatenate([ops.matmul(backend.resident(block), y)
+                                    for _, _, block in self._host_blocks()], axis=0)
 
     def rmatvec(self, g):
         """A^T g (float32 tensor of length p) for g of length n."""
-        import tensorflow as tf
-
-        g = tf.convert_to_tensor(g, tf.float32)
-        if self.materialized:
-            return tf.linalg.matvec(self._dense, g, transpose_a=True)
-        return tf.add_n([tf.linalg.matvec(block, g[start:stop], transpose_a=True)
-                         for start, stop, block in self._blocks()])
+        g = ops.convert_to_tensor(g, "float32")
+        with backend.float32_matmuls():
+            if self.materialized:
+                return ops.matmul(g, self._dense)
+            total = None
+            for start, stop, block in self._host_blocks():
+                part = ops.matmul(g[start:stop], backend.resident(block))
+                total = part if total is None else total + part
+            return total
 
     def pinv(self, x) -> np.ndarray:
-        """A+ x in float64: solve(A^T A, A^T x), both accumulated in float64 block by block."""
-        import tensorflow as tf
-
-        x = tf.cast(tf.convert_to_tensor(x), tf.float64)
-        gram = tf.zeros([self.p, self.p], tf.float64)
-        atx = tf.zeros([self.p], tf.float64)
-        for start, stop, block in self._blocks():
-            block = tf.cast(block, tf.float64)
-            gram += tf.matmul(block, block, transpose_a=True)
-            atx += tf.linalg.matvec(block, x[start:stop], transpose_a=True)
-        return np.linalg.solve(gram.numpy(), atx.numpy())
+        """A+ x in float64 on the host: solve(A^T A, A^T x), both accumulated block by block."""
+        x = np.asarray(x, np.float64)
+        gram = np.zeros((self.p, self.p))
+        atx = np.zeros(self.p)
+        for start, stop, block in self._host_blocks():
+            block = block.astype(np.float64)
+            gram += block.T @ block
+            atx += block.T @ x[start:stop]
+        return np.linalg.solve(gram, atx)
 
     def dense(self) -> np.ndarray:
         """A as a float32 NumPy array (for tests and small n only)."""
-        return np.concatenate([block.numpy() for _, _, block in self._blocks()], axis=0)
+        return np.concatenate([block for _, _, block in self._host_blocks()], axis=0)
 
 
 def maximize(objective, x, epsilon: float, subspace=None, iterations: int = 10, start: str = "zero",
@@ -130,13 +131,11 @@ def maximize(objective, x, epsilon: float, subspace=None, iterations: int = 10, 
     function_evaluations (passes of the objective, f(x) included), solves (one per restart) and
     y_max (the best y found, a NumPy array).
     """
-    import tensorflow as tf
-
     if epsilon <= 0:
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
     if start not in ("zero", "random"):
         raise ValueError(f"start must be 'zero' or 'random', got {start!r}")
-    x = tf.convert_to_tensor(x, tf.float32)
+    x = ops.convert_to_tensor(x, "float32")
     started = time.perf_counter()
     coordinates = np.abs(np.asarray(x, np.float64) if subspace is None else subspace.pinv(x))
     bound = epsilon * (coordinates + 1.0)
@@ -147,7 +146,7 @@ def maximize(objective, x, epsilon: float, subspace=None, iterations: int = 10, 
         """(f(x + A y), A^T grad f) with y from SciPy (float64) and the pass's float32 results."""
         nonlocal passes
         passes += 1
-        step = tf.constant(y, tf.float32)
+        step = ops.convert_to_tensor(np.asarray(y, np.float32))
         value, grad = objective.value_and_gradient(x + (step if subspace is None else subspace.matvec(step)))
         if subspace is not None:
             grad = subspace.rmatvec(grad)
@@ -323,6 +322,8 @@ def sharpness(run_dir, epsilon: float, space: str, dim: int | None = None, force
         "iterations": cfg.iterations, "start": cfg.start, "restarts": cfg.restarts,
         "subset": cfg.subset, "seed": cfg.seed, "eval_batch_size": run.config.eval_batch_size,
         "block_rows": BLOCK_ROWS if space == "random" else None,
+        "a_distribution": A_DISTRIBUTION if space == "random" else None,
+        "backend": backend.name(),
         "weights_digest": storage.weights_digest(run.model.get_weights()),
     }
     path = result_path(run.path, space, epsilon)
@@ -388,8 +389,6 @@ def benchmark(run_dir_or_model, epsilon: float = 1e-3, space: str = "full", dim:
     - setup_seconds: A (random space) and A+ x, made once per measurement, not part of the solve.
     Also: space, epsilon, iterations, n, p, examples, phi, failed, device.
     """
-    import tensorflow as tf
-
     from replication import data, objective as objective_lib, train
 
     if isinstance(run_dir_or_model, (str, Path)):
@@ -420,7 +419,6 @@ def benchmark(run_dir_or_model, epsilon: float = 1e-3, space: str = "full", dim:
     bare = objective.seconds
     solver = sum(s["solver_seconds"] or 0.0 for s in result["solves"])
     glue = solve - passes_in_solve - solver
-    gpus = tf.config.list_physical_devices("GPU")
     return {"space": space, "epsilon": epsilon, "iterations": iterations, "n": objective.dimension,
             "p": dim if space == "random" else objective.dimension, "examples": objective.objective.size,
             "passes": result["function_evaluations"], "solve_seconds": solve,
@@ -429,7 +427,7 @@ def benchmark(run_dir_or_model, epsilon: float = 1e-3, space: str = "full", dim:
             "overhead_fraction": (solve - bare) / solve, "within_budget": glue / solve <= 0.15,
             "setup_seconds": setup + result["bound_seconds"], "phi": result["phi"],
             "failed": result["failed"], "materialized": subspace.materialized if subspace else None,
-            "device": ", ".join(d.name for d in gpus) if gpus else "CPU"}
+            "device": backend.device(), "backend": backend.version()}
 
 
 class _TimedObjective:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from replication import config as config_lib
-from replication import data, storage
+from replication import backend, data, storage
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Keys that do not change what training computes: a run directory made with other values of
@@ -63,20 +63,6 @@ def run_directory(config: config_lib.Config, regime: str, seed: int) -> Path:
     return trial_directory(config) / regime / f"seed{seed}"
 
 
-def setup_determinism(seed: int, deterministic_ops: bool = True) -> None:
-    """Keras determinism recipe: seeds everywhere, plus deterministic TF ops unless asked not to.
-
-    Keras silently turns XLA off while op determinism is on (keras model_supports_jit), so a
-    config with jit_compile: true trains without op determinism; env.json records which.
-    """
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(seed)
-    if deterministic_ops:
-        tf.config.experimental.enable_op_determinism()
-
-
 def load_arrays(config: config_lib.Config):
     """(dataset, x_train, y_train, x_test, y_test) with the config's subsets applied."""
     dataset = data.load(config.dataset, config.data_dir)
@@ -96,15 +82,13 @@ def build_model(config: config_lib.Config, input_shape, num_classes: int, compil
             optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate, beta_1=config.beta_1,
                                             beta_2=config.beta_2, epsilon=config.adam_epsilon),
             loss="sparse_categorical_crossentropy",
-            jit_compile=config.jit_compile,
+            jit_compile=backend.keras_jit_compile(config.jit_compile),
         )
     return model
 
 
 def environment(seed: int) -> dict:
-    import keras
-    import tensorflow as tf
-
+    """Where and with what a result was computed: git state, versions, backend, device, seed."""
     def git(*args):
         try:
             return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
@@ -112,28 +96,15 @@ def environment(seed: int) -> dict:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
     return {
         "git_commit": git("rev-parse", "HEAD") or "unknown",
         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
+        **backend.describe(),
         "numpy": np.__version__,
-        "device": ", ".join(gpus) if gpus else f"CPU ({_cpu_name()}, {os.cpu_count()} cores)",
         "platform": platform.platform(),
         "seed": seed,
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _now() -> str:
@@ -141,11 +112,14 @@ def _now() -> str:
 
 
 def _resolved(config: config_lib.Config, regime: str, seed: int, batch_size: int) -> dict:
-    return {**config.to_dict(), "run": {"regime": regime, "seed": seed, "batch_size": batch_size}}
+    return {**config.to_dict(),
+            "run": {"regime": regime, "seed": seed, "batch_size": batch_size, "backend": backend.name()}}
 
 
 def _check_same_config(path: Path, resolved: dict) -> None:
     previous = config_lib.yaml.safe_load((path / "config.yaml").read_text())
+    # Runs made before the JAX port name no backend: they ran on TensorFlow.
+    previous.get("run", {}).setdefault("backend", "tensorflow")
     for key in sorted(set(previous) | set(resolved)):
         if key in NON_TRAINING_KEYS:
             continue
@@ -156,24 +130,21 @@ def _check_same_config(path: Path, resolved: dict) -> None:
                 "or delete that directory")
 
 
+def x0_path(config: config_lib.Config, seed: int) -> Path:
+    """x0 of a trial. Keras draws it through the backend's own generator, so each backend has its
+    own (TensorFlow keeps the name it had before the JAX port): an SB run on one backend and an LB
+    run on the other never share an x0, and the pair check refuses them."""
+    suffix = "" if backend.name() == "tensorflow" else f"-{backend.name()}"
+    return trial_directory(config) / "x0" / f"seed{seed}{suffix}.weights.h5"
+
+
 def _initial_weights(model, config, seed: int) -> Path:
     """x0 of the trial: made once (under a lock) and shared by its SB and LB runs."""
-    path = trial_directory(config) / "x0" / f"seed{seed}.weights.h5"
+    path = x0_path(config, seed)
     with storage.locked(path.with_suffix(".lock")):
         if not path.exists():
             storage.save_weights(model, path)
     return path
-
-
-def epoch_dataset(x, y, order: np.ndarray, batch_size: int):
-    """One epoch's batches in `order`, gathered from tensors that stay resident in memory.
-
-    `make bench` measured this against passing shuffled NumPy copies to fit (README, Performance).
-    """
-    import tensorflow as tf
-
-    index = tf.data.Dataset.from_tensor_slices(order.astype(np.int64)).batch(batch_size)
-    return index.map(lambda i: (tf.gather(x, i), tf.gather(y, i))).prefetch(2)
 
 
 def _reseed_dropout(model, seed: int, epoch: int) -> None:
@@ -181,7 +152,7 @@ def _reseed_dropout(model, seed: int, epoch: int) -> None:
     for index, layer in enumerate(model.layers):
         generator = getattr(layer, "seed_generator", None)
         if generator is not None:
-            generator.state.assign(np.array([seed * 1_000_003 + epoch * 1009 + index, 0], np.int64))
+            generator.state.assign(backend.seed_state(seed * 1_000_003 + epoch * 1009 + index, generator.state))
 
 
 def _failpoint_callbacks(epoch: int) -> list:
@@ -217,6 +188,10 @@ def train(config: config_lib.Config, regime: str, seed: int, log=None) -> Path:
     `regime` is "sb", "lb" or a sweep run of the config ("b<batch>[-<scaling>]"), whose learning
     rate `Config.for_regime` scales."""
     log = log or sys.stderr
+    if config.backend is not None and config.backend != backend.name():
+        raise config_lib.ConfigError(
+            f"profile {config.profile} runs on the {config.backend} backend, this process on "
+            f"{backend.name()}: set KERAS_BACKEND={config.backend}")
     deviations = config.run_deviations(regime)
     config = config.for_regime(regime)
     path = run_directory(config, regime, seed)
@@ -235,8 +210,6 @@ def train(config: config_lib.Config, regime: str, seed: int, log=None) -> Path:
 
 
 def _train_locked(config, regime, seed, path, log, arrays, deviations) -> Path:
-    import tensorflow as tf
-
     from replication import objective
 
     dataset, x_train, y_train, x_test, y_test = arrays
@@ -244,7 +217,7 @@ def _train_locked(config, regime, seed, path, log, arrays, deviations) -> Path:
     resolved = _resolved(config, regime, seed, batch_size)
     if (path / "config.yaml").exists():
         _check_same_config(path, resolved)
-    setup_determinism(seed, deterministic_ops=not config.jit_compile)
+    determinism = backend.setup_determinism(seed, deterministic_ops=not config.jit_compile)
     model = build_model(config, x_train.shape[1:], dataset.num_classes)
     model.load_weights(_initial_weights(model, config, seed))
     # Keras 3 saves a compiled model's optimizer variables with its weights, learning rate included,
@@ -254,12 +227,11 @@ def _train_locked(config, regime, seed, path, log, arrays, deviations) -> Path:
     x0_digest = storage.weights_digest(model.get_weights())
     model.optimizer.build(model.trainable_variables)  # so a checkpoint can restore Adam's state
 
-    env = {**environment(seed), "deterministic_ops": not config.jit_compile,
-           "xla": bool(model.jit_compile), "start_time": _now()}
+    env = {**environment(seed), **determinism, "xla": bool(model.jit_compile), "start_time": _now()}
     if not (path / "config.yaml").exists():
         storage.atomic_write_text(path / "config.yaml", config_lib.yaml.safe_dump(resolved, sort_keys=False))
         storage.atomic_write_bytes(path / "initial.weights.h5",
-                                   (trial_directory(config) / "x0" / f"seed{seed}.weights.h5").read_bytes())
+                                   x0_path(config, seed).read_bytes())
         storage.atomic_write_json(path / "env.json", env)
     env = {**storage.read_json(path / "env.json"), **{k: v for k, v in env.items() if k != "start_time"}}
 
@@ -270,7 +242,7 @@ def _train_locked(config, regime, seed, path, log, arrays, deviations) -> Path:
 
     train_objective = objective.Objective(model, x_train, y_train, config.eval_batch_size)
     test_objective = objective.Objective(model, x_test, y_test, config.eval_batch_size)
-    x_resident, y_resident = tf.constant(x_train), tf.constant(y_train)
+    x_resident, y_resident = backend.resident(x_train), backend.resident(y_train)
     tag = f"{config.network} {regime.upper()} (batch {batch_size}) seed {seed}"
     started = time.time()
     while (reason := _should_stop(config, history)) is None:
@@ -278,7 +250,7 @@ def _train_locked(config, regime, seed, path, log, arrays, deviations) -> Path:
         tick = time.time()
         _reseed_dropout(model, seed, epoch)
         order = np.random.default_rng([seed, epoch]).permutation(len(x_train))
-        model.fit(epoch_dataset(x_resident, y_resident, order, batch_size), epochs=1, shuffle=False,
+        model.fit(**backend.epoch_inputs(x_resident, y_resident, order, batch_size), epochs=1,
                   verbose=0, callbacks=_failpoint_callbacks(epoch + 1))
         train_loss, train_acc = train_objective.evaluate()
         test_loss, test_acc = test_objective.evaluate()

@@ -3,7 +3,7 @@
 import json
 
 from conftest import cli
-from replication import bench, models
+from replication import backend, bench, models
 
 
 def test_forward_flops_closed_form():
@@ -15,17 +15,25 @@ def test_forward_flops_closed_form():
 
 
 def test_quick_bench_writes_ratios(tmp_path):
-    # A fresh process: op determinism, once enabled by another test, would turn XLA off here.
-    result = cli("bench", "--quick", "--out", tmp_path, check=True)
-    record = json.loads((tmp_path / "bench.json").read_text())
-    assert (tmp_path / "bench.md").read_text() in result.stdout
-    assert record["matmul_peak_flop_per_second"] > 0
-    assert len(record["training"]) == 2 * 2 * 2 * 2  # networks x regimes x XLA x pipelines
-    for row in record["training"]:
-        assert row["examples_per_second"] > 0 and 0 < row["fraction_of_matmul_peak"]
-        assert row["xla_active"] == row["jit_compile"]  # XLA rows really ran with XLA
-    assert {(r["network"], r["space"]) for r in record["sharpness"]} == {
-        ("F1", "full"), ("F1", "random"), ("C1", "full"), ("C1", "random")}
+    result = cli("bench", "--quick", "--networks", "F1", "--out", tmp_path, check=True)
+    folder = tmp_path / bench.folder_name()
+    record = json.loads((folder / "bench.json").read_text())
+    assert (folder / "bench.md").read_text() in result.stdout
+    assert record["backend"] == backend.name() and record["device"] == backend.device()
+    peak = record["matmul_peak_flop_per_second"]["float32"]
+    assert peak > 0 and record["training_peak"] == "float32"  # no GPU here: no TF32 peak
+    rows = record["training"]
+    # Both regimes, each with the NumPy input, the resident input, and k steps per execution.
+    assert sorted((r["regime"], r["pipeline"], r["steps_per_execution"]) for r in rows) == sorted(
+        (regime, pipeline, k) for regime in ("sb", "lb")
+        for pipeline, k in (("numpy", 1), ("resident", 1), ("resident", bench.STEPS_PER_EXECUTION)))
+    for row in rows:
+        examples = row["batch_size"] * row["steps"]
+        assert abs(row["examples_per_second"] - examples / row["seconds"]) < 1e-6 * row["examples_per_second"]
+        assert abs(row["fraction_of_peak"] - row["train_flop_per_second"] / peak) < 1e-12
+        assert row["train_flop_per_second"] == 3 * bench.forward_flops(
+            models.build("F1", (28, 28, 1), 10, "batch_statistics")) * examples / row["seconds"]
+    assert {(r["network"], r["space"]) for r in record["sharpness"]} == {("F1", "full"), ("F1", "random")}
     for r in record["sharpness"]:
         assert r["passes"] >= 1 and r["bare_seconds"] > 0
         parts = r["pass_seconds"] + r["solver_seconds"] + r["glue_seconds"]

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from conftest import TINY, cli
+from replication import backend
 from replication import __main__ as entry
 from replication import config as config_lib
 from replication import data, storage, train
@@ -197,18 +198,27 @@ def test_read_only_results_directory_for_real(tmp_path, capsys):
     assert code == 2 and "cannot write here" in err
 
 
-def test_out_of_memory_suggests_a_smaller_evaluation_batch(tmp_path, capsys, monkeypatch):
-    import tensorflow as tf
+def _out_of_memory_error():
+    """The backend's own out-of-memory error type (XLA's, under JAX, is not importable by name)."""
+    if backend.name() == "tensorflow":
+        import tensorflow as tf
 
+        return tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+    return type("XlaRuntimeError", (RuntimeError,), {})("RESOURCE_EXHAUSTED: Out of memory allocating")
+
+
+def test_out_of_memory_suggests_a_smaller_evaluation_batch(tmp_path, capsys, monkeypatch):
     from replication import objective
 
+    error = _out_of_memory_error()
+
     def oom(self, flat=None):
-        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+        raise error
 
     monkeypatch.setattr(objective.Objective, "evaluate", oom)
     code, err = run_main(capsys, "train", write_config(tmp_path, {}), "--regime", "sb")
     assert code == 2
-    assert "out of device memory (ResourceExhaustedError)" in err and "lower eval_batch_size" in err
+    assert f"out of device memory ({type(error).__name__})" in err and "lower eval_batch_size" in err
     assert not list((tmp_path / "results").rglob("metrics.json"))
 
 

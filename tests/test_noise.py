@@ -26,7 +26,7 @@ def exact_b_simple(model, x, y):
     """tr(Sigma)/|G|^2 from every per-example gradient (Sigma with 1/N, the population covariance)."""
     obj = objective.Objective(model, x, y, len(x))
     flat = obj.get_flat()
-    per_example = np.stack([obj.batch_value_and_gradient(flat, x[i:i + 1], y[i:i + 1])[1].numpy()
+    per_example = np.stack([np.asarray(obj.batch_value_and_gradient(flat, x[i:i + 1], y[i:i + 1])[1])
                             for i in range(len(x))])
     mean = per_example.mean(axis=0)
     trace = float(np.mean(np.sum((per_example - mean) ** 2, axis=1)))

@@ -8,7 +8,7 @@ import shutil
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
 from replication import __main__ as cli_main
 from replication import config as config_lib
@@ -29,9 +29,9 @@ class ExpProbability(keras.layers.Layer):
         self.w = self.add_weight(shape=(input_shape[-1],), initializer="zeros", name="w")
 
     def call(self, inputs):
-        s = tf.linalg.matvec(inputs, self.w * self.w if self.quadratic else self.w)
-        p0 = tf.exp(-s)
-        return tf.stack([p0, 1.0 - p0], axis=-1)
+        s = ops.matmul(inputs, self.w * self.w if self.quadratic else self.w)
+        p0 = ops.exp(-s)
+        return ops.stack([p0, 1.0 - p0], axis=-1)
 
 
 def closed_form_model(quadratic=False):
@@ -67,7 +67,7 @@ class MatrixSubspace:
         self.p = self.matrix.shape[1]
 
     def matvec(self, y):
-        return tf.constant(self.matrix @ np.asarray(y, np.float64), tf.float32)
+        return ops.convert_to_tensor((self.matrix @ np.asarray(y, np.float64)).astype(np.float32))
 
     def rmatvec(self, g):
         return self.matrix.T @ np.asarray(g, np.float64)

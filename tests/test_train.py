@@ -42,7 +42,7 @@ def test_run_directory_is_self_describing(tiny_config):
         history = storage.read_csv(run / "history.csv")
         assert [int(r["epoch"]) for r in history] == [1, 2]
         env = storage.read_json(run / "env.json")
-        for key in ("git_commit", "git_dirty", "python", "tensorflow", "keras", "numpy", "device",
+        for key in ("git_commit", "git_dirty", "python", "backend", "backend_version", "keras", "numpy", "device",
                     "seed", "start_time", "end_time"):
             assert key in env
     m_sb, m_lb = (storage.read_json(r / "metrics.json") for r in (sb, lb))

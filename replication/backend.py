@@ -1,0 +1,253 @@
+"""Everything that differs between Keras backends (TensorFlow, the default, and JAX), and nothing else.
+
+The rest of the package uses `keras`, `keras.ops` and NumPy only; a need that differs by backend
+is one small function here. Choose the backend as Keras does: `KERAS_BACKEND=jax` (or `tensorflow`)
+in the environment. Under JAX nothing here imports TensorFlow.
+
+Where the backends differ, on purpose or by nature:
+- Compiled passes: `tf.function` with a GradientTape, or `jax.jit` of `jax.value_and_grad`. Every
+  value a compiled pass needs (weights, batch-norm statistics, data) is passed in as an argument:
+  `jax.jit` freezes whatever a function captures, and the landscape changes the statistics.
+- `jit_compile` (config key): under TensorFlow it turns on XLA for the training step (and Keras then
+  runs without op determinism); under JAX every step is XLA-compiled whatever the key says (Keras'
+  un-jitted JAX step is an eager debugging mode), so the key changes nothing there.
+- Determinism: TensorFlow's `enable_op_determinism`; JAX on a CPU is deterministic, and on a GPU
+  `XLA_FLAGS=--xla_gpu_deterministic_ops=true` (set when this module is imported, before JAX
+  computes anything, unless XLA_FLAGS already names it). env.json records which applied.
+- Matrix-multiply precision: both backends let a GPU of the Ampere generation or later run float32
+  matrix products in TF32 by default; training keeps that default. Measurements (f for sharpness,
+  the landscape, the per-epoch metrics) run under `float32_matmuls()`, full float32 on both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SUPPORTED = ("tensorflow", "jax")
+DETERMINISTIC_XLA_FLAG = "--xla_gpu_deterministic_ops=true"
+
+
+def _prepare_environment() -> None:
+    """Before Keras starts its backend: quiet TensorFlow's start-up chatter, and under JAX ask XLA
+    for deterministic GPU kernels (a user's own XLA_FLAGS entry for it wins). XLA reads the flags
+    when it first initialises a device, so this module is imported before any computation."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if os.environ.get("KERAS_BACKEND") == "jax":
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_gpu_deterministic_ops" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} {DETERMINISTIC_XLA_FLAG}".strip()
+
+
+_prepare_environment()
+import keras  # noqa: E402  (after the environment above)
+
+
+class BackendError(RuntimeError):
+    """Keras runs on a backend this project does not support."""
+
+
+def name() -> str:
+    """The Keras backend in use: "tensorflow" or "jax"."""
+    backend = keras.backend.backend()
+    if backend not in SUPPORTED:
+        raise BackendError(f"Keras backend {backend!r} is not supported: set KERAS_BACKEND to one of "
+                           f"{', '.join(SUPPORTED)}")
+    return backend
+
+
+def version() -> str:
+    if name() == "jax":
+        import jax
+        import jaxlib
+
+        return f"jax {jax.__version__} (jaxlib {jaxlib.__version__})"
+    import tensorflow as tf
+
+    return f"tensorflow {tf.__version__}"
+
+
+def gpu_names() -> list[str]:
+    """The GPUs the backend computes on, by model name where the backend gives one."""
+    if name() == "jax":
+        import jax
+
+        return [d.device_kind for d in jax.devices() if d.platform == "gpu"]
+    import tensorflow as tf
+
+    names = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        names.append(details.get("device_name", gpu.name))
+    return names
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def device() -> str:
+    """The one device string every result records: GPU model names, or the CPU and its cores."""
+    gpus = gpu_names()
+    return ", ".join(gpus) if gpus else f"CPU ({cpu_name()}, {os.cpu_count()} cores)"
+
+
+def describe() -> dict:
+    """Backend, its version, Keras' version and the device: what every result file records."""
+    return {"backend": name(), "backend_version": version(), "keras": keras.__version__,
+            "device": device()}
+
+
+def setup_determinism(seed: int, deterministic_ops: bool = True) -> dict:
+    """Seeds everywhere (Keras' recipe) plus the backend's determinism switch; returns what applied.
+
+    TensorFlow: op determinism, unless asked not to (Keras turns XLA off while it is on, so a
+    config with jit_compile: true trains without it). JAX: deterministic on a CPU; on a GPU as
+    far as XLA_FLAGS asks (see _prepare_environment).
+    """
+    if name() == "jax" and "tensorflow" not in sys.modules:
+        # keras.utils.set_random_seed also seeds TensorFlow wherever it is installed, importing it
+        # (seconds of start-up, for tf.data pipelines this backend never uses): hide it meanwhile.
+        sys.modules["tensorflow"] = None
+        try:
+            keras.utils.set_random_seed(seed)
+        finally:
+            del sys.modules["tensorflow"]
+    else:
+        keras.utils.set_random_seed(seed)
+    if name() == "tensorflow":
+        import tensorflow as tf
+
+        if deterministic_ops:
+            tf.config.experimental.enable_op_determinism()
+        return {"deterministic_ops": deterministic_ops}
+    return {"deterministic_ops": bool(not gpu_names() or
+                                      "xla_gpu_deterministic_ops=true" in os.environ.get("XLA_FLAGS", "")),
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def keras_jit_compile(jit_compile: bool) -> bool:
+    """What to pass to Model.compile: the config's value under TensorFlow, always True under JAX."""
+    return True if name() == "jax" else jit_compile
+
+
+def compiled(function):
+    """`function` compiled as one graph: tf.function (retracing kept low) or jax.jit."""
+    if name() == "jax":
+        import jax
+
+        return jax.jit(function)
+    import tensorflow as tf
+
+    return tf.function(function, reduce_retracing=True)
+
+
+def value_and_grad(function):
+    """function(flat, *args) -> (value, aux) becomes (flat, *args) -> (value, aux, d value / d flat)."""
+    if name() == "jax":
+        import jax
+
+        gradient = jax.value_and_grad(function, has_aux=True)
+
+        def jax_wrapped(flat, *args):
+            (value, aux), grad = gradient(flat, *args)
+            return value, aux, grad
+
+        return jax_wrapped
+    import tensorflow as tf
+
+    def tf_wrapped(flat, *args):
+        with tf.GradientTape() as tape:
+            tape.watch(flat)
+            value, aux = function(flat, *args)
+        return value, aux, tape.gradient(value, flat)
+
+    return tf_wrapped
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str):
+    """Matrix products and convolutions in "float32" (full precision) or "tf32" (the GPU default).
+
+    Under JAX the setting is read when a function is traced (and is part of jit's cache key), under
+    TensorFlow when a kernel runs: enter it around the call in both cases. No effect on a CPU.
+    """
+    if precision not in ("float32", "tf32"):
+        raise ValueError(f"precision must be 'float32' or 'tf32', got {precision!r}")
+    if name() == "jax":
+        import jax
+
+        with jax.default_matmul_precision("highest" if precision == "float32" else "tensorfloat32"):
+            yield
+        return
+    import tensorflow as tf
+
+    before = tf.config.experimental.tensor_float_32_execution_enabled()
+    tf.config.experimental.enable_tensor_float_32_execution(precision == "tf32")
+    try:
+        yield
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(before)
+
+
+def float32_matmuls():
+    """Full float32 products for a measurement (see the module docstring)."""
+    return matmul_precision("float32")
+
+
+def resident(array: np.ndarray):
+    """`array` as a backend tensor on the default device (the GPU if there is one)."""
+    return keras.ops.convert_to_tensor(array)
+
+
+def epoch_inputs(x, y, order: np.ndarray, batch_size: int) -> dict:
+    """Keyword arguments for Model.fit: one epoch of (x, y) in `order`, batches of `batch_size`.
+
+    x and y are resident tensors (see `resident`), gathered on their device. TensorFlow: a tf.data
+    pipeline of index batches, each gathered and prefetched (`make bench` measured it against
+    NumPy copies). JAX: the epoch gathered once on the device and sliced by Keras, unshuffled.
+    """
+    if name() == "jax":
+        import jax.numpy as jnp
+
+        index = jnp.asarray(order.astype(np.int32))
+        return {"x": jnp.take(x, index, axis=0), "y": jnp.take(y, index, axis=0),
+                "batch_size": batch_size, "shuffle": False}
+    import tensorflow as tf
+
+    index = tf.data.Dataset.from_tensor_slices(order.astype(np.int64)).batch(batch_size)
+    return {"x": index.map(lambda i: (tf.gather(x, i), tf.gather(y, i))).prefetch(2), "shuffle": False}
+
+
+def seed_state(value: int, variable) -> np.ndarray:
+    """A Keras SeedGenerator state [value, 0] in the variable's dtype (int64 under TensorFlow,
+    uint32 under JAX, where the value is taken modulo 2**32)."""
+    dtype = np.dtype(keras.backend.standardize_dtype(variable.dtype))
+    if np.issubdtype(dtype, np.unsignedinteger) or dtype.itemsize < 8:
+        value %= 2 ** 32 if np.issubdtype(dtype, np.unsignedinteger) else 2 ** 31
+    return np.array([value, 0], dtype)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """The device ran out of memory (TensorFlow's ResourceExhaustedError, XLA's RESOURCE_EXHAUSTED)."""
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(err, tf.errors.ResourceExhaustedError):
+        return True
+    return type(err).__name__ == "XlaRuntimeError" and "RESOURCE_EXHAUSTED" in str(err)
+
+
+def synchronize(value) -> None:
+    """Wait until `value` (a tensor, or a tuple of them) is computed: for timings on a GPU."""
+    for item in (value if isinstance(value, (tuple, list)) else (value,)):
+        np.asarray(keras.ops.convert_to_numpy(keras.ops.reshape(item, [-1])[-1:]))

@@ -1,0 +1,109 @@
+"""The two backends: the same saved run gives the same numbers on TensorFlow and JAX, JAX runs
+without TensorFlow, A is the same for a seed everywhere, and compiled passes read the current
+batch-norm statistics (jax.jit would freeze captured ones)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, cli
+from replication import backend, models, objective, sharpness, train
+from replication import config as config_lib
+
+needs_both = pytest.mark.skipif(
+    not (importlib.util.find_spec("jax") and importlib.util.find_spec("tensorflow")),
+    reason="needs both tensorflow and jax installed")
+
+
+def _backend_cli(name, *args):
+    return cli(*args, env={"KERAS_BACKEND": name})
+
+
+@needs_both
+def test_one_saved_run_gives_the_same_numbers_on_both_backends(tiny_config):
+    config_path = tiny_config(epochs=1, sharpness={"iterations": 3})
+    result = _backend_cli("tensorflow", "train", config_path, "--regime", "sb")
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    records = {}
+    for name in ("tensorflow", "jax"):
+        result = _backend_cli(name, "evaluate", run_dir)
+        assert result.returncode == 0, result.stderr
+        records[name] = json.loads((run_dir / "evaluations" / f"{name}.json").read_text())
+    tf_record, jax_record = records["tensorflow"], records["jax"]
+    assert tf_record["environment"]["backend"] == "tensorflow" and jax_record["environment"]["backend"] == "jax"
+    for key in ("train_loss", "test_loss", "gradient_norm"):
+        assert jax_record[key] == pytest.approx(tf_record[key], rel=1e-5), key
+    for key in ("train_accuracy", "test_accuracy"):  # at most one example flips at a float32 tie
+        assert abs(jax_record[key] - tf_record[key]) <= 100 / tf_record["test_examples"], key
+    assert jax_record["phi"] == pytest.approx(tf_record["phi"], rel=1e-3)
+    assert "abs. difference" in result.stdout  # the printed table sets both side by side
+
+
+@needs_both
+def test_jax_runs_without_importing_tensorflow(tiny_config):
+    config_path = tiny_config(epochs=1)
+    script = ("import sys; from replication.__main__ import main; "
+              f"code = main(['train', {str(config_path)!r}, '--regime', 'sb']); "
+              "print('exit', code, 'tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "KERAS_BACKEND": "jax"}, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "exit 0 False"
+    env = json.loads(next((config_path.parent / "results").rglob("env.json")).read_text())
+    assert env["backend"] == "jax" and env["backend_version"].startswith("jax ")
+
+
+def test_random_subspace_is_a_numpy_draw_and_its_products_match_it():
+    a = sharpness.RandomSubspace(50, 4, seed=3, block_rows=16)
+    expected = np.concatenate([np.random.default_rng([3, i]).standard_normal((rows, 4), dtype=np.float32)
+                               for i, rows in enumerate((16, 16, 16, 2))])
+    np.testing.assert_array_equal(a.dense(), expected)  # the same A on every backend and device
+    y = np.arange(4, dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(a.matvec(y)), expected @ y, rtol=1e-6)
+    g = np.linspace(-1, 1, 50).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(a.rmatvec(g)), g @ expected, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_passes_read_the_current_batchnorm_statistics():
+    model = models.build("F1", (28, 28, 1), 10, "moving_average")
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, 64).astype(np.int32)
+    f = objective.Objective(model, x, y, batch_size=32)
+    before, _ = f.evaluate()
+    mean = next(v for v in model.non_trainable_variables if "moving_mean" in v.path)
+    mean.assign(np.full(mean.shape, 5.0, np.float32))
+    after, _ = f.evaluate()
+    fresh, _ = objective.Objective(model, x, y, batch_size=32).evaluate()
+    assert after != before and after == pytest.approx(fresh, rel=1e-6)
+    loss, _ = f.value_and_gradient(f.get_flat())
+    assert float(loss) == pytest.approx(after, rel=1e-5)
+
+
+def test_a_profile_bound_to_the_other_backend_is_refused(tiny_config, capsys):
+    other = "jax" if backend.name() == "tensorflow" else "tensorflow"
+    from replication import __main__ as entry
+
+    code = entry.main(["train", str(tiny_config(backend=other)), "--regime", "sb"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"set KERAS_BACKEND={other}" in err and err.count("\n") == 1
+
+
+def test_run_records_its_backend_and_a_run_from_the_other_backend_is_refused(tiny_config, tmp_path):
+    config = config_lib.load(tiny_config(epochs=1))
+    path = train.train(config, "sb", 0)
+    assert json.loads((path / "env.json").read_text())["backend"] == backend.name()
+    saved = config_lib.yaml.safe_load((path / "config.yaml").read_text())
+    assert saved["run"]["backend"] == backend.name()
+    saved["run"]["backend"] = "jax" if backend.name() == "tensorflow" else "tensorflow"
+    (path / "config.yaml").write_text(config_lib.yaml.safe_dump(saved))
+    (path / "metrics.json").unlink()  # unfinished: the next request would resume it
+    with pytest.raises(train.RunError, match="made by another config"):
+        train.train(config, "sb", 0)
