@@ -29,12 +29,11 @@ def rules(name: str, config_paths: list[str]) -> str:
                 runs[regime] = f"{run}/metrics.json"
                 lines += [f"{runs[regime]}:",
                           f"\t{PY} train {quoted} --seed {seed} --regime {regime}", ""]
-                for space in config.sharpness.spaces:
-                    for epsilon in config.sharpness.epsilons:
-                        target = sharpness.result_path(run, space, epsilon)
-                        reports.setdefault(config.results_dir, []).append(str(target))
-                        lines += [f"{target}: {runs[regime]}",
-                                  f"\t{PY} sharpness {run} --space {space} --epsilon {epsilon:g}", ""]
+                # One process measures every (space, epsilon) of a run, sharing its data and compiled
+                # passes; the target is the file it writes last.
+                last = sharpness.result_path(run, config.sharpness.spaces[-1], config.sharpness.epsilons[-1])
+                reports.setdefault(config.results_dir, []).append(str(last))
+                lines += [f"{last}: {runs[regime]}", f"\t{PY} sharpness {run}", ""]
                 # A sweep also measures the gradient noise scale: at every minimiser, and at x0 once.
                 points = []
                 if config.sweep.batch_sizes:

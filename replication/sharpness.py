@@ -272,15 +272,18 @@ def phi_value(f_x: float, max_f: float) -> float:
 
 def measure(model, inputs, labels, batch_size: int, epsilon: float, space: str = "full", dim: int = 100,
             iterations: int = 10, start: str = "zero", restarts: int = 1, seed: int = 0,
-            materialize_bytes: int = MATERIALIZE_BYTES) -> dict:
-    """phi of a Keras model's current weights on (inputs, labels); the weights are left unchanged."""
+            materialize_bytes: int = MATERIALIZE_BYTES, objective=None) -> dict:
+    """phi of a Keras model's current weights on (inputs, labels); the weights are left unchanged.
+
+    `objective`: an objective.Objective of this model on these examples, to reuse its compiled
+    passes across measurements (inputs, labels and batch_size are then not read)."""
     from replication import objective as objective_lib
 
     if space not in ("full", "random"):
         raise ValueError(f"space must be 'full' or 'random', got {space!r}")
     saved = model.get_weights()
     try:
-        objective = objective_lib.Objective(model, inputs, labels, batch_size)
+        objective = objective or objective_lib.Objective(model, inputs, labels, batch_size)
         tick = time.perf_counter()
         subspace = (RandomSubspace(objective.dimension, dim, seed, materialize_bytes)
                     if space == "random" else None)
@@ -306,35 +309,60 @@ def sharpness(run_dir, epsilon: float, space: str, dim: int | None = None, force
     The result is `<run_dir>/sharpness/<space>_eps<epsilon>.json`, written atomically; a result
     with identical settings (and the same final weights) is returned without recomputing.
     """
+    return sharpness_all(run_dir, [epsilon], [space], dim, force, log)[0]
+
+
+def sharpness_all(run_dir, epsilons=None, spaces=None, dim: int | None = None, force: bool = False,
+                  log=None) -> list[dict]:
+    """Every (epsilon, space) asked for (None: all of the run's config.sharpness), in one process:
+    the run, its training examples and their compiled objective are loaded once for all of them."""
     import dataclasses
 
-    from replication import data, train
+    from replication import data, objective as objective_lib, train
 
     log = log or sys.stderr
     run = train.load_run(run_dir)
     cfg = run.config.sharpness
     p = cfg.dim if dim is None else dim
+    epsilons, spaces = tuple(epsilons or cfg.epsilons), tuple(spaces or cfg.spaces)
     # The config's checks apply to the values asked for here too (ConfigError names them).
-    dataclasses.replace(cfg, epsilons=(epsilon,), spaces=(space,), dim=p).validate(
+    dataclasses.replace(cfg, epsilons=epsilons, spaces=spaces, dim=p).validate(
         f"sharpness of {run.path} (epsilon/space/dim)")
+    digest = storage.weights_digest(run.model.get_weights())
+    made = {}
+
+    def objective():  # only when a result has to be computed
+        if not made:
+            _, x_train, y_train, _, _ = train.load_arrays(run.config)
+            inputs, labels = data.subset(x_train, y_train, cfg.subset)
+            made["objective"] = objective_lib.Objective(run.model, inputs, labels, run.config.eval_batch_size)
+        return made["objective"]
+
+    return [_measure_run(run, epsilon, space, p, digest, objective, force, log)
+            for space in spaces for epsilon in epsilons]
+
+
+def _measure_run(run, epsilon: float, space: str, p: int, digest: str, objective, force: bool, log) -> dict:
+    """One result file of sharpness_all: reused if its settings match, else measured and written."""
+    from replication import train
+
+    cfg = run.config.sharpness
     settings = {
         "epsilon": epsilon, "space": space, "p": p if space == "random" else None,
         "iterations": cfg.iterations, "start": cfg.start, "restarts": cfg.restarts,
         "subset": cfg.subset, "seed": cfg.seed, "eval_batch_size": run.config.eval_batch_size,
         "block_rows": BLOCK_ROWS if space == "random" else None,
         "a_distribution": A_DISTRIBUTION if space == "random" else None,
-        "backend": backend.name(),
-        "weights_digest": storage.weights_digest(run.model.get_weights()),
+        "backend": backend.name(), "weights_digest": digest,
     }
     path = result_path(run.path, space, epsilon)
     with storage.locked(path.with_suffix(".lock")):
         if (previous := storage.reusable(path, settings, force, log)) is not None:
             return previous
-        _, x_train, y_train, _, _ = train.load_arrays(run.config)
-        inputs, labels = data.subset(x_train, y_train, cfg.subset)
         tick = time.time()
-        result = measure(run.model, inputs, labels, run.config.eval_batch_size, epsilon, space, p,
-                         cfg.iterations, cfg.start, cfg.restarts, cfg.seed)
+        f = objective()
+        result = measure(run.model, None, None, run.config.eval_batch_size, epsilon, space, p,
+                         cfg.iterations, cfg.start, cfg.restarts, cfg.seed, objective=f)
         result.pop("y_max")
         record = {
             "metric": METRIC, "run": str(run.path), "network": run.config.network,
@@ -344,7 +372,7 @@ def sharpness(run_dir, epsilon: float, space: str, dim: int | None = None, force
             "a_distribution": A_DISTRIBUTION if space == "random" else "identity (A = I_n)",
             "a_pinv": A_PINV if space == "random" else "A+ = I", "iterations": cfg.iterations,
             "start": cfg.start, "restarts": cfg.restarts, "subset": cfg.subset,
-            "num_examples": len(inputs), "batchnorm": run.config.batchnorm,
+            "num_examples": f.size, "batchnorm": run.config.batchnorm,
             "messages": [s["message"] for s in result["solves"]],
             "config_sharpness": run.config.to_dict()["sharpness"], "settings": settings,
             "wall_seconds": round(time.time() - tick, 3), "environment": train.environment(cfg.seed),
@@ -355,16 +383,6 @@ def sharpness(run_dir, epsilon: float, space: str, dim: int | None = None, force
           f"{record['function_evaluations']} evaluations, {record['wall_seconds']:.1f} s -> {path}",
           file=log, flush=True)
     return record
-
-
-def sharpness_all(run_dir, epsilons=None, spaces=None, dim: int | None = None, force: bool = False,
-                  log=None) -> list[dict]:
-    """Every (epsilon, space) asked for; None means all of the run's config.sharpness."""
-    from replication import train
-
-    cfg = train.load_run(run_dir).config.sharpness
-    return [sharpness(run_dir, epsilon, space, dim, force, log)
-            for space in (spaces or cfg.spaces) for epsilon in (epsilons or cfg.epsilons)]
 
 
 def benchmark(run_dir_or_model, epsilon: float = 1e-3, space: str = "full", dim: int = 100,
