@@ -11,9 +11,10 @@ Where the backends differ, on purpose or by nature:
 - `jit_compile` (config key): under TensorFlow it turns on XLA for the training step (and Keras then
   runs without op determinism); under JAX every step is XLA-compiled whatever the key says (Keras'
   un-jitted JAX step is an eager debugging mode), so the key changes nothing there.
-- Determinism: TensorFlow's `enable_op_determinism`; JAX on a CPU is deterministic, and on a GPU
-  `XLA_FLAGS=--xla_gpu_deterministic_ops=true` (set when this module is imported, before JAX
-  computes anything, unless XLA_FLAGS already names it). env.json records which applied.
+- Determinism: TensorFlow's `enable_op_determinism`; JAX on a CPU is deterministic. JAX on a GPU
+  is deterministic only with `XLA_FLAGS=--xla_gpu_deterministic_ops=true` in the environment,
+  which costs 1.6x in training and 9x in a full-float32 evaluation pass on an H100 (measured), so
+  it is the user's choice; env.json records the flags and whether the run was deterministic.
 - Matrix-multiply precision: both backends let a GPU of the Ampere generation or later run float32
   matrix products in TF32 by default; training keeps that default. Measurements (f for sharpness,
   the landscape, the per-epoch metrics) run under `float32_matmuls()`, full float32 on both.
@@ -30,18 +31,14 @@ from pathlib import Path
 import numpy as np
 
 SUPPORTED = ("tensorflow", "jax")
+# Opt-in bit-reproducibility for JAX on a GPU. Measured on one H100 (C1): training 1.6-1.8x
+# slower, a float32 pass over 50,000 images 9x slower (README, Performance), so it is not the default.
 DETERMINISTIC_XLA_FLAG = "--xla_gpu_deterministic_ops=true"
 
 
 def _prepare_environment() -> None:
-    """Before Keras starts its backend: quiet TensorFlow's start-up chatter, and under JAX ask XLA
-    for deterministic GPU kernels (a user's own XLA_FLAGS entry for it wins). XLA reads the flags
-    when it first initialises a device, so this module is imported before any computation."""
+    """Before Keras starts its backend: keep TensorFlow's start-up chatter out of logs."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if os.environ.get("KERAS_BACKEND") == "jax":
-        flags = os.environ.get("XLA_FLAGS", "")
-        if "xla_gpu_deterministic_ops" not in flags:
-            os.environ["XLA_FLAGS"] = f"{flags} {DETERMINISTIC_XLA_FLAG}".strip()
 
 
 _prepare_environment()
@@ -113,8 +110,8 @@ def setup_determinism(seed: int, deterministic_ops: bool = True) -> dict:
     """Seeds everywhere (Keras' recipe) plus the backend's determinism switch; returns what applied.
 
     TensorFlow: op determinism, unless asked not to (Keras turns XLA off while it is on, so a
-    config with jit_compile: true trains without it). JAX: deterministic on a CPU; on a GPU as
-    far as XLA_FLAGS asks (see _prepare_environment).
+    config with jit_compile: true trains without it). JAX: deterministic on a CPU; on a GPU only
+    if XLA_FLAGS holds DETERMINISTIC_XLA_FLAG.
     """
     if name() == "jax" and "tensorflow" not in sys.modules:
         # keras.utils.set_random_seed also seeds TensorFlow wherever it is installed, importing it
@@ -133,7 +130,7 @@ def setup_determinism(seed: int, deterministic_ops: bool = True) -> dict:
             tf.config.experimental.enable_op_determinism()
         return {"deterministic_ops": deterministic_ops}
     return {"deterministic_ops": bool(not gpu_names() or
-                                      "xla_gpu_deterministic_ops=true" in os.environ.get("XLA_FLAGS", "")),
+                                      DETERMINISTIC_XLA_FLAG[2:] in os.environ.get("XLA_FLAGS", "")),
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
@@ -211,19 +208,22 @@ def resident(array: np.ndarray):
     return keras.ops.convert_to_tensor(array)
 
 
-def epoch_inputs(x, y, order: np.ndarray, batch_size: int) -> dict:
-    """Keyword arguments for Model.fit: one epoch of (x, y) in `order`, batches of `batch_size`.
+def training_data(x: np.ndarray, y: np.ndarray):
+    """What `epoch_inputs` gathers each epoch from: tensors kept on the device under TensorFlow,
+    the NumPy arrays themselves under JAX (see epoch_inputs)."""
+    return (x, y) if name() == "jax" else (resident(x), resident(y))
 
-    x and y are resident tensors (see `resident`), gathered on their device. TensorFlow: a tf.data
-    pipeline of index batches, each gathered and prefetched (`make bench` measured it against
-    NumPy copies). JAX: the epoch gathered once on the device and sliced by Keras, unshuffled.
+
+def epoch_inputs(x, y, order: np.ndarray, batch_size: int) -> dict:
+    """Keyword arguments for Model.fit: one epoch of (x, y) from `training_data`, in `order`.
+
+    TensorFlow: a tf.data pipeline of index batches, each gathered on the device and prefetched.
+    JAX: a shuffled NumPy copy of the epoch, which Keras slices and transfers batch by batch; on an
+    H100 this beat the epoch gathered on the device and sliced there by 1.2-1.8x (F1, C1; `make
+    bench` rows "numpy" and "resident").
     """
     if name() == "jax":
-        import jax.numpy as jnp
-
-        index = jnp.asarray(order.astype(np.int32))
-        return {"x": jnp.take(x, index, axis=0), "y": jnp.take(y, index, axis=0),
-                "batch_size": batch_size, "shuffle": False}
+        return {"x": x[order], "y": y[order], "batch_size": batch_size, "shuffle": False}
     import tensorflow as tf
 
     index = tf.data.Dataset.from_tensor_slices(order.astype(np.int64)).batch(batch_size)

@@ -8,10 +8,11 @@ batch norm, activations, pooling and the optimizer are not counted, so the achie
 slight underestimate. On a GPU both backends run float32 training products in TF32 by default, so
 training is set against the TF32 peak there; on a CPU both peaks are the float32 one.
 
-Training variants, each a row (the training runs use the fastest this table shows, see README):
+Training variants, each a row:
 - input "numpy": a shuffled NumPy copy of the epoch handed to fit (host -> device every step);
-- input "resident": the data kept on the device, each epoch gathered there (backend.epoch_inputs,
-  what train.py uses);
+- input "device": the data kept on the device, each epoch gathered there and sliced by Keras;
+- input "training": what train.py feeds fit (backend.epoch_inputs: under TensorFlow a tf.data
+  gather from device tensors, under JAX the NumPy copy, which measured faster there);
 - steps_per_execution k: Keras runs k steps per compiled call (fewer host round trips).
 """
 
@@ -69,13 +70,16 @@ def training_throughput(network: str, batch_size: int, steps: int, variants) -> 
     """Examples/s of model.fit over `steps` batches for each (input, steps_per_execution) variant,
     timed after a warm-up epoch of the same variant (compilation excluded). One model per call:
     the variants differ in how data reaches it, not in what it computes."""
+    from keras import ops
+
     config = config_lib.from_dict({"network": network, "dataset": DATASETS[network],
                                    "results_dir": "/nonexistent"})
     shape = data.INPUT_SHAPE[config.dataset]
     rng = np.random.default_rng(0)
     x = rng.random((batch_size * steps, *shape), dtype=np.float32)
     y = rng.integers(0, 10, batch_size * steps).astype(np.int32)
-    x_resident, y_resident = backend.resident(x), backend.resident(y)
+    x_device, y_device = backend.resident(x), backend.resident(y)
+    x_training, y_training = backend.training_data(x, y)
     backend.setup_determinism(0)
     model = train.build_model(config, shape, 10)
     flops = 3 * forward_flops(model)
@@ -89,8 +93,12 @@ def training_throughput(network: str, batch_size: int, steps: int, variants) -> 
             order = rng.permutation(len(x))
             if pipeline == "numpy":
                 model.fit(x[order], y[order], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+            elif pipeline == "device":
+                index = backend.resident(order.astype(np.int32))
+                model.fit(ops.take(x_device, index, axis=0), ops.take(y_device, index, axis=0),
+                          batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
             else:
-                model.fit(**backend.epoch_inputs(x_resident, y_resident, order, batch_size),
+                model.fit(**backend.epoch_inputs(x_training, y_training, order, batch_size),
                           epochs=1, verbose=0)
             backend.synchronize(model.trainable_variables[-1].value)
 
@@ -135,9 +143,9 @@ def run(out: str | Path, quick: bool = False, networks=None) -> str:
                 steps = 20 * STEPS_PER_EXECUTION if regime == "sb" else 2 * STEPS_PER_EXECUTION
             else:
                 steps = 3 if regime == "lb" else 40 if network == "F1" else 12
-            variants = [("numpy", 1), ("resident", 1)]
+            variants = [("numpy", 1), ("device", 1), ("training", 1)]
             if quick or on_gpu:  # k > 1 saves host round trips, which a CPU's step time dwarfs
-                variants.append(("resident", STEPS_PER_EXECUTION))
+                variants.append(("training", STEPS_PER_EXECUTION))
             for row in training_throughput(network, batch, steps, variants):
                 row["regime"] = regime
                 if "error" not in row:

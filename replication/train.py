@@ -242,7 +242,7 @@ def _train_locked(config, regime, seed, path, log, arrays, deviations) -> Path:
 
     train_objective = objective.Objective(model, x_train, y_train, config.eval_batch_size)
     test_objective = objective.Objective(model, x_test, y_test, config.eval_batch_size)
-    x_resident, y_resident = backend.resident(x_train), backend.resident(y_train)
+    x_epoch, y_epoch = backend.training_data(x_train, y_train)
     tag = f"{config.network} {regime.upper()} (batch {batch_size}) seed {seed}"
     started = time.time()
     while (reason := _should_stop(config, history)) is None:
@@ -250,7 +250,7 @@ def _train_locked(config, regime, seed, path, log, arrays, deviations) -> Path:
         tick = time.time()
         _reseed_dropout(model, seed, epoch)
         order = np.random.default_rng([seed, epoch]).permutation(len(x_train))
-        model.fit(**backend.epoch_inputs(x_resident, y_resident, order, batch_size), epochs=1,
+        model.fit(**backend.epoch_inputs(x_epoch, y_epoch, order, batch_size), epochs=1,
                   verbose=0, callbacks=_failpoint_callbacks(epoch + 1))
         train_loss, train_acc = train_objective.evaluate()
         test_loss, test_acc = test_objective.evaluate()

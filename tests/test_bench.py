@@ -23,10 +23,10 @@ def test_quick_bench_writes_ratios(tmp_path):
     peak = record["matmul_peak_flop_per_second"]["float32"]
     assert peak > 0 and record["training_peak"] == "float32"  # no GPU here: no TF32 peak
     rows = record["training"]
-    # Both regimes, each with the NumPy input, the resident input, and k steps per execution.
+    # Both regimes, each with NumPy, device and training inputs, and k steps per execution.
     assert sorted((r["regime"], r["pipeline"], r["steps_per_execution"]) for r in rows) == sorted(
         (regime, pipeline, k) for regime in ("sb", "lb")
-        for pipeline, k in (("numpy", 1), ("resident", 1), ("resident", bench.STEPS_PER_EXECUTION)))
+        for pipeline, k in (("numpy", 1), ("device", 1), ("training", 1), ("training", bench.STEPS_PER_EXECUTION)))
     for row in rows:
         examples = row["batch_size"] * row["steps"]
         assert abs(row["examples_per_second"] - examples / row["seconds"]) < 1e-6 * row["examples_per_second"]
