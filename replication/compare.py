@@ -291,6 +291,18 @@ def curve_distance(ours: dict, paper: dict) -> dict[str, float]:
     return out
 
 
+def _check_landscape_weights(csv_path: Path, meta: dict) -> None:
+    """A curve drawn from other weights than its runs hold now (a run retrained after the plot) is
+    refused; runs without weights (a fresh clone: git keeps no weights) cannot be checked."""
+    for regime in ("sb", "lb"):
+        weights = Path(meta[f"{regime}_run"]) / "final.weights.h5"
+        expected = meta.get("settings", {}).get(f"{regime}_final_sha256")
+        if expected and weights.is_file() and storage.sha256_file(weights) != expected:
+            raise ResultsError(f"{csv_path} was computed from other {regime.upper()} weights than "
+                               f"{weights} holds now: delete {csv_path.with_suffix('')}.* and run "
+                               "the landscape step (or make) again")
+
+
 def landscape_rows(results_dir) -> list[dict]:
     """One row per finished landscape curve (CSV + JSON sidecar) below `results_dir`: the end
     rises of ours and of the published curve, and the mean absolute differences between them."""
@@ -300,6 +312,7 @@ def landscape_rows(results_dir) -> list[dict]:
         if not csv_path.with_suffix(".json").exists():
             continue
         meta = storage.read_json(csv_path.with_suffix(".json"))
+        _check_landscape_weights(csv_path, meta)
         ours = read_curve(csv_path)
         row = {"network": meta["network"], "dataset": meta["dataset"], "data": meta["dataset_label"],
                "seed": meta["seed"], "path": meta["path"], "figure": meta["figure"],

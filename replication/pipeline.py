@@ -4,6 +4,13 @@
 file, generated from the configs (seeds, regimes, epsilons, spaces), so `make -j N` runs
 independent runs in parallel and a rerun skips every file that exists. The commands themselves
 also skip finished work and lock what they write, so the rules are a schedule, not the guard.
+
+Measurements follow their runs as order-only prerequisites (`target: | run`): a measurement file
+that exists is never redone because of file times. A fresh clone gives committed files arbitrary
+times (git writes `landscape/` before `lb/` and `sb/`), and redoing a measurement needs the run's
+weights, which git does not hold. A run is retrained only after its directory is deleted (train
+refuses a changed config), which deletes its sharpness and noise files too; a parametric plot
+made from other weights than its runs now hold is refused by the report (compare.landscape_rows).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ def rules(name: str, config_paths: list[str]) -> str:
                 # passes; the target is the file it writes last.
                 last = sharpness.result_path(run, config.sharpness.spaces[-1], config.sharpness.epsilons[-1])
                 reports.setdefault(config.results_dir, []).append(str(last))
-                lines += [f"{last}: {runs[regime]}", f"\t{PY} sharpness {run}", ""]
+                lines += [f"{last}: | {runs[regime]}", f"\t{PY} sharpness {run}", ""]
                 # A sweep also measures the gradient noise scale: at every minimiser, and at x0 once.
                 points = []
                 if config.sweep.batch_sizes:
@@ -41,12 +48,12 @@ def rules(name: str, config_paths: list[str]) -> str:
                 for point in points:
                     target = noise.result_path(run, point)
                     reports.setdefault(config.results_dir, []).append(str(target))
-                    lines += [f"{target}: {runs[regime]}", f"\t{PY} noise {run} --point {point}", ""]
+                    lines += [f"{target}: | {runs[regime]}", f"\t{PY} noise {run} --point {point}", ""]
             for path in landscape.PATHS:
                 # Written in the order CSV, JSON sidecar, PNG, PDF: the PDF means all are there.
                 target = f"{landscape.output_stem(config, seed, path)}.pdf"
                 reports.setdefault(config.results_dir, []).append(target)
-                lines += [f"{target}: {runs['sb']} {runs['lb']}",
+                lines += [f"{target}: | {runs['sb']} {runs['lb']}",
                           f"\t{PY} landscape {quoted} --seed {seed} --path {path}", ""]
     for results_dir, targets in reports.items():
         lines += [f"{results_dir}/REPORT.md: {' '.join(targets)}",

@@ -167,3 +167,22 @@ def test_cli_computes_every_finished_pair(pair, tmp_path):
     assert "skipping" in result.stderr
     result = cli("landscape", config_path, "--set", "seeds=[5]")
     assert result.returncode == 0 and "train them first" in result.stderr
+
+
+def test_a_curve_from_other_weights_than_its_runs_hold_is_refused(pair, tmp_path):
+    # A copy of the trial whose SB run was "retrained" (other final weights) after its curves.
+    copy = tmp_path / "results"
+    shutil.copytree(pair.results_dir, copy)
+    trial = next(copy.iterdir())
+    for meta_path in trial.glob("landscape/*.json"):  # the copy's curves point at the copy's runs
+        meta = storage.read_json(meta_path)
+        meta["sb_run"] = meta["sb_run"].replace(pair.results_dir, str(copy))
+        meta["lb_run"] = meta["lb_run"].replace(pair.results_dir, str(copy))
+        storage.atomic_write_json(meta_path, meta)
+    assert compare.landscape_rows(copy)  # untouched weights: accepted
+    weights = trial / "sb" / "seed0" / "final.weights.h5"
+    weights.write_bytes(weights.read_bytes() + b"\0")
+    with pytest.raises(compare.ResultsError, match="other SB weights"):
+        compare.landscape_rows(copy)
+    weights.unlink()  # no weights at all (a fresh clone): nothing to check against, accepted
+    assert compare.landscape_rows(copy)
