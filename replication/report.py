@@ -14,7 +14,7 @@ import math
 import re
 from pathlib import Path
 
-from replication import compare, storage
+from replication import compare, storage, verdicts
 
 VERDICT_MARK = {"reproduced": "**reproduced**", "partly reproduced": "**partly reproduced**",
                 "not reproduced": "**not reproduced**", "not run": "not run"}
@@ -30,8 +30,7 @@ def build(results_dir) -> Path:
              "Minima\", ICLR 2017 (arXiv:1609.04836), replicated in Keras 3 (on TensorFlow or JAX: each run's "
              "backend and device are in the provenance at the end). Every number below is read from the files in this directory (provenance at the end); rebuild with "
              f"`python -m replication report {root}`.\n"]
-    verdicts = compare.verdicts(root)
-    parts.append(_verdict_section(root, verdicts))
+    parts.append(_verdict_section(root, verdicts.verdicts(root)))
     parts.append(_table_section(root, "table2", "Table 2: accuracy (%)", compare.table2(root),
                                 compare.table2_markdown, "Differences are ours minus the paper's, in "
                                 "points and in the paper's standard deviations."))
@@ -47,17 +46,17 @@ def build(results_dir) -> Path:
 
 
 # Sections ---------------------------------------------------------------------------------------
-def _verdict_section(root: Path, verdicts: list[dict]) -> str:
+def _verdict_section(root: Path, judged: list[dict]) -> str:
     rows = [{"claim": v["claim"], "verdict": v["verdict"], "scope": v["scope"] or "-",
-             "statement": v["statement"]} for v in verdicts]
+             "statement": v["statement"]} for v in judged]
     table = markdown_table(rows, {"claim": "claim", "statement": "the paper says",
                                   "verdict": "verdict", "scope": "scope"},
                            format_cell=lambda k, v: VERDICT_MARK.get(v, v) if k == "verdict" else v)
-    _write(root, "verdicts", verdicts, table, "Verdicts on the claims of Keskar et al. (2017)")
+    _write(root, "verdicts", judged, table, "Verdicts on the claims of Keskar et al. (2017)")
     evidence = "\n".join(f"- Claim {v['claim']} ({v['verdict']}):"
-                         + "".join(f"\n  - {item}" for item in v["reason"].split(" | ")) for v in verdicts)
+                         + "".join(f"\n  - {item}" for item in v["reason"].split(" | ")) for v in judged)
     return ("## Verdicts\n\n" + table + "\nEvidence:\n\n" + evidence + "\n\n### Rules\n\n"
-            + compare.VERDICT_RULES)
+            + verdicts.VERDICT_RULES)
 
 
 def _table_section(root: Path, name: str, title: str, rows: list[dict], to_markdown,

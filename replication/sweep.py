@@ -171,65 +171,6 @@ def largest_drop(rows: list[dict]) -> tuple[int, int, float] | None:
     return max(drops, key=lambda d: d[2]) if drops else None
 
 
-PAPER_THRESHOLD = {"C1": 500, "F2": 15000}  # PAPER.md claim 4
-
-
-def claim4(rows: list[dict]) -> dict:
-    """Verdict on claim 4 from points(), per trial on the unscaled curve (the paper's protocol);
-    the rule is compare.VERDICT_RULES' claim 4."""
-    levels, evidence, records, caps = [], [], [], set()
-    trials: dict = {}
-    for row in rows:
-        if row["lr_scaling"] == "none":
-            trials.setdefault((row["network"], row["data"]), []).append(row)
-    for (network, label), items in trials.items():
-        measured = [r for r in items if math.isfinite(r["test_mean"])]
-        diverged = sorted(r["batch_size"] for r in items if not math.isfinite(r["test_mean"]))
-        note = f"; every seed diverged at batch {', '.join(map(str, diverged))}" if diverged else ""
-        if len(measured) < MIN_BATCH_SIZES:
-            evidence.append(f"{network} ({label}): {len(measured)} batch sizes with results, at least "
-                            f"{MIN_BATCH_SIZES} are needed for a trend{note}")
-            continue
-        records += [{**r, "deviations": r["deviations"].split("; ") if r["deviations"] != "none" else []}
-                    for r in items]
-        batches = sorted(r["batch_size"] for r in measured)
-        rho_acc, change_acc = trend(measured, "test_mean")
-        _, change_train = trend(measured, "train_mean")
-        keys = sharpness_columns(measured)
-        sharp_key = keys[0] if keys else None
-        rho_phi, change_phi = trend(measured, sharp_key) if sharp_key else (math.nan, math.nan)
-        falls = rho_acc <= -TREND and change_acc < 0
-        rises = rho_phi >= TREND and change_phi > 0
-        level = "pass" if falls and rises else "partial" if falls or rises else "fail"
-        undertrained = math.isfinite(change_train) and change_train < -compare.TRAIN_TOLERANCE_POINTS
-        if level == "pass" and undertrained:
-            level = "partial"  # the fall may be under-training at a fixed epoch budget, not a gap
-        if not sharp_key:
-            caps.add("sharpness not computed")
-        levels.append(level)
-        drop = largest_drop(measured)
-        threshold = (f"largest test-accuracy drop {drop[2]:.2f} points between batch {drop[0]} and "
-                     f"{drop[1]}" if drop else "no drop")
-        paper = PAPER_THRESHOLD.get(network)
-        evidence.append(
-            f"{network} ({label}), batch {batches[0]}-{batches[-1]} ({len(batches)} sizes): test accuracy "
-            f"rho {rho_acc:+.2f}, change {change_acc:+.2f} points; train accuracy change "
-            f"{change_train:+.2f} points"
-            + (f" (more than {compare.TRAIN_TOLERANCE_POINTS:g}: the largest batches are not trained "
-               "as far, so the test drop is not only a generalization gap)" if undertrained else "")
-            + "; " + (f"{sharpness_label(sharp_key)}: rho {rho_phi:+.2f}, change {change_phi:+.3g}"
-                      if sharp_key else "sharpness not computed")
-            + f"; {threshold}" + (f" (paper: threshold about {paper})" if paper else "") + note
-            + f" -> {level}")
-    if not levels:
-        return {"claim": 4, "statement": compare.CLAIMS[4], "verdict": "not run", "scope": "",
-                "reason": " | ".join(evidence) or compare.NOT_RUN[4]}
-    cap = "; ".join(sorted(caps)) or None
-    if cap:
-        evidence.append(cap)
-    return compare._verdict(4, compare._overall(levels, cap), records, evidence, compare.NOT_RUN[4])
-
-
 def plot(rows: list[dict], stem: Path) -> tuple[Path, Path]:
     """Figure 4 for one trial: test accuracy (left) and sharpness (right) against the batch size,
     one line per lr scaling, error bars = seed std; the paper's curves thin and light. Writes

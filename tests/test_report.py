@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import cli
-from replication import compare, report, sharpness, storage
+from replication import compare, report, sharpness, storage, verdicts
 
 PNG_MAGIC, PDF_MAGIC = b"\x89PNG\r\n\x1a\n", b"%PDF-"
 ALPHAS = np.linspace(-1, 2, 25)
@@ -100,7 +100,7 @@ def test_claim3_rule_passes_the_papers_own_curves():
                 rows.append({"network": network, "dataset": "mnist", "data": "paper", "seed": 0, "path": path,
                              "rise_sb": compare.end_rise(paper, 0.0), "rise_lb": compare.end_rise(paper, 1.0),
                              "rise_ratio": math.nan, "paper_rise_ratio": math.nan})
-    assert len(rows) == 16 and compare.claim3(rows)["verdict"] == "reproduced"
+    assert len(rows) == 16 and verdicts.claim3(rows)["verdict"] == "reproduced"
 
 
 def test_curve_distance_is_the_mean_absolute_difference():
@@ -130,7 +130,7 @@ def test_claim1_rule_passes_the_papers_own_table2():
             rows.append(table2_row(network, regime.upper(), p[f"train_{regime}_mean"],
                                    p[f"test_{regime}_mean"], p[f"train_{regime}_std"],
                                    p[f"test_{regime}_std"]))
-    assert compare.claim1(rows)["verdict"] == "reproduced"
+    assert verdicts.claim1(rows)["verdict"] == "reproduced"
 
 
 @pytest.mark.parametrize("sb, lb, verdict", [
@@ -143,8 +143,8 @@ def test_claim1_rule_passes_the_papers_own_table2():
 def test_claim1_rule(sb, lb, verdict):
     rows = [table2_row("F1", "SB", sb[0], sb[1], test_std=sb[2]),
             table2_row("F1", "LB", lb[0], lb[1], test_std=lb[2])]
-    assert compare.claim1(rows)["verdict"] == verdict
-    assert compare.claim1([])["verdict"] == "not run"
+    assert verdicts.claim1(rows)["verdict"] == verdict
+    assert verdicts.claim1([])["verdict"] == "not run"
 
 
 def sharp_record(regime, space, eps, phi, seed=0, failed=False):
@@ -155,42 +155,42 @@ def sharp_record(regime, space, eps, phi, seed=0, failed=False):
 def test_claim2_rule():
     both = [sharp_record(g, s, e, phi * (100 if g == "lb" else 1))
             for g in ("sb", "lb") for s in ("full", "random") for e in (1e-3, 5e-4) for phi in (1.0,)]
-    assert compare.claim2(both)["verdict"] == "reproduced"
+    assert verdicts.claim2(both)["verdict"] == "reproduced"
     full_only = [r for r in both if r["space"] == "full"]
-    assert compare.claim2(full_only)["verdict"] == "partly reproduced"
-    assert "random space" in compare.claim2(full_only)["reason"]
+    assert verdicts.claim2(full_only)["verdict"] == "partly reproduced"
+    assert "random space" in verdicts.claim2(full_only)["reason"]
     flipped = [{**r, "phi": 1.0 / r["phi"]} for r in both]
-    assert compare.claim2(flipped)["verdict"] == "not reproduced"
+    assert verdicts.claim2(flipped)["verdict"] == "not reproduced"
     # A failed solve is left out (never a sharpness of 0) and reported.
     failed = both + [sharp_record("lb", "full", 1e-3, None, seed=1, failed=True)]
-    result = compare.claim2(failed)
+    result = verdicts.claim2(failed)
     assert result["verdict"] == "reproduced" and "1 failed solve(s) left out" in result["reason"]
-    assert compare.claim2([])["verdict"] == "not run"
+    assert verdicts.claim2([])["verdict"] == "not run"
 
 
 def test_claim3_rule():
     row = {"network": "F1", "dataset": "mnist", "data": "MNIST", "seed": 0, "rise_sb": 0.001,
            "rise_lb": 0.1, "rise_ratio": 100.0, "paper_rise_ratio": 2000.0, "deviations": "none"}
     both = [{**row, "path": "linear"}, {**row, "path": "curvilinear"}]
-    assert compare.claim3(both)["verdict"] == "reproduced"
-    assert compare.claim3(both[:1])["verdict"] == "partly reproduced"
-    assert compare.claim3([both[0], {**both[1], "rise_lb": 0.0}])["verdict"] == "partly reproduced"
-    assert compare.claim3([{**r, "rise_lb": 0.003} for r in both])["verdict"] == "partly reproduced"
-    assert compare.claim3([{**r, "rise_lb": 0.0} for r in both])["verdict"] == "not reproduced"
-    assert compare.claim3([])["verdict"] == "not run"
-    assert compare.claim3(both)["scope"].startswith("F1 only")
+    assert verdicts.claim3(both)["verdict"] == "reproduced"
+    assert verdicts.claim3(both[:1])["verdict"] == "partly reproduced"
+    assert verdicts.claim3([both[0], {**both[1], "rise_lb": 0.0}])["verdict"] == "partly reproduced"
+    assert verdicts.claim3([{**r, "rise_lb": 0.003} for r in both])["verdict"] == "partly reproduced"
+    assert verdicts.claim3([{**r, "rise_lb": 0.0} for r in both])["verdict"] == "not reproduced"
+    assert verdicts.claim3([])["verdict"] == "not run"
+    assert verdicts.claim3(both)["scope"].startswith("F1 only")
 
 
 # The report ------------------------------------------------------------------------------------------
 def test_report_from_a_handmade_tree(tree):
     path = report.build(tree)
     text = path.read_text()
-    verdicts = {v["claim"]: v for v in compare.verdicts(tree)}
-    assert [verdicts[c]["verdict"] for c in range(1, 8)] == ["reproduced"] * 3 + ["not run"] * 4
+    judged = {v["claim"]: v for v in verdicts.verdicts(tree)}
+    assert [judged[c]["verdict"] for c in range(1, 8)] == ["reproduced"] * 3 + ["not run"] * 4
     for claim in (1, 2, 3):  # never "reproduced" on a stand-in without saying so
-        assert "data other than the paper's (Fashion-MNIST (stand-in for MNIST))" in verdicts[claim]["scope"]
-        assert "F1 only" in verdicts[claim]["scope"] and "10 epochs" in verdicts[claim]["reason"]
-    assert "1 failed solve(s) left out" in verdicts[2]["reason"]
+        assert "data other than the paper's (Fashion-MNIST (stand-in for MNIST))" in judged[claim]["scope"]
+        assert "F1 only" in judged[claim]["scope"] and "10 epochs" in judged[claim]["reason"]
+    assert "1 failed solve(s) left out" in judged[2]["reason"]
     assert "**reproduced** | F1 only; on data other than the paper's" in text
     for heading in ("## Verdicts", "### Rules", "## Table 2", "## Table 3", "## Table 4",
                     "## Figures 3 and 7", "## Provenance"):
@@ -225,8 +225,8 @@ def test_report_without_optional_results(tmp_path):
     write_run(root, "lb", 0, 99.0, 89.0)
     text = report.build(root).read_text()
     assert "## Table 3" not in text and "## Figures 3 and 7" not in text
-    verdicts = {v["claim"]: v["verdict"] for v in compare.verdicts(root)}
-    assert verdicts == {1: "partly reproduced", 2: "not run", 3: "not run", 4: "not run", 5: "not run",
+    judged = {v["claim"]: v["verdict"] for v in verdicts.verdicts(root)}
+    assert judged == {1: "partly reproduced", 2: "not run", 3: "not run", 4: "not run", 5: "not run",
                         6: "not run", 7: "not run"}
 
 

@@ -9,7 +9,7 @@ import yaml
 
 from conftest import cli
 from replication import config as config_lib
-from replication import compare, report, storage, sweep, train
+from replication import report, storage, sweep, train, verdicts
 from test_report import PDF_MAGIC, PNG_MAGIC, write_run
 
 
@@ -90,7 +90,7 @@ def test_points_average_seeds_and_count_failures(swept):
 
 
 def test_claim4_passes_a_falling_accuracy_and_rising_sharpness(swept):
-    verdict = sweep.claim4(sweep.points(swept))
+    verdict = verdicts.claim4(sweep.points(swept))
     assert verdict["verdict"] == "reproduced", verdict
     assert "test accuracy rho -1.00" in verdict["reason"] and "full-space sharpness, eps 0.001: rho +1.00" in verdict["reason"]
     assert "largest test-accuracy drop 3.50 points between batch 1024 and 6000" in verdict["reason"]
@@ -101,15 +101,15 @@ def test_claim4_fails_flat_curves_and_needs_three_batch_sizes(tmp_path):
     root = tmp_path / "flat"
     for regime, batch in (("b64", 64), ("sb", 256), ("b1024", 1024), ("lb", 6000)):
         write_point(root, regime, 0, batch, 90.0 + batch / 1e4, 50.0 - batch / 1e3)
-    assert sweep.claim4(sweep.points(root))["verdict"] == "not reproduced"
+    assert verdicts.claim4(sweep.points(root))["verdict"] == "not reproduced"
     partial = tmp_path / "partial"
     for regime, batch in (("b64", 64), ("sb", 256), ("lb", 6000)):
         write_point(partial, regime, 0, batch, 90.0 - batch / 1e3, 10.0)  # accuracy falls, sharpness flat
-    assert sweep.claim4(sweep.points(partial))["verdict"] == "partly reproduced"
+    assert verdicts.claim4(sweep.points(partial))["verdict"] == "partly reproduced"
     few = tmp_path / "few"
     write_point(few, "b64", 0, 64, 90.0, 1.0)
     write_point(few, "sb", 0, 256, 89.0, 2.0)
-    verdict = sweep.claim4(sweep.points(few))
+    verdict = verdicts.claim4(sweep.points(few))
     assert verdict["verdict"] == "not run" and "2 batch sizes with results, at least 3 are needed" in verdict["reason"]
 
 
@@ -118,7 +118,7 @@ def test_claim4_is_capped_by_under_training_missing_sharpness_and_divergence(tmp
     root = tmp_path / "undertrained"
     for regime, batch, test, phi in falling:
         write_point(root, regime, 0, batch, test, phi, train_acc=99.0 - batch / 1000)  # train falls 5.9 points
-    verdict = sweep.claim4(sweep.points(root))
+    verdict = verdicts.claim4(sweep.points(root))
     assert verdict["verdict"] == "partly reproduced" and "not only a generalization gap" in verdict["reason"]
     unmeasured = tmp_path / "unmeasured"
     for regime, batch, test, phi in falling:
@@ -129,12 +129,12 @@ def test_claim4_is_capped_by_under_training_missing_sharpness_and_divergence(tmp
     none_measured = tmp_path / "none_measured"
     for regime, batch, test, phi in falling:
         write_point(none_measured, regime, 0, batch, test, phi, measured=False)
-    verdict = sweep.claim4(sweep.points(none_measured))
+    verdict = verdicts.claim4(sweep.points(none_measured))
     assert verdict["verdict"] == "partly reproduced" and "sharpness not computed" in verdict["reason"]
     diverged = tmp_path / "diverged"
     for regime, batch, test, phi in falling[1:]:
         write_point(diverged, regime, 0, batch, test, phi, diverged=(regime == "lb"))
-    verdict = sweep.claim4(sweep.points(diverged))
+    verdict = verdicts.claim4(sweep.points(diverged))
     assert verdict["verdict"] == "not run"
     assert "2 batch sizes with results" in verdict["reason"] and "every seed diverged at batch 6000" in verdict["reason"]
 
@@ -155,7 +155,7 @@ def test_no_sweep_means_no_points_and_claim4_not_run(tmp_path):
     write_run(root, "sb", 0, 99.0, 90.0)
     write_run(root, "lb", 0, 99.0, 88.0)
     assert sweep.points(root) == []
-    assert compare.verdicts(root)[3]["verdict"] == "not run"
+    assert verdicts.verdicts(root)[3]["verdict"] == "not run"
 
 
 def test_published_figure4_is_read_and_interpolated():
@@ -184,9 +184,9 @@ def test_report_has_the_figure4_section_and_files(swept):
     report.build(swept)
     assert all(p.read_bytes() == b for p, b in before.items())
     # Claims 1-2 ignore the sweep: the scaled run's learning rate is no deviation of theirs.
-    verdicts = compare.verdicts(swept)
-    assert "Adam" not in verdicts[0]["reason"] and "Adam" not in verdicts[1]["reason"]
-    assert "Adam" not in verdicts[3]["reason"]  # claim 4 is judged on the unscaled curve only
+    judged = verdicts.verdicts(swept)
+    assert "Adam" not in judged[0]["reason"] and "Adam" not in judged[1]["reason"]
+    assert "Adam" not in judged[3]["reason"]  # claim 4 is judged on the unscaled curve only
 
 
 # One real sweep run -----------------------------------------------------------------------------------
@@ -234,7 +234,8 @@ def test_make_rules_train_and_measure_every_sweep_run(tmp_path):
     for regime in ("sb", "lb", "b64", "b64-sqrt"):
         assert f"{trial}/{regime}/seed0/metrics.json:\n\t$(PY) -m replication train {path} --seed 0 --regime {regime}\n" in rules
         report_rule = next(line for line in rules.splitlines() if line.startswith(f"{results}/REPORT.md:"))
-        assert f"{trial}/{regime}/seed0/sharpness/full_eps0.001.json" in report_rule
-        assert f"{trial}/{regime}/seed0/noise/final.json: {trial}/{regime}/seed0/metrics.json\n" in rules
+        # One sharpness command per run; its target is the last file it writes.
+        assert f"{trial}/{regime}/seed0/sharpness/random_eps0.0005.json" in report_rule
+        assert f"{trial}/{regime}/seed0/noise/final.json: | {trial}/{regime}/seed0/metrics.json\n" in rules
     assert f"\t$(PY) -m replication noise {trial}/sb/seed0 --point initial\n" in rules
     assert "--point initial" not in rules.replace(f"{trial}/sb/seed0 --point initial", "")
