@@ -56,7 +56,7 @@ def _sharpness(args):
     from replication import sharpness
 
     for run_dir in args.run_dir:
-        sharpness.sharpness_all(run_dir, [args.epsilon] if args.epsilon else None,
+        sharpness.sharpness_all(run_dir, None if args.epsilon is None else [args.epsilon],
                                 [args.space] if args.space else None, args.dim, args.force)
 
 

@@ -8,6 +8,7 @@ the value and the file; `--set key=value` overrides use the same checks.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import typing
@@ -61,7 +62,8 @@ class SharpnessConfig:
 
     def validate(self, where: str) -> None:
         for e in self.epsilons:
-            _check(e > 0, "sharpness.epsilons", e, where, "each epsilon must be > 0")
+            _check(math.isfinite(e) and e > 0, "sharpness.epsilons", e, where,
+                   "each epsilon must be a finite number > 0")
         _check(len(self.epsilons) > 0, "sharpness.epsilons", self.epsilons, where, "give at least one")
         for s in self.spaces:
             _check(s in ("full", "random"), "sharpness.spaces", s, where, "use 'full' or 'random'")
@@ -191,7 +193,7 @@ class Config:
         _check(len(self.seeds) >= 1, "seeds", self.seeds, where, "give at least one seed")
         _check(len(set(self.seeds)) == len(self.seeds), "seeds", self.seeds, where, "seeds repeat")
         for s in self.seeds:
-            _check(s >= 0, "seeds", s, where, "seeds must be >= 0")
+            _check(0 <= s < 2 ** 32, "seeds", s, where, "seeds must be in [0, 2**32)")
         _check(self.backend is None or self.backend in BACKENDS, "backend", self.backend, where,
                f"use one of {BACKENDS} or null")
         _check(bool(self.profile) and "/" not in self.profile, "profile", self.profile, where,
@@ -339,13 +341,19 @@ def _convert(hint, value, key: str, where: str):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: bad value {value!r} for '{key}': expected a list")
         return tuple(_convert(args[0], v, key, where) for v in value)
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-3" as a string
-            return float(value)
-        except ValueError:
-            pass
+    if hint is float and not isinstance(value, bool):
+        number = None
+        if isinstance(value, (int, float)):
+            number = float(value)
+        elif isinstance(value, str):
+            try:  # YAML 1.1 reads "1e-3" as a string
+                number = float(value)
+            except ValueError:
+                pass
+        if number is not None:
+            if not math.isfinite(number):  # inf passes every "> 0" check below
+                raise ConfigError(f"{where}: bad value {value!r} for '{key}': must be a finite number")
+            return number
     if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"{where}: bad value {value!r} for '{key}': expected {hint.__name__}")
@@ -358,7 +366,11 @@ def _set_dotted(data: dict, dotted: str, raw: str, where: str) -> None:
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
             raise ConfigError(f"{where}: cannot set '{dotted}': '{k}' is not a section")
-    node[keys[-1]] = yaml.safe_load(raw)
+    try:
+        node[keys[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: the value is not valid YAML ({str(err).splitlines()[0]}): "
+                          "quote it or fix its syntax") from None
 
 
 def load(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Config:
@@ -368,7 +380,9 @@ def load(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Confi
     if not path.is_file():
         raise ConfigError(f"{where}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: not a text (UTF-8) file: give a YAML config") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{where}: not valid YAML: {err}") from None
     if not isinstance(data, dict):

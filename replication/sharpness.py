@@ -45,6 +45,7 @@ import numpy as np
 from keras import ops
 
 from replication import backend, storage
+from replication import config as config_lib
 
 BLOCK_ROWS = 1 << 17            # rows of A generated together; part of A's definition, recorded
 # Keep A (float32) on the device up to this size: a product then reads A once (C2/C4's 6 GB:
@@ -361,6 +362,9 @@ def _measure_run(run, epsilon: float, space: str, p: int, digest: str, objective
             return previous
         tick = time.time()
         f = objective()
+        if space == "random" and p > f.dimension:
+            raise config_lib.ConfigError(f"sharpness of {run.path}: a random subspace of p={p} dimensions "
+                                         f"needs p <= n = {f.dimension} parameters: lower --dim or sharpness.dim")
         result = measure(run.model, None, None, run.config.eval_batch_size, epsilon, space, p,
                          cfg.iterations, cfg.start, cfg.restarts, cfg.seed, objective=f)
         result.pop("y_max")

@@ -188,6 +188,8 @@ def train(config: config_lib.Config, regime: str, seed: int, log=None) -> Path:
     `regime` is "sb", "lb" or a sweep run of the config ("b<batch>[-<scaling>]"), whose learning
     rate `Config.for_regime` scales."""
     log = log or sys.stderr
+    if not 0 <= seed < 2 ** 32:  # NumPy's generators and Keras' seeding take 32-bit seeds
+        raise config_lib.ConfigError(f"seed {seed} is out of range: use a seed in [0, 2**32)")
     if config.backend is not None and config.backend != backend.name():
         raise config_lib.ConfigError(
             f"profile {config.profile} runs on the {config.backend} backend, this process on "

@@ -29,7 +29,13 @@ CONFIG_CASES = [
     ("section-not-mapping", {"sharpness": 3}, r"'sharpness' must be a mapping"),
     ("batch-size-zero", {"sb_batch_size": 0}, r"bad value 0 for 'sb_batch_size': must be >= 1"),
     ("negative-epsilon", {"sharpness": {"epsilons": [-1e-3]}},
-     r"bad value -0.001 for 'sharpness.epsilons': each epsilon must be > 0"),
+     r"bad value -0.001 for 'sharpness.epsilons': each epsilon must be a finite number > 0"),
+    ("infinite-float", {"adam_epsilon": float("inf")}, r"bad value inf for 'adam_epsilon': must be a finite number"),
+    ("nan-float", {"learning_rate": float("nan")}, r"bad value nan for 'learning_rate': must be a finite number"),
+    ("infinite-float-string", {"learning_rate": "inf"}, r"bad value 'inf' for 'learning_rate': must be a finite number"),
+    ("infinite-epsilon", {"sharpness": {"epsilons": [float("inf")]}},
+     r"bad value inf for 'sharpness.epsilons': must be a finite number"),
+    ("seed-too-large", {"seeds": [2 ** 32]}, r"bad value 4294967296 for 'seeds': seeds must be in \[0, 2\*\*32\)"),
     ("alpha-grid-one-point", {"landscape": {"points": 1}},
      r"bad value 1 for 'landscape.points': an alpha grid needs at least 2 points"),
     ("alpha-range-reversed", {"landscape": {"alpha_min": 2.0, "alpha_max": -1.0}},
@@ -43,7 +49,7 @@ CONFIG_CASES = [
     ("learning-rate-zero", {"learning_rate": 0}, r"bad value 0.0 for 'learning_rate': must be > 0"),
     ("beta-out-of-range", {"beta_2": 1.0}, r"bad value 1.0 for 'beta_2': must be in \[0, 1\)"),
     ("repeated-seeds", {"seeds": [1, 1]}, r"'seeds': seeds repeat"),
-    ("negative-seed", {"seeds": [-1]}, r"bad value -1 for 'seeds': seeds must be >= 0"),
+    ("negative-seed", {"seeds": [-1]}, r"bad value -1 for 'seeds': seeds must be in \[0, 2\*\*32\)"),
     ("no-seeds", {"seeds": []}, r"'seeds': give at least one seed"),
     ("bad-space", {"sharpness": {"spaces": ["diagonal"]}}, r"'sharpness.spaces': use 'full' or 'random'"),
     ("bad-start", {"sharpness": {"start": "middle"}}, r"'sharpness.start': use 'zero' or 'random'"),
@@ -101,6 +107,31 @@ def test_config_file_problems(tmp_path, capsys):
     assert code == 2 and "--set 'epochs': expected key=value" in err
     code, err = run_main(capsys, "train", good, "--set", "epochs=0")
     assert code == 2 and "(--set epochs=0): bad value 0 for 'epochs': must be >= 1" in err
+    code, err = run_main(capsys, "train", good, "--set", "seeds=[1")
+    assert code == 2 and "(--set seeds=[1): the value is not valid YAML" in err and err.count("\n") == 1
+    code, err = run_main(capsys, "train", good, "--set", "adam_epsilon=.inf")
+    assert code == 2 and "bad value inf for 'adam_epsilon': must be a finite number" in err
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00network: F1\n")
+    code, err = run_main(capsys, "train", binary)
+    assert code == 2 and "binary.yaml: not a text (UTF-8) file" in err and err.count("\n") == 1
+    for seed in ("-1", str(2 ** 32)):
+        code, err = run_main(capsys, "train", good, "--seed", seed)
+        assert code == 2 and f"seed {seed} is out of range" in err and err.count("\n") == 1
+    assert not (tmp_path / "results").exists()
+
+
+def test_sharpness_flags_are_checked_before_anything_is_measured(tmp_path, capsys):
+    path = write_config(tmp_path, {"epochs": 1, "train_subset": 200, "test_subset": 100})
+    assert run_main(capsys, "train", path, "--regime", "sb")[0] == 0
+    run = tmp_path / "results" / "F1_synthetic_mnist" / "sb" / "seed0"
+    for flag, message in (("inf", "must be a finite number > 0"), ("0", "must be a finite number > 0"),
+                          ("nan", "must be a finite number > 0")):
+        code, err = run_main(capsys, "sharpness", run, "--epsilon", flag)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    code, err = run_main(capsys, "sharpness", run, "--space", "random", "--dim", str(10 ** 8))
+    assert code == 2 and "needs p <= n" in err and err.count("\n") == 1, err
+    assert not (run / "sharpness").exists() or not list((run / "sharpness").glob("*.json"))
 
 
 def test_batch_larger_than_the_training_set(tmp_path, capsys):
