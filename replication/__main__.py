@@ -43,6 +43,14 @@ def _train(args):
             print(train.train(config, regime, seed))
 
 
+def _check(args):
+    from replication import config as config_lib
+    from replication import train
+
+    config = config_lib.load(args.config, args.set)
+    print(f"{args.config}: {train.check(config)} finished run(s), all made by this config")
+
+
 def _table2(args):
     from replication import compare
 
@@ -134,6 +142,13 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (dotted for sections), repeatable")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("check", help="refuse (exit 2) if a finished run of CONFIG was made by another "
+                       "config, naming the key that differs (make runs this first)")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (dotted for sections), repeatable")
+    p.set_defaults(func=_check)
 
     p = sub.add_parser("table2", help="Table 2 (accuracy) from the runs under RESULTS_DIR")
     p.add_argument("results_dir")

@@ -5,7 +5,8 @@ file, generated from the configs (seeds, regimes, epsilons, spaces), so `make -j
 independent runs in parallel and a rerun skips every file that exists. The commands themselves
 also skip finished work and lock what they write, so the rules are a schedule, not the guard.
 
-Measurements follow their runs as order-only prerequisites (`target: | run`): a measurement file
+Before any step, `check` refuses finished runs that another config made (an edited config: the
+message names the key). Measurements follow their runs as order-only prerequisites (`target: | run`): a measurement file
 that exists is never redone because of file times. A fresh clone gives committed files arbitrary
 times (git writes `landscape/` before `lb/` and `sb/`), and redoing a measurement needs the run's
 weights, which git does not hold. A run is retrained only after its directory is deleted (train
@@ -25,16 +26,20 @@ PY = "$(PY) -m replication"
 
 def rules(name: str, config_paths: list[str]) -> str:
     """Make rules for every result of the given configs; `<name>-all` builds them all."""
-    lines, reports = [], {}
+    lines, reports, checks = [], {}, []
     for config_path in config_paths:
         config = config_lib.load(config_path)
         quoted = shlex.quote(config_path)
+        # First, every time: finished runs made by another config (an edited one) are refused.
+        check = f"{name}-check-{len(checks)}"
+        checks.append(check)
+        lines += [f".PHONY: {check}", f"{check}:", f"\t{PY} check {quoted}", ""]
         for seed in config.seeds:
             runs = {}
             for regime in config.regimes():
                 run = train.run_directory(config, regime, seed)
                 runs[regime] = f"{run}/metrics.json"
-                lines += [f"{runs[regime]}:",
+                lines += [f"{runs[regime]}: | {check}",
                           f"\t{PY} train {quoted} --seed {seed} --regime {regime}", ""]
                 # One process measures every (space, epsilon) of a run, sharing its data and compiled
                 # passes; the target is the file it writes last.

@@ -204,11 +204,33 @@ def train(config: config_lib.Config, regime: str, seed: int, log=None) -> Path:
         config.batch_size(regime, len(arrays[1]))
     with storage.locked(path.parent / f".seed{seed}.lock"):
         if (path / "metrics.json").exists():
-            num_train = storage.read_json(path / "metrics.json")["num_train"]
-            _check_same_config(path, _resolved(config, regime, seed, config.batch_size(regime, num_train)))
+            _check_finished(config, regime, seed, path)
             print(f"[{path}] already finished; skipping", file=log)
             return path
         return _train_locked(config, regime, seed, path, log, arrays or load_arrays(config), deviations)
+
+
+def _check_finished(config: config_lib.Config, regime: str, seed: int, path: Path) -> None:
+    """The finished run at `path` was made by `config` (for_regime applied); else RunError naming
+    the key that differs."""
+    num_train = storage.read_json(path / "metrics.json")["num_train"]
+    _check_same_config(path, _resolved(config, regime, seed, config.batch_size(regime, num_train)))
+
+
+def check(config: config_lib.Config) -> int:
+    """Every finished run of `config` was made by it (RunError names the first key that differs);
+    returns how many there are. `make` runs this before a profile's steps: a finished run is a
+    file target it never remakes, so without this an edited config would have its old runs
+    reported beside new ones."""
+    finished = 0
+    for seed in config.seeds:
+        for regime in config.regimes():
+            scaled = config.for_regime(regime)
+            path = run_directory(scaled, regime, seed)
+            if (path / "metrics.json").exists():
+                _check_finished(scaled, regime, seed, path)
+                finished += 1
+    return finished
 
 
 def _train_locked(config, regime, seed, path, log, arrays, deviations) -> Path:

@@ -4,7 +4,7 @@ import subprocess
 
 import yaml
 
-from conftest import TINY
+from conftest import ROOT, TINY
 from replication import pipeline
 
 
@@ -17,7 +17,7 @@ def test_rules_cover_every_result_and_parse_with_make(tmp_path):
     for seed in (0, 1):
         for regime in ("sb", "lb"):
             run = trial / regime / f"seed{seed}"
-            assert f"{run}/metrics.json:\n" in rules
+            assert f"{run}/metrics.json: | tiny-check-0\n" in rules
             # One command per run measures every space and epsilon; its target is the last written.
             assert f"{run}/sharpness/random_eps0.0005.json: | {run}/metrics.json\n\t$(PY) -m replication " \
                    f"sharpness {run}\n" in rules
@@ -36,3 +36,28 @@ def test_rules_cover_every_result_and_parse_with_make(tmp_path):
     first_sharpness = next(i for i, line in enumerate(lines) if " sharpness " in line)
     assert first_train < first_sharpness and lines[-1].endswith(f"report {results}")
     assert sum(" train " in line for line in lines) == 4  # 2 seeds x 2 regimes
+    assert " check " in lines[0]  # the config check comes before every step
+
+
+def test_make_refuses_an_edited_config_before_reporting_old_runs(tmp_path):
+    import sys
+
+    config = tmp_path / "tiny.yaml"
+    results = tmp_path / "results"
+    base = {**TINY, "epochs": 1, "train_subset": 200, "test_subset": 100, "results_dir": str(results)}
+    config.write_text(yaml.safe_dump(base))
+    makefile = tmp_path / "rules.mk"
+
+    def make(*goals):
+        makefile.write_text(f"PY := {sys.executable}\n" + pipeline.rules("tiny", [str(config)]))
+        return subprocess.run(["make", "--no-print-directory", "-f", str(makefile), *goals],
+                              capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+    trained = make(str(results / "F1_synthetic_mnist" / "sb" / "seed0" / "metrics.json"))
+    assert trained.returncode == 0, trained.stderr
+    assert make("-n", "tiny-all").stdout.count(" train ") == 1  # only LB is left to train
+    config.write_text(yaml.safe_dump({**base, "epochs": 2}))  # the user edits the config
+    edited = make("tiny-all")
+    assert edited.returncode != 0
+    assert "made by another config ('epochs' was 1, now 2)" in edited.stderr
+    assert not (results / "F1_synthetic_mnist" / "lb").exists() and not (results / "REPORT.md").exists()
