@@ -116,7 +116,7 @@ def _figure_section(root: Path, rows: list[dict]) -> str:
             "MAD = mean absolute difference from the published curve over alpha (ours interpolated "
             "onto its alphas). Thin light lines in the figures are the published curves (data: "
             "the paper's, which may differ from ours; see each row's data).\n\n"
-            + table + f"\nFiles: [figures.csv](tables/figures.csv), [figures.tex](tables/figures.tex).\n\n"
+            + table + "\nFiles: [figures.csv](tables/figures.csv), [figures.tex](tables/figures.tex).\n\n"
             + images)
 
 

@@ -3,7 +3,6 @@
 import dataclasses
 
 import pytest
-import yaml
 
 from replication import config as config_lib
 

@@ -15,7 +15,6 @@ import yaml
 from conftest import TINY, cli
 from replication import backend
 from replication import __main__ as entry
-from replication import config as config_lib
 from replication import data, storage, train
 
 CONFIG_CASES = [
