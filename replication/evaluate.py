@@ -37,7 +37,8 @@ def evaluate(run_dir) -> dict:
     test_loss, test_accuracy = objective.Objective(run.model, x_test, y_test, config.eval_batch_size).evaluate()
     cfg = config.sharpness
     solve = sharpness.measure(run.model, inputs, labels, config.eval_batch_size, EPSILON, "full",
-                              iterations=cfg.iterations, start=cfg.start, restarts=cfg.restarts, seed=cfg.seed)
+                              iterations=cfg.iterations, start=cfg.start, restarts=cfg.restarts, seed=cfg.seed,
+                              objective=train_f)  # its compiled passes, already traced above
     record = {"run": str(run.path), "weights_sha256": storage.sha256_file(run.path / "final.weights.h5"),
               "train_examples": len(inputs), "test_examples": len(x_test),
               "train_loss": train_loss, "train_accuracy": 100 * train_accuracy,

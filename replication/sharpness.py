@@ -12,7 +12,8 @@ Choices where the paper is silent:
 - Random subspace: A is n x p (p = 100) with i.i.d. standard normal entries, float32, drawn by
   NumPy's PCG64 generator seeded by (seed, row block) in blocks of BLOCK_ROWS rows, so a seed
   means the same A on every backend (results before the JAX port drew A with TensorFlow's
-  Philox generator; each result file names its generator). A is held on the device when n*p*4 bytes <= `materialize_bytes` (8 GiB: F1-C4 at p = 100) and
+  Philox generator; each result file names its generator). A is held on the device when
+  n*p*4 bytes <= `materialize_bytes` (8 GiB: F1-C4 at p = 100) and
   otherwise regenerated block by block inside every product (the same numbers either way), so a
   device without room for A still works.
 - A+ x = (A^T A)^-1 A^T x (A has full column rank with probability 1 when p <= n), with the

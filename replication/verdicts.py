@@ -142,6 +142,16 @@ def claim1(rows: list[dict], runs: list[dict] = ()) -> dict:
     return verdict(1, overall(levels), list(runs), evidence, "no SB/LB pair of runs")
 
 
+def _not_computed(wanted: set, found: set, kind: str, levels: list, evidence: list) -> str | None:
+    """The cap of a claim whose evidence lacks a `kind` (a space, a path); said in the evidence
+    when other units were judged."""
+    missing = sorted(wanted - found)
+    cap = f"not computed: {', '.join(missing)} {kind}" if missing else None
+    if cap and levels:
+        evidence.append(cap)
+    return cap
+
+
 def claim2(results: list[dict]) -> dict:
     """Verdict on claim 2 from sharpness_results() (rule in VERDICT_RULES)."""
     cells: dict = {}
@@ -164,10 +174,7 @@ def claim2(results: list[dict]) -> dict:
         ratio = f"{lb / sb:.1f}x" if sb > 0 else "SB is 0"
         evidence.append(f"{network} ({label}) {space} eps {eps:g}: LB {lb:.3g} vs SB {sb:.3g} "
                         f"({ratio}; {len(ok['lb'])}+{len(ok['sb'])} runs{note}) -> {level}")
-    missing = sorted({"full", "random"} - {r["space"] for r in results})
-    cap = f"not computed: {', '.join(missing)} space" if missing else None
-    if cap and levels:
-        evidence.append(cap)
+    cap = _not_computed({"full", "random"}, {r["space"] for r in results}, "space", levels, evidence)
     return verdict(2, overall(levels, cap), results, evidence, "no sharpness results")
 
 
@@ -182,10 +189,7 @@ def claim3(rows: list[dict]) -> dict:
         evidence.append(f"{r['network']} ({r['data']}) seed {r['seed']} {r['path']}: train xent rise "
                         f"SB end {r['rise_sb']:.3g}, LB end {r['rise_lb']:.3g} (ratio {r['rise_ratio']:.3g}; "
                         f"paper {r['paper_rise_ratio']:.3g}) -> {level}")
-    missing = sorted({"linear", "curvilinear"} - {r["path"] for r in rows})
-    cap = f"not computed: {', '.join(missing)} path" if missing else None
-    if cap and levels:
-        evidence.append(cap)
+    cap = _not_computed({"linear", "curvilinear"}, {r["path"] for r in rows}, "path", levels, evidence)
     return verdict(3, overall(levels, cap), rows, evidence, "no parametric-plot results")
 
 
