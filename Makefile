@@ -1,5 +1,7 @@
 # One command per job. `make test` runs the tests; `make quick` the CPU profile end to end;
-# `make sweep` the batch-size sweep (Figure 4) on the CPU;
+# `make sweep` the batch-size sweep (Figure 4) on the CPU; `make iterates` sharpness along the
+# iterates of SB and LB (Figure 6) on the CPU; `make remedies` conservative training (Table 7, F1,
+# CPU) and data augmentation (Table 6, C1: GPU or a long CPU run) beside plain SB and LB;
 # `make reproduce` the paper profile (GPU; every run is a file target, so `make -j N` runs them in
 # parallel and a rerun skips what is done); `make paper-gpu` C1 at the paper's protocol under JAX;
 # `make report` rebuilds reports from existing results.
@@ -18,7 +20,7 @@ endif
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONUNBUFFERED := 1
 
-.PHONY: test test-jax quick sweep reproduce paper-gpu official official-cpu report bench
+.PHONY: test test-jax quick verify-quick hessian-quick sweep iterates remedies reproduce paper-gpu official official-cpu report bench
 .DELETE_ON_ERROR:
 
 $(VENV)/.installed: requirements.txt
@@ -33,7 +35,8 @@ test: $(SETUP)
 # The backend-sensitive tests again under JAX (CPU jax from requirements.txt); `make test` runs
 # everything under TensorFlow, and test_backend compares the two.
 JAX_TESTS := tests/test_backend.py tests/test_sharpness.py tests/test_noise.py tests/test_train.py \
-             tests/test_landscape.py tests/test_errors.py tests/test_data.py
+             tests/test_landscape.py tests/test_errors.py tests/test_data.py tests/test_hessian.py \
+             tests/test_reparametrize.py tests/test_remedies.py
 test-jax: $(SETUP)
 	KERAS_BACKEND=jax $(PY) -m pytest -q $(JAX_TESTS)
 
@@ -47,6 +50,12 @@ include .cache/quick.mk
 endif
 ifneq ($(filter sweep,$(MAKECMDGOALS)),)
 include .cache/sweep.mk
+endif
+ifneq ($(filter iterates,$(MAKECMDGOALS)),)
+include .cache/iterates.mk
+endif
+ifneq ($(filter remedies,$(MAKECMDGOALS)),)
+include .cache/remedies.mk
 endif
 ifneq ($(filter reproduce,$(MAKECMDGOALS)),)
 include .cache/paper.mk
@@ -63,6 +72,8 @@ endif
 
 quick: quick-all
 sweep: sweep-all
+iterates: iterates-all
+remedies: remedies-all
 reproduce: paper-all
 paper-gpu: paper-gpu-all
 official: official-all
@@ -73,6 +84,21 @@ PROFILES = $(sort $(foreach f,$(wildcard results/*/*/*/seed*/metrics.json),$(wor
 report: $(SETUP)
 	@test -n "$(PROFILES)" || { echo "no finished runs under results/: run make quick first"; exit 2; }
 	for p in $(PROFILES); do $(PY) -m replication report results/$$p || exit 1; done
+
+# Does the quick profile reproduce? Retrain it from scratch in place and compare every number with
+# what git holds (CI runs this). It deletes results/quick first: copy your own quick results away.
+verify-quick: $(SETUP)
+	rm -rf results/quick .cache/committed
+	$(MAKE) quick
+	mkdir -p .cache/committed && git archive HEAD results/quick | tar -x -C .cache/committed
+	$(PY) -m replication diff .cache/committed/results/quick results/quick
+
+# Beyond Metric 2.1 (Hessian top eigenvalue and trace, spread over draws, Dinh et al.'s
+# reparametrisations) on the quick profile's finished runs: about 5 min per F1 run on 2 CPU cores,
+# so not part of `make quick`. Needs the runs' weights (train them with make quick first).
+hessian-quick: $(SETUP)
+	@test -n "$(wildcard results/quick/*/*/seed*/final.weights.h5)" || { echo "error: no weights under results/quick: run make verify-quick (or delete results/quick and run make quick) first"; exit 2; }
+	$(PY) -m replication hessian $(patsubst %/final.weights.h5,%,$(wildcard results/quick/*/*/seed*/final.weights.h5))
 
 bench: $(SETUP)
 	$(PY) -m replication bench --out results/bench

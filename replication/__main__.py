@@ -13,19 +13,32 @@ def _missing_package(err: ModuleNotFoundError) -> int:
     return 2
 
 
-try:  # first: sets the backend's environment (quiet TensorFlow, deterministic XLA) before Keras starts
+INTERRUPTED = "interrupted: rerun the same command to resume; finished files are kept"
+
+try:  # first: sets the backend's environment (quiet TensorFlow) before Keras starts
     from replication import backend
 except ModuleNotFoundError as _err:
     sys.exit(_missing_package(_err))
 
 
+def _start_keras() -> None:
+    """Start Keras, its start-up chatter held back (backend._keras). Commands call this after
+    their cheap checks, so a bad config is refused before TensorFlow loads. An unsupported
+    KERAS_BACKEND is one line, like every other bad input."""
+    backend.name()
+
+
 def _models(args):
+    from replication import config as config_lib
+    from replication import data
+
+    _start_keras()
     from replication import models
 
     print(f"{'network':8} {'input':>12} {'classes':>7} {'trainable':>12} {'non-trainable':>14}  batchnorm")
-    for name, (shape, classes) in {"F1": ((28, 28, 1), 10), "F2": ((360,), 1973),
-                                   "C1": ((32, 32, 3), 10), "C2": ((32, 32, 3), 10),
-                                   "C3": ((32, 32, 3), 100), "C4": ((32, 32, 3), 100)}.items():
+    for name in config_lib.NETWORKS:  # built for the shape and classes of the paper's dataset
+        spec = data.DATASETS[config_lib.PAPER_DATASET[name]]
+        shape, classes = spec.input_shape, spec.num_classes
         model = models.build(name, shape, classes, args.batchnorm)
         trainable, frozen = models.parameter_counts(model)
         print(f"{name:8} {str(shape):>12} {classes:>7} {trainable:>12,} {frozen:>14,}  {args.batchnorm}")
@@ -36,6 +49,7 @@ def _train(args):
     from replication import train
 
     config = config_lib.load(args.config, args.set)
+    _start_keras()
     seeds = [args.seed] if args.seed is not None else list(config.seeds)
     regimes = [args.regime] if args.regime else config.regimes()
     for seed in seeds:
@@ -48,19 +62,21 @@ def _check(args):
     from replication import train
 
     config = config_lib.load(args.config, args.set)
+    _start_keras()
     print(f"{args.config}: {train.check(config)} finished run(s), all made by this config")
 
 
 def _table2(args):
-    from replication import compare
+    from replication import compare, results
 
-    rows = compare.table2(args.results_dir)
+    rows = compare.table2(results.load(args.results_dir))
     markdown = compare.table2_markdown(rows)
     compare.write_table(args.results_dir, "table2", rows, markdown)
     print(markdown)
 
 
 def _sharpness(args):
+    _start_keras()
     from replication import sharpness
 
     for run_dir in args.run_dir:
@@ -69,17 +85,35 @@ def _sharpness(args):
 
 
 def _noise(args):
+    _start_keras()
     from replication import noise
 
     for run_dir in args.run_dir:
         noise.noise_scale(run_dir, args.point, args.force)
 
 
+def _iterates(args):
+    _start_keras()
+    from replication import iterates
+
+    for run_dir in args.run_dir:
+        print(iterates.measure(run_dir, args.force))
+
+
+def _hessian(args):
+    _start_keras()
+    from replication import hessian
+
+    options = {k: getattr(args, k) for k in hessian.DEFAULTS if getattr(args, k) is not None}
+    for run_dir in args.run_dir:
+        hessian.measure_run(run_dir, args.measures, args.kinds, args.force, **options)
+
+
 def _table_sharpness(args):
-    from replication import compare
+    from replication import compare, results
 
     space = "full" if args.command == "table3" else "random"
-    rows = compare.table_sharpness(args.results_dir, space)
+    rows = compare.table_sharpness(results.load(args.results_dir), space)
     markdown = compare.table_sharpness_markdown(rows)
     compare.write_table(args.results_dir, args.command, rows, markdown)
     print(markdown)
@@ -87,9 +121,11 @@ def _table_sharpness(args):
 
 def _landscape(args):
     from replication import config as config_lib
-    from replication import landscape
 
     config = config_lib.load(args.config, args.set)
+    _start_keras()
+    from replication import landscape
+
     seeds = [args.seed] if args.seed is not None else landscape.finished_seeds(config)
     if not seeds:
         print(f"no seed of {args.config} has both its SB and LB runs finished: train them first",
@@ -101,6 +137,7 @@ def _landscape(args):
 
 
 def _evaluate(args):
+    _start_keras()
     from replication import evaluate
 
     for run_dir in args.run_dir:
@@ -109,18 +146,31 @@ def _evaluate(args):
 
 
 def _report(args):
+    _start_keras()
     from replication import report
 
     print(report.build(args.results_dir))
 
 
 def _make_rules(args):
+    from replication import config as config_lib
+
+    for path in args.configs:  # every config checked before Keras starts
+        config_lib.load(path)
+    _start_keras()
     from replication import pipeline
 
     print(pipeline.rules(args.name, args.configs), end="")
 
 
+def _diff(args):
+    from replication import rerun
+
+    return rerun.main(args.first, args.second, args.rtol)
+
+
 def _bench(args):
+    _start_keras()
     from replication import bench
 
     print(bench.run(args.out, quick=args.quick, networks=args.networks))
@@ -137,8 +187,9 @@ def main(argv=None) -> int:
     p = sub.add_parser("train", help="train runs of a config; prints each run directory")
     p.add_argument("config")
     p.add_argument("--seed", type=int, help="one seed (default: every seed of the config)")
-    p.add_argument("--regime", help="one run: sb, lb, or a sweep run b<batch>[-sqrt|-linear] "
-                   "(default: SB, LB, then the config's sweep)")
+    p.add_argument("--regime", help="one run: sb, lb, a sweep run b<batch>[-sqrt|-linear], or a remedy "
+                   "run sb|lb-augmented, sb|lb-conservative (default: SB, LB, the config's sweep, "
+                   "then its remedies)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (dotted for sections), repeatable")
     p.set_defaults(func=_train)
@@ -170,6 +221,34 @@ def main(argv=None) -> int:
                    help="the run's minimiser (default) or its x0")
     p.add_argument("--force", action="store_true", help="recompute even if a result with these settings exists")
     p.set_defaults(func=_noise)
+
+    p = sub.add_parser("iterates", help="Figure 6: training cross-entropy and sharpness (every epsilon and "
+                       "space of the run's config) at every kept iterate of finished runs; writes "
+                       "RUN_DIR/iterates/{xent,sharpness}_epoch<N>*.json, then measured.json (printed)")
+    p.add_argument("run_dir", nargs="+")
+    p.add_argument("--force", action="store_true", help="recompute even if a result with these settings exists")
+    p.set_defaults(func=_iterates)
+
+    p = sub.add_parser("hessian", help="top eigenvalue and trace of the Hessian of f, Metric 2.1 over draws "
+                       "of A, and each under function-preserving reparametrisations (Dinh et al. 2017); writes "
+                       "RUN_DIR/hessian/<name>.json")
+    p.add_argument("run_dir", nargs="+")
+    p.add_argument("--measures", type=lambda s: s.split(","), default=["eigenvalue", "trace", "sharpness",
+                   "reparametrization"], metavar="eigenvalue,trace,sharpness,reparametrization",
+                   help="which (default: all)")
+    p.add_argument("--kinds", type=lambda s: s.split(","), default=["batchnorm", "relu"], metavar="batchnorm,relu",
+                   help="reparametrisations (default: both)")
+    for option, kind, default, what in (
+            ("draws", int, 3, "independent draws of v0, probes and A per estimate"),
+            ("iterations", int, 100, "Lanczos iterations at most, one H v each"),
+            ("tol", float, 1e-3, "Lanczos stop: residual of the top Ritz pair <= tol |theta|"),
+            ("probes", int, 20, "Hutchinson probes per draw"),
+            ("seed", int, 0, "seed of v0 and the probes; A uses sharpness.seed + draw"),
+            ("factor", float, 10.0, "the reparametrisation's scale a"),
+            ("epsilon", float, 1e-3, "Metric 2.1's epsilon")):
+        p.add_argument(f"--{option}", type=kind, help=f"{what} (default {default:g})")
+    p.add_argument("--force", action="store_true", help="recompute even if a result with these settings exists")
+    p.set_defaults(func=_hessian)
 
     for name, what in (("table3", "full space"), ("table4", "random subspaces")):
         p = sub.add_parser(name, help=f"Table {name[-1]} (sharpness, {what}) from the runs under RESULTS_DIR")
@@ -207,6 +286,13 @@ def main(argv=None) -> int:
                    help="networks to time training of (default: F1,C1, and C2 on a GPU)")
     p.set_defaults(func=_bench)
 
+    p = sub.add_parser("diff", help="does a rerun reproduce a results folder? compares every number of "
+                       "the JSON/CSV result files of FIRST and SECOND (exit 1 when they differ)")
+    p.add_argument("first")
+    p.add_argument("second")
+    p.add_argument("--rtol", type=float, default=0.0, help="relative tolerance (default 0: exact)")
+    p.set_defaults(func=_diff)
+
     args = parser.parse_args(argv)
     try:
         from replication import errors
@@ -214,10 +300,14 @@ def main(argv=None) -> int:
         return _missing_package(err)
 
     try:
-        backend.name()  # an unsupported KERAS_BACKEND is one line, like every other bad input
-        args.func(args)
+        status = args.func(args)  # None, or a command's own exit status (diff: 1 = not reproduced)
+    except KeyboardInterrupt:  # Ctrl-C: every file is written atomically, so a rerun resumes
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     except errors.EXPECTED as err:
-        print(f"error: {err}", file=sys.stderr)
+        # One line, even where a message quotes a multi-line one (a YAML parser's).
+        print("error: " + " ".join(line.strip() for line in str(err).splitlines() if line.strip()),
+              file=sys.stderr)
         return 2
     except ModuleNotFoundError as err:
         return _missing_package(err)
@@ -227,7 +317,7 @@ def main(argv=None) -> int:
         print(f"error: out of device memory ({type(err).__name__}): {errors.OUT_OF_MEMORY_FIX}",
               file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

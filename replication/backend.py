@@ -5,7 +5,8 @@ is one small function here. Choose the backend as Keras does: `KERAS_BACKEND=jax
 in the environment. Under JAX nothing here imports TensorFlow.
 
 Where the backends differ, on purpose or by nature:
-- Compiled passes: `tf.function` with a GradientTape, or `jax.jit` of `jax.value_and_grad`. Every
+- Compiled passes: `tf.function(jit_compile=True)` with a GradientTape, or `jax.jit` of
+  `jax.value_and_grad`: XLA on both, which makes them bit-reproducible on a CPU (`compiled`). Every
   value a compiled pass needs (weights, batch-norm statistics, data) is passed in as an argument:
   `jax.jit` freezes whatever a function captures, and the landscape changes the statistics.
 - `jit_compile` (config key): under TensorFlow it turns on XLA for the training step (and Keras then
@@ -25,7 +26,9 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,22 +39,71 @@ SUPPORTED = ("tensorflow", "jax")
 DETERMINISTIC_XLA_FLAG = "--xla_gpu_deterministic_ops=true"
 
 
+# TensorFlow 2.16+ logs through absl before absl is initialised, which ignores TF_CPP_MIN_LOG_LEVEL:
+# the lines of that start-up chatter, held back while Keras starts (_keras).
+_START_UP_CHATTER = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "                       # absl
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] \S+:\d+\] ")               # TensorFlow's own
+
+
 def _prepare_environment() -> None:
     """Before Keras starts its backend: keep TensorFlow's start-up chatter out of logs."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 _prepare_environment()
-import keras  # noqa: E402  (after the environment above)
 
 
 class BackendError(RuntimeError):
     """Keras runs on a backend this project does not support."""
 
 
+def _keras():
+    """Keras, started on first use (a bad config is refused before TensorFlow loads, in seconds).
+
+    While TF_CPP_MIN_LOG_LEVEL is 3 (the default here) the start-up chatter TensorFlow writes to
+    file descriptor 2 is dropped and anything else written meanwhile is passed on; if starting
+    fails, everything is passed on with the error."""
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+    wanted = os.environ.get("KERAS_BACKEND")
+    if wanted is not None and wanted not in SUPPORTED:  # before Keras imports a framework for it
+        raise BackendError(f"Keras backend {wanted!r} is not supported: set KERAS_BACKEND to one of "
+                           f"{', '.join(SUPPORTED)}")
+    quiet = os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "3"
+    with _held_back_chatter() if quiet else contextlib.nullcontext():
+        import keras
+    return keras
+
+
+@contextlib.contextmanager
+def _held_back_chatter():
+    """File descriptor 2 goes to a temporary file meanwhile; then its lines are passed on to
+    stderr, less _START_UP_CHATTER unless the block failed with an error."""
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as held:
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except Exception:
+            failed = True
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if failed or not _START_UP_CHATTER.match(line)))
+            sys.stderr.flush()
+
+
 def name() -> str:
-    """The Keras backend in use: "tensorflow" or "jax"."""
-    backend = keras.backend.backend()
+    """The Keras backend in use: "tensorflow" or "jax" (starts Keras, see _keras)."""
+    backend = _keras().backend.backend()
     if backend not in SUPPORTED:
         raise BackendError(f"Keras backend {backend!r} is not supported: set KERAS_BACKEND to one of "
                            f"{', '.join(SUPPORTED)}")
@@ -102,7 +154,7 @@ def device() -> str:
 
 def describe() -> dict:
     """Backend, its version, Keras' version and the device: what every result file records."""
-    return {"backend": name(), "backend_version": version(), "keras": keras.__version__,
+    return {"backend": name(), "backend_version": version(), "keras": _keras().__version__,
             "device": device()}
 
 
@@ -118,11 +170,11 @@ def setup_determinism(seed: int, deterministic_ops: bool = True) -> dict:
         # (seconds of start-up, for tf.data pipelines this backend never uses): hide it meanwhile.
         sys.modules["tensorflow"] = None
         try:
-            keras.utils.set_random_seed(seed)
+            _keras().utils.set_random_seed(seed)
         finally:
             del sys.modules["tensorflow"]
     else:
-        keras.utils.set_random_seed(seed)
+        _keras().utils.set_random_seed(seed)
     if name() == "tensorflow":
         import tensorflow as tf
 
@@ -139,15 +191,27 @@ def keras_jit_compile(jit_compile: bool) -> bool:
     return True if name() == "jax" else jit_compile
 
 
+# What a measurement pass is (recorded in every measurement's settings, so results from passes
+# compiled otherwise are recomputed, not reused).
+PASSES = "XLA-compiled (jax.jit / tf.function(jit_compile=True))"
+
+
 def compiled(function):
-    """`function` compiled as one graph: tf.function (retracing kept low) or jax.jit."""
+    """`function` compiled by XLA as one program: jax.jit, or tf.function(jit_compile=True).
+
+    XLA under TensorFlow too, because TensorFlow's own graph executor is not bit-reproducible on a
+    CPU even with op determinism on: the gradient of batch-statistics normalisation (its reductions
+    over the batch) differed in the last bit between two calls at the same point, about one call in
+    two (F1, 5000-example batches), and SciPy's L-BFGS-B amplified that to a 2% spread of phi
+    between processes (README, Guarantees). XLA's CPU programs give identical bits on every call and
+    in every process, as jax.jit's do."""
     if name() == "jax":
         import jax
 
         return jax.jit(function)
     import tensorflow as tf
 
-    return tf.function(function, reduce_retracing=True)
+    return tf.function(function, jit_compile=True, reduce_retracing=True)
 
 
 def value_and_grad(function):
@@ -171,6 +235,31 @@ def value_and_grad(function):
         return value, aux, tape.gradient(value, flat)
 
     return tf_wrapped
+
+
+def hessian_vector_product(function):
+    """function(flat, *args) -> (value, aux) becomes (flat, vector, *args) -> (d^2 value / d flat^2)
+    vector, forward over reverse: jax.jvp of jax.grad, or a ForwardAccumulator around a GradientTape
+    (about the cost of two gradients; no n x n matrix). Compile the result with `compiled`."""
+    if name() == "jax":
+        import jax
+
+        def jax_product(flat, vector, *args):
+            gradient = jax.grad(lambda point: function(point, *args)[0])
+            return jax.jvp(gradient, (flat,), (vector,))[1]
+
+        return jax_product
+    import tensorflow as tf
+
+    def tf_product(flat, vector, *args):
+        with tf.autodiff.ForwardAccumulator(flat, vector) as accumulator:
+            with tf.GradientTape() as tape:
+                tape.watch(flat)
+                value, _ = function(flat, *args)
+            gradient = tape.gradient(value, flat)
+        return accumulator.jvp(gradient)
+
+    return tf_product
 
 
 @contextlib.contextmanager
@@ -205,7 +294,7 @@ def float32_matmuls():
 
 def resident(array: np.ndarray):
     """`array` as a backend tensor on the default device (the GPU if there is one)."""
-    return keras.ops.convert_to_tensor(array)
+    return _keras().ops.convert_to_tensor(array)
 
 
 def training_data(x: np.ndarray, y: np.ndarray):
@@ -214,26 +303,57 @@ def training_data(x: np.ndarray, y: np.ndarray):
     return (x, y) if name() == "jax" else (resident(x), resident(y))
 
 
-def epoch_inputs(x, y, order: np.ndarray, batch_size: int) -> dict:
-    """Keyword arguments for Model.fit: one epoch of (x, y) from `training_data`, in `order`.
+def epoch_inputs(x, y, order: np.ndarray, batch_size: int, repeat: int = 1) -> dict:
+    """Keyword arguments for Model.fit: one epoch of (x, y) from `training_data`, in `order`, in
+    batches of `batch_size` (the last one smaller if it does not divide), each yielded `repeat`
+    times in a row (conservative training's inner steps; 1: every batch once).
 
     TensorFlow: a tf.data pipeline of index batches, each gathered on the device and prefetched.
     JAX: a shuffled NumPy copy of the epoch, which Keras slices and transfers batch by batch; on an
     H100 this beat the epoch gathered on the device and sliced there by 1.2-1.8x (F1, C1; `make
-    bench` rows "numpy" and "resident").
+    bench` rows "numpy" and "resident"). Repeated batches under JAX come from a generator of the
+    same NumPy slices (a flat copy cannot repeat a smaller last batch whole).
     """
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    steps = -(-len(order) // batch_size) * repeat
     if name() == "jax":
-        return {"x": x[order], "y": y[order], "batch_size": batch_size, "shuffle": False}
+        if repeat == 1:
+            return {"x": x[order], "y": y[order], "batch_size": batch_size, "shuffle": False}
+
+        def batches():
+            for start in range(0, len(order), batch_size):
+                batch = order[start:start + batch_size]
+                inputs, labels = x[batch], y[batch]
+                for _ in range(repeat):
+                    yield inputs, labels
+
+        return {"x": batches(), "steps_per_epoch": steps, "shuffle": False}
     import tensorflow as tf
 
     index = tf.data.Dataset.from_tensor_slices(order.astype(np.int64)).batch(batch_size)
-    return {"x": index.map(lambda i: (tf.gather(x, i), tf.gather(y, i))).prefetch(2), "shuffle": False}
+    if repeat == 1:
+        return {"x": index.map(lambda i: (tf.gather(x, i), tf.gather(y, i))).prefetch(2), "shuffle": False}
+    index = index.flat_map(lambda i: tf.data.Dataset.from_tensors(i).repeat(repeat))
+    return {"x": index.map(lambda i: (tf.gather(x, i), tf.gather(y, i))).prefetch(2),
+            "steps_per_epoch": steps, "shuffle": False}
+
+
+def allow_jit(layer):
+    """`layer`, compiled with its model under JAX. Keras marks RandomRotation and RandomTranslation
+    as not XLA-compilable on every backend, and a JAX model holding one would then train eagerly
+    (Keras' debugging mode, many times slower); their JAX implementation is jax.numpy and compiles
+    (tests/test_remedies.py trains an augmented run under JAX and checks it was compiled). Under
+    TensorFlow the flag stays as Keras set it (training there is not XLA-compiled by default)."""
+    if name() == "jax":
+        layer.supports_jit = True
+    return layer
 
 
 def seed_state(value: int, variable) -> np.ndarray:
     """A Keras SeedGenerator state [value, 0] in the variable's dtype (int64 under TensorFlow,
     uint32 under JAX, where the value is taken modulo 2**32)."""
-    dtype = np.dtype(keras.backend.standardize_dtype(variable.dtype))
+    dtype = np.dtype(_keras().backend.standardize_dtype(variable.dtype))
     if np.issubdtype(dtype, np.unsignedinteger) or dtype.itemsize < 8:
         value %= 2 ** 32 if np.issubdtype(dtype, np.unsignedinteger) else 2 ** 31
     return np.array([value, 0], dtype)
@@ -250,4 +370,5 @@ def is_out_of_memory(err: BaseException) -> bool:
 def synchronize(value) -> None:
     """Wait until `value` (a tensor, or a tuple of them) is computed: for timings on a GPU."""
     for item in (value if isinstance(value, (tuple, list)) else (value,)):
-        np.asarray(keras.ops.convert_to_numpy(keras.ops.reshape(item, [-1])[-1:]))
+        ops = _keras().ops
+        np.asarray(ops.convert_to_numpy(ops.reshape(item, [-1])[-1:]))

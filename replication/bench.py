@@ -74,7 +74,7 @@ def training_throughput(network: str, batch_size: int, steps: int, variants) -> 
 
     config = config_lib.from_dict({"network": network, "dataset": DATASETS[network],
                                    "results_dir": "/nonexistent"})
-    shape = data.INPUT_SHAPE[config.dataset]
+    shape = data.DATASETS[config.dataset].input_shape
     rng = np.random.default_rng(0)
     x = rng.random((batch_size * steps, *shape), dtype=np.float32)
     y = rng.integers(0, 10, batch_size * steps).astype(np.int32)
@@ -158,7 +158,7 @@ def run(out: str | Path, quick: bool = False, networks=None) -> str:
     sharp = []
     for network in [n for n in networks if n in SHARPNESS_EXAMPLES["cpu"]]:
         dataset = DATASETS[network]
-        shape = data.INPUT_SHAPE[dataset]
+        shape = data.DATASETS[dataset].input_shape
         model = models.build(network, shape, 10, "batch_statistics")
         synthetic = data.load(dataset)
         size = 200 if quick else SHARPNESS_EXAMPLES["gpu" if on_gpu else "cpu"][network]
@@ -175,7 +175,7 @@ def run(out: str | Path, quick: bool = False, networks=None) -> str:
 
     record = {**backend.describe(), "matmul_peak_flop_per_second": peaks,
               "training_peak": "tf32" if on_gpu else "float32", "training": rows,
-              "sharpness": sharp, "quick": quick, "time": train._now()}
+              "sharpness": sharp, "quick": quick, "time": train.now()}
     storage.atomic_write_json(out / "bench.json", record)
     markdown = _markdown(record)
     storage.atomic_write_text(out / "bench.md", markdown)

@@ -1,9 +1,10 @@
 """Published vs produced: the paper's tables beside ours, cell by cell.
 
-The published numbers are package data (`replication/reference/`, source in SOURCE.md). Ours are
-read from finished run directories only (metrics.json), never from memory of a run. Diverged runs
-are counted and shown, never averaged in. Standard deviations are sample standard deviations
-(ddof=1) over seeds; with one seed there is none and the table says so.
+The published numbers are package data (`replication/reference/`, source in SOURCE.md). Ours come
+from a loaded results folder (`results.load`: the run and measurement files, read once, with runs of
+different protocols refused), never from memory of a run. Diverged runs are counted and shown,
+never averaged in. Standard deviations are sample standard deviations (ddof=1) over seeds; with
+one seed there is none and the table says so.
 """
 
 from __future__ import annotations
@@ -14,14 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from replication import results as results_lib
 from replication import storage
 
 REFERENCE = Path(__file__).resolve().parent / "reference"
 REGIMES = ("sb", "lb")
-
-
-class ResultsError(RuntimeError):
-    """A results directory is missing, unreadable or holds no finished runs."""
 
 
 def published(table: str) -> dict[str, dict[str, float]]:
@@ -29,25 +27,6 @@ def published(table: str) -> dict[str, dict[str, float]]:
     with open(REFERENCE / "paper_tables" / f"{table}.csv", newline="") as handle:
         return {row.pop("network"): {k: float(v) for k, v in row.items()}
                 for row in csv.DictReader(handle)}
-
-
-def find_runs(results_dir: str | Path) -> list[Path]:
-    """Finished run directories (those with metrics.json) below `results_dir`."""
-    root = Path(results_dir)
-    if not root.is_dir():
-        raise ResultsError(f"results directory {root} does not exist: train runs first "
-                           "(`make quick` or `python -m replication train CONFIG`)")
-    try:
-        runs = sorted(p.parent for p in root.glob("*/*/seed*/metrics.json"))
-    except OSError as err:
-        raise ResultsError(f"results directory {root} cannot be read: {err}") from None
-    if not runs:
-        raise ResultsError(f"no finished runs (metrics.json) under {root}: train runs first")
-    return runs
-
-
-def collect(results_dir) -> list[dict]:
-    return [{**storage.read_json(p / "metrics.json"), "path": str(p)} for p in find_runs(results_dir)]
 
 
 def summarize(values: list[float]) -> tuple[float, float, int]:
@@ -70,22 +49,14 @@ def z_score(ours: float, paper_mean: float, paper_std: float) -> float:
     return (ours - paper_mean) / paper_std if paper_std > 0 else math.nan
 
 
-def groups(runs: list[dict]) -> dict[tuple[str, str], dict[str, list[dict]]]:
-    """{(network, dataset): {regime: [metrics...]}} in a stable order."""
-    out: dict = {}
-    for run in runs:
-        out.setdefault((run["network"], run["dataset"]), {}).setdefault(run["regime"], []).append(run)
-    return dict(sorted(out.items()))
-
-
-def table2(results_dir) -> list[dict]:
+def table2(loaded: results_lib.Results) -> list[dict]:
     """Table 2: train and test accuracy (%) per network and regime, beside the paper."""
     paper = published("table2_accuracy")
     rows = []
-    for network, regime, runs, ok, row in _regime_groups(results_dir):
-        row["epochs"] = max(r["epochs_run"] for r in runs)
+    for network, regime, runs, ok, row in _regime_groups(loaded):
+        row["epochs"] = max(r.metrics["epochs_run"] for r in runs)
         for split in ("train", "test"):
-            mean, std, _ = summarize([r[f"{split}_accuracy"] for r in ok])
+            mean, std, _ = summarize([r.metrics[f"{split}_accuracy"] for r in ok])
             p_mean = paper[network][f"{split}_{regime}_mean"]
             p_std = paper[network][f"{split}_{regime}_std"]
             row.update({f"{split}_mean": mean, f"{split}_std": std,
@@ -96,18 +67,19 @@ def table2(results_dir) -> list[dict]:
     return rows
 
 
-def _regime_groups(results_dir):
+def _regime_groups(loaded: results_lib.Results):
     """(network, regime, runs, non-diverged runs, the row's common cells) per network and regime."""
-    for (network, _), by_regime in groups(collect(results_dir)).items():
+    for (network, _), by_regime in loaded.trials().items():
         for regime in REGIMES:
             runs = by_regime.get(regime, [])
             if not runs:
                 continue
-            ok = [r for r in runs if not r["diverged"]]
+            ok = [r for r in runs if not r.diverged]
+            first = runs[0].metrics
             yield network, regime, runs, ok, {
-                "network": network, "data": runs[0]["dataset_label"], "regime": regime.upper(),
-                "batch_size": runs[0]["batch_size"], "seeds": len(runs), "diverged": len(runs) - len(ok),
-                "deviations": "; ".join(runs[0]["deviations"]) or "none"}
+                "network": network, "data": first["dataset_label"], "regime": regime.upper(),
+                "batch_size": first["batch_size"], "seeds": len(runs), "diverged": len(runs) - len(ok),
+                "deviations": "; ".join(first["deviations"]) or "none"}
 
 
 def table2_markdown(rows: list[dict]) -> str:
@@ -131,20 +103,18 @@ SHARPNESS_TABLES = {"full": "table3_sharpness_full_space", "random": "table4_sha
 SHARPNESS_EPSILONS = {"eps1e-3": 1e-3, "eps5e-4": 5e-4}
 
 
-def table_sharpness(results_dir, space: str) -> list[dict]:
+def table_sharpness(loaded: results_lib.Results, space: str) -> list[dict]:
     """Table 3 (space "full") or 4 ("random"): phi, mean ± std over seeds, beside the paper.
 
-    Read from `<run>/sharpness/<space>_eps<eps>.json`. Diverged runs, failed solves and runs with
-    no result are counted in their own columns and never averaged in."""
-    from replication import sharpness
-
+    From each run's `sharpness/<space>_eps<eps>.json` (the loader has checked that one trial's
+    results share their settings). Diverged runs, failed solves and runs with no result are counted
+    in their own columns and never averaged in."""
     paper = published(SHARPNESS_TABLES[space])
     rows = []
-    for network, regime, _, ok, row in _regime_groups(results_dir):
+    for network, regime, _, ok, row in _regime_groups(loaded):
         settings = set()
         for tag, epsilon in SHARPNESS_EPSILONS.items():
-            paths = [sharpness.result_path(r["path"], space, epsilon) for r in ok]
-            results = [storage.read_json(p) for p in paths if p.exists()]
+            results = [r.sharpness[(space, epsilon)].record for r in ok if (space, epsilon) in r.sharpness]
             solved = [r for r in results if not r["failed"]]
             settings |= {f"p={r['p']}, " * (space == "random") + f"{r['iterations']} L-BFGS-B "
                          f"iterations, start {r['start']}, f on {r['num_examples']} examples"
@@ -153,7 +123,7 @@ def table_sharpness(results_dir, space: str) -> list[dict]:
             p_mean, p_std = paper[network][f"{tag}_{regime}_mean"], paper[network][f"{tag}_{regime}_std"]
             row.update({f"{tag}_mean": mean, f"{tag}_std": std, f"{tag}_solved": len(solved),
                         f"{tag}_failed": len(results) - len(solved),
-                        f"{tag}_missing": len(paths) - len(results),
+                        f"{tag}_missing": len(ok) - len(results),
                         f"paper_{tag}_mean": p_mean, f"paper_{tag}_std": p_std,
                         f"{tag}_ratio_to_paper": mean / p_mean if p_mean else math.nan})
         row["settings"] = " | ".join(sorted(settings)) or "none computed"
@@ -182,11 +152,11 @@ def write_table(results_dir, name: str, rows: list[dict], markdown: str) -> tupl
     return out / f"{name}.md", out / f"{name}.csv"
 
 
-# Figures 3 and 7, and a verdict for each of the paper's claims ------------------------------------
 # Figures 3 and 7: our curves beside the published ones (claim 3's verdict is in verdicts.py).
-
 FIGURE_COLUMNS = ("train_xent", "test_xent", "train_acc_pct", "test_acc_pct")
 RISE_STEP = 0.125             # one step of the paper's alpha grid, linspace(-1, 2, 25)
+
+
 def published_figures(network: str, path: str) -> dict[str, Path]:
     """Published curves of Figure 3 (path "linear") or 7 ("curvilinear"): {label: CSV path}.
 
@@ -200,11 +170,6 @@ def published_figures(network: str, path: str) -> dict[str, Path]:
     if path == "linear" and official.exists():
         out["official code"] = official
     return out
-
-
-def read_curve(path) -> dict[str, np.ndarray]:
-    rows = storage.read_csv(path)
-    return {c: np.array([float(r[c]) for r in rows]) for c in ("alpha", *FIGURE_COLUMNS)}
 
 
 def end_rise(curve: dict, at: float, column: str = "train_xent", step: float = RISE_STEP) -> float:
@@ -237,40 +202,23 @@ def curve_distance(ours: dict, paper: dict) -> dict[str, float]:
     return out
 
 
-def _check_landscape_weights(csv_path: Path, meta: dict) -> None:
-    """A curve drawn from other weights than its runs hold now (a run retrained after the plot) is
-    refused; runs without weights (a fresh clone: git keeps no weights) cannot be checked."""
-    for regime in ("sb", "lb"):
-        weights = Path(meta[f"{regime}_run"]) / "final.weights.h5"
-        expected = meta.get("settings", {}).get(f"{regime}_final_sha256")
-        if expected and weights.is_file() and storage.sha256_file(weights) != expected:
-            raise ResultsError(f"{csv_path} was computed from other {regime.upper()} weights than "
-                               f"{weights} holds now: delete {csv_path.with_suffix('')}.* and run "
-                               "the landscape step (or make) again")
-
-
-def landscape_rows(results_dir) -> list[dict]:
-    """One row per finished landscape curve (CSV + JSON sidecar) below `results_dir`: the end
+def landscape_rows(loaded: results_lib.Results) -> list[dict]:
+    """One row per finished landscape curve (the loader has checked it is of its runs): the end
     rises of ours and of the published curve, and the mean absolute differences between them."""
-    root = Path(results_dir)
     rows = []
-    for csv_path in sorted(root.glob("*/landscape/seed*_*.csv")):
-        if not csv_path.with_suffix(".json").exists():
-            continue
-        meta = storage.read_json(csv_path.with_suffix(".json"))
-        _check_landscape_weights(csv_path, meta)
-        ours = read_curve(csv_path)
+    for curve in loaded.curves:
+        meta, ours = curve.meta, curve.columns
         row = {"network": meta["network"], "dataset": meta["dataset"], "data": meta["dataset_label"],
                "seed": meta["seed"], "path": meta["path"], "figure": meta["figure"],
-               "batchnorm": meta["batchnorm_mode"], "csv": str(csv_path.relative_to(root)),
-               "png": str(csv_path.with_suffix(".png").relative_to(root)),
+               "batchnorm": meta["batchnorm_mode"], "csv": str(curve.csv.relative_to(loaded.root)),
+               "png": str(curve.csv.with_suffix(".png").relative_to(loaded.root)),
                "rise_sb": end_rise(ours, 0.0), "rise_lb": end_rise(ours, 1.0)}
         row["rise_ratio"] = rise_ratio(row["rise_lb"], row["rise_sb"])
         published = published_figures(meta["network"], meta["path"])
         paper_path = next(iter(published.values()), None)
         # For C1-C4 the paper's Figure 3 curve is the official repository's figure, point for point.
         row["published_curve"] = " = ".join(published) if paper_path else "none published"
-        paper = read_curve(paper_path) if paper_path else None
+        paper = results_lib.read_curve(paper_path) if paper_path else None
         row["paper_rise_sb"] = end_rise(paper, 0.0) if paper else math.nan
         row["paper_rise_lb"] = end_rise(paper, 1.0) if paper else math.nan
         row["paper_rise_ratio"] = rise_ratio(row["paper_rise_lb"], row["paper_rise_sb"])
@@ -284,16 +232,10 @@ def landscape_rows(results_dir) -> list[dict]:
     return sorted(rows, key=lambda r: (r["network"], r["dataset"], order.get(r["path"], 2), r["seed"]))
 
 
-def sharpness_results(results_dir) -> list[dict]:
-    """Every `<run_dir>/sharpness/*.json` below `results_dir`, labelled with its run."""
-    out = []
-    for run in collect(results_dir):
-        for path in sorted(Path(run["path"]).glob("sharpness/*.json")):
-            result = storage.read_json(path)
-            out.append({"network": run["network"], "dataset": run["dataset"],
-                        "dataset_label": run["dataset_label"], "regime": run["regime"],
-                        "seed": run["seed"], "space": result["space"], "epsilon": float(result["epsilon"]),
-                        "phi": result.get("phi"), "failed": bool(result.get("failed")),
-                        "diverged_run": bool(run["diverged"]),
-                        "deviations": run["deviations"], "path": str(path)})
-    return out
+def sharpness_results(loaded: results_lib.Results) -> list[dict]:
+    """Every run's sharpness results, labelled with the run (`record`: the whole JSON)."""
+    return [{"network": run.network, "dataset": run.dataset, "dataset_label": run.metrics["dataset_label"],
+             "regime": run.regime, "seed": run.seed, "space": space, "epsilon": epsilon,
+             "phi": m.record.get("phi"), "failed": bool(m.record.get("failed")), "diverged_run": run.diverged,
+             "deviations": run.metrics["deviations"], "path": str(m.path), "record": m.record}
+            for run in loaded.runs for (space, epsilon), m in run.sharpness.items()]

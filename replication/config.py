@@ -16,23 +16,20 @@ from pathlib import Path
 
 import yaml
 
+from replication import data
+
 NETWORKS = ("F1", "F2", "C1", "C2", "C3", "C4")
-DATASETS = (
-    "mnist", "fashion_mnist", "timit", "cifar10", "cifar100", "cifar10_jpeg",
-    "synthetic_mnist", "synthetic_cifar10",
-)
+DATASETS = tuple(data.DATASETS)
 # The dataset each network was trained on in the paper (Table 1); anything else is a stand-in.
 PAPER_DATASET = {"F1": "mnist", "F2": "timit", "C1": "cifar10", "C2": "cifar10",
                  "C3": "cifar100", "C4": "cifar100"}
-# Datasets whose inputs and classes fit each network.
-COMPATIBLE = {
-    "F1": ("mnist", "fashion_mnist", "synthetic_mnist"),
-    "F2": ("timit",),
-    "C1": ("cifar10", "cifar10_jpeg", "synthetic_cifar10"),
-    "C2": ("cifar10", "cifar10_jpeg", "synthetic_cifar10"),
-    "C3": ("cifar100",),
-    "C4": ("cifar100",),
-}
+# Datasets whose inputs and classes fit each network: those shaped like its paper dataset.
+COMPATIBLE = {network: tuple(name for name, spec in data.DATASETS.items()
+                             if (spec.input_shape, spec.num_classes) ==
+                             (data.DATASETS[paper].input_shape, data.DATASETS[paper].num_classes))
+              for network, paper in PAPER_DATASET.items()}
+# Characters a results_dir cannot hold: make's rules and their shell commands name it unquoted.
+UNSAFE_PATH = re.compile(r"""[\s#$%:;=&|<>()'"`*?\[\]\\]""")
 BATCHNORM = ("batch_statistics", "moving_average")
 BACKENDS = ("tensorflow", "jax")
 STOPPING = ("fixed", "plateau")
@@ -142,6 +139,83 @@ def parse_regime(regime: str) -> tuple[int, str] | None:
     return (int(match.group(1)), match.group(2) or "none") if match else None
 
 
+# The remedies of section 4 / appendix E (replication/remedies.py): config section -> the suffix of
+# its runs' names (sb-augmented, lb-conservative, ...).
+REMEDIES = {"augmentation": "augmented", "conservative": "conservative"}
+AUGMENTED_IN_PAPER = ("C1", "C2", "C3", "C4")  # Table 6
+FILL_MODES = ("nearest", "reflect", "wrap", "constant")
+INTERPOLATIONS = ("nearest", "bilinear")
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentationConfig:
+    """Data augmentation (Table 6; section 4, appendix E): with `enabled`, every seed also trains the runs
+    sb-augmented and lb-augmented, from the trial's x0, on randomly flipped, rotated and shifted
+    training images; evaluation, sharpness and the plots use the images as they are. The defaults
+    are the paper's; fill and interpolation follow Keras 1's ImageDataGenerator (nearest pixel;
+    the paper does not say)."""
+
+    enabled: bool = False
+    horizontal_flip: bool = True
+    rotation_degrees: float = 10.0     # uniform in [-10, 10] degrees
+    translation: float = 0.2           # uniform in [-0.2, 0.2] of the height and of the width
+    fill_mode: str = "nearest"
+    interpolation: str = "nearest"
+
+    def validate(self, where: str) -> None:
+        _check(0 <= self.rotation_degrees <= 180, "augmentation.rotation_degrees", self.rotation_degrees,
+               where, "must be in [0, 180]")
+        _check(0 <= self.translation < 1, "augmentation.translation", self.translation, where,
+               "a fraction of the image size in [0, 1)")
+        _check(self.fill_mode in FILL_MODES, "augmentation.fill_mode", self.fill_mode, where,
+               f"use one of {FILL_MODES}")
+        _check(self.interpolation in INTERPOLATIONS, "augmentation.interpolation", self.interpolation,
+               where, f"use one of {INTERPOLATIONS}")
+        _check(not self.enabled or self.horizontal_flip or self.rotation_degrees or self.translation,
+               "augmentation.enabled", self.enabled, where,
+               "turn on at least one of horizontal_flip, rotation_degrees, translation")
+
+    def deviations(self) -> list[str]:
+        paper = (self.horizontal_flip, self.rotation_degrees, self.translation) == (True, 10.0, 0.2)
+        return [] if paper else [
+            f"augmentation: flips {'on' if self.horizontal_flip else 'off'}, rotations up to "
+            f"{self.rotation_degrees:g} degrees, shifts up to {self.translation:g} (paper: on, 10, 0.2)"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConservativeConfig:
+    """Conservative training (Table 7, appendix E.2): with `enabled`, every seed also trains the runs
+    sb-conservative and lb-conservative, from the trial's x0: each outer step approximately solves
+    min_x mean_batch f_i(x) + (proximal_lambda / 2) ||x - x_k||^2 with `inner_steps` Adam steps on
+    its batch (x_k: the weights at the start of the outer step)."""
+
+    enabled: bool = False
+    proximal_lambda: float = 1e-3      # the paper's lambda
+    inner_steps: int = 3
+
+    def validate(self, where: str) -> None:
+        _check(self.proximal_lambda >= 0, "conservative.proximal_lambda", self.proximal_lambda, where,
+               "must be >= 0")
+        _check(self.inner_steps >= 1, "conservative.inner_steps", self.inner_steps, where, "must be >= 1")
+
+    def deviations(self) -> list[str]:
+        return [] if (self.proximal_lambda, self.inner_steps) == (1e-3, 3) else [
+            f"conservative training with lambda {self.proximal_lambda:g} and {self.inner_steps} inner "
+            "Adam steps (paper: 1e-3 and 3)"]
+
+
+def remedy_regime(base: str, remedy: str) -> str:
+    """The run name of `base` ("sb" or "lb") under `remedy` (a key of REMEDIES): sb-augmented, ..."""
+    return f"{base}-{REMEDIES[remedy]}"
+
+
+def parse_remedy(regime: str) -> tuple[str, str] | None:
+    """(base regime, remedy) of a remedy run name, or None for anything else."""
+    base, _, suffix = regime.partition("-")
+    remedy = next((key for key, name in REMEDIES.items() if name == suffix), None)
+    return (base, remedy) if base in REGIMES and remedy else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """One experiment: a network trained on a dataset under the SB and LB regimes, several seeds."""
@@ -167,11 +241,17 @@ class Config:
     eval_batch_size: int = 5000            # the paper evaluated in batches of 5000
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     jit_compile: bool = False              # TensorFlow: XLA for the training step; JAX: always XLA
+    # Iterates (Figure 6): the weights at the end of these epochs, and of every keep_every-th,
+    # are kept as <run>/iterates/epoch<N>.weights.h5. Nothing is kept unless asked.
+    keep_iterates: tuple[int, ...] = ()
+    keep_every: int | None = None
     backend: str | None = None             # the Keras backend this profile must run on; None = either
     results_dir: str = "results/paper"
     sharpness: SharpnessConfig = SharpnessConfig()
     landscape: LandscapeConfig = LandscapeConfig()
     sweep: SweepConfig = SweepConfig()
+    augmentation: AugmentationConfig = AugmentationConfig()
+    conservative: ConservativeConfig = ConservativeConfig()
 
     def validate(self, where: str) -> "Config":
         _check(self.network in NETWORKS, "network", self.network, where, f"use one of {NETWORKS}")
@@ -198,9 +278,22 @@ class Config:
                f"use one of {BACKENDS} or null")
         _check(bool(self.profile) and "/" not in self.profile, "profile", self.profile, where,
                "a non-empty name without '/'")
+        for e in self.keep_iterates:
+            _check(1 <= e <= self.epochs, "keep_iterates", e, where,
+                   f"each epoch must be in [1, epochs] = [1, {self.epochs}]")
+        _check(len(set(self.keep_iterates)) == len(self.keep_iterates), "keep_iterates",
+               self.keep_iterates, where, "epochs repeat")
+        _check(self.keep_every is None or 1 <= self.keep_every <= self.epochs, "keep_every",
+               self.keep_every, where, f"must be in [1, epochs] = [1, {self.epochs}] or null")
         self.sharpness.validate(where)
         self.landscape.validate(where)
         self.sweep.validate(where)
+        self.augmentation.validate(where)
+        self.conservative.validate(where)
+        _check(not self.augmentation.enabled or len(data.DATASETS[self.dataset].input_shape) == 3,
+               "augmentation.enabled", True, where, f"{self.dataset} is not an image dataset "
+               f"(inputs {data.DATASETS[self.dataset].input_shape}): augmentation flips, rotates and "
+               "shifts images")
         for b in self.sweep.batch_sizes:  # these would train an exact copy of the SB or LB run
             _check(b != self.sb_batch_size, "sweep.batch_sizes", b, where,
                    "the SB batch size is already a point of every curve (scaling is 1 there)")
@@ -208,13 +301,35 @@ class Config:
                    b, where, "the LB batch size is already a point of the unscaled curve")
         return self
 
+    def kept_epochs(self) -> tuple[int, ...]:
+        """The epochs whose end-of-epoch weights a run keeps: keep_iterates and every multiple of
+        keep_every up to `epochs`, in order (a run stopped earlier keeps those it reached)."""
+        every = range(self.keep_every, self.epochs + 1, self.keep_every) if self.keep_every else ()
+        return tuple(sorted({*self.keep_iterates, *every}))
+
     def sweep_regimes(self) -> list[str]:
         """Run names of the sweep, batch sizes in order, each scaling in turn."""
         return [sweep_regime(b, s) for s in self.sweep.lr_scalings for b in sorted(self.sweep.batch_sizes)]
 
+    def remedy_regimes(self) -> list[str]:
+        """Run names of the enabled remedies: sb-<remedy>, lb-<remedy> for each."""
+        return [remedy_regime(base, remedy) for remedy in REMEDIES if getattr(self, remedy).enabled
+                for base in REGIMES]
+
     def regimes(self) -> list[str]:
-        """Every run of one seed: SB, LB, then the sweep."""
-        return [*REGIMES, *self.sweep_regimes()]
+        """Every run of one seed: SB, LB, the sweep, then the remedies."""
+        return [*REGIMES, *self.sweep_regimes(), *self.remedy_regimes()]
+
+    def remedy_settings(self, regime: str) -> dict | None:
+        """What a remedy run trains with ({"remedy": name, **its section}; its run entry in
+        config.yaml records this, so a finished remedy run made with other settings is refused);
+        None for any other run."""
+        parsed = parse_remedy(regime)
+        if parsed is None:
+            return None
+        section = dataclasses.asdict(getattr(self, parsed[1]))
+        section.pop("enabled")
+        return {"remedy": parsed[1], **section}
 
     def for_regime(self, regime: str) -> "Config":
         """The config a run of `regime` trains with: a scaled sweep run gets its learning rate."""
@@ -227,8 +342,16 @@ class Config:
         return dataclasses.replace(self, learning_rate=self.learning_rate * factor)
 
     def run_deviations(self, regime: str) -> list[str]:
-        """deviations() of the run `regime`: a scaled sweep run says its learning rate."""
+        """deviations() of the run `regime`: a scaled sweep run says its learning rate, a remedy
+        run how its remedy departs from the paper's."""
         scaled = self.for_regime(regime)
+        if parsed := parse_remedy(regime):
+            remedy = parsed[1]
+            extra = getattr(self, remedy).deviations()
+            if remedy == "augmentation" and self.network not in AUGMENTED_IN_PAPER:
+                extra.insert(0, f"data augmentation on {self.network}: the paper augments "
+                             f"{', '.join(AUGMENTED_IN_PAPER)} only (Table 6)")
+            return [*self.deviations(), *extra]
         if scaled is self:
             return self.deviations()
         batch, scaling = parse_regime(regime)
@@ -236,21 +359,24 @@ class Config:
                 f"batch {batch} from {self.learning_rate:g} at {self.sb_batch_size}; sweep run)"]
 
     def _check_regime(self, regime: str) -> None:
-        if regime not in REGIMES and regime not in self.sweep_regimes():
+        if regime not in REGIMES and regime not in self.sweep_regimes() and regime not in self.remedy_regimes():
             sweep = (f", or a sweep run of this config: {', '.join(self.sweep_regimes())}"
                      if self.sweep.batch_sizes else " (this config has no sweep.batch_sizes)")
-            raise ConfigError(f"unknown regime {regime!r}: use sb or lb{sweep}")
+            remedies = (f", or a remedy run of this config: {', '.join(self.remedy_regimes())}"
+                        if self.remedy_regimes() else "")
+            raise ConfigError(f"unknown regime {regime!r}: use sb or lb{sweep}{remedies}")
 
     def batch_size(self, regime: str, num_train: int) -> int:
         """SB: 256; LB: 10% of the training set unless set (PAPER.md "Training protocol");
-        a sweep run: its batch size."""
+        a sweep run: its batch size; a remedy run: its base regime's (sb-augmented: SB's)."""
         self._check_regime(regime)
         ten_percent = max(1, round(num_train / 10))  # TIMIT: 72133, as the paper prints
         point = parse_regime(regime)
-        size = (point[0] if point else self.sb_batch_size if regime == "sb"
+        base = parse_remedy(regime)[0] if parse_remedy(regime) else regime
+        size = (point[0] if point else self.sb_batch_size if base == "sb"
                 else (self.lb_batch_size or ten_percent))
         if size > num_train:
-            name = f"{regime}_batch_size" if regime in REGIMES else f"sweep batch size ({regime})"
+            name = f"{base}_batch_size" if base in REGIMES else f"sweep batch size ({regime})"
             raise ConfigError(f"{name} {size} is larger than the training set ({num_train} examples): "
                               "lower it or use a larger train_subset")
         return size
@@ -286,7 +412,25 @@ class Config:
             out.append(f"sharpness with {self.sharpness.iterations} L-BFGS-B iterations instead of 10")
         if self.landscape.subset:
             out.append(f"parametric plots on {self.landscape.subset} training examples")
+        if self.kept_epochs():
+            kept = self.kept_epochs()
+            every = len(kept) == self.epochs
+            out.append(f"iterates kept at {'every epoch' if every else 'epochs ' + ', '.join(map(str, kept))} "
+                       f"of {self.epochs}" + ("" if every else " (Figure 6 has a point at about every epoch)"))
         return out
+
+    def check_subsets(self, num_train: int, num_test: int) -> None:
+        """Every subset key asks for at most the examples there are: a larger one would use them
+        all while results said the set was reduced."""
+        in_use = min(num_train, self.train_subset or num_train)
+        for key, size, available, which in (
+                ("train_subset", self.train_subset, num_train, "training set"),
+                ("test_subset", self.test_subset, num_test, "test set"),
+                ("sharpness.subset", self.sharpness.subset, in_use, "training set in use"),
+                ("landscape.subset", self.landscape.subset, in_use, "training set in use")):
+            if size is not None and size > available:
+                raise ConfigError(f"{key} {size} is larger than the {self.dataset} {which} ({available} "
+                                  "examples): lower it, or set it to null to use them all")
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
@@ -384,7 +528,10 @@ def load(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Confi
     except UnicodeDecodeError:
         raise ConfigError(f"{where}: not a text (UTF-8) file: give a YAML config") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{where}: not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML{at}: {problem}: fix its syntax") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: the top level must be a mapping of keys to values")
     for item in overrides:
@@ -394,7 +541,27 @@ def load(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Confi
         _set_dotted(data, key.strip(), raw, f"{where} (--set {item})")
     if overrides:
         where = f"{where} (--set {' --set '.join(overrides)})"
-    return _coerce(Config, data, where).validate(where)
+    return _paths_checked(_coerce(Config, data, where).validate(where), where)
+
+
+def _paths_checked(config: Config, where: str) -> Config:
+    """`config` with `~` in results_dir expanded (data.load expands data_dir the same way), once
+    both paths are usable: not empty, and a results_dir that make's rules can name unquoted."""
+    for key in ("results_dir", "data_dir"):
+        _check(getattr(config, key) != "", key, "", where, "give a directory (an empty path would "
+               "mean the current one)" + ("; null downloads through TFDS" if key == "data_dir" else ""))
+    results_dir = os.path.expanduser(config.results_dir)
+    _check(not UNSAFE_PATH.search(results_dir), "results_dir", results_dir, where,
+           "use a path without spaces or any of # $ % : ; = & | < > ( ) ' \" ` * ? [ ] \\ (make's rules "
+           "and commands name it unquoted)")
+    return dataclasses.replace(config, results_dir=results_dir)
+
+
+def defaults() -> dict:
+    """Every key's default as to_dict() writes it (tuples as lists, sections as mappings): what a
+    run whose resolved config predates a key is taken to have had."""
+    return {f.name: _plain(dataclasses.asdict(f.default) if dataclasses.is_dataclass(f.default) else f.default)
+            for f in dataclasses.fields(Config) if f.default is not dataclasses.MISSING}
 
 
 def from_dict(data: dict, where: str = "<dict>") -> Config:

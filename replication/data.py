@@ -21,6 +21,8 @@ import io
 import os
 import pickle
 import tarfile
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -43,23 +45,6 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
 
-
-LABELS = {
-    "mnist": "MNIST",
-    "fashion_mnist": "Fashion-MNIST (stand-in for MNIST)",
-    "cifar10": "CIFAR-10",
-    "cifar100": "CIFAR-100",
-    "cifar10_jpeg": "CIFAR-10 (JPEG q75 stand-in, decoded by Pillow)",
-    "timit": "TIMIT (user-supplied features)",
-    "synthetic_mnist": "synthetic MNIST-shaped clusters (test data)",
-    "synthetic_cifar10": "synthetic CIFAR-shaped clusters (test data)",
-}
-NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
-               "cifar10_jpeg": 10, "timit": 1973, "synthetic_mnist": 10, "synthetic_cifar10": 10}
-
-INPUT_SHAPE = {name: (28, 28, 1) for name in ("mnist", "fashion_mnist", "synthetic_mnist")}
-INPUT_SHAPE.update({name: (32, 32, 3) for name in ("cifar10", "cifar100", "cifar10_jpeg",
-                                                   "synthetic_cifar10")}, timit=(360,))
 
 IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -103,55 +88,97 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
 JPEG_DECODER_KEY = "pillow"
 TIMIT_FORMAT = ("timit.npz with arrays x_train (N, 360) float32, y_train (N,) int in [0, 1973), "
                 "x_test (M, 360) float32, y_test (M,) int in [0, 1973)")
-TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist",
-              "cifar10": "cifar10", "cifar100": "cifar100"}
-DOWNLOAD_HINT = {
-    "mnist": "the four MNIST IDX files (train-images-idx3-ubyte.gz, ...) from "
-             "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "fashion_mnist": "the four Fashion-MNIST IDX files (Debian: `apt-get install "
-                     "dataset-fashion-mnist` puts them in /usr/share/datasets/fashion-mnist/)",
-    "cifar10": f"{CIFAR_ARCHIVES['cifar10'][0]} from {CIFAR_ARCHIVES['cifar10'][2]}",
-    "cifar100": f"{CIFAR_ARCHIVES['cifar100'][0]} from {CIFAR_ARCHIVES['cifar100'][2]}",
-    "cifar10_jpeg": f"{JPEG_ARCHIVE} (the project's ../shared/data/ holds it)",
-    "timit": f"{TIMIT_FORMAT}, made as the README's 'TIMIT' section says",
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """One dataset's facts: the package's only record of its shape and classes (config checks
+    which networks take it, models are built for it)."""
+
+    label: str                      # how results name the data (stand-ins say so)
+    input_shape: tuple[int, ...]    # one example
+    num_classes: int
+    files: str = ""                 # what data_dir must hold (what to download); "" = generated
+    tfds: str | None = None         # the tensorflow-datasets name for data_dir: null; None = none
+
+
+DATASETS = {
+    "mnist": Spec("MNIST", (28, 28, 1), 10, "the four MNIST IDX files (train-images-idx3-ubyte.gz, "
+                  "...) from https://ossci-datasets.s3.amazonaws.com/mnist/", "mnist"),
+    "fashion_mnist": Spec("Fashion-MNIST (stand-in for MNIST)", (28, 28, 1), 10,
+                          "the four Fashion-MNIST IDX files (Debian: `apt-get install "
+                          "dataset-fashion-mnist` puts them in /usr/share/datasets/fashion-mnist/)",
+                          "fashion_mnist"),
+    "cifar10": Spec("CIFAR-10", (32, 32, 3), 10,
+                    f"{CIFAR_ARCHIVES['cifar10'][0]} from {CIFAR_ARCHIVES['cifar10'][2]}", "cifar10"),
+    "cifar100": Spec("CIFAR-100", (32, 32, 3), 100,
+                     f"{CIFAR_ARCHIVES['cifar100'][0]} from {CIFAR_ARCHIVES['cifar100'][2]}", "cifar100"),
+    "cifar10_jpeg": Spec("CIFAR-10 (JPEG q75 stand-in, decoded by Pillow)", (32, 32, 3), 10,
+                         f"{JPEG_ARCHIVE} (the project's ../shared/data/ holds it)"),
+    "timit": Spec("TIMIT (user-supplied features)", (360,), 1973,
+                  f"{TIMIT_FORMAT}, made as the README's 'TIMIT' section says"),
+    "synthetic_mnist": Spec("synthetic MNIST-shaped clusters (test data)", (28, 28, 1), 10),
+    "synthetic_cifar10": Spec("synthetic CIFAR-shaped clusters (test data)", (32, 32, 3), 10),
 }
 
 
 def load(name: str, data_dir: str | None = None) -> Dataset:
     """Load dataset `name` from `data_dir` (offline) or through TFDS (data_dir None)."""
-    if name not in LABELS:
-        raise DataError(f"unknown dataset {name!r}: use one of {sorted(LABELS)}")
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}: use one of {sorted(DATASETS)}")
+    spec = DATASETS[name]
     if name.startswith("synthetic_"):
         return _synthetic(name)
     if data_dir is None:
-        if name in TFDS_NAMES:
+        if spec.tfds:
             return _from_tfds(name)
-        raise DataError(f"dataset {name} has no download: set data_dir to a directory holding "
-                        f"{DOWNLOAD_HINT[name]}")
+        raise DataError(f"dataset {name} has no download: set data_dir to a directory holding {spec.files}")
     directory = Path(data_dir).expanduser()
     if not directory.is_dir():
         raise DataError(f"data directory {directory} for {name} does not exist: create it and put "
-                        f"{DOWNLOAD_HINT[name]} in it (or set data_dir: null to download through TFDS)")
+                        f"{spec.files} in it (or set data_dir: null to download through TFDS)")
     loader = {"mnist": _idx, "fashion_mnist": _idx, "cifar10": _cifar, "cifar100": _cifar,
               "cifar10_jpeg": _jpeg, "timit": _timit}[name]
     x_train, y_train, x_test, y_test = loader(name, directory)
-    return _checked(name, str(directory), x_train, y_train, x_test, y_test)
+    return _checked(name, str(directory), x_train, y_train, x_test, y_test, _files(name, directory))
 
 
-def _checked(name, source, x_train, y_train, x_test, y_test) -> Dataset:
-    k = NUM_CLASSES[name]
+def _files(name: str, directory: Path) -> dict[str, tuple[Path, Path]]:
+    """The files holding each split's (inputs, labels), for messages."""
+    if name in IDX_CHECKSUMS:
+        paths = [directory / f for f in IDX_FILES]
+        return {"train": (paths[0], paths[1]), "test": (paths[2], paths[3])}
+    path = directory / (CIFAR_ARCHIVES[name][0] if name in CIFAR_ARCHIVES else
+                        JPEG_ARCHIVE if name == "cifar10_jpeg" else "timit.npz")
+    return {"train": (path, path), "test": (path, path)}
+
+
+def _checked(name, source, x_train, y_train, x_test, y_test, files=None) -> Dataset:
+    """The arrays as a Dataset, once each split has inputs of the dataset's shape and one integer
+    label in [0, classes) per input; `files` names where each split's (inputs, labels) came from."""
+    spec = DATASETS[name]
+    k = spec.num_classes
+    fix = f"expected {TIMIT_FORMAT}" if name == "timit" else f"download {spec.files} again"
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
-        if len(x) != len(y):
-            raise DataError(f"{name} {split}: {len(x)} inputs but {len(y)} labels")
+        inputs, labels = (files or {}).get(split, (source, source))
+        if x.shape[1:] != spec.input_shape:
+            raise DataError(f"{inputs}: x_{split} has shape {x.shape}, expected "
+                            f"(N, {', '.join(map(str, spec.input_shape))}): {fix}")
+        if y.shape != (len(x),):
+            raise DataError(f"{labels}: y_{split} has shape {y.shape}, expected ({len(x)},), one label "
+                            f"per input: {fix}")
+        if not np.issubdtype(y.dtype, np.integer):  # float labels would be truncated silently
+            raise DataError(f"{labels}: y_{split} holds {y.dtype} values: labels must be integers in "
+                            f"[0, {k}): {fix}")
         if len(y) and (y.min() < 0 or y.max() >= k):
-            raise DataError(f"{name} {split}: labels out of range [0, {k}) "
-                            f"(found {int(y.min())}..{int(y.max())})")
-    return Dataset(name, LABELS[name], source, x_train.astype(np.float32), y_train.astype(np.int32),
+            raise DataError(f"{labels}: y_{split} labels out of range [0, {k}) "
+                            f"(found {int(y.min())}..{int(y.max())}): {fix}")
+    return Dataset(name, spec.label, source, x_train.astype(np.float32), y_train.astype(np.int32),
                    x_test.astype(np.float32), y_test.astype(np.int32), k)
 
 
 def _missing(name: str, path: Path) -> DataError:
-    return DataError(f"{name}: {path} not found: download {DOWNLOAD_HINT[name]} into {path.parent}")
+    return DataError(f"{name}: {path} not found: download {DATASETS[name].files} into {path.parent}")
 
 
 def _digest(data: bytes, algorithm: str) -> str:
@@ -180,13 +207,13 @@ def _idx(name, directory):
         packed = path.read_bytes()
         try:
             raw = gzip.decompress(packed)
-        except (OSError, EOFError) as err:
-            raise DataError(f"{path}: not a valid gzip file ({err}): download it again") from None
+        except (OSError, EOFError, zlib.error) as err:  # a bad header, a cut or a damaged stream
+            raise DataError(f"{path}: not a valid gzip file ({err}): re-download it") from None
         known = IDX_CHECKSUMS[name][filename]
         if _digest(packed, "md5") != known["md5"] and \
                 _digest(raw, "sha256") != known.get("content_sha256"):
             raise DataError(f"{path}: checksum mismatch (corrupt or a different file): "
-                            f"download {DOWNLOAD_HINT[name]} again")
+                            f"download {DATASETS[name].files} again")
         try:
             arrays.append(read_idx(raw))
         except DataError as err:
@@ -203,7 +230,7 @@ def _cifar(name, directory):
     packed = path.read_bytes()
     if _digest(packed, "md5") != md5:
         raise DataError(f"{path}: checksum mismatch (corrupt or a different file): "
-                        f"download {DOWNLOAD_HINT[name]} again")
+                        f"download {DATASETS[name].files} again")
     members = {"cifar10": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
                "cifar100": (["train"], ["test"], b"fine_labels")}[name]
     with tarfile.open(fileobj=io.BytesIO(packed)) as tar:
@@ -274,23 +301,20 @@ def _timit(name, directory):
             if missing:
                 raise DataError(f"{path}: missing array '{missing[0]}': expected {TIMIT_FORMAT}")
             parts = [arrays[k] for k in keys]
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise DataError(f"{path}: not a readable .npz ({err}): expected {TIMIT_FORMAT}") from None
-    for key, x in (("x_train", parts[0]), ("x_test", parts[2])):
-        if x.ndim != 2 or x.shape[1] != 360:
-            raise DataError(f"{path}: {key} has shape {x.shape}, expected (N, 360): {TIMIT_FORMAT}")
-    return parts
+    return parts  # shapes, label type and range: _checked
 
 
 def _from_tfds(name):
     import tensorflow_datasets as tfds
 
     try:
-        splits = tfds.load(TFDS_NAMES[name], split=["train", "test"], batch_size=-1,
+        splits = tfds.load(DATASETS[name].tfds, split=["train", "test"], batch_size=-1,
                            as_supervised=True)
     except Exception as err:  # network errors come in many types
         raise DataError(f"could not download {name} through tensorflow-datasets ({err}). Offline: "
-                        f"set data_dir to a directory holding {DOWNLOAD_HINT[name]}") from None
+                        f"set data_dir to a directory holding {DATASETS[name].files}") from None
     (x_train, y_train), (x_test, y_test) = tfds.as_numpy(splits)
     return _checked(name, "tfds", x_train / 255.0, y_train, x_test / 255.0, y_test)
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from replication import compare, data, storage, train
+from replication import backend, compare, data, results, storage, train
 
 PATHS = {"linear": "Figure 3", "curvilinear": "Figure 7"}
 FORMULA = {"linear": "alpha * x_LB + (1 - alpha) * x_SB",
@@ -82,13 +82,13 @@ def check_pair(sb_path, sb_metrics: dict, lb_path, lb_metrics: dict) -> None:
             "a pair; retrain one of them")
 
 
-def _batchnorm_layers(model) -> list:
+def batchnorm_layers(model) -> list:
     return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def _statistics_variables(model) -> list:
     """[mean, variance, mean, variance, ...] of every BatchNormalization layer, in network order."""
-    return [v for layer in _batchnorm_layers(model) for v in (layer.moving_mean, layer.moving_variance)]
+    return [v for layer in batchnorm_layers(model) for v in (layer.moving_mean, layer.moving_variance)]
 
 
 def _statistics(model) -> list[np.ndarray]:
@@ -114,7 +114,7 @@ def _interpolated_statistics(stats_sb, stats_lb, c_lb, c_sb) -> tuple[list[np.nd
 def recompute_statistics(model, inputs: np.ndarray, batch_size: int) -> None:
     """Set each BatchNormalization layer's moving mean/variance to the exact population moments
     of its inputs over `inputs` (inference mode, layer by layer in network order)."""
-    for layer in _batchnorm_layers(model):
+    for layer in batchnorm_layers(model):
         probe = keras.Model(model.input, layer.input)
         total = total_sq = 0.0
         count = 0
@@ -137,6 +137,7 @@ def settings(config, sb, lb, path: str, num_train: int, num_test: int) -> dict:
         "train_examples": num_train, "test_examples": num_test,
         "sb_final_sha256": storage.sha256_file(sb.path / "final.weights.h5"),
         "lb_final_sha256": storage.sha256_file(lb.path / "final.weights.h5"),
+        "backend": backend.name(), "passes": backend.PASSES,
     }
 
 
@@ -145,73 +146,107 @@ def compute(config, seed: int, paths=tuple(PATHS), log=sys.stderr) -> list[Path]
 
     Skips a path whose CSV and JSON exist with the same settings (and redraws a missing figure).
     """
-    from replication import objective
-
     sb, lb = load_pair(config, seed)
-    dataset, x_train, y_train, x_test, y_test = train.load_arrays(config)
-    x_train, y_train = data.subset(x_train, y_train, config.landscape.subset)
-    model = sb.model  # evaluates every point; the LB model only lends its weights
-    train_f = objective.Objective(model, x_train, y_train, config.eval_batch_size)
-    test_f = objective.Objective(model, x_test, y_test, config.eval_batch_size)
-    x_sb = keras.ops.convert_to_numpy(train_f.get_flat()).astype(np.float64)
-    x_lb = np.concatenate([np.ravel(keras.ops.convert_to_numpy(v)) for v in lb.model.trainable_variables]).astype(np.float64)
-    stats_sb, stats_lb = _statistics(sb.model), _statistics(lb.model)
-    moving = config.landscape.moving_statistics if config.batchnorm == "moving_average" else None
+    evaluator = _Evaluator(config, sb, lb)
+    try:
+        return [_compute_path(config, seed, path, sb, lb, evaluator, log) for path in paths]
+    finally:
+        evaluator.restore()
 
-    written = []
-    for path in paths:
-        stem = output_stem(config, seed, path)
-        wanted = settings(config, sb, lb, path, len(x_train), len(x_test))
-        with storage.locked(stem.parent / f".seed{seed}_{path}.lock"):
-            csv_path, json_path = stem.with_suffix(".csv"), stem.with_suffix(".json")
-            done = csv_path.exists() and json_path.exists()
-            if done and storage.read_json(json_path).get("settings") == wanted:
-                print(f"[{csv_path}] already computed with these settings; skipping", file=log)
-                if not (stem.with_suffix(".png").exists() and stem.with_suffix(".pdf").exists()):
-                    plot(csv_path)
-                written.append(csv_path)
-                continue
-            started, rows, clamped = time.time(), [], []
-            for alpha in alphas(config):
-                c_lb, c_sb = coefficients(path, float(alpha))
-                point = (c_lb * x_lb + c_sb * x_sb).astype(np.float32)
-                if moving == "interpolate":
-                    values, was_clamped = _interpolated_statistics(stats_sb, stats_lb, c_lb, c_sb)
-                    _set_statistics(model, values)
-                    if was_clamped:
-                        clamped.append(float(alpha))
-                elif moving == "recompute":
-                    train_f.set_flat(point)
-                    recompute_statistics(model, x_train, config.eval_batch_size)
-                train_loss, train_acc = train_f.evaluate(point)
-                test_loss, test_acc = test_f.evaluate(point)
-                rows.append({"alpha": float(alpha), "train_xent": train_loss, "test_xent": test_loss,
-                             "train_acc_pct": 100 * train_acc, "test_acc_pct": 100 * test_acc})
-                print(f"[{config.network} seed {seed} {path}] alpha {alpha:+.3f}: train {train_loss:.4f} "
-                      f"({100 * train_acc:.2f}%) test {test_loss:.4f} ({100 * test_acc:.2f}%)",
-                      file=log, flush=True)
-            sidecar = {
-                "figure": PATHS[path], "path": path, "formula": FORMULA[path],
-                "network": config.network, "dataset": config.dataset, "dataset_label": dataset.label,
-                "profile": config.profile, "seed": seed, "sb_run": str(sb.path), "lb_run": str(lb.path),
-                "x0_sha256": sb.metrics["x0_sha256"],
-                "batchnorm_mode": _describe_batchnorm(config),
-                "train_statistics_examples": len(x_train) if moving == "recompute" else None,
-                "variance_clamped_alphas": clamped,
-                # The config's, not the runs': landscape.subset is set here, not at training.
-                "deviations": [d for d in config.deviations() if not d.startswith("sharpness")],
-                "environment": train.environment(seed),
-                "wall_seconds": round(time.time() - started, 1),
-                "settings": wanted,
-            }
-            storage.atomic_write_csv(csv_path, rows, COLUMNS)
-            storage.atomic_write_json(json_path, sidecar)  # after the CSV: its presence means done
-            plot(csv_path)
-        written.append(csv_path)
-    # The evaluation moved the SB model's variables; leave it holding x_SB again.
-    train_f.set_flat(x_sb.astype(np.float32))
-    _set_statistics(model, stats_sb)
-    return written
+
+class _Evaluator:
+    """f and accuracy of the SB model at any point of a path between x_SB and x_LB (the SB model
+    evaluates every point; the LB model only lends its weights and batch-norm statistics)."""
+
+    def __init__(self, config, sb, lb):
+        from replication import objective
+
+        dataset, x_train, y_train, x_test, y_test = train.load_arrays(config)
+        self.x_train, y_train = data.subset(x_train, y_train, config.landscape.subset)
+        self.dataset_label, self.num_test = dataset.label, len(x_test)
+        self.eval_batch_size = config.eval_batch_size
+        self.model = sb.model
+        self.train_f = objective.Objective(self.model, self.x_train, y_train, config.eval_batch_size)
+        self.test_f = objective.Objective(self.model, x_test, y_test, config.eval_batch_size)
+        self.x_sb = keras.ops.convert_to_numpy(self.train_f.get_flat()).astype(np.float64)
+        self.x_lb = np.concatenate([np.ravel(keras.ops.convert_to_numpy(v))
+                                    for v in lb.model.trainable_variables]).astype(np.float64)
+        self.stats_sb, self.stats_lb = _statistics(sb.model), _statistics(lb.model)
+        self.moving = config.landscape.moving_statistics if config.batchnorm == "moving_average" else None
+
+    def at(self, path: str, alpha: float) -> tuple[dict, bool]:
+        """The CSV row at `alpha` on `path`, and whether variances were clamped at 0 there."""
+        c_lb, c_sb = coefficients(path, alpha)
+        point = (c_lb * self.x_lb + c_sb * self.x_sb).astype(np.float32)
+        clamped = False
+        if self.moving == "interpolate":
+            values, clamped = _interpolated_statistics(self.stats_sb, self.stats_lb, c_lb, c_sb)
+            _set_statistics(self.model, values)
+        elif self.moving == "recompute":
+            self.train_f.set_flat(point)
+            recompute_statistics(self.model, self.x_train, self.eval_batch_size)
+        train_loss, train_acc = self.train_f.evaluate(point)
+        test_loss, test_acc = self.test_f.evaluate(point)
+        return {"alpha": alpha, "train_xent": train_loss, "test_xent": test_loss,
+                "train_acc_pct": 100 * train_acc, "test_acc_pct": 100 * test_acc}, clamped
+
+    def restore(self) -> None:
+        """The evaluation moved the SB model's variables; leave it holding x_SB again."""
+        self.train_f.set_flat(self.x_sb.astype(np.float32))
+        _set_statistics(self.model, self.stats_sb)
+
+
+def _compute_path(config, seed: int, path: str, sb, lb, evaluator: _Evaluator, log) -> Path:
+    """One path's CSV, JSON sidecar and figure, unless they exist with these settings."""
+    stem = output_stem(config, seed, path)
+    csv_path, json_path = stem.with_suffix(".csv"), stem.with_suffix(".json")
+    wanted = settings(config, sb, lb, path, len(evaluator.x_train), evaluator.num_test)
+    with storage.locked(stem.parent / f".seed{seed}_{path}.lock"):
+        if csv_path.exists() and json_path.exists() and storage.read_json(json_path).get("settings") == wanted:
+            print(f"[{csv_path}] already computed with these settings; skipping", file=log)
+            if not (stem.with_suffix(".png").exists() and stem.with_suffix(".pdf").exists()):
+                plot(csv_path)
+            return csv_path
+        started = time.time()
+        rows, clamped = _evaluate_path(config, seed, path, evaluator, log)
+        sidecar = _sidecar(config, seed, path, sb, lb, evaluator, clamped, wanted, started)
+        storage.atomic_write_csv(csv_path, rows, COLUMNS)
+        storage.atomic_write_json(json_path, sidecar)  # after the CSV: its presence means done
+        plot(csv_path)
+    return csv_path
+
+
+def _evaluate_path(config, seed: int, path: str, evaluator: _Evaluator, log) -> tuple[list[dict], list[float]]:
+    """The CSV rows of `path` at every alpha, and the alphas where variances were clamped."""
+    rows, clamped = [], []
+    for alpha in alphas(config):
+        row, was_clamped = evaluator.at(path, float(alpha))
+        rows.append(row)
+        if was_clamped:
+            clamped.append(float(alpha))
+        print(f"[{config.network} seed {seed} {path}] alpha {alpha:+.3f}: train {row['train_xent']:.4f} "
+              f"({row['train_acc_pct']:.2f}%) test {row['test_xent']:.4f} ({row['test_acc_pct']:.2f}%)",
+              file=log, flush=True)
+    return rows, clamped
+
+
+def _sidecar(config, seed: int, path: str, sb, lb, evaluator: _Evaluator, clamped: list[float],
+             wanted: dict, started: float) -> dict:
+    """The JSON beside a curve's CSV: what it is, how and from what it was made."""
+    return {
+        "figure": PATHS[path], "path": path, "formula": FORMULA[path],
+        "network": config.network, "dataset": config.dataset, "dataset_label": evaluator.dataset_label,
+        "profile": config.profile, "seed": seed, "sb_run": str(sb.path), "lb_run": str(lb.path),
+        "x0_sha256": sb.metrics["x0_sha256"],
+        "batchnorm_mode": _describe_batchnorm(config),
+        "train_statistics_examples": len(evaluator.x_train) if evaluator.moving == "recompute" else None,
+        "variance_clamped_alphas": clamped,
+        # The config's, not the runs': landscape.subset is set here, not at training.
+        "deviations": [d for d in config.deviations() if not d.startswith("sharpness")],
+        "environment": train.environment(seed),
+        "wall_seconds": round(time.time() - started, 1),
+        "settings": wanted,
+    }
 
 
 def _describe_batchnorm(config) -> str:
@@ -231,23 +266,27 @@ def finished_seeds(config) -> list[int]:
 
 # Figures ---------------------------------------------------------------------------------------
 def plot(csv_path) -> tuple[Path, Path]:
-    """Draw `csv_path` in the paper's style beside the published curves; write .png and .pdf.
+    """Draw `csv_path` from its files (the CSV and its JSON sidecar); see draw()."""
+    csv_path = Path(csv_path)
+    return draw(csv_path, storage.read_json(csv_path.with_suffix(".json")), results.read_curve(csv_path))
+
+
+def draw(csv_path: Path, meta, ours) -> tuple[Path, Path]:
+    """The curve of `csv_path` (its sidecar `meta`, its columns `ours`) in the paper's style beside
+    the published curves, as .png and .pdf beside the CSV.
 
     Left axis: cross-entropy (blue); right axis: accuracy % (red); solid train, dashed test.
-    Published curves are thin and light. Reads only files (the CSV and its JSON sidecar).
+    Published curves are thin and light.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    csv_path = Path(csv_path)
-    meta = storage.read_json(csv_path.with_suffix(".json"))
-    ours = _columns(storage.read_csv(csv_path))
     figure, xent_axis = pyplot.subplots(figsize=(6.4, 4.4))
     acc_axis = xent_axis.twinx()
     for label, ref_path in compare.published_figures(meta["network"], meta["path"]).items():
-        ref = _columns(storage.read_csv(ref_path))
+        ref = results.read_curve(ref_path)
         style = dict(linewidth=0.8, alpha=0.45, linestyle=":" if label == "official code" else None)
         xent_axis.plot(ref["alpha"], ref["train_xent"], color="tab:blue", **style, label=f"{label} (thin)")
         xent_axis.plot(ref["alpha"], ref["test_xent"], color="tab:blue", **{**style, "linestyle": "--"})
@@ -269,15 +308,7 @@ def plot(csv_path) -> tuple[Path, Path]:
     xent_axis.set_title(f"{meta['network']} on {meta['dataset_label']}, seed {meta['seed']}: "
                         f"{meta['path']} path ({meta['figure']})\nBN: {meta['batchnorm_mode']}", fontsize=8)
     figure.tight_layout()
-    written = []
-    for suffix in (".png", ".pdf"):
-        target = csv_path.with_suffix(suffix)
-        with storage.atomic_path(target, suffix=suffix) as tmp:
-            figure.savefig(tmp, dpi=150)
-        written.append(target)
+    written = storage.save_figure(figure, csv_path)
     pyplot.close(figure)
-    return tuple(written)
+    return written
 
-
-def _columns(rows: list[dict]) -> dict[str, list[float]]:
-    return {c: [float(r[c]) for r in rows] for c in COLUMNS}

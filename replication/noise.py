@@ -100,7 +100,7 @@ def noise_scale(run_dir, point: str = "final", force: bool = False, log=None) ->
     """B_simple of a finished run at its x0 ("initial") or minimiser ("final"), written to
     `<run_dir>/noise/<point>.json`; a result with identical settings is not recomputed. Uses the
     sharpness examples (`sharpness.subset`), the SB batch size, `sweep.noise_batches` batches."""
-    from replication import data, train
+    from replication import train
 
     if point not in POINTS:
         raise ValueError(f"point must be one of {POINTS}, got {point!r}")
@@ -108,17 +108,16 @@ def noise_scale(run_dir, point: str = "final", force: bool = False, log=None) ->
     run = train.load_run(run_dir)
     config = run.config
     if point == "initial":
-        run.model.load_weights(run.path / "initial.weights.h5")
+        storage.load_weights(run.model, run.path / "initial.weights.h5")
     settings = {"point": point, "batch_size": config.sb_batch_size, "batches": config.sweep.noise_batches,
                 "subset": config.sharpness.subset, "estimator": "mini-batch moments, jackknife SE",
                 "seed": config.sharpness.seed, "weights_digest": storage.weights_digest(run.model.get_weights()),
-                "backend": backend.name()}
+                "backend": backend.name(), "passes": backend.PASSES}
     path = result_path(run.path, point)
     with storage.locked(path.with_suffix(".lock")):
         if (previous := storage.reusable(path, settings, force, log)) is not None:
             return previous
-        _, x_train, y_train, _, _ = train.load_arrays(config)
-        inputs, labels = data.subset(x_train, y_train, config.sharpness.subset)
+        inputs, labels = train.training_examples(config, config.sharpness.subset)
         if config.sb_batch_size >= len(inputs):
             raise config_lib.ConfigError(
                 f"noise scale of {run.path}: mini-batches of sb_batch_size {config.sb_batch_size} need "

@@ -35,6 +35,7 @@ class Objective:
             for i in range(0, self.size, self.batch_size)]
         self._value = backend.compiled(self._batch_value)
         self._value_and_grad = backend.compiled(backend.value_and_grad(self._batch_value))
+        self._hessian_vector_product = None  # compiled on first use (the hessian command only)
 
     # x <-> variables --------------------------------------------------------------------------
     def get_flat(self):
@@ -97,3 +98,18 @@ class Objective:
             loss = batch_loss if loss is None else loss + batch_loss
             grad = batch_grad if grad is None else grad + batch_grad
         return loss / self.size, grad / self.size
+
+    def hessian_vector_product(self, flat, vector):
+        """H v: the Hessian of f at x = flat times `vector`, a float32 tensor on the device. Each
+        batch is one compiled forward-over-reverse pass (backend.hessian_vector_product) of the
+        same loss as f, with the same batches and batch-norm semantics; summed, divided by N."""
+        if self._hessian_vector_product is None:
+            self._hessian_vector_product = backend.compiled(backend.hessian_vector_product(self._batch_value))
+        flat, vector = ops.convert_to_tensor(flat, "float32"), ops.convert_to_tensor(vector, "float32")
+        non_trainable = self._non_trainable()
+        total = None
+        with backend.float32_matmuls():
+            for x, y in self._batches:
+                part = self._hessian_vector_product(flat, vector, non_trainable, x, y)
+                total = part if total is None else total + part
+        return total / self.size

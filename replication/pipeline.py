@@ -1,4 +1,5 @@
-"""The steps of a profile as Make rules: train -> sharpness -> parametric plots -> report.
+"""The steps of a profile as Make rules: train -> sharpness (final weights, and kept iterates) ->
+parametric plots -> report.
 
 `python -m replication make-rules --name quick configs/quick/*.yaml` prints one rule per result
 file, generated from the configs (seeds, regimes, epsilons, spaces), so `make -j N` runs
@@ -11,7 +12,7 @@ that exists is never redone because of file times. A fresh clone gives committed
 times (git writes `landscape/` before `lb/` and `sb/`), and redoing a measurement needs the run's
 weights, which git does not hold. A run is retrained only after its directory is deleted (train
 refuses a changed config), which deletes its sharpness and noise files too; a parametric plot
-made from other weights than its runs now hold is refused by the report (compare.landscape_rows).
+made from other weights than its runs now hold is refused by the report (results.load).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import shlex
 
 from replication import config as config_lib
-from replication import landscape, noise, sharpness, train
+from replication import iterates, landscape, noise, sharpness, train
 
 PY = "$(PY) -m replication"
 
@@ -54,6 +55,12 @@ def rules(name: str, config_paths: list[str]) -> str:
                     target = noise.result_path(run, point)
                     reports.setdefault(config.results_dir, []).append(str(target))
                     lines += [f"{target}: | {runs[regime]}", f"\t{PY} noise {run} --point {point}", ""]
+                # Kept iterates of SB and LB (Figure 6): one process measures them all, then
+                # writes the summary it is named by.
+                if config.kept_epochs() and regime in config_lib.REGIMES:
+                    target = iterates.summary_path(run)
+                    reports.setdefault(config.results_dir, []).append(str(target))
+                    lines += [f"{target}: | {runs[regime]}", f"\t{PY} iterates {run}", ""]
             for path in landscape.PATHS:
                 # Written in the order CSV, JSON sidecar, PNG, PDF: the PDF means all are there.
                 target = f"{landscape.output_stem(config, seed, path)}.pdf"

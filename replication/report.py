@@ -1,11 +1,12 @@
 """REPORT.md of one results directory: published vs produced, figures, verdicts and provenance.
 
-Built from files only (each run's metrics.json, env.json, history.csv; landscape CSV/JSON;
-sharpness JSON): `python -m replication report RESULTS_DIR` never trains or evaluates a model, so
-the report can be rebuilt at any time and changes only when the results do. Writes
-RESULTS_DIR/REPORT.md and RESULTS_DIR/tables/<name>.{md,csv,tex}; the arithmetic and the verdict
-rules live in `compare` (Keskar et al. 2017: Table 2 accuracy, Tables 3-4 sharpness,
-Figures 3 and 7 parametric plots, the seven claims of PAPER.md).
+Built from files only, read once by `results.load` (each run's metrics.json, env.json,
+history.csv; sharpness and noise JSON; landscape CSV/JSON), which refuses runs of different
+protocols: `python -m replication report RESULTS_DIR` never trains or evaluates a model, so the
+report can be rebuilt at any time and changes only when the results do. Writes
+RESULTS_DIR/REPORT.md and RESULTS_DIR/tables/<name>.{md,csv,tex}; the arithmetic lives in
+`compare` and `sweep`, the claims and their rules in `verdicts` (Keskar et al. 2017: Table 2
+accuracy, Tables 3-4 sharpness, Figures 3, 4 and 7, the seven claims of PAPER.md).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 import re
 from pathlib import Path
 
-from replication import compare, storage, verdicts
+from replication import compare, iterates, remedy_tables, results, storage, sweep, verdicts
 
 VERDICT_MARK = {"reproduced": "**reproduced**", "partly reproduced": "**partly reproduced**",
                 "not reproduced": "**not reproduced**", "not run": "not run"}
@@ -23,23 +24,29 @@ VERDICT_MARK = {"reproduced": "**reproduced**", "partly reproduced": "**partly r
 def build(results_dir) -> Path:
     """Write RESULTS_DIR/REPORT.md (and tables/) from the result files; returns its path."""
     root = Path(results_dir)
-    runs = compare.collect(root)  # raises ResultsError naming the directory when nothing is there
-    profiles = sorted({r.get("profile", root.name) for r in runs})
+    loaded = results.load(root)  # ResultsError names what is missing or mixed
+    runs = loaded.runs
+    profiles = sorted({r.metrics.get("profile", root.name) for r in runs})
     parts = [f"# Replication report: profile {', '.join(profiles)}\n",
              "Keskar et al., \"On Large-Batch Training for Deep Learning: Generalization Gap and Sharp "
              "Minima\", ICLR 2017 (arXiv:1609.04836), replicated in Keras 3 (on TensorFlow or JAX: each run's "
              "backend and device are in the provenance at the end). Every number below is read from the files in this directory (provenance at the end); rebuild with "
              f"`python -m replication report {root}`.\n"]
-    parts.append(_verdict_section(root, verdicts.verdicts(root)))
-    parts.append(_table_section(root, "table2", "Table 2: accuracy (%)", compare.table2(root),
+    parts.append(_verdict_section(root, verdicts.verdicts(loaded)))
+    parts.append(_table_section(root, "table2", "Table 2: accuracy (%)", compare.table2(loaded),
                                 compare.table2_markdown, "Differences are ours minus the paper's, in "
                                 "points and in the paper's standard deviations."))
-    parts.append(_sharpness_section(root))
-    parts.append(_figure_section(root, compare.landscape_rows(root)))
-    parts.append(_sweep_section(root))
-    parts.append(_differences_section([r for r in runs if r["regime"] in compare.REGIMES],
-                                      [r for r in runs if r["regime"] not in compare.REGIMES]))
-    parts.append(_provenance_section(root, runs))
+    parts.append(_sharpness_section(loaded))
+    parts.append(_figure_section(loaded))
+    parts.append(_sweep_section(loaded))
+    parts.append(_iterates_section(loaded))
+    for remedy, (name, _, _, title) in remedy_tables.TABLES.items():
+        rows = remedy_tables.rows(loaded, remedy)
+        if rows:
+            parts.append(_table_section(root, name, title, rows, remedy_tables.markdown, remedy_tables.NOTE))
+    parts.append(_differences_section([r.metrics for r in runs if r.regime in compare.REGIMES],
+                                      [r.metrics for r in runs if r.regime not in compare.REGIMES]))
+    parts.append(_provenance_section(loaded))
     path = root / "REPORT.md"
     storage.atomic_write_text(path, "\n".join(p for p in parts if p))
     return path
@@ -69,35 +76,29 @@ def _table_section(root: Path, name: str, title: str, rows: list[dict], to_markd
             f"with the paper's beside it), [{name}.tex](tables/{name}.tex). {note}\n")
 
 
-def _sharpness_section(root: Path) -> str:
-    """Tables 3 and 4 for the spaces that have sharpness results (compare.table_sharpness when
-    present, else the raw results)."""
-    results = compare.sharpness_results(root)
+def _sharpness_section(loaded: results.Results) -> str:
+    """Tables 3 and 4, for the spaces that have sharpness results."""
+    spaces = {space for run in loaded.runs for space, _ in run.sharpness}
     out = []
     for space, name, title in (("full", "table3", "Table 3: sharpness, full space"),
                                ("random", "table4", "Table 4: sharpness, random subspace (p = 100)")):
-        if not any(r["space"] == space for r in results):
-            continue
-        if hasattr(compare, "table_sharpness"):
-            rows, to_markdown = compare.table_sharpness(root, space), compare.table_sharpness_markdown
-        else:
-            rows = [r for r in results if r["space"] == space]
-            to_markdown = lambda r: markdown_table(r, {k: k for k in (  # noqa: E731
-                "network", "regime", "seed", "epsilon", "phi", "failed")})
-        out.append(_table_section(root, name, title, rows, to_markdown,
-                                  "Sharpness in the paper's units (Metric 2.1, x100); the CSV has "
-                                  "our mean over the paper's."))
+        if space in spaces:
+            out.append(_table_section(loaded.root, name, title, compare.table_sharpness(loaded, space),
+                                      compare.table_sharpness_markdown,
+                                      "Sharpness in the paper's units (Metric 2.1, x100); the CSV has "
+                                      "our mean over the paper's."))
     return "\n".join(out)
 
 
-def _figure_section(root: Path, rows: list[dict]) -> str:
+def _figure_section(loaded: results.Results) -> str:
+    root, rows = loaded.root, compare.landscape_rows(loaded)
     if not rows:
         return ""
-    from replication import landscape
+    for curve in loaded.curves:  # figures are drawn from the curve files; redraw any that are missing
+        if not (curve.csv.with_suffix(".png").exists() and curve.csv.with_suffix(".pdf").exists()):
+            from replication import landscape  # Keras, only when a figure has to be drawn
 
-    for row in rows:  # figures are drawn from the CSV files; redraw any that are missing
-        if not (root / row["png"]).exists() or not (root / row["png"]).with_suffix(".pdf").exists():
-            landscape.plot(root / row["csv"])
+            landscape.draw(curve.csv, curve.meta, curve.columns)
     columns = {"network": "network", "data": "data", "seed": "seed", "figure": "figure",
                "published_curve": "compared with",
                "rise_sb": "rise at SB end", "rise_lb": "rise at LB end", "rise_ratio": "LB/SB",
@@ -120,12 +121,21 @@ def _figure_section(root: Path, rows: list[dict]) -> str:
             + images)
 
 
-def _sweep_section(root: Path) -> str:
+def _iterates_section(loaded: results.Results) -> str:
+    """Figure 6: sharpness along the kept iterates of the SB and LB runs (iterates.py)."""
+    rows = iterates.rows(loaded)
+    if not rows:
+        return ""
+    table = markdown_table(*iterates.table(rows))
+    _write(loaded.root, "figure6", rows, table, "Sharpness along the iterates (Figure 6), ours")
+    return iterates.section(loaded.root, rows, table, markdown_table(*iterates.trend_table(rows)))
+
+
+def _sweep_section(loaded: results.Results) -> str:
     """Figure 4 (batch-size sweep): a table of every point, a figure per trial (drawn from the
     files each time), and how the scaled learning rates compare where they were run."""
-    from replication import sweep
-
-    rows = sweep.points(root)
+    root = loaded.root
+    rows = sweep.points(loaded)
     if not rows:
         return ""
     sharp = sweep.sharpness_columns(rows)
@@ -173,14 +183,12 @@ def _sweep_section(root: Path) -> str:
             "the SB run is a point of every curve) goes beyond the paper, which kept lr fixed. Mean ± sample std over seeds; diverged runs are counted, not "
             "averaged.\n\n" + table
             + "\nFiles: [figure4.csv](tables/figure4.csv), [figure4.tex](tables/figure4.tex).\n\n"
-            + _noise_text(root, rows) + "\n".join(images))
+            + _noise_text(loaded, rows) + "\n".join(images))
 
 
-def _noise_text(root: Path, rows: list[dict]) -> str:
+def _noise_text(loaded: results.Results, rows: list[dict]) -> str:
     """The gradient noise scale beside the sweep: what it predicts and where our accuracy fell."""
-    from replication import sweep
-
-    at_x0 = sweep.noise_at_x0(root)
+    at_x0 = sweep.noise_at_x0(loaded)
     if not at_x0 and all(math.isnan(r["noise_scale"]) for r in rows):
         return ""
     lines = ["**Gradient noise scale** (beyond the paper): B_simple = tr(Sigma) / |G|^2 (McCandlish et "
@@ -231,19 +239,17 @@ def _differences_section(runs: list[dict], sweep_runs: list[dict] = ()) -> str:
     return "\n".join(lines)
 
 
-def _provenance_section(root: Path, runs: list[dict]) -> str:
+def _provenance_section(loaded: results.Results) -> str:
+    root = loaded.root
     run_rows = []
-    for run in runs:
-        path = Path(run["path"])
-        env = storage.read_json(path / "env.json") if (path / "env.json").exists() else {}
-        history = storage.read_csv(path / "history.csv") if (path / "history.csv").exists() else []
-        seconds = sum(float(h.get("seconds") or 0) for h in history)
+    for run in loaded.runs:
+        env = run.env
         run_rows.append({
-            "run": str(path.relative_to(root)), "config": str((path / "config.yaml").relative_to(root)),
+            "run": str(run.path.relative_to(root)), "config": str((run.path / "config.yaml").relative_to(root)),
             "git_commit": _commit(env),
             "device": env.get("device", "unknown"), "versions": _versions(env),
             "start": env.get("start_time", "?"), "end": env.get("end_time", "?"),
-            "epochs": run["epochs_run"], "train_seconds": round(seconds, 1)})
+            "epochs": run.metrics["epochs_run"], "train_seconds": round(run.train_seconds, 1)})
     text = ["## Provenance\n",
             "Every Table 2 number is the mean (sample std, ddof=1) over the SB and LB runs below "
             "(sweep runs, b<batch>, feed Figure 4 only); each run "
@@ -255,12 +261,12 @@ def _provenance_section(root: Path, runs: list[dict]) -> str:
                                       "end": "end", "epochs": "epochs", "train_seconds": "train s"},
                            format_cell=lambda k, v: f"[{v}]({v})" if k == "config" else v)]
     landscape_rows = []
-    for meta_path in sorted(root.glob("*/landscape/seed*_*.json")):
-        meta = storage.read_json(meta_path)
+    for curve in loaded.curves:
+        meta = curve.meta
         env = meta.get("environment", {})
         landscape_rows.append({
-            "curve": str(meta_path.with_suffix(".csv").relative_to(root)),
-            "runs": f"{_relative(meta['sb_run'], root)} + {_relative(meta['lb_run'], root)}",
+            "curve": str(curve.csv.relative_to(root)),
+            "runs": f"{curve.sb.path.relative_to(root)} + {curve.lb.path.relative_to(root)}",
             "x0": meta["x0_sha256"][:12], "examples": f"{meta['settings']['train_examples']} train / "
                                                       f"{meta['settings']['test_examples']} test",
             "git_commit": _commit(env),
@@ -268,7 +274,7 @@ def _provenance_section(root: Path, runs: list[dict]) -> str:
     if landscape_rows:
         text += ["\nParametric plots (each CSV's JSON sidecar holds the full provenance and settings):\n",
                  markdown_table(landscape_rows, {k: k.replace("_", " ") for k in landscape_rows[0]})]
-    sharpness = compare.sharpness_results(root)
+    sharpness = compare.sharpness_results(loaded)
     if sharpness:
         text += ["\nSharpness results (one JSON per run, space and epsilon; failed solves are "
                  "reported, never counted as 0):\n",
@@ -335,9 +341,9 @@ def _write(root: Path, name: str, rows: list[dict], markdown: str, caption: str)
 
 
 def _sharpness_provenance(result: dict, root: Path) -> dict:
-    record = storage.read_json(result["path"])
+    record = result["record"]
     env = record.get("environment", {})
-    return {"file": _relative(result["path"], root), "phi": result["phi"], "failed": result["failed"],
+    return {"file": str(Path(result["path"]).relative_to(root)), "phi": result["phi"], "failed": result["failed"],
             "examples": record.get("num_examples", "?"), "iterations": record.get("iterations", "?"),
             "git commit": _commit(env), "device": env.get("device", "unknown"),
             "wall seconds": record.get("wall_seconds", "?")}
@@ -355,9 +361,3 @@ def _versions(env: dict) -> str:
     parts += [f"{k} {env[k]}" for k in ("keras", "numpy") if k in env]
     return ", ".join(parts) or "unknown"
 
-
-def _relative(path, root: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(root.resolve()))
-    except ValueError:
-        return str(path)

@@ -139,83 +139,102 @@ def maximize(objective, x, epsilon: float, subspace=None, iterations: int = 10, 
         raise ValueError(f"start must be 'zero' or 'random', got {start!r}")
     x = ops.convert_to_tensor(x, "float32")
     started = time.perf_counter()
-    coordinates = np.abs(np.asarray(x, np.float64) if subspace is None else subspace.pinv(x))
-    bound = epsilon * (coordinates + 1.0)
-    bound_seconds = time.perf_counter() - started
-    passes = 0
-
-    def evaluate(y):
-        """(f(x + A y), A^T grad f) with y from SciPy (float64) and the pass's float32 results."""
-        nonlocal passes
-        passes += 1
-        step = ops.convert_to_tensor(np.asarray(y, np.float32))
-        value, grad = objective.value_and_gradient(x + (step if subspace is None else subspace.matvec(step)))
-        if subspace is not None:
-            grad = subspace.rmatvec(grad)
-        value, grad = float(value), np.asarray(grad, np.float64)
-        if not (math.isfinite(value) and np.isfinite(grad).all()):
-            raise _NonFinite(f"f or its gradient is not finite (f = {value}) at evaluation {passes}")
-        return value, grad
-
+    bound = box_bounds(x, epsilon, subspace)
+    passes = _Passes(objective, x, subspace)
     result = {"f_x": None, "max_f": None, "phi": None, "phi_std": None, "phi_values": [],
-              "failed": True, "failure": None, "solves": [], "y_max": None, "bound_seconds": bound_seconds}
+              "failed": True, "failure": None, "solves": [], "y_max": None,
+              "bound_seconds": time.perf_counter() - started}
     try:
-        f_x, grad_x = evaluate(np.zeros(len(bound)))
+        f_x, grad_x = passes(np.zeros(len(bound)))
     except _NonFinite as err:
-        result.update(failure=f"f(x) is not finite: {err}", function_evaluations=passes,
+        result.update(failure=f"f(x) is not finite: {err}", function_evaluations=passes.count,
                       seconds=time.perf_counter() - started)
         return result
     result["f_x"] = f_x
     # y = 0 gives the same point for every restart, so zero-start solves once.
     for restart in range(restarts if start == "random" else 1):
-        tick, first_pass = time.perf_counter(), passes
         y0 = (np.zeros(len(bound)) if start == "zero"
               else np.random.default_rng([seed, 1, restart]).uniform(-bound, bound))
-        best = {"f": -math.inf, "y": None}
-        first = {}
-
-        def negated(y):
-            # SciPy evaluates y = 0 first on a zero start: reuse the f(x) pass.
-            if start == "zero" and passes == first_pass and not y.any():
-                value, grad = f_x, grad_x
-            else:
-                value, grad = evaluate(y)
-            if not first:
-                first.update(f=value, moving=bool(np.any(grad != 0)))
-            if value > best["f"]:
-                best.update(f=value, y=y.copy())
-            return -value, -grad
-
-        solve = {"restart": restart}
-        try:
-            answer = lbfgsb(negated, y0, -bound, bound, iterations)
-            solve.update(status=answer["status"], message=answer["message"], iterations=answer["nit"],
-                         solver_final_f=-answer["fun"], solver_seconds=answer["solver_seconds"],
-                         failure=None)
-            # Any stop (an abnormal line search, or SciPy's "converged" when a step changed
-            # nothing) that leaves f where it started although the gradient there is not zero.
-            if first["moving"] and not best["f"] > first["f"]:
-                solve["failure"] = ("no ascent from the start although its gradient is not zero: "
-                                    + answer["message"])
-        except _NonFinite as err:
-            solve.update(status=None, message=str(err), iterations=None, solver_final_f=None,
-                         solver_seconds=None, failure=str(err))
-        # x itself (y = 0) is in the box: a random start that ascends less still has max f >= f(x).
-        max_f = max(best["f"], f_x) if math.isfinite(best["f"]) else None
-        solve.update(max_f=max_f, function_evaluations=passes - first_pass,
-                     phi=None if solve["failure"] or max_f is None else phi_value(f_x, max_f),
-                     seconds=time.perf_counter() - tick)
+        # SciPy evaluates y = 0 first on a zero start: that solve reuses the f(x) pass.
+        solve, best_y = _solve(passes, y0, bound, iterations, f_x,
+                               at_zero=(f_x, grad_x) if start == "zero" else None)
+        solve = {"restart": restart, **solve}
         result["solves"].append(solve)
-        if max_f is not None and (result["max_f"] is None or max_f > result["max_f"]):
-            result.update(max_f=max_f, y_max=best["y"])
+        if solve["max_f"] is not None and (result["max_f"] is None or solve["max_f"] > result["max_f"]):
+            result.update(max_f=solve["max_f"], y_max=best_y)
     failures = [s["failure"] for s in result["solves"] if s["failure"]]
     values = [s["phi"] for s in result["solves"] if not s["failure"]]
     result.update(failed=bool(failures), failure="; ".join(failures) or None, phi_values=values,
-                  function_evaluations=passes, seconds=time.perf_counter() - started)
+                  function_evaluations=passes.count, seconds=time.perf_counter() - started)
     if not failures:
         result.update(phi=float(np.mean(values)),
                       phi_std=float(np.std(values, ddof=1)) if len(values) > 1 else None)
     return result
+
+
+def box_bounds(x, epsilon: float, subspace=None) -> np.ndarray:
+    """The half-widths of C_eps: |y_i| <= eps (|(A+ x)_i| + 1) (Metric 2.1), float64 for SciPy."""
+    coordinates = np.abs(np.asarray(x, np.float64) if subspace is None else subspace.pinv(x))
+    return epsilon * (coordinates + 1.0)
+
+
+class _Passes:
+    """y -> (f(x + A y), A^T grad f) as float64 for SciPy, counting passes of the objective; a
+    non-finite f or gradient raises _NonFinite."""
+
+    def __init__(self, objective, x, subspace):
+        self.objective, self.x, self.subspace, self.count = objective, x, subspace, 0
+
+    def __call__(self, y):
+        self.count += 1
+        step = ops.convert_to_tensor(np.asarray(y, np.float32))
+        value, grad = self.objective.value_and_gradient(
+            self.x + (step if self.subspace is None else self.subspace.matvec(step)))
+        if self.subspace is not None:
+            grad = self.subspace.rmatvec(grad)
+        value, grad = float(value), np.asarray(grad, np.float64)
+        if not (math.isfinite(value) and np.isfinite(grad).all()):
+            raise _NonFinite(f"f or its gradient is not finite (f = {value}) at evaluation {self.count}")
+        return value, grad
+
+
+def _solve(passes: _Passes, y0, bound, iterations: int, f_x: float,
+           at_zero=None) -> tuple[dict, np.ndarray | None]:
+    """One L-BFGS-B ascent from y0 inside the box: (its record, the best y it evaluated).
+
+    `at_zero`: (f, grad) already known at y = 0, used for the solver's first request there.
+    The record's max_f is never below f(x) (y = 0 is in the box); a stop that leaves f where it
+    started although the gradient there is not zero is a failure (SciPy's "converged" when a step
+    changed nothing, or an abnormal line search), as is a non-finite pass."""
+    tick, first_pass = time.perf_counter(), passes.count
+    best = {"f": -math.inf, "y": None}
+    first = {}
+
+    def negated(y):
+        if at_zero is not None and passes.count == first_pass and not y.any():
+            value, grad = at_zero
+        else:
+            value, grad = passes(y)
+        if not first:
+            first.update(f=value, moving=bool(np.any(grad != 0)))
+        if value > best["f"]:
+            best.update(f=value, y=y.copy())
+        return -value, -grad
+
+    try:
+        answer = lbfgsb(negated, y0, -bound, bound, iterations)
+        solve = dict(status=answer["status"], message=answer["message"], iterations=answer["nit"],
+                     solver_final_f=-answer["fun"], solver_seconds=answer["solver_seconds"], failure=None)
+        if first["moving"] and not best["f"] > first["f"]:
+            solve["failure"] = "no ascent from the start although its gradient is not zero: " + answer["message"]
+    except _NonFinite as err:
+        solve = dict(status=None, message=str(err), iterations=None, solver_final_f=None,
+                     solver_seconds=None, failure=str(err))
+    max_f = max(best["f"], f_x) if math.isfinite(best["f"]) else None
+    solve.update(max_f=max_f, function_evaluations=passes.count - first_pass,
+                 phi=None if solve["failure"] or max_f is None else phi_value(f_x, max_f),
+                 seconds=time.perf_counter() - tick)
+    return solve, best["y"]
 
 
 def lbfgsb(fun, x0, lower, upper, iterations: int, maxcor: int = 10, maxls: int = 20) -> dict:
@@ -318,12 +337,40 @@ def sharpness_all(run_dir, epsilons=None, spaces=None, dim: int | None = None, f
                   log=None) -> list[dict]:
     """Every (epsilon, space) asked for (None: all of the run's config.sharpness), in one process:
     the run, its training examples and their compiled objective are loaded once for all of them."""
+    from replication import train
+
+    return measure_weights(train.load_run(run_dir), result_path, epsilons, spaces, dim, force, log)
+
+
+def lazy_objective(run):
+    """A function that returns the Objective of `run.model` on the run's sharpness examples
+    (config sharpness.subset), made on its first call only: when every result is reused, no data
+    is loaded. The Objective reads the model's weights at each call, so one serves every set of
+    weights loaded into the model (a run's iterates)."""
+    from replication import objective as objective_lib, train
+
+    made = {}
+
+    def objective():
+        if not made:
+            inputs, labels = train.training_examples(run.config, run.config.sharpness.subset)
+            made["objective"] = objective_lib.Objective(run.model, inputs, labels, run.config.eval_batch_size)
+        return made["objective"]
+
+    return objective
+
+
+def measure_weights(run, path_of, epsilons=None, spaces=None, dim: int | None = None, force: bool = False,
+                    log=None, objective=None, record=None) -> list[dict]:
+    """phi of the weights `run.model` holds now (a train.Run: its final weights, or an iterate
+    loaded into it) for every (epsilon, space) asked for (None: all of the run's config.sharpness),
+    with the run's config.sharpness settings. Each result is written atomically at
+    `path_of(run.path, space, epsilon)`; one whose settings (the weights' digest included) match is
+    returned without recomputing. `objective`: a lazy_objective(run) shared across calls;
+    `record`: keys added to each new result (an iterate's epoch)."""
     import dataclasses
 
-    from replication import data, objective as objective_lib, train
-
     log = log or sys.stderr
-    run = train.load_run(run_dir)
     cfg = run.config.sharpness
     p = cfg.dim if dim is None else dim
     epsilons, spaces = tuple(epsilons or cfg.epsilons), tuple(spaces or cfg.spaces)
@@ -331,21 +378,15 @@ def sharpness_all(run_dir, epsilons=None, spaces=None, dim: int | None = None, f
     dataclasses.replace(cfg, epsilons=epsilons, spaces=spaces, dim=p).validate(
         f"sharpness of {run.path} (epsilon/space/dim)")
     digest = storage.weights_digest(run.model.get_weights())
-    made = {}
-
-    def objective():  # only when a result has to be computed
-        if not made:
-            _, x_train, y_train, _, _ = train.load_arrays(run.config)
-            inputs, labels = data.subset(x_train, y_train, cfg.subset)
-            made["objective"] = objective_lib.Objective(run.model, inputs, labels, run.config.eval_batch_size)
-        return made["objective"]
-
-    return [_measure_run(run, epsilon, space, p, digest, objective, force, log)
+    objective = objective or lazy_objective(run)
+    return [_measure_run(run, epsilon, space, p, digest, objective, force, log,
+                         path_of(run.path, space, epsilon), record or {})
             for space in spaces for epsilon in epsilons]
 
 
-def _measure_run(run, epsilon: float, space: str, p: int, digest: str, objective, force: bool, log) -> dict:
-    """One result file of sharpness_all: reused if its settings match, else measured and written."""
+def _measure_run(run, epsilon: float, space: str, p: int, digest: str, objective, force: bool, log,
+                 path: Path, extra: dict) -> dict:
+    """One result file of measure_weights: reused if its settings match, else measured and written."""
     from replication import train
 
     cfg = run.config.sharpness
@@ -355,9 +396,8 @@ def _measure_run(run, epsilon: float, space: str, p: int, digest: str, objective
         "subset": cfg.subset, "seed": cfg.seed, "eval_batch_size": run.config.eval_batch_size,
         "block_rows": BLOCK_ROWS if space == "random" else None,
         "a_distribution": A_DISTRIBUTION if space == "random" else None,
-        "backend": backend.name(), "weights_digest": digest,
+        "backend": backend.name(), "passes": backend.PASSES, "weights_digest": digest,
     }
-    path = result_path(run.path, space, epsilon)
     with storage.locked(path.with_suffix(".lock")):
         if (previous := storage.reusable(path, settings, force, log)) is not None:
             return previous
@@ -372,7 +412,7 @@ def _measure_run(run, epsilon: float, space: str, p: int, digest: str, objective
         record = {
             "metric": METRIC, "run": str(run.path), "network": run.config.network,
             "dataset": run.config.dataset, "regime": run.metrics["regime"],
-            "run_seed": run.metrics["seed"], "diverged_run": run.metrics["diverged"],
+            "run_seed": run.metrics["seed"], "diverged_run": run.metrics["diverged"], **extra,
             **result, "epsilon": epsilon, "space": space, "a_seed": cfg.seed if space == "random" else None,
             "a_distribution": A_DISTRIBUTION if space == "random" else "identity (A = I_n)",
             "a_pinv": A_PINV if space == "random" else "A+ = I", "iterations": cfg.iterations,
@@ -416,8 +456,7 @@ def benchmark(run_dir_or_model, epsilon: float = 1e-3, space: str = "full", dim:
 
     if isinstance(run_dir_or_model, (str, Path)):
         run = train.load_run(run_dir_or_model)
-        _, x_train, y_train, _, _ = train.load_arrays(run.config)
-        inputs, labels = data.subset(x_train, y_train, subset or run.config.sharpness.subset)
+        inputs, labels = train.training_examples(run.config, subset or run.config.sharpness.subset)
         model, batch_size = run.model, run.config.eval_batch_size
     else:
         model = run_dir_or_model

@@ -13,6 +13,7 @@ import csv
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
 import sys
@@ -21,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 
 FAILPOINT_VARIABLE = "REPLICATION_KILL_AT"
@@ -38,7 +40,8 @@ def failpoint(label: str) -> None:
 
 
 class StorageError(OSError):
-    """An output location cannot be written; the message names the path and the fix."""
+    """An output location cannot be written, or a result file is missing or damaged; the message
+    names the path and the fix."""
 
 
 def _explain(path: Path, err: OSError) -> StorageError:
@@ -107,13 +110,120 @@ def save_weights(model, path) -> None:
         model.save_weights(tmp)
 
 
-def read_json(path):
-    return json.loads(Path(path).read_text())
+def save_figure(figure, stem) -> tuple[Path, Path]:
+    """A matplotlib figure as `stem`.png and `stem`.pdf, each written atomically. The PDF carries
+    no creation date, so a figure redrawn from the same numbers is byte-identical."""
+    written = []
+    for suffix in (".png", ".pdf"):
+        target = Path(stem).with_suffix(suffix)
+        with atomic_path(target, suffix=suffix) as tmp:
+            figure.savefig(tmp, dpi=150, metadata={"CreationDate": None} if suffix == ".pdf" else None)
+        written.append(target)
+    return tuple(written)
+
+
+# The command that remakes each measurement folder of a run directory (<run>/<folder>/<file>).
+_REMADE_BY = {"sharpness": "sharpness {run}", "noise": "noise {run} --point {stem}",
+              "evaluations": "evaluate {run}", "hessian": "hessian {run}"}
+
+
+def _repair(path: Path) -> str:
+    """How to remake the result file at `path`: what to delete and which command writes it again."""
+    folder = path.parent
+    if folder.name in _REMADE_BY:
+        command = _REMADE_BY[folder.name].format(run=folder.parent, stem=path.name.split(".")[0])
+        return f"delete it and rerun `python -m replication {command}`"
+    if folder.name == "iterates":  # a kept iterate is made by training, its measurements by `iterates`
+        if path.name.endswith(".weights.h5"):
+            return (f"delete {folder.parent} and train that run again (an iterate is kept only while "
+                    "the run trains)")
+        return f"delete it and rerun `python -m replication iterates {folder.parent}`"
+    if folder.name == "landscape":
+        return "delete it and rerun `python -m replication landscape CONFIG`"
+    if folder.name == "x0":
+        return (f"delete it and the runs of {path.name.split('.')[0].split('-')[0]} under {folder.parent}, "
+                "then train them again")
+    if folder.name.startswith("seed") and folder.name[4:].isdigit():  # a run directory
+        return (f"delete {folder} and rerun `python -m replication train CONFIG --seed {folder.name[4:]} "
+                f"--regime {folder.parent.name}` (its measurements go with it)")
+    return "delete it and rerun the command that wrote it"
+
+
+def _unreadable(path: Path, err: BaseException) -> StorageError:
+    if isinstance(err, FileNotFoundError):
+        return StorageError(f"{path}: missing: {_repair(path)}")
+    detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return StorageError(f"{path}: damaged or truncated ({detail}): {_repair(path)}")
+
+
+def _read_text(path: Path) -> str:
+    """The text of a file this package wrote (UTF-8, ending in a newline: one without was cut)."""
+    try:
+        text = path.read_bytes().decode()
+    except (OSError, UnicodeDecodeError) as err:
+        raise _unreadable(path, err) from None
+    if not text.endswith("\n"):
+        raise _unreadable(path, ValueError("no final newline"))
+    return text
+
+
+def read_json(path) -> dict:
+    """A JSON object this package wrote; StorageError (path and fix) if missing or damaged."""
+    path = Path(path)
+    try:
+        value = json.loads(_read_text(path))
+    except ValueError as err:
+        raise _unreadable(path, err) from None
+    if not isinstance(value, dict):
+        raise _unreadable(path, ValueError(f"a JSON {type(value).__name__}, not an object"))
+    return value
+
+
+def read_yaml(path) -> dict:
+    """A YAML mapping this package wrote (a run's config.yaml); StorageError if missing or damaged."""
+    path = Path(path)
+    try:
+        value = yaml.safe_load(_read_text(path))
+    except yaml.YAMLError as err:
+        raise _unreadable(path, err) from None
+    if not isinstance(value, dict):
+        raise _unreadable(path, ValueError("not a mapping of keys to values"))
+    return value
+
+
+class _Row(dict):
+    """A CSV row; a column the file lacks is a StorageError naming the file, not a KeyError."""
+
+    path: Path
+
+    def __missing__(self, key):
+        raise _unreadable(self.path, KeyError(f"no column {key!r}"))
 
 
 def read_csv(path) -> list[dict]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    """The rows of a CSV file this package wrote, each with every column of the header;
+    StorageError (path and fix) if missing or damaged."""
+    path = Path(path)
+    try:
+        reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+        rows = [_Row(row) for row in reader]
+    except csv.Error as err:
+        raise _unreadable(path, err) from None
+    if not reader.fieldnames or any(None in row or None in row.values() for row in rows):
+        raise _unreadable(path, ValueError("rows do not match the header"))
+    for row in rows:
+        row.path = path
+    return rows
+
+
+def load_weights(model, path) -> None:
+    """model.load_weights(path); StorageError (path and fix) if the file is missing, damaged or
+    made for another network."""
+    path = Path(path)
+    try:
+        model.load_weights(path)
+    except (OSError, ValueError, KeyError) as err:
+        raise _unreadable(path, FileNotFoundError() if not path.exists() else err) from None
 
 
 def sha256_file(path) -> str:

@@ -9,7 +9,8 @@ section adds one run per batch size to each trial (`b<batch>`, same x0 and proto
 
 A point of the sweep is every finished run of a trial at one (batch size, scaling). SB and LB
 runs are points of the unscaled curve (the same protocol), so a sweep config need not repeat
-them. Everything here is read from files (metrics.json, sharpness JSON); nothing is trained.
+them. Everything here comes from a loaded results folder (`results.load`: metrics.json,
+sharpness and noise JSON); nothing is trained.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from replication import compare, storage
+from replication import compare
 from replication import config as config_lib
+from replication import results as results_lib
+from replication import storage
 
 # Published Figure 4 curves (package data): only C1 and F2 were published.
 FIGURE4_COLUMNS = ("test_acc_pct", "sharpness_eps1e-3", "sharpness_eps5e-4")
@@ -41,7 +44,7 @@ def published_figure4(network: str) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def _published_at(curve: dict | None, batch: float) -> float:
+def published_at(curve: dict | None, batch: float) -> float:
     """The published curve at `batch` (linear interpolation), nan outside its range or if absent."""
     if not curve or not curve["batch_size"].min() <= batch <= curve["batch_size"].max():
         return math.nan
@@ -65,88 +68,86 @@ def sharpness_columns(rows: list[dict]) -> list[str]:
     return sorted(keys, key=lambda k: (k != sharpness_key("full", 1e-3), k))
 
 
-def points(results_dir) -> list[dict]:
+def points(loaded: results_lib.Results) -> list[dict]:
     """One row per (trial, lr scaling, batch size) of every trial that has sweep runs: the mean
     (sample std) over seeds of test/train accuracy and of each sharpness computed, beside the
     published Figure 4 value at that batch size where the paper has one (unscaled curve only).
     Diverged runs and failed solves are counted, never averaged in."""
-    runs = [{**r, "noise_final": _b_simple(r["path"], "final")} for r in compare.collect(results_dir)]
-    swept = {(r["network"], r["dataset"]) for r in runs if config_lib.parse_regime(r["regime"])}
+    runs = loaded.runs
+    swept = {(r.network, r.dataset) for r in runs if config_lib.parse_regime(r.regime)}
     scalings: dict = {trial: {"none"} for trial in swept}
     for r in runs:
-        if point := config_lib.parse_regime(r["regime"]):
-            scalings[(r["network"], r["dataset"])].add(point[1])
-    phis: dict[str, dict[tuple[str, float], float | None]] = {}
-    for result in compare.sharpness_results(results_dir):
-        run_path = str(Path(result["path"]).parent.parent)
-        phis.setdefault(run_path, {})[(result["space"], result["epsilon"])] = (
-            None if result["failed"] or result["phi"] is None else float(result["phi"]))
-    groups: dict[tuple, dict[int, dict]] = {}
+        if point := config_lib.parse_regime(r.regime):
+            scalings[(r.network, r.dataset)].add(point[1])
+    groups: dict[tuple, dict[int, results_lib.Run]] = {}
     # Sweep runs first, so that a sweep run at the SB or LB batch size stands for that seed.
-    for run in sorted(runs, key=lambda r: config_lib.parse_regime(r["regime"]) is None):
-        if (run["network"], run["dataset"]) not in swept:
+    for run in sorted(runs, key=lambda r: config_lib.parse_regime(r.regime) is None):
+        if (run.network, run.dataset) not in swept:
             continue
-        point = config_lib.parse_regime(run["regime"])
+        point = config_lib.parse_regime(run.regime)
         if point is not None:
             keys = [(point[1], point[0])]
-        elif run["regime"] == "sb":  # the reference batch: every scaling's factor is 1 there
-            keys = [(scaling, int(run["batch_size"])) for scaling in scalings[(run["network"], run["dataset"])]]
-        elif run["regime"] == "lb":
-            keys = [("none", int(run["batch_size"]))]
+        elif run.regime == "sb":  # the reference batch: every scaling's factor is 1 there
+            keys = [(scaling, int(run.metrics["batch_size"])) for scaling in scalings[(run.network, run.dataset)]]
+        elif run.regime == "lb":
+            keys = [("none", int(run.metrics["batch_size"]))]
         else:
             continue
         for scaling, batch in keys:
-            groups.setdefault((run["network"], run["dataset"], scaling, batch), {}).setdefault(int(run["seed"]), run)
-    measured = sorted({k for run_phis in phis.values() for k in run_phis})
+            groups.setdefault((run.network, run.dataset, scaling, batch), {}).setdefault(run.seed, run)
+    measured = sorted({key for run in runs for key in run.sharpness})
     published = {network: published_figure4(network) for network, _ in swept}  # read each CSV once
     scaling_order = list(config_lib.LR_SCALINGS)
     rows = []
     for (network, dataset, scaling, batch), by_seed in sorted(
             groups.items(), key=lambda kv: (kv[0][0], kv[0][1], scaling_order.index(kv[0][2]), kv[0][3])):
         members = list(by_seed.values())
-        ok = [r for r in members if not r["diverged"]]
-        test_mean, test_std, _ = compare.summarize([float(r["test_accuracy"]) for r in ok])
-        train_mean, train_std, _ = compare.summarize([float(r["train_accuracy"]) for r in ok])
-        regimes = sorted({r["regime"] for r in members})
-        row = {"network": network, "dataset": dataset, "data": members[0]["dataset_label"],
+        ok = [r for r in members if not r.diverged]
+        test_mean, test_std, _ = compare.summarize([float(r.metrics["test_accuracy"]) for r in ok])
+        train_mean, train_std, _ = compare.summarize([float(r.metrics["train_accuracy"]) for r in ok])
+        regimes = sorted({r.regime for r in members})
+        first = members[0].metrics
+        row = {"network": network, "dataset": dataset, "data": first["dataset_label"],
                "lr_scaling": scaling, "batch_size": batch,
-               "learning_rate": float(members[0]["resolved_config"].get("learning_rate", math.nan)),
+               "learning_rate": float(first["resolved_config"].get("learning_rate", math.nan)),
                "runs": "+".join(regimes), "seeds": len(members), "diverged": len(members) - len(ok),
                "test_mean": test_mean, "test_std": test_std,
                "train_mean": train_mean, "train_std": train_std}
         for space, epsilon in measured:  # every row gets every column (one CSV header)
-            found = [phis[r["path"]][(space, epsilon)] for r in ok
-                     if (space, epsilon) in phis.get(r["path"], {})]
+            found = [_phi(r.sharpness[(space, epsilon)].record) for r in ok if (space, epsilon) in r.sharpness]
             solved = [v for v in found if v is not None]
             key = sharpness_key(space, epsilon)
             row[key], row[key + "_std"], _ = compare.summarize(solved)
             row[key + "_failed"] = len(found) - len(solved)
             row[key + "_missing"] = len(ok) - len(found)
-        scales = [r["noise_final"] for r in ok if r.get("noise_final") is not None]
+        scales = [b for r in ok if (b := _b_simple(r, "final")) is not None]
         row["noise_scale"], row["noise_scale_std"], row["noise_scale_seeds"] = compare.summarize(scales)
         paper = published[network] if scaling == "none" else {}
-        row["paper_test_acc_pct"] = _published_at(paper.get("test_acc_pct"), batch)
-        row["paper_sharpness_eps0.001"] = _published_at(paper.get("sharpness_eps1e-3"), batch)
-        row["paper_sharpness_eps0.0005"] = _published_at(paper.get("sharpness_eps5e-4"), batch)
-        row["deviations"] = "; ".join(sorted({d for r in members for d in r["deviations"]})) or "none"
+        row["paper_test_acc_pct"] = published_at(paper.get("test_acc_pct"), batch)
+        row["paper_sharpness_eps0.001"] = published_at(paper.get("sharpness_eps1e-3"), batch)
+        row["paper_sharpness_eps0.0005"] = published_at(paper.get("sharpness_eps5e-4"), batch)
+        row["deviations"] = "; ".join(sorted({d for r in members for d in r.metrics["deviations"]})) or "none"
         rows.append(row)
     return rows
 
 
-def _b_simple(run_path, point: str) -> float | None:
-    from replication import noise
-
-    path = noise.result_path(run_path, point)
-    return storage.read_json(path).get("b_simple") if path.exists() else None
+def _phi(record) -> float | None:
+    """phi of a sharpness result, None for a failed solve."""
+    return None if record["failed"] or record["phi"] is None else float(record["phi"])
 
 
-def noise_at_x0(results_dir) -> dict[tuple[str, str], list[float]]:
+def _b_simple(run: results_lib.Run, point: str) -> float | None:
+    measurement = run.noise.get(point)
+    return measurement.record.get("b_simple") if measurement else None
+
+
+def noise_at_x0(loaded: results_lib.Results) -> dict[tuple[str, str], list[float]]:
     """{(network, data label): B_simple at x0 of each seed} from the SB runs' noise/initial.json."""
     out: dict = {}
-    for run in compare.collect(results_dir):
-        value = _b_simple(run["path"], "initial") if run["regime"] == "sb" else None
+    for run in loaded.runs:
+        value = _b_simple(run, "initial") if run.regime == "sb" else None
         if value is not None:
-            out.setdefault((run["network"], run["dataset_label"]), []).append(float(value))
+            out.setdefault((run.network, run.metrics["dataset_label"]), []).append(float(value))
     return out
 
 
@@ -215,12 +216,6 @@ def plot(rows: list[dict], stem: Path) -> tuple[Path, Path]:
     sharp_axis.set_yscale("log")
     figure.suptitle(f"{network} on {label}: Figure 4 (batch-size sweep)", fontsize=9)
     figure.tight_layout()
-    written = []
-    for suffix in (".png", ".pdf"):
-        target = stem.with_suffix(suffix)
-        with storage.atomic_path(target, suffix=suffix) as tmp:
-            # No creation date in the PDF: a rebuilt report with the same numbers is byte-identical.
-            figure.savefig(tmp, dpi=150, metadata={"CreationDate": None} if suffix == ".pdf" else None)
-        written.append(target)
+    written = storage.save_figure(figure, stem)
     pyplot.close(figure)
-    return tuple(written)
+    return written

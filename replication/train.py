@@ -9,6 +9,10 @@ One run = (network, regime, seed) -> a self-describing run directory:
         metrics.json        final numbers, stopping reason, divergence, deviations from the paper
         initial.weights.h5  x0, shared by the SB and LB runs of the trial (same SHA-256)
         final.weights.h5    the minimiser
+        iterates/epoch<N>.weights.h5  the weights at the end of epoch N, for each of the config's
+                            kept_epochs() (keep_iterates, keep_every); none unless asked
+    <results_dir>/<network>_<dataset>/x0/seed<N>.weights.h5, seed<N>.json: the trial's x0, and
+        what made it (network, dataset, batchnorm, seed, backend) with its weights' SHA-256
 
 Protocol: Adam (Keras 1 defaults: lr 1e-3, betas 0.9/0.999, epsilon 1e-8), mean cross-entropy,
 SB batch 256, LB batch 10% of the training set, SB and LB from the same x0 with fresh Adam state.
@@ -37,7 +41,15 @@ from replication import backend, data, storage
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Keys that do not change what training computes: a run directory made with other values of
 # these is still the same run.
-NON_TRAINING_KEYS = ("description", "profile", "seeds", "sharpness", "landscape", "sweep", "results_dir")
+# The remedy sections only add runs (sb-augmented, lb-conservative, ...), and each of those records
+# its remedy's settings in its own `run` entry (Config.remedy_settings), which is compared.
+NON_TRAINING_KEYS = ("description", "profile", "seeds", "sharpness", "landscape", "sweep", "results_dir",
+                     "augmentation", "conservative")
+# Keys that do not change what training computes but do change which files a run directory holds:
+# they are not in NON_TRAINING_KEYS, so a run made with other values is refused (an iterate that
+# was not kept cannot be made afterwards, and one resumed with another list would hold a mix);
+# their numbers still compare with any other run's.
+RUN_FILE_KEYS = ("keep_iterates", "keep_every")
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"]
 
 
@@ -63,24 +75,47 @@ def run_directory(config: config_lib.Config, regime: str, seed: int) -> Path:
     return trial_directory(config) / regime / f"seed{seed}"
 
 
+def iterate_path(run_dir, epoch: int) -> Path:
+    """The weights a run kept at the end of `epoch` (a plain model's, as final.weights.h5)."""
+    return Path(run_dir) / "iterates" / f"epoch{epoch}.weights.h5"
+
+
 def load_arrays(config: config_lib.Config):
     """(dataset, x_train, y_train, x_test, y_test) with the config's subsets applied."""
     dataset = data.load(config.dataset, config.data_dir)
+    config.check_subsets(len(dataset.x_train), len(dataset.x_test))
     x_train, y_train = data.subset(dataset.x_train, dataset.y_train, config.train_subset)
     x_test, y_test = data.subset(dataset.x_test, dataset.y_test, config.test_subset)
     return dataset, x_train, y_train, x_test, y_test
 
 
-def build_model(config: config_lib.Config, input_shape, num_classes: int, compiled: bool = True):
+def training_examples(config: config_lib.Config, subset: int | None):
+    """(inputs, labels): the run's training set (train_subset applied), then its first `subset`
+    examples in data.subset's fixed order: the examples f is measured on (sharpness, noise scale)."""
+    _, x_train, y_train, _, _ = load_arrays(config)
+    return data.subset(x_train, y_train, subset)
+
+
+def build_model(config: config_lib.Config, input_shape, num_classes: int, compiled: bool = True,
+                regime: str | None = None):
+    """The network (compiled with the protocol's Adam). For a remedy run's `regime` (sb-augmented,
+    lb-conservative, ...) the same network and weights, trained its way (replication/remedies.py):
+    with augmentation layers in front, or with the proximal Adam of conservative training."""
     import keras
 
-    from replication import models
+    from replication import models, remedies
 
     model = models.build(config.network, input_shape, num_classes, config.batchnorm)
+    remedy = (config_lib.parse_remedy(regime) or (None, None))[1] if regime else None
+    if remedy == "augmentation":
+        model = remedies.augmented(model, config.augmentation)
     if compiled:
+        adam = {"learning_rate": config.learning_rate, "beta_1": config.beta_1, "beta_2": config.beta_2,
+                "epsilon": config.adam_epsilon}
         model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate, beta_1=config.beta_1,
-                                            beta_2=config.beta_2, epsilon=config.adam_epsilon),
+            optimizer=(remedies.ProximalAdam(proximal_lambda=config.conservative.proximal_lambda,
+                                             inner_steps=config.conservative.inner_steps, **adam)
+                       if remedy == "conservative" else keras.optimizers.Adam(**adam)),
             loss="sparse_categorical_crossentropy",
             jit_compile=backend.keras_jit_compile(config.jit_compile),
         )
@@ -107,27 +142,32 @@ def environment(seed: int) -> dict:
     }
 
 
-def _now() -> str:
+def now() -> str:
+    """The time a result records (UTC, ISO 8601, whole seconds): env.json, bench.json."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _resolved(config: config_lib.Config, regime: str, seed: int, batch_size: int) -> dict:
-    return {**config.to_dict(),
-            "run": {"regime": regime, "seed": seed, "batch_size": batch_size, "backend": backend.name()}}
+    run = {"regime": regime, "seed": seed, "batch_size": batch_size, "backend": backend.name()}
+    if (remedy := config.remedy_settings(regime)) is not None:
+        run["remedy"] = remedy
+    return {**config.to_dict(), "run": run}
 
 
 def _check_same_config(path: Path, resolved: dict) -> None:
-    previous = config_lib.yaml.safe_load((path / "config.yaml").read_text())
+    previous = storage.read_yaml(path / "config.yaml")
     # Runs made before the JAX port name no backend: they ran on TensorFlow.
     previous.get("run", {}).setdefault("backend", "tensorflow")
+    # A key a run's config did not have yet (a run made before it existed) had its default.
+    defaults = config_lib.defaults()
     for key in sorted(set(previous) | set(resolved)):
         if key in NON_TRAINING_KEYS:
             continue
-        if previous.get(key) != resolved.get(key):
+        if previous.get(key, defaults.get(key)) != resolved.get(key):
             raise RunError(
                 f"run directory {path} was made by another config ('{key}' was "
-                f"{previous.get(key)!r}, now {resolved.get(key)!r}): use another results_dir "
-                "or delete that directory")
+                f"{previous.get(key, defaults.get(key))!r}, now {resolved.get(key)!r}): use another "
+                "results_dir or delete that directory")
 
 
 def x0_path(config: config_lib.Config, seed: int) -> Path:
@@ -138,19 +178,75 @@ def x0_path(config: config_lib.Config, seed: int) -> Path:
     return trial_directory(config) / "x0" / f"seed{seed}{suffix}.weights.h5"
 
 
-def _initial_weights(model, config, seed: int) -> Path:
-    """x0 of the trial: made once (under a lock) and shared by its SB and LB runs."""
+# What x0 depends on besides the seed, the backend and the code: the network's shapes.
+X0_KEYS = ("network", "dataset", "batchnorm")
+
+
+def x0_record_path(config: config_lib.Config, seed: int) -> Path:
+    """What made x0 and its weights' digest, beside it (x0/seed0.weights.h5 -> x0/seed0.json)."""
     path = x0_path(config, seed)
+    return path.with_name(path.name.removesuffix(".weights.h5") + ".json")
+
+
+def load_x0(model, config: config_lib.Config, seed: int, log) -> str:
+    """Give `model` the trial's x0 and return the digest of its weights.
+
+    x0 is the model's fresh weights, made once (under a lock) and shared by every run of the trial,
+    with a record of what made it. An x0 that another config made (the trial's x0 outlives a run
+    directory deleted because it was refused) or that was changed since is made anew if no run
+    directory started from it, else refused: SB and LB of a trial never start from different x0."""
+    path = x0_path(config, seed)
+    made_by = {**{key: getattr(config, key) for key in X0_KEYS}, "seed": seed, "backend": backend.name()}
+    fresh = model.get_weights()
     with storage.locked(path.with_suffix(".lock")):
-        if not path.exists():
+        problem = _x0_problem(model, path, x0_record_path(config, seed), made_by) if path.exists() else None
+        if problem is not None:
+            if users := _x0_users(config, seed, path):
+                more = f" and {len(users) - 1} more" if len(users) > 1 else ""
+                raise RunError(f"x0 file {path} {problem}, and run {users[0]}{more} started from it: "
+                               f"delete {path} and the run directories that started from it, or use "
+                               "another results_dir")
+            print(f"[{path}] {problem} and no run started from it: making it anew", file=log)
+        if problem is not None or not path.exists():
+            model.set_weights(fresh)
+            # Record first: a kill between the two leaves no x0, which is then made again.
+            storage.atomic_write_json(x0_record_path(config, seed),
+                                      {"made_by": made_by, "weights_sha256": storage.weights_digest(fresh)})
             storage.save_weights(model, path)
-    return path
+    return storage.weights_digest(model.get_weights())
+
+
+def _x0_problem(model, path: Path, record_path: Path, made_by: dict) -> str | None:
+    """Load the x0 file into `model`; None if it is the x0 `made_by` makes, else what is wrong."""
+    record = storage.read_json(record_path) if record_path.exists() else None
+    for key, value in made_by.items():
+        if record is not None and record["made_by"].get(key) != value:
+            return f"was made for {key} {record['made_by'].get(key)!r}, not {value!r}"
+    try:
+        model.load_weights(path)
+    except (OSError, ValueError, KeyError) as err:  # damaged, or made for other shapes
+        return f"cannot be loaded into this network ({(str(err).splitlines() or [type(err).__name__])[0]})"
+    digest = storage.weights_digest(model.get_weights())
+    if record is None:  # made before x0 had a record, and it fits: record it as it is
+        storage.atomic_write_json(record_path, {"made_by": made_by, "weights_sha256": digest})
+    elif digest != record["weights_sha256"]:
+        return f"holds other weights than it was made with (sha256 {digest}, made {record['weights_sha256']})"
+    return None
+
+
+def _x0_users(config: config_lib.Config, seed: int, path: Path) -> list[Path]:
+    """Run directories of the trial whose initial.weights.h5 is a copy of the x0 file at `path`."""
+    digest = storage.sha256_file(path)
+    return sorted(copy.parent for copy in trial_directory(config).glob(f"*/seed{seed}/initial.weights.h5")
+                  if storage.sha256_file(copy) == digest)
 
 
 def _reseed_dropout(model, seed: int, epoch: int) -> None:
-    """Dropout masks depend on (seed, epoch) only, so a resumed epoch draws the same masks."""
+    """Dropout masks (and a remedy run's augmentations) depend on (seed, epoch) only, so a resumed
+    epoch draws the same masks."""
     for index, layer in enumerate(model.layers):
-        generator = getattr(layer, "seed_generator", None)
+        # Dropout's seed generator, or a Keras preprocessing layer's (remedies.augmentation_layers)
+        generator = getattr(layer, "seed_generator", None) or getattr(layer, "generator", None)
         if generator is not None:
             generator.state.assign(backend.seed_state(seed * 1_000_003 + epoch * 1009 + index, generator.state))
 
@@ -185,8 +281,9 @@ def _should_stop(config: config_lib.Config, history: list[dict]) -> str | None:
 def train(config: config_lib.Config, regime: str, seed: int, log=None) -> Path:
     """Train one run (or finish an interrupted one) and return its directory.
 
-    `regime` is "sb", "lb" or a sweep run of the config ("b<batch>[-<scaling>]"), whose learning
-    rate `Config.for_regime` scales."""
+    `regime` is "sb", "lb", a sweep run of the config ("b<batch>[-<scaling>]"), whose learning
+    rate `Config.for_regime` scales, or a remedy run ("sb-augmented", "lb-conservative", ...:
+    build_model and remedies.py)."""
     log = log or sys.stderr
     if not 0 <= seed < 2 ** 32:  # NumPy's generators and Keras' seeding take 32-bit seeds
         raise config_lib.ConfigError(f"seed {seed} is out of range: use a seed in [0, 2**32)")
@@ -234,6 +331,38 @@ def check(config: config_lib.Config) -> int:
 
 
 def _train_locked(config, regime, seed, path, log, arrays, deviations) -> Path:
+    """Train under the run's lock: prepare (or resume), one epoch at a time, finish."""
+    session = _prepare(config, regime, seed, path, log, arrays)
+    while (reason := _should_stop(config, session.history)) is None:
+        _train_epoch(session)
+    return _finish(session, reason, deviations)
+
+
+@dataclasses.dataclass
+class _Session:
+    """A run in progress: what its epochs and its finish need."""
+
+    config: config_lib.Config
+    regime: str
+    seed: int
+    path: Path
+    log: object
+    arrays: tuple  # (dataset, x_train, y_train, x_test, y_test)
+    batch_size: int
+    resolved: dict
+    model: object
+    x0_digest: str
+    env: dict
+    history: list[dict]
+    objectives: tuple  # (train, test) objective.Objective
+    epoch_data: tuple  # (x, y) as backend.training_data holds them
+    started: float
+
+
+def _prepare(config, regime, seed, path, log, arrays) -> _Session:
+    """Start the run, or resume it after its last completed epoch. Each start-up file (config.yaml,
+    initial.weights.h5, env.json) is written if missing, so a run killed between two of them
+    resumes too."""
     from replication import objective
 
     dataset, x_train, y_train, x_test, y_test = arrays
@@ -242,83 +371,107 @@ def _train_locked(config, regime, seed, path, log, arrays, deviations) -> Path:
     if (path / "config.yaml").exists():
         _check_same_config(path, resolved)
     determinism = backend.setup_determinism(seed, deterministic_ops=not config.jit_compile)
-    model = build_model(config, x_train.shape[1:], dataset.num_classes)
-    model.load_weights(_initial_weights(model, config, seed))
+    model = build_model(config, x_train.shape[1:], dataset.num_classes, regime=regime)
+    x0_digest = load_x0(model, config, seed, log)
     # Keras 3 saves a compiled model's optimizer variables with its weights, learning rate included,
     # so loading x0 sets the rate of whichever run wrote x0: give this run its own (a scaled sweep
     # run's differs; test_sweep proves it takes effect).
     model.optimizer.learning_rate.assign(config.learning_rate)
-    x0_digest = storage.weights_digest(model.get_weights())
     model.optimizer.build(model.trainable_variables)  # so a checkpoint can restore Adam's state
 
-    env = {**environment(seed), **determinism, "xla": bool(model.jit_compile), "start_time": _now()}
+    env = {**environment(seed), **determinism, "xla": bool(model.jit_compile), "start_time": now()}
     if not (path / "config.yaml").exists():
         storage.atomic_write_text(path / "config.yaml", config_lib.yaml.safe_dump(resolved, sort_keys=False))
-        storage.atomic_write_bytes(path / "initial.weights.h5",
-                                   x0_path(config, seed).read_bytes())
+    if not (path / "initial.weights.h5").exists():
+        storage.atomic_write_bytes(path / "initial.weights.h5", x0_path(config, seed).read_bytes())
+    if not (path / "env.json").exists():
         storage.atomic_write_json(path / "env.json", env)
     env = {**storage.read_json(path / "env.json"), **{k: v for k, v in env.items() if k != "start_time"}}
 
     history = storage.read_csv(path / "history.csv") if (path / "history.csv").exists() else []
     if history:
-        model.load_weights(path / f"checkpoint-{len(history)}.weights.h5")
+        storage.load_weights(model, path / f"checkpoint-{len(history)}.weights.h5")
         print(f"[{path}] resuming after epoch {len(history)}", file=log)
+    objectives = (objective.Objective(model, x_train, y_train, config.eval_batch_size),
+                  objective.Objective(model, x_test, y_test, config.eval_batch_size))
+    return _Session(config, regime, seed, path, log, arrays, batch_size, resolved, model, x0_digest, env,
+                    history, objectives, backend.training_data(x_train, y_train), time.time())
 
-    train_objective = objective.Objective(model, x_train, y_train, config.eval_batch_size)
-    test_objective = objective.Objective(model, x_test, y_test, config.eval_batch_size)
-    x_epoch, y_epoch = backend.training_data(x_train, y_train)
-    tag = f"{config.network} {regime.upper()} (batch {batch_size}) seed {seed}"
-    started = time.time()
-    while (reason := _should_stop(config, history)) is None:
-        epoch = len(history)
-        tick = time.time()
-        _reseed_dropout(model, seed, epoch)
-        order = np.random.default_rng([seed, epoch]).permutation(len(x_train))
-        model.fit(**backend.epoch_inputs(x_epoch, y_epoch, order, batch_size), epochs=1,
-                  verbose=0, callbacks=_failpoint_callbacks(epoch + 1))
-        train_loss, train_acc = train_objective.evaluate()
-        test_loss, test_acc = test_objective.evaluate()
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": 100 * train_acc,
-                        "test_loss": test_loss, "test_accuracy": 100 * test_acc,
-                        "seconds": round(time.time() - tick, 3)})
-        # Checkpoint first, then history: history's length always names an existing checkpoint.
-        storage.save_weights(model, path / f"checkpoint-{epoch + 1}.weights.h5")
-        storage.atomic_write_csv(path / "history.csv", history, HISTORY_FIELDS)
-        old = path / f"checkpoint-{epoch}.weights.h5"
-        if old.exists():
-            old.unlink()
-        storage.failpoint(f"epoch:{epoch + 1}:end")
-        print(f"[{tag}] epoch {epoch + 1}/{config.epochs}: train loss {train_loss:.4f} "
-              f"acc {100 * train_acc:.2f}% | test loss {test_loss:.4f} acc {100 * test_acc:.2f}% "
-              f"({time.time() - tick:.1f} s)", file=log, flush=True)
 
+def _tag(session: _Session) -> str:
+    return (f"{session.config.network} {session.regime.upper()} (batch {session.batch_size}) "
+            f"seed {session.seed}")
+
+
+def _train_epoch(session: _Session) -> None:
+    """One epoch: shuffle and dropout masks from (seed, epoch) alone, fit, evaluate, then a
+    checkpoint and the history row that names it."""
+    config, model, path, history = session.config, session.model, session.path, session.history
+    epoch = len(history)
+    tick = time.time()
+    _reseed_dropout(model, session.seed, epoch)
+    order = np.random.default_rng([session.seed, epoch]).permutation(len(session.arrays[1]))
+    # Conservative training's outer step: each batch `inner_steps` times in a row (remedies.py).
+    remedy = (config_lib.parse_remedy(session.regime) or (None, None))[1]
+    repeat = config.conservative.inner_steps if remedy == "conservative" else 1
+    model.fit(**backend.epoch_inputs(*session.epoch_data, order, session.batch_size, repeat=repeat), epochs=1,
+              verbose=0, callbacks=_failpoint_callbacks(epoch + 1))
+    train_loss, train_acc = session.objectives[0].evaluate()
+    test_loss, test_acc = session.objectives[1].evaluate()
+    history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": 100 * train_acc,
+                    "test_loss": test_loss, "test_accuracy": 100 * test_acc,
+                    "seconds": round(time.time() - tick, 3)})
+    # Checkpoint first, then history: history's length always names an existing checkpoint.
+    storage.save_weights(model, path / f"checkpoint-{epoch + 1}.weights.h5")
+    if epoch + 1 in config.kept_epochs():  # before history: a resumed run redoes this epoch, iterate too
+        _save_plain(session, iterate_path(path, epoch + 1))
+    storage.atomic_write_csv(path / "history.csv", history, HISTORY_FIELDS)
+    old = path / f"checkpoint-{epoch}.weights.h5"
+    if old.exists():
+        old.unlink()
+    storage.failpoint(f"epoch:{epoch + 1}:end")
+    print(f"[{_tag(session)}] epoch {epoch + 1}/{config.epochs}: train loss {train_loss:.4f} "
+          f"acc {100 * train_acc:.2f}% | test loss {test_loss:.4f} acc {100 * test_acc:.2f}% "
+          f"({time.time() - tick:.1f} s)", file=session.log, flush=True)
+
+
+def _save_plain(session: _Session, target: Path) -> None:
+    """The model's weights without the optimizer's slots (a plain model loads them), atomically."""
+    dataset, x_train = session.arrays[0], session.arrays[1]
+    plain = build_model(session.config, x_train.shape[1:], dataset.num_classes, compiled=False)
+    plain.set_weights(session.model.get_weights())
+    storage.save_weights(plain, target)
+
+
+def _finish(session: _Session, reason: str, deviations: list[str]) -> Path:
+    """Final weights, env.json, then metrics.json; drop the checkpoints."""
+    config, path, history = session.config, session.path, session.history
+    dataset, x_train, _, x_test, _ = session.arrays
     final = history[-1]
     diverged = reason == "diverged"
     metrics = {
         "network": config.network, "dataset": config.dataset, "dataset_label": dataset.label,
-        "profile": config.profile, "regime": regime, "seed": seed, "batch_size": batch_size,
-        "batchnorm": config.batchnorm, "eval_batch_size": config.eval_batch_size,
-        "num_train": len(x_train), "num_test": len(x_test),
+        "profile": config.profile, "regime": session.regime, "seed": session.seed,
+        "batch_size": session.batch_size, "batchnorm": config.batchnorm,
+        "eval_batch_size": config.eval_batch_size, "num_train": len(x_train), "num_test": len(x_test),
         "epochs_run": len(history), "stopped": reason, "diverged": diverged,
         "diverged_epoch": len(history) if diverged else None,
         "train_loss": float(final["train_loss"]), "train_accuracy": float(final["train_accuracy"]),
         "test_loss": float(final["test_loss"]), "test_accuracy": float(final["test_accuracy"]),
-        "x0_sha256": x0_digest,  # of the weight values: the SB/LB pair check compares these
+        "x0_sha256": session.x0_digest,  # of the weight values: the SB/LB pair check compares these
         "deviations": deviations,
+        "kept_iterates": [epoch for epoch in config.kept_epochs() if epoch <= len(history)],
         # Where the run lives is its path, not part of what it computed: leaving results_dir out
         # makes metrics.json identical wherever the same run is made (and moved trees still load).
-        "resolved_config": {k: v for k, v in resolved.items() if k != "results_dir"},
+        "resolved_config": {k: v for k, v in session.resolved.items() if k != "results_dir"},
     }
-    # Final weights without the optimizer's slots: a plain model loads them.
-    plain = build_model(config, x_train.shape[1:], dataset.num_classes, compiled=False)
-    plain.set_weights(model.get_weights())
-    storage.save_weights(plain, path / "final.weights.h5")
-    env.update(end_time=_now(), train_seconds_this_process=round(time.time() - started, 1))
-    storage.atomic_write_json(path / "env.json", env)
+    _save_plain(session, path / "final.weights.h5")
+    session.env.update(end_time=now(), train_seconds_this_process=round(time.time() - session.started, 1))
+    storage.atomic_write_json(path / "env.json", session.env)
     storage.atomic_write_json(path / "metrics.json", metrics)  # last: its presence means "done"
     for leftover in path.glob("checkpoint-*.weights.h5"):
         leftover.unlink()
-    print(f"[{tag}] done ({reason}): {path}", file=log, flush=True)
+    print(f"[{_tag(session)}] done ({reason}): {path}", file=session.log, flush=True)
     return path
 
 
@@ -333,8 +486,8 @@ def load_run(path: str | os.PathLike) -> Run:
     resolved.pop("run")
     resolved["results_dir"] = str(path.parents[2])
     config = config_lib.from_dict(resolved, where=str(path / "config.yaml"))
-    model = build_model(config, data.INPUT_SHAPE[config.dataset], data.NUM_CLASSES[config.dataset],
-                        compiled=False)
-    model.load_weights(path / "final.weights.h5")
+    spec = data.DATASETS[config.dataset]
+    model = build_model(config, spec.input_shape, spec.num_classes, compiled=False)
+    storage.load_weights(model, path / "final.weights.h5")
     return Run(path, config, metrics, model)
 

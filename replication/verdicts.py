@@ -1,4 +1,4 @@
-"""The verdict on each of the paper's claims, from the files of a results folder.
+"""The verdict on each of the paper's claims, from a loaded results folder (`results.load`).
 
 One home for the claims' statements and the rules that judge them (VERDICT_RULES, printed in
 every report): claims 1-3 from the SB/LB tables and curves (`compare`), claim 4 from the
@@ -12,8 +12,9 @@ import math
 
 import numpy as np
 
-from replication import compare, sweep
+from replication import compare, iterates, remedy_tables, sweep  # none of them imports verdicts
 from replication import config as config_lib
+from replication import results as results_lib
 
 TRAIN_TOLERANCE_POINTS = 2.0  # "same training accuracy": the paper's own F2 differs by 1.64 points
 STEEP_FACTOR = 10.0           # "rises steeply": every published Figure 3/7 curve has a ratio >= 41
@@ -33,10 +34,11 @@ NOT_RUN = {
     4: "no batch-size sweep (Figure 4) in these results: give a config a `sweep` section "
        "(configs/sweep/, `make sweep`)",
     5: "no warm-start / piggyback runs (Figure 5) in these results; the package has no command for it yet",
-    6: "no sharpness along training iterates (Figure 6) in these results; the package has no "
-       "command for it yet",
-    7: "no augmentation / conservative / adversarial runs (Tables 6, 7) in these results; "
-       "the package has no command for them yet",
+    6: "no measured iterates (Figure 6) in these results: give a config `keep_iterates` "
+       "(configs/iterates/, `make iterates`), then `python -m replication iterates RUN_DIR`",
+    7: "no augmentation or conservative-training runs (Tables 6, 7) in these results: enable a config's "
+       "`augmentation` or `conservative` section (configs/remedies/, `make remedies`); adversarial "
+       "training is not built (the paper publishes no numbers for it)",
 }
 VERDICT_RULES = f"""\
 Each claim is judged per unit (network, or curve), then overall: every unit passes -> reproduced;
@@ -64,7 +66,7 @@ never changes it: a claim reproduced on a stand-in dataset says so.
   generalization gap); fails if neither. Needs at least 3 batch sizes with non-diverged runs;
   capped at partly reproduced if no sharpness was computed. The threshold's location is reported
   (the largest drop between consecutive batch sizes), not judged.
-- Claims 5-7: not run (no command for these experiments yet).
+{iterates.RULE}{remedy_tables.RULE}- Claim 5: not run (no command for warm starts yet).
 """
 
 
@@ -80,8 +82,9 @@ def overall(levels: list[str], cap: str | None = None) -> str:
 
 
 # Deviations that do not bear on a claim (a run's list names every later measurement's settings).
-UNRELATED = {1: ("sharpness", "parametric plots"), 2: ("parametric plots",), 3: ("sharpness",),
-             4: ("parametric plots",)}
+UNRELATED = {1: ("sharpness", "parametric plots", "iterates"), 2: ("parametric plots", "iterates"),
+             3: ("sharpness", "iterates"), 4: ("parametric plots", "iterates"), 6: ("parametric plots",),
+             7: ("parametric plots",)}
 
 
 def qualifier(records: list[dict], ignore: tuple[str, ...] = ()) -> str:
@@ -115,7 +118,7 @@ def _as_list(deviations) -> list[str]:
 
 
 def claim1(rows: list[dict], runs: list[dict] = ()) -> dict:
-    """Verdict on claim 1 from table2() rows; `runs` (collect()) give the scope (VERDICT_RULES)."""
+    """Verdict on claim 1 from table2() rows; `runs` (the runs' metrics) give the scope (VERDICT_RULES)."""
     pairs: dict = {}
     for row in rows:
         pairs.setdefault((row["network"], row["data"]), {})[row["regime"].lower()] = row
@@ -202,16 +205,38 @@ def verdict(claim: int, verdict: str, records: list[dict], evidence: list[str], 
             "reason": " | ".join(evidence) if evidence else empty}
 
 
-def verdicts(results_dir) -> list[dict]:
-    """The seven claims' verdicts from the files below `results_dir` (rules in VERDICT_RULES)."""
+def verdicts(loaded: results_lib.Results) -> list[dict]:
+    """The seven claims' verdicts on a loaded results folder (rules in VERDICT_RULES)."""
     # Claims 1-3 are about the SB/LB pair: sweep runs (and their scaled learning rates) stay out.
-    pair_runs = [r for r in compare.collect(results_dir) if r["regime"] in compare.REGIMES]
-    pair_sharpness = [r for r in compare.sharpness_results(results_dir) if r["regime"] in compare.REGIMES]
-    out = [claim1(compare.table2(results_dir), pair_runs), claim2(pair_sharpness),
-           claim3(compare.landscape_rows(results_dir)), claim4(sweep.points(results_dir))]
-    out += [{"claim": c, "statement": CLAIMS[c], "verdict": "not run", "scope": "", "reason": NOT_RUN[c]}
-            for c in (5, 6, 7)]
+    pair_runs = [r.metrics for r in loaded.runs if r.regime in compare.REGIMES]
+    pair_sharpness = [r for r in compare.sharpness_results(loaded) if r["regime"] in compare.REGIMES]
+    out = [claim1(compare.table2(loaded), pair_runs), claim2(pair_sharpness),
+           claim3(compare.landscape_rows(loaded)), claim4(sweep.points(loaded))]
+    out.append(_not_run(5))
+    out.append(claim6(iterates.rows(loaded)))
+    out.append(claim7([row for remedy in remedy_tables.TABLES for row in remedy_tables.rows(loaded, remedy)]))
     return out
+
+
+def _not_run(claim: int) -> dict:
+    return {"claim": claim, "statement": CLAIMS[claim], "verdict": "not run", "scope": "",
+            "reason": NOT_RUN[claim]}
+
+
+def claim7(rows: list[dict]) -> dict:
+    """Verdict on claim 7 from remedy_tables.rows() of both remedies (rule: remedy_tables.RULE)."""
+    levels, evidence = remedy_tables.claim7(rows)
+    if not levels:
+        return {**_not_run(7), "reason": " | ".join(evidence) or NOT_RUN[7]}
+    return verdict(7, overall(levels), rows, evidence, NOT_RUN[7])
+
+
+def claim6(rows: list[dict]) -> dict:
+    """Verdict on claim 6 from iterates.rows() (rule in VERDICT_RULES: iterates.RULE)."""
+    levels, evidence = iterates.judge(rows)
+    if not levels:
+        return {**_not_run(6), "reason": " | ".join(evidence) or NOT_RUN[6]}
+    return verdict(6, overall(levels), rows, evidence, NOT_RUN[6])
 
 
 PAPER_THRESHOLD = {"C1": 500, "F2": 15000}  # PAPER.md claim 4

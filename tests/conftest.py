@@ -45,3 +45,13 @@ def cli(*args, env=None, check=False):
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def one_error_line(code, err: str) -> str:
+    """The promise for every bad input: exit status 2 and a stderr of exactly one non-empty line,
+    "error: <problem>: <fix>". Returns that line."""
+    assert code == 2, f"exit status {code}, not 2; stderr:\n{err}"
+    lines = err.splitlines()
+    assert len(lines) == 1 and err.endswith("\n") and lines[0].startswith("error: ") and lines[0][7:].strip(), \
+        f"stderr is not one 'error: ...' line:\n{err}"
+    return lines[0]

@@ -1,8 +1,10 @@
-"""The benchmark's FLOP count in closed form, and a tiny end-to-end run that writes its files."""
+"""The benchmark's FLOP count in closed form, and a tiny run whose record must add up."""
 
+import datetime
 import json
 
-from conftest import cli
+import pytest
+
 from replication import backend, bench, models
 
 
@@ -14,27 +16,41 @@ def test_forward_flops_closed_form():
     assert bench.forward_flops(c1) == conv + 2 * (4096 * 384 + 384 * 192 + 192 * 10)
 
 
-def test_quick_bench_writes_ratios(tmp_path):
-    result = cli("bench", "--quick", "--networks", "F1", "--out", tmp_path, check=True)
+def test_bench_record_is_consistent(tmp_path, monkeypatch):
+    # Tiny sizes and one network, in this process: the record's structure and arithmetic, not speed.
+    monkeypatch.setattr(bench, "STEPS_PER_EXECUTION", 2)
+    monkeypatch.setattr(bench, "BATCHES", {"F1": {"sb": 8, "lb": 16}})
+    markdown = bench.run(tmp_path, quick=True, networks=["F1"])
     folder = tmp_path / bench.folder_name()
     record = json.loads((folder / "bench.json").read_text())
-    assert (folder / "bench.md").read_text() in result.stdout
-    assert record["backend"] == backend.name() and record["device"] == backend.device()
-    peak = record["matmul_peak_flop_per_second"]["float32"]
-    assert peak > 0 and record["training_peak"] == "float32"  # no GPU here: no TF32 peak
+    assert (folder / "bench.md").read_text() == markdown
+    assert record["backend"] == backend.name() and record["device"] == backend.device() and record["quick"]
+    datetime.datetime.fromisoformat(record["time"])
+    training_peak = "tf32" if backend.gpu_names() else "float32"  # a CPU has no TF32 peak
+    assert record["training_peak"] == training_peak
+    assert set(record["matmul_peak_flop_per_second"]) == {"float32", training_peak}
+    peak = record["matmul_peak_flop_per_second"][training_peak]
     rows = record["training"]
     # Both regimes, each with NumPy, device and training inputs, and k steps per execution.
     assert sorted((r["regime"], r["pipeline"], r["steps_per_execution"]) for r in rows) == sorted(
         (regime, pipeline, k) for regime in ("sb", "lb")
-        for pipeline, k in (("numpy", 1), ("device", 1), ("training", 1), ("training", bench.STEPS_PER_EXECUTION)))
+        for pipeline, k in (("numpy", 1), ("device", 1), ("training", 1), ("training", 2)))
+    flops = 3 * bench.forward_flops(models.build("F1", (28, 28, 1), 10, "batch_statistics"))
     for row in rows:
-        examples = row["batch_size"] * row["steps"]
-        assert abs(row["examples_per_second"] - examples / row["seconds"]) < 1e-6 * row["examples_per_second"]
-        assert abs(row["fraction_of_peak"] - row["train_flop_per_second"] / peak) < 1e-12
-        assert row["train_flop_per_second"] == 3 * bench.forward_flops(
-            models.build("F1", (28, 28, 1), 10, "batch_statistics")) * examples / row["seconds"]
+        assert "error" not in row and row["network"] == "F1" and row["steps"] == 4
+        assert row["batch_size"] == {"sb": 8, "lb": 16}[row["regime"]]
+        examples_per_second = row["batch_size"] * row["steps"] / row["seconds"]
+        assert row["examples_per_second"] == pytest.approx(examples_per_second, rel=1e-9)
+        assert row["train_flop_per_second"] == pytest.approx(flops * examples_per_second, rel=1e-9)
+        assert row["fraction_of_peak"] == pytest.approx(row["train_flop_per_second"] / peak, rel=1e-9)
+        # Positive, but not bounded above: at these tiny sizes on 2 shared cores the peak itself is a
+        # timing (measured once at 3x while other processes held the cores); ratios are not tests.
+        assert row["fraction_of_peak"] > 0
+        assert f"| {row['examples_per_second']:.0f} | {row['train_flop_per_second'] / 1e12:.3f} " \
+               f"| {row['fraction_of_peak']:.1%} |" in markdown
     assert {(r["network"], r["space"]) for r in record["sharpness"]} == {("F1", "full"), ("F1", "random")}
     for r in record["sharpness"]:
-        assert r["passes"] >= 1 and r["bare_seconds"] > 0
-        parts = r["pass_seconds"] + r["solver_seconds"] + r["glue_seconds"]
-        assert abs(parts - r["solve_seconds"]) < 1e-6
+        assert r["passes"] >= 1 and 0 < r["bare_seconds"] and 0 < r["pass_seconds"] <= r["solve_seconds"]
+        assert r["pass_seconds"] + r["solver_seconds"] + r["glue_seconds"] == pytest.approx(r["solve_seconds"])
+        assert r["glue_fraction"] == pytest.approx(r["glue_seconds"] / r["solve_seconds"])
+        assert f"| {r['solve_seconds'] / r['bare_seconds']:.2f} |" in markdown

@@ -64,3 +64,23 @@ def test_paper_profile_covers_all_six_networks():
     assert sorted(c.network for c in configs) == ["C1", "C2", "C3", "C4", "F1", "F2"]
     for c in configs:
         assert c.deviations() == [], c.network
+
+
+def test_dataset_facts_have_one_home_in_the_data_registry(capsys, monkeypatch):
+    from replication import __main__ as entry
+    from replication import data
+
+    assert config_lib.DATASETS == tuple(data.DATASETS)
+    for network, paper in config_lib.PAPER_DATASET.items():  # a network takes its paper dataset's shape
+        fits = {name for name, spec in data.DATASETS.items()
+                if (spec.input_shape, spec.num_classes) == (data.DATASETS[paper].input_shape,
+                                                             data.DATASETS[paper].num_classes)}
+        assert set(config_lib.COMPATIBLE[network]) == fits and paper in fits
+    # `python -m replication models` builds each network for what the registry says, not a copy.
+    monkeypatch.setitem(data.DATASETS, "timit", dataclasses.replace(data.DATASETS["timit"], input_shape=(39,),
+                                                                    num_classes=48))
+    assert entry.main(["models"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows.keys() == set(config_lib.NETWORKS)
+    assert rows["F2"].split()[1:3] == ["(39,)", "48"]
+    assert rows["C3"].split()[1:5] == ["(32,", "32,", "3)", "100"]

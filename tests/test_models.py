@@ -6,66 +6,51 @@ import pytest
 from replication import models
 
 
-def dense(n_in, n_out):
-    return n_in * n_out + n_out
-
-
-def conv(k, c_in, c_out):
-    return k * k * c_in * c_out + c_out
-
-
-BN = 2  # gamma and beta per feature are trainable; batch_statistics keeps no moving averages
-
-
-def f_net(n_in, depth, classes):
-    return dense(n_in, 512) + BN * 512 + (depth - 1) * (dense(512, 512) + BN * 512) + dense(512, classes)
-
-
-def c_shallow(classes):
-    # 2 x [conv 64 5x5 -> BN] ; 32 -> 16 -> 8 by the stride-2 pools, flatten 8*8*64
-    return (conv(5, 3, 64) + BN * 64 + conv(5, 64, 64) + BN * 64 + dense(8 * 8 * 64, 384) + BN * 384
-            + dense(384, 192) + BN * 192 + dense(192, classes))
-
-
-def c_vgg(classes):
-    total, c_in = 0, 3
-    for block in models.VGG_BLOCKS:
-        for filters in block:
-            total += conv(3, c_in, filters) + BN * filters
-            c_in = filters
-    return total + dense(512, 512) + BN * 512 + dense(512, classes)
-
-
-HAND = {
-    "F1": ((28, 28, 1), 10, f_net(784, 5, 10)),
-    "F2": ((360,), 1973, f_net(360, 7, 1973)),
-    "C1": ((32, 32, 3), 10, c_shallow(10)),
-    "C2": ((32, 32, 3), 10, c_vgg(10)),
-    "C3": ((32, 32, 3), 100, c_shallow(100)),
-    "C4": ((32, 32, 3), 100, c_vgg(100)),
+# Worked out by hand from appendix B and the official network_zoo.py (shallownet, deepnet), not
+# from models.py: a Dense layer has in*out + out weights, a k x k conv k*k*in*out + out, a batch
+# norm 2 per feature (gamma, beta; batch_statistics keeps no moving averages, moving_average
+# adds a moving mean and variance per feature, not trainable). No batch norm on the output layer.
+#
+# F1: 784 -> 5 x [Dense 512, BN] -> 10
+#   784*512+512 = 401_920; 4 x (512*512+512) = 4 x 262_656 = 1_050_624; BN 5 x 1024 = 5_120;
+#   512*10+10 = 5_130.  Total 1_462_794.  Moving statistics: 5 x 512 x 2 = 5_120.
+# F2: 360 -> 7 x [Dense 512, BN] -> 1973
+#   360*512+512 = 184_832; 6 x 262_656 = 1_575_936; BN 7 x 1024 = 7_168; 512*1973+1973 = 1_012_149.
+#   Total 2_780_085.  Moving statistics: 7 x 512 x 2 = 7_168.
+# C1/C3: 2 x [conv 64 5x5 'same', BN, pool 3x3 stride 2]: 32 -> 16 -> 8, flatten 8*8*64 = 4096;
+#   Dense 384, BN; Dense 192, BN; output.
+#   conv 5*5*3*64+64 = 4_864; conv 5*5*64*64+64 = 102_464; 4096*384+384 = 1_573_248;
+#   384*192+192 = 73_920; BN 2 x (64+64+384+192) = 1_408: 1_755_904 before the output layer;
+#   C1: + 192*10+10 = 1_930 -> 1_757_834.  C3: + 192*100+100 = 19_300 -> 1_775_204.
+#   Moving statistics: 1_408.
+# C2/C4: 13 convs 3x3 'same' with BN (64, 64 | 128, 128 | 256 x 3 | 512 x 3 | 512 x 3), 2x2 pools
+#   32 -> 1, flatten 512; Dense 512, BN; output.
+#   convs: 27*64+64 = 1_792; 576*64+64 = 36_928; 576*128+128 = 73_856; 1152*128+128 = 147_584;
+#   1152*256+256 = 295_168; 2 x (2304*256+256) = 2 x 590_080; 2304*512+512 = 1_180_160;
+#   5 x (4608*512+512) = 5 x 2_359_808: 14_714_688.  Conv BN 2 x 4224 features = 8_448.
+#   512*512+512 = 262_656, BN 1_024: 14_986_816 before the output layer;
+#   C2: + 512*10+10 = 5_130 -> 14_991_946.  C4: + 512*100+100 = 51_300 -> 15_038_116.
+#   Moving statistics: 2 x (4224 + 512) = 9_472.
+HAND = {  # name: (input shape, classes, trainable, moving statistics under moving_average)
+    "F1": ((28, 28, 1), 10, 1_462_794, 5_120),
+    "F2": ((360,), 1973, 2_780_085, 7_168),
+    "C1": ((32, 32, 3), 10, 1_757_834, 1_408),
+    "C2": ((32, 32, 3), 10, 14_991_946, 9_472),
+    "C3": ((32, 32, 3), 100, 1_775_204, 1_408),
+    "C4": ((32, 32, 3), 100, 15_038_116, 9_472),
 }
 
 
 @pytest.mark.parametrize("name", sorted(HAND))
 def test_parameter_counts_match_hand_counts(name):
-    shape, classes, expected = HAND[name]
-    model = models.build(name, shape, classes, "batch_statistics")
-    assert models.parameter_counts(model) == (expected, 0)
-    moving = models.build(name, shape, classes, "moving_average")
-    trainable, frozen = models.parameter_counts(moving)
-    assert trainable == expected
-    assert frozen == sum(w.shape[0] * 2 for w in moving.weights if "moving_mean" in w.path) > 0
-
-
-def test_known_totals():
-    # The F1 count spelled out: 784*512+512 + 4*(512*512+512) + 5*1024 + 512*10+10.
-    assert HAND["F1"][2] == 1_462_794
-    assert HAND["C1"][2] == 1_757_834
+    shape, classes, trainable, moving = HAND[name]
+    assert models.parameter_counts(models.build(name, shape, classes, "batch_statistics")) == (trainable, 0)
+    assert models.parameter_counts(models.build(name, shape, classes, "moving_average")) == (trainable, moving)
 
 
 @pytest.mark.parametrize("name", sorted(HAND))
 def test_output_is_a_probability_vector(name):
-    shape, classes, _ = HAND[name]
+    shape, classes, _, _ = HAND[name]
     model = models.build(name, shape, classes, "batch_statistics")
     out = np.asarray(model(np.random.default_rng(0).random((4, *shape), dtype=np.float32)))
     assert out.shape == (4, classes)

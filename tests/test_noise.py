@@ -45,6 +45,17 @@ def test_estimate_matches_the_exact_noise_scale():
     assert abs(result["trace_sigma"] * (64 - 8) / 63 - trace) > 0.05 * trace
 
 
+def test_few_batches_are_unbiased_for_the_squared_gradient_norm():
+    # |mean g|^2 over K batches overestimates |G|^2 by E[V]/K; at K = 3 that is 0.75 |G|^2 here, so
+    # subtracting V/K is what keeps the mean over seeds at |G|^2 (adding it would land near 2.5 |G|^2).
+    model, (x, y) = softmax_regression(), data()
+    _, trace, norm_sq = exact_b_simple(model, x, y)
+    correction = trace / 8 * (64 - 8) / (64 - 1) / 3  # E[V] / K at b = 8, N = 64, K = 3
+    assert correction > 0.5 * norm_sq
+    estimates = [noise.estimate(model, x, y, batch_size=8, batches=3, seed=s)["grad_norm_sq"] for s in range(40)]
+    assert np.mean(estimates) == pytest.approx(norm_sq, rel=0.4)  # ~3 standard errors of the mean
+
+
 def test_jackknife_standard_error_matches_the_spread_over_seeds():
     model, (x, y) = softmax_regression(), data()
     runs = [noise.estimate(model, x, y, batch_size=8, batches=200, seed=s) for s in range(12)]

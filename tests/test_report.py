@@ -1,14 +1,16 @@
 """Published vs produced: the comparison arithmetic on hand-made numbers, the verdict rules, and
 REPORT.md built from a hand-made results tree (files only, no training)."""
 
+import json
 import math
 import re
+import shutil
 
 import numpy as np
 import pytest
 
 from conftest import cli
-from replication import compare, report, sharpness, storage, verdicts
+from replication import compare, report, results, sharpness, storage, verdicts
 
 PNG_MAGIC, PDF_MAGIC = b"\x89PNG\r\n\x1a\n", b"%PDF-"
 ALPHAS = np.linspace(-1, 2, 25)
@@ -96,7 +98,7 @@ def test_claim3_rule_passes_the_papers_own_curves():
     for network in ("F1", "F2", "C1", "C2", "C3", "C4"):
         for path in ("linear", "curvilinear"):
             for paper_path in compare.published_figures(network, path).values():
-                paper = compare.read_curve(paper_path)
+                paper = results.read_curve(paper_path)
                 rows.append({"network": network, "dataset": "mnist", "data": "paper", "seed": 0, "path": path,
                              "rise_sb": compare.end_rise(paper, 0.0), "rise_lb": compare.end_rise(paper, 1.0),
                              "rise_ratio": math.nan, "paper_rise_ratio": math.nan})
@@ -185,7 +187,7 @@ def test_claim3_rule():
 def test_report_from_a_handmade_tree(tree):
     path = report.build(tree)
     text = path.read_text()
-    judged = {v["claim"]: v for v in verdicts.verdicts(tree)}
+    judged = {v["claim"]: v for v in verdicts.verdicts(results.load(tree))}
     assert [judged[c]["verdict"] for c in range(1, 8)] == ["reproduced"] * 3 + ["not run"] * 4
     for claim in (1, 2, 3):  # never "reproduced" on a stand-in without saying so
         assert "data other than the paper's (Fashion-MNIST (stand-in for MNIST))" in judged[claim]["scope"]
@@ -211,7 +213,7 @@ def test_report_from_a_handmade_tree(tree):
     # The figure distance: our bowl against the paper's F1 curve, computed by hand.
     figures = storage.read_csv(tree / "tables" / "figures.csv")
     ours = landscape_curve()
-    paper = compare.read_curve(compare.published_figures("F1", "linear")["paper Figure 3"])
+    paper = results.read_curve(compare.published_figures("F1", "linear")["paper Figure 3"])
     expected = np.mean(np.abs(ours["test_acc_pct"] - paper["test_acc_pct"]))
     assert float(figures[0]["mad_test_acc_pct"]) == pytest.approx(expected)
     assert float(figures[0]["rise_ratio"]) == pytest.approx(100.0)
@@ -225,7 +227,7 @@ def test_report_without_optional_results(tmp_path):
     write_run(root, "lb", 0, 99.0, 89.0)
     text = report.build(root).read_text()
     assert "## Table 3" not in text and "## Figures 3 and 7" not in text
-    judged = {v["claim"]: v["verdict"] for v in verdicts.verdicts(root)}
+    judged = {v["claim"]: v["verdict"] for v in verdicts.verdicts(results.load(root))}
     assert judged == {1: "partly reproduced", 2: "not run", 3: "not run", 4: "not run", 5: "not run",
                         6: "not run", 7: "not run"}
 
@@ -242,3 +244,115 @@ def test_report_cli(tree, tmp_path):
     assert result.stdout.strip() == str(tree / "REPORT.md")
     result = cli("report", tmp_path / "nowhere")
     assert result.returncode == 2 and "error:" in result.stderr and "nowhere" in result.stderr
+
+
+# One view of a results folder: read once, and never two protocols averaged ---------------------------
+def edit_json(path, update):
+    """Rewrite the JSON file at `path` with `update(record)` applied."""
+    record = storage.read_json(path)
+    update(record)
+    storage.atomic_write_json(path, record)
+
+
+def run_dir(root, regime, seed):
+    return root / "F1_fashion_mnist" / regime / f"seed{seed}"
+
+
+@pytest.mark.parametrize("regime, seed, key, ours, theirs", [
+    ("sb", 1, "epochs", "100", "5"),                    # one seed trained for other epochs
+    ("lb", 0, "learning_rate", "0.001", "0.01"),        # an SB/LB pair made with different --set values
+    ("lb", 1, "backend", "'tensorflow'", "'jax'"),      # one run on the other backend
+])
+def test_runs_of_another_protocol_are_refused(tree, capsys, regime, seed, key, ours, theirs):
+    from replication import __main__ as entry
+
+    changed = run_dir(tree, regime, seed)
+    if key == "backend":
+        edit_json(changed / "env.json", lambda env: env.update(backend="jax"))
+    else:
+        edit_json(changed / "metrics.json", lambda m: m["resolved_config"].update({key: json.loads(theirs)}))
+    # The first run (lb/seed0) is the reference; when it is the changed one, the next run differs from it.
+    other = run_dir(tree, "lb", 1) if changed == run_dir(tree, "lb", 0) else run_dir(tree, "lb", 0)
+    if changed == run_dir(tree, "lb", 0):
+        ours, theirs = theirs, ours
+    code = entry.main(["report", str(tree)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert str(changed) in err and str(other) in err
+    assert f"'{key}' is {ours} in the first, {theirs} in the second" in err
+    assert "delete one set, or put them in separate results_dir" in err
+    assert not (tree / "REPORT.md").exists()
+
+
+def test_diverged_runs_are_counted_not_averaged(tree):
+    # A third SB seed that diverged at 10% accuracy, its sharpness measured anyway.
+    phis = {("full", 1e-3): 1e6, ("full", 5e-4): 1e6, ("random", 1e-3): 1e6, ("random", 5e-4): 1e6}
+    diverged = write_run(tree, "sb", 2, 10.0, 10.0, phis)
+    edit_json(diverged / "metrics.json", lambda m: m.update(diverged=True, diverged_epoch=3))
+    loaded = results.load(tree)
+    sb = next(r for r in compare.table2(loaded) if r["regime"] == "SB")
+    assert (sb["seeds"], sb["diverged"]) == (3, 1)
+    assert sb["test_mean"] == pytest.approx((90.0 + 90.2) / 2) and sb["train_mean"] == pytest.approx(99.6)
+    for space, phi in (("full", 2.0), ("random", 0.09)):  # the finished seeds' phi at eps 1e-3
+        row = next(r for r in compare.table_sharpness(loaded, space) if r["regime"] == "SB")
+        assert (row["seeds"], row["diverged"], row["eps1e-3_solved"]) == (3, 1, 2)
+        assert row["eps1e-3_mean"] == pytest.approx(phi)
+    text = report.build(tree).read_text()
+    assert "| F1 | Fashion-MNIST (stand-in for MNIST) | SB | 256 | 3 (1) |" in text
+
+
+def test_report_reads_each_result_file_once(tree, monkeypatch):
+    reads = {}
+    read_json, read_csv = storage.read_json, storage.read_csv
+
+    def counted(reader):
+        def read(path):
+            reads[str(path)] = reads.get(str(path), 0) + 1
+            return reader(path)
+        return read
+
+    monkeypatch.setattr(storage, "read_json", counted(read_json))
+    monkeypatch.setattr(storage, "read_csv", counted(read_csv))
+    report.build(tree)
+    run_files = [p for name in ("metrics.json", "env.json", "history.csv", "sharpness/*.json")
+                 for p in tree.glob(f"F1_fashion_mnist/*/seed*/{name}")]
+    assert len(run_files) == 4 * 3 + 4 * 4  # 4 runs, each with 4 sharpness results
+    assert {str(p): reads.get(str(p), 0) for p in run_files} == {str(p): 1 for p in run_files}
+    curves = list(tree.glob("F1_fashion_mnist/landscape/*.csv"))
+    assert curves and all(reads[str(p)] == 1 for p in curves)
+
+
+def test_measurements_that_do_not_match_are_refused(tree):
+    sb1 = run_dir(tree, "sb", 1)
+    curve = tree / "F1_fashion_mnist" / "landscape" / "seed0_linear"
+    cases = [  # (file, change, what the one-line error must say)
+        (sb1 / "sharpness" / "full_eps0.001.json", lambda r: r.update(iterations=5),
+         r"full_eps0.001.json and .*sb/seed1/sharpness/full_eps0.001.json were measured with different "
+         r"settings \('iterations' is 10 in the first, 5 in the second\)"),
+        (sb1 / "sharpness" / "random_eps0.001.json", lambda r: r.update(p=50),
+         r"'p' is 100 in the first, 50 in the second"),
+        (sb1 / "sharpness" / "full_eps0.001.json", lambda r: r.update(run_seed=0),
+         r"sb/seed1/sharpness/full_eps0.001.json is not a measurement of the run it lies in \('seed' is 0 there, "
+         r"1 in .*sb/seed1/metrics.json\)"),
+        (curve.with_suffix(".json"), lambda m: m.update(x0_sha256="x0-other"),
+         r"seed0_linear.csv was computed with x0_sha256 'x0-other', but its SB run .*sb/seed0 has 'x0-0'"),
+        (curve.with_suffix(".json"), lambda m: m["settings"].update(batchnorm="moving_average"),
+         r"seed0_linear.csv was computed with batchnorm 'moving_average', but its SB run"),
+    ]
+    for path, change, message in cases:
+        before = path.read_bytes()
+        edit_json(path, change)
+        with pytest.raises(results.ResultsError, match=message):
+            results.load(tree)
+        path.write_bytes(before)
+    results.load(tree)  # restored: accepted
+    storage.atomic_write_json(sb1 / "noise" / "initial.json", {  # B_simple at x0 of another x0
+        "network": "F1", "regime": "sb", "run_seed": 1, "batchnorm": "batch_statistics", "b_simple": 100.0,
+        "settings": {"point": "initial", "weights_digest": "x0-0"}})
+    with pytest.raises(results.ResultsError, match=r"initial.json is not a measurement .*'x0' is 'x0-0' there"):
+        results.load(tree)
+    (sb1 / "noise" / "initial.json").unlink()
+    shutil.rmtree(run_dir(tree, "lb", 0))  # a curve whose LB run is not in the folder
+    with pytest.raises(results.ResultsError, match=r"seed0_curvilinear.csv was computed from runs that are "
+                                                   r"not finished in this folder \(.*lb/seed0\): delete"):
+        results.load(tree)

@@ -9,7 +9,7 @@ import yaml
 
 from conftest import cli
 from replication import config as config_lib
-from replication import report, storage, sweep, train, verdicts
+from replication import report, results, storage, sweep, train, verdicts
 from test_report import PDF_MAGIC, PNG_MAGIC, write_run
 
 
@@ -44,6 +44,10 @@ def test_learning_rate_scaling_has_the_closed_form():
 
 
 # Points and claim 4 from a hand-made tree ----------------------------------------------------------
+def points(root):
+    return sweep.points(results.load(root))
+
+
 def write_point(root, regime, seed, batch, test_acc, phi, network="F1", train_acc=99.0, diverged=False,
                 measured=True):
     """A finished run of `regime` at `batch` with full-space sharpness `phi` at eps 1e-3."""
@@ -74,7 +78,7 @@ def swept(tmp_path):
 
 
 def test_points_average_seeds_and_count_failures(swept):
-    rows = sweep.points(swept)
+    rows = points(swept)
     unscaled = [r for r in rows if r["lr_scaling"] == "none"]
     assert [r["batch_size"] for r in unscaled] == [64, 256, 1024, 6000]
     assert [r["runs"] for r in unscaled] == ["b64", "sb", "b1024", "lb"]
@@ -90,7 +94,7 @@ def test_points_average_seeds_and_count_failures(swept):
 
 
 def test_claim4_passes_a_falling_accuracy_and_rising_sharpness(swept):
-    verdict = verdicts.claim4(sweep.points(swept))
+    verdict = verdicts.claim4(points(swept))
     assert verdict["verdict"] == "reproduced", verdict
     assert "test accuracy rho -1.00" in verdict["reason"] and "full-space sharpness, eps 0.001: rho +1.00" in verdict["reason"]
     assert "largest test-accuracy drop 3.50 points between batch 1024 and 6000" in verdict["reason"]
@@ -101,15 +105,15 @@ def test_claim4_fails_flat_curves_and_needs_three_batch_sizes(tmp_path):
     root = tmp_path / "flat"
     for regime, batch in (("b64", 64), ("sb", 256), ("b1024", 1024), ("lb", 6000)):
         write_point(root, regime, 0, batch, 90.0 + batch / 1e4, 50.0 - batch / 1e3)
-    assert verdicts.claim4(sweep.points(root))["verdict"] == "not reproduced"
+    assert verdicts.claim4(points(root))["verdict"] == "not reproduced"
     partial = tmp_path / "partial"
     for regime, batch in (("b64", 64), ("sb", 256), ("lb", 6000)):
         write_point(partial, regime, 0, batch, 90.0 - batch / 1e3, 10.0)  # accuracy falls, sharpness flat
-    assert verdicts.claim4(sweep.points(partial))["verdict"] == "partly reproduced"
+    assert verdicts.claim4(points(partial))["verdict"] == "partly reproduced"
     few = tmp_path / "few"
     write_point(few, "b64", 0, 64, 90.0, 1.0)
     write_point(few, "sb", 0, 256, 89.0, 2.0)
-    verdict = verdicts.claim4(sweep.points(few))
+    verdict = verdicts.claim4(points(few))
     assert verdict["verdict"] == "not run" and "2 batch sizes with results, at least 3 are needed" in verdict["reason"]
 
 
@@ -118,23 +122,23 @@ def test_claim4_is_capped_by_under_training_missing_sharpness_and_divergence(tmp
     root = tmp_path / "undertrained"
     for regime, batch, test, phi in falling:
         write_point(root, regime, 0, batch, test, phi, train_acc=99.0 - batch / 1000)  # train falls 5.9 points
-    verdict = verdicts.claim4(sweep.points(root))
+    verdict = verdicts.claim4(points(root))
     assert verdict["verdict"] == "partly reproduced" and "not only a generalization gap" in verdict["reason"]
     unmeasured = tmp_path / "unmeasured"
     for regime, batch, test, phi in falling:
         write_point(unmeasured, regime, 0, batch, test, phi, measured=(regime != "b64"))
-    rows = sweep.points(unmeasured)  # b64 has no sharpness file: its columns are there, empty
+    rows = points(unmeasured)  # b64 has no sharpness file: its columns are there, empty
     assert rows[0]["sharpness_full_eps0.001_missing"] == 1 and math.isnan(rows[0]["sharpness_full_eps0.001"])
     assert report.build(unmeasured).exists()  # one CSV header for rows with and without sharpness
     none_measured = tmp_path / "none_measured"
     for regime, batch, test, phi in falling:
         write_point(none_measured, regime, 0, batch, test, phi, measured=False)
-    verdict = verdicts.claim4(sweep.points(none_measured))
+    verdict = verdicts.claim4(points(none_measured))
     assert verdict["verdict"] == "partly reproduced" and "sharpness not computed" in verdict["reason"]
     diverged = tmp_path / "diverged"
     for regime, batch, test, phi in falling[1:]:
         write_point(diverged, regime, 0, batch, test, phi, diverged=(regime == "lb"))
-    verdict = verdicts.claim4(sweep.points(diverged))
+    verdict = verdicts.claim4(points(diverged))
     assert verdict["verdict"] == "not run"
     assert "2 batch sizes with results" in verdict["reason"] and "every seed diverged at batch 6000" in verdict["reason"]
 
@@ -154,17 +158,17 @@ def test_no_sweep_means_no_points_and_claim4_not_run(tmp_path):
     root = tmp_path / "pairs"
     write_run(root, "sb", 0, 99.0, 90.0)
     write_run(root, "lb", 0, 99.0, 88.0)
-    assert sweep.points(root) == []
-    assert verdicts.verdicts(root)[3]["verdict"] == "not run"
+    assert points(root) == []
+    assert verdicts.verdicts(results.load(root))[3]["verdict"] == "not run"
 
 
 def test_published_figure4_is_read_and_interpolated():
     curves = sweep.published_figure4("C1")
     assert set(curves) == set(sweep.FIGURE4_COLUMNS)
     acc = curves["test_acc_pct"]
-    assert sweep._published_at(acc, 100) == pytest.approx(79.06)      # the first published point
-    assert sweep._published_at(acc, 5000) == pytest.approx(75.67)     # the last
-    assert math.isnan(sweep._published_at(acc, 50)) and math.isnan(sweep._published_at(acc, 6000))
+    assert sweep.published_at(acc, 100) == pytest.approx(79.06)      # the first published point
+    assert sweep.published_at(acc, 5000) == pytest.approx(75.67)     # the last
+    assert math.isnan(sweep.published_at(acc, 50)) and math.isnan(sweep.published_at(acc, 6000))
     assert sweep.published_figure4("F1") == {}
 
 
@@ -184,7 +188,7 @@ def test_report_has_the_figure4_section_and_files(swept):
     report.build(swept)
     assert all(p.read_bytes() == b for p, b in before.items())
     # Claims 1-2 ignore the sweep: the scaled run's learning rate is no deviation of theirs.
-    judged = verdicts.verdicts(swept)
+    judged = verdicts.verdicts(results.load(swept))
     assert "Adam" not in judged[0]["reason"] and "Adam" not in judged[1]["reason"]
     assert "Adam" not in judged[3]["reason"]  # claim 4 is judged on the unscaled curve only
 

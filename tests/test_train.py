@@ -1,7 +1,10 @@
 """The SB/LB protocol end to end on generated data: run directories, determinism, resumption,
 divergence and concurrency. Subprocess tests SIGKILL real runs through storage.failpoint."""
 
+import io
 import json
+import re
+import shutil
 import subprocess
 import sys
 
@@ -60,7 +63,9 @@ def test_same_seed_is_bit_identical_and_other_seed_differs(tiny_config, tmp_path
     b = train.train(config_lib.load(tiny_config(results_dir=str(tmp_path / "b"))), "sb", 0)
     assert_same_run(a, b)
     c = train.train(config_lib.load(tiny_config(results_dir=str(tmp_path / "c"), seeds=[1])), "sb", 1)
-    assert storage.read_json(c / "metrics.json")["train_loss"] != storage.read_json(a / "metrics.json")["train_loss"]
+    m_a, m_c = (storage.read_json(r / "metrics.json") for r in (a, c))
+    assert m_c["train_loss"] != m_a["train_loss"]
+    assert m_c["x0_sha256"] != m_a["x0_sha256"]  # the digest the pair check compares tells x0s apart
 
 
 def test_finished_run_is_not_redone_and_other_config_is_refused(tiny_config, capsys):
@@ -74,6 +79,14 @@ def test_finished_run_is_not_redone_and_other_config_is_refused(tiny_config, cap
     other = config_lib.load(path, ["sb_batch_size=16"])
     with pytest.raises(train.RunError, match=r"made by another config \('run' was .*use another results_dir"):
         train.train(other, "sb", 0)
+    # Every key that changes what training computes is refused by name, the optimizer's included.
+    for edit, key, was in (("learning_rate=0.002", "learning_rate", "0.001"), ("beta_1=0.8", "beta_1", "0.9"),
+                           ("adam_epsilon=1e-7", "adam_epsilon", "1e-08"), ("epochs=3", "epochs", "2"),
+                           ("batchnorm=moving_average", "batchnorm", "'batch_statistics'")):
+        with pytest.raises(train.RunError, match=rf"\('{key}' was {re.escape(was)}, now "):
+            train.train(config_lib.load(path, [edit]), "sb", 0)
+    # Keys that do not (a description, the measurement sections) leave the run finished.
+    assert train.train(config_lib.load(path, ["description=edited", "sharpness.iterations=3"]), "sb", 0) == run
 
 
 def test_plateau_stopping_is_explicit(tiny_config):
@@ -90,8 +103,79 @@ def test_divergence_is_recorded(tiny_config):
     assert metrics["diverged_epoch"] == metrics["epochs_run"] <= 3
 
 
-KILL_POINTS = ["epoch:1:mid", "epoch:1:end", "epoch:2:mid", "write:history.csv",
-               "write:checkpoint-2.weights.h5", "write:final.weights.h5", "write:metrics.json"]
+def test_divergence_stops_the_run_at_the_epoch_the_loss_becomes_non_finite(tiny_config, monkeypatch):
+    from replication import objective
+
+    evaluate, calls = objective.Objective.evaluate, []
+
+    def non_finite_from_epoch_2(self):  # each epoch evaluates train, then test: call 3 is epoch 2's
+        calls.append(self)
+        loss, accuracy = evaluate(self)
+        return (float("nan") if len(calls) >= 3 else loss), accuracy
+
+    monkeypatch.setattr(objective.Objective, "evaluate", non_finite_from_epoch_2)
+    run = train.train(config_lib.load(tiny_config(epochs=5)), "sb", 0)
+    metrics = storage.read_json(run / "metrics.json")
+    assert (metrics["stopped"], metrics["epochs_run"], metrics["diverged_epoch"]) == ("diverged", 2, 2)
+    assert len(storage.read_csv(run / "history.csv")) == 2 and len(calls) == 4
+
+
+def test_x0_another_config_left_behind_is_made_anew_unless_a_run_started_from_it(tiny_config):
+    path = tiny_config()
+    sb = train.train(config_lib.load(path), "sb", 0)
+    edited = config_lib.load(path, ["batchnorm=moving_average"])  # other weights: moving statistics
+    with pytest.raises(train.RunError, match="'batchnorm' was 'batch_statistics'.*delete that directory"):
+        train.train(edited, "sb", 0)
+    shutil.rmtree(sb)  # as the refusal advises; the trial's x0 stays behind
+    log = io.StringIO()
+    train.train(edited, "sb", 0, log=log)
+    assert "was made for batchnorm 'batch_statistics', not 'moving_average' and no run started from it: " \
+           "making it anew" in log.getvalue()
+    assert storage.read_json(train.x0_record_path(edited, 0))["made_by"]["batchnorm"] == "moving_average"
+    # The new SB run started from that x0: the old config's LB is refused, not given another x0.
+    x0 = train.x0_path(edited, 0)
+    with pytest.raises(train.RunError) as refused:
+        train.train(config_lib.load(path), "lb", 0)
+    assert str(refused.value) == (
+        f"x0 file {x0} was made for batchnorm 'moving_average', not 'batch_statistics', and run {sb} "
+        f"started from it: delete {x0} and the run directories that started from it, or use another results_dir")
+    assert not train.run_directory(edited, "lb", 0).exists()
+
+
+def test_an_x0_made_before_x0_had_a_record_is_kept(tiny_config):
+    config = config_lib.load(tiny_config())
+    sb = train.train(config, "sb", 0)
+    train.x0_record_path(config, 0).unlink()
+    lb = train.train(config, "lb", 0)
+    assert (sb / "initial.weights.h5").read_bytes() == (lb / "initial.weights.h5").read_bytes()
+    record = storage.read_json(train.x0_record_path(config, 0))
+    assert record["weights_sha256"] == storage.read_json(sb / "metrics.json")["x0_sha256"]
+
+
+def test_a_changed_x0_is_detected_and_made_anew(tiny_config):
+    import h5py
+
+    config = config_lib.load(tiny_config())
+    sb = train.train(config, "sb", 0)
+    with h5py.File(train.x0_path(config, 0), "r+") as handle:  # one weight changed: the file still loads
+        name = next(name for name, w in weights(train.x0_path(config, 0)) if w.ndim == 2)
+        handle[name][0, 0] += 1.0
+    log = io.StringIO()
+    lb = train.train(config, "lb", 0, log=log)
+    # LB starts from the x0 SB started from, not from the changed file.
+    for (name_sb, w_sb), (name_lb, w_lb) in zip(weights(sb / "initial.weights.h5"), weights(lb / "initial.weights.h5")):
+        assert name_sb == name_lb
+        np.testing.assert_array_equal(w_sb, w_lb)
+    assert "holds other weights than it was made with" in log.getvalue()
+    m_sb, m_lb = (storage.read_json(r / "metrics.json") for r in (sb, lb))
+    assert m_sb["x0_sha256"] == m_lb["x0_sha256"]
+
+
+# The start-up writes (the trial's x0, named per backend, then the run's initial copy and env.json), mid-epoch and
+# end-of-epoch, each file written during training and at the finish.
+KILL_POINTS = ["write:<x0>", "write:initial.weights.h5", "write:env.json", "epoch:1:mid",
+               "epoch:1:end", "epoch:2:mid", "write:history.csv", "write:checkpoint-2.weights.h5",
+               "write:final.weights.h5", "write:metrics.json"]
 
 
 @pytest.fixture(scope="module")
@@ -119,13 +203,14 @@ def test_killed_run_resumes_to_identical_results(network, point, tmp_path, refer
     dataset = "synthetic_mnist" if network == "F1" else "synthetic_cifar10"
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({**_tiny(network, dataset), "results_dir": str(tmp_path / "r")}))
+    point = point.replace("<x0>", train.x0_path(config_lib.load(path), 0).name)
     args = ("train", path, "--seed", "0", "--regime", "sb")
     killed = cli(*args, env={storage.FAILPOINT_VARIABLE: point})
     assert killed.returncode == -9, killed.stderr
     run = tmp_path / "r" / f"{network}_{dataset}" / "sb" / "seed0"
     assert not (run / "metrics.json").exists()
-    # What a killed run leaves is never a partial file under a final name.
-    for p in run.iterdir():
+    # What a killed run leaves (in its directory, or the trial's x0) is never a partial file under a final name.
+    for p in (tmp_path / "r").rglob("*"):
         if p.name.endswith(".csv"):
             storage.read_csv(p)
         if p.name.endswith(".json"):

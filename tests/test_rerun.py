@@ -1,0 +1,54 @@
+"""`python -m replication diff`: a rerun's results folder against the committed one (CI runs it
+after regenerating the quick profile). Every number counts; times and environments do not."""
+
+import json
+
+from replication import rerun
+
+
+def _folder(root, phi=35.25, seconds=1.0, device="CPU (AMD EPYC, 2 cores)"):
+    run = root / "F1_fashion_mnist" / "sb" / "seed0"
+    (run / "sharpness").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"test_accuracy": 89.47, "diverged": False,
+                                                  "wall_seconds": seconds, "run": str(run)}))
+    (run / "env.json").write_text(json.dumps({"device": device, "start_time": str(seconds)}))
+    (run / "history.csv").write_text(f"epoch,train_loss,seconds\n1,0.25,{seconds}\n")
+    (run / "sharpness" / "full_eps0.001.json").write_text(json.dumps({"phi": phi, "solves": [{"phi": phi}]}))
+    return root
+
+
+def test_identical_numbers_reproduce_and_times_do_not_count(tmp_path, capsys):
+    first = _folder(tmp_path / "a")
+    second = _folder(tmp_path / "b", seconds=7.5)
+    (second / "F1_fashion_mnist" / "sb" / "seed0" / "evaluations").mkdir()
+    (second / "F1_fashion_mnist" / "sb" / "seed0" / "evaluations" / "jax.json").write_text("{}")
+    assert rerun.main(first, second) == 0
+    assert "reproduced: every number of the 4 result files" in capsys.readouterr().out
+
+
+def test_a_last_bit_or_a_missing_file_is_not_reproduced(tmp_path, capsys):
+    first = _folder(tmp_path / "a")
+    second = _folder(tmp_path / "b", phi=35.25 * (1 + 2**-50))
+    (second / "F1_fashion_mnist" / "sb" / "seed0" / "history.csv").unlink()
+    assert rerun.main(first, second) == 1
+    out = capsys.readouterr().out
+    assert "full_eps0.001.json.phi: 35.25 vs" in out and "solves[0].phi" in out
+    assert "history.csv: only in" in out and "NOT reproduced: 3 difference(s)" in out
+    assert rerun.main(first, second, rtol=1e-12) == 1  # within the tolerance; the missing file still counts
+    assert "NOT reproduced: 1 difference(s)" in capsys.readouterr().out
+
+
+def test_other_device_lists_differences_without_judging(tmp_path, capsys):
+    first = _folder(tmp_path / "a")
+    second = _folder(tmp_path / "b", phi=40.0, device="CPU (Intel Xeon, 2 cores)")
+    assert rerun.main(first, second) == 0
+    out = capsys.readouterr().out
+    assert "phi: 35.25 vs 40.0" in out and "not judged" in out and "Intel Xeon" in out
+
+
+def test_missing_folder_is_one_line(tmp_path):
+    from tests.conftest import cli
+
+    result = cli("diff", tmp_path / "nothing", tmp_path / "nothing2")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "holds no result files" in result.stderr
