@@ -13,27 +13,12 @@ import pytest
 import yaml
 
 from conftest import ROOT, TINY, cli
+from test_train import assert_same_run  # metrics.json byte for byte, weights bit for bit
 from replication import backend, compare, pipeline, remedy_tables, results, sharpness, storage, train
 from replication import config as config_lib
 
 IMAGE_NETWORKS = {"F1": ((28, 28, 1), 10), "C1": ((32, 32, 3), 10), "C2": ((32, 32, 3), 10),
                   "C3": ((32, 32, 3), 100), "C4": ((32, 32, 3), 100)}
-
-
-def _weights(path):
-    import h5py
-
-    out = []
-    with h5py.File(path, "r") as handle:
-        handle.visititems(lambda name, obj: out.append((name, obj[()])) if hasattr(obj, "shape") else None)
-    return out
-
-
-def assert_same_run(a, b):
-    assert (a / "metrics.json").read_bytes() == (b / "metrics.json").read_bytes()
-    for (name_a, wa), (name_b, wb) in zip(_weights(a / "final.weights.h5"), _weights(b / "final.weights.h5")):
-        assert name_a == name_b
-        np.testing.assert_array_equal(wa, wb)
 
 
 def _config(tmp_path, name="r", **overrides):
