@@ -1,9 +1,11 @@
 # One command per job. `make test` runs the tests; `make quick` the CPU profile end to end;
 # `make sweep` the batch-size sweep (Figure 4) on the CPU; `make iterates` sharpness along the
-# iterates of SB and LB (Figure 6) on the CPU; `make remedies` conservative training (Table 7, F1,
-# CPU) and data augmentation (Table 6, C1: GPU or a long CPU run) beside plain SB and LB;
-# `make reproduce` the paper profile (GPU; every run is a file target, so `make -j N` runs them in
-# parallel and a rerun skips what is done); `make paper-gpu` C1 at the paper's protocol under JAX;
+# iterates of SB and LB (Figure 6) and LB warm-started from them (Figure 5) on the CPU;
+# `make remedies` conservative training (Table 7, F1) and data augmentation (Table 6, C1 on 10000
+# images) beside plain SB and LB, on the CPU;
+# `make reproduce` the paper profile and the warm-start one (GPU; every run is a file target, so
+# `make -j N` runs them in parallel and a rerun skips what is done); `make warmstart` Figure 5 at
+# the paper's protocol alone (GPU); `make paper-gpu` C1 at the paper's protocol under JAX;
 # `make report` rebuilds reports from existing results.
 #
 # Interpreter: by default a .venv made from requirements.txt. `make <target> PY=python3` uses that
@@ -20,7 +22,7 @@ endif
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONUNBUFFERED := 1
 
-.PHONY: test test-jax quick verify-quick hessian-quick sweep iterates remedies reproduce paper-gpu official official-cpu report bench
+.PHONY: test test-jax quick verify-quick hessian-quick sweep iterates remedies reproduce warmstart paper-gpu official official-cpu report bench batch-size-report
 .DELETE_ON_ERROR:
 
 $(VENV)/.installed: requirements.txt
@@ -36,7 +38,9 @@ test: $(SETUP)
 # everything under TensorFlow, and test_backend compares the two.
 JAX_TESTS := tests/test_backend.py tests/test_sharpness.py tests/test_noise.py tests/test_train.py \
              tests/test_landscape.py tests/test_errors.py tests/test_data.py tests/test_hessian.py \
-             tests/test_reparametrize.py tests/test_remedies.py
+             tests/test_reparametrize.py tests/test_remedies.py tests/test_filter_landscape.py \
+             tests/test_batchsize.py tests/test_ghost_batchnorm.py \
+             tests/test_warmstart.py
 test-jax: $(SETUP)
 	KERAS_BACKEND=jax $(PY) -m pytest -q $(JAX_TESTS)
 
@@ -60,6 +64,9 @@ endif
 ifneq ($(filter reproduce,$(MAKECMDGOALS)),)
 include .cache/paper.mk
 endif
+ifneq ($(filter warmstart reproduce,$(MAKECMDGOALS)),)
+include .cache/warmstart.mk
+endif
 ifneq ($(filter paper-gpu,$(MAKECMDGOALS)),)
 include .cache/paper-gpu.mk
 endif
@@ -74,7 +81,8 @@ quick: quick-all
 sweep: sweep-all
 iterates: iterates-all
 remedies: remedies-all
-reproduce: paper-all
+reproduce: paper-all warmstart-all
+warmstart: warmstart-all
 paper-gpu: paper-gpu-all
 official: official-all
 official-cpu: official-cpu-all
@@ -93,12 +101,22 @@ verify-quick: $(SETUP)
 	mkdir -p .cache/committed && git archive HEAD results/quick | tar -x -C .cache/committed
 	$(PY) -m replication diff .cache/committed/results/quick results/quick
 
-# Beyond Metric 2.1 (Hessian top eigenvalue and trace, spread over draws, Dinh et al.'s
-# reparametrisations) on the quick profile's finished runs: about 5 min per F1 run on 2 CPU cores,
-# so not part of `make quick`. Needs the runs' weights (train them with make quick first).
+# Beyond Metric 2.1 (Hessian top eigenvalue and trace, spread over draws, filter-normalised slices
+# (Li et al. 2018), Dinh et al.'s reparametrisations) on the quick profile's finished runs: about
+# 6 min per F1 run on 2 CPU cores, so not part of `make quick` (the paper profiles measure it per
+# run: `hessian.enabled` in configs/paper/*.yaml). Needs the runs' weights (make quick first);
+# `make report` then adds the section "Do SB and LB minimisers differ by every measure?".
 hessian-quick: $(SETUP)
 	@test -n "$(wildcard results/quick/*/*/seed*/final.weights.h5)" || { echo "error: no weights under results/quick: run make verify-quick (or delete results/quick and run make quick) first"; exit 2; }
 	$(PY) -m replication hessian $(patsubst %/final.weights.h5,%,$(wildcard results/quick/*/*/seed*/final.weights.h5))
 
 bench: $(SETUP)
 	$(PY) -m replication bench --out results/bench
+
+# How to choose the batch size (issue 13): steps to a target against the batch size with the
+# learning rate tuned per batch, the critical batch size and the noise scale; one page in the
+# config's results_dir. Default: F1 on the CPU; BATCH_SIZE_CONFIG=configs/batch-size-gpu/c1.yaml
+# (or c2.yaml) on a GPU under JAX. Trains what is missing (resumable), then writes the report.
+BATCH_SIZE_CONFIG ?= configs/batch-size/f1.yaml
+batch-size-report: $(SETUP)
+	$(PY) -m replication batch-size $(BATCH_SIZE_CONFIG)

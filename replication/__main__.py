@@ -152,6 +152,17 @@ def _report(args):
     print(report.build(args.results_dir))
 
 
+def _batch_size(args):
+    from replication import config as config_lib
+
+    config_lib.load(args.config, args.set)  # a bad config is refused before Keras starts
+    _start_keras()
+    from replication import batchsize
+
+    report = batchsize.study(args.config, args.set, args.seed, only=args.batch)
+    print(report if report else f"batch {args.batch}: its runs are trained; run without --batch for the report")
+
+
 def _make_rules(args):
     from replication import config as config_lib
 
@@ -188,8 +199,8 @@ def main(argv=None) -> int:
     p.add_argument("config")
     p.add_argument("--seed", type=int, help="one seed (default: every seed of the config)")
     p.add_argument("--regime", help="one run: sb, lb, a sweep run b<batch>[-sqrt|-linear], or a remedy "
-                   "run sb|lb-augmented, sb|lb-conservative (default: SB, LB, the config's sweep, "
-                   "then its remedies)")
+                   "run sb|lb-augmented, sb|lb-conservative, or a piggyback run lb-from-sb<k> (Figure 5) "
+                   "(default: SB, LB, the config's sweep, its remedies, then its piggyback runs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (dotted for sections), repeatable")
     p.set_defaults(func=_train)
@@ -217,8 +228,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("noise", help="gradient noise scale B_simple (McCandlish et al. 2018) of finished "
                        "runs; writes RUN_DIR/noise/<point>.json")
     p.add_argument("run_dir", nargs="+")
-    p.add_argument("--point", choices=("final", "initial"), default="final",
-                   help="the run's minimiser (default) or its x0")
+    p.add_argument("--point", default="final",
+                   help="final: the run's minimiser (default); initial: its x0; epoch<N>: its kept iterate of epoch N")
     p.add_argument("--force", action="store_true", help="recompute even if a result with these settings exists")
     p.set_defaults(func=_noise)
 
@@ -230,22 +241,26 @@ def main(argv=None) -> int:
     p.set_defaults(func=_iterates)
 
     p = sub.add_parser("hessian", help="top eigenvalue and trace of the Hessian of f, Metric 2.1 over draws "
-                       "of A, and each under function-preserving reparametrisations (Dinh et al. 2017); writes "
-                       "RUN_DIR/hessian/<name>.json")
+                       "of A, filter-normalised slices of f (Li et al. 2018), and each under function-preserving "
+                       "reparametrisations (Dinh et al. 2017); writes RUN_DIR/hessian/<name>.json (and the "
+                       "slices' CSVs and figure)")
     p.add_argument("run_dir", nargs="+")
-    p.add_argument("--measures", type=lambda s: s.split(","), default=["eigenvalue", "trace", "sharpness",
-                   "reparametrization"], metavar="eigenvalue,trace,sharpness,reparametrization",
-                   help="which (default: all)")
+    p.add_argument("--measures", type=lambda s: s.split(","),
+                   default=["eigenvalue", "trace", "sharpness", "filter", "reparametrization"],
+                   metavar="eigenvalue,trace,sharpness,filter,reparametrization", help="which (default: all)")
     p.add_argument("--kinds", type=lambda s: s.split(","), default=["batchnorm", "relu"], metavar="batchnorm,relu",
                    help="reparametrisations (default: both)")
     for option, kind, default, what in (
-            ("draws", int, 3, "independent draws of v0, probes and A per estimate"),
+            ("draws", int, 3, "independent draws of v0, probes, A and filter directions per estimate"),
             ("iterations", int, 100, "Lanczos iterations at most, one H v each"),
             ("tol", float, 1e-3, "Lanczos stop: residual of the top Ritz pair <= tol |theta|"),
             ("probes", int, 20, "Hutchinson probes per draw"),
-            ("seed", int, 0, "seed of v0 and the probes; A uses sharpness.seed + draw"),
+            ("seed", int, 0, "seed of v0, the probes and the filter directions; A uses sharpness.seed + draw"),
             ("factor", float, 10.0, "the reparametrisation's scale a"),
-            ("epsilon", float, 1e-3, "Metric 2.1's epsilon")):
+            ("epsilon", float, 1e-3, "Metric 2.1's epsilon"),
+            ("points", int, 41, "filter-normalised 1-D slice: points of t in [-span, span]"),
+            ("grid", int, 11, "filter-normalised 2-D slice: grid x grid points"),
+            ("span", float, 1.0, "filter-normalised slices: the largest |t|")):
         p.add_argument(f"--{option}", type=kind, help=f"{what} (default {default:g})")
     p.add_argument("--force", action="store_true", help="recompute even if a result with these settings exists")
     p.set_defaults(func=_hessian)
@@ -273,6 +288,17 @@ def main(argv=None) -> int:
                        "(no training)")
     p.add_argument("results_dir")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("batch-size", help="how to choose the batch size: steps to a target against the "
+                       "batch size, the learning rate tuned per batch (grid extended past its edges), the "
+                       "critical batch size and the noise scale; trains what is missing, then writes "
+                       "RESULTS_DIR/REPORT.md (prints it)")
+    p.add_argument("config")
+    p.add_argument("--seed", type=int, help="one seed (default: every seed of the config)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (dotted for sections), repeatable")
+    p.add_argument("--batch", type=int, help="train this batch size's runs only (no noise scale, no report)")
+    p.set_defaults(func=_batch_size)
 
     p = sub.add_parser("make-rules", help="print Make rules for every result of CONFIGS (used by the Makefile)")
     p.add_argument("--name", required=True, help="profile name: the rules end with <name>-all")

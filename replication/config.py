@@ -32,7 +32,7 @@ COMPATIBLE = {network: tuple(name for name, spec in data.DATASETS.items()
 UNSAFE_PATH = re.compile(r"""[\s#$%:;=&|<>()'"`*?\[\]\\]""")
 BATCHNORM = ("batch_statistics", "moving_average")
 BACKENDS = ("tensorflow", "jax")
-STOPPING = ("fixed", "plateau")
+STOPPING = ("fixed", "plateau", "target")
 REGIMES = ("sb", "lb")
 # Learning rate of a sweep run: learning_rate * (batch / sb_batch_size) ** exponent.
 LR_SCALINGS = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
@@ -139,6 +139,89 @@ def parse_regime(regime: str) -> tuple[int, str] | None:
     return (int(match.group(1)), match.group(2) or "none") if match else None
 
 
+TARGET_METRICS = ("train_loss", "train_error")
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetConfig:
+    """A run stops at a target (stopping: target; Shallue et al. 2019, "steps to result"): every
+    `every_steps` optimizer steps it measures `metric` on the first `eval_subset` training examples
+    (data.subset's fixed order) and stops at the first check that meets `value` (train_loss: mean
+    cross-entropy <= value; train_error: error in % <= value), or after `max_steps` steps (target
+    not reached). With `every_examples`, the interval is every_examples / batch steps instead (at
+    least 1), so every batch size has about the same resolution in examples and checks are not
+    most of a small batch's time. The checks are written to <run>/target.csv (replication/target.py)."""
+
+    metric: str = "train_loss"
+    value: float | None = None             # None: no target (stopping must not be "target")
+    every_steps: int = 10
+    every_examples: int | None = None      # set: check every max(1, round(every_examples / batch)) steps
+    eval_subset: int = 5000
+    max_steps: int = 20000
+
+    def validate(self, where: str) -> None:
+        _check(self.metric in TARGET_METRICS, "target.metric", self.metric, where,
+               f"use one of {TARGET_METRICS}")
+        _check(self.value is None or self.value > 0, "target.value", self.value, where,
+               "must be > 0 (a loss, or an error in %), or null")
+        _check(self.every_steps >= 1, "target.every_steps", self.every_steps, where, "must be >= 1")
+        _check(self.every_examples is None or self.every_examples >= 1, "target.every_examples",
+               self.every_examples, where, "must be >= 1 or null")
+        _check(self.eval_subset >= 1, "target.eval_subset", self.eval_subset, where, "must be >= 1")
+        _check(self.max_steps >= 1, "target.max_steps", self.max_steps, where, "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSizeStudyConfig:
+    """Steps to a target against the batch size (replication/batchsize.py): each batch size trains
+    runs `b<batch>-x<multiplier>` whose learning rate is the `lr_scaling` rule's value at that
+    batch (learning_rate x (batch / sb_batch_size) ** exponent) times each multiplier of the grid;
+    where the best multiplier sits at an edge of the grid, the grid grows on that side by the
+    grid's own ratio, at most `max_extensions` times per side (Shallue et al. 2019)."""
+
+    batch_sizes: tuple[int, ...] = ()          # empty: no study
+    lr_scaling: str = "sqrt"
+    lr_multipliers: tuple[float, ...] = (0.5, 1.0, 2.0)
+    max_extensions: int = 3
+    bootstrap: int = 1000                      # resamples of the batch sizes for B_crit's interval
+
+    def validate(self, where: str) -> None:
+        for b in self.batch_sizes:
+            _check(b >= 1, "batch_size_study.batch_sizes", b, where, "each batch size must be >= 1")
+        _check(len(set(self.batch_sizes)) == len(self.batch_sizes), "batch_size_study.batch_sizes",
+               self.batch_sizes, where, "batch sizes repeat")
+        _check(self.lr_scaling in LR_SCALINGS, "batch_size_study.lr_scaling", self.lr_scaling, where,
+               f"use one of {tuple(LR_SCALINGS)}")
+        grid = self.lr_multipliers
+        _check(len(grid) >= 2, "batch_size_study.lr_multipliers", grid, where,
+               "give at least 2 multipliers (a grid has two edges)")
+        _check(all(m > 0 for m in grid) and list(grid) == sorted(set(grid)),
+               "batch_size_study.lr_multipliers", grid, where, "multipliers must be > 0 and increasing")
+        _check(self.max_extensions >= 0, "batch_size_study.max_extensions", self.max_extensions, where,
+               "must be >= 0")
+        _check(self.bootstrap >= 0, "batch_size_study.bootstrap", self.bootstrap, where, "must be >= 0")
+
+    def multipliers(self) -> tuple[float, ...]:
+        """Every multiplier a run may have: the grid, then up to max_extensions more on each side,
+        each one grid ratio (second / first, last / second-last) beyond the edge."""
+        grid = self.lr_multipliers
+        low, high = grid[1] / grid[0], grid[-1] / grid[-2]
+        below = [grid[0] / low ** k for k in range(self.max_extensions, 0, -1)]
+        above = [grid[-1] * high ** k for k in range(1, self.max_extensions + 1)]
+        return tuple(float(f"{m:.6g}") for m in (*below, *grid, *above))
+
+
+def study_regime(batch_size: int, multiplier: float) -> str:
+    """The run name of one point of the batch-size study: b<batch>-x<multiplier>."""
+    return f"b{batch_size}-x{float(multiplier):.6g}"
+
+
+def parse_study_regime(regime: str) -> tuple[int, float] | None:
+    """(batch size, lr multiplier) of a study run name, or None for anything else."""
+    match = re.fullmatch(r"b([1-9][0-9]*)-x([0-9]+(?:\.[0-9]+)?(?:e-?[0-9]+)?)", regime)
+    return (int(match.group(1)), float(match.group(2))) if match else None
+
+
 # The remedies of section 4 / appendix E (replication/remedies.py): config section -> the suffix of
 # its runs' names (sb-augmented, lb-conservative, ...).
 REMEDIES = {"augmentation": "augmented", "conservative": "conservative"}
@@ -204,6 +287,50 @@ class ConservativeConfig:
             "Adam steps (paper: 1e-3 and 3)"]
 
 
+# The Hessian command's measures and reparametrisations (hessian.MEASURES, reparametrize.KINDS;
+# a test checks they agree), here so that a config is checked before Keras loads.
+HESSIAN_MEASURES = ("eigenvalue", "trace", "sharpness", "filter", "reparametrization")
+REPARAMETRIZATIONS = ("batchnorm", "relu")
+
+
+@dataclasses.dataclass(frozen=True)
+class HessianConfig:
+    """Beyond the paper (issue 14; replication/hessian.py, filter_landscape.py): with `enabled`,
+    `make` also measures each SB and LB run's Hessian (top eigenvalue, trace), Metric 2.1 over draws
+    of A, filter-normalised slices, and how each moves under Dinh et al.'s reparametrisations. The
+    other keys are the `hessian` command's options, whose defaults these are."""
+
+    enabled: bool = False
+    measures: tuple[str, ...] = HESSIAN_MEASURES
+    kinds: tuple[str, ...] = REPARAMETRIZATIONS
+    draws: int = 3                 # independent draws of v0, probes, A and filter directions
+    iterations: int = 100          # Lanczos iterations at most
+    tol: float = 1e-3              # Lanczos stop: residual of the top Ritz pair <= tol |theta|
+    probes: int = 20               # Hutchinson probes per draw
+    seed: int = 0                  # seed of v0, the probes and the filter directions
+    factor: float = 10.0           # the reparametrisation's scale a
+    epsilon: float = 1e-3          # Metric 2.1's epsilon
+    points: int = 41               # filter-normalised 1-D slice: t in linspace(-span, span, points)
+    grid: int = 11                 # filter-normalised 2-D slice: grid x grid points
+    span: float = 1.0
+
+    def validate(self, where: str) -> None:
+        for key, known in (("measures", HESSIAN_MEASURES), ("kinds", REPARAMETRIZATIONS)):
+            values = getattr(self, key)
+            _check(len(values) >= 1 and set(values) <= set(known) and len(set(values)) == len(values),
+                   f"hessian.{key}", values, where, f"give one or more of {', '.join(known)}, each once")
+        for key, low, rule in (("draws", 1, ">= 1"), ("iterations", 1, ">= 1"),
+                               ("probes", 2, ">= 2 (a standard error needs two)"),
+                               ("points", 3, ">= 3 (t = 0 and both sides)"),
+                               ("grid", 2, ">= 2")):
+            _check(getattr(self, key) >= low, f"hessian.{key}", getattr(self, key), where, f"must be {rule}")
+        _check(0 <= self.seed < 2 ** 32, "hessian.seed", self.seed, where, "must be in [0, 2**32)")
+        for key in ("tol", "factor", "epsilon", "span"):
+            value = getattr(self, key)
+            _check(math.isfinite(value) and value > 0, f"hessian.{key}", value, where,
+                   "must be a finite number > 0")
+
+
 def remedy_regime(base: str, remedy: str) -> str:
     """The run name of `base` ("sb" or "lb") under `remedy` (a key of REMEDIES): sb-augmented, ..."""
     return f"{base}-{REMEDIES[remedy]}"
@@ -214,6 +341,34 @@ def parse_remedy(regime: str) -> tuple[str, str] | None:
     base, _, suffix = regime.partition("-")
     remedy = next((key for key, name in REMEDIES.items() if name == suffix), None)
     return (base, remedy) if base in REGIMES and remedy else None
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmStartConfig:
+    """Warm starts (Figure 5, claim 5; PAPER.md "Figures"): with `enabled`, every seed also trains
+    one "piggyback" LB run per kept iterate of its SB run (keep_iterates, keep_every), named
+    lb-from-sb<k> for the iterate of epoch k: from those weights, with fresh Adam, the LB batch and
+    the config's learning rate, for `epochs` epochs (None: the config's `epochs`, the paper's 100
+    after 100). The point at 0 SB epochs starts from x0: that is the plain LB run when `epochs` is
+    the config's (the same x0, Adam, batch and shuffles), else one more run, lb-from-sb0."""
+
+    enabled: bool = False
+    epochs: int | None = None
+
+    def validate(self, where: str) -> None:
+        _check(self.epochs is None or self.epochs >= 1, "warm_start.epochs", self.epochs, where,
+               "must be >= 1 or null (null: the config's epochs)")
+
+
+def warm_start_regime(sb_epoch: int) -> str:
+    """The run name of the piggyback LB run from SB's iterate at `sb_epoch` (0: from x0)."""
+    return f"lb-from-sb{sb_epoch}"
+
+
+def parse_warm_start(regime: str) -> int | None:
+    """The SB epoch a piggyback run starts from (lb-from-sb<k> -> k), or None for anything else."""
+    match = re.fullmatch(r"lb-from-sb(0|[1-9][0-9]*)", regime)
+    return int(match.group(1)) if match else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +407,10 @@ class Config:
     sweep: SweepConfig = SweepConfig()
     augmentation: AugmentationConfig = AugmentationConfig()
     conservative: ConservativeConfig = ConservativeConfig()
+    target: TargetConfig = TargetConfig()
+    batch_size_study: BatchSizeStudyConfig = BatchSizeStudyConfig()
+    warm_start: WarmStartConfig = WarmStartConfig()
+    hessian: HessianConfig = HessianConfig()
 
     def validate(self, where: str) -> "Config":
         _check(self.network in NETWORKS, "network", self.network, where, f"use one of {NETWORKS}")
@@ -290,6 +449,14 @@ class Config:
         self.sweep.validate(where)
         self.augmentation.validate(where)
         self.conservative.validate(where)
+        self.hessian.validate(where)
+        self.target.validate(where)
+        self.batch_size_study.validate(where)
+        _check(self.stopping != "target" or self.target.value is not None, "stopping", self.stopping, where,
+               "stopping 'target' needs target.value (the training loss or error to reach)")
+        self.warm_start.validate(where)
+        _check(not self.warm_start.enabled or bool(self.kept_epochs()), "warm_start.enabled", True, where,
+               "piggyback runs start from the SB run's kept iterates: give keep_iterates or keep_every")
         _check(not self.augmentation.enabled or len(data.DATASETS[self.dataset].input_shape) == 3,
                "augmentation.enabled", True, where, f"{self.dataset} is not an image dataset "
                f"(inputs {data.DATASETS[self.dataset].input_shape}): augmentation flips, rotates and "
@@ -316,9 +483,35 @@ class Config:
         return [remedy_regime(base, remedy) for remedy in REMEDIES if getattr(self, remedy).enabled
                 for base in REGIMES]
 
+    def warm_start_epochs(self) -> int:
+        """Epochs of each piggyback run (warm_start.epochs, else the config's)."""
+        return self.warm_start.epochs or self.epochs
+
+    def warm_start_points(self) -> dict[int, str]:
+        """{SB epochs: the run that is the piggyback LB run from there} of the warm start (Figure 5),
+        SB epochs in order; 0 is x0: the plain LB run when the piggyback runs train as many epochs
+        as it does, else lb-from-sb0. {} unless warm_start.enabled."""
+        if not self.warm_start.enabled:
+            return {}
+        zero = "lb" if self.warm_start_epochs() == self.epochs else warm_start_regime(0)
+        return {0: zero, **{k: warm_start_regime(k) for k in self.kept_epochs()}}
+
+    def warm_start_regimes(self) -> list[str]:
+        """Run names of the piggyback runs this config adds (not the plain LB run)."""
+        return [r for r in self.warm_start_points().values() if r != "lb"]
+
     def regimes(self) -> list[str]:
-        """Every run of one seed: SB, LB, the sweep, then the remedies."""
-        return [*REGIMES, *self.sweep_regimes(), *self.remedy_regimes()]
+        """Every run of one seed: SB, LB, the sweep, the remedies, then the warm starts."""
+        return [*REGIMES, *self.sweep_regimes(), *self.remedy_regimes(), *self.warm_start_regimes()]
+
+    def warm_start_settings(self, regime: str) -> dict | None:
+        """What a piggyback run starts from and for how long (its run entry in config.yaml records
+        this, so a finished one made with other settings is refused); None for any other run."""
+        sb_epoch = parse_warm_start(regime)
+        if sb_epoch is None:
+            return None
+        return {"from_regime": "sb" if sb_epoch else "x0", "sb_epoch": sb_epoch,
+                "epochs": self.warm_start_epochs(), "trial_epochs": self.epochs}
 
     def remedy_settings(self, regime: str) -> dict | None:
         """What a remedy run trains with ({"remedy": name, **its section}; its run entry in
@@ -332,8 +525,15 @@ class Config:
         return {"remedy": parsed[1], **section}
 
     def for_regime(self, regime: str) -> "Config":
-        """The config a run of `regime` trains with: a scaled sweep run gets its learning rate."""
+        """The config a run of `regime` trains with: a scaled sweep run gets its learning rate, a
+        piggyback run warm_start's epochs."""
         self._check_regime(regime)
+        if parse_study_regime(regime) is not None:
+            return dataclasses.replace(self, learning_rate=self.learning_rate * self.study_lr_factor(regime))
+        if parse_warm_start(regime) is not None:
+            # A piggyback run trains warm_start's epochs and adds no runs or iterates of its own.
+            return dataclasses.replace(self, epochs=self.warm_start_epochs(), keep_iterates=(), keep_every=None,
+                                       warm_start=dataclasses.replace(self.warm_start, enabled=False))
         point = parse_regime(regime)
         if point is None or point[1] == "none":
             return self
@@ -341,10 +541,20 @@ class Config:
         factor = (batch / self.sb_batch_size) ** LR_SCALINGS[scaling]
         return dataclasses.replace(self, learning_rate=self.learning_rate * factor)
 
+    def study_lr_factor(self, regime: str) -> float:
+        """A study run's learning rate / learning_rate: the scaling rule's factor times the multiplier."""
+        batch, multiplier = parse_study_regime(regime)
+        return (batch / self.sb_batch_size) ** LR_SCALINGS[self.batch_size_study.lr_scaling] * multiplier
+
     def run_deviations(self, regime: str) -> list[str]:
         """deviations() of the run `regime`: a scaled sweep run says its learning rate, a remedy
         run how its remedy departs from the paper's."""
         scaled = self.for_regime(regime)
+        if (sb_epoch := parse_warm_start(regime)) is not None:
+            start = f"SB's iterate of epoch {sb_epoch}" if sb_epoch else "x0"
+            return [*scaled.deviations(),
+                    f"piggyback LB run (Figure 5) from {start} of a {self.epochs}-epoch SB run, for "
+                    f"{scaled.epochs} epochs (paper: 100 LB epochs from each of 100 SB epochs)"]
         if parsed := parse_remedy(regime):
             remedy = parsed[1]
             extra = getattr(self, remedy).deviations()
@@ -354,25 +564,39 @@ class Config:
             return [*self.deviations(), *extra]
         if scaled is self:
             return self.deviations()
+        if (study := parse_study_regime(regime)) is not None:
+            return [*self.deviations(), f"learning rate {scaled.learning_rate:.3g} ({study[1]:g} x the "
+                    f"{self.batch_size_study.lr_scaling} rule's value at batch {study[0]}; batch-size study run)"]
         batch, scaling = parse_regime(regime)
         return [*self.deviations(), f"learning rate {scaled.learning_rate:.3g} ({scaling}-scaled with "
                 f"batch {batch} from {self.learning_rate:g} at {self.sb_batch_size}; sweep run)"]
 
     def _check_regime(self, regime: str) -> None:
-        if regime not in REGIMES and regime not in self.sweep_regimes() and regime not in self.remedy_regimes():
+        if (study := parse_study_regime(regime)) is not None:
+            if study[0] in self.batch_size_study.batch_sizes and study[1] in self.batch_size_study.multipliers():
+                return
+            raise ConfigError(f"unknown regime {regime!r}: a batch-size study run needs a batch in "
+                              f"batch_size_study.batch_sizes {list(self.batch_size_study.batch_sizes)} and a "
+                              f"multiplier in {list(self.batch_size_study.multipliers())}")
+        if regime not in self.regimes():
             sweep = (f", or a sweep run of this config: {', '.join(self.sweep_regimes())}"
                      if self.sweep.batch_sizes else " (this config has no sweep.batch_sizes)")
             remedies = (f", or a remedy run of this config: {', '.join(self.remedy_regimes())}"
                         if self.remedy_regimes() else "")
-            raise ConfigError(f"unknown regime {regime!r}: use sb or lb{sweep}{remedies}")
+            warm = (f", or a piggyback run of this config: {', '.join(self.warm_start_regimes())}"
+                    if self.warm_start_regimes() else "")
+            raise ConfigError(f"unknown regime {regime!r}: use sb or lb{sweep}{remedies}{warm}")
 
     def batch_size(self, regime: str, num_train: int) -> int:
         """SB: 256; LB: 10% of the training set unless set (PAPER.md "Training protocol");
-        a sweep run: its batch size; a remedy run: its base regime's (sb-augmented: SB's)."""
-        self._check_regime(regime)
+        a sweep run: its batch size; a remedy run: its base regime's (sb-augmented: SB's); a
+        piggyback run: LB's."""
+        if parse_warm_start(regime) is None:  # a piggyback run's own config (for_regime) adds none
+            self._check_regime(regime)
         ten_percent = max(1, round(num_train / 10))  # TIMIT: 72133, as the paper prints
-        point = parse_regime(regime)
-        base = parse_remedy(regime)[0] if parse_remedy(regime) else regime
+        point = parse_regime(regime) or parse_study_regime(regime)
+        base = parse_remedy(regime)[0] if parse_remedy(regime) else \
+            "lb" if parse_warm_start(regime) is not None else regime
         size = (point[0] if point else self.sb_batch_size if base == "sb"
                 else (self.lb_batch_size or ten_percent))
         if size > num_train:
@@ -394,7 +618,12 @@ class Config:
             out.append("batch norm with moving averages (the paper normalised with batch statistics)")
         if self.epochs != PAPER_EPOCHS or self.stopping != "fixed":
             rule = f"{self.epochs} epochs" if self.stopping == "fixed" else (
-                f"plateau stopping (patience {self.patience}, at most {self.epochs} epochs)")
+                f"plateau stopping (patience {self.patience}, at most {self.epochs} epochs)"
+                if self.stopping == "plateau" else
+                f"stopped at a target ({self.target.metric} <= {self.target.value:g} on "
+                f"{self.target.eval_subset} training examples, checked every "
+                f"{self.target.every_examples or self.target.every_steps} "
+                f"{'examples' if self.target.every_examples else 'steps'}, at most {self.target.max_steps} steps)")
             out.append(f"{rule} instead of the figures' {PAPER_EPOCHS}")
         if len(self.seeds) != PAPER_SEEDS:
             out.append(f"{len(self.seeds)} seed(s) instead of {PAPER_SEEDS}")

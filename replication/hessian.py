@@ -29,18 +29,21 @@ lambda_max `top_eigenvalue`, tr(H) `trace`.
   value is reported too: an upper bound on lambda_min, so a negative one says x is not a minimum.
 - Trace: Hutchinson, tr(H) ~ mean over m Rademacher probes z of z^T H z (PROBES), with standard
   error std(z^T H z) / sqrt(m). Exact for a diagonal H (z_i^2 = 1).
-- Spread: each estimate that draws something (v0, the probes, Metric 2.1's A) is repeated over
-  `draws` independent draws: mean, sample standard deviation (ddof 1) and the number of draws.
-  Draw d of A is sharpness seed + d, so draw 0 is the run's own random-subspace A.
+- Spread: each estimate that draws something (v0, the probes, Metric 2.1's A, the filter-normalised
+  directions of filter_landscape.py) is repeated over `draws` independent draws: mean, sample
+  standard deviation (ddof 1) and the number of draws. Draw d of A is sharpness seed + d, so draw 0
+  is the run's own random-subspace A.
 Cost, in passes (one compiled pass per evaluation batch): an H v costs one forward-over-reverse
 pass per batch (2.5 gradient passes for F1 on a 2-core CPU under TensorFlow: 1.35 s vs 0.54 s on
 10,000 examples); the eigenvalue costs `products` of them per draw (9-11 for F1 at tol 1e-3), the
-trace `probes` per draw, a Metric 2.1 solve its `function_evaluations` gradient passes; every
-record holds its products, passes and seconds.
+trace `probes` per draw, a Metric 2.1 solve its `function_evaluations` gradient passes, the
+filter-normalised slices one forward pass per point (filter_landscape.py); every record holds its
+products, passes (or evaluations) and seconds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -50,16 +53,18 @@ import keras
 import numpy as np
 from keras import ops
 
-from replication import backend, models, reparametrize, sharpness, storage
+from replication import backend, filter_landscape, models, reparametrize, sharpness, storage
+from replication import config as config_lib
 
 START = "v0 = g / |g|, g = NumPy default_rng([seed, draw, 1]).standard_normal(n) (float64)"
 PROBES = ("z = 2 b - 1, b = NumPy default_rng([seed, draw, 2]).integers(0, 2, n) drawn probe after probe "
           "(Rademacher), float32")
 RULE = ("Lanczos, full reorthogonalisation; stop at the first k with beta_k |s_k| <= tol |theta_top| "
         "(residual of the top Ritz pair) or beta_k <= 1e-12 |T_k| (invariant subspace)")
-MEASURES = ("eigenvalue", "trace", "sharpness", "reparametrization")
-DEFAULTS = {"draws": 3, "iterations": 100, "tol": 1e-3, "probes": 20, "seed": 0, "factor": 10.0,
-            "epsilon": 1e-3}
+MEASURES = config_lib.HESSIAN_MEASURES
+# The options and their defaults: those of a config's `hessian` section (one home, config.py).
+DEFAULTS = {field.name: field.default for field in dataclasses.fields(config_lib.HessianConfig)
+            if field.name not in ("enabled", "measures", "kinds")}
 
 
 class _SecondOrderBatchStatNormalization(models.BatchStatNormalization):
@@ -270,11 +275,11 @@ def measure_run(run_dir, measures=MEASURES, kinds=reparametrize.KINDS, force: bo
                 **options) -> list[dict]:
     """The Hessian measures of a finished run, each written to RUN_DIR/hessian/<name>.json and
     reused when its settings match: top_eigenvalue, trace, sharpness_random_eps<eps> (Metric 2.1 in
-    random subspaces over draws of A) and reparametrization_<kind>_a<factor> (which needs the
-    first two). Options and their defaults: DEFAULTS (draws 3, iterations 100, tol 1e-3, probes 20,
-    seed 0, factor 10, epsilon 1e-3)."""
-    from replication import config as config_lib
-
+    random subspaces over draws of A), filter_landscape (filter-normalised slices: the rises over
+    draws in the JSON, the slices in filter_landscape_1d.csv and _2d.csv, a figure beside them) and
+    reparametrization_<kind>_a<factor> (which needs the first two and the filter landscape).
+    Options and their defaults: DEFAULTS (config.HessianConfig: draws 3, iterations 100, tol 1e-3,
+    probes 20, seed 0, factor 10, epsilon 1e-3, points 41, grid 11, span 1)."""
     for given, known, what in ((options, DEFAULTS, "option"), (measures, MEASURES, "measure"),
                                (kinds, reparametrize.KINDS, "reparametrisation")):
         if unknown := sorted(set(given) - set(known)):
@@ -314,6 +319,14 @@ def measure_run(run_dir, measures=MEASURES, kinds=reparametrize.KINDS, force: bo
             lambda r: f"tr(H) = {_format(r['spread'])}, {o['probes']} probes per draw (standard error "
                       f"{r['per_draw'][0]['standard_error']:.2g} in draw 0)")
         records.append(base["trace"])
+    filter_settings = context.settings(
+        measure="filter-normalised slices of f", reference=filter_landscape.REFERENCE,
+        direction=filter_landscape.DIRECTION, rise=filter_landscape.RISE,
+        rise_steps=list(filter_landscape.RISE_STEPS), seed=o["seed"], draws=o["draws"], points=o["points"],
+        grid=o["grid"], span=o["span"])
+    if "filter" in measures or "reparametrization" in measures:
+        base["filter"] = _filter_record(context, filter_settings, o, force)
+        records.append(base["filter"])
     if "sharpness" in measures:
         cfg = context.run.config.sharpness
         settings = context.settings(
@@ -329,26 +342,78 @@ def measure_run(run_dir, measures=MEASURES, kinds=reparametrize.KINDS, force: bo
             settings = context.settings(
                 measure="measures under a function-preserving transformation", kind=kind, factor=o["factor"],
                 epsilon=o["epsilon"], sharpness_iterations=context.run.config.sharpness.iterations,
-                eigenvalue=eigenvalue_settings, trace=trace_settings)
+                eigenvalue=eigenvalue_settings, trace=trace_settings, filter=filter_settings)
             records.append(context.record(f"reparametrization_{kind}_a{o['factor']:g}", settings,
                                           lambda kind=kind: _reparametrized(context, kind, o, base), force,
                                           _reparametrized_summary))
     return records
 
 
-def _validate(o: dict) -> None:
-    from replication import config as config_lib
+def last_result(run_dir, measures, kinds, factor: float, epsilon: float) -> Path:
+    """The file measure_run writes last for these measures and options (make's target)."""
+    if "reparametrization" in measures:
+        return result_path(run_dir, f"reparametrization_{kinds[-1]}_a{factor:g}")
+    order = (("eigenvalue", "top_eigenvalue"), ("trace", "trace"), ("filter", "filter_landscape"),
+             ("sharpness", f"sharpness_random_eps{epsilon:g}"))
+    return result_path(run_dir, [name for measure, name in order if measure in measures][-1])
 
-    checks = [(o["draws"] >= 1, "draws", "must be >= 1"),
-              (o["iterations"] >= 1, "iterations", "must be >= 1"),
-              (math.isfinite(o["tol"]) and o["tol"] > 0, "tol", "must be a finite number > 0"),
-              (o["probes"] >= 2, "probes", "must be >= 2 (a standard error needs two)"),
-              (0 <= o["seed"] < 2 ** 32, "seed", "must be in [0, 2**32)"),
-              (math.isfinite(o["factor"]) and o["factor"] > 0, "factor", "must be a finite number > 0"),
-              (math.isfinite(o["epsilon"]) and o["epsilon"] > 0, "epsilon", "must be a finite number > 0")]
-    for ok, name, rule in checks:
-        if not ok:
-            raise config_lib.ConfigError(f"hessian --{name} {o[name]}: {rule}")
+
+def _validate(o: dict) -> None:
+    """The options obey the rules of a config's `hessian` section (config.HessianConfig.validate)."""
+    dataclasses.replace(config_lib.HessianConfig(), **o).validate("hessian (command-line options)")
+
+
+def filter_csv_paths(run_dir) -> tuple[Path, Path]:
+    """The 1-D and 2-D slices of the filter_landscape record (written before its JSON)."""
+    folder = Path(run_dir) / "hessian"
+    return folder / "filter_landscape_1d.csv", folder / "filter_landscape_2d.csv"
+
+
+def _filter_rises(slicer, directions: list) -> dict:
+    """The rises r(t) of filter_landscape.RISE_STEPS along each direction from the slicer's x;
+    `rise` is the mean at HEADLINE_STEP (the scalar of the tables)."""
+    rises = filter_landscape.rises(slicer, directions)
+    headline = rises[f"t={filter_landscape.HEADLINE_STEP:g}"]
+    return {"rise": float(np.mean(headline)), "per_draw": headline, "rises": rises, "f_x": slicer.at()[0],
+            "step": filter_landscape.HEADLINE_STEP}
+
+
+def _directions(objective, x, o: dict, count: int) -> list:
+    return [filter_landscape.direction(objective.shapes, x, o["seed"], index) for index in range(count)]
+
+
+def _filter_record(context, settings: dict, o: dict, force: bool) -> dict:
+    """filter_landscape.json (rises over draws) after its two CSVs, and the run's figure drawn from them."""
+    csvs = filter_csv_paths(context.run.path)
+
+    def compute():
+        f = context.objective()
+        x = ops.convert_to_numpy(f.get_flat()).astype(np.float64)
+        slicer = filter_landscape.Slicer(f, x)
+        directions = _directions(f, x, o, max(o["draws"], 2))  # the 2-D slice uses draws 0 and 1
+        ts = filter_landscape.steps(o["span"], o["points"])
+        rows_1d = [{"draw": i, **row} for i in range(o["draws"]) for row in slicer.line(i, directions[i], ts)]
+        rows_2d = slicer.plane(directions[0], directions[1], filter_landscape.steps(o["span"], o["grid"]))
+        rises = _filter_rises(slicer, directions[:o["draws"]])
+        storage.atomic_write_csv(csvs[0], rows_1d, filter_landscape.COLUMNS_1D)
+        storage.atomic_write_csv(csvs[1], rows_2d, filter_landscape.COLUMNS_2D)
+        return {**rises, "spread": spread(rises["per_draw"]),
+                "rise_spreads": {step: spread(values) for step, values in rises["rises"].items()},
+                "direction_norms": [float(np.linalg.norm(d)) for d in directions[:o["draws"]]],
+                "x_norm": float(np.linalg.norm(x)), "evaluations": slicer.evaluations,
+                "csv": [path.name for path in csvs]}
+
+    missing = not all(path.exists() for path in csvs)
+    record = context.record(
+        "filter_landscape", settings, compute, force or missing,
+        lambda r: f"filter-normalised rise at t = {r['step']:g}: {_format(r['spread'])} over f(x) = "
+                  f"{r['f_x']:.4g}, {r['evaluations']} evaluations of f")
+    stem = filter_landscape.figure_stem(csvs[0])
+    if force or missing or not (stem.with_suffix(".png").exists() and stem.with_suffix(".pdf").exists()):
+        run = context.run
+        label = f"{run.config.network} {run.metrics['regime'].upper()} seed {run.metrics['seed']}"
+        filter_landscape.draw(stem, {label: tuple(storage.read_csv(path) for path in csvs)})
+    return record
 
 
 def _sharpness_draws(context, o) -> dict:
@@ -386,18 +451,25 @@ def _reparametrized(context, kind: str, o: dict, base: dict) -> dict:
     x = np.asarray(context.curvature().get_flat(), np.float64)
     x_new = ops.convert_to_tensor((x * reparametrize.factors(model, kind, a)).astype(np.float32))
     change = reparametrize.output_change(model, kind, a, context.examples()[0], context.batch_size)
+    filter_before = base["filter"]
     before = {"phi_full": context.phi_full(o["epsilon"]),
-              "top_eigenvalue": base["eigenvalue"]["per_draw"][0], "trace": base["trace"]["per_draw"][0]}
-    h = context.curvature()
+              "top_eigenvalue": base["eigenvalue"]["per_draw"][0], "trace": base["trace"]["per_draw"][0],
+              "filter_rise": {key: filter_before[key] for key in ("rise", "per_draw", "rises", "f_x", "step")}}
+    h, f = context.curvature(), context.objective()
+    x_after = ops.convert_to_numpy(x_new).astype(np.float64)
     after = {"phi_full": _phi_full(context, reparametrize.transformed_weights(model, kind, a), o["epsilon"]),
              "top_eigenvalue": top_eigenvalue(h, x_new, o["iterations"], o["tol"], o["seed"]),
-             "trace": trace(h, x_new, o["probes"], o["seed"])}
-    keys = {"phi_full": "phi", "top_eigenvalue": "eigenvalue", "trace": "trace"}
+             "trace": trace(h, x_new, o["probes"], o["seed"]),
+             # the same seeds: each direction is drawn anew and filter-normalised at the new point
+             "filter_rise": _filter_rises(filter_landscape.Slicer(f, x_after),
+                                          _directions(f, x_after, o, o["draws"]))}
+    keys = {"phi_full": "phi", "top_eigenvalue": "eigenvalue", "trace": "trace", "filter_rise": "rise"}
     ratios = {}
     for name, key in keys.items():
         b, a_value = before[name].get(key), after[name].get(key)
         ratios[name] = None if b in (None, 0) or a_value is None else a_value / b
-    spreads = {"top_eigenvalue": base["eigenvalue"]["spread"], "trace": base["trace"]["spread"]}
+    spreads = {"top_eigenvalue": base["eigenvalue"]["spread"], "trace": base["trace"]["spread"],
+               "filter_rise": base["filter"]["spread"]}
     return {"kind": kind, "factor": a, "reference": reparametrize.REFERENCE,
             "scaled_variables": [[path, f] for path, f in reparametrize.scalings(model, kind, a)],
             "output_change": change, "before": before, "after": after, "ratio_after_to_before": ratios,
@@ -409,7 +481,8 @@ def _reparametrized(context, kind: str, o: dict, base: dict) -> dict:
 MOVED_RULE = ("moved: |after / before - 1| exceeds the estimate's own relative error: for lambda_max the "
               "larger of the two Lanczos residuals and 3 sample std over draws (relative to the mean); for "
               "the trace 3 sqrt(SE_before^2 + SE_after^2) and 3 sample std over draws; for phi (no draw, "
-              "deterministic passes) 1%")
+              "deterministic passes) and the filter-normalised rise (the mean over the same seeded "
+              "directions on both sides, deterministic passes) 1%")
 
 
 def _moved(name: str, ratio, before: dict, after: dict, spread) -> bool | None:

@@ -46,6 +46,48 @@ class BatchStatNormalization(layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
+@keras.saving.register_keras_serializable(package="replication")
+class GhostBatchNormalization(BatchStatNormalization):
+    """Ghost batch norm (Hoffer, Hubara and Soudry 2017, "Train longer, generalize better",
+    section 4.1): batch-statistics normalisation (as BatchStatNormalization) where each consecutive
+    chunk of `virtual_batch_size` examples of the batch is normalised with its own mean and
+    variance, so a large batch sees the noise of small ones; the last chunk of a batch that
+    `virtual_batch_size` does not divide is smaller. Keras 3 has no `virtual_batch_size`.
+
+    Statistics are per feature (last axis) over the chunk's examples and every other axis (the
+    spatial ones of a convolution), as BatchStatNormalization's over the whole batch."""
+
+    def __init__(self, virtual_batch_size: int, epsilon: float = BN_EPSILON, **kwargs):
+        super().__init__(epsilon=epsilon, **kwargs)
+        if virtual_batch_size < 1:
+            raise ValueError(f"virtual_batch_size must be >= 1, got {virtual_batch_size}")
+        self.virtual_batch_size = virtual_batch_size
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def call(self, inputs, training=None):
+        size = ops.shape(inputs)[0]  # an int under JAX, maybe a tensor under TensorFlow
+        chunks = (size + self.virtual_batch_size - 1) // self.virtual_batch_size
+        ids = ops.arange(size) // self.virtual_batch_size
+        inner = list(range(1, len(inputs.shape) - 1))  # spatial axes: equal sizes, so means of means
+
+        def per_example(values):
+            return ops.mean(values, axis=inner) if inner else values
+
+        def chunk_mean(values):  # (size, features) -> (size, 1.., features): each example's chunk mean
+            counts = ops.segment_sum(ops.ones_like(values[:, :1]), ids, chunks)
+            means = ops.take(ops.segment_sum(values, ids, chunks) / counts, ids, axis=0)
+            return ops.reshape(means, [-1, *[1] * len(inner), inputs.shape[-1]])
+
+        centered = inputs - chunk_mean(per_example(inputs))
+        variance = chunk_mean(per_example(ops.square(centered)))
+        return centered * ops.rsqrt(variance + self.epsilon) * self.gamma + self.beta
+
+    def get_config(self):
+        return {**super().get_config(), "virtual_batch_size": self.virtual_batch_size}
+
+
 class _Names:
     """Stable layer names (dense_1, bn_1, ...) per model: Keras' global auto-names depend on how
     many models the process built before, and they end up in the .weights.h5 files."""

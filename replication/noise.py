@@ -27,6 +27,7 @@ full-data gradient and this is exactly McCandlish et al.'s quantity. Dropout is 
 from __future__ import annotations
 
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -37,11 +38,15 @@ from replication import config as config_lib
 from replication import backend, storage
 
 REFERENCE = "McCandlish et al. (2018), An Empirical Model of Large-Batch Training, eq. 2.8"
-POINTS = ("initial", "final")  # x0 of the run, and its minimiser
+POINTS = ("initial", "final")  # x0 of the run, and its minimiser; also "epoch<N>", a kept iterate
 
 
-def estimate(model, inputs, labels, batch_size: int, batches: int, seed: int = 0) -> dict:
-    """B_simple of the model's current weights on (inputs, labels); the weights are unchanged."""
+def estimate(model, inputs, labels, batch_size: int, batches: int, seed: int = 0,
+             adam_epsilon: float = 1e-8) -> dict:
+    """B_simple of the model's current weights on (inputs, labels); the weights are unchanged.
+    `adam` holds the same estimate for Adam's preconditioned gradient P g (P = 1 / (sqrt(v) + eps)),
+    from the same batches (the noise Adam's step sees, as AdaptDL/Pollux (Qiao et al. 2021) measure
+    it for Adam). P is held fixed in its jackknife."""
     from replication import objective as objective_lib
 
     size = len(inputs)
@@ -60,15 +65,36 @@ def estimate(model, inputs, labels, batch_size: int, batches: int, seed: int = 0
         return np.asarray(grad_sum, np.float64) / batch_size
 
     total = np.zeros(objective.dimension)
+    second_moment = np.zeros(objective.dimension)
     squares = np.empty(batches)
     for k, index in enumerate(indices):
         g = gradient(index)
         total += g
+        second_moment += g * g
         squares[k] = g @ g
+    # Adam's preconditioner 1 / (sqrt(v) + epsilon), v the per-coordinate mean square of these
+    # mini-batch gradients (what Adam's second moment tracks; AdaptDL's Adam noise scale uses the
+    # optimizer's own v, which a finished run does not keep). Its overall scale cancels in B.
+    precondition = 1.0 / (np.sqrt(second_moment / batches) + adam_epsilon)
+    scaled_total = precondition * total
     # Second pass (same batches, same gradients): g_k . sum g for the jackknife. Recomputing beats
     # keeping K gradients (K x n float64: 12 GB for C2/C4 at K = 100).
-    dots = np.array([gradient(index) @ total for index in indices])
-    total_sq = float(total @ total)
+    dots, scaled_squares, scaled_dots = np.empty(batches), np.empty(batches), np.empty(batches)
+    for k, index in enumerate(indices):
+        g = gradient(index)
+        dots[k] = g @ total
+        scaled = precondition * g
+        scaled_squares[k], scaled_dots[k] = scaled @ scaled, scaled @ scaled_total
+    plain = _noise_scale(float(total @ total), squares, dots, batch_size, size)
+    adam = _noise_scale(float(scaled_total @ scaled_total), scaled_squares, scaled_dots, batch_size, size)
+    return {**plain, "adam": {key: adam[key] for key in ("b_simple", "b_simple_standard_error", "resolved",
+                                                          "trace_sigma", "grad_norm_sq")},
+            "batch_size": batch_size, "batches": batches, "num_examples": size}
+
+
+def _noise_scale(total_sq: float, squares: np.ndarray, dots: np.ndarray, batch_size: int, size: int) -> dict:
+    """B_simple and its jackknife standard error from |sum g|^2, each |g_k|^2 and each g_k . sum g."""
+    batches = len(squares)
 
     def moments(k_count, sum_sq, sum_squares):
         variance = (sum_squares - sum_sq / k_count) / (k_count - 1)
@@ -87,7 +113,6 @@ def estimate(model, inputs, labels, batch_size: int, batches: int, seed: int = 0
         standard_error = float(np.sqrt((batches - 1) / batches * np.sum((jack - jack.mean()) ** 2)))
     return {"b_simple": b_simple, "b_simple_standard_error": standard_error,
             "resolved": resolved, "trace_sigma": trace_sigma, "grad_norm_sq": grad_norm_sq,
-            "batch_size": batch_size, "batches": batches, "num_examples": size,
             "note": None if resolved else "not resolved: the estimate of |G|^2 is not positive at "
                                           "this number of batches (raise sweep.noise_batches)"}
 
@@ -102,13 +127,20 @@ def noise_scale(run_dir, point: str = "final", force: bool = False, log=None) ->
     sharpness examples (`sharpness.subset`), the SB batch size, `sweep.noise_batches` batches."""
     from replication import train
 
-    if point not in POINTS:
-        raise ValueError(f"point must be one of {POINTS}, got {point!r}")
+    epoch = re.fullmatch(r"epoch([1-9][0-9]*)", point)
+    if point not in POINTS and not epoch:
+        raise config_lib.ConfigError(f"point must be one of {POINTS} or epoch<N> (a kept iterate), got {point!r}")
     log = log or sys.stderr
     run = train.load_run(run_dir)
     config = run.config
     if point == "initial":
         storage.load_weights(run.model, run.path / "initial.weights.h5")
+    elif epoch:
+        iterate = train.iterate_path(run.path, int(epoch.group(1)))
+        if not iterate.is_file():
+            raise config_lib.ConfigError(f"{run.path} kept no iterate of epoch {epoch.group(1)} ({iterate}): "
+                                         f"use one of its kept_iterates {run.metrics.get('kept_iterates', [])}")
+        storage.load_weights(run.model, iterate)
     settings = {"point": point, "batch_size": config.sb_batch_size, "batches": config.sweep.noise_batches,
                 "subset": config.sharpness.subset, "estimator": "mini-batch moments, jackknife SE",
                 "seed": config.sharpness.seed, "weights_digest": storage.weights_digest(run.model.get_weights()),
@@ -128,7 +160,7 @@ def noise_scale(run_dir, point: str = "final", force: bool = False, log=None) ->
                       "note": "not measured: the run diverged"}
         else:
             result = estimate(run.model, inputs, labels, config.sb_batch_size,
-                              config.sweep.noise_batches, config.sharpness.seed)
+                              config.sweep.noise_batches, config.sharpness.seed, config.adam_epsilon)
         record = {"measure": REFERENCE, "run": str(run.path), "network": config.network,
                   "dataset": config.dataset, "regime": run.metrics["regime"], "run_seed": run.metrics["seed"],
                   "run_batch_size": run.metrics["batch_size"], **result, "batchnorm": config.batchnorm,

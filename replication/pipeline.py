@@ -1,5 +1,5 @@
 """The steps of a profile as Make rules: train -> sharpness (final weights, and kept iterates) ->
-parametric plots -> report.
+parametric plots -> Hessian measures (where a config's `hessian.enabled` asks) -> report.
 
 `python -m replication make-rules --name quick configs/quick/*.yaml` prints one rule per result
 file, generated from the configs (seeds, regimes, epsilons, spaces), so `make -j N` runs
@@ -20,7 +20,7 @@ from __future__ import annotations
 import shlex
 
 from replication import config as config_lib
-from replication import iterates, landscape, noise, sharpness, train
+from replication import hessian, iterates, landscape, noise, sharpness, train
 
 PY = "$(PY) -m replication"
 
@@ -40,13 +40,20 @@ def rules(name: str, config_paths: list[str]) -> str:
             for regime in config.regimes():
                 run = train.run_directory(config, regime, seed)
                 runs[regime] = f"{run}/metrics.json"
-                lines += [f"{runs[regime]}: | {check}",
+                # A piggyback run (Figure 5) starts from an iterate of the seed's SB run.
+                after_sb = f" {runs['sb']}" if config_lib.parse_warm_start(regime) else ""
+                lines += [f"{runs[regime]}: | {check}{after_sb}",
                           f"\t{PY} train {quoted} --seed {seed} --regime {regime}", ""]
                 # One process measures every (space, epsilon) of a run, sharing its data and compiled
-                # passes; the target is the file it writes last.
-                last = sharpness.result_path(run, config.sharpness.spaces[-1], config.sharpness.epsilons[-1])
+                # passes; the target is the file it writes last. Figure 5 shows a piggyback run's
+                # full-space sharpness only: the random subspace is left out where it would be.
+                spaces = config.sharpness.spaces
+                full_only = config_lib.parse_warm_start(regime) is not None and "full" in spaces
+                space = "full" if full_only else spaces[-1]
+                last = sharpness.result_path(run, space, config.sharpness.epsilons[-1])
                 reports.setdefault(config.results_dir, []).append(str(last))
-                lines += [f"{last}: | {runs[regime]}", f"\t{PY} sharpness {run}", ""]
+                option = " --space full" if full_only and len(spaces) > 1 else ""
+                lines += [f"{last}: | {runs[regime]}", f"\t{PY} sharpness {run}{option}", ""]
                 # A sweep also measures the gradient noise scale: at every minimiser, and at x0 once.
                 points = []
                 if config.sweep.batch_sizes:
@@ -61,6 +68,17 @@ def rules(name: str, config_paths: list[str]) -> str:
                     target = iterates.summary_path(run)
                     reports.setdefault(config.results_dir, []).append(str(target))
                     lines += [f"{target}: | {runs[regime]}", f"\t{PY} iterates {run}", ""]
+                # Beyond the paper (issue 14), where the config's hessian section asks: one process
+                # measures every Hessian result of an SB or LB run, then the file it writes last.
+                settings = config.hessian
+                if settings.enabled and regime in config_lib.REGIMES:
+                    target = hessian.last_result(run, settings.measures, settings.kinds, settings.factor,
+                                                 settings.epsilon)
+                    reports.setdefault(config.results_dir, []).append(str(target))
+                    options = " ".join(f"--{key} {getattr(settings, key)}" for key in hessian.DEFAULTS)
+                    lines += [f"{target}: | {runs[regime]}",
+                              f"\t{PY} hessian {run} --measures {','.join(settings.measures)} "
+                              f"--kinds {','.join(settings.kinds)} {options}", ""]
             for path in landscape.PATHS:
                 # Written in the order CSV, JSON sidecar, PNG, PDF: the PDF means all are there.
                 target = f"{landscape.output_stem(config, seed, path)}.pdf"

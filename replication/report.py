@@ -15,15 +15,21 @@ import math
 import re
 from pathlib import Path
 
-from replication import compare, iterates, remedy_tables, results, storage, sweep, verdicts
+from replication import (compare, hessian_tables, iterates, remedy_tables, results, storage, sweep, verdicts,
+                         warmstart)
 
 VERDICT_MARK = {"reproduced": "**reproduced**", "partly reproduced": "**partly reproduced**",
                 "not reproduced": "**not reproduced**", "not run": "not run"}
 
 
 def build(results_dir) -> Path:
-    """Write RESULTS_DIR/REPORT.md (and tables/) from the result files; returns its path."""
+    """Write RESULTS_DIR/REPORT.md (and tables/) from the result files; returns its path. A
+    batch-size study folder gets its own one-page report (replication/batchsize.py)."""
     root = Path(results_dir)
+    from replication import batchsize
+
+    if batchsize.is_study(root):
+        return batchsize.write_report(root)
     loaded = results.load(root)  # ResultsError names what is missing or mixed
     runs = loaded.runs
     profiles = sorted({r.metrics.get("profile", root.name) for r in runs})
@@ -39,7 +45,9 @@ def build(results_dir) -> Path:
     parts.append(_sharpness_section(loaded))
     parts.append(_figure_section(loaded))
     parts.append(_sweep_section(loaded))
+    parts.append(_warmstart_section(loaded))
     parts.append(_iterates_section(loaded))
+    parts.append(_hessian_section(loaded))
     for remedy, (name, _, _, title) in remedy_tables.TABLES.items():
         rows = remedy_tables.rows(loaded, remedy)
         if rows:
@@ -121,6 +129,16 @@ def _figure_section(loaded: results.Results) -> str:
             + images)
 
 
+def _warmstart_section(loaded: results.Results) -> str:
+    """Figure 5: piggyback LB runs from the SB iterates (warmstart.py)."""
+    rows = warmstart.rows(loaded)
+    if not rows:
+        return ""
+    table = markdown_table(*warmstart.table(rows))
+    _write(loaded.root, "figure5", rows, table, "Warm-starting LB from SB iterates (Figure 5), ours")
+    return warmstart.section(loaded.root, rows, table)
+
+
 def _iterates_section(loaded: results.Results) -> str:
     """Figure 6: sharpness along the kept iterates of the SB and LB runs (iterates.py)."""
     rows = iterates.rows(loaded)
@@ -129,6 +147,32 @@ def _iterates_section(loaded: results.Results) -> str:
     table = markdown_table(*iterates.table(rows))
     _write(loaded.root, "figure6", rows, table, "Sharpness along the iterates (Figure 6), ours")
     return iterates.section(loaded.root, rows, table, markdown_table(*iterates.trend_table(rows)))
+
+
+def _hessian_section(loaded: results.Results) -> str:
+    """Beyond the paper (issue 14): SB vs LB by every curvature measure, with spreads, and whether
+    each ordering survives Dinh et al.'s reparametrisations (hessian_tables)."""
+    title = "## Do SB and LB minimisers differ by every measure?\n\n"
+    rows = hessian_tables.rows(loaded)
+    if not rows:
+        return (title + f"No Hessian results for SB/LB pairs in this folder: `{hessian_tables.COMMAND}` on "
+                "each SB and LB run (or `make hessian-quick` for the quick profile) produces them.\n")
+    table = markdown_table(*hessian_tables.table(rows))
+    _write(loaded.root, "hessian", rows, table, "SB vs LB by every curvature measure, with spreads")
+    images = "\n".join(f"### {name}: filter-normalised slices\n\n![{name}]({png.relative_to(loaded.root)})\n\n"
+                       f"[PDF]({png.with_suffix('.pdf').relative_to(loaded.root)})\n"
+                       for name, png in hessian_tables.figures(loaded))
+    return (title + "Beyond Keskar et al. (2017): the top eigenvalue and trace of the Hessian of f, Metric 2.1, "
+            "and the filter-normalised rise (Li et al. 2018: r(t) = (f(x + t d) + f(x - t d)) / 2 - f(x) "
+            "along random directions d whose every filter has the norm of x's, biases and batch-norm "
+            "parameters left out), each as mean ± sample std over its independent draws (n) at one "
+            "minimiser. \"order survives\" applies Dinh et al. (2017)'s function-preserving "
+            "transformations to either minimiser alone: \"no\" means a network computing the same "
+            "function can be made to reverse the SB/LB order by that measure.\n\n"
+            + table + "\n" + hessian_tables.separation_summary(rows)
+            + "\n\nFiles: [hessian.csv](tables/hessian.csv), [hessian.tex](tables/hessian.tex); each "
+            "run's `hessian/*.json` holds every draw, setting and cost:\n\n"
+            + markdown_table(hessian_tables.costs(loaded)) + "\n" + images)
 
 
 def _sweep_section(loaded: results.Results) -> str:
@@ -223,7 +267,8 @@ def _differences_section(runs: list[dict], sweep_runs: list[dict] = ()) -> str:
     lines += [f"- {d}" for d in deviations] or ["- none"]
     extra = sorted({d for r in sweep_runs for d in r["deviations"]} - set(deviations))
     if sweep_runs:
-        lines += ["", "Added by the batch-size sweep runs (Figure 4 only):", ""]
+        lines += ["", "Added by the other runs (the batch-size sweep, remedies, piggyback runs: their "
+                  "figures and tables only):", ""]
         lines += [f"- {d}" for d in extra] or ["- nothing beyond the above"]
     lines += ["", "Differences every run of this project has from the authors' setup:", "",
               "- Keras 3 on TensorFlow 2 or JAX (float32; on a GPU, training's matrix products in TF32, "

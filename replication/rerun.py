@@ -19,6 +19,8 @@ import json
 import math
 from pathlib import Path
 
+from replication import config as config_lib
+
 # Keys (at any depth) that record how or when a result was made, not what it is.
 IGNORED_KEYS = {"environment", "git_commit", "git_dirty", "platform", "start_time", "end_time",
                 "train_seconds_this_process", "run", "path"}
@@ -59,6 +61,12 @@ def _same(a, b, rtol: float) -> bool:
 
 def _compare(a, b, where: str, rtol: float, out: list[str]) -> None:
     """Append one line per difference between two parsed JSON values."""
+    if where.endswith("resolved_config") and isinstance(a, dict) and isinstance(b, dict):
+        # A config key one run predates had its default (as train's config check reads it), so a
+        # run made before a key existed still compares with one made after.
+        defaults = config_lib.defaults()
+        a = {**{k: v for k, v in defaults.items() if k in b}, **a}
+        b = {**{k: v for k, v in defaults.items() if k in a}, **b}
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
             if _ignored(key):

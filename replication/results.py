@@ -1,8 +1,8 @@
 """One view of a results folder: every file read once, and never runs of two protocols averaged.
 
 `load(results_dir)` reads every finished run (metrics.json, env.json, history.csv), its
-measurements (sharpness/*.json, noise/*.json) and every parametric-plot curve (landscape CSV and
-its JSON sidecar) once, into frozen records; the tables, figures, verdicts and the report all read
+measurements (sharpness/*.json, noise/*.json, hessian/*.json and the filter-normalised slices
+hessian/*.csv) and every parametric-plot curve (landscape CSV and its JSON sidecar) once, into frozen records; the tables, figures, verdicts and the report all read
 the returned `Results`. Before anything is compared, it refuses (ResultsError: one line naming
 both files, the key, both values and the fix):
 
@@ -62,6 +62,10 @@ class Run:
     protocol: Mapping[str, Any]         # what every run of its trial must share
     sharpness: Mapping[tuple[str, float], Measurement]  # (space, epsilon) -> result, file order
     noise: Mapping[str, Measurement]    # point ("initial", "final") -> result
+    # hessian.py's results: name (top_eigenvalue, trace, filter_landscape, ...) -> result, and the
+    # filter-normalised slices (filter_landscape_1d, _2d) -> their CSV rows
+    hessian: Mapping[str, Measurement] = dataclasses.field(default_factory=dict)
+    slices: Mapping[str, list] = dataclasses.field(default_factory=dict)
 
     @property
     def network(self) -> str:
@@ -161,24 +165,38 @@ def _read_run(path: Path) -> Run:
         sharpness[(record["space"], float(record["epsilon"]))] = Measurement(file, _frozen(record))
     noise = {file.stem: Measurement(file, _frozen(storage.read_json(file)))
              for file in sorted(path.glob("noise/*.json"))}
+    hessian = {file.stem: Measurement(file, _frozen(storage.read_json(file)))
+               for file in sorted(path.glob("hessian/*.json"))}
+    # The slices belong to a finished filter_landscape record (its JSON is written after them).
+    slices = {file.stem: storage.read_csv(file) for file in sorted(path.glob("hessian/*.csv"))
+              if "filter_landscape" in hessian}
     return Run(path, _frozen(metrics), _frozen(env), sum(float(h.get("seconds") or 0) for h in history),
                backend, _frozen(protocol(metrics["regime"], resolved, backend)), _frozen(sharpness),
-               _frozen(noise))
+               _frozen(noise), _frozen(hessian), _frozen(slices))
 
 
 def protocol(regime: str, resolved: dict, backend: str) -> dict:
     """What a run computed, as far as it must be shared by every run of its trial: its resolved
     config less the keys that do not change training and the per-run ones ("run": regime, seed,
-    batch size), the learning rate of a scaled sweep run taken back to the config's, and the backend
-    that trained it (which replaces the config's optional backend pin). A key a run's config did not
-    have yet (an older run) counts as its default."""
+    batch size), the learning rate of a scaled sweep run and the epochs of a piggyback run taken back
+    to the config's, and the backend that trained it (which replaces the config's optional backend
+    pin). A key a run's config did not have yet (an older run) counts as its default."""
     defaults = config_lib.defaults()
     # Kept iterates change what a run directory holds, not what it computed.
     out = {key: resolved.get(key, defaults.get(key)) for key in sorted({*resolved, *defaults})
            if key not in (*train.NON_TRAINING_KEYS, *train.RUN_FILE_KEYS, "run", "backend")}
+    # A piggyback run (Figure 5) trains its own epochs from an iterate of the trial's SB run.
+    warm_start = resolved.get("run", {}).get("warm_start")
+    if config_lib.parse_warm_start(regime) is not None and warm_start:
+        out["epochs"] = warm_start["trial_epochs"]
     point = config_lib.parse_regime(regime)
     if point and point[1] != "none" and isinstance(out.get("learning_rate"), float):
         factor = (point[0] / out["sb_batch_size"]) ** config_lib.LR_SCALINGS[point[1]]
+        out["learning_rate"] = float(f"{out['learning_rate'] / factor:.12g}")
+    study = config_lib.parse_study_regime(regime)
+    if study and isinstance(out.get("learning_rate"), float):  # a batch-size study run's own rate
+        exponent = config_lib.LR_SCALINGS[resolved.get("batch_size_study", {}).get("lr_scaling", "sqrt")]
+        factor = (study[0] / out["sb_batch_size"]) ** exponent * study[1]
         out["learning_rate"] = float(f"{out['learning_rate'] / factor:.12g}")
     out["backend"] = backend
     return out
@@ -226,9 +244,17 @@ def _measurement_settings(record: Mapping) -> dict:
     keys say how it was made."""
     settings = {key: record.get(key) for key in ("iterations", "start", "restarts", "subset", "p",
                                                  "num_examples", "batch_size", "batches") if key in record}
-    settings.update({k: v for k, v in record.get("settings", {}).items() if k not in PER_RUN_SETTINGS})
+    settings.update({k: _without_per_run(v) for k, v in record.get("settings", {}).items()
+                     if k not in PER_RUN_SETTINGS})
     settings.setdefault("backend", DEFAULT_BACKEND)
     return settings
+
+
+def _without_per_run(value):
+    """A setting less the per-run keys at any depth (a reparametrisation nests its measures' settings)."""
+    if isinstance(value, Mapping):
+        return {k: _without_per_run(v) for k, v in value.items() if k not in PER_RUN_SETTINGS}
+    return value
 
 
 def _check_measurements(runs: tuple[Run, ...]) -> None:
@@ -237,6 +263,7 @@ def _check_measurements(runs: tuple[Run, ...]) -> None:
     for run in runs:
         items = [(("sharpness", *key), m) for key, m in run.sharpness.items()]
         items += [(("noise", point), m) for point, m in run.noise.items()]
+        items += [(("hessian", name), m) for name, m in run.hessian.items()]
         for kind, measurement in items:
             _check_owner(run, measurement)
             reference = first.setdefault((run.network, run.dataset, *kind), measurement)

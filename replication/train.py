@@ -42,9 +42,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Keys that do not change what training computes: a run directory made with other values of
 # these is still the same run.
 # The remedy sections only add runs (sb-augmented, lb-conservative, ...), and each of those records
-# its remedy's settings in its own `run` entry (Config.remedy_settings), which is compared.
+# its remedy's settings in its own `run` entry (Config.remedy_settings), which is compared; so do
+# the warm starts (lb-from-sb<k>: Config.warm_start_settings).
 NON_TRAINING_KEYS = ("description", "profile", "seeds", "sharpness", "landscape", "sweep", "results_dir",
-                     "augmentation", "conservative")
+                     "augmentation", "conservative", "hessian", "batch_size_study", "warm_start")
 # Keys that do not change what training computes but do change which files a run directory holds:
 # they are not in NON_TRAINING_KEYS, so a run made with other values is refused (an iterate that
 # was not kept cannot be made afterwards, and one resumed with another list would hold a mix);
@@ -147,10 +148,15 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _resolved(config: config_lib.Config, regime: str, seed: int, batch_size: int) -> dict:
+def _resolved(config: config_lib.Config, regime: str, seed: int, batch_size: int,
+              warm_start: dict | None = None) -> dict:
+    """config.yaml of a run: `config` (for_regime applied) and the run entry; `warm_start` is a
+    piggyback run's Config.warm_start_settings, from the trial's config (for_regime changes epochs)."""
     run = {"regime": regime, "seed": seed, "batch_size": batch_size, "backend": backend.name()}
     if (remedy := config.remedy_settings(regime)) is not None:
         run["remedy"] = remedy
+    if warm_start is not None:
+        run["warm_start"] = warm_start
     return {**config.to_dict(), "run": run}
 
 
@@ -265,9 +271,14 @@ def _failpoint_callbacks(epoch: int) -> list:
     return [MidEpoch()]
 
 
-def _should_stop(config: config_lib.Config, history: list[dict]) -> str | None:
+def _should_stop(config: config_lib.Config, history: list[dict], tracker=None) -> str | None:
     if history and not all(math.isfinite(float(history[-1][k])) for k in ("train_loss", "test_loss")):
         return "diverged"
+    if tracker is not None:  # stopping: target (replication/target.py)
+        if tracker.reached:
+            return "target"
+        if tracker.out_of_budget(len(history)) or len(history) >= config.epochs:
+            return "not_reached"
     if len(history) >= config.epochs:
         return "fixed" if config.stopping == "fixed" else "max_epochs"
     if config.stopping == "plateau" and len(history) > config.patience:
@@ -292,26 +303,51 @@ def train(config: config_lib.Config, regime: str, seed: int, log=None) -> Path:
             f"profile {config.profile} runs on the {config.backend} backend, this process on "
             f"{backend.name()}: set KERAS_BACKEND={config.backend}")
     deviations = config.run_deviations(regime)
+    warm_start = config.warm_start_settings(regime)
     config = config.for_regime(regime)
     path = run_directory(config, regime, seed)
     arrays = None
     if not (path / "metrics.json").exists():
-        # Missing data or an impossible batch size fail here, before anything is written.
+        # Missing data, an impossible batch size or a piggyback run's missing start fail here,
+        # before anything is written.
         arrays = load_arrays(config)
         config.batch_size(regime, len(arrays[1]))
+        piggyback_start(config, regime, seed)
     with storage.locked(path.parent / f".seed{seed}.lock"):
         if (path / "metrics.json").exists():
-            _check_finished(config, regime, seed, path)
+            _check_finished(config, regime, seed, path, warm_start)
             print(f"[{path}] already finished; skipping", file=log)
             return path
-        return _train_locked(config, regime, seed, path, log, arrays or load_arrays(config), deviations)
+        return _train_locked(config, regime, seed, path, log, arrays or load_arrays(config), deviations,
+                             warm_start)
 
 
-def _check_finished(config: config_lib.Config, regime: str, seed: int, path: Path) -> None:
-    """The finished run at `path` was made by `config` (for_regime applied); else RunError naming
-    the key that differs."""
+def piggyback_start(config: config_lib.Config, regime: str, seed: int) -> Path | None:
+    """The SB iterate a piggyback run (lb-from-sb<k>, k >= 1) starts from; None for any other run
+    (lb-from-sb0 starts from x0, as every run does). RunError if it is not there: the SB run has
+    to be finished first (its iterate is final only then)."""
+    sb_epoch = config_lib.parse_warm_start(regime)
+    if not sb_epoch:
+        return None
+    sb_run = run_directory(config, "sb", seed)
+    iterate = iterate_path(sb_run, sb_epoch)
+    if not (sb_run / "metrics.json").exists():
+        raise RunError(f"{regime} starts from the SB run's iterate of epoch {sb_epoch} ({iterate}), and the "
+                       f"SB run {sb_run} is not finished: train the SB run first: python -m replication train "
+                       f"CONFIG --seed {seed} --regime sb")
+    if not iterate.exists():
+        raise RunError(f"{regime} starts from {iterate}, which the finished SB run {sb_run} does not hold "
+                       f"(deleted, or made before it kept iterates): delete {sb_run} and train the SB run "
+                       f"first: python -m replication train CONFIG --seed {seed} --regime sb")
+    return iterate
+
+
+def _check_finished(config: config_lib.Config, regime: str, seed: int, path: Path,
+                    warm_start: dict | None = None) -> None:
+    """The finished run at `path` was made by `config` (for_regime applied; `warm_start` as
+    _resolved's); else RunError naming the key that differs."""
     num_train = storage.read_json(path / "metrics.json")["num_train"]
-    _check_same_config(path, _resolved(config, regime, seed, config.batch_size(regime, num_train)))
+    _check_same_config(path, _resolved(config, regime, seed, config.batch_size(regime, num_train), warm_start))
 
 
 def check(config: config_lib.Config) -> int:
@@ -325,15 +361,15 @@ def check(config: config_lib.Config) -> int:
             scaled = config.for_regime(regime)
             path = run_directory(scaled, regime, seed)
             if (path / "metrics.json").exists():
-                _check_finished(scaled, regime, seed, path)
+                _check_finished(scaled, regime, seed, path, config.warm_start_settings(regime))
                 finished += 1
     return finished
 
 
-def _train_locked(config, regime, seed, path, log, arrays, deviations) -> Path:
+def _train_locked(config, regime, seed, path, log, arrays, deviations, warm_start=None) -> Path:
     """Train under the run's lock: prepare (or resume), one epoch at a time, finish."""
-    session = _prepare(config, regime, seed, path, log, arrays)
-    while (reason := _should_stop(config, session.history)) is None:
+    session = _prepare(config, regime, seed, path, log, arrays, warm_start)
+    while (reason := _should_stop(config, session.history, session.tracker)) is None:
         _train_epoch(session)
     return _finish(session, reason, deviations)
 
@@ -357,9 +393,11 @@ class _Session:
     objectives: tuple  # (train, test) objective.Objective
     epoch_data: tuple  # (x, y) as backend.training_data holds them
     started: float
+    tracker: object = None  # target.Tracker of a run with stopping: target
+    warm_start: dict | None = None  # a piggyback run's settings and the weights it started from
 
 
-def _prepare(config, regime, seed, path, log, arrays) -> _Session:
+def _prepare(config, regime, seed, path, log, arrays, warm_start=None) -> _Session:
     """Start the run, or resume it after its last completed epoch. Each start-up file (config.yaml,
     initial.weights.h5, env.json) is written if missing, so a run killed between two of them
     resumes too."""
@@ -367,12 +405,15 @@ def _prepare(config, regime, seed, path, log, arrays) -> _Session:
 
     dataset, x_train, y_train, x_test, y_test = arrays
     batch_size = config.batch_size(regime, len(x_train))
-    resolved = _resolved(config, regime, seed, batch_size)
+    resolved = _resolved(config, regime, seed, batch_size, warm_start)
     if (path / "config.yaml").exists():
         _check_same_config(path, resolved)
     determinism = backend.setup_determinism(seed, deterministic_ops=not config.jit_compile)
     model = build_model(config, x_train.shape[1:], dataset.num_classes, regime=regime)
     x0_digest = load_x0(model, config, seed, log)
+    start = piggyback_start(config, regime, seed)
+    if warm_start is not None:  # a piggyback run: from SB's iterate (x0 at 0 SB epochs), fresh Adam
+        warm_start = {**warm_start, **_load_start(model, config, path, start, seed)}
     # Keras 3 saves a compiled model's optimizer variables with its weights, learning rate included,
     # so loading x0 sets the rate of whichever run wrote x0: give this run its own (a scaled sweep
     # run's differs; test_sweep proves it takes effect).
@@ -383,7 +424,7 @@ def _prepare(config, regime, seed, path, log, arrays) -> _Session:
     if not (path / "config.yaml").exists():
         storage.atomic_write_text(path / "config.yaml", config_lib.yaml.safe_dump(resolved, sort_keys=False))
     if not (path / "initial.weights.h5").exists():
-        storage.atomic_write_bytes(path / "initial.weights.h5", x0_path(config, seed).read_bytes())
+        storage.atomic_write_bytes(path / "initial.weights.h5", (start or x0_path(config, seed)).read_bytes())
     if not (path / "env.json").exists():
         storage.atomic_write_json(path / "env.json", env)
     env = {**storage.read_json(path / "env.json"), **{k: v for k, v in env.items() if k != "start_time"}}
@@ -394,8 +435,36 @@ def _prepare(config, regime, seed, path, log, arrays) -> _Session:
         print(f"[{path}] resuming after epoch {len(history)}", file=log)
     objectives = (objective.Objective(model, x_train, y_train, config.eval_batch_size),
                   objective.Objective(model, x_test, y_test, config.eval_batch_size))
+    tracker = None
+    if config.stopping == "target":
+        from replication import target
+
+        trace = target.trace_path(path)
+        tracker = target.Tracker(config, model, x_train, y_train, batch_size, len(history),
+                                 storage.read_csv(trace) if trace.exists() else [])
     return _Session(config, regime, seed, path, log, arrays, batch_size, resolved, model, x0_digest, env,
-                    history, objectives, backend.training_data(x_train, y_train), time.time())
+                    history, objectives, backend.training_data(x_train, y_train), time.time(), tracker,
+                    warm_start=warm_start)
+
+
+def _load_start(model, config: config_lib.Config, path: Path, start: Path | None, seed: int) -> dict:
+    """Give a piggyback run's `model` (holding x0) the weights of the SB iterate `start` (None: keep
+    x0) and say where they came from: the file, its SHA-256 and the weight values' digest. A run
+    resumed after its start file changed (the SB run retrained) would mix two starts: refused, by
+    initial.weights.h5, which keeps the first start's bytes."""
+    source = start or x0_path(config, seed)
+    file_digest = storage.sha256_file(source)
+    initial = path / "initial.weights.h5"
+    if initial.exists() and storage.sha256_file(initial) != file_digest:
+        raise RunError(f"{source} changed since the piggyback run {path} started from it (its "
+                       f"initial.weights.h5 differs): delete {path} and train it again")
+    if start is not None:  # an iterate is a plain model's file (train._save_plain)
+        plain = build_model(config, model.input_shape[1:], model.output_shape[-1], compiled=False)
+        storage.load_weights(plain, start)
+        model.set_weights(plain.get_weights())  # the model's variables only: Adam's state stays fresh
+    root, start = Path(config.results_dir), source
+    return {"start": str(start.relative_to(root) if start.is_relative_to(root) else start),
+            "start_file_sha256": file_digest, "initial_sha256": storage.weights_digest(model.get_weights())}
 
 
 def _tag(session: _Session) -> str:
@@ -415,7 +484,8 @@ def _train_epoch(session: _Session) -> None:
     remedy = (config_lib.parse_remedy(session.regime) or (None, None))[1]
     repeat = config.conservative.inner_steps if remedy == "conservative" else 1
     model.fit(**backend.epoch_inputs(*session.epoch_data, order, session.batch_size, repeat=repeat), epochs=1,
-              verbose=0, callbacks=_failpoint_callbacks(epoch + 1))
+              verbose=0, callbacks=_failpoint_callbacks(epoch + 1) +
+              ([session.tracker.callback(epoch)] if session.tracker else []))
     train_loss, train_acc = session.objectives[0].evaluate()
     test_loss, test_acc = session.objectives[1].evaluate()
     history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": 100 * train_acc,
@@ -425,6 +495,8 @@ def _train_epoch(session: _Session) -> None:
     storage.save_weights(model, path / f"checkpoint-{epoch + 1}.weights.h5")
     if epoch + 1 in config.kept_epochs():  # before history: a resumed run redoes this epoch, iterate too
         _save_plain(session, iterate_path(path, epoch + 1))
+    if session.tracker:  # before history: a resumed run drops the rows of the epoch it redoes
+        session.tracker.write(path)
     storage.atomic_write_csv(path / "history.csv", history, HISTORY_FIELDS)
     old = path / f"checkpoint-{epoch}.weights.h5"
     if old.exists():
@@ -461,10 +533,14 @@ def _finish(session: _Session, reason: str, deviations: list[str]) -> Path:
         "x0_sha256": session.x0_digest,  # of the weight values: the SB/LB pair check compares these
         "deviations": deviations,
         "kept_iterates": [epoch for epoch in config.kept_epochs() if epoch <= len(history)],
+        # A piggyback run (Figure 5): what it started from, as a file and as weight values.
+        **({"warm_start": session.warm_start} if session.warm_start is not None else {}),
         # Where the run lives is its path, not part of what it computed: leaving results_dir out
         # makes metrics.json identical wherever the same run is made (and moved trees still load).
         "resolved_config": {k: v for k, v in session.resolved.items() if k != "results_dir"},
     }
+    if session.tracker:
+        metrics["target"] = session.tracker.summary(len(history))
     _save_plain(session, path / "final.weights.h5")
     session.env.update(end_time=now(), train_seconds_this_process=round(time.time() - session.started, 1))
     storage.atomic_write_json(path / "env.json", session.env)

@@ -2,7 +2,8 @@
 
 One home for the claims' statements and the rules that judge them (VERDICT_RULES, printed in
 every report): claims 1-3 from the SB/LB tables and curves (`compare`), claim 4 from the
-batch-size sweep (`sweep`), claims 5-7 not run yet. Each verdict is a dict: claim, statement,
+batch-size sweep (`sweep`), claim 5 from the warm starts (`warmstart`), claim 6 from the kept
+iterates (`iterates`), claim 7 from the remedies (`remedy_tables`). Each verdict is a dict: claim, statement,
 verdict ("reproduced", "partly reproduced", "not reproduced", "not run"), scope, reason.
 """
 
@@ -12,7 +13,7 @@ import math
 
 import numpy as np
 
-from replication import compare, iterates, remedy_tables, sweep  # none of them imports verdicts
+from replication import compare, iterates, remedy_tables, sweep, warmstart  # none of them imports verdicts
 from replication import config as config_lib
 from replication import results as results_lib
 
@@ -33,7 +34,8 @@ CLAIMS = {
 NOT_RUN = {
     4: "no batch-size sweep (Figure 4) in these results: give a config a `sweep` section "
        "(configs/sweep/, `make sweep`)",
-    5: "no warm-start / piggyback runs (Figure 5) in these results; the package has no command for it yet",
+    5: "no piggyback runs (Figure 5) in these results: enable a config's `warm_start` section with kept "
+       "iterates (configs/iterates/, `make iterates`; configs/warmstart/ for the paper's protocol)",
     6: "no measured iterates (Figure 6) in these results: give a config `keep_iterates` "
        "(configs/iterates/, `make iterates`), then `python -m replication iterates RUN_DIR`",
     7: "no augmentation or conservative-training runs (Tables 6, 7) in these results: enable a config's "
@@ -66,8 +68,7 @@ never changes it: a claim reproduced on a stand-in dataset says so.
   generalization gap); fails if neither. Needs at least 3 batch sizes with non-diverged runs;
   capped at partly reproduced if no sharpness was computed. The threshold's location is reported
   (the largest drop between consecutive batch sizes), not judged.
-{iterates.RULE}{remedy_tables.RULE}- Claim 5: not run (no command for warm starts yet).
-"""
+{warmstart.RULE}{iterates.RULE}{remedy_tables.RULE}"""
 
 
 def overall(levels: list[str], cap: str | None = None) -> str:
@@ -83,7 +84,8 @@ def overall(levels: list[str], cap: str | None = None) -> str:
 
 # Deviations that do not bear on a claim (a run's list names every later measurement's settings).
 UNRELATED = {1: ("sharpness", "parametric plots", "iterates"), 2: ("parametric plots", "iterates"),
-             3: ("sharpness", "iterates"), 4: ("parametric plots", "iterates"), 6: ("parametric plots",),
+             3: ("sharpness", "iterates"), 4: ("parametric plots", "iterates"), 5: ("parametric plots",),
+             6: ("parametric plots",),
              7: ("parametric plots",)}
 
 
@@ -212,7 +214,7 @@ def verdicts(loaded: results_lib.Results) -> list[dict]:
     pair_sharpness = [r for r in compare.sharpness_results(loaded) if r["regime"] in compare.REGIMES]
     out = [claim1(compare.table2(loaded), pair_runs), claim2(pair_sharpness),
            claim3(compare.landscape_rows(loaded)), claim4(sweep.points(loaded))]
-    out.append(_not_run(5))
+    out.append(claim5(warmstart.rows(loaded)))
     out.append(claim6(iterates.rows(loaded)))
     out.append(claim7([row for remedy in remedy_tables.TABLES for row in remedy_tables.rows(loaded, remedy)]))
     return out
@@ -229,6 +231,14 @@ def claim7(rows: list[dict]) -> dict:
     if not levels:
         return {**_not_run(7), "reason": " | ".join(evidence) or NOT_RUN[7]}
     return verdict(7, overall(levels), rows, evidence, NOT_RUN[7])
+
+
+def claim5(rows: list[dict]) -> dict:
+    """Verdict on claim 5 from warmstart.rows() (rule in VERDICT_RULES: warmstart.RULE)."""
+    levels, evidence = warmstart.judge(rows)
+    if not levels:
+        return {**_not_run(5), "reason": " | ".join(evidence) or NOT_RUN[5]}
+    return verdict(5, overall(levels), rows, evidence, NOT_RUN[5])
 
 
 def claim6(rows: list[dict]) -> dict:

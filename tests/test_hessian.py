@@ -173,7 +173,7 @@ def finished_run(tmp_path_factory):
     return train.train(config, "sb", 0)
 
 
-OPTIONS = ["--draws", "2", "--probes", "3", "--iterations", "4", "--tol", "1e-2"]
+OPTIONS = ["--draws", "2", "--probes", "3", "--iterations", "4", "--points", "5", "--grid", "3", "--tol", "1e-2"]
 
 
 def test_run_directory_results_settings_cache_and_errors(finished_run, capsys):
@@ -181,8 +181,8 @@ def test_run_directory_results_settings_cache_and_errors(finished_run, capsys):
     digest = storage.weights_digest(train.load_run(run_dir).model.get_weights())
     assert cli_main.main(["hessian", str(run_dir), *OPTIONS]) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if "-> " in line]
-    names = ["top_eigenvalue", "trace", "sharpness_random_eps0.001", "reparametrization_batchnorm_a10",
-             "reparametrization_relu_a10"]
+    names = ["top_eigenvalue", "trace", "filter_landscape", "sharpness_random_eps0.001",
+             "reparametrization_batchnorm_a10", "reparametrization_relu_a10"]
     assert len(lines) == len(names) and all(f"{name}:" in line for name, line in zip(names, lines))
     records = {name: storage.read_json(hessian.result_path(run_dir, name)) for name in names}
     for record in records.values():
@@ -198,8 +198,19 @@ def test_run_directory_results_settings_cache_and_errors(finished_run, capsys):
     relu = records["reparametrization_relu_a10"]
     assert relu["output_change"]["max_abs_probability_change"] < 1e-4
     assert relu["output_change"]["predictions_changed"] == 0
-    assert set(relu["ratio_after_to_before"]) == {"phi_full", "top_eigenvalue", "trace"}
+    assert set(relu["ratio_after_to_before"]) == {"phi_full", "top_eigenvalue", "trace", "filter_rise"}
     assert relu["before"]["top_eigenvalue"] == eigen["per_draw"][0]  # the same draw on both sides
+    # Filter-normalised slices: f as sharpness's f (the 1-D slices at t = 0 too), 2 draws x 5 points
+    # and 3 x 3, a figure; the exact ReLU rescaling leaves the rise where it was.
+    landscape = records["filter_landscape"]
+    assert landscape["f_x"] == pytest.approx(phis[0]["f_x"], rel=1e-6) and landscape["spread"]["draws"] == 2
+    rows_1d, rows_2d = (storage.read_csv(path) for path in hessian.filter_csv_paths(run_dir))
+    assert len(rows_1d) == 10 and len(rows_2d) == 9
+    centre = [r for r in rows_1d if float(r["t"]) == 0] + [r for r in rows_2d if float(r["a"]) == float(r["b"]) == 0]
+    assert len(centre) == 3 and all(float(r["loss"]) == landscape["f_x"] for r in centre)
+    assert (run_dir / "hessian" / "filter_landscape.png").exists()
+    assert relu["ratio_after_to_before"]["filter_rise"] == pytest.approx(1.0, abs=1e-3)
+    assert relu["moved"]["filter_rise"] is False
     assert storage.weights_digest(train.load_run(run_dir).model.get_weights()) == digest
 
     stamps = {name: hessian.result_path(run_dir, name).stat().st_mtime_ns for name in names}

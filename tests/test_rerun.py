@@ -52,3 +52,19 @@ def test_missing_folder_is_one_line(tmp_path):
     result = cli("diff", tmp_path / "nothing", tmp_path / "nothing2")
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "holds no result files" in result.stderr
+
+
+def test_a_config_key_added_later_compares_by_its_default(tmp_path, capsys):
+    # Committed runs predate a config key; a rerun records it with its default value: same run.
+    # The same key with another value is a difference.
+    from replication import config as config_lib
+    key, default = "keep_every", config_lib.defaults()["keep_every"]
+    first, second, third = (_folder(tmp_path / name) for name in "abc")
+    for root, extra in ((first, {}), (second, {key: default}), (third, {key: 3})):
+        path = root / "F1_fashion_mnist" / "sb" / "seed0" / "metrics.json"
+        metrics = json.loads(path.read_text())
+        metrics["resolved_config"] = {"network": "F1", **extra}
+        path.write_text(json.dumps(metrics))
+    assert rerun.main(first, second) == 0
+    assert rerun.main(first, third) == 1
+    assert "resolved_config.keep_every: None vs 3" in capsys.readouterr().out

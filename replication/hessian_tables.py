@@ -1,0 +1,206 @@
+"""Do SB and LB minimisers differ by every measure? The report section of issue 14 (beyond Keskar
+et al. 2017), from the results of `python -m replication hessian` as `results.load` read them.
+
+Per network, data and seed with hessian results for both SB and LB, one row per measure:
+- SB and LB: mean ± sample std (ddof 1) over the draws of what the estimate draws (hessian.py: the
+  Lanczos start, the Hutchinson probes, Metric 2.1's A, the filter-normalised directions), and n;
+  full-space Metric 2.1 draws nothing (one deterministic solve, read from a reparametrisation
+  record, which holds it as "before").
+- LB/SB: the ratio of the means.
+- draws to separate (SEPARATION_RULE): the smallest n >= 2 at which SB's and LB's intervals
+  mean ± 2 std / sqrt(n) no longer overlap, taking each measure's sample std over the draws made
+  as its spread; "-" where nothing is drawn, "n/a" with fewer than two draws.
+- survives <kind>: whether LB stays on the same side of SB when the function-preserving
+  transformation (reparametrize.py, factor a) is applied to either minimiser alone; the values
+  compared are each record's "before" and "after" (draw 0 of lambda_max and tr(H), the mean over
+  the same directions of the filter-normalised rise).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from replication import results as results_lib
+
+COMMAND = "python -m replication hessian RUN_DIR"
+SEPARATION_RULE = ("smallest n >= 2 with |mean_LB - mean_SB| > 2 (std_SB + std_LB) / sqrt(n), the stds "
+                   "measured over this run's draws (intervals mean ± 2 std / sqrt(n) apart)")
+# (row label, record name or prefix, key of the value in a reparametrisation record's before/after)
+MEASURES = (("top eigenvalue of H", "top_eigenvalue", "top_eigenvalue"),
+            ("trace of H (Hutchinson)", "trace", "trace"),
+            ("Metric 2.1, random subspace", "sharpness_random_eps", None),
+            ("Metric 2.1, full space", "reparametrization_", "phi_full"),
+            ("filter-normalised rise r(t)", "filter_landscape", "filter_rise"))
+VALUE_KEYS = {"top_eigenvalue": "eigenvalue", "trace": "trace", "phi_full": "phi", "filter_rise": "rise"}
+
+
+def draws_to_separate(sb: dict, lb: dict) -> int | None | str:
+    """SEPARATION_RULE for two spreads ({"mean", "std", "draws"}); None when the stds are unknown,
+    "never" when the means are equal."""
+    if sb["std"] is None or lb["std"] is None:
+        return None
+    gap, width = abs(lb["mean"] - sb["mean"]), 2 * (sb["std"] + lb["std"])
+    if width == 0:
+        return 2 if gap > 0 else "never"
+    if gap == 0:
+        return "never"
+    return max(2, math.floor((width / gap) ** 2) + 1)
+
+
+def _records(run: results_lib.Run, prefix: str) -> list[dict]:
+    return [m.record for name, m in sorted(run.hessian.items()) if name.startswith(prefix)]
+
+
+def _reparametrizations(run: results_lib.Run) -> dict[str, dict]:
+    return {r["kind"]: r for r in _records(run, "reparametrization_")}
+
+
+def _spread(run: results_lib.Run, prefix: str) -> tuple[dict | None, str]:
+    """(spread, detail) of one measure of one run; None if not measured."""
+    if prefix == "reparametrization_":
+        records = _records(run, prefix)
+        if not records:
+            return None, ""
+        phi = records[0]["before"]["phi_full"]
+        return {"mean": phi["phi"], "std": None, "draws": 0}, f"eps {records[0]['settings']['epsilon']:g}"
+    records = _records(run, prefix)
+    if not records:
+        return None, ""
+    record = records[0]
+    if prefix == "filter_landscape":
+        return record["spread"], f"t = {record['step']:g}"
+    if prefix == "sharpness_random_eps":
+        return record["spread"], f"eps {record['settings']['epsilon']:g}, p {record['settings']['p']}"
+    return record["spread"], ""
+
+
+def _cell(s: dict | None) -> str:
+    if s is None or s["mean"] is None:
+        return "not measured"
+    if s["draws"] == 0:
+        return f"{s['mean']:.4g} (no draw)"
+    if s["std"] is None:
+        return f"{s['mean']:.4g} (1 draw)"
+    return f"{s['mean']:.4g} ± {s['std']:.2g} (n = {s['draws']})"
+
+
+def _survives(sb: results_lib.Run, lb: results_lib.Run, key: str, kind: str) -> str:
+    """Whether LB stays on its side of SB when `kind` is applied to either minimiser alone."""
+    records = _reparametrizations(sb).get(kind), _reparametrizations(lb).get(kind)
+    if key is None or None in records:
+        return "not measured"
+    value = VALUE_KEYS[key]
+    (sb_before, sb_after), (lb_before, lb_after) = (
+        (r["before"][key][value], r["after"][key][value]) for r in records)
+    if None in (sb_before, sb_after, lb_before, lb_after):
+        return "not measured"
+    sharper = lb_before > sb_before
+    flips = []
+    if (lb_after > sb_before) != sharper:
+        flips.append(f"transformed LB {lb_after:.3g} vs SB {sb_before:.3g}")
+    if (lb_before > sb_after) != sharper:
+        flips.append(f"LB {lb_before:.3g} vs transformed SB {sb_after:.3g}")
+    return "yes" if not flips else "no: " + "; ".join(flips)
+
+
+def rows(loaded: results_lib.Results) -> list[dict]:
+    """One row per (network, data, seed, measure) whose SB and LB runs both have hessian results."""
+    out = []
+    for (network, dataset), regimes in loaded.trials().items():
+        by_seed = {regime: {run.seed: run for run in regimes.get(regime, []) if run.hessian}
+                   for regime in ("sb", "lb")}
+        for seed in sorted(set(by_seed["sb"]) & set(by_seed["lb"])):
+            sb, lb = by_seed["sb"][seed], by_seed["lb"][seed]
+            kinds = sorted({*_reparametrizations(sb), *_reparametrizations(lb)})
+            factors = {r["factor"] for run in (sb, lb) for r in _reparametrizations(run).values()}
+            for label, prefix, key in MEASURES:
+                (s_sb, detail), (s_lb, _) = _spread(sb, prefix), _spread(lb, prefix)
+                if s_sb is None and s_lb is None:
+                    continue
+                ratio = (s_lb["mean"] / s_sb["mean"] if s_sb and s_lb and s_sb["mean"] not in (None, 0)
+                         and s_lb["mean"] is not None else math.nan)
+                separate = draws_to_separate(s_sb, s_lb) if s_sb and s_lb and s_sb["draws"] and s_lb["draws"] \
+                    else None
+                row = {"network": network, "dataset": dataset, "data": sb.metrics.get("dataset_label", dataset),
+                       "seed": seed, "measure": label + (f" ({detail})" if detail else ""),
+                       "sb": _cell(s_sb), "lb": _cell(s_lb), "sb_mean": s_sb and s_sb["mean"],
+                       "sb_std": s_sb and s_sb["std"], "lb_mean": s_lb and s_lb["mean"],
+                       "lb_std": s_lb and s_lb["std"], "draws": s_sb and s_sb["draws"],
+                       "ratio": ratio, "lb_sharper": None if math.isnan(ratio) else ratio > 1,
+                       "draws_to_separate": "-" if s_sb and s_sb["draws"] == 0 else
+                       ("n/a" if separate is None else separate),
+                       "factor": ", ".join(f"{f:g}" for f in sorted(factors))}
+                for kind in kinds:
+                    row[f"survives_{kind}"] = _survives(sb, lb, key, kind)
+                out.append(row)
+    return out
+
+
+def table(table_rows: list[dict]) -> tuple[list[dict], dict]:
+    """(rows, {key: header}) for report.markdown_table."""
+    columns = {"network": "network", "data": "data", "seed": "seed", "measure": "measure", "sb": "SB",
+               "lb": "LB", "ratio": "LB/SB", "draws_to_separate": "draws to separate"}
+    kinds = sorted({key[len("survives_"):] for row in table_rows for key in row if key.startswith("survives_")})
+    factor = table_rows[0]["factor"] if table_rows else ""
+    columns.update({f"survives_{kind}": f"order survives {kind} (a = {factor})" for kind in kinds})
+    return table_rows, columns
+
+
+def figures(loaded: results_lib.Results) -> list[tuple[str, Path]]:
+    """For each SB/LB pair with filter-normalised slices: the pair's figure (SB and LB 1-D slices on
+    one axis, a 2-D contour each), drawn from the slices read by the loader; [(title, png path)]."""
+    from replication import filter_landscape
+
+    out = []
+    for (network, dataset), regimes in loaded.trials().items():
+        pairs = {regime: {run.seed: run for run in regimes.get(regime, [])
+                          if {"filter_landscape_1d", "filter_landscape_2d"} <= set(run.slices)}
+                 for regime in ("sb", "lb")}
+        for seed in sorted(set(pairs["sb"]) & set(pairs["lb"])):
+            runs = {regime.upper(): (pairs[regime][seed].slices["filter_landscape_1d"],
+                                     pairs[regime][seed].slices["filter_landscape_2d"]) for regime in ("sb", "lb")}
+            stem = loaded.root / f"{network}_{dataset}" / "hessian" / f"seed{seed}_filter_landscape"
+            png, _ = filter_landscape.draw(stem, runs)
+            out.append((f"{network} seed {seed}", png))
+    return out
+
+
+def separation_summary(table_rows: list[dict]) -> str:
+    """One sentence: how many draws a stable SB/LB comparison needs, measure by measure."""
+    drawn = [r for r in table_rows if isinstance(r["draws_to_separate"], int)]
+    if not drawn:
+        return "No measure was drawn more than once, so the draws a stable comparison needs are unknown."
+    worst = max(drawn, key=lambda r: r["draws_to_separate"])
+    parts = ", ".join(f"{r['measure']} {r['draws_to_separate']}" for r in drawn)
+    return (f"Draws needed for SB's and LB's intervals to separate ({SEPARATION_RULE}): {parts}; so "
+            f"{worst['draws_to_separate']} draw(s) per estimate suffice for every drawn measure here "
+            f"(the most: {worst['measure']}, {worst['network']} seed {worst['seed']}).")
+
+
+def costs(loaded: results_lib.Results) -> list[dict]:
+    """What each hessian result cost: H v products or f evaluations, and wall seconds."""
+    out = []
+    for run in loaded.runs:
+        for name, measurement in sorted(run.hessian.items()):
+            r = measurement.record
+            draws = [d for d in r.get("per_draw") or [] if isinstance(d, dict)]
+            work = ""
+            if draws and "products" in draws[0]:
+                work = f"{sum(d['products'] for d in draws)} H v products"
+            elif draws and "function_evaluations" in draws[0]:
+                work = f"{sum(d['function_evaluations'] for d in draws)} passes of f and its gradient"
+            elif "evaluations" in r:
+                work = f"{r['evaluations']} evaluations of f"
+            elif "after" in r:  # a reparametrisation: each measure again at the new point
+                after = r["after"]
+                products = sum(after.get(key, {}).get("products", 0) for key in ("top_eigenvalue", "trace"))
+                passes = after.get("phi_full", {}).get("function_evaluations", 0)
+                work = f"{products} H v products, {passes} passes of f and its gradient"
+            env = r.get("environment", {})
+            out.append({"file": str(measurement.path.relative_to(loaded.root)), "work": work,
+                        "examples": r.get("num_examples"), "wall_seconds": r.get("wall_seconds"),
+                        "device": env.get("device", "unknown"),
+                        "git_commit": str(env.get("git_commit", "unknown"))[:12]
+                        + (" (dirty)" if env.get("git_dirty") else "")})
+    return out

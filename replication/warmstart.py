@@ -1,0 +1,371 @@
+"""Warm-starting LB from SB iterates: Figure 5 and claim 5 of Keskar et al. (2017).
+
+Figure 5 (PAPER.md "Figures") trains SB for 100 epochs keeping every epoch's iterate, then from
+each iterate an LB run ("piggyback LB", fresh Adam, the LB batch) for 100 epochs, and plots
+against the SB epochs k: the SB test accuracy at iterate k, the piggyback LB's final test accuracy
+and its sharpness (Metric 2.1, full space, eps 1e-3 and 5e-4). Claim 5: warm-starting LB from SB
+iterates helps only after enough SB epochs, and the piggyback LB minimiser is then flatter.
+
+A config's `warm_start` section (config.WarmStartConfig) adds the piggyback runs lb-from-sb<k>,
+one per kept iterate of the SB run of each seed; they are ordinary runs (train.piggyback_start
+gives them their start), measured by `python -m replication sharpness RUN`. The point at k = 0 is
+the LB run from x0: the plain LB run when the piggyback runs train as many epochs as it did, else
+lb-from-sb0 (Config.warm_start_points).
+
+Symbols -> code: k is `sb_epochs`; the SB test accuracy at x_k is the SB run's history.csv row k
+(x0, k = 0, is not evaluated by training: left out); the piggyback LB's test accuracy and phi are
+its metrics.json and sharpness/*.json (`piggyback_test_accuracy`, `phi_<space>_eps<eps>`).
+Everything here reads files only (results.load): `rows`, `points` (seeds averaged), `judge`
+(claim 5's rule, RULE), `plot` and `section` (ours above the published curves, which exist for C1
+and F2 only: reference/paper_figures/figure5_*).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from replication import compare, iterates, storage
+from replication import config as config_lib
+from replication import results as results_lib
+
+TREND = 0.5            # |Spearman rho| against the SB epochs that counts as a trend (claim 5's rule)
+MARGIN_POINTS = 0.5    # least test-accuracy gain (points) that counts as "helps", with one seed
+MIN_POINTS = 3         # SB-epoch points (0 included) a trial needs for a trend
+PUBLISHED = ("C1", "F2")
+CURVES = ("sb_test_acc_pct", "piggyback_lb_test_acc_pct", "lb_sharpness_eps1e-3", "lb_sharpness_eps5e-4")
+# Our sharpness column -> the published curve of the same space and epsilon (Figure 5: full space).
+PUBLISHED_SHARPNESS = {"phi_full_eps0.001": "lb_sharpness_eps1e-3", "phi_full_eps0.0005": "lb_sharpness_eps5e-4"}
+RULE = f"""\
+- Claim 5, per network and data, on the piggyback LB runs (one per SB epoch count k, k = 0 being
+  the LB run from x0; seeds averaged, diverged runs and failed solves left out): warm starting
+  helps if the piggyback test accuracy rises with k (Spearman rho >= {TREND}) and at the largest k
+  exceeds that at k = 0 by more than the margin, the larger of {MARGIN_POINTS} points and the seed
+  standard deviation (ddof=1) at either end; the minimiser is then flatter if its sharpness (full
+  space at eps 1e-3, else the first computed) falls with k (rho <= -{TREND}) and is lower at the
+  largest k than at k = 0. Passes if both, partial if one, fails if neither; needs {MIN_POINTS} values of k.
+  How many SB epochs are "enough" (the least k whose gain is half the largest k's) is reported, not
+  judged. Every published curve of Figure 5 (C1 and F2, both epsilons) passes: gains of 3.1 (C1) and
+  6.4 (F2) points, |rho| >= 0.52 (C1's piggyback accuracy levels off after about 15 SB epochs).
+"""
+
+
+# Rows -------------------------------------------------------------------------------------------
+def rows(loaded) -> list[dict]:
+    """One row per piggyback run (trial, seed, SB epochs k), k = 0 included: network, dataset,
+    data, seed, sb_epochs, sb_test_accuracy (SB's history at epoch k; nan at 0), the piggyback
+    run's test and train accuracy, lb_epochs, diverged, phi_<space>_eps<eps> (nan where not
+    computed or failed) with _failed flags, deviations, run. [] without piggyback runs.
+    ResultsError if a piggyback run did not start from the SB iterate that lies where it says."""
+    if not isinstance(loaded, results_lib.Results):
+        loaded = results_lib.load(loaded)
+    out = []
+    for (network, dataset), by_regime in loaded.trials().items():
+        piggyback = {r.seed: {} for runs in by_regime.values() for r in runs
+                     if config_lib.parse_warm_start(r.regime) is not None}
+        for regime, runs in by_regime.items():
+            for run in runs:
+                if (k := config_lib.parse_warm_start(regime)) is not None:
+                    piggyback[run.seed][k] = run
+        for seed, by_k in piggyback.items():
+            sb = next((r for r in by_regime.get("sb", []) if r.seed == seed), None)
+            epochs = {int(r.metrics["resolved_config"]["epochs"]) for r in by_k.values()}
+            lb = next((r for r in by_regime.get("lb", []) if r.seed == seed), None)
+            # The plain LB run is the point at 0 SB epochs when it trained as long as the piggyback runs.
+            if 0 not in by_k and lb is not None and {int(lb.metrics["resolved_config"]["epochs"])} == epochs:
+                by_k[0] = lb
+            history = {}
+            if sb is not None and (sb.path / "history.csv").exists():
+                history = {int(h["epoch"]): float(h["test_accuracy"])
+                           for h in storage.read_csv(sb.path / "history.csv")}
+            for k, run in sorted(by_k.items()):
+                if k and sb is not None:
+                    _check_start(run, sb, k)
+                out.append(_row(run, k, history.get(k, math.nan), sb, loaded.root))
+    # Every row gets every column (one CSV header) that a piggyback run has: the plain LB run
+    # standing for k = 0 may have more (the random subspace), which Figure 5 does not show.
+    own = [r for r in out if "/lb/" not in f"/{r['run']}"]
+    keys = iterates.phi_keys(own) or iterates.phi_keys(out)
+    return [{**{k: v for k, v in r.items() if k not in ("deviations", "run") and not k.startswith("phi_")},
+             **{c: r.get(c, math.nan if not c.endswith("_failed") else 0)
+                for key in keys for c in (key, key + "_failed")},
+             "deviations": r["deviations"], "run": r["run"]} for r in out]
+
+
+def _row(run: results_lib.Run, k: int, sb_test: float, sb, root: Path) -> dict:
+    metrics = run.metrics
+    row = {"network": run.network, "dataset": run.dataset, "data": metrics["dataset_label"], "seed": run.seed,
+           "sb_epochs": k, "sb_test_accuracy": sb_test,
+           "piggyback_test_accuracy": math.nan if run.diverged else float(metrics["test_accuracy"]),
+           "piggyback_train_accuracy": math.nan if run.diverged else float(metrics["train_accuracy"]),
+           "lb_epochs": int(metrics["epochs_run"]), "diverged": int(run.diverged)}
+    for (space, epsilon), measurement in run.sharpness.items():
+        key = iterates.phi_key(space, epsilon)
+        record = measurement.record
+        ok = not record["failed"] and record["phi"] is not None and not run.diverged
+        row[key] = float(record["phi"]) if ok else math.nan
+        row[key + "_failed"] = 0 if ok else 1
+    # The SB run's deviations and the piggyback runs' in one line (each run's metrics.json names
+    # its own start): one list for the verdict's scope, not one line per run.
+    own = [d for d in metrics.get("deviations") or [] if not d.startswith("piggyback LB run")]
+    deviations = {*own, *((sb.metrics.get("deviations") or []) if sb else []),
+                  f"piggyback LB runs of {row['lb_epochs']} epochs from the SB run's kept iterates (paper: 100 "
+                  "LB epochs from each of 100 SB epochs)"}
+    row["deviations"] = "; ".join(sorted(deviations))
+    row["run"] = str(run.path.relative_to(root))
+    return row
+
+
+def _check_start(run: results_lib.Run, sb: results_lib.Run, k: int) -> None:
+    """A piggyback run started from SB's iterate of epoch k as SB holds it now (where the weights
+    are here: a fresh clone has none)."""
+    recorded = run.metrics.get("warm_start") or {}
+    iterate = sb.path / "iterates" / f"epoch{k}.weights.h5"
+    expected = recorded.get("start_file_sha256")
+    if recorded.get("sb_epoch") != k:
+        raise results_lib.ResultsError(
+            f"{run.path}/metrics.json records no start at SB's epoch {k} (warm_start is {recorded!r}): delete "
+            f"{run.path} and train it again")
+    if expected and iterate.is_file() and storage.sha256_file(iterate) != expected:
+        raise results_lib.ResultsError(
+            f"{run.path} started from other weights than {iterate} holds now (the SB run was trained again): "
+            f"delete {run.path} and train it again (make rebuilds it)")
+
+
+def points(rows: list[dict]) -> list[dict]:
+    """Seeds averaged, one row per (trial, SB epochs): network, dataset, data, sb_epochs, seeds,
+    diverged, sb_test_mean/std, test_mean/std (the piggyback runs'), train_mean/std, and each
+    sharpness column's mean (phi_...), std (std_phi_...) and failed count (phi_..._failed);
+    paper_<curve> from the published curve at that k (C1 and F2 only; nan elsewhere)."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["network"], r["dataset"], r["data"], r["sb_epochs"]), []).append(r)
+    keys = iterates.phi_keys(rows)
+    published = {n: published_figure5(n) for n in {r["network"] for r in rows}}
+    out = []
+    for (network, dataset, label, k), items in groups.items():
+        point = {"network": network, "dataset": dataset, "data": label, "sb_epochs": k, "seeds": len(items),
+                 "diverged": sum(r["diverged"] for r in items)}
+        for column, name in (("sb_test_accuracy", "sb_test"), ("piggyback_test_accuracy", "test"),
+                             ("piggyback_train_accuracy", "train")):
+            point[f"{name}_mean"], point[f"{name}_std"], _ = compare.summarize([r[column] for r in items])
+        for key in keys:
+            point[key], point["std_" + key], _ = compare.summarize([r[key] for r in items])
+            point[key + "_failed"] = sum(int(r[key + "_failed"]) for r in items)
+        curves = published[network]
+        for name in CURVES:
+            curve = curves.get(name)
+            at = np.flatnonzero(curve["sb_epochs"] == k) if curve else []
+            point["paper_" + name] = float(curve[name][at[0]]) if len(at) else math.nan
+        out.append(point)
+    return sorted(out, key=lambda p: (p["network"], p["dataset"], p["sb_epochs"]))
+
+
+def published_figure5(network: str) -> dict[str, dict[str, np.ndarray]]:
+    """{curve name: {"sb_epochs": xs, name: ys}} of the paper's Figure 5 for `network` (names:
+    sb_test_acc_pct, piggyback_lb_test_acc_pct, lb_sharpness_eps1e-3, lb_sharpness_eps5e-4);
+    {} for the networks it does not show (all but C1 and F2)."""
+    out = {}
+    for name in CURVES:
+        path = compare.REFERENCE / "paper_figures" / f"figure5_{network}_{name}.csv"
+        if path.exists():
+            out[name] = results_lib.read_curve(path)
+    return out
+
+
+# Claim 5 ----------------------------------------------------------------------------------------
+def assess(ks, accuracy, accuracy_std, sharpness) -> dict:
+    """Claim 5's rule (RULE) on one trial's curves over the SB epochs `ks` (0 first): the
+    piggyback test accuracy (mean, and seed std or nan) and sharpness at each k. Returns rho_acc,
+    gain, margin, helps, rho_phi, change_phi, flatter, enough (least k with half the gain; nan
+    if no gain), level ("pass", "partial", "fail")."""
+    order = np.argsort(ks)
+    ks, accuracy = np.asarray(ks, float)[order], np.asarray(accuracy, float)[order]
+    accuracy_std, sharpness = np.asarray(accuracy_std, float)[order], np.asarray(sharpness, float)[order]
+    rho_acc = iterates.spearman(ks, accuracy)
+    gain = accuracy[-1] - accuracy[0]
+    spread = [s for s in (accuracy_std[0], accuracy_std[-1]) if math.isfinite(s)]
+    margin = max([MARGIN_POINTS, *spread])
+    helps = math.isfinite(rho_acc) and rho_acc >= TREND and math.isfinite(gain) and gain > margin
+    rho_phi = iterates.spearman(ks, sharpness)
+    change_phi = sharpness[-1] - sharpness[0]
+    flatter = math.isfinite(rho_phi) and rho_phi <= -TREND and math.isfinite(change_phi) and change_phi < 0
+    half = [k for k, a in zip(ks, accuracy) if math.isfinite(gain) and gain > 0 and a - accuracy[0] >= gain / 2]
+    level = "pass" if helps and flatter else "partial" if helps or flatter else "fail"
+    return {"rho_acc": rho_acc, "gain": gain, "margin": margin, "helps": helps, "rho_phi": rho_phi,
+            "change_phi": change_phi, "flatter": flatter, "enough": half[0] if half else math.nan,
+            "level": level}
+
+
+def judge(rows: list[dict]) -> tuple[list[str], list[str]]:
+    """Claim 5 per network and data, by RULE: (levels, one per trial judged; evidence, one line
+    per trial). A trial with fewer than MIN_POINTS values of k with results is not judged."""
+    levels, evidence = [], []
+    by_trial: dict = {}
+    for p in points(rows):
+        by_trial.setdefault((p["network"], p["data"]), []).append(p)
+    for (network, label), items in by_trial.items():
+        ok = [p for p in items if math.isfinite(p["test_mean"])]
+        if len(ok) < MIN_POINTS or ok[0]["sb_epochs"] != 0:
+            have = ", ".join(str(p["sb_epochs"]) for p in ok) or "none"
+            evidence.append(f"{network} ({label}): piggyback results at SB epochs {have}; at least {MIN_POINTS} "
+                            "values of k, 0 (the LB run from x0) among them, are needed")
+            continue
+        keys = [k for k in iterates.phi_keys(items) if any(math.isfinite(p[k]) for p in ok)]
+        key = keys[0] if keys else None
+        phi = [p[key] if key else math.nan for p in ok]
+        verdict = assess([p["sb_epochs"] for p in ok], [p["test_mean"] for p in ok],
+                         [p["test_std"] for p in ok], phi)
+        levels.append(verdict["level"])
+        first, last = ok[0], ok[-1]
+        seeds = sorted({p["seeds"] for p in ok})
+        failed = sum(p.get(key + "_failed", 0) for p in ok) if key else 0
+        sb_last = last["sb_test_mean"]
+        evidence.append(
+            f"{network} ({label}), SB epochs 0-{last['sb_epochs']} ({len(ok)} points, {'/'.join(map(str, seeds))} "
+            f"seed(s) each): piggyback LB test accuracy {first['test_mean']:.2f}% -> {last['test_mean']:.2f}% "
+            f"(gain {verdict['gain']:+.2f} points, margin {verdict['margin']:.2f}; rho {verdict['rho_acc']:+.2f}) "
+            + ("helps" if verdict["helps"] else "does not help")
+            + (f", half the gain by {verdict['enough']:g} SB epochs" if math.isfinite(verdict["enough"]) else "")
+            + (f" (SB itself at {last['sb_epochs']} epochs: {sb_last:.2f}%)" if math.isfinite(sb_last) else "")
+            + "; " + (f"{iterates.phi_label(key)} {phi[0]:.3g} -> {phi[-1]:.3g} (rho {verdict['rho_phi']:+.2f}"
+                      + (f", {failed} failed solve(s) left out" if failed else "") + ") "
+                      + ("flatter" if verdict["flatter"] else "not flatter") if key else "sharpness not computed")
+            + _paper_text(network, last["sb_epochs"]) + f" -> {verdict['level']}")
+    return levels, evidence
+
+
+def _paper_text(network: str, k: int) -> str:
+    curves = published_figure5(network)
+    if not curves:
+        return ""
+    acc, phi = curves["piggyback_lb_test_acc_pct"], curves["lb_sharpness_eps1e-3"]
+    at = lambda curve, name: float(np.interp(k, curve["sb_epochs"], curve[name]))  # noqa: E731
+    return (f" (paper, 0 -> {k} SB epochs: {at(acc, 'piggyback_lb_test_acc_pct'):.2f}% at {k} from "
+            f"{acc['piggyback_lb_test_acc_pct'][0]:.2f}%; sharpness eps 1e-3 "
+            f"{phi['lb_sharpness_eps1e-3'][0]:.3g} -> "
+            f"{at(phi, 'lb_sharpness_eps1e-3'):.3g})")
+
+
+def judge_published(network: str, epsilon: str = "1e-3") -> dict:
+    """assess() on the paper's own Figure 5 curves of `network` (one seed: no spread)."""
+    curves = published_figure5(network)
+    acc, phi = curves["piggyback_lb_test_acc_pct"], curves[f"lb_sharpness_eps{epsilon}"]
+    ks = acc["sb_epochs"]
+    sharp = np.interp(ks, phi["sb_epochs"], phi[f"lb_sharpness_eps{epsilon}"])
+    return assess(ks, acc["piggyback_lb_test_acc_pct"], [math.nan] * len(ks), sharp)
+
+
+# Figure and report section ----------------------------------------------------------------------
+def plot(rows: list[dict], stem: Path) -> tuple[Path, Path]:
+    """Figure 5 for one trial: test accuracy (SB at iterate k, piggyback LB from it) and the
+    piggyback LB's sharpness against the SB epochs k; ours on top, the published curves below
+    (this network's; none for networks the paper did not show: ours only, said in the title).
+    Writes `stem`.png and `stem`.pdf."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    network, label = rows[0]["network"], rows[0]["data"]
+    published = published_figure5(network)
+    figure, axes = pyplot.subplots(2 if published else 1, 2, figsize=(10, 7.5 if published else 4), squeeze=False)
+    mine = points(rows)
+    ks = [p["sb_epochs"] for p in mine]
+    accuracy, sharp = axes[0]
+    for name, text, color in (("sb_test", "SB at iterate k", "tab:blue"),
+                              ("test", "piggyback LB from it", "tab:red")):
+        accuracy.errorbar(ks, [p[f"{name}_mean"] for p in mine], yerr=[p[f"{name}_std"] for p in mine],
+                          color=color, marker="o", markersize=3, linewidth=1, capsize=2, label=text)
+    for key in iterates.phi_keys(mine):
+        if not key.startswith("phi_full"):
+            continue
+        sharp.plot(ks, [p[key] for p in mine], marker="o", markersize=3, linewidth=1,
+                   linestyle="-" if key.endswith("eps0.001") else "--", color="tab:red",
+                   label=f"piggyback LB, {iterates.phi_label(key)}")
+    seeds = "/".join(map(str, sorted({p["seeds"] for p in mine})))
+    accuracy.set_title(f"ours: test accuracy ({seeds} seed(s))", fontsize=8)
+    sharp.set_title("ours: sharpness of the piggyback LB minimiser", fontsize=8)
+    if published:
+        paper_accuracy, paper_sharp = axes[1]
+        for name, text, color in (("sb_test_acc_pct", "SB", "tab:blue"),
+                                  ("piggyback_lb_test_acc_pct", "piggyback LB", "tab:red")):
+            curve = published[name]
+            paper_accuracy.plot(curve["sb_epochs"], curve[name], color=color, linewidth=0.8, label=text)
+        for name, style in (("lb_sharpness_eps1e-3", "-"), ("lb_sharpness_eps5e-4", "--")):
+            curve = published[name]
+            paper_sharp.plot(curve["sb_epochs"], curve[name], color="tab:red", linestyle=style, linewidth=0.8,
+                             label=f"piggyback LB, eps {name.rsplit('eps', 1)[1]}")
+        paper_accuracy.set_title("published Figure 5: test accuracy", fontsize=8)
+        paper_sharp.set_title("published Figure 5: piggyback LB sharpness (full space)", fontsize=8)
+    for row in axes:
+        row[0].set_ylabel("test accuracy (%)", fontsize=8)
+        row[1].set_ylabel("sharpness (Metric 2.1)", fontsize=8)
+        row[1].set_yscale("log")
+        for axis in row:
+            axis.set_xlabel("SB epochs before the LB run (k)", fontsize=8)
+            if axis.get_legend_handles_labels()[0]:
+                axis.legend(fontsize=6, frameon=False)
+    figure.suptitle(f"{network} on {label}: Figure 5 (warm-starting LB from SB iterates)"
+                    + ("" if published else f"; no published curve for {network} (the paper shows C1 and F2)"),
+                    fontsize=9)
+    figure.tight_layout()
+    written = storage.save_figure(figure, stem)
+    pyplot.close(figure)
+    return written
+
+
+def table(rows: list[dict]) -> tuple[list[dict], dict[str, str]]:
+    """(rows, {key: header}) of the report's Figure 5 table: one row per trial and SB epoch count."""
+    mine = points(rows)
+    columns = {"network": "network", "data": "data", "sb_epochs": "SB epochs k", "seeds": "seeds",
+               "sb_test": "SB test acc % at k", "test": "piggyback LB test acc %",
+               "paper_test": "paper", "train": "piggyback LB train acc %"}
+    keys = iterates.phi_keys(mine)
+    out = []
+    for p in mine:
+        row = {k: p[k] for k in ("network", "data", "sb_epochs", "seeds")}
+        row["sb_test"] = compare.cell(p["sb_test_mean"], p["sb_test_std"])
+        row["test"] = compare.cell(p["test_mean"], p["test_std"]) + (
+            f" ({p['diverged']} diverged)" if p["diverged"] else "")
+        row["paper_test"] = compare.cell(p["paper_piggyback_lb_test_acc_pct"], math.nan)
+        row["train"] = compare.cell(p["train_mean"], p["train_std"])
+        for key in keys:
+            failed = p[key + "_failed"]
+            row[key] = compare.cell(p[key], p["std_" + key], digits=3) + (f" ({failed} failed)" if failed else "")
+            published = PUBLISHED_SHARPNESS.get(key)
+            if published:
+                row["paper_" + key] = compare.cell(p["paper_" + published], math.nan, digits=3)
+        out.append(row)
+    for key in keys:
+        columns[key] = iterates.phi_label(key)
+        if any(r.get("paper_" + key, "n/a") != "n/a" for r in out):
+            columns["paper_" + key] = "paper"
+    if all(r["paper_test"] == "n/a" for r in out):
+        del columns["paper_test"]  # no published curve for this network (or these k)
+    return out, columns
+
+
+def section(root, rows: list[dict], table_markdown: str) -> str:
+    """The report's Figure 5 section (figures drawn from `rows` into
+    <root>/<network>_<dataset>/warmstart/figure5.{png,pdf}); the table comes rendered."""
+    root = Path(root)
+    images = []
+    for network, dataset, label in dict.fromkeys((r["network"], r["dataset"], r["data"]) for r in rows):
+        stem = root / f"{network}_{dataset}" / "warmstart" / "figure5"
+        plot([r for r in rows if (r["network"], r["dataset"]) == (network, dataset)], stem)
+        png = stem.with_suffix(".png").relative_to(root)
+        images.append(f"### {network} on {label}\n\n![{network} Figure 5]({png})\n\n"
+                      f"[PDF]({png.with_suffix('.pdf')})\n")
+    lb_epochs = sorted({r["lb_epochs"] for r in rows})
+    return ("## Figure 5: warm-starting LB from SB iterates\n\n"
+            "From the SB run's iterate after k epochs, an LB run (\"piggyback LB\": fresh Adam, the LB batch, "
+            f"{'/'.join(map(str, lb_epochs))} epochs here; the paper's 100 from each of 100 SB epochs); k = 0 is the "
+            "LB run from x0. SB test acc at k is the SB run's own (history.csv; x0 is not evaluated, so none at 0). "
+            "Sharpness is the piggyback LB minimiser's (Metric 2.1; piggyback runs are measured in the full space "
+            "only, as Figure 5 shows). \"paper\" is the published Figure 5 at the same k (C1 and F2 only). Mean ± "
+            "sample std over seeds. Rule: see Verdicts (claim 5).\n\n"
+            + table_markdown + "\nFiles: [figure5.csv](tables/figure5.csv) (one row per run), "
+            "[figure5.tex](tables/figure5.tex).\n\n" + "\n".join(images))

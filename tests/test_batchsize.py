@@ -1,0 +1,174 @@
+"""The batch-size study (issue 13): target stopping, the learning-rate grid and its extension, the
+critical-batch fit, the noise scale along training, the report; configs refused in one line."""
+
+import math
+
+import numpy as np
+import pytest
+
+from replication import batchsize, storage, target, train
+from replication import config as config_lib
+
+from conftest import cli, one_error_line
+
+STUDY = {"stopping": "target", "epochs": 20,
+         "target": {"metric": "train_loss", "value": 1.0, "every_steps": 3, "eval_subset": 200, "max_steps": 200},
+         "batch_size_study": {"batch_sizes": [16, 64], "lr_multipliers": [0.5, 1, 2], "max_extensions": 1,
+                              "bootstrap": 50},
+         "sharpness": {"subset": 300}, "sweep": {"noise_batches": 4}}
+
+
+def _config(tiny_config, **overrides):
+    return config_lib.load(tiny_config(**{**STUDY, **overrides}))
+
+
+# Target stopping ----------------------------------------------------------------------------------
+def test_a_run_stops_at_the_first_check_that_meets_the_target(tiny_config):
+    config = _config(tiny_config, target={**STUDY["target"], "value": 0.3})
+    path = train.train(config, "b16-x0.5", 0)
+    metrics = storage.read_json(path / "metrics.json")
+    trace = storage.read_csv(target.trace_path(path))
+    losses = [float(r["train_loss"]) for r in trace]
+    assert metrics["stopped"] == "target" and metrics["target"]["reached"]
+    # Every check but the last missed the target; the last met it, and the run stopped there.
+    assert len(losses) >= 3 and all(loss > 0.3 for loss in losses[:-1]) and losses[-1] <= 0.3
+    steps = [int(r["step"]) for r in trace]
+    assert steps == list(range(3, 3 * len(trace) + 1, 3))
+    assert metrics["target"]["steps"] == steps[-1] and metrics["target"]["examples"] == 16 * steps[-1]
+    # The run stopped mid-way: fewer steps than its epochs would hold (400 examples / 16 = 25 a epoch).
+    assert metrics["target"]["steps_run"] == steps[-1] < 25 * metrics["epochs_run"]
+
+
+def test_an_unreachable_target_stops_at_the_step_budget(tiny_config):
+    config = _config(tiny_config, target={**STUDY["target"], "value": 1e-6, "max_steps": 30})
+    path = train.train(config, "b64-x1", 0)
+    metrics = storage.read_json(path / "metrics.json")
+    assert metrics["stopped"] == "not_reached" and not metrics["target"]["reached"]
+    assert metrics["target"]["steps"] is None and metrics["target"]["steps_run"] == 30
+    assert int(storage.read_csv(target.trace_path(path))[-1]["step"]) == 30
+
+
+def test_an_interrupted_target_run_resumes_to_the_same_trace(tiny_config):
+    config = _config(tiny_config, target={**STUDY["target"], "value": 0.0012})
+    whole = storage.read_csv(target.trace_path(train.train(config, "b64-x0.5", 0)))
+    assert int(whole[-1]["epoch"]) > 3  # the run spans more than 3 epochs (7 steps each)
+    other = _config(tiny_config, target={**STUDY["target"], "value": 0.0012}, results_dir=str(config.results_dir) + "-b")
+    again_path = tiny_config(**{**STUDY, "target": {**STUDY["target"], "value": 0.0012},
+                                "results_dir": other.results_dir})
+    # Killed mid-epoch 3 (its checks only in memory), then where epoch 3's checks are written but
+    # its history row is not (the resumed run must drop them and redo the epoch).
+    for failpoint in ("epoch:3:mid", "write:history.csv"):
+        killed = cli("train", again_path, "--regime", "b64-x0.5", env={storage.FAILPOINT_VARIABLE: failpoint})
+        assert killed.returncode != 0 and not (train.run_directory(other, "b64-x0.5", 0) / "metrics.json").exists()
+    resumed = train.train(other, "b64-x0.5", 0)
+    again = storage.read_csv(target.trace_path(resumed))
+    assert [r["step"] for r in again] == [r["step"] for r in whole]
+    np.testing.assert_allclose([float(r["train_loss"]) for r in again], [float(r["train_loss"]) for r in whole],
+                               rtol=1e-5)
+
+
+# The grid -----------------------------------------------------------------------------------------
+def test_the_grid_comes_first_then_extends_past_a_strictly_best_edge():
+    study = config_lib.BatchSizeStudyConfig(batch_sizes=(32,), lr_multipliers=(0.5, 1.0, 2.0), max_extensions=2)
+    assert study.multipliers() == (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+    assert batchsize.next_multiplier({}, study) == (0.5, "grid")
+    assert batchsize.next_multiplier({0.5: 100, 1.0: 120}, study) == (2.0, "grid")
+    # Best at the low edge -> one more below; then interior -> done.
+    assert batchsize.next_multiplier({0.5: 100, 1.0: 120, 2.0: 200}, study) == (0.25, "extended low")
+    assert batchsize.next_multiplier({0.25: 110, 0.5: 100, 1.0: 120, 2.0: 200}, study) == (None, "interior")
+    # Best at the high edge (lower rates never reached the target) -> above, until the cap.
+    steps = {0.5: None, 1.0: 300, 2.0: 150}
+    assert batchsize.next_multiplier(steps, study) == (4.0, "extended high")
+    assert batchsize.next_multiplier({**steps, 4.0: 90, 8.0: 80}, study) == (None, "capped high")
+    # A tie with an interior rate is not an edge win; nothing reached -> nothing to extend towards.
+    assert batchsize.next_multiplier({0.5: 100, 1.0: 100, 2.0: 200}, study) == (None, "interior")
+    assert batchsize.next_multiplier({0.5: None, 1.0: None, 2.0: None}, study) == (None, "none reached")
+
+
+def test_the_study_trains_the_grid_and_its_extension(tiny_config, monkeypatch):
+    config = _config(tiny_config)
+    fake = {1.0: 40, 0.5: 30, 2.0: 60, 0.25: 35}  # best at 0.5 after one extension below
+    trained = []
+
+    def fake_train(cfg, regime, seed, log=None):
+        batch, multiplier = config_lib.parse_study_regime(regime)
+        trained.append(regime)
+        path = train.run_directory(cfg, regime, seed)
+        storage.atomic_write_json(path / "metrics.json", {"target": {"steps": fake[multiplier] * 64 // batch}})
+        return path
+
+    monkeypatch.setattr(train, "train", fake_train)
+    rows = batchsize.run_study(config, 0)
+    assert trained == ["b16-x0.5", "b16-x1", "b16-x2", "b16-x0.25", "b64-x0.5", "b64-x1", "b64-x2", "b64-x0.25"]
+    assert [(r["batch_size"], r["best_multiplier"], r["grid"]) for r in rows] == [(16, 0.5, "interior"),
+                                                                                  (64, 0.5, "interior")]
+    assert batchsize.run_study(config, 0) == rows and len(trained) == 8  # finished runs are not redone
+
+
+# The critical batch size --------------------------------------------------------------------------
+def test_the_fit_recovers_s_min_and_b_crit_from_exact_data():
+    batches = np.array([32, 100, 316, 1000, 3162])
+    steps = 250 * (1 + 600 / batches)
+    fit = batchsize.fit_critical_batch(batches, steps)
+    assert fit["s_min"] == pytest.approx(250, rel=1e-9) and fit["b_crit"] == pytest.approx(600, rel=1e-9)
+    assert fit["e_min"] == pytest.approx(250 * 600, rel=1e-9)
+    boot = batchsize.bootstrap_critical_batch(batches, steps, 200)
+    assert boot["median"] == pytest.approx(600, rel=1e-6) and boot["unresolved"] == 0
+    # Steps falling at least as fast as 1/B everywhere: no positive S_min, so no critical batch.
+    assert batchsize.fit_critical_batch(batches, 1e5 / batches - 5)["b_crit"] is None
+    with pytest.raises(ValueError):
+        batchsize.fit_critical_batch([32, 32], [10, 10])
+
+
+def test_seconds_per_step_leaves_the_first_interval_out():
+    trace = [{"step": 10, "train_seconds": 5.0}, {"step": 20, "train_seconds": 6.0},
+             {"step": 30, "train_seconds": 7.0}, {"step": 40, "train_seconds": 8.0}]
+    assert batchsize.seconds_per_step(trace) == pytest.approx(0.1)
+    assert batchsize.seconds_per_step(trace[:2]) is None
+
+
+# End to end: runs, noise along training, report -------------------------------------------------
+def test_the_study_end_to_end_writes_the_report(tiny_config):
+    path = tiny_config(**{**STUDY, "keep_iterates": [1], "batch_size_study": {
+        **STUDY["batch_size_study"], "lr_multipliers": [1, 4], "max_extensions": 0}})
+    report = batchsize.study(str(path))
+    config = config_lib.load(path)
+    text = report.read_text()
+    assert "## In plain words" in text and "| batch |" in text and "B_simple" in text
+    record = storage.read_json(report.parent / batchsize.SUMMARY_FILE)
+    assert [r["batch_size"] for r in record["rows"]] == [16, 64]
+    reference = [r for r in record["rows"] if r["batch_size"] == batchsize.reference_batch(config)][0]["run"]
+    kept = storage.read_json(f"{reference}/metrics.json")["kept_iterates"]
+    assert [r["point"] for r in record["noise"]] == ["initial", *[f"epoch{e}" for e in kept], "final"]
+    for r in record["noise"]:
+        if r["b_simple"] is not None:
+            assert math.isfinite(r["b_simple"]) and r["adam_b_simple"] is not None
+    assert (report.parent / "batch_size_steps.png").exists()
+    assert batchsize.reference_batch(config) == 16
+    # `report` on the folder rebuilds the same one-page report.
+    assert cli("report", config.results_dir).returncode == 0
+
+
+# Bad input ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides, key", [
+    ({"stopping": "target", "target": {"value": None}}, "stopping"),
+    ({"target": {"metric": "test_loss", "value": 1}}, "target.metric"),
+    ({"target": {"every_steps": 0}}, "target.every_steps"),
+    ({"batch_size_study": {"batch_sizes": [32, 32]}}, "batch_size_study.batch_sizes"),
+    ({"batch_size_study": {"lr_multipliers": [2, 1]}}, "batch_size_study.lr_multipliers"),
+    ({"batch_size_study": {"lr_multipliers": [1]}}, "batch_size_study.lr_multipliers"),
+    ({"batch_size_study": {"lr_scaling": "cubic"}}, "batch_size_study.lr_scaling"),
+])
+def test_bad_study_configs_are_one_line(tiny_config, overrides, key):
+    result = cli("batch-size", tiny_config(**overrides))
+    assert f"'{key}'" in one_error_line(result.returncode, result.stderr)
+
+
+def test_a_study_run_outside_the_config_and_a_config_without_a_study_are_refused(tiny_config):
+    config = _config(tiny_config)
+    with pytest.raises(config_lib.ConfigError, match="batch_size_study.batch_sizes"):
+        config.for_regime("b128-x1")
+    with pytest.raises(config_lib.ConfigError, match="multiplier"):
+        config.for_regime("b16-x3")
+    result = cli("batch-size", tiny_config())
+    assert "batch_size_study.batch_sizes" in one_error_line(result.returncode, result.stderr)
