@@ -378,16 +378,24 @@ def trend_table(rows: list[dict]) -> tuple[list[dict], dict[str, str]]:
     return [{**t, "regime": t["regime"].upper(), "sharpness": phi_label(t["key"])} for t in trends(rows)], columns
 
 
-def section(root, rows: list[dict], table_markdown: str, trend_markdown: str) -> str:
-    """The report's Figure 6 section (figures drawn from `rows` into
-    <root>/<network>_<dataset>/iterates/figure6.{png,pdf}); the tables come rendered."""
+def figures_per_network(root, rows: list[dict], folder: str, name: str, draw) -> list[str]:
+    """Draw `draw(rows of one network and data, stem)` into <root>/<network>_<dataset>/<folder>/<name>
+    for each network and data in `rows`; the report's Markdown for each (heading, PNG, PDF link)."""
     root = Path(root)
     images = []
     for network, dataset, label in dict.fromkeys((r["network"], r["dataset"], r["data"]) for r in rows):
-        stem = root / f"{network}_{dataset}" / "iterates" / "figure6"
-        plot([r for r in rows if (r["network"], r["dataset"]) == (network, dataset)], stem)
+        stem = root / f"{network}_{dataset}" / folder / name
+        draw([r for r in rows if (r["network"], r["dataset"]) == (network, dataset)], stem)
         png = stem.with_suffix(".png").relative_to(root)
-        images.append(f"### {network} on {label}\n\n![{network} Figure 6]({png})\n\n[PDF]({png.with_suffix('.pdf')})\n")
+        images.append(f"### {network} on {label}\n\n![{network} {name.replace('figure', 'Figure ')}]({png})\n\n"
+                      f"[PDF]({png.with_suffix('.pdf')})\n")
+    return images
+
+
+def section(root, rows: list[dict], table_markdown: str, trend_markdown: str) -> str:
+    """The report's Figure 6 section (figures drawn from `rows` into
+    <root>/<network>_<dataset>/iterates/figure6.{png,pdf}); the tables come rendered."""
+    images = figures_per_network(root, rows, "iterates", "figure6", plot)
     return ("## Figure 6: sharpness along the iterates\n\n"
             "Each kept iterate x_k (end of epoch k) of the SB and LB runs, measured with the runs' sharpness "
             "settings: train xent (f) is the mean training cross-entropy on the sharpness examples (the f of "

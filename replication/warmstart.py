@@ -351,14 +351,7 @@ def table(rows: list[dict]) -> tuple[list[dict], dict[str, str]]:
 def section(root, rows: list[dict], table_markdown: str) -> str:
     """The report's Figure 5 section (figures drawn from `rows` into
     <root>/<network>_<dataset>/warmstart/figure5.{png,pdf}); the table comes rendered."""
-    root = Path(root)
-    images = []
-    for network, dataset, label in dict.fromkeys((r["network"], r["dataset"], r["data"]) for r in rows):
-        stem = root / f"{network}_{dataset}" / "warmstart" / "figure5"
-        plot([r for r in rows if (r["network"], r["dataset"]) == (network, dataset)], stem)
-        png = stem.with_suffix(".png").relative_to(root)
-        images.append(f"### {network} on {label}\n\n![{network} Figure 5]({png})\n\n"
-                      f"[PDF]({png.with_suffix('.pdf')})\n")
+    images = iterates.figures_per_network(root, rows, "warmstart", "figure5", plot)
     lb_epochs = sorted({r["lb_epochs"] for r in rows})
     return ("## Figure 5: warm-starting LB from SB iterates\n\n"
             "From the SB run's iterate after k epochs, an LB run (\"piggyback LB\": fresh Adam, the LB batch, "

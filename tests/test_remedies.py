@@ -101,8 +101,10 @@ def test_the_remedies_profile_is_wired_into_make(tmp_path):
     assert "remedies-all: results/remedies/REPORT.md" in rules
     dry = tmp_path / "rules.mk"
     dry.write_text("PY := echo\n" + rules)
+    # Planned from an empty folder: the rules name results/remedies relatively, and the committed
+    # (or a local) results/remedies would otherwise leave nothing to plan.
     planned = subprocess.run(["make", "-n", "--no-print-directory", "-f", str(dry), "remedies-all"],
-                             capture_output=True, text=True, cwd=ROOT)
+                             capture_output=True, text=True, cwd=tmp_path)
     assert planned.returncode == 0, planned.stderr
     assert sum(" train " in line for line in planned.stdout.splitlines()) == 8  # 2 configs x 4 runs
     makefile = (ROOT / "Makefile").read_text()
