@@ -47,6 +47,19 @@ def cli(*args, env=None, check=False):
     return result
 
 
+def planned_commands(rules: str, goal: str, folder) -> list[str]:
+    """The commands `make -n goal` plans from generated rules (PY := echo), run in `folder`: result
+    paths in the rules are relative to it, so an empty folder plans every step."""
+    makefile = Path(folder) / "rules.mk"
+    makefile.write_text("PY := echo\n" + rules)
+    # --no-print-directory: under `make test` this is a sub-make, which would otherwise print
+    # "Entering/Leaving directory" lines around the commands.
+    dry = subprocess.run(["make", "-n", "--no-print-directory", "-f", str(makefile), goal],
+                         capture_output=True, text=True, cwd=folder)
+    assert dry.returncode == 0, dry.stderr
+    return dry.stdout.splitlines()
+
+
 def one_error_line(code, err: str) -> str:
     """The promise for every bad input: exit status 2 and a stderr of exactly one non-empty line,
     "error: <problem>: <fix>". Returns that line."""

@@ -3,7 +3,6 @@ resumed), their measurement (f and Metric 2.1 at each iterate, reused when setti
 6's rule on hand-made and published curves, the figure, and the Make rules."""
 
 import math
-import subprocess
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from conftest import TINY, cli, one_error_line
 from replication import __main__ as cli_main
 from replication import config as config_lib
 from replication import iterates, pipeline, results, sharpness, storage, train
+from tests.conftest import planned_commands
 
 
 # Config -----------------------------------------------------------------------------------------------
@@ -261,12 +261,7 @@ def test_rules_measure_the_iterates_of_sb_and_lb_before_the_report(tmp_path):
     assert "b64/seed0/iterates" not in rules  # Figure 6 is SB and LB
     report = next(line for line in rules.splitlines() if line.startswith(f"{results_dir}/REPORT.md:"))
     assert f"{trial}/sb/seed0/iterates/measured.json" in report and f"{trial}/lb/seed0/iterates/measured.json" in report
-    makefile = tmp_path / "rules.mk"
-    makefile.write_text("PY := echo\n" + rules)
-    dry = subprocess.run(["make", "-n", "--no-print-directory", "-f", str(makefile), "tiny-all"],
-                         capture_output=True, text=True)
-    assert dry.returncode == 0, dry.stderr
-    lines = dry.stdout.splitlines()
+    lines = planned_commands(rules, "tiny-all", tmp_path)
     for regime in ("sb", "lb"):
         trained = lines.index(f"echo -m replication train {config} --seed 0 --regime {regime}")
         assert trained < lines.index(f"echo -m replication iterates {trial / regime / 'seed0'}") < len(lines) - 1

@@ -6,6 +6,7 @@ import yaml
 
 from conftest import ROOT, TINY
 from replication import pipeline
+from tests.conftest import planned_commands
 
 
 def test_rules_cover_every_result_and_parse_with_make(tmp_path):
@@ -24,14 +25,7 @@ def test_rules_cover_every_result_and_parse_with_make(tmp_path):
         for path in ("linear", "curvilinear"):
             assert f"{trial}/landscape/seed{seed}_{path}.pdf:" in rules
     assert f"tiny-all: {results}/REPORT.md" in rules
-    makefile = tmp_path / "rules.mk"
-    makefile.write_text("PY := echo\n" + rules)
-    # --no-print-directory: under `make test` this is a sub-make, which would otherwise print
-    # "Entering/Leaving directory" lines around the commands.
-    dry = subprocess.run(["make", "-n", "--no-print-directory", "-f", str(makefile), "tiny-all"],
-                         capture_output=True, text=True)
-    assert dry.returncode == 0, dry.stderr
-    lines = dry.stdout.splitlines()
+    lines = planned_commands(rules, "tiny-all", tmp_path)
     first_train = next(i for i, line in enumerate(lines) if " train " in line)
     first_sharpness = next(i for i, line in enumerate(lines) if " sharpness " in line)
     assert first_train < first_sharpness and lines[-1].endswith(f"report {results}")

@@ -6,7 +6,6 @@ claim 7's rule on hand-made results and on the paper's own numbers."""
 import math
 import re
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from conftest import ROOT, TINY, cli
 from test_train import assert_same_run  # metrics.json byte for byte, weights bit for bit
 from replication import backend, compare, pipeline, remedy_tables, results, sharpness, storage, train
 from replication import config as config_lib
+from tests.conftest import planned_commands
 
 IMAGE_NETWORKS = {"F1": ((28, 28, 1), 10), "C1": ((32, 32, 3), 10), "C2": ((32, 32, 3), 10),
                   "C3": ((32, 32, 3), 100), "C4": ((32, 32, 3), 100)}
@@ -99,14 +99,10 @@ def test_the_remedies_profile_is_wired_into_make(tmp_path):
         assert f"--regime {regime}" in rules
         assert f"{sharpness.result_path(run, 'full', 1e-3).parent}" in rules
     assert "remedies-all: results/remedies/REPORT.md" in rules
-    dry = tmp_path / "rules.mk"
-    dry.write_text("PY := echo\n" + rules)
     # Planned from an empty folder: the rules name results/remedies relatively, and the committed
     # (or a local) results/remedies would otherwise leave nothing to plan.
-    planned = subprocess.run(["make", "-n", "--no-print-directory", "-f", str(dry), "remedies-all"],
-                             capture_output=True, text=True, cwd=tmp_path)
-    assert planned.returncode == 0, planned.stderr
-    assert sum(" train " in line for line in planned.stdout.splitlines()) == 8  # 2 configs x 4 runs
+    planned = planned_commands(rules, "remedies-all", tmp_path)
+    assert sum(" train " in line for line in planned) == 8  # 2 configs x 4 runs
     makefile = (ROOT / "Makefile").read_text()
     assert "include .cache/remedies.mk" in makefile and "\nremedies: remedies-all\n" in makefile
 
