@@ -208,6 +208,126 @@ def measure_noise(config: config_lib.Config, seed: int, log=None) -> list[Path]:
     return [noise.result_path(run, point) for point in points]
 
 
+# Generalisation once steps and learning rate are fair (item 3) --------------------------------------
+COMPARE_KINDS = {"fixed": "(a) fixed epochs, fixed learning rate",
+                 "tuned": "(b) fixed epochs, tuned learning rate",
+                 "steps": "(c) tuned rate, as many steps as the smallest batch",
+                 "ghost": "(d) as (c), ghost batch norm"}
+
+
+def steps_per_epoch(num_train: int, batch: int) -> int:
+    return -(-num_train // batch)
+
+
+def compare_plan(config: config_lib.Config, seed: int, num_train: int) -> list[tuple[int, str, str]]:
+    """(batch, kind, regime) of every fair-comparison run (Hoffer et al. 2017; issue 13 item 3):
+    at each of batch_size_study.compare_batch_sizes, (a) compare_epochs at the fixed learning_rate;
+    then, where the study found a best rate at that batch, (b) as many epochs at it, (c) at it for
+    as many optimizer steps as the smallest compared batch takes in (b) (Hoffer et al.'s "regime
+    adaptation"; the smallest batch's (c) is its (b)), (d) (c) with ghost batch norm over virtual
+    batches of compare_ghost_batch_size (only at batches larger than that)."""
+    study = config.batch_size_study
+    if not study.compare_batch_sizes:
+        return []
+    epochs, ghost = study.compare_epochs, study.compare_ghost_batch_size
+    smallest = min(study.compare_batch_sizes)
+    budget = epochs * steps_per_epoch(num_train, smallest)
+    plan = []
+    for batch in sorted(study.compare_batch_sizes):
+        plan.append((batch, "fixed", config_lib.compare_regime(batch, None, epochs)))
+        best = best_multiplier(run_steps(config, batch, seed))
+        if best is None:
+            continue
+        plan.append((batch, "tuned", config_lib.compare_regime(batch, best, epochs)))
+        matched = -(-budget // steps_per_epoch(num_train, batch))
+        if batch != smallest:
+            plan.append((batch, "steps", config_lib.compare_regime(batch, best, matched)))
+        if ghost and ghost < batch:
+            plan.append((batch, "ghost", config_lib.compare_regime(batch, best, matched, ghost)))
+    return plan
+
+
+def run_compare(config: config_lib.Config, seed: int, log=None) -> list[Path]:
+    """Train every fair-comparison run (compare_plan), then measure each minimiser's sharpness
+    (the config's Metric 2.1 settings); returns the run directories. Training first, so a run
+    stopped by a deadline leaves the accuracies before the sharpness."""
+    from replication import sharpness, train
+
+    log = log or sys.stderr
+    if not config.batch_size_study.compare_batch_sizes:
+        return []
+    num_train = len(train.load_arrays(config)[1])
+    plan = compare_plan(config, seed, num_train)
+    for batch, kind, regime in plan:
+        print(f"[batch-size study] fair comparison at batch {batch}: {COMPARE_KINDS[kind]} ({regime})",
+              file=log, flush=True)
+        train.train(config, regime, seed, log)
+    paths = [train.run_directory(config.for_regime(regime), regime, seed) for _, _, regime in plan]
+    for path in paths:
+        sharpness.sharpness_all(path, log=log)
+    return paths
+
+
+def compare_kind(regime: str, compare_epochs: int) -> str | None:
+    """Which of (a)-(d) a run is (None: not a comparison run); a smallest batch's (b) is also its (c)."""
+    parsed = config_lib.parse_compare_regime(regime)
+    if parsed is None:
+        return None
+    _, multiplier, epochs, ghost = parsed
+    return "fixed" if multiplier is None else "ghost" if ghost else "tuned" if epochs == compare_epochs else "steps"
+
+
+def read_compare(loaded, compare_epochs: int) -> list[dict]:
+    """One row per fair-comparison run: batch, kind, rate, epochs and steps, accuracies, the gap
+    between training and test accuracy, and its sharpness at each measured (space, epsilon)."""
+    out = []
+    for run in loaded.runs:
+        kind = compare_kind(run.regime, compare_epochs)
+        if kind is None:
+            continue
+        batch, multiplier, epochs, ghost = config_lib.parse_compare_regime(run.regime)
+        metrics = run.metrics
+        row = {"batch_size": batch, "kind": kind, "regime": run.regime, "multiplier": multiplier,
+               "learning_rate": float(metrics["resolved_config"]["learning_rate"]), "epochs": epochs,
+               "steps": epochs * steps_per_epoch(int(metrics["num_train"]), batch), "ghost_batch_size": ghost,
+               "train_accuracy": float(metrics["train_accuracy"]), "test_accuracy": float(metrics["test_accuracy"]),
+               "train_loss": float(metrics["train_loss"]), "diverged": bool(run.diverged),
+               "train_seconds": round(run.train_seconds, 2), "run": str(run.path)}
+        row["generalization_gap"] = row["train_accuracy"] - row["test_accuracy"]
+        for (space, epsilon), measurement in sorted(run.sharpness.items()):
+            row[f"sharpness_{space}_eps{epsilon:g}"] = measurement.record.get("phi")
+        out.append(row)
+    order = list(COMPARE_KINDS)
+    return sorted(out, key=lambda r: (order.index(r["kind"]), r["batch_size"]))
+
+
+def compare_gaps(rows: list[dict]) -> list[dict]:
+    """Per kind (a)-(d): the largest batch against the smallest (for (c) and (d) the smallest's
+    own (b) run, the same steps at the same rate): test accuracy difference and sharpness ratio."""
+    if not rows:
+        return []
+    smallest, largest = min(r["batch_size"] for r in rows), max(r["batch_size"] for r in rows)
+    if smallest == largest:
+        return []
+    keys = sorted({k for r in rows for k in r if k.startswith("sharpness_")})
+    out = []
+    for kind in COMPARE_KINDS:
+        reference_kind = kind if kind in ("fixed", "tuned") else "tuned"
+        small = next((r for r in rows if r["kind"] == reference_kind and r["batch_size"] == smallest), None)
+        large = next((r for r in rows if r["kind"] == kind and r["batch_size"] == largest), None)
+        if small is None or large is None:
+            continue
+        row = {"kind": kind, "small_batch": smallest, "large_batch": largest,
+               "small_test_accuracy": small["test_accuracy"], "large_test_accuracy": large["test_accuracy"],
+               "test_accuracy_difference": large["test_accuracy"] - small["test_accuracy"],
+               "small_steps": small["steps"], "large_steps": large["steps"]}
+        for key in keys:
+            a, b = small.get(key), large.get(key)
+            row[key + "_ratio"] = b / a if a and b is not None else None
+        out.append(row)
+    return out
+
+
 def study(config_path: str, overrides=(), seed: int | None = None, log=None, only: int | None = None) -> Path | None:
     """The whole study of one config: train, measure the noise scale, write the report. With
     `only` (a batch size), train that batch's runs alone and stop there (no noise, no report):
@@ -220,6 +340,7 @@ def study(config_path: str, overrides=(), seed: int | None = None, log=None, onl
         run_study(config, s, log, only)
         if only is None:
             measure_noise(config, s, log)
+            run_compare(config, s, log)
     if only is not None:
         return None
     print(f"[batch-size study] trained and measured in {time.time() - tick:.0f} s (this process)",
@@ -445,19 +566,27 @@ def write_report(results_dir) -> Path:
     storage.atomic_write_csv(tables / "batch_size_best.csv", summary["rows"])
     if summary["noise"]:
         storage.atomic_write_csv(tables / "batch_size_noise.csv", summary["noise"])
+    compared = read_compare(loaded, config.batch_size_study.compare_epochs)
+    summary["compare"], summary["compare_gaps"] = compared, compare_gaps(compared)
+    if compared:
+        storage.atomic_write_csv(tables / "batch_size_compare.csv", compared)
     figures = [plot_steps(summary, root / "batch_size_steps", f"{label}: steps, examples and time to "
                           f"{config.target.metric} <= {config.target.value:g}")[0]]
     if summary["noise"]:
         figures.append(plot_noise(summary, root / "batch_size_noise", f"{config.network}: B_simple along training "
                                   "vs the measured B_crit")[0])
-    cost = sum(p.train_seconds for p in points)
+    cost = sum(p.train_seconds for p in points) + sum(r["train_seconds"] for r in compared)
     noise_cost = sum(float(m.record.get("wall_seconds") or 0) for run in loaded.runs for m in run.noise.values())
     record = {"fit": summary["fit"], "bootstrap": summary["bootstrap"], "rows": summary["rows"],
-              "noise": summary["noise"], "runs": len(points), "train_seconds_total": round(cost, 1), "noise_seconds_total": round(noise_cost, 1),
+              "noise": summary["noise"], "compare": compared, "compare_gaps": summary["compare_gaps"],
+              "runs": len(points) + len(compared), "train_seconds_total": round(cost, 1), "noise_seconds_total": round(noise_cost, 1),
               "target": dataclasses.asdict(config.target), "study": dataclasses.asdict(config.batch_size_study),
               # Each run's own learning rate and the target are stated in their own places.
               "deviations": sorted({d for p in points for d in storage.read_json(p.path / "metrics.json")["deviations"]
                                     if not d.startswith(("learning rate ", "stopped at a target"))})}
+    noise_cost += sum(float(m.record.get("wall_seconds") or 0) for run in loaded.runs for m in run.sharpness.values()
+                      if compare_kind(run.regime, config.batch_size_study.compare_epochs))
+    record["measure_seconds_total"] = round(noise_cost, 1)
     storage.atomic_write_json(root / SUMMARY_FILE, record)
     text = _markdown(config, label, summary, record, figures, root)
     storage.atomic_write_text(root / REPORT_FILE, text)
@@ -529,6 +658,7 @@ def _markdown(config, label: str, summary: dict, record: dict, figures: list[Pat
                      f"{config.batch_size_study.lr_scaling}-rule value (learning_rate {config.learning_rate:g} x "
                      f"(B / {config.sb_batch_size})^{config_lib.LR_SCALINGS[config.batch_size_study.lr_scaling]:g}); "
                      "tune it at every batch size: a rule alone left steps on the table.")
+    lines += _compare_plain(summary.get("compare_gaps") or [], config)
     lines += ["- Limits: " + "; ".join(record["deviations"] + [
         f"target {target.metric} <= {target.value:g} on the first {target.eval_subset} training examples, "
         + (f"checked every {target.every_examples} examples (every max(1, {target.every_examples} / B) steps; "
@@ -586,20 +716,79 @@ def _markdown(config, label: str, summary: dict, record: dict, figures: list[Pat
                   f"mini-batches of {noise[0]['noise_batch']} of {noise[0]['noise_examples']} training examples "
                   "(± jackknife standard error), on the best run at the batch nearest sb_batch_size; the "
                   "preconditioned one applies Adam's 1 / (sqrt(v) + eps) to every mini-batch gradient.", ""]
-    lines += ["## Not in this report", "",
-              "- The generalisation comparison at each batch of (a) the paper's fixed epochs and learning "
-              "rate, (b) the tuned rate, (c) as many steps as the small batch, (d) ghost batch norm, with the "
-              "sharpness of each minimiser, is not run by this command yet; the table's test accuracy at the "
-              "target (same training loss, tuned rate) is the only generalisation number here, and no "
-              "sharpness was measured. The ghost batch-norm layer exists (models.GhostBatchNormalization, "
-              "tested against per-chunk statistics) but no config key puts it in the networks yet.", "",
-              "## Cost and provenance", "",
+    lines += _compare_section(summary.get("compare") or [], summary.get("compare_gaps") or [], config)
+    lines += [              "## Cost and provenance", "",
               f"{record['runs']} runs; training time summed over their epochs {record['train_seconds_total']:.0f} s "
-              f"(evaluations included), noise-scale measurements {record['noise_seconds_total']:.0f} s "
+              f"(evaluations included), noise-scale and sharpness measurements {record['measure_seconds_total']:.0f} s "
               f"({_device(summary)}; process start-ups and waits for a shared CPU not counted). Tables: `tables/batch_size_steps.csv` (every run), `tables/batch_size_best.csv` "
-              "(best per batch), `tables/batch_size_noise.csv`; everything in `batch_size.json`. Each run's checks: "
+              "(best per batch), `tables/batch_size_noise.csv`, `tables/batch_size_compare.csv` (the fair "
+              "comparison); everything in `batch_size.json`. Each run's checks: "
               "`<run>/target.csv`.", ""]
     return "\n".join(lines)
+
+
+def _sharpness_key(rows: list[dict]) -> str | None:
+    """The sharpness column the comparison reports: full space, the largest epsilon measured."""
+    keys = sorted({k for r in rows for k in r if k.startswith("sharpness_full_eps")},
+                  key=lambda k: -float(k.rsplit("eps", 1)[1]))
+    return keys[0] if keys else None
+
+
+def _compare_plain(gaps: list[dict], config) -> list[str]:
+    if not gaps:
+        return []
+    by_kind = {g["kind"]: g for g in gaps}
+    key = _sharpness_key([{k.removesuffix("_ratio"): 1 for k in g} for g in gaps])
+    parts = []
+    for kind, g in by_kind.items():
+        ratio = g.get(f"{key}_ratio") if key else None
+        parts.append(f"{COMPARE_KINDS[kind].split(' ', 1)[0]} {g['test_accuracy_difference']:+.2f} points"
+                     + (f" (sharpness x{ratio:.2f})" if ratio is not None else ""))
+    first = gaps[0]
+    fixed, fair = by_kind.get("fixed"), by_kind.get("steps") or by_kind.get("tuned")
+    verdict = ""
+    if fixed and fair:
+        shrink = fair["test_accuracy_difference"] - fixed["test_accuracy_difference"]
+        verdict = (f" Giving the large batch a tuned rate{' and the same steps' if 'steps' in by_kind else ''} "
+                   f"moved its gap by {shrink:+.2f} points.")
+    return [f"- Generalisation once steps and learning rate are fair: test accuracy of batch {first['large_batch']} "
+            f"minus batch {first['small_batch']}, {'; '.join(parts)}.{verdict} One seed: differences under about a "
+            "point are within seed-to-seed noise for these networks (the paper's Table 2 spreads are 0.1-0.5)."]
+
+
+def _compare_section(rows: list[dict], gaps: list[dict], config) -> list[str]:
+    study = config.batch_size_study
+    lines = ["## Generalisation once steps and learning rate are fair", ""]
+    if not rows:
+        return lines + ["Not run: this profile sets no batch_size_study.compare_batch_sizes (the comparison of "
+                        "(a) fixed epochs and learning rate, (b) the tuned rate, (c) the smallest batch's steps, "
+                        "(d) ghost batch norm, with each minimiser's sharpness).", ""]
+    key = _sharpness_key(rows)
+    label = key.removeprefix("sharpness_").replace("_eps", ", eps ") if key else None
+    lines += [f"At each compared batch: (a) {study.compare_epochs} epochs at the fixed learning rate "
+              f"{config.learning_rate:g} (the paper's protocol, shortened); (b) as many epochs at the rate the "
+              "study found best for that batch; (c) that rate for as many optimizer steps as the smallest batch "
+              "takes in (b) (Hoffer et al. 2017's regime adaptation: \"train longer\"); (d) (c) with ghost batch "
+              f"norm over virtual batches of {study.compare_ghost_batch_size} in training (Hoffer et al. 2017, "
+              "section 4.1; evaluation and sharpness use the whole batch's statistics, as for every other run). "
+              "Sharpness is Metric 2.1 on each minimiser with the profile's settings.", "",
+              "| run | batch | lr | epochs | steps | train acc. (%) | test acc. (%) | train - test | "
+              f"sharpness ({label or 'not measured'}) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {COMPARE_KINDS[r['kind']]} | {r['batch_size']} | {_fmt(r['learning_rate'])} | {r['epochs']} | "
+                     f"{r['steps']} | {r['train_accuracy']:.2f} | {r['test_accuracy']:.2f} | "
+                     f"{r['generalization_gap']:.2f} | {_fmt(r.get(key) if key else None)} |"
+                     + (" diverged" if r["diverged"] else ""))
+    if gaps:
+        lines += ["", "| regime | small batch: test acc. | large batch: test acc. | large - small | steps small / large | "
+                  "sharpness large / small |", "|---|---|---|---|---|---|"]
+        for g in gaps:
+            ratio = g.get(f"{key}_ratio") if key else None
+            lines.append(f"| {COMPARE_KINDS[g['kind']]} | {g['small_test_accuracy']:.2f} (B={g['small_batch']}) | "
+                         f"{g['large_test_accuracy']:.2f} (B={g['large_batch']}) | {g['test_accuracy_difference']:+.2f} | "
+                         f"{g['small_steps']} / {g['large_steps']} | {_fmt(ratio) if ratio is not None else '-'} |")
+        lines += ["", "For (c) and (d) the small batch's row is its own (b) run: the same steps at its tuned rate."]
+    return lines + [""]
 
 
 def _device(summary: dict) -> str:

@@ -184,6 +184,14 @@ class BatchSizeStudyConfig:
     lr_multipliers: tuple[float, ...] = (0.5, 1.0, 2.0)
     max_extensions: int = 3
     bootstrap: int = 1000                      # resamples of the batch sizes for B_crit's interval
+    # Generalisation once steps and learning rate are fair (issue 13 item 3; batchsize.compare):
+    # at each of these batch sizes (each one of batch_sizes, whose best rate it uses), runs of
+    # (a) `compare_epochs` at the fixed learning_rate, (b) as many epochs at the tuned rate, (c) the
+    # tuned rate for as many steps as the smallest of them takes in (b), (d) (c) with ghost batch
+    # norm over virtual batches of compare_ghost_batch_size; each minimiser's sharpness is measured.
+    compare_batch_sizes: tuple[int, ...] = ()  # empty: no comparison
+    compare_epochs: int = 10
+    compare_ghost_batch_size: int | None = None  # None: no (d)
 
     def validate(self, where: str) -> None:
         for b in self.batch_sizes:
@@ -200,6 +208,16 @@ class BatchSizeStudyConfig:
         _check(self.max_extensions >= 0, "batch_size_study.max_extensions", self.max_extensions, where,
                "must be >= 0")
         _check(self.bootstrap >= 0, "batch_size_study.bootstrap", self.bootstrap, where, "must be >= 0")
+        for b in self.compare_batch_sizes:
+            _check(b in self.batch_sizes, "batch_size_study.compare_batch_sizes", b, where,
+                   "each must be one of batch_size_study.batch_sizes (its tuned learning rate comes from there)")
+        _check(len(set(self.compare_batch_sizes)) == len(self.compare_batch_sizes),
+               "batch_size_study.compare_batch_sizes", self.compare_batch_sizes, where, "batch sizes repeat")
+        _check(self.compare_epochs >= 1, "batch_size_study.compare_epochs", self.compare_epochs, where,
+               "must be >= 1")
+        _check(self.compare_ghost_batch_size is None or self.compare_ghost_batch_size >= 1,
+               "batch_size_study.compare_ghost_batch_size", self.compare_ghost_batch_size, where,
+               "must be >= 1 or null")
 
     def multipliers(self) -> tuple[float, ...]:
         """Every multiplier a run may have: the grid, then up to max_extensions more on each side,
@@ -220,6 +238,28 @@ def parse_study_regime(regime: str) -> tuple[int, float] | None:
     """(batch size, lr multiplier) of a study run name, or None for anything else."""
     match = re.fullmatch(r"b([1-9][0-9]*)-x([0-9]+(?:\.[0-9]+)?(?:e-?[0-9]+)?)", regime)
     return (int(match.group(1)), float(match.group(2))) if match else None
+
+
+# What a fair-comparison run's name sets for it (Config.for_regime), so not its trial's protocol.
+COMPARE_RUN_KEYS = ("learning_rate", "epochs", "stopping", "ghost_batch_size")
+
+
+def compare_regime(batch_size: int, multiplier: float | None, epochs: int, ghost: int | None = None) -> str:
+    """The run name of one run of the fair comparison: b<batch>-fixed-e<epochs> at the fixed
+    learning_rate, b<batch>-x<multiplier>-e<epochs> at the tuned rate, -g<ghost> with ghost batch norm."""
+    rate = "fixed" if multiplier is None else f"x{float(multiplier):.6g}"
+    return f"b{batch_size}-{rate}-e{epochs}" + (f"-g{ghost}" if ghost else "")
+
+
+def parse_compare_regime(regime: str) -> tuple[int, float | None, int, int | None] | None:
+    """(batch, multiplier or None for the fixed rate, epochs, ghost batch or None) of a comparison
+    run name, or None for anything else."""
+    match = re.fullmatch(r"b([1-9][0-9]*)-(fixed|x[0-9]+(?:\.[0-9]+)?(?:e-?[0-9]+)?)-e([1-9][0-9]*)"
+                         r"(?:-g([1-9][0-9]*))?", regime)
+    if not match:
+        return None
+    rate = None if match.group(2) == "fixed" else float(match.group(2)[1:])
+    return int(match.group(1)), rate, int(match.group(3)), int(match.group(4)) if match.group(4) else None
 
 
 # The remedies of section 4 / appendix E (replication/remedies.py): config section -> the suffix of
@@ -383,6 +423,9 @@ class Config:
     train_subset: int | None = None        # first N examples of a fixed shuffle; None = all
     test_subset: int | None = None
     batchnorm: str = "batch_statistics"    # the paper's Keras 1 mode=2, or "moving_average"
+    # Ghost batch norm (Hoffer et al. 2017): in training, batch statistics over each consecutive
+    # chunk of this many examples of a batch (models.BatchStatNormalization virtual_batch_size); None: the whole batch.
+    ghost_batch_size: int | None = None
     sb_batch_size: int = 256
     lb_batch_size: int | None = None       # None = 10% of the training set (the paper's LB)
     learning_rate: float = 1e-3
@@ -419,7 +462,10 @@ class Config:
                f"network {self.network} takes {COMPATIBLE[self.network]}")
         _check(self.batchnorm in BATCHNORM, "batchnorm", self.batchnorm, where, f"use one of {BATCHNORM}")
         _check(self.stopping in STOPPING, "stopping", self.stopping, where, f"use one of {STOPPING}")
-        for key in ("train_subset", "test_subset", "lb_batch_size"):
+        _check(self.ghost_batch_size is None or self.batchnorm == "batch_statistics", "ghost_batch_size",
+               self.ghost_batch_size, where, "ghost batch norm replaces batch-statistics normalisation: "
+               "use batchnorm: batch_statistics or ghost_batch_size: null")
+        for key in ("train_subset", "test_subset", "lb_batch_size", "ghost_batch_size"):
             value = getattr(self, key)
             _check(value is None or value >= 1, key, value, where, "must be >= 1 or null")
         for key in ("sb_batch_size", "epochs", "patience", "eval_batch_size"):
@@ -530,6 +576,12 @@ class Config:
         self._check_regime(regime)
         if parse_study_regime(regime) is not None:
             return dataclasses.replace(self, learning_rate=self.learning_rate * self.study_lr_factor(regime))
+        if (fair := parse_compare_regime(regime)) is not None:
+            batch, multiplier, epochs, ghost = fair
+            rate = self.learning_rate if multiplier is None else \
+                self.learning_rate * self.study_lr_factor(study_regime(batch, multiplier))
+            return dataclasses.replace(self, learning_rate=rate, epochs=epochs, stopping="fixed",
+                                       keep_iterates=(), keep_every=None, ghost_batch_size=ghost)
         if parse_warm_start(regime) is not None:
             # A piggyback run trains warm_start's epochs and adds no runs or iterates of its own.
             return dataclasses.replace(self, epochs=self.warm_start_epochs(), keep_iterates=(), keep_every=None,
@@ -564,6 +616,11 @@ class Config:
             return [*self.deviations(), *extra]
         if scaled is self:
             return self.deviations()
+        if (fair := parse_compare_regime(regime)) is not None:
+            rate = (f"the fixed learning rate {scaled.learning_rate:.3g}" if fair[1] is None else
+                    f"learning rate {scaled.learning_rate:.3g} ({fair[1]:g} x the {self.batch_size_study.lr_scaling} "
+                    f"rule's value at batch {fair[0]}, the batch-size study's best)")
+            return [*scaled.deviations(), f"{rate}; fair-comparison run of the batch-size study"]
         if (study := parse_study_regime(regime)) is not None:
             return [*self.deviations(), f"learning rate {scaled.learning_rate:.3g} ({study[1]:g} x the "
                     f"{self.batch_size_study.lr_scaling} rule's value at batch {study[0]}; batch-size study run)"]
@@ -578,6 +635,16 @@ class Config:
             raise ConfigError(f"unknown regime {regime!r}: a batch-size study run needs a batch in "
                               f"batch_size_study.batch_sizes {list(self.batch_size_study.batch_sizes)} and a "
                               f"multiplier in {list(self.batch_size_study.multipliers())}")
+        if (fair := parse_compare_regime(regime)) is not None:
+            study = self.batch_size_study
+            batch, multiplier, _, ghost = fair
+            if batch in study.compare_batch_sizes and (multiplier is None or multiplier in study.multipliers()) \
+                    and ghost in (None, study.compare_ghost_batch_size):
+                return
+            raise ConfigError(f"unknown regime {regime!r}: a fair-comparison run needs a batch in "
+                              f"batch_size_study.compare_batch_sizes {list(study.compare_batch_sizes)}, a "
+                              f"multiplier in {list(study.multipliers())} and ghost batch "
+                              f"{study.compare_ghost_batch_size}")
         if regime not in self.regimes():
             sweep = (f", or a sweep run of this config: {', '.join(self.sweep_regimes())}"
                      if self.sweep.batch_sizes else " (this config has no sweep.batch_sizes)")
@@ -594,7 +661,7 @@ class Config:
         if parse_warm_start(regime) is None:  # a piggyback run's own config (for_regime) adds none
             self._check_regime(regime)
         ten_percent = max(1, round(num_train / 10))  # TIMIT: 72133, as the paper prints
-        point = parse_regime(regime) or parse_study_regime(regime)
+        point = parse_regime(regime) or parse_study_regime(regime) or parse_compare_regime(regime)
         base = parse_remedy(regime)[0] if parse_remedy(regime) else \
             "lb" if parse_warm_start(regime) is not None else regime
         size = (point[0] if point else self.sb_batch_size if base == "sb"
@@ -616,6 +683,9 @@ class Config:
             out.append(f"test set reduced to {self.test_subset} examples")
         if self.batchnorm != "batch_statistics":
             out.append("batch norm with moving averages (the paper normalised with batch statistics)")
+        if self.ghost_batch_size:
+            out.append(f"ghost batch norm in training: statistics over virtual batches of {self.ghost_batch_size} "
+                       "(Hoffer et al. 2017; the paper normalised with the whole batch's)")
         if self.epochs != PAPER_EPOCHS or self.stopping != "fixed":
             rule = f"{self.epochs} epochs" if self.stopping == "fixed" else (
                 f"plateau stopping (patience {self.patience}, at most {self.epochs} epochs)"

@@ -25,67 +25,63 @@ class BatchStatNormalization(layers.Layer):
     """Batch norm that always uses the current batch's statistics (Keras 1 mode=2).
 
     Trainable gamma and beta per feature (last axis); no moving mean or variance, so the
-    `training` flag does not change its output.
-    """
+    `training` flag does not change its output -- unless `virtual_batch_size` is set: ghost batch
+    norm (Hoffer, Hubara and Soudry 2017, "Train longer, generalize better", section 4.1), where in
+    training each consecutive chunk of `virtual_batch_size` examples of the batch is normalised
+    with its own mean and variance, so a large batch sees the noise of small ones (the last chunk
+    of a batch the size does not divide is smaller; Keras 3 has no `virtual_batch_size`).
+    Evaluation (training=False: the loss f of sharpness, every accuracy) still normalises with the
+    whole evaluation batch, as every other run does, so a ghost-trained minimiser is measured by
+    the same function as the rest. One class for both, so weight files (which Keras keys by class
+    name) and x0 are shared between ghost and plain models.
 
-    def __init__(self, epsilon: float = BN_EPSILON, **kwargs):
+    Statistics are per feature (last axis) over the examples and every other axis (the spatial
+    ones of a convolution)."""
+
+    def __init__(self, epsilon: float = BN_EPSILON, virtual_batch_size: int | None = None, **kwargs):
         super().__init__(**kwargs)
+        if virtual_batch_size is not None and virtual_batch_size < 1:
+            raise ValueError(f"virtual_batch_size must be >= 1 or None, got {virtual_batch_size}")
         self.epsilon = epsilon
+        self.virtual_batch_size = virtual_batch_size
 
     def build(self, input_shape):
         dim = input_shape[-1]
         self.gamma = self.add_weight(shape=(dim,), initializer="ones", name="gamma")
         self.beta = self.add_weight(shape=(dim,), initializer="zeros", name="beta")
 
-    def call(self, inputs, training=None):
-        axes = list(range(len(inputs.shape) - 1))
-        mean, variance = ops.moments(inputs, axes=axes)
-        return (inputs - mean) * ops.rsqrt(variance + self.epsilon) * self.gamma + self.beta
-
-    def get_config(self):
-        return {**super().get_config(), "epsilon": self.epsilon}
-
-
-@keras.saving.register_keras_serializable(package="replication")
-class GhostBatchNormalization(BatchStatNormalization):
-    """Ghost batch norm (Hoffer, Hubara and Soudry 2017, "Train longer, generalize better",
-    section 4.1): batch-statistics normalisation (as BatchStatNormalization) where each consecutive
-    chunk of `virtual_batch_size` examples of the batch is normalised with its own mean and
-    variance, so a large batch sees the noise of small ones; the last chunk of a batch that
-    `virtual_batch_size` does not divide is smaller. Keras 3 has no `virtual_batch_size`.
-
-    Statistics are per feature (last axis) over the chunk's examples and every other axis (the
-    spatial ones of a convolution), as BatchStatNormalization's over the whole batch."""
-
-    def __init__(self, virtual_batch_size: int, epsilon: float = BN_EPSILON, **kwargs):
-        super().__init__(epsilon=epsilon, **kwargs)
-        if virtual_batch_size < 1:
-            raise ValueError(f"virtual_batch_size must be >= 1, got {virtual_batch_size}")
-        self.virtual_batch_size = virtual_batch_size
-
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def call(self, inputs, training=None):
+        if training and self.virtual_batch_size:
+            return self._ghost(inputs)
+        axes = list(range(len(inputs.shape) - 1))
+        mean, variance = ops.moments(inputs, axes=axes)
+        return (inputs - mean) * ops.rsqrt(variance + self.epsilon) * self.gamma + self.beta
+
+    def _ghost(self, inputs):
         size = ops.shape(inputs)[0]  # an int under JAX, maybe a tensor under TensorFlow
         chunks = (size + self.virtual_batch_size - 1) // self.virtual_batch_size
-        ids = ops.arange(size) // self.virtual_batch_size
+        # Example -> its chunk as a one-hot matrix: sums per chunk are a matmul, not a scatter
+        # (segment_sum), which XLA's deterministic GPU mode would serialise. On a GPU the product
+        # runs in training's TF32 like every other layer's (backend.py), rounding each example's
+        # value to 2^-11 before the chunk's sum: far below the chunk's own sampling noise.
+        member = ops.one_hot(ops.arange(size) // self.virtual_batch_size, chunks, dtype=inputs.dtype)
+        counts = ops.sum(member, axis=0)[:, None]
         inner = list(range(1, len(inputs.shape) - 1))  # spatial axes: equal sizes, so means of means
 
-        def per_example(values):
-            return ops.mean(values, axis=inner) if inner else values
+        def chunk_mean(values):  # (size, 1.., features) -> (size, 1.., features): each example's chunk mean
+            per_example = ops.mean(values, axis=inner) if inner else values
+            means = ops.matmul(ops.transpose(member), per_example) / counts
+            return ops.reshape(ops.matmul(member, means), [-1, *[1] * len(inner), inputs.shape[-1]])
 
-        def chunk_mean(values):  # (size, features) -> (size, 1.., features): each example's chunk mean
-            counts = ops.segment_sum(ops.ones_like(values[:, :1]), ids, chunks)
-            means = ops.take(ops.segment_sum(values, ids, chunks) / counts, ids, axis=0)
-            return ops.reshape(means, [-1, *[1] * len(inner), inputs.shape[-1]])
-
-        centered = inputs - chunk_mean(per_example(inputs))
-        variance = chunk_mean(per_example(ops.square(centered)))
+        centered = inputs - chunk_mean(inputs)
+        variance = chunk_mean(ops.square(centered))
         return centered * ops.rsqrt(variance + self.epsilon) * self.gamma + self.beta
 
     def get_config(self):
-        return {**super().get_config(), "virtual_batch_size": self.virtual_batch_size}
+        return {**super().get_config(), "epsilon": self.epsilon, "virtual_batch_size": self.virtual_batch_size}
 
 
 class _Names:
@@ -211,10 +207,24 @@ def c4(input_shape=(32, 32, 3), num_classes=100, batchnorm="batch_statistics") -
 MODELS = {"F1": f1, "F2": f2, "C1": c1, "C2": c2, "C3": c3, "C4": c4}
 
 
-def build(network: str, input_shape, num_classes: int, batchnorm: str) -> keras.Model:
+def build(network: str, input_shape, num_classes: int, batchnorm: str,
+          ghost_batch_size: int | None = None) -> keras.Model:
+    """The network; with `ghost_batch_size`, every batch-statistics layer normalises
+    virtual batches of that size in training (ghost batch norm) (same names and weights, so x0 is shared)."""
     if network not in MODELS:
         raise ValueError(f"unknown network {network!r}: use one of {sorted(MODELS)}")
-    return MODELS[network](input_shape=tuple(input_shape), num_classes=num_classes, batchnorm=batchnorm)
+    model = MODELS[network](input_shape=tuple(input_shape), num_classes=num_classes, batchnorm=batchnorm)
+    return with_ghost_batch_norm(model, ghost_batch_size) if ghost_batch_size else model
+
+
+def with_ghost_batch_norm(model: keras.Model, virtual_batch_size: int) -> keras.Model:
+    """A copy of `model` (fresh weights) whose BatchStatNormalization layers are ghost ones."""
+    def swap(layer):
+        if type(layer) is BatchStatNormalization:
+            return BatchStatNormalization(layer.epsilon, virtual_batch_size, name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    return keras.models.clone_model(model, clone_function=swap)
 
 
 def parameter_counts(model: keras.Model) -> tuple[int, int]:

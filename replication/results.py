@@ -198,6 +198,9 @@ def protocol(regime: str, resolved: dict, backend: str) -> dict:
         exponent = config_lib.LR_SCALINGS[resolved.get("batch_size_study", {}).get("lr_scaling", "sqrt")]
         factor = (study[0] / out["sb_batch_size"]) ** exponent * study[1]
         out["learning_rate"] = float(f"{out['learning_rate'] / factor:.12g}")
+    if config_lib.parse_compare_regime(regime):  # a fair-comparison run: its name states these
+        for key in config_lib.COMPARE_RUN_KEYS:
+            out.pop(key, None)
     out["backend"] = backend
     return out
 
@@ -226,11 +229,13 @@ def _first_difference(a: Mapping, b: Mapping) -> str | None:
 
 
 def _check_protocols(runs: tuple[Run, ...]) -> None:
-    """Every run of a (network, dataset) has the protocol of the first one."""
+    """Every run of a (network, dataset) has the protocol of the first one. A fair-comparison run
+    of the batch-size study has no learning rate, epochs, stopping or ghost batch of its trial (its
+    name states its own): it is compared on the keys it has, against a run that has them all."""
     first: dict[tuple[str, str], Run] = {}
-    for run in runs:
+    for run in sorted(runs, key=lambda r: -len(r.protocol)):
         reference = first.setdefault((run.network, run.dataset), run)
-        key = _first_difference(reference.protocol, run.protocol)
+        key = _first_difference({k: v for k, v in reference.protocol.items() if k in run.protocol}, run.protocol)
         if key is not None:
             raise ResultsError(
                 f"runs {reference.path} and {run.path} of {run.network} on {run.dataset} were made "

@@ -106,7 +106,7 @@ def build_model(config: config_lib.Config, input_shape, num_classes: int, compil
 
     from replication import models, remedies
 
-    model = models.build(config.network, input_shape, num_classes, config.batchnorm)
+    model = models.build(config.network, input_shape, num_classes, config.batchnorm, config.ghost_batch_size)
     remedy = (config_lib.parse_remedy(regime) or (None, None))[1] if regime else None
     if remedy == "augmentation":
         model = remedies.augmented(model, config.augmentation)

@@ -149,6 +149,65 @@ def test_the_study_end_to_end_writes_the_report(tiny_config):
     assert cli("report", config.results_dir).returncode == 0
 
 
+def test_compare_regimes_set_their_rate_epochs_stopping_and_ghost_batch(tiny_config):
+    config = config_lib.load(tiny_config(**{**STUDY, "batch_size_study": {
+        **STUDY["batch_size_study"], "compare_batch_sizes": [16, 64], "compare_ghost_batch_size": 8}}))
+    fixed = config.for_regime("b64-fixed-e3")
+    assert (fixed.learning_rate, fixed.epochs, fixed.stopping, fixed.ghost_batch_size) == (config.learning_rate, 3, "fixed", None)
+    ghost = config.for_regime("b64-x0.5-e12-g8")
+    assert ghost.learning_rate == pytest.approx(config.learning_rate * (64 / 32) ** 0.5 * 0.5)
+    assert (ghost.epochs, ghost.stopping, ghost.ghost_batch_size) == (12, "fixed", 8)
+    assert config.batch_size("b64-x0.5-e12-g8", 400) == 64
+    assert any("ghost batch norm" in d for d in config.run_deviations("b64-x0.5-e12-g8"))
+    assert config_lib.parse_compare_regime(config_lib.compare_regime(64, 0.5, 12, 8)) == (64, 0.5, 12, 8)
+    assert config_lib.parse_compare_regime("b64-x0.5") is None and config_lib.parse_study_regime("b64-x0.5-e3") is None
+    for bad in ("b32-fixed-e3", "b64-x0.3-e3", "b64-x1-e3-g4"):  # not compared, off the ladder, other ghost
+        with pytest.raises(config_lib.ConfigError, match="fair-comparison"):
+            config.for_regime(bad)
+
+
+def test_the_compare_plan_matches_the_smallest_batch_steps():
+    config = config_lib.from_dict({**{k: v for k, v in STUDY.items()}, "network": "F1", "dataset": "synthetic_mnist",
+                                   "batch_size_study": {**STUDY["batch_size_study"], "compare_batch_sizes": [16, 64],
+                                                        "compare_epochs": 2, "compare_ghost_batch_size": 16}})
+    # No study run finished: (a) alone at each batch.
+    assert [k for _, k, _ in batchsize.compare_plan(config, 0, 400)] == ["fixed", "fixed"]
+
+
+def test_the_fair_comparison_trains_measures_and_reports(tiny_config, monkeypatch):
+    path = tiny_config(**{**STUDY, "batch_size_study": {
+        **STUDY["batch_size_study"], "lr_multipliers": [1, 4], "max_extensions": 0,
+        "compare_batch_sizes": [16, 64], "compare_epochs": 1, "compare_ghost_batch_size": 16},
+        "sharpness": {"subset": 200, "spaces": ["full"], "epsilons": [1e-3], "iterations": 2}})
+    config = config_lib.load(path)
+    batchsize.run_study(config, 0)
+    plan = batchsize.compare_plan(config, 0, 400)
+    kinds = [(b, k) for b, k, _ in plan]
+    assert kinds == [(16, "fixed"), (16, "tuned"), (64, "fixed"), (64, "tuned"), (64, "steps"), (64, "ghost")]
+    steps = dict(((b, k), r) for b, k, r in plan)
+    # (c) at 64 takes as many steps as (b) at 16: 1 epoch of 25 steps -> 4 epochs of 7 steps.
+    assert config_lib.parse_compare_regime(steps[(64, "steps")])[2] == 4
+    assert steps[(64, "ghost")].endswith("-g16")
+    paths = batchsize.run_compare(config, 0)
+    ghost_run = storage.read_yaml(paths[-1] / "config.yaml")
+    assert ghost_run["ghost_batch_size"] == 16 and ghost_run["epochs"] == 4
+    # Ghost batch norm changed training: the ghost run and its plain twin end at different weights.
+    assert storage.read_json(paths[-1] / "metrics.json")["train_loss"] != \
+        storage.read_json(paths[-2] / "metrics.json")["train_loss"]
+    for p in paths:
+        assert (p / "sharpness" / "full_eps0.001.json").exists()
+    report = batchsize.write_report(config.results_dir)
+    text = report.read_text()
+    assert "## Generalisation once steps and learning rate are fair" in text and "(d) as (c), ghost batch norm" in text
+    record = storage.read_json(report.parent / batchsize.SUMMARY_FILE)
+    assert len(record["compare"]) == 6 and [g["kind"] for g in record["compare_gaps"]] == list(batchsize.COMPARE_KINDS)
+    assert all(r["sharpness_full_eps0.001"] is not None for r in record["compare"])
+    # A second pass trains nothing and reuses every measurement.
+    before = {p: (p / "metrics.json").stat().st_mtime for p in paths}
+    batchsize.run_compare(config, 0)
+    assert before == {p: (p / "metrics.json").stat().st_mtime for p in paths}
+
+
 # Bad input ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("overrides, key", [
     ({"stopping": "target", "target": {"value": None}}, "stopping"),
