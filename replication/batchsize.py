@@ -667,6 +667,7 @@ def _markdown(config, label: str, summary: dict, record: dict, figures: list[Pat
         "one seed, so no seed-to-seed spread of steps to target",
         "B_simple measured with mini-batches of sb_batch_size under batch-statistics batch norm; the Adam "
         "preconditioner is estimated from those mini-batch gradients, not the run's own second moment"]
+        + _nondeterministic(summary)
         + ([f"grid not interior at batch {', '.join(str(r['batch_size']) for r in capped)} "
             f"({', '.join(r['grid'] for r in capped)})"] if capped else [])) + ".", ""]
     lines += ["## Steps and examples to the target", "",
@@ -743,7 +744,7 @@ def _compare_plain(gaps: list[dict], config) -> list[str]:
     for kind, g in by_kind.items():
         ratio = g.get(f"{key}_ratio") if key else None
         parts.append(f"{COMPARE_KINDS[kind].split(' ', 1)[0]} {g['test_accuracy_difference']:+.2f} points"
-                     + (f" (sharpness x{ratio:.2f})" if ratio is not None else ""))
+                     + (f" (sharpness x{_fmt(ratio)})" if ratio is not None else ""))
     first = gaps[0]
     fixed, fair = by_kind.get("fixed"), by_kind.get("steps") or by_kind.get("tuned")
     verdict = ""
@@ -759,13 +760,16 @@ def _compare_plain(gaps: list[dict], config) -> list[str]:
 def _compare_section(rows: list[dict], gaps: list[dict], config) -> list[str]:
     study = config.batch_size_study
     lines = ["## Generalisation once steps and learning rate are fair", ""]
+    missing = [COMPARE_KINDS[kind] for kind in COMPARE_KINDS
+               if (kind != "ghost" or study.compare_ghost_batch_size) and not any(r["kind"] == kind for r in rows)]
     if not rows:
         return lines + ["Not run: this profile sets no batch_size_study.compare_batch_sizes (the comparison of "
                         "(a) fixed epochs and learning rate, (b) the tuned rate, (c) the smallest batch's steps, "
                         "(d) ghost batch norm, with each minimiser's sharpness).", ""]
     key = _sharpness_key(rows)
     label = key.removeprefix("sharpness_").replace("_eps", ", eps ") if key else None
-    lines += [f"At each compared batch: (a) {study.compare_epochs} epochs at the fixed learning rate "
+    epochs = f"{study.compare_epochs} epoch{'s' if study.compare_epochs != 1 else ''}"
+    lines += [f"At each compared batch: (a) {epochs} at the fixed learning rate "
               f"{config.learning_rate:g} (the paper's protocol, shortened); (b) as many epochs at the rate the "
               "study found best for that batch; (c) that rate for as many optimizer steps as the smallest batch "
               "takes in (b) (Hoffer et al. 2017's regime adaptation: \"train longer\"); (d) (c) with ghost batch "
@@ -788,7 +792,22 @@ def _compare_section(rows: list[dict], gaps: list[dict], config) -> list[str]:
                          f"{g['large_test_accuracy']:.2f} (B={g['large_batch']}) | {g['test_accuracy_difference']:+.2f} | "
                          f"{g['small_steps']} / {g['large_steps']} | {_fmt(ratio) if ratio is not None else '-'} |")
         lines += ["", "For (c) and (d) the small batch's row is its own (b) run: the same steps at its tuned rate."]
+    if missing:
+        lines += ["", f"Not finished here: {'; '.join(missing)} (`python -m replication batch-size CONFIG` "
+                  "trains what is missing and resumes)."]
+    if key is None:
+        lines += ["", "No sharpness has been measured on these minimisers yet: the same command measures it "
+                  "after training (the study ran out of time first)."]
     return lines + [""]
+
+
+def _nondeterministic(summary: dict) -> list[str]:
+    """A limit to state when a run trained on a GPU without XLA's deterministic ops (env.json)."""
+    envs = [storage.read_json(p.path / "env.json") for p in summary["points"] if (p.path / "env.json").exists()]
+    if any(e.get("device", "").startswith("NVIDIA") and e.get("deterministic_ops") is False for e in envs):
+        return ["GPU runs without XLA's deterministic ops (faster; a rerun's numbers differ in the last bits, "
+                "and a best learning rate decided by a few steps can differ)"]
+    return []
 
 
 def _device(summary: dict) -> str:
