@@ -550,8 +550,14 @@ def write_report(results_dir) -> Path:
         raise results_lib.ResultsError(f"no batch-size study runs (b<batch>-x<multiplier>) under {root}: "
                                        "run `python -m replication batch-size CONFIG` first")
     first = storage.read_json(points[0].path / "metrics.json")
+    # The study section is not a training key, so a run records the one of its day: a comparison
+    # run (made last) holds the compare_* settings its names were planned with.
+    compared_runs = [r for r in loaded.runs if config_lib.parse_compare_regime(r.regime)]
+    study_section = (compared_runs[0].metrics["resolved_config"] if compared_runs else first["resolved_config"]).get(
+        "batch_size_study", {})
     config = config_lib.from_dict({**{k: v for k, v in first["resolved_config"].items() if k != "run"},
-                                   "results_dir": str(root)}, where=str(points[0].path / "config.yaml"))
+                                   "batch_size_study": study_section, "results_dir": str(root)},
+                                  where=str(points[0].path / "config.yaml"))
     # A run records its own (scaled) learning rate; the study's base rate is the config's.
     base = config.learning_rate / config.study_lr_factor(first["regime"])
     config = dataclasses.replace(config, learning_rate=float(f"{base:.12g}"))

@@ -175,12 +175,14 @@ def test_the_compare_plan_matches_the_smallest_batch_steps():
 
 
 def test_the_fair_comparison_trains_measures_and_reports(tiny_config, monkeypatch):
+    study = {**STUDY["batch_size_study"], "lr_multipliers": [1, 4], "max_extensions": 0}
+    sharp = {"subset": 200, "spaces": ["full"], "epsilons": [1e-3], "iterations": 2}
+    # The study first, from a config without the comparison (as the committed F1 study was made).
+    batchsize.run_study(config_lib.load(tiny_config(**{**STUDY, "batch_size_study": study, "sharpness": sharp})), 0)
     path = tiny_config(**{**STUDY, "batch_size_study": {
-        **STUDY["batch_size_study"], "lr_multipliers": [1, 4], "max_extensions": 0,
-        "compare_batch_sizes": [16, 64], "compare_epochs": 1, "compare_ghost_batch_size": 16},
-        "sharpness": {"subset": 200, "spaces": ["full"], "epsilons": [1e-3], "iterations": 2}})
+        **study, "compare_batch_sizes": [16, 64], "compare_epochs": 1, "compare_ghost_batch_size": 16},
+        "sharpness": sharp})
     config = config_lib.load(path)
-    batchsize.run_study(config, 0)
     plan = batchsize.compare_plan(config, 0, 400)
     kinds = [(b, k) for b, k, _ in plan]
     assert kinds == [(16, "fixed"), (16, "tuned"), (64, "fixed"), (64, "tuned"), (64, "steps"), (64, "ghost")]
@@ -199,6 +201,8 @@ def test_the_fair_comparison_trains_measures_and_reports(tiny_config, monkeypatc
     report = batchsize.write_report(config.results_dir)
     text = report.read_text()
     assert "## Generalisation once steps and learning rate are fair" in text and "(d) as (c), ghost batch norm" in text
+    # The comparison's settings come from its own runs, not the older study runs' records.
+    assert "virtual batches of 16 in training" in text and "(a) 1 epoch at" in text
     record = storage.read_json(report.parent / batchsize.SUMMARY_FILE)
     assert len(record["compare"]) == 6 and [g["kind"] for g in record["compare_gaps"]] == list(batchsize.COMPARE_KINDS)
     assert all(r["sharpness_full_eps0.001"] is not None for r in record["compare"])
