@@ -157,10 +157,13 @@ def _batch_size(args):
 
     config_lib.load(args.config, args.set)  # a bad config is refused before Keras starts
     _start_keras()
-    from replication import batchsize
+    from replication import batchsize, batchsize_report
 
-    report = batchsize.study(args.config, args.set, args.seed, only=args.batch)
-    print(report if report else f"batch {args.batch}: its runs are trained; run without --batch for the report")
+    config = batchsize.study(args.config, args.set, args.seed, only=args.batch)
+    if args.batch is not None:
+        print(f"batch {args.batch}: its runs are trained; run without --batch for the report")
+    else:
+        print(batchsize_report.write_report(config.results_dir))
 
 
 def _make_rules(args):

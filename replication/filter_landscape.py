@@ -164,6 +164,4 @@ def draw(stem, runs: dict) -> tuple[Path, Path]:
         axis.set_aspect("equal")
     figure.colorbar(contour, ax=list(axes[1:]), shrink=0.85, label="f(x + a d1 + b d2)")
     figure.suptitle("Filter-normalised slices (Li et al. 2018); one curve per direction", fontsize=9)
-    written = storage.save_figure(figure, stem)
-    pyplot.close(figure)
-    return written
+    return storage.save_figure(figure, stem)

@@ -356,9 +356,7 @@ def plot(rows: list[dict], stem: Path) -> tuple[Path, Path]:
                 axis.legend(fontsize=6, frameon=False)
     figure.suptitle(f"{network} on {label}: Figure 6 (sharpness along the iterates)", fontsize=9)
     figure.tight_layout()
-    written = storage.save_figure(figure, stem)
-    pyplot.close(figure)
-    return written
+    return storage.save_figure(figure, stem)
 
 
 def table(rows: list[dict]) -> tuple[list[dict], dict[str, str]]:

@@ -308,7 +308,5 @@ def draw(csv_path: Path, meta, ours) -> tuple[Path, Path]:
     xent_axis.set_title(f"{meta['network']} on {meta['dataset_label']}, seed {meta['seed']}: "
                         f"{meta['path']} path ({meta['figure']})\nBN: {meta['batchnorm_mode']}", fontsize=8)
     figure.tight_layout()
-    written = storage.save_figure(figure, csv_path)
-    pyplot.close(figure)
-    return written
+    return storage.save_figure(figure, csv_path)
 

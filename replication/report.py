@@ -24,12 +24,12 @@ VERDICT_MARK = {"reproduced": "**reproduced**", "partly reproduced": "**partly r
 
 def build(results_dir) -> Path:
     """Write RESULTS_DIR/REPORT.md (and tables/) from the result files; returns its path. A
-    batch-size study folder gets its own one-page report (replication/batchsize.py)."""
+    batch-size study folder gets its own one-page report (replication/batchsize_report.py)."""
     root = Path(results_dir)
-    from replication import batchsize
+    from replication import batchsize_report
 
-    if batchsize.is_study(root):
-        return batchsize.write_report(root)
+    if batchsize_report.is_study(root):
+        return batchsize_report.write_report(root)
     loaded = results.load(root)  # ResultsError names what is missing or mixed
     runs = loaded.runs
     profiles = sorted({r.metrics.get("profile", root.name) for r in runs})
@@ -38,18 +38,19 @@ def build(results_dir) -> Path:
              "Minima\", ICLR 2017 (arXiv:1609.04836), replicated in Keras 3 (on TensorFlow or JAX: each run's "
              "backend and device are in the provenance at the end). Every number below is read from the files in this directory (provenance at the end); rebuild with "
              f"`python -m replication report {root}`.\n"]
-    parts.append(_verdict_section(root, verdicts.verdicts(loaded)))
+    claim_rows = verdicts.claim_rows(loaded)
+    parts.append(_verdict_section(root, verdicts.verdicts(loaded, claim_rows)))
     parts.append(_table_section(root, "table2", "Table 2: accuracy (%)", compare.table2(loaded),
                                 compare.table2_markdown, "Differences are ours minus the paper's, in "
                                 "points and in the paper's standard deviations."))
     parts.append(_sharpness_section(loaded))
     parts.append(_figure_section(loaded))
     parts.append(_sweep_section(loaded))
-    parts.append(_warmstart_section(loaded))
-    parts.append(_iterates_section(loaded))
+    parts.append(_warmstart_section(loaded, claim_rows["warmstart"]))
+    parts.append(_iterates_section(loaded, claim_rows["iterates"]))
     parts.append(_hessian_section(loaded))
     for remedy, (name, _, _, title) in remedy_tables.TABLES.items():
-        rows = remedy_tables.rows(loaded, remedy)
+        rows = claim_rows["remedies"][remedy]
         if rows:
             parts.append(_table_section(root, name, title, rows, remedy_tables.markdown, remedy_tables.NOTE))
     parts.append(_differences_section([r.metrics for r in runs if r.regime in compare.REGIMES],
@@ -129,9 +130,8 @@ def _figure_section(loaded: results.Results) -> str:
             + images)
 
 
-def _warmstart_section(loaded: results.Results) -> str:
-    """Figure 5: piggyback LB runs from the SB iterates (warmstart.py)."""
-    rows = warmstart.rows(loaded)
+def _warmstart_section(loaded: results.Results, rows: list[dict]) -> str:
+    """Figure 5: piggyback LB runs from the SB iterates (warmstart.rows)."""
     if not rows:
         return ""
     table = markdown_table(*warmstart.table(rows))
@@ -139,9 +139,8 @@ def _warmstart_section(loaded: results.Results) -> str:
     return warmstart.section(loaded.root, rows, table)
 
 
-def _iterates_section(loaded: results.Results) -> str:
-    """Figure 6: sharpness along the kept iterates of the SB and LB runs (iterates.py)."""
-    rows = iterates.rows(loaded)
+def _iterates_section(loaded: results.Results, rows: list[dict]) -> str:
+    """Figure 6: sharpness along the kept iterates of the SB and LB runs (iterates.rows)."""
     if not rows:
         return ""
     table = markdown_table(*iterates.table(rows))

@@ -111,14 +111,18 @@ def save_weights(model, path) -> None:
 
 
 def save_figure(figure, stem) -> tuple[Path, Path]:
-    """A matplotlib figure as `stem`.png and `stem`.pdf, each written atomically. The PDF carries
-    no creation date, so a figure redrawn from the same numbers is byte-identical."""
+    """A matplotlib figure as `stem`.png and `stem`.pdf, each written atomically, then closed (a
+    report draws many: pyplot keeps every open one). The PDF carries no creation date, so a
+    figure redrawn from the same numbers is byte-identical."""
+    from matplotlib import pyplot
+
     written = []
     for suffix in (".png", ".pdf"):
         target = Path(stem).with_suffix(suffix)
         with atomic_path(target, suffix=suffix) as tmp:
             figure.savefig(tmp, dpi=150, metadata={"CreationDate": None} if suffix == ".pdf" else None)
         written.append(target)
+    pyplot.close(figure)
     return tuple(written)
 
 

@@ -216,6 +216,4 @@ def plot(rows: list[dict], stem: Path) -> tuple[Path, Path]:
     sharp_axis.set_yscale("log")
     figure.suptitle(f"{network} on {label}: Figure 4 (batch-size sweep)", fontsize=9)
     figure.tight_layout()
-    written = storage.save_figure(figure, stem)
-    pyplot.close(figure)
-    return written
+    return storage.save_figure(figure, stem)

@@ -207,16 +207,25 @@ def verdict(claim: int, verdict: str, records: list[dict], evidence: list[str], 
             "reason": " | ".join(evidence) if evidence else empty}
 
 
-def verdicts(loaded: results_lib.Results) -> list[dict]:
-    """The seven claims' verdicts on a loaded results folder (rules in VERDICT_RULES)."""
+def claim_rows(loaded: results_lib.Results) -> dict:
+    """The rows claims 5-7 are judged on, which the report's sections show too (computed once):
+    warmstart.rows, iterates.rows and remedy_tables.rows of each remedy."""
+    return {"warmstart": warmstart.rows(loaded), "iterates": iterates.rows(loaded),
+            "remedies": {remedy: remedy_tables.rows(loaded, remedy) for remedy in remedy_tables.TABLES}}
+
+
+def verdicts(loaded: results_lib.Results, rows: dict | None = None) -> list[dict]:
+    """The seven claims' verdicts on a loaded results folder (rules in VERDICT_RULES); `rows`:
+    claim_rows(loaded), when the caller has them already."""
+    rows = rows if rows is not None else claim_rows(loaded)
     # Claims 1-3 are about the SB/LB pair: sweep runs (and their scaled learning rates) stay out.
     pair_runs = [r.metrics for r in loaded.runs if r.regime in compare.REGIMES]
     pair_sharpness = [r for r in compare.sharpness_results(loaded) if r["regime"] in compare.REGIMES]
     out = [claim1(compare.table2(loaded), pair_runs), claim2(pair_sharpness),
            claim3(compare.landscape_rows(loaded)), claim4(sweep.points(loaded))]
-    out.append(claim5(warmstart.rows(loaded)))
-    out.append(claim6(iterates.rows(loaded)))
-    out.append(claim7([row for remedy in remedy_tables.TABLES for row in remedy_tables.rows(loaded, remedy)]))
+    out.append(claim5(rows["warmstart"]))
+    out.append(claim6(rows["iterates"]))
+    out.append(claim7([row for remedy_rows in rows["remedies"].values() for row in remedy_rows]))
     return out
 
 

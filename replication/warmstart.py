@@ -312,9 +312,7 @@ def plot(rows: list[dict], stem: Path) -> tuple[Path, Path]:
                     + ("" if published else f"; no published curve for {network} (the paper shows C1 and F2)"),
                     fontsize=9)
     figure.tight_layout()
-    written = storage.save_figure(figure, stem)
-    pyplot.close(figure)
-    return written
+    return storage.save_figure(figure, stem)
 
 
 def table(rows: list[dict]) -> tuple[list[dict], dict[str, str]]:

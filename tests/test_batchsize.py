@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from replication import batchsize, storage, target, train
+from replication import batchsize, batchsize_report, storage, target, train
 from replication import config as config_lib
 
 from conftest import cli, one_error_line
@@ -109,33 +109,34 @@ def test_the_study_trains_the_grid_and_its_extension(tiny_config, monkeypatch):
 def test_the_fit_recovers_s_min_and_b_crit_from_exact_data():
     batches = np.array([32, 100, 316, 1000, 3162])
     steps = 250 * (1 + 600 / batches)
-    fit = batchsize.fit_critical_batch(batches, steps)
+    fit = batchsize_report.fit_critical_batch(batches, steps)
     assert fit["s_min"] == pytest.approx(250, rel=1e-9) and fit["b_crit"] == pytest.approx(600, rel=1e-9)
     assert fit["e_min"] == pytest.approx(250 * 600, rel=1e-9)
-    boot = batchsize.bootstrap_critical_batch(batches, steps, 200)
+    boot = batchsize_report.bootstrap_critical_batch(batches, steps, 200)
     assert boot["median"] == pytest.approx(600, rel=1e-6) and boot["unresolved"] == 0
     # Steps falling at least as fast as 1/B everywhere: no positive S_min, so no critical batch.
-    assert batchsize.fit_critical_batch(batches, 1e5 / batches - 5)["b_crit"] is None
+    assert batchsize_report.fit_critical_batch(batches, 1e5 / batches - 5)["b_crit"] is None
     with pytest.raises(ValueError):
-        batchsize.fit_critical_batch([32, 32], [10, 10])
+        batchsize_report.fit_critical_batch([32, 32], [10, 10])
 
 
 def test_seconds_per_step_leaves_the_first_interval_out():
     trace = [{"step": 10, "train_seconds": 5.0}, {"step": 20, "train_seconds": 6.0},
              {"step": 30, "train_seconds": 7.0}, {"step": 40, "train_seconds": 8.0}]
-    assert batchsize.seconds_per_step(trace) == pytest.approx(0.1)
-    assert batchsize.seconds_per_step(trace[:2]) is None
+    assert batchsize_report.seconds_per_step(trace) == pytest.approx(0.1)
+    assert batchsize_report.seconds_per_step(trace[:2]) is None
 
 
 # End to end: runs, noise along training, report -------------------------------------------------
 def test_the_study_end_to_end_writes_the_report(tiny_config):
     path = tiny_config(**{**STUDY, "keep_iterates": [1], "batch_size_study": {
         **STUDY["batch_size_study"], "lr_multipliers": [1, 4], "max_extensions": 0}})
-    report = batchsize.study(str(path))
-    config = config_lib.load(path)
+    config = batchsize.study(str(path))
+    report = batchsize_report.write_report(config.results_dir)
+    assert config == config_lib.load(path)
     text = report.read_text()
     assert "## In plain words" in text and "| batch |" in text and "B_simple" in text
-    record = storage.read_json(report.parent / batchsize.SUMMARY_FILE)
+    record = storage.read_json(report.parent / batchsize_report.SUMMARY_FILE)
     assert [r["batch_size"] for r in record["rows"]] == [16, 64]
     reference = [r for r in record["rows"] if r["batch_size"] == batchsize.reference_batch(config)][0]["run"]
     kept = storage.read_json(f"{reference}/metrics.json")["kept_iterates"]
@@ -198,12 +199,12 @@ def test_the_fair_comparison_trains_measures_and_reports(tiny_config, monkeypatc
         storage.read_json(paths[-2] / "metrics.json")["train_loss"]
     for p in paths:
         assert (p / "sharpness" / "full_eps0.001.json").exists()
-    report = batchsize.write_report(config.results_dir)
+    report = batchsize_report.write_report(config.results_dir)
     text = report.read_text()
     assert "## Generalisation once steps and learning rate are fair" in text and "(d) as (c), ghost batch norm" in text
     # The comparison's settings come from its own runs, not the older study runs' records.
     assert "virtual batches of 16 in training" in text and "(a) 1 epoch at" in text
-    record = storage.read_json(report.parent / batchsize.SUMMARY_FILE)
+    record = storage.read_json(report.parent / batchsize_report.SUMMARY_FILE)
     assert len(record["compare"]) == 6 and [g["kind"] for g in record["compare_gaps"]] == list(batchsize.COMPARE_KINDS)
     assert all(r["sharpness_full_eps0.001"] is not None for r in record["compare"])
     # A second pass trains nothing and reuses every measurement.

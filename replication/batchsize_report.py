@@ -1,0 +1,598 @@
+"""Reading and reporting a batch-size study folder (replication/batchsize.py runs the study;
+issue 13): the critical batch size fitted to the best steps of each batch (McCandlish et al.
+2018, eq. 2.11) with a bootstrap over the batch sizes, time per step from each run's own trace,
+B_simple along the reference run, the fair comparison (a)-(d) with sharpness, and the one-page
+REPORT.md with its figures and tables. Everything here reads files through results.load; nothing
+trains.
+
+Symbols -> code: S `steps`, E = B S `examples`, S_min `s_min`, E_min `e_min`, B_crit `b_crit`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+
+from replication import config as config_lib
+from replication import storage
+from replication.batchsize import COMPARE_KINDS, best_multiplier, compare_kind, next_multiplier, steps_per_epoch
+
+REPORT_FILE = "REPORT.md"
+SUMMARY_FILE = "batch_size.json"
+
+
+# The critical batch size --------------------------------------------------------------------------
+def fit_critical_batch(batches, steps) -> dict:
+    """Fit S = S_min + (S_min B_crit) / B by least squares on relative residuals (S - fit) / S;
+    returns s_min, b_crit, e_min (None when the fit has no positive S_min: steps still fall as
+    1/B over the range, so no critical batch is resolved)."""
+    batches, steps = np.asarray(batches, float), np.asarray(steps, float)
+    if len(batches) < 2 or len(set(batches.tolist())) < 2:
+        raise ValueError("the fit needs at least two distinct batch sizes")
+    design = np.stack([1 / steps, 1 / (batches * steps)], axis=1)  # rows: [1, 1/B] / S
+    (s_min, slope), *_ = np.linalg.lstsq(design, np.ones_like(steps), rcond=None)
+    ok = s_min > 0 and slope > 0
+    return {"s_min": float(s_min) if ok else None, "b_crit": float(slope / s_min) if ok else None,
+            "e_min": float(slope) if ok else None, "intercept": float(s_min), "slope": float(slope)}
+
+
+def bootstrap_critical_batch(batches, steps, resamples: int, seed: int = 0) -> dict:
+    """B_crit over `resamples` resamples of the batch sizes (with replacement; resamples with fewer
+    than two distinct sizes skipped): median and the 16-84 and 2.5-97.5 percentiles of the
+    resolved fits, and how many resamples resolved none."""
+    batches, steps = np.asarray(batches, float), np.asarray(steps, float)
+    rng = np.random.default_rng(seed)
+    values, unresolved, used = [], 0, 0
+    for _ in range(resamples):
+        pick = rng.integers(0, len(batches), len(batches))
+        if len(set(batches[pick].tolist())) < 2:
+            continue
+        used += 1
+        fit = fit_critical_batch(batches[pick], steps[pick])
+        if fit["b_crit"] is None:
+            unresolved += 1
+        else:
+            values.append(fit["b_crit"])
+    if not values:
+        return {"resamples": used, "unresolved": unresolved, "median": None, "p16": None, "p84": None,
+                "p2_5": None, "p97_5": None}
+    p = np.percentile(values, [50, 16, 84, 2.5, 97.5])
+    return {"resamples": used, "unresolved": unresolved, "median": float(p[0]), "p16": float(p[1]),
+            "p84": float(p[2]), "p2_5": float(p[3]), "p97_5": float(p[4])}
+
+
+def seconds_per_step(trace: list[dict]) -> float | None:
+    """Training seconds per optimizer step from a run's target.csv: the slope over the checks
+    after the first (the first interval holds compilation); None with fewer than three checks."""
+    rows = [(int(r["step"]), float(r["train_seconds"])) for r in trace]
+    if len(rows) < 3:
+        return None
+    (s0, t0), (s1, t1) = rows[1], rows[-1]
+    return (t1 - t0) / (s1 - s0) if s1 > s0 else None
+
+
+# Reading the results -------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One run of the study, read from its directory."""
+
+    path: Path
+    batch_size: int
+    multiplier: float
+    learning_rate: float
+    reached: bool
+    steps: int | None
+    examples: int | None
+    steps_run: int
+    seconds_per_step: float | None
+    check_every: int | None              # steps between target checks: S is known to within this
+    train_seconds: float
+    test_accuracy: float
+    diverged: bool
+    trace: tuple
+
+
+def is_study(results_dir) -> bool:
+    """Whether `results_dir` holds batch-size study runs (b<batch>-x<multiplier>)."""
+    return any(config_lib.parse_study_regime(p.parent.parent.name)
+               for p in Path(results_dir).glob("*/*/seed*/metrics.json"))
+
+
+def read_points(loaded) -> list[Point]:
+    """Every study run of a loaded results folder (results.load checked their protocols)."""
+    from replication import target
+
+    out = []
+    for run in loaded.runs:
+        parsed = config_lib.parse_study_regime(run.regime)
+        if parsed is None:
+            continue
+        summary = run.metrics.get("target") or {}
+        trace_file = target.trace_path(run.path)
+        trace = tuple(storage.read_csv(trace_file)) if trace_file.exists() else ()
+        out.append(Point(run.path, parsed[0], parsed[1], float(run.metrics["resolved_config"]["learning_rate"]),
+                         bool(summary.get("reached")), summary.get("steps"), summary.get("examples"),
+                         int(summary.get("steps_run") or 0), seconds_per_step(list(trace)),
+                         summary.get("check_every_steps"), run.train_seconds, float(run.metrics["test_accuracy"]), run.diverged, trace))
+    return sorted(out, key=lambda p: (p.batch_size, p.multiplier))
+
+
+def summarize(loaded, study: config_lib.BatchSizeStudyConfig) -> dict:
+    """Per batch: its runs, best rate and grid state; the fit, its bootstrap; the noise scales."""
+    points = read_points(loaded)
+    batches = sorted({p.batch_size for p in points})
+    rows = []
+    for batch in batches:
+        mine = [p for p in points if p.batch_size == batch]
+        steps = {p.multiplier: p.steps for p in mine}
+        best = best_multiplier(steps)
+        nxt, state = next_multiplier(steps, study)
+        chosen = next((p for p in mine if p.multiplier == best), None)
+        rows.append({
+            "batch_size": batch, "multipliers_tried": " ".join(f"{m:g}" for m in sorted(steps)),
+            "steps_by_multiplier": " ".join(f"{m:g}:{'-' if s is None else s}" for m, s in sorted(steps.items())),
+            "best_multiplier": best, "grid": state if nxt is None else f"unfinished ({state})",
+            "learning_rate": chosen.learning_rate if chosen else None,
+            "steps": chosen.steps if chosen else None, "examples": chosen.examples if chosen else None,
+            "check_every_steps": chosen.check_every if chosen else None,
+            "test_accuracy": chosen.test_accuracy if chosen and chosen.reached else None,
+            "seconds_per_step": chosen.seconds_per_step if chosen else None,
+            "seconds_to_target": (chosen.steps * chosen.seconds_per_step
+                                  if chosen and chosen.seconds_per_step is not None else None),
+            "run": str(chosen.path) if chosen else None})
+    fitted = [r for r in rows if r["steps"] is not None]
+    fit = bootstrap = None
+    if len({r["batch_size"] for r in fitted}) >= 2:
+        b, s = [r["batch_size"] for r in fitted], [r["steps"] for r in fitted]
+        fit = fit_critical_batch(b, s)
+        bootstrap = bootstrap_critical_batch(b, s, study.bootstrap)
+    return {"rows": rows, "fit": fit, "bootstrap": bootstrap, "noise": noise_along_training(loaded, rows),
+            "points": points}
+
+
+def noise_along_training(loaded, rows: list[dict]) -> list[dict]:
+    """B_simple (plain and Adam-preconditioned) at each measured point of each study run, with the
+    step of the point: 0 at x0, the epoch end for a kept iterate, steps_run at the final weights."""
+    out = []
+    for run in loaded.runs:
+        parsed = config_lib.parse_study_regime(run.regime)
+        if parsed is None or not run.noise:
+            continue
+        summary = run.metrics.get("target") or {}
+        per_epoch = -(-int(run.metrics["num_train"]) // int(run.metrics["batch_size"]))
+        for point, measurement in run.noise.items():
+            record = measurement.record
+            steps_run = int(summary.get("steps_run") or 0)
+            # A run that stopped inside epoch N kept its "epoch N" iterate where it stopped.
+            step = (0 if point == "initial" else steps_run if point == "final"
+                    else min(int(point.removeprefix("epoch")) * per_epoch, steps_run))
+            adam = record.get("adam") or {}
+            out.append({"run": str(run.path), "batch_size": parsed[0], "multiplier": parsed[1], "point": point,
+                        "step": step, "at_target": point == "final" and bool(summary.get("reached")),
+                        "b_simple": record.get("b_simple"), "b_simple_se": record.get("b_simple_standard_error"),
+                        "adam_b_simple": adam.get("b_simple"), "adam_b_simple_se": adam.get("b_simple_standard_error"),
+                        "noise_batch": record.get("batch_size"), "noise_batches": record.get("batches"),
+                        "noise_examples": record.get("num_examples")})
+    return sorted(out, key=lambda r: (r["run"], r["step"]))
+
+
+def read_compare(loaded, compare_epochs: int) -> list[dict]:
+    """One row per fair-comparison run: batch, kind, rate, epochs and steps, accuracies, the gap
+    between training and test accuracy, and its sharpness at each measured (space, epsilon)."""
+    out = []
+    for run in loaded.runs:
+        kind = compare_kind(run.regime, compare_epochs)
+        if kind is None:
+            continue
+        batch, multiplier, epochs, ghost = config_lib.parse_compare_regime(run.regime)
+        metrics = run.metrics
+        row = {"batch_size": batch, "kind": kind, "regime": run.regime, "multiplier": multiplier,
+               "learning_rate": float(metrics["resolved_config"]["learning_rate"]), "epochs": epochs,
+               "steps": epochs * steps_per_epoch(int(metrics["num_train"]), batch), "ghost_batch_size": ghost,
+               "train_accuracy": float(metrics["train_accuracy"]), "test_accuracy": float(metrics["test_accuracy"]),
+               "train_loss": float(metrics["train_loss"]), "diverged": bool(run.diverged),
+               "train_seconds": round(run.train_seconds, 2), "run": str(run.path)}
+        row["generalization_gap"] = row["train_accuracy"] - row["test_accuracy"]
+        for (space, epsilon), measurement in sorted(run.sharpness.items()):
+            row[f"sharpness_{space}_eps{epsilon:g}"] = measurement.record.get("phi")
+        out.append(row)
+    order = list(COMPARE_KINDS)
+    return sorted(out, key=lambda r: (order.index(r["kind"]), r["batch_size"]))
+
+
+def compare_gaps(rows: list[dict]) -> list[dict]:
+    """Per kind (a)-(d): the largest batch against the smallest (for (c) and (d) the smallest's
+    own (b) run, the same steps at the same rate): test accuracy difference and sharpness ratio."""
+    if not rows:
+        return []
+    smallest, largest = min(r["batch_size"] for r in rows), max(r["batch_size"] for r in rows)
+    if smallest == largest:
+        return []
+    keys = sorted({k for r in rows for k in r if k.startswith("sharpness_")})
+    out = []
+    for kind in COMPARE_KINDS:
+        reference_kind = kind if kind in ("fixed", "tuned") else "tuned"
+        small = next((r for r in rows if r["kind"] == reference_kind and r["batch_size"] == smallest), None)
+        large = next((r for r in rows if r["kind"] == kind and r["batch_size"] == largest), None)
+        if small is None or large is None:
+            continue
+        row = {"kind": kind, "small_batch": smallest, "large_batch": largest,
+               "small_test_accuracy": small["test_accuracy"], "large_test_accuracy": large["test_accuracy"],
+               "test_accuracy_difference": large["test_accuracy"] - small["test_accuracy"],
+               "small_steps": small["steps"], "large_steps": large["steps"]}
+        for key in keys:
+            a, b = small.get(key), large.get(key)
+            row[key + "_ratio"] = b / a if a and b is not None else None
+        out.append(row)
+    return out
+
+
+# The report ----------------------------------------------------------------------------------------
+def _fmt(value, spec: str = ".3g") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if spec == ".3g" and abs(value) >= 1000:  # 3690, not 3.69e+03
+        return f"{value:.0f}"
+    return format(value, spec)
+
+
+def plot_steps(summary: dict, stem: Path, title: str):
+    """Steps, examples and time to the target against the batch (log-log): every rate tried
+    (light), the best per batch, perfect scaling through the smallest batch, and the fitted curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    rows = [r for r in summary["rows"] if r["steps"] is not None]
+    fit = summary["fit"]
+    timed = [r for r in rows if r["seconds_to_target"] is not None]
+    figure, axes = pyplot.subplots(1, 3, figsize=(14, 4))
+    for axis, key, label in ((axes[0], "steps", "steps to target"), (axes[1], "examples", "examples to target"),
+                             (axes[2], "seconds_to_target", "training seconds to target (this machine)")):
+        if key != "seconds_to_target":
+            tried = [p for p in summary["points"] if p.steps is not None]
+            axis.scatter([p.batch_size for p in tried], [getattr(p, key) for p in tried], color="grey",
+                         alpha=0.4, s=14, label="every learning rate tried")
+        mine = timed if key == "seconds_to_target" else rows
+        if not mine:
+            continue
+        xs = np.array([r["batch_size"] for r in mine], float)
+        ys = np.array([r[key] for r in mine], float)
+        axis.plot(xs, ys, "o-", color="tab:blue", label="best learning rate")
+        grid = np.geomspace(xs.min(), xs.max(), 100)
+        if key == "steps":
+            axis.plot(grid, ys[0] * xs[0] / grid, ":", color="black", label="perfect scaling (S ~ 1/B)")
+        if key == "examples":
+            axis.plot(grid, np.full_like(grid, ys[0]), ":", color="black", label="perfect scaling (E constant)")
+        if fit and fit["b_crit"] is not None and key in ("steps", "examples"):
+            curve = fit["s_min"] * (1 + fit["b_crit"] / grid)
+            axis.plot(grid, curve if key == "steps" else curve * grid, "--", color="tab:red",
+                      label=f"fit: S_min {_fmt(fit['s_min'])}, B_crit {_fmt(fit['b_crit'])}")
+            axis.axvline(fit["b_crit"], color="tab:red", alpha=0.3)
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("batch size B")
+        axis.set_ylabel(label)
+        axis.legend(fontsize=7, frameon=False)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return storage.save_figure(figure, stem)
+
+
+def plot_noise(summary: dict, stem: Path, title: str):
+    """B_simple (plain and Adam-preconditioned) along the reference run, beside the measured B_crit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axis = pyplot.subplots(figsize=(6, 4))
+    rows = [r for r in summary["noise"] if r["b_simple"] is not None]
+    for key, name, color in (("b_simple", "B_simple (gradient)", "tab:green"),
+                             ("adam_b_simple", "B_simple (Adam-preconditioned)", "tab:purple")):
+        mine = [r for r in rows if r[key] is not None]
+        if mine:
+            axis.errorbar([r["step"] for r in mine], [r[key] for r in mine],
+                          yerr=[r[key + "_se"] or 0 for r in mine], marker="o", color=color, capsize=3, label=name)
+    fit, boot = summary["fit"], summary["bootstrap"]
+    if fit and fit["b_crit"] is not None:
+        axis.axhline(fit["b_crit"], color="tab:red", linestyle="--", label="B_crit measured (fit)")
+        if boot and boot["p16"] is not None:
+            axis.axhspan(boot["p16"], boot["p84"], color="tab:red", alpha=0.15, label="bootstrap 16-84%")
+    axis.set_yscale("log")
+    axis.set_xlabel("optimizer step of the reference run (0 = x0; last = target met)")
+    axis.set_ylabel("batch size")
+    axis.legend(fontsize=7, frameon=False)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return storage.save_figure(figure, stem)
+
+
+def write_report(results_dir) -> Path:
+    """REPORT.md, the figures and the tables of a batch-size study folder, from its files alone."""
+    from replication import results as results_lib
+
+    root = Path(results_dir)
+    loaded = results_lib.load(root)
+    points = read_points(loaded)
+    if not points:
+        raise results_lib.ResultsError(f"no batch-size study runs (b<batch>-x<multiplier>) under {root}: "
+                                       "run `python -m replication batch-size CONFIG` first")
+    first = storage.read_json(points[0].path / "metrics.json")
+    # The study section is not a training key, so a run records the one of its day: a comparison
+    # run (made last) holds the compare_* settings its names were planned with.
+    compared_runs = [r for r in loaded.runs if config_lib.parse_compare_regime(r.regime)]
+    study_section = (compared_runs[0].metrics["resolved_config"] if compared_runs else first["resolved_config"]).get(
+        "batch_size_study", {})
+    config = config_lib.from_dict({**{k: v for k, v in first["resolved_config"].items() if k != "run"},
+                                   "batch_size_study": study_section, "results_dir": str(root)},
+                                  where=str(points[0].path / "config.yaml"))
+    # A run records its own (scaled) learning rate; the study's base rate is the config's.
+    base = config.learning_rate / config.study_lr_factor(first["regime"])
+    config = dataclasses.replace(config, learning_rate=float(f"{base:.12g}"))
+    summary = summarize(loaded, config.batch_size_study)
+    label = f"{config.network} on {first['dataset_label']}"
+    tables = root / "tables"
+    storage.atomic_write_csv(tables / "batch_size_steps.csv", [
+        {"batch_size": p.batch_size, "multiplier": p.multiplier, "learning_rate": p.learning_rate,
+         "reached": int(p.reached), "steps": p.steps, "examples": p.examples, "steps_run": p.steps_run,
+         "seconds_per_step": p.seconds_per_step, "train_seconds": round(p.train_seconds, 3),
+         "test_accuracy": p.test_accuracy, "diverged": int(p.diverged), "run": str(p.path)} for p in points])
+    storage.atomic_write_csv(tables / "batch_size_best.csv", summary["rows"])
+    if summary["noise"]:
+        storage.atomic_write_csv(tables / "batch_size_noise.csv", summary["noise"])
+    compared = read_compare(loaded, config.batch_size_study.compare_epochs)
+    summary["compare"], summary["compare_gaps"] = compared, compare_gaps(compared)
+    if compared:
+        storage.atomic_write_csv(tables / "batch_size_compare.csv", compared)
+    figures = [plot_steps(summary, root / "batch_size_steps", f"{label}: steps, examples and time to "
+                          f"{config.target.metric} <= {config.target.value:g}")[0]]
+    if summary["noise"]:
+        figures.append(plot_noise(summary, root / "batch_size_noise", f"{config.network}: B_simple along training "
+                                  "vs the measured B_crit")[0])
+    cost = sum(p.train_seconds for p in points) + sum(r["train_seconds"] for r in compared)
+    noise_cost = sum(float(m.record.get("wall_seconds") or 0) for run in loaded.runs for m in run.noise.values())
+    record = {"fit": summary["fit"], "bootstrap": summary["bootstrap"], "rows": summary["rows"],
+              "noise": summary["noise"], "compare": compared, "compare_gaps": summary["compare_gaps"],
+              "runs": len(points) + len(compared), "train_seconds_total": round(cost, 1), "noise_seconds_total": round(noise_cost, 1),
+              "target": dataclasses.asdict(config.target), "study": dataclasses.asdict(config.batch_size_study),
+              # Each run's own learning rate and the target are stated in their own places.
+              "deviations": sorted({d for p in points for d in storage.read_json(p.path / "metrics.json")["deviations"]
+                                    if not d.startswith(("learning rate ", "stopped at a target"))})}
+    noise_cost += sum(float(m.record.get("wall_seconds") or 0) for run in loaded.runs for m in run.sharpness.values()
+                      if compare_kind(run.regime, config.batch_size_study.compare_epochs))
+    record["measure_seconds_total"] = round(noise_cost, 1)
+    storage.atomic_write_json(root / SUMMARY_FILE, record)
+    text = _markdown(config, label, summary, record, figures, root)
+    storage.atomic_write_text(root / REPORT_FILE, text)
+    return root / REPORT_FILE
+
+
+def _ratio(predicted, measured) -> str:
+    return "-" if predicted is None or measured is None else f"{predicted / measured:.2f}"
+
+
+def _markdown(config, label: str, summary: dict, record: dict, figures: list[Path], root: Path) -> str:
+    rows, fit, boot, noise = summary["rows"], summary["fit"], summary["bootstrap"], summary["noise"]
+    target = config.target
+    reached = [r for r in rows if r["steps"] is not None]
+    b_crit = fit["b_crit"] if fit else None
+    at_x0 = next((r for r in noise if r["point"] == "initial"), None)
+    at_target = next((r for r in noise if r["at_target"]), None)
+    timed = [r for r in reached if r["seconds_to_target"] is not None]
+    fastest = min(timed, key=lambda r: r["seconds_to_target"]) if timed else None
+    capped = [r for r in rows if r["grid"].startswith(("capped", "unfinished", "none"))]
+    lines = [f"# How to choose the batch size: {label}", "",
+             f"Every number below is read from the run directories under `{root}` (rebuild: "
+             f"`python -m replication report {root}`; train: `python -m replication batch-size CONFIG`).", "",
+             "## In plain words", ""]
+    if b_crit is not None:
+        lines.append(
+            f"- The measured critical batch size is **B_crit = {_fmt(b_crit)}** (bootstrap 16-84%: "
+            f"{_fmt(boot and boot['p16'])}-{_fmt(boot and boot['p84'])}). Well below it, doubling the batch "
+            "nearly halves the steps to the same training loss at about the same number of examples, so a "
+            "larger batch is nearly free in compute and, where a step of it takes about the same time, "
+            f"faster. At B = B_crit it takes twice the fewest steps possible (S_min = {_fmt(fit['s_min'])}) "
+            "and twice the fewest examples; beyond it, each doubling costs many more examples for few "
+            "steps saved."
+            + (f" B_crit lies outside the batches measured ({reached[0]['batch_size']}-{reached[-1]['batch_size']}): "
+               "it is an extrapolation of the fit." if not reached[0]["batch_size"] <= b_crit <= reached[-1]["batch_size"]
+               else ""))
+    elif len(reached) < 2:
+        lines.append(f"- Not enough batch sizes reached the target yet ({len(reached)}) to fit a critical batch size.")
+    else:
+        lines.append("- The fit resolved no critical batch size: steps to the target still fall as 1/B over "
+                     "the batches measured (B_crit is beyond the largest batch), or the points do not follow "
+                     "S = S_min (1 + B_crit / B).")
+    if at_x0 and at_target and b_crit:
+        lines.append(
+            f"- The gradient noise scale B_simple, measured where the reference run meets the target, predicts "
+            f"{_ratio(at_target['b_simple'], b_crit)} x the measured B_crit ({_fmt(at_target['b_simple'])}); with "
+            f"Adam's preconditioner applied, {_ratio(at_target['adam_b_simple'], b_crit)} x "
+            f"({_fmt(at_target['adam_b_simple'])}). At x0 it predicts only {_ratio(at_x0['b_simple'], b_crit)} x "
+            f"({_fmt(at_x0['b_simple'])}; preconditioned {_ratio(at_x0['adam_b_simple'], b_crit)} x): it grows as "
+            "the loss falls, so measure it near the loss you train to, not at the start.")
+    if fastest:
+        lines.append(f"- On this machine ({_device(summary)}) the fastest batch to the target was "
+                     f"**{fastest['batch_size']}** ({fastest['seconds_to_target']:.3g} s of training).")
+    accuracies = [(r["batch_size"], r["test_accuracy"]) for r in reached if r["test_accuracy"] is not None]
+    if len(accuracies) >= 2:
+        (b0, a0), (b1, a1) = accuracies[0], accuracies[-1]
+        spread = max(a for _, a in accuracies) - min(a for _, a in accuracies)
+        lines.append(f"- Stopped at the same training loss with its best learning rate, every batch generalised "
+                     f"about alike: test accuracy {a0:.2f}% at batch {b0} and {a1:.2f}% at batch {b1} (range "
+                     f"{spread:.2f} points over {len(accuracies)} batch sizes; one seed, so differences of a few "
+                     "tenths are within noise). This is a fair comparison in steps and learning rate at an "
+                     "early target, not the paper's 100-epoch regime." if spread < 1 else
+                     f"- Stopped at the same training loss with its best learning rate, test accuracy was {a0:.2f}% "
+                     f"at batch {b0} and {a1:.2f}% at batch {b1} (range {spread:.2f} points over "
+                     f"{len(accuracies)} batch sizes; one seed).")
+    best_ms = [r["best_multiplier"] for r in reached]
+    if best_ms:
+        lines.append(f"- The best learning rate per batch was {', '.join(f'{m:g}x' for m in best_ms)} the "
+                     f"{config.batch_size_study.lr_scaling}-rule value (learning_rate {config.learning_rate:g} x "
+                     f"(B / {config.sb_batch_size})^{config_lib.LR_SCALINGS[config.batch_size_study.lr_scaling]:g}); "
+                     "tune it at every batch size: a rule alone left steps on the table.")
+    lines += _compare_plain(summary.get("compare_gaps") or [], config)
+    lines += ["- Limits: " + "; ".join(record["deviations"] + [
+        f"target {target.metric} <= {target.value:g} on the first {target.eval_subset} training examples, "
+        + (f"checked every {target.every_examples} examples (every max(1, {target.every_examples} / B) steps; "
+           "steps to target are known to within that interval, the table's 'check')" if target.every_examples
+           else f"checked every {target.every_steps} steps (steps to target are known to within {target.every_steps})"),
+        "one seed, so no seed-to-seed spread of steps to target",
+        "B_simple measured with mini-batches of sb_batch_size under batch-statistics batch norm; the Adam "
+        "preconditioner is estimated from those mini-batch gradients, not the run's own second moment"]
+        + _nondeterministic(summary)
+        + ([f"grid not interior at batch {', '.join(str(r['batch_size']) for r in capped)} "
+            f"({', '.join(r['grid'] for r in capped)})"] if capped else [])) + ".", ""]
+    lines += ["## Steps and examples to the target", "",
+              f"![steps to target]({figures[0].name})", "",
+              "| batch | rates tried (x rule) | steps per rate (- = not reached) | best | grid | lr | steps S | "
+              "check | examples E | s/step | s to target | test acc. at target (%) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['batch_size']} | {r['multipliers_tried']} | {r['steps_by_multiplier']} | "
+                     f"{_fmt(r['best_multiplier'], 'g')} | {r['grid']} | {_fmt(r['learning_rate'])} | "
+                     f"{_fmt(r['steps'], 'd') if r['steps'] is not None else 'not reached'} | "
+                     f"{_fmt(r['check_every_steps'], 'd') if r['check_every_steps'] else '-'} | "
+                     f"{_fmt(r['examples'], 'd') if r['examples'] is not None else '-'} | "
+                     f"{_fmt(r['seconds_per_step'])} | {_fmt(r['seconds_to_target'])} | "
+                     f"{_fmt(r['test_accuracy'], '.2f')} |")
+    lines += ["", "Grid rule: the learning rates are the multipliers times the scaling rule's value; when the "
+              "best (fewest steps; ties go to the middle) is at an edge and strictly best, one more rate is "
+              f"trained beyond that edge, up to {config.batch_size_study.max_extensions} per side (Shallue et al. "
+              "2019). Time per step is each best run's own (its trace, first check interval left out), "
+              "so it includes input handling on this machine.", ""]
+    lines += ["## The critical batch size: measured and predicted", ""]
+    if fit:
+        lines += [f"Fit of S = S_min (1 + B_crit / B) (McCandlish et al. 2018, eq. 2.11) to the best steps of "
+                  f"{len(reached)} batch sizes, least squares on relative residuals of S against 1/B: "
+                  f"S_min = {_fmt(fit['s_min'])}, E_min = {_fmt(fit['e_min'])}, **B_crit = E_min / S_min = "
+                  f"{_fmt(b_crit)}**" + (f" (bootstrap over the batch sizes, {boot['resamples']} resamples: "
+                                          f"median {_fmt(boot['median'])}, 16-84% {_fmt(boot['p16'])}-"
+                                          f"{_fmt(boot['p84'])}, 2.5-97.5% {_fmt(boot['p2_5'])}-"
+                                          f"{_fmt(boot['p97_5'])} of the resamples that resolved one; {boot['unresolved']} "
+                                          "resolved none, i.e. steps still falling as 1/B)" if boot else "") + ".", ""]
+    if noise:
+        lines += [f"![noise scale]({figures[1].name})", "",
+                  "| run | point | step | B_simple | Adam-preconditioned | predicted / measured (plain) | "
+                  "predicted / measured (Adam) |", "|---|---|---|---|---|---|---|"]
+        for r in noise:
+            lines.append(f"| {Path(r['run']).parent.name} | {r['point']}{' (target met)' if r['at_target'] else ''} | "
+                         f"{r['step']} | {_fmt(r['b_simple'])} ± {_fmt(r['b_simple_se'])} | "
+                         f"{_fmt(r['adam_b_simple'])} ± {_fmt(r['adam_b_simple_se'])} | "
+                         f"{_ratio(r['b_simple'], b_crit)} | {_ratio(r['adam_b_simple'], b_crit)} |")
+        if at_target and b_crit:
+            plain, adam = at_target["b_simple"], at_target["adam_b_simple"]
+            closer = ("the plain gradient's" if adam is None or (plain and abs(math.log(plain / b_crit)) <=
+                      abs(math.log(adam / b_crit))) else "the Adam-preconditioned")
+            lines += ["", f"At the point where the reference run meets the target, {closer} noise scale is the "
+                      "closer prediction of the measured B_crit."]
+        lines += ["", f"B_simple = tr(Sigma) / |G|^2 (replication/noise.py) from {noise[0]['noise_batches']} "
+                  f"mini-batches of {noise[0]['noise_batch']} of {noise[0]['noise_examples']} training examples "
+                  "(± jackknife standard error), on the best run at the batch nearest sb_batch_size; the "
+                  "preconditioned one applies Adam's 1 / (sqrt(v) + eps) to every mini-batch gradient.", ""]
+    lines += _compare_section(summary.get("compare") or [], summary.get("compare_gaps") or [], config)
+    lines += [              "## Cost and provenance", "",
+              f"{record['runs']} runs; training time summed over their epochs {record['train_seconds_total']:.0f} s "
+              f"(evaluations included), noise-scale and sharpness measurements {record['measure_seconds_total']:.0f} s "
+              f"({_device(summary)}; process start-ups and waits for a shared CPU not counted). Tables: `tables/batch_size_steps.csv` (every run), `tables/batch_size_best.csv` "
+              "(best per batch), `tables/batch_size_noise.csv`, `tables/batch_size_compare.csv` (the fair "
+              "comparison); everything in `batch_size.json`. Each run's checks: "
+              "`<run>/target.csv`.", ""]
+    return "\n".join(lines)
+
+
+def _sharpness_key(rows: list[dict]) -> str | None:
+    """The sharpness column the comparison reports: full space, the largest epsilon measured."""
+    keys = sorted({k for r in rows for k in r if k.startswith("sharpness_full_eps")},
+                  key=lambda k: -float(k.rsplit("eps", 1)[1]))
+    return keys[0] if keys else None
+
+
+def _compare_plain(gaps: list[dict], config) -> list[str]:
+    if not gaps:
+        return []
+    by_kind = {g["kind"]: g for g in gaps}
+    key = _sharpness_key([{k.removesuffix("_ratio"): 1 for k in g} for g in gaps])
+    parts = []
+    for kind, g in by_kind.items():
+        ratio = g.get(f"{key}_ratio") if key else None
+        parts.append(f"{COMPARE_KINDS[kind].split(' ', 1)[0]} {g['test_accuracy_difference']:+.2f} points"
+                     + (f" (sharpness x{_fmt(ratio)})" if ratio is not None else ""))
+    first = gaps[0]
+    fixed, fair = by_kind.get("fixed"), by_kind.get("steps") or by_kind.get("tuned")
+    verdict = ""
+    if fixed and fair:
+        shrink = fair["test_accuracy_difference"] - fixed["test_accuracy_difference"]
+        verdict = (f" Giving the large batch a tuned rate{' and the same steps' if 'steps' in by_kind else ''} "
+                   f"moved its gap by {shrink:+.2f} points.")
+    return [f"- Generalisation once steps and learning rate are fair: test accuracy of batch {first['large_batch']} "
+            f"minus batch {first['small_batch']}, {'; '.join(parts)}.{verdict} One seed: differences under about a "
+            "point are within seed-to-seed noise for these networks (the paper's Table 2 spreads are 0.1-0.5)."]
+
+
+def _compare_section(rows: list[dict], gaps: list[dict], config) -> list[str]:
+    study = config.batch_size_study
+    lines = ["## Generalisation once steps and learning rate are fair", ""]
+    missing = [COMPARE_KINDS[kind] for kind in COMPARE_KINDS
+               if (kind != "ghost" or study.compare_ghost_batch_size) and not any(r["kind"] == kind for r in rows)]
+    if not rows:
+        return lines + ["Not run: this profile sets no batch_size_study.compare_batch_sizes (the comparison of "
+                        "(a) fixed epochs and learning rate, (b) the tuned rate, (c) the smallest batch's steps, "
+                        "(d) ghost batch norm, with each minimiser's sharpness).", ""]
+    key = _sharpness_key(rows)
+    label = key.removeprefix("sharpness_").replace("_eps", ", eps ") if key else None
+    epochs = f"{study.compare_epochs} epoch{'s' if study.compare_epochs != 1 else ''}"
+    lines += [f"At each compared batch: (a) {epochs} at the fixed learning rate "
+              f"{config.learning_rate:g} (the paper's protocol, shortened); (b) as many epochs at the rate the "
+              "study found best for that batch; (c) that rate for as many optimizer steps as the smallest batch "
+              "takes in (b) (Hoffer et al. 2017's regime adaptation: \"train longer\"); (d) (c) with ghost batch "
+              f"norm over virtual batches of {study.compare_ghost_batch_size} in training (Hoffer et al. 2017, "
+              "section 4.1; evaluation and sharpness use the whole batch's statistics, as for every other run). "
+              "Sharpness is Metric 2.1 on each minimiser with the profile's settings.", "",
+              "| run | batch | lr | epochs | steps | train acc. (%) | test acc. (%) | train - test | "
+              f"sharpness ({label or 'not measured'}) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {COMPARE_KINDS[r['kind']]} | {r['batch_size']} | {_fmt(r['learning_rate'])} | {r['epochs']} | "
+                     f"{r['steps']} | {r['train_accuracy']:.2f} | {r['test_accuracy']:.2f} | "
+                     f"{r['generalization_gap']:.2f} | {_fmt(r.get(key) if key else None)} |"
+                     + (" diverged" if r["diverged"] else ""))
+    if gaps:
+        lines += ["", "| regime | small batch: test acc. | large batch: test acc. | large - small | steps small / large | "
+                  "sharpness large / small |", "|---|---|---|---|---|---|"]
+        for g in gaps:
+            ratio = g.get(f"{key}_ratio") if key else None
+            lines.append(f"| {COMPARE_KINDS[g['kind']]} | {g['small_test_accuracy']:.2f} (B={g['small_batch']}) | "
+                         f"{g['large_test_accuracy']:.2f} (B={g['large_batch']}) | {g['test_accuracy_difference']:+.2f} | "
+                         f"{g['small_steps']} / {g['large_steps']} | {_fmt(ratio) if ratio is not None else '-'} |")
+        lines += ["", "For (c) and (d) the small batch's row is its own (b) run: the same steps at its tuned rate."]
+    if missing:
+        lines += ["", f"Not finished here: {'; '.join(missing)} (`python -m replication batch-size CONFIG` "
+                  "trains what is missing and resumes)."]
+    if key is None:
+        lines += ["", "No sharpness has been measured on these minimisers yet: the same command measures it "
+                  "after training (the study ran out of time first)."]
+    return lines + [""]
+
+
+def _nondeterministic(summary: dict) -> list[str]:
+    """A limit to state when a run trained on a GPU without XLA's deterministic ops (env.json)."""
+    envs = [storage.read_json(p.path / "env.json") for p in summary["points"] if (p.path / "env.json").exists()]
+    if any(e.get("device", "").startswith("NVIDIA") and e.get("deterministic_ops") is False for e in envs):
+        return ["GPU runs without XLA's deterministic ops (faster; a rerun's numbers differ in the last bits, "
+                "and a best learning rate decided by a few steps can differ)"]
+    return []
+
+
+def _device(summary: dict) -> str:
+    for point in summary["points"]:
+        env = point.path / "env.json"
+        if env.exists():
+            record = storage.read_json(env)
+            return f"{record.get('device', 'unknown device')}, {record.get('backend', '')}".strip(", ")
+    return "unknown device"
