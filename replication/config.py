@@ -184,7 +184,7 @@ class BatchSizeStudyConfig:
     lr_multipliers: tuple[float, ...] = (0.5, 1.0, 2.0)
     max_extensions: int = 3
     bootstrap: int = 1000                      # resamples of the batch sizes for B_crit's interval
-    # Generalisation once steps and learning rate are fair (issue 13 item 3; batchsize.compare):
+    # Generalisation once steps and learning rate are fair (issue 13 item 3; batchsize.compare_plan):
     # at each of these batch sizes (each one of batch_sizes, whose best rate it uses), runs of
     # (a) `compare_epochs` at the fixed learning_rate, (b) as many epochs at the tuned rate, (c) the
     # tuned rate for as many steps as the smallest of them takes in (b), (d) (c) with ghost batch

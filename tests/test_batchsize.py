@@ -222,6 +222,10 @@ def test_the_fair_comparison_trains_measures_and_reports(tiny_config, monkeypatc
     ({"batch_size_study": {"lr_multipliers": [2, 1]}}, "batch_size_study.lr_multipliers"),
     ({"batch_size_study": {"lr_multipliers": [1]}}, "batch_size_study.lr_multipliers"),
     ({"batch_size_study": {"lr_scaling": "cubic"}}, "batch_size_study.lr_scaling"),
+    ({"batch_size_study": {"batch_sizes": [32], "compare_batch_sizes": [64]}}, "batch_size_study.compare_batch_sizes"),
+    ({"batch_size_study": {"compare_epochs": 0}}, "batch_size_study.compare_epochs"),
+    ({"ghost_batch_size": 8, "batchnorm": "moving_average"}, "ghost_batch_size"),
+    ({"ghost_batch_size": 0}, "ghost_batch_size"),
 ])
 def test_bad_study_configs_are_one_line(tiny_config, overrides, key):
     result = cli("batch-size", tiny_config(**overrides))
