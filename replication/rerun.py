@@ -59,14 +59,26 @@ def _same(a, b, rtol: float) -> bool:
     return a == b or abs(a - b) <= rtol * max(abs(a), abs(b))
 
 
+def _with_defaults(config: dict, defaults: dict, other: dict) -> dict:
+    """`config` with each key `other` has and it lacks set to its default, inside sections too (a
+    key added to a section, such as batch_size_study.compare_epochs, is as new as a top-level one)."""
+    out = dict(config)
+    for key, default in defaults.items():
+        if key in other and key not in out:
+            out[key] = default
+        elif isinstance(default, dict) and isinstance(out.get(key), dict) and isinstance(other.get(key), dict):
+            out[key] = _with_defaults(out[key], default, other[key])
+    return out
+
+
 def _compare(a, b, where: str, rtol: float, out: list[str]) -> None:
     """Append one line per difference between two parsed JSON values."""
     if where.endswith("resolved_config") and isinstance(a, dict) and isinstance(b, dict):
         # A config key one run predates had its default (as train's config check reads it), so a
         # run made before a key existed still compares with one made after.
         defaults = config_lib.defaults()
-        a = {**{k: v for k, v in defaults.items() if k in b}, **a}
-        b = {**{k: v for k, v in defaults.items() if k in a}, **b}
+        a = _with_defaults(a, defaults, b)
+        b = _with_defaults(b, defaults, a)
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
             if _ignored(key):

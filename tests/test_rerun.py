@@ -68,3 +68,18 @@ def test_a_config_key_added_later_compares_by_its_default(tmp_path, capsys):
     assert rerun.main(first, second) == 0
     assert rerun.main(first, third) == 1
     assert "resolved_config.keep_every: None vs 3" in capsys.readouterr().out
+
+
+def test_a_config_key_added_to_a_section_later_compares_by_its_default(tmp_path, capsys):
+    from replication import config as config_lib
+    section = config_lib.defaults()["batch_size_study"]
+    older = {k: v for k, v in section.items() if k != "compare_epochs"}
+    first, second, third = (_folder(tmp_path / name) for name in "abc")
+    for root, study in ((first, older), (second, section), (third, {**section, "compare_epochs": 3})):
+        path = root / "F1_fashion_mnist" / "sb" / "seed0" / "metrics.json"
+        metrics = json.loads(path.read_text())
+        metrics["resolved_config"] = {"network": "F1", "batch_size_study": study}
+        path.write_text(json.dumps(metrics))
+    assert rerun.main(first, second) == 0
+    assert rerun.main(first, third) == 1
+    assert f"batch_size_study.compare_epochs: {section['compare_epochs']} vs 3" in capsys.readouterr().out
