@@ -162,7 +162,7 @@ def noise_along_training(loaded, rows: list[dict]) -> list[dict]:
         if parsed is None or not run.noise:
             continue
         summary = run.metrics.get("target") or {}
-        per_epoch = -(-int(run.metrics["num_train"]) // int(run.metrics["batch_size"]))
+        per_epoch = steps_per_epoch(int(run.metrics["num_train"]), int(run.metrics["batch_size"]))
         for point, measurement in run.noise.items():
             record = measurement.record
             steps_run = int(summary.get("steps_run") or 0)
@@ -437,7 +437,7 @@ def _markdown(config, label: str, summary: dict, record: dict, figures: list[Pat
                      f"{config.batch_size_study.lr_scaling}-rule value (learning_rate {config.learning_rate:g} x "
                      f"(B / {config.sb_batch_size})^{config_lib.LR_SCALINGS[config.batch_size_study.lr_scaling]:g}); "
                      "tune it at every batch size: a rule alone left steps on the table.")
-    lines += _compare_plain(summary.get("compare_gaps") or [], config)
+    lines += _compare_plain(summary.get("compare_gaps") or [], _sharpness_key(summary.get("compare") or []))
     lines += ["- Limits: " + "; ".join(record["deviations"] + [
         f"target {target.metric} <= {target.value:g} on the first {target.eval_subset} training examples, "
         + (f"checked every {target.every_examples} examples (every max(1, {target.every_examples} / B) steps; "
@@ -514,11 +514,11 @@ def _sharpness_key(rows: list[dict]) -> str | None:
     return keys[0] if keys else None
 
 
-def _compare_plain(gaps: list[dict], config) -> list[str]:
+def _compare_plain(gaps: list[dict], key: str | None) -> list[str]:
+    """The plain-words line of the fair comparison; `key`: the sharpness column (_sharpness_key)."""
     if not gaps:
         return []
     by_kind = {g["kind"]: g for g in gaps}
-    key = _sharpness_key([{k.removesuffix("_ratio"): 1 for k in g} for g in gaps])
     parts = []
     for kind, g in by_kind.items():
         ratio = g.get(f"{key}_ratio") if key else None
