@@ -533,7 +533,7 @@ def _compare_plain(gaps: list[dict], key: str | None) -> list[str]:
                    f"moved its gap by {shrink:+.2f} points.")
     return [f"- Generalisation once steps and learning rate are fair: test accuracy of batch {first['large_batch']} "
             f"minus batch {first['small_batch']}, {'; '.join(parts)}.{verdict} One seed: differences under about a "
-            "point are within seed-to-seed noise for these networks (the paper's Table 2 spreads are 0.1-0.5)."]
+            "point are within seed-to-seed noise for these networks (the paper's Table 2 test-accuracy standard deviations over 5 seeds are 0.07-1.05 points)."]
 
 
 def _compare_section(rows: list[dict], gaps: list[dict], config) -> list[str]:
