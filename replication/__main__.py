@@ -67,7 +67,7 @@ def _check(args):
 
 
 def _table2(args):
-    from replication import compare, results
+    from replication.analysis import compare, results
 
     rows = compare.table2(results.load(args.results_dir))
     markdown = compare.table2_markdown(rows)
@@ -77,7 +77,7 @@ def _table2(args):
 
 def _sharpness(args):
     _start_keras()
-    from replication import sharpness
+    from replication.measure import sharpness
 
     for run_dir in args.run_dir:
         sharpness.sharpness_all(run_dir, None if args.epsilon is None else [args.epsilon],
@@ -86,7 +86,7 @@ def _sharpness(args):
 
 def _noise(args):
     _start_keras()
-    from replication import noise
+    from replication.measure import noise
 
     for run_dir in args.run_dir:
         noise.noise_scale(run_dir, args.point, args.force)
@@ -94,7 +94,7 @@ def _noise(args):
 
 def _iterates(args):
     _start_keras()
-    from replication import iterates
+    from replication.measure import iterates
 
     for run_dir in args.run_dir:
         print(iterates.measure(run_dir, args.force))
@@ -102,7 +102,7 @@ def _iterates(args):
 
 def _hessian(args):
     _start_keras()
-    from replication import hessian
+    from replication.measure import hessian
 
     options = {k: getattr(args, k) for k in hessian.DEFAULTS if getattr(args, k) is not None}
     for run_dir in args.run_dir:
@@ -110,7 +110,7 @@ def _hessian(args):
 
 
 def _table_sharpness(args):
-    from replication import compare, results
+    from replication.analysis import compare, results
 
     space = "full" if args.command == "table3" else "random"
     rows = compare.table_sharpness(results.load(args.results_dir), space)
@@ -124,7 +124,8 @@ def _landscape(args):
 
     config = config_lib.load(args.config, args.set)
     _start_keras()
-    from replication import landscape
+    from replication.measure import landscape
+    from replication.analysis import landscape_figures
 
     seeds = [args.seed] if args.seed is not None else landscape.finished_seeds(config)
     if not seeds:
@@ -133,12 +134,13 @@ def _landscape(args):
     paths = [args.path] if args.path else list(landscape.PATHS)
     for seed in seeds:
         for csv_path in landscape.compute(config, seed, paths):
+            landscape_figures.plot(csv_path)  # redrawn from the files, so a figure never outlives its curve
             print(csv_path)
 
 
 def _evaluate(args):
     _start_keras()
-    from replication import evaluate
+    from replication.measure import evaluate
 
     for run_dir in args.run_dir:
         evaluate.evaluate(run_dir)
@@ -147,7 +149,7 @@ def _evaluate(args):
 
 def _report(args):
     _start_keras()
-    from replication import report
+    from replication.analysis import report
 
     print(report.build(args.results_dir))
 
@@ -157,7 +159,8 @@ def _batch_size(args):
 
     config_lib.load(args.config, args.set)  # a bad config is refused before Keras starts
     _start_keras()
-    from replication import batchsize, batchsize_report
+    from replication.experiments import batchsize
+    from replication.analysis import batchsize_report
 
     config = batchsize.study(args.config, args.set, args.seed, only=args.batch)
     if args.batch is not None:
@@ -178,7 +181,7 @@ def _make_rules(args):
 
 
 def _diff(args):
-    from replication import rerun
+    from replication.analysis import rerun
 
     return rerun.main(args.first, args.second, args.rtol)
 

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from replication import backend
+from replication import backend, data, storage, train
 from replication import config as config_lib
-from replication import data, storage, train
 
 DATASETS = {"F1": "synthetic_mnist", "C1": "synthetic_cifar10", "C2": "synthetic_cifar10"}
 # The paper's batch sizes: SB 256, LB 10% of the training set (MNIST 6000, CIFAR-10 5000).
@@ -122,7 +121,8 @@ def training_throughput(network: str, batch_size: int, steps: int, variants) -> 
 
 def run(out: str | Path, quick: bool = False, networks=None) -> str:
     """Measure everything, write <out>/<backend>-<device>/bench.json and bench.md, return the Markdown."""
-    from replication import models, sharpness
+    from replication import models
+    from replication.measure import sharpness
 
     out = Path(out) / folder_name()
     on_gpu = bool(backend.gpu_names())

@@ -109,7 +109,7 @@ class SweepConfig:
 
     batch_sizes: tuple[int, ...] = ()          # empty: no sweep
     lr_scalings: tuple[str, ...] = ("none",)
-    # Gradient noise scale (replication/noise.py): mini-batches of sb_batch_size drawn per
+    # Gradient noise scale (replication/measure/noise.py): mini-batches of sb_batch_size drawn per
     # estimate, at x0 and at every minimiser of a config with a sweep.
     noise_batches: int = 100
 
@@ -173,7 +173,7 @@ class TargetConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BatchSizeStudyConfig:
-    """Steps to a target against the batch size (replication/batchsize.py): each batch size trains
+    """Steps to a target against the batch size (replication/experiments/batchsize.py): each batch size trains
     runs `b<batch>-x<multiplier>` whose learning rate is the `lr_scaling` rule's value at that
     batch (learning_rate x (batch / sb_batch_size) ** exponent) times each multiplier of the grid;
     where the best multiplier sits at an edge of the grid, the grid grows on that side by the
@@ -335,7 +335,7 @@ REPARAMETRIZATIONS = ("batchnorm", "relu")
 
 @dataclasses.dataclass(frozen=True)
 class HessianConfig:
-    """Beyond the paper (issue 14; replication/hessian.py, filter_landscape.py): with `enabled`,
+    """Beyond the paper (issue 14; replication/measure/hessian.py, filter_landscape.py): with `enabled`,
     `make` also measures each SB and LB run's Hessian (top eigenvalue, trace), Metric 2.1 over draws
     of A, filter-normalised slices, and how each moves under Dinh et al.'s reparametrisations. The
     other keys are the `hessian` command's options, whose defaults these are."""

@@ -3,8 +3,8 @@
 from replication import backend
 from replication.config import ConfigError
 from replication.data import DataError
-from replication.results import ResultsError
-from replication.rerun import DiffError
+from replication.analysis.results import ResultsError
+from replication.analysis.rerun import DiffError
 from replication.storage import StorageError
 from replication.train import RunError
 

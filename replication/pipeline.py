@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import shlex
 
+from replication import train
 from replication import config as config_lib
-from replication import hessian, iterates, landscape, noise, sharpness, train
+from replication.measure import hessian, iterates, landscape, noise, sharpness
 
 PY = "$(PY) -m replication"
 

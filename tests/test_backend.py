@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, cli
-from replication import backend, models, objective, sharpness, train
+from replication import backend, models, objective, train
 from replication import config as config_lib
+from replication.measure import sharpness
 
 needs_both = pytest.mark.skipif(
     not (importlib.util.find_spec("jax") and importlib.util.find_spec("tensorflow")),

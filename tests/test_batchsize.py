@@ -6,8 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from replication import batchsize, batchsize_report, storage, target, train
+from replication import storage, target, train
 from replication import config as config_lib
+from replication.experiments import batchsize
+from replication.analysis import batchsize_report
 
 from conftest import cli, one_error_line
 

@@ -19,9 +19,8 @@ import pytest
 import yaml
 
 from conftest import ROOT, TINY, cli, one_error_line
-from replication import backend
+from replication import backend, data, storage, train
 from replication import __main__ as entry
-from replication import data, storage, train
 
 CONFIG_CASES = [
     # (id, config changes, expected message)

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import cli, one_error_line
+from replication import models, pipeline, storage
 from replication import config as config_lib
-from replication import filter_landscape, hessian, hessian_tables, models, objective as objective_lib
-from replication import pipeline, report, reparametrize, storage
+from replication import objective as objective_lib
+from replication.measure import filter_landscape, hessian, reparametrize
+from replication.analysis import hessian_tables, report
 
 
 def conv_network():

@@ -8,9 +8,11 @@ import pytest
 import keras
 from keras import ops
 
+from replication import models, storage, train
 from replication import __main__ as cli_main
 from replication import config as config_lib
-from replication import hessian, models, objective as objective_lib, storage, train
+from replication import objective as objective_lib
+from replication.measure import hessian
 
 K, EXAMPLES = 12, 30
 

@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from conftest import TINY, cli
-from replication import config as config_lib
 from replication import storage, train
+from replication import config as config_lib
 
 SETTINGS = {"sharpness": {"subset": 100, "iterations": 2, "dim": 5, "epsilons": [1e-3], "spaces": ["full"]},
             "landscape": {"points": 3}}

@@ -9,9 +9,11 @@ import pytest
 import yaml
 
 from conftest import TINY, cli, one_error_line
+from replication import pipeline, storage, train
 from replication import __main__ as cli_main
 from replication import config as config_lib
-from replication import iterates, pipeline, results, sharpness, storage, train
+from replication.measure import iterates, sharpness
+from replication.analysis import iterate_tables, results
 from tests.conftest import planned_commands
 
 
@@ -180,40 +182,40 @@ NOISY = [10.0, 40.0, 5.0, 30.0, 20.0]  # rho -0.1 against the falling loss: no t
 def test_claim6_rule(tmp_path, sb, lb, level):
     write_run(tmp_path, "sb", sb)
     write_run(tmp_path, "lb", lb)
-    rows = iterates.rows(tmp_path)
+    rows = iterate_tables.rows(tmp_path)
     assert [(r["regime"], r["epoch"]) for r in rows] == [("lb", e) for e in EPOCHS] + [("sb", e) for e in EPOCHS]
     assert rows[0]["train_xent"] == 1.0 and rows[0]["history_train_loss"] == pytest.approx(1.01)
     assert rows[0]["phi_full_eps0.001"] == lb[0] and rows[0]["phi_full_eps0.0005"] == pytest.approx(0.3 * lb[0])
-    levels, evidence = iterates.judge(rows)
+    levels, evidence = iterate_tables.judge(rows)
     assert levels == [level], evidence
     assert "full space, eps 0.001" in evidence[0] and evidence[0].endswith(f"-> {level}")
 
 
 def test_claim6_needs_enough_iterates_and_leaves_failed_solves_out(tmp_path):
-    assert iterates.judge([]) == ([], [])  # no iterates: not run
+    assert iterate_tables.judge([]) == ([], [])  # no iterates: not run
     write_run(tmp_path, "sb", FALLS, kept=[1, 2])
     write_run(tmp_path, "lb", GROWS, kept=[1, 2])
-    levels, evidence = iterates.judge(iterates.rows(tmp_path))
+    levels, evidence = iterate_tables.judge(iterate_tables.rows(tmp_path))
     assert levels == [] and "fewer than 3 iterates" in evidence[0]
     write_run(tmp_path, "sb", [40.0, None, 10.0, 5.0, 2.0])
     write_run(tmp_path, "lb", GROWS)
-    rows = iterates.rows(tmp_path)
+    rows = iterate_tables.rows(tmp_path)
     assert math.isnan(rows[6]["phi_full_eps0.001"]) and rows[6]["phi_full_eps0.001_failed"] == 1
-    levels, evidence = iterates.judge(rows)
+    levels, evidence = iterate_tables.judge(rows)
     assert levels == ["pass"] and "1 failed solve(s) left out" in evidence[0]
 
 
 def test_claim6_rule_passes_the_papers_own_curves():
     rows = []
-    for network in iterates.PUBLISHED:
-        for (regime, epsilon), curve in iterates.published_figure6(network).items():
+    for network in iterate_tables.PUBLISHED:
+        for (regime, epsilon), curve in iterate_tables.published_figure6(network).items():
             rows += [{"network": network, "dataset": "paper", "data": "paper", "regime": regime, "seed": 0,
-                      "epoch": i, "train_xent": float(x), iterates.phi_key("full", epsilon): float(y)}
+                      "epoch": i, "train_xent": float(x), iterate_tables.phi_key("full", epsilon): float(y)}
                      for i, (x, y) in enumerate(zip(curve["train_xent"], curve["sharpness"]))]
     assert len(rows) == 2 * (101 + 101 + 87 + 60)  # C1 SB, LB; F2 LB, SB; two epsilons
-    levels, _ = iterates.judge(rows)
+    levels, _ = iterate_tables.judge(rows)
     assert levels == ["pass", "pass"]
-    assert not iterates.published_figure6("F1")
+    assert not iterate_tables.published_figure6("F1")
 
 
 def test_measurements_of_another_iterate_or_settings_are_refused(tmp_path):
@@ -221,27 +223,27 @@ def test_measurements_of_another_iterate_or_settings_are_refused(tmp_path):
     lb = write_run(tmp_path, "lb", GROWS, settings={"iterations": 5})
     with pytest.raises(results.ResultsError,
                        match="different settings \\('iterations' is 5 in the first, 10 in the second\\)"):
-        iterates.rows(tmp_path)
+        iterate_tables.rows(tmp_path)
     write_run(tmp_path, "lb", GROWS)
     record = storage.read_json(iterates.xent_path(lb, 2))
     storage.atomic_write_json(iterates.xent_path(lb, 2), {**record, "iterate_epoch": 3})
     with pytest.raises(results.ResultsError, match="not a measurement of the iterate .*'epoch' is 3 there, 2"):
-        iterates.rows(tmp_path)
+        iterate_tables.rows(tmp_path)
 
 
 def test_figure_and_section_are_drawn_from_the_rows(tmp_path):
     write_run(tmp_path, "sb", FALLS)
     write_run(tmp_path, "lb", GROWS)
-    rows = iterates.rows(tmp_path)
-    table_rows, columns = iterates.table(rows)
+    rows = iterate_tables.rows(tmp_path)
+    table_rows, columns = iterate_tables.table(rows)
     assert len(table_rows) == 10 and columns["phi_full_eps0.001"] == "full space, eps 0.001"
-    text = iterates.section(tmp_path, rows, "TABLE\n", "TRENDS\n")
+    text = iterate_tables.section(tmp_path, rows, "TABLE\n", "TRENDS\n")
     stem = tmp_path / "F1_fashion_mnist" / "iterates" / "figure6"
     assert stem.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
     assert stem.with_suffix(".pdf").read_bytes().startswith(b"%PDF-")
     assert "## Figure 6" in text and "TABLE" in text and "TRENDS" in text
     assert "(F1_fashion_mnist/iterates/figure6.png)" in text
-    trends, _ = iterates.trend_table(rows)
+    trends, _ = iterate_tables.trend_table(rows)
     assert {(t["regime"], t["sharpness"]) for t in trends} == {
         (g, f"full space, eps {e}") for g in ("SB", "LB") for e in ("0.001", "0.0005")}
     assert all(math.isnan(t["paper_rho"]) for t in trends)  # F1 has no published Figure 6

@@ -10,8 +10,10 @@ import pytest
 import yaml
 
 from conftest import TINY, cli
-from replication import compare, landscape, results, storage, train
+from replication import storage, train
 from replication import config as config_lib
+from replication.measure import landscape
+from replication.analysis import compare, landscape_figures, results
 
 PNG_MAGIC, PDF_MAGIC = b"\x89PNG\r\n\x1a\n", b"%PDF-"
 REFERENCE_HEADER = (compare.REFERENCE / "paper_figures" / "figure3_F1.csv").read_text().splitlines()[0]
@@ -30,9 +32,11 @@ def train_pair(config):
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    """A finished SB/LB pair (batch statistics, the paper's BN) with both curves computed."""
+    """A finished SB/LB pair (batch statistics, the paper's BN) with both curves computed and drawn,
+    as the `landscape` command does."""
     config = train_pair(tiny(tmp_path_factory.mktemp("landscape") / "results"))
-    landscape.compute(config, 0, log=io.StringIO())
+    for csv_path in landscape.compute(config, 0, log=io.StringIO()):
+        landscape_figures.plot(csv_path)
     return config
 
 
@@ -86,14 +90,16 @@ def test_outputs_are_complete_and_valid(pair):
         assert not list(stem.parent.glob(".*tmp*"))
 
 
-def test_done_work_is_skipped_and_missing_figures_redrawn(pair):
+def test_done_work_is_skipped_and_figures_drawn_from_the_files(pair):
     stem = landscape.output_stem(pair, 0, "linear")
     before = stem.with_suffix(".csv").stat().st_mtime_ns
     stem.with_suffix(".png").unlink()
     log = io.StringIO()
-    landscape.compute(pair, 0, ["linear"], log=log)
+    assert landscape.compute(pair, 0, ["linear"], log=log) == [stem.with_suffix(".csv")]
     assert "skipping" in log.getvalue()
     assert stem.with_suffix(".csv").stat().st_mtime_ns == before
+    assert not stem.with_suffix(".png").exists()  # measuring draws nothing
+    landscape_figures.plot(stem.with_suffix(".csv"))
     assert stem.with_suffix(".png").read_bytes()[:8] == PNG_MAGIC
 
 
@@ -161,10 +167,13 @@ def test_cli_computes_every_finished_pair(pair, tmp_path):
     data = {**TINY, "epochs": 1, "train_subset": 300, "test_subset": 100, "eval_batch_size": 100,
             "results_dir": pair.results_dir}
     config_path.write_text(yaml.safe_dump(data))
+    landscape.output_stem(pair, 0, "curvilinear").with_suffix(".pdf").unlink()
     result = cli("landscape", config_path, check=True)
     assert result.stdout.split() == [str(landscape.output_stem(pair, 0, p).with_suffix(".csv"))
                                      for p in ("linear", "curvilinear")]
     assert "skipping" in result.stderr
+    for p in ("linear", "curvilinear"):  # the command draws every curve from its files
+        assert landscape.output_stem(pair, 0, p).with_suffix(".pdf").read_bytes()[:5] == PDF_MAGIC
     result = cli("landscape", config_path, "--set", "seeds=[5]")
     assert result.returncode == 0 and "train them first" in result.stderr
 

@@ -4,7 +4,8 @@ estimator against the exact value from per-example gradients, weights left alone
 import numpy as np
 import pytest
 
-from replication import noise, objective
+from replication import objective
+from replication.measure import noise
 
 
 def softmax_regression(seed=0):

@@ -1,4 +1,4 @@
-"""The remedies of Tables 6 and 7 (replication/remedies.py, remedy_tables.py): config sections that
+"""The remedies of Tables 6 and 7 (replication/remedies.py, analysis/remedy_tables.py): config sections that
 add runs and leave every other run as it was, augmentation that only training sees, conservative
 training that is exactly Adam plus the proximal term on each batch repeated, and the tables and
 claim 7's rule on hand-made results and on the paper's own numbers."""
@@ -13,8 +13,10 @@ import yaml
 
 from conftest import ROOT, TINY, cli
 from test_train import assert_same_run  # metrics.json byte for byte, weights bit for bit
-from replication import backend, compare, pipeline, remedy_tables, results, sharpness, storage, train
+from replication import backend, pipeline, storage, train
 from replication import config as config_lib
+from replication.measure import sharpness
+from replication.analysis import compare, remedy_tables, results
 from tests.conftest import planned_commands
 
 IMAGE_NETWORKS = {"F1": ((28, 28, 1), 10), "C1": ((32, 32, 3), 10), "C2": ((32, 32, 3), 10),

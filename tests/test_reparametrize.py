@@ -7,7 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from replication import hessian, models, reparametrize, sharpness
+from replication import models
+from replication.measure import hessian, reparametrize, sharpness
 
 A = 10.0
 

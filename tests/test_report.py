@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import cli
-from replication import compare, report, results, sharpness, storage, verdicts
+from replication import storage
+from replication.measure import sharpness
+from replication.analysis import compare, report, results, verdicts
 
 PNG_MAGIC, PDF_MAGIC = b"\x89PNG\r\n\x1a\n", b"%PDF-"
 ALPHAS = np.linspace(-1, 2, 25)

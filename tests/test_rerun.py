@@ -3,7 +3,7 @@ after regenerating the quick profile). Every number counts; times and environmen
 
 import json
 
-from replication import rerun
+from replication.analysis import rerun
 
 
 def _folder(root, phi=35.25, seconds=1.0, device="CPU (AMD EPYC, 2 cores)"):

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from keras import ops
 
+from replication import storage, train
 from replication import __main__ as cli_main
 from replication import config as config_lib
-from replication import sharpness, storage, train
+from replication.measure import sharpness
 
 K, EXAMPLES = 20, 30
 

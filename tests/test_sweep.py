@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from conftest import cli
+from replication import storage, train
 from replication import config as config_lib
-from replication import report, results, storage, sweep, train, verdicts
+from replication.analysis import report, results, sweep, verdicts
 from test_report import PDF_MAGIC, PNG_MAGIC, write_run
 
 

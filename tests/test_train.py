@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, cli
-from replication import config as config_lib
 from replication import storage, train
+from replication import config as config_lib
 
 RUN_FILES = {"config.yaml", "env.json", "history.csv", "metrics.json", "initial.weights.h5",
              "final.weights.h5"}

@@ -10,8 +10,10 @@ import pytest
 import yaml
 
 from conftest import TINY, cli, one_error_line
+from replication import pipeline, storage, train
 from replication import config as config_lib
-from replication import pipeline, report, results, sharpness, storage, train, verdicts, warmstart
+from replication.measure import sharpness
+from replication.analysis import report, results, verdicts, warmstart
 
 WARM = {**TINY, "epochs": 2, "keep_iterates": [1, 2], "warm_start": {"enabled": True},
         "sharpness": {"spaces": ["full"], "subset": 100, "iterations": 2}}

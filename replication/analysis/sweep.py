@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from replication import compare
-from replication import config as config_lib
-from replication import results as results_lib
 from replication import storage
+from replication import config as config_lib
+from replication.analysis import compare
+from replication.analysis import results as results_lib
 
 # Published Figure 4 curves (package data): only C1 and F2 were published.
 FIGURE4_COLUMNS = ("test_acc_pct", "sharpness_eps1e-3", "sharpness_eps5e-4")

@@ -38,9 +38,9 @@ import math
 
 import numpy as np
 
-from replication import compare
 from replication import config as config_lib
-from replication import results as results_lib
+from replication.analysis import compare
+from replication.analysis import results as results_lib
 
 # remedy -> (table name in tables/, published CSV, the CSV's LB column prefix, report title)
 TABLES = {

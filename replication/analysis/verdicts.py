@@ -3,7 +3,7 @@
 One home for the claims' statements and the rules that judge them (VERDICT_RULES, printed in
 every report): claims 1-3 from the SB/LB tables and curves (`compare`), claim 4 from the
 batch-size sweep (`sweep`), claim 5 from the warm starts (`warmstart`), claim 6 from the kept
-iterates (`iterates`), claim 7 from the remedies (`remedy_tables`). Each verdict is a dict: claim, statement,
+iterates (`iterate_tables`), claim 7 from the remedies (`remedy_tables`). Each verdict is a dict: claim, statement,
 verdict ("reproduced", "partly reproduced", "not reproduced", "not run"), scope, reason.
 """
 
@@ -13,9 +13,9 @@ import math
 
 import numpy as np
 
-from replication import compare, iterates, remedy_tables, sweep, warmstart  # none of them imports verdicts
 from replication import config as config_lib
-from replication import results as results_lib
+from replication.analysis import compare, iterate_tables, remedy_tables, sweep, warmstart  # none of them imports verdicts
+from replication.analysis import results as results_lib
 
 TRAIN_TOLERANCE_POINTS = 2.0  # "same training accuracy": the paper's own F2 differs by 1.64 points
 STEEP_FACTOR = 10.0           # "rises steeply": every published Figure 3/7 curve has a ratio >= 41
@@ -68,7 +68,7 @@ never changes it: a claim reproduced on a stand-in dataset says so.
   generalization gap); fails if neither. Needs at least 3 batch sizes with non-diverged runs;
   capped at partly reproduced if no sharpness was computed. The threshold's location is reported
   (the largest drop between consecutive batch sizes), not judged.
-{warmstart.RULE}{iterates.RULE}{remedy_tables.RULE}"""
+{warmstart.RULE}{iterate_tables.RULE}{remedy_tables.RULE}"""
 
 
 def overall(levels: list[str], cap: str | None = None) -> str:
@@ -209,8 +209,8 @@ def verdict(claim: int, verdict: str, records: list[dict], evidence: list[str], 
 
 def claim_rows(loaded: results_lib.Results) -> dict:
     """The rows claims 5-7 are judged on, which the report's sections show too (computed once):
-    warmstart.rows, iterates.rows and remedy_tables.rows of each remedy."""
-    return {"warmstart": warmstart.rows(loaded), "iterates": iterates.rows(loaded),
+    warmstart.rows, iterate_tables.rows and remedy_tables.rows of each remedy."""
+    return {"warmstart": warmstart.rows(loaded), "iterates": iterate_tables.rows(loaded),
             "remedies": {remedy: remedy_tables.rows(loaded, remedy) for remedy in remedy_tables.TABLES}}
 
 
@@ -251,8 +251,8 @@ def claim5(rows: list[dict]) -> dict:
 
 
 def claim6(rows: list[dict]) -> dict:
-    """Verdict on claim 6 from iterates.rows() (rule in VERDICT_RULES: iterates.RULE)."""
-    levels, evidence = iterates.judge(rows)
+    """Verdict on claim 6 from iterate_tables.rows() (rule in VERDICT_RULES: iterate_tables.RULE)."""
+    levels, evidence = iterate_tables.judge(rows)
     if not levels:
         return {**_not_run(6), "reason": " | ".join(evidence) or NOT_RUN[6]}
     return verdict(6, overall(levels), rows, evidence, NOT_RUN[6])

@@ -15,8 +15,8 @@ import math
 import re
 from pathlib import Path
 
-from replication import (compare, hessian_tables, iterates, remedy_tables, results, storage, sweep, verdicts,
-                         warmstart)
+from replication import storage
+from replication.analysis import (compare, hessian_tables, iterate_tables, landscape_figures, remedy_tables, results, sweep, verdicts, warmstart)
 
 VERDICT_MARK = {"reproduced": "**reproduced**", "partly reproduced": "**partly reproduced**",
                 "not reproduced": "**not reproduced**", "not run": "not run"}
@@ -24,9 +24,9 @@ VERDICT_MARK = {"reproduced": "**reproduced**", "partly reproduced": "**partly r
 
 def build(results_dir) -> Path:
     """Write RESULTS_DIR/REPORT.md (and tables/) from the result files; returns its path. A
-    batch-size study folder gets its own one-page report (replication/batchsize_report.py)."""
+    batch-size study folder gets its own one-page report (replication/analysis/batchsize_report.py)."""
     root = Path(results_dir)
-    from replication import batchsize_report
+    from replication.analysis import batchsize_report
 
     if batchsize_report.is_study(root):
         return batchsize_report.write_report(root)
@@ -105,9 +105,7 @@ def _figure_section(loaded: results.Results) -> str:
         return ""
     for curve in loaded.curves:  # figures are drawn from the curve files; redraw any that are missing
         if not (curve.csv.with_suffix(".png").exists() and curve.csv.with_suffix(".pdf").exists()):
-            from replication import landscape  # Keras, only when a figure has to be drawn
-
-            landscape.draw(curve.csv, curve.meta, curve.columns)
+            landscape_figures.draw(curve.csv, curve.meta, curve.columns)
     columns = {"network": "network", "data": "data", "seed": "seed", "figure": "figure",
                "published_curve": "compared with",
                "rise_sb": "rise at SB end", "rise_lb": "rise at LB end", "rise_ratio": "LB/SB",
@@ -140,12 +138,12 @@ def _warmstart_section(loaded: results.Results, rows: list[dict]) -> str:
 
 
 def _iterates_section(loaded: results.Results, rows: list[dict]) -> str:
-    """Figure 6: sharpness along the kept iterates of the SB and LB runs (iterates.rows)."""
+    """Figure 6: sharpness along the kept iterates of the SB and LB runs (iterate_tables.rows)."""
     if not rows:
         return ""
-    table = markdown_table(*iterates.table(rows))
+    table = markdown_table(*iterate_tables.table(rows))
     _write(loaded.root, "figure6", rows, table, "Sharpness along the iterates (Figure 6), ours")
-    return iterates.section(loaded.root, rows, table, markdown_table(*iterates.trend_table(rows)))
+    return iterate_tables.section(loaded.root, rows, table, markdown_table(*iterate_tables.trend_table(rows)))
 
 
 def _hessian_section(loaded: results.Results) -> str:
@@ -236,7 +234,7 @@ def _noise_text(loaded: results.Results, rows: list[dict]) -> str:
         return ""
     lines = ["**Gradient noise scale** (beyond the paper): B_simple = tr(Sigma) / |G|^2 (McCandlish et "
              "al. 2018), estimated from mini-batch gradients of the SB batch size on the sharpness "
-             "examples (replication/noise.py). McCandlish et al. find that batches up to about this "
+             "examples (replication/measure/noise.py). McCandlish et al. find that batches up to about this "
              "size train almost as efficiently per example as small ones, and larger ones with "
              "diminishing returns; it grows as training proceeds, so it is given at x0 and at each "
              "minimiser (table column).", ""]

@@ -4,7 +4,7 @@ Keskar et al. 2017, whose fixed epochs and fixed learning rate cannot tell "larg
 generalise worse" from "large batches got fewer steps and the wrong learning rate").
 
 The study (`python -m replication batch-size CONFIG`, `make batch-size-report`); this module
-trains and measures (steps 1, 3, 5), replication/batchsize_report.py fits, reads and reports
+trains and measures (steps 1, 3, 5), replication/analysis/batchsize_report.py fits, reads and reports
 (steps 2, 4 and the page):
 
 1. Steps to a target (Shallue et al. 2019): for each batch B of `batch_size_study.batch_sizes`,
@@ -19,7 +19,7 @@ trains and measures (steps 1, 3, 5), replication/batchsize_report.py fits, reads
    linear in 1/B (S = S_min + S_min B_crit / 1/B), fitted by least squares on relative residuals
    to the best (B, S) of every batch that reached the target (`fit_critical_batch`); B_crit =
    E_min / S_min. Its uncertainty: a bootstrap over the batch sizes (percentiles of the refits).
-3. The prediction: B_simple (replication/noise.py) of the reference run (the best run at the
+3. The prediction: B_simple (replication/measure/noise.py) of the reference run (the best run at the
    batch nearest sb_batch_size) at x0, at each kept iterate and where it met the target (its final
    weights), plain and with Adam's preconditioner; the ratio predicted / measured.
 4. Time: seconds per optimizer step of each best run from its own trace (the slope of
@@ -39,8 +39,8 @@ import sys
 import time
 from pathlib import Path
 
-from replication import config as config_lib
 from replication import storage
+from replication import config as config_lib
 
 
 # The learning-rate grid ---------------------------------------------------------------------------
@@ -142,7 +142,8 @@ def reference_batch(config: config_lib.Config) -> int:
 def measure_noise(config: config_lib.Config, seed: int, log=None) -> list[Path]:
     """B_simple of the reference run at x0, at each kept iterate and at its final weights (where
     it met the target); returns the files (noise/<point>.json)."""
-    from replication import noise, train
+    from replication.measure import noise
+    from replication import train
 
     batch = reference_batch(config)
     best = best_multiplier(run_steps(config, batch, seed))
@@ -201,7 +202,8 @@ def run_compare(config: config_lib.Config, seed: int, log=None) -> list[Path]:
     """Train every fair-comparison run (compare_plan), then measure each minimiser's sharpness
     (the config's Metric 2.1 settings); returns the run directories. Training first, so a run
     stopped by a deadline leaves the accuracies before the sharpness."""
-    from replication import sharpness, train
+    from replication.measure import sharpness
+    from replication import train
 
     log = log or sys.stderr
     if not config.batch_size_study.compare_batch_sizes:

@@ -1,4 +1,4 @@
-"""Reading and reporting a batch-size study folder (replication/batchsize.py runs the study;
+"""Reading and reporting a batch-size study folder (replication/experiments/batchsize.py runs the study;
 issue 13): the critical batch size fitted to the best steps of each batch (McCandlish et al.
 2018, eq. 2.11) with a bootstrap over the batch sizes, time per step from each run's own trace,
 B_simple along the reference run, the fair comparison (a)-(d) with sharpness, and the one-page
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from replication import config as config_lib
 from replication import storage
-from replication.batchsize import COMPARE_KINDS, best_multiplier, compare_kind, next_multiplier, steps_per_epoch
+from replication import config as config_lib
+from replication.experiments import batchsize
 
 REPORT_FILE = "REPORT.md"
 SUMMARY_FILE = "batch_size.json"
@@ -128,8 +128,8 @@ def summarize(loaded, study: config_lib.BatchSizeStudyConfig) -> dict:
     for batch in batches:
         mine = [p for p in points if p.batch_size == batch]
         steps = {p.multiplier: p.steps for p in mine}
-        best = best_multiplier(steps)
-        nxt, state = next_multiplier(steps, study)
+        best = batchsize.best_multiplier(steps)
+        nxt, state = batchsize.next_multiplier(steps, study)
         chosen = next((p for p in mine if p.multiplier == best), None)
         rows.append({
             "batch_size": batch, "multipliers_tried": " ".join(f"{m:g}" for m in sorted(steps)),
@@ -162,7 +162,7 @@ def noise_along_training(loaded, rows: list[dict]) -> list[dict]:
         if parsed is None or not run.noise:
             continue
         summary = run.metrics.get("target") or {}
-        per_epoch = steps_per_epoch(int(run.metrics["num_train"]), int(run.metrics["batch_size"]))
+        per_epoch = batchsize.steps_per_epoch(int(run.metrics["num_train"]), int(run.metrics["batch_size"]))
         for point, measurement in run.noise.items():
             record = measurement.record
             steps_run = int(summary.get("steps_run") or 0)
@@ -184,14 +184,14 @@ def read_compare(loaded, compare_epochs: int) -> list[dict]:
     between training and test accuracy, and its sharpness at each measured (space, epsilon)."""
     out = []
     for run in loaded.runs:
-        kind = compare_kind(run.regime, compare_epochs)
+        kind = batchsize.compare_kind(run.regime, compare_epochs)
         if kind is None:
             continue
         batch, multiplier, epochs, ghost = config_lib.parse_compare_regime(run.regime)
         metrics = run.metrics
         row = {"batch_size": batch, "kind": kind, "regime": run.regime, "multiplier": multiplier,
                "learning_rate": float(metrics["resolved_config"]["learning_rate"]), "epochs": epochs,
-               "steps": epochs * steps_per_epoch(int(metrics["num_train"]), batch), "ghost_batch_size": ghost,
+               "steps": epochs * batchsize.steps_per_epoch(int(metrics["num_train"]), batch), "ghost_batch_size": ghost,
                "train_accuracy": float(metrics["train_accuracy"]), "test_accuracy": float(metrics["test_accuracy"]),
                "train_loss": float(metrics["train_loss"]), "diverged": bool(run.diverged),
                "train_seconds": round(run.train_seconds, 2), "run": str(run.path)}
@@ -199,7 +199,7 @@ def read_compare(loaded, compare_epochs: int) -> list[dict]:
         for (space, epsilon), measurement in sorted(run.sharpness.items()):
             row[f"sharpness_{space}_eps{epsilon:g}"] = measurement.record.get("phi")
         out.append(row)
-    order = list(COMPARE_KINDS)
+    order = list(batchsize.COMPARE_KINDS)
     return sorted(out, key=lambda r: (order.index(r["kind"]), r["batch_size"]))
 
 
@@ -213,7 +213,7 @@ def compare_gaps(rows: list[dict]) -> list[dict]:
         return []
     keys = sorted({k for r in rows for k in r if k.startswith("sharpness_")})
     out = []
-    for kind in COMPARE_KINDS:
+    for kind in batchsize.COMPARE_KINDS:
         reference_kind = kind if kind in ("fixed", "tuned") else "tuned"
         small = next((r for r in rows if r["kind"] == reference_kind and r["batch_size"] == smallest), None)
         large = next((r for r in rows if r["kind"] == kind and r["batch_size"] == largest), None)
@@ -314,7 +314,7 @@ def plot_noise(summary: dict, stem: Path, title: str):
 
 def write_report(results_dir) -> Path:
     """REPORT.md, the figures and the tables of a batch-size study folder, from its files alone."""
-    from replication import results as results_lib
+    from replication.analysis import results as results_lib
 
     root = Path(results_dir)
     loaded = results_lib.load(root)
@@ -364,7 +364,7 @@ def write_report(results_dir) -> Path:
               "deviations": sorted({d for p in points for d in storage.read_json(p.path / "metrics.json")["deviations"]
                                     if not d.startswith(("learning rate ", "stopped at a target"))})}
     noise_cost += sum(float(m.record.get("wall_seconds") or 0) for run in loaded.runs for m in run.sharpness.values()
-                      if compare_kind(run.regime, config.batch_size_study.compare_epochs))
+                      if batchsize.compare_kind(run.regime, config.batch_size_study.compare_epochs))
     record["measure_seconds_total"] = round(noise_cost, 1)
     storage.atomic_write_json(root / SUMMARY_FILE, record)
     text = _markdown(config, label, summary, record, figures, root)
@@ -492,7 +492,7 @@ def _markdown(config, label: str, summary: dict, record: dict, figures: list[Pat
                       abs(math.log(adam / b_crit))) else "the Adam-preconditioned")
             lines += ["", f"At the point where the reference run meets the target, {closer} noise scale is the "
                       "closer prediction of the measured B_crit."]
-        lines += ["", f"B_simple = tr(Sigma) / |G|^2 (replication/noise.py) from {noise[0]['noise_batches']} "
+        lines += ["", f"B_simple = tr(Sigma) / |G|^2 (replication/measure/noise.py) from {noise[0]['noise_batches']} "
                   f"mini-batches of {noise[0]['noise_batch']} of {noise[0]['noise_examples']} training examples "
                   "(± jackknife standard error), on the best run at the batch nearest sb_batch_size; the "
                   "preconditioned one applies Adam's 1 / (sqrt(v) + eps) to every mini-batch gradient.", ""]
@@ -522,7 +522,7 @@ def _compare_plain(gaps: list[dict], key: str | None) -> list[str]:
     parts = []
     for kind, g in by_kind.items():
         ratio = g.get(f"{key}_ratio") if key else None
-        parts.append(f"{COMPARE_KINDS[kind].split(' ', 1)[0]} {g['test_accuracy_difference']:+.2f} points"
+        parts.append(f"{batchsize.COMPARE_KINDS[kind].split(' ', 1)[0]} {g['test_accuracy_difference']:+.2f} points"
                      + (f" (sharpness x{_fmt(ratio)})" if ratio is not None else ""))
     first = gaps[0]
     fixed, fair = by_kind.get("fixed"), by_kind.get("steps") or by_kind.get("tuned")
@@ -539,7 +539,7 @@ def _compare_plain(gaps: list[dict], key: str | None) -> list[str]:
 def _compare_section(rows: list[dict], gaps: list[dict], config) -> list[str]:
     study = config.batch_size_study
     lines = ["## Generalisation once steps and learning rate are fair", ""]
-    missing = [COMPARE_KINDS[kind] for kind in COMPARE_KINDS
+    missing = [batchsize.COMPARE_KINDS[kind] for kind in batchsize.COMPARE_KINDS
                if (kind != "ghost" or study.compare_ghost_batch_size) and not any(r["kind"] == kind for r in rows)]
     if not rows:
         return lines + ["Not run: this profile sets no batch_size_study.compare_batch_sizes (the comparison of "
@@ -558,7 +558,7 @@ def _compare_section(rows: list[dict], gaps: list[dict], config) -> list[str]:
               "| run | batch | lr | epochs | steps | train acc. (%) | test acc. (%) | train - test | "
               f"sharpness ({label or 'not measured'}) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {COMPARE_KINDS[r['kind']]} | {r['batch_size']} | {_fmt(r['learning_rate'])} | {r['epochs']} | "
+        lines.append(f"| {batchsize.COMPARE_KINDS[r['kind']]} | {r['batch_size']} | {_fmt(r['learning_rate'])} | {r['epochs']} | "
                      f"{r['steps']} | {r['train_accuracy']:.2f} | {r['test_accuracy']:.2f} | "
                      f"{r['generalization_gap']:.2f} | {_fmt(r.get(key) if key else None)} |"
                      + (" diverged" if r["diverged"] else ""))
@@ -567,7 +567,7 @@ def _compare_section(rows: list[dict], gaps: list[dict], config) -> list[str]:
                   "sharpness large / small |", "|---|---|---|---|---|---|"]
         for g in gaps:
             ratio = g.get(f"{key}_ratio") if key else None
-            lines.append(f"| {COMPARE_KINDS[g['kind']]} | {g['small_test_accuracy']:.2f} (B={g['small_batch']}) | "
+            lines.append(f"| {batchsize.COMPARE_KINDS[g['kind']]} | {g['small_test_accuracy']:.2f} (B={g['small_batch']}) | "
                          f"{g['large_test_accuracy']:.2f} (B={g['large_batch']}) | {g['test_accuracy_difference']:+.2f} | "
                          f"{g['small_steps']} / {g['large_steps']} | {_fmt(ratio) if ratio is not None else '-'} |")
         lines += ["", "For (c) and (d) the small batch's row is its own (b) run: the same steps at its tuned rate."]

@@ -28,8 +28,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from replication import config as config_lib
 from replication import storage, train
+from replication import config as config_lib
 
 FIX = "delete one set, or put them in separate results_dir"
 # Runs made before the JAX port name no backend: they ran on TensorFlow.

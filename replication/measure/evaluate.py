@@ -24,7 +24,8 @@ FIELDS = (("train_loss", "f(x) train"), ("train_accuracy", "train acc %"), ("tes
 
 def evaluate(run_dir) -> dict:
     """Evaluate the finished run at `run_dir` on this backend; write and return the record."""
-    from replication import data, objective, sharpness, train
+    from replication import data, objective, train
+    from replication.measure import sharpness
 
     run = train.load_run(run_dir)
     config = run.config

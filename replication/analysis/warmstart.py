@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from replication import compare, iterates, storage
+from replication import storage
 from replication import config as config_lib
-from replication import results as results_lib
+from replication.analysis import compare, iterate_tables
+from replication.analysis import results as results_lib
 
 TREND = 0.5            # |Spearman rho| against the SB epochs that counts as a trend (claim 5's rule)
 MARGIN_POINTS = 0.5    # least test-accuracy gain (points) that counts as "helps", with one seed
@@ -87,7 +88,7 @@ def rows(loaded) -> list[dict]:
     # Every row gets every column (one CSV header) that a piggyback run has: the plain LB run
     # standing for k = 0 may have more (the random subspace), which Figure 5 does not show.
     own = [r for r in out if "/lb/" not in f"/{r['run']}"]
-    keys = iterates.phi_keys(own) or iterates.phi_keys(out)
+    keys = iterate_tables.phi_keys(own) or iterate_tables.phi_keys(out)
     return [{**{k: v for k, v in r.items() if k not in ("deviations", "run") and not k.startswith("phi_")},
              **{c: r.get(c, math.nan if not c.endswith("_failed") else 0)
                 for key in keys for c in (key, key + "_failed")},
@@ -102,7 +103,7 @@ def _row(run: results_lib.Run, k: int, sb_test: float, sb, root: Path) -> dict:
            "piggyback_train_accuracy": math.nan if run.diverged else float(metrics["train_accuracy"]),
            "lb_epochs": int(metrics["epochs_run"]), "diverged": int(run.diverged)}
     for (space, epsilon), measurement in run.sharpness.items():
-        key = iterates.phi_key(space, epsilon)
+        key = iterate_tables.phi_key(space, epsilon)
         record = measurement.record
         ok = not record["failed"] and record["phi"] is not None and not run.diverged
         row[key] = float(record["phi"]) if ok else math.nan
@@ -142,7 +143,7 @@ def points(rows: list[dict]) -> list[dict]:
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["network"], r["dataset"], r["data"], r["sb_epochs"]), []).append(r)
-    keys = iterates.phi_keys(rows)
+    keys = iterate_tables.phi_keys(rows)
     published = {n: published_figure5(n) for n in {r["network"] for r in rows}}
     out = []
     for (network, dataset, label, k), items in groups.items():
@@ -184,12 +185,12 @@ def assess(ks, accuracy, accuracy_std, sharpness) -> dict:
     order = np.argsort(ks)
     ks, accuracy = np.asarray(ks, float)[order], np.asarray(accuracy, float)[order]
     accuracy_std, sharpness = np.asarray(accuracy_std, float)[order], np.asarray(sharpness, float)[order]
-    rho_acc = iterates.spearman(ks, accuracy)
+    rho_acc = iterate_tables.spearman(ks, accuracy)
     gain = accuracy[-1] - accuracy[0]
     spread = [s for s in (accuracy_std[0], accuracy_std[-1]) if math.isfinite(s)]
     margin = max([MARGIN_POINTS, *spread])
     helps = math.isfinite(rho_acc) and rho_acc >= TREND and math.isfinite(gain) and gain > margin
-    rho_phi = iterates.spearman(ks, sharpness)
+    rho_phi = iterate_tables.spearman(ks, sharpness)
     change_phi = sharpness[-1] - sharpness[0]
     flatter = math.isfinite(rho_phi) and rho_phi <= -TREND and math.isfinite(change_phi) and change_phi < 0
     half = [k for k, a in zip(ks, accuracy) if math.isfinite(gain) and gain > 0 and a - accuracy[0] >= gain / 2]
@@ -213,7 +214,7 @@ def judge(rows: list[dict]) -> tuple[list[str], list[str]]:
             evidence.append(f"{network} ({label}): piggyback results at SB epochs {have}; at least {MIN_POINTS} "
                             "values of k, 0 (the LB run from x0) among them, are needed")
             continue
-        keys = [k for k in iterates.phi_keys(items) if any(math.isfinite(p[k]) for p in ok)]
+        keys = [k for k in iterate_tables.phi_keys(items) if any(math.isfinite(p[k]) for p in ok)]
         key = keys[0] if keys else None
         phi = [p[key] if key else math.nan for p in ok]
         verdict = assess([p["sb_epochs"] for p in ok], [p["test_mean"] for p in ok],
@@ -230,7 +231,7 @@ def judge(rows: list[dict]) -> tuple[list[str], list[str]]:
             + ("helps" if verdict["helps"] else "does not help")
             + (f", half the gain by {verdict['enough']:g} SB epochs" if math.isfinite(verdict["enough"]) else "")
             + (f" (SB itself at {last['sb_epochs']} epochs: {sb_last:.2f}%)" if math.isfinite(sb_last) else "")
-            + "; " + (f"{iterates.phi_label(key)} {phi[0]:.3g} -> {phi[-1]:.3g} (rho {verdict['rho_phi']:+.2f}"
+            + "; " + (f"{iterate_tables.phi_label(key)} {phi[0]:.3g} -> {phi[-1]:.3g} (rho {verdict['rho_phi']:+.2f}"
                       + (f", {failed} failed solve(s) left out" if failed else "") + ") "
                       + ("flatter" if verdict["flatter"] else "not flatter") if key else "sharpness not computed")
             + _paper_text(network, last["sb_epochs"]) + f" -> {verdict['level']}")
@@ -279,12 +280,12 @@ def plot(rows: list[dict], stem: Path) -> tuple[Path, Path]:
                               ("test", "piggyback LB from it", "tab:red")):
         accuracy.errorbar(ks, [p[f"{name}_mean"] for p in mine], yerr=[p[f"{name}_std"] for p in mine],
                           color=color, marker="o", markersize=3, linewidth=1, capsize=2, label=text)
-    for key in iterates.phi_keys(mine):
+    for key in iterate_tables.phi_keys(mine):
         if not key.startswith("phi_full"):
             continue
         sharp.plot(ks, [p[key] for p in mine], marker="o", markersize=3, linewidth=1,
                    linestyle="-" if key.endswith("eps0.001") else "--", color="tab:red",
-                   label=f"piggyback LB, {iterates.phi_label(key)}")
+                   label=f"piggyback LB, {iterate_tables.phi_label(key)}")
     seeds = "/".join(map(str, sorted({p["seeds"] for p in mine})))
     accuracy.set_title(f"ours: test accuracy ({seeds} seed(s))", fontsize=8)
     sharp.set_title("ours: sharpness of the piggyback LB minimiser", fontsize=8)
@@ -321,7 +322,7 @@ def table(rows: list[dict]) -> tuple[list[dict], dict[str, str]]:
     columns = {"network": "network", "data": "data", "sb_epochs": "SB epochs k", "seeds": "seeds",
                "sb_test": "SB test acc % at k", "test": "piggyback LB test acc %",
                "paper_test": "paper", "train": "piggyback LB train acc %"}
-    keys = iterates.phi_keys(mine)
+    keys = iterate_tables.phi_keys(mine)
     out = []
     for p in mine:
         row = {k: p[k] for k in ("network", "data", "sb_epochs", "seeds")}
@@ -338,7 +339,7 @@ def table(rows: list[dict]) -> tuple[list[dict], dict[str, str]]:
                 row["paper_" + key] = compare.cell(p["paper_" + published], math.nan, digits=3)
         out.append(row)
     for key in keys:
-        columns[key] = iterates.phi_label(key)
+        columns[key] = iterate_tables.phi_label(key)
         if any(r.get("paper_" + key, "n/a") != "n/a" for r in out):
             columns["paper_" + key] = "paper"
     if all(r["paper_test"] == "n/a" for r in out):
@@ -349,7 +350,7 @@ def table(rows: list[dict]) -> tuple[list[dict], dict[str, str]]:
 def section(root, rows: list[dict], table_markdown: str) -> str:
     """The report's Figure 5 section (figures drawn from `rows` into
     <root>/<network>_<dataset>/warmstart/figure5.{png,pdf}); the table comes rendered."""
-    images = iterates.figures_per_network(root, rows, "warmstart", "figure5", plot)
+    images = iterate_tables.figures_per_network(root, rows, "warmstart", "figure5", plot)
     lb_epochs = sorted({r["lb_epochs"] for r in rows})
     return ("## Figure 5: warm-starting LB from SB iterates\n\n"
             "From the SB run's iterate after k epochs, an LB run (\"piggyback LB\": fresh Adam, the LB batch, "

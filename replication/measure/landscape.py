@@ -21,9 +21,10 @@ says what we do with them, and the output records it:
   layer sees its predecessors normalised with their recomputed statistics (what inference sees).
 
 Output per pair and path, in `<results_dir>/<network>_<dataset>/landscape/`:
-`seed<N>_<path>.csv` (the columns of `reference/paper_figures/figure3_F1.csv`), `.json`
-(provenance and the settings that made it; a rerun with the same settings is skipped), `.png` and
-`.pdf` (the paper's style, with the published curves overlaid where they exist).
+`seed<N>_<path>.csv` (the columns of `reference/paper_figures/figure3_F1.csv`) and `.json`
+(provenance and the settings that made it; a rerun with the same settings is skipped). The `.png`
+and `.pdf` beside them (the paper's style, the published curves overlaid) are drawn from these
+files by analysis/landscape_figures.py, which `python -m replication landscape` calls.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from replication import backend, compare, data, results, storage, train
+from replication import backend, data, storage, train
 
 PATHS = {"linear": "Figure 3", "curvilinear": "Figure 7"}
 FORMULA = {"linear": "alpha * x_LB + (1 - alpha) * x_SB",
@@ -144,7 +145,7 @@ def settings(config, sb, lb, path: str, num_train: int, num_test: int) -> dict:
 def compute(config, seed: int, paths=tuple(PATHS), log=sys.stderr) -> list[Path]:
     """Evaluate the SB/LB pair of trial `seed` along each path; returns the CSV paths.
 
-    Skips a path whose CSV and JSON exist with the same settings (and redraws a missing figure).
+    Skips a path whose CSV and JSON exist with the same settings.
     """
     sb, lb = load_pair(config, seed)
     evaluator = _Evaluator(config, sb, lb)
@@ -197,22 +198,19 @@ class _Evaluator:
 
 
 def _compute_path(config, seed: int, path: str, sb, lb, evaluator: _Evaluator, log) -> Path:
-    """One path's CSV, JSON sidecar and figure, unless they exist with these settings."""
+    """One path's CSV and JSON sidecar, unless they exist with these settings."""
     stem = output_stem(config, seed, path)
     csv_path, json_path = stem.with_suffix(".csv"), stem.with_suffix(".json")
     wanted = settings(config, sb, lb, path, len(evaluator.x_train), evaluator.num_test)
     with storage.locked(stem.parent / f".seed{seed}_{path}.lock"):
         if csv_path.exists() and json_path.exists() and storage.read_json(json_path).get("settings") == wanted:
             print(f"[{csv_path}] already computed with these settings; skipping", file=log)
-            if not (stem.with_suffix(".png").exists() and stem.with_suffix(".pdf").exists()):
-                plot(csv_path)
             return csv_path
         started = time.time()
         rows, clamped = _evaluate_path(config, seed, path, evaluator, log)
         sidecar = _sidecar(config, seed, path, sb, lb, evaluator, clamped, wanted, started)
         storage.atomic_write_csv(csv_path, rows, COLUMNS)
         storage.atomic_write_json(json_path, sidecar)  # after the CSV: its presence means done
-        plot(csv_path)
     return csv_path
 
 
@@ -262,51 +260,3 @@ def finished_seeds(config) -> list[int]:
     """Seeds of `config` whose SB and LB runs both have metrics.json."""
     return [s for s in config.seeds
             if all((train.run_directory(config, r, s) / "metrics.json").exists() for r in ("sb", "lb"))]
-
-
-# Figures ---------------------------------------------------------------------------------------
-def plot(csv_path) -> tuple[Path, Path]:
-    """Draw `csv_path` from its files (the CSV and its JSON sidecar); see draw()."""
-    csv_path = Path(csv_path)
-    return draw(csv_path, storage.read_json(csv_path.with_suffix(".json")), results.read_curve(csv_path))
-
-
-def draw(csv_path: Path, meta, ours) -> tuple[Path, Path]:
-    """The curve of `csv_path` (its sidecar `meta`, its columns `ours`) in the paper's style beside
-    the published curves, as .png and .pdf beside the CSV.
-
-    Left axis: cross-entropy (blue); right axis: accuracy % (red); solid train, dashed test.
-    Published curves are thin and light.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    figure, xent_axis = pyplot.subplots(figsize=(6.4, 4.4))
-    acc_axis = xent_axis.twinx()
-    for label, ref_path in compare.published_figures(meta["network"], meta["path"]).items():
-        ref = results.read_curve(ref_path)
-        style = dict(linewidth=0.8, alpha=0.45, linestyle=":" if label == "official code" else None)
-        xent_axis.plot(ref["alpha"], ref["train_xent"], color="tab:blue", **style, label=f"{label} (thin)")
-        xent_axis.plot(ref["alpha"], ref["test_xent"], color="tab:blue", **{**style, "linestyle": "--"})
-        acc_axis.plot(ref["alpha"], ref["train_acc_pct"], color="tab:red", **style)
-        acc_axis.plot(ref["alpha"], ref["test_acc_pct"], color="tab:red", **{**style, "linestyle": "--"})
-    xent_axis.plot(ours["alpha"], ours["train_xent"], color="tab:blue", linewidth=2, label="train")
-    xent_axis.plot(ours["alpha"], ours["test_xent"], color="tab:blue", linewidth=2, linestyle="--",
-                   label="test")
-    acc_axis.plot(ours["alpha"], ours["train_acc_pct"], color="tab:red", linewidth=2)
-    acc_axis.plot(ours["alpha"], ours["test_acc_pct"], color="tab:red", linewidth=2, linestyle="--")
-    xent_axis.set_xlabel(r"$\alpha$")
-    xent_axis.set_ylabel("Cross Entropy", color="tab:blue")
-    acc_axis.set_ylabel("Accuracy (%)", color="tab:red")
-    xent_axis.tick_params(axis="y", colors="tab:blue")
-    acc_axis.tick_params(axis="y", colors="tab:red")
-    acc_axis.set_ylim(-1, 101)
-    xent_axis.set_xlim(min(ours["alpha"]), max(ours["alpha"]))
-    xent_axis.legend(loc="center left", fontsize=7, frameon=False)
-    xent_axis.set_title(f"{meta['network']} on {meta['dataset_label']}, seed {meta['seed']}: "
-                        f"{meta['path']} path ({meta['figure']})\nBN: {meta['batchnorm_mode']}", fontsize=8)
-    figure.tight_layout()
-    return storage.save_figure(figure, csv_path)
-

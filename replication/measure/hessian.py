@@ -53,8 +53,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from replication import backend, filter_landscape, models, reparametrize, sharpness, storage
+from replication import backend, models, storage
 from replication import config as config_lib
+from replication.measure import filter_landscape, reparametrize, sharpness
 
 START = "v0 = g / |g|, g = NumPy default_rng([seed, draw, 1]).standard_normal(n) (float64)"
 PROBES = ("z = 2 b - 1, b = NumPy default_rng([seed, draw, 2]).integers(0, 2, n) drawn probe after probe "

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from replication import config as config_lib
 from replication import backend, storage
+from replication import config as config_lib
 
 REFERENCE = "McCandlish et al. (2018), An Empirical Model of Large-Batch Training, eq. 2.8"
 POINTS = ("initial", "final")  # x0 of the run, and its minimiser; also "epoch<N>", a kept iterate

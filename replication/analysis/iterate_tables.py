@@ -1,39 +1,26 @@
-"""Sharpness along the training iterates: Figure 6 and claim 6 of Keskar et al. (2017).
+"""Sharpness along the training iterates, read from files: Figure 6 and claim 6 of Keskar et al.
+(2017).
 
 Figure 6 (PAPER.md "Figures") plots, for one SB and one LB run, the sharpness (Metric 2.1, eps
 1e-3 and 5e-4) of the iterate x_k against the training cross-entropy f(x_k); claim 6 says that as
-the loss falls, sharpness grows for LB and falls for SB. A run keeps its iterates when its config
-asks (`keep_iterates`, `keep_every`: train.iterate_path); `python -m replication iterates RUN_DIR`
-then measures each kept iterate, with the run's config.sharpness settings (both epsilons, the
-full space and the random subspace where configured), into the run directory:
-
-    iterates/epoch<N>.weights.h5                          kept by training
-    iterates/xent_epoch<N>.json                           f(x_k) and accuracy on the sharpness examples
-    iterates/sharpness_epoch<N>_<space>_eps<eps>.json     phi(x_k, f, eps, A)
-    iterates/measured.json                                what was measured (written last: Make's target)
-
-Symbols -> code: x_k is the iterate kept at the end of epoch k (`epoch`); f is the mean training
-cross-entropy on the sharpness examples (config sharpness.subset, the f of Metric 2.1), reported
-as `train_xent`; phi is `phi_<space>_eps<eps>`. Each result is reused when its settings (the
-iterate's weight digest included) match, and written atomically, as `sharpness` does.
-
-Everything after the measurement reads files only: `rows` (one per measured iterate), `trends` and
-`judge` (claim 6's rule, RULE), `plot` and `section` (the report's Figure 6, ours above the
-published curves). Published curves exist for C1 and F2 only (reference/paper_figures/figure6_*).
+the loss falls, sharpness grows for LB and falls for SB. measure/iterates.py writes the
+measurements into each run directory; this module reads them: `rows` (one per measured iterate),
+`trends` and `judge` (claim 6's rule, RULE), `plot` and `section` (the report's Figure 6, ours above
+the published curves). Published curves exist for C1 and F2 only (reference/paper_figures/figure6_*).
 """
 
 from __future__ import annotations
 
 import math
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from replication import backend, compare, storage, train
+from replication import storage
 from replication import config as config_lib
-from replication import results as results_lib
+from replication.measure import iterates
+from replication.analysis import compare
+from replication.analysis import results as results_lib
 
 TREND = 0.5          # |Spearman rho| that counts as a trend along the iterates (claim 6's rule)
 MIN_ITERATES = 3     # iterates with finite values a run needs for its rho
@@ -49,85 +36,7 @@ RULE = f"""\
 """
 
 
-class IteratesError(train.RunError):
-    """A run has no kept iterates to measure."""
-
-
-# Files ----------------------------------------------------------------------------------------------
-def xent_path(run_dir, epoch: int) -> Path:
-    return Path(run_dir) / "iterates" / f"xent_epoch{epoch}.json"
-
-
-def sharpness_path(run_dir, epoch: int, space: str, epsilon: float) -> Path:
-    return Path(run_dir) / "iterates" / f"sharpness_epoch{epoch}_{space}_eps{epsilon:g}.json"
-
-
-def summary_path(run_dir) -> Path:
-    return Path(run_dir) / "iterates" / "measured.json"
-
-
-def kept(metrics: dict) -> list[int]:
-    """The epochs whose iterates a finished run kept (metrics.json; runs made before: none)."""
-    return list(metrics.get("kept_iterates") or [])
-
-
-# Measurement ----------------------------------------------------------------------------------------
-def measure(run_dir, force: bool = False, log=None) -> Path:
-    """f and phi (every epsilon and space of the run's config.sharpness) at every kept iterate of a
-    finished run; returns iterates/measured.json, written last. IteratesError if none was kept."""
-    from replication import sharpness
-
-    log = log or sys.stderr
-    run = train.load_run(run_dir)
-    epochs = kept(run.metrics)
-    if not epochs:
-        raise IteratesError(f"{run.path} kept no iterates: set keep_iterates (or keep_every) in its config, "
-                            "delete the run and train it again")
-    objective = sharpness.lazy_objective(run)  # one compiled objective for every iterate
-    files = []
-    for epoch in epochs:
-        storage.load_weights(run.model, train.iterate_path(run.path, epoch))
-        digest = storage.weights_digest(run.model.get_weights())
-        files.append(_xent(run, epoch, digest, objective, force, log))
-        extra = {"iterate_epoch": epoch, "weights": str(train.iterate_path(".", epoch))}
-        sharpness.measure_weights(
-            run, lambda path, space, eps, epoch=epoch: sharpness_path(path, epoch, space, eps),
-            force=force, log=log, objective=objective, record=extra)
-        files += [sharpness_path(run.path, epoch, space, eps)
-                  for space in run.config.sharpness.spaces for eps in run.config.sharpness.epsilons]
-    summary = {"run": str(run.path), "epochs": epochs,
-               "files": [str(f.relative_to(run.path)) for f in files],
-               "config_sharpness": run.config.to_dict()["sharpness"]}
-    storage.atomic_write_json(summary_path(run.path), summary)
-    print(f"[{run.path}] {len(epochs)} iterates measured -> {summary_path(run.path)}", file=log, flush=True)
-    return summary_path(run.path)
-
-
-def _xent(run, epoch: int, digest: str, objective, force: bool, log) -> Path:
-    """f and the accuracy at the iterate in `run.model`, on the sharpness examples."""
-    cfg = run.config
-    settings = {"subset": cfg.sharpness.subset, "eval_batch_size": cfg.eval_batch_size,
-                "backend": backend.name(), "passes": backend.PASSES, "weights_digest": digest}
-    path = xent_path(run.path, epoch)
-    with storage.locked(path.with_suffix(".lock")):
-        if storage.reusable(path, settings, force, log) is not None:
-            return path
-        tick = time.time()
-        f = objective()
-        loss, accuracy = f.evaluate()
-        storage.atomic_write_json(path, {
-            "measure": "training cross-entropy at a kept iterate (the f of Metric 2.1)",
-            "run": str(run.path), "network": cfg.network, "dataset": cfg.dataset,
-            "regime": run.metrics["regime"], "run_seed": run.metrics["seed"], "iterate_epoch": epoch,
-            "weights": str(train.iterate_path(".", epoch)), "train_xent": loss,
-            "train_accuracy": 100 * accuracy, "num_examples": f.size, "batchnorm": cfg.batchnorm,
-            "settings": settings, "wall_seconds": round(time.time() - tick, 3),
-            "environment": train.environment(run.metrics["seed"])})
-    print(f"[{run.path}] epoch {epoch}: f = {loss:.4g} -> {path}", file=log, flush=True)
-    return path
-
-
-# Analysis (files only) ------------------------------------------------------------------------------
+# Rows ---------------------------------------------------------------------------------
 def phi_key(space: str, epsilon: float) -> str:
     return f"phi_{space}_eps{epsilon:g}"
 
@@ -164,13 +73,13 @@ def rows(loaded: results_lib.Results | str | Path) -> list[dict]:
         if run.regime not in config_lib.REGIMES:
             continue
         history = {}
-        if kept(run.metrics) and (run.path / "history.csv").exists():  # only runs that kept iterates
+        if iterates.kept(run.metrics) and (run.path / "history.csv").exists():  # only runs that kept iterates
             history = {int(r["epoch"]): float(r["train_loss"]) for r in storage.read_csv(run.path / "history.csv")}
-        for epoch in kept(run.metrics):
-            if not xent_path(run.path, epoch).exists():
+        for epoch in iterates.kept(run.metrics):
+            if not iterates.xent_path(run.path, epoch).exists():
                 continue  # not measured yet
-            xent = storage.read_json(xent_path(run.path, epoch))
-            records = [(xent_path(run.path, epoch), xent, "xent")]
+            xent = storage.read_json(iterates.xent_path(run.path, epoch))
+            records = [(iterates.xent_path(run.path, epoch), xent, "xent")]
             row = {"network": run.network, "dataset": run.dataset, "data": run.metrics["dataset_label"],
                    "regime": run.regime, "seed": run.seed, "epoch": epoch,
                    "train_xent": float(xent["train_xent"]), "train_accuracy": float(xent["train_accuracy"]),

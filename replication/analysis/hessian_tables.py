@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from replication import results as results_lib
+from replication.analysis import results as results_lib
 
 COMMAND = "python -m replication hessian RUN_DIR"
 SEPARATION_RULE = ("smallest n >= 2 with |mean_LB - mean_SB| > 2 (std_SB + std_LB) / sqrt(n), the stds "
@@ -150,7 +150,7 @@ def table(table_rows: list[dict]) -> tuple[list[dict], dict]:
 def figures(loaded: results_lib.Results) -> list[tuple[str, Path]]:
     """For each SB/LB pair with filter-normalised slices: the pair's figure (SB and LB 1-D slices on
     one axis, a 2-D contour each), drawn from the slices read by the loader; [(title, png path)]."""
-    from replication import filter_landscape
+    from replication.measure import filter_landscape
 
     out = []
     for (network, dataset), regimes in loaded.trials().items():

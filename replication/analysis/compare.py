@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from replication import results as results_lib
 from replication import storage
+from replication.analysis import results as results_lib
 
-REFERENCE = Path(__file__).resolve().parent / "reference"
+REFERENCE = Path(__file__).resolve().parent.parent / "reference"  # replication/reference
 REGIMES = ("sb", "lb")
 
 
