@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from replication import storage
+
 SUPPORTED = ("tensorflow", "jax")
 # Opt-in bit-reproducibility for JAX on a GPU. Measured on one H100 (C1): training 1.6-1.8x
 # slower, a float32 pass over 50,000 images 9x slower (README, Performance), so it is not the default.
@@ -48,8 +50,15 @@ _START_UP_CHATTER = re.compile(
 
 
 def _prepare_environment() -> None:
-    """Before Keras starts its backend: keep TensorFlow's start-up chatter out of logs."""
+    """Before Keras starts its backend: keep TensorFlow's start-up chatter out of logs; under JAX,
+    keep XLA's compiled programs on disk. Keras compiles each new model's steps anew, so every run
+    of a study and every process pays XLA again (C2 at a new batch size: about 80 s on an H200);
+    JAX's persistent cache reuses a program compiled before for the same computation and shapes.
+    A user's JAX_COMPILATION_CACHE_DIR wins."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if os.environ.get("KERAS_BACKEND") == "jax":
+        os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(storage.cache_directory() / "jax"))
+        os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))  # least recently used go
 
 
 _prepare_environment()
@@ -183,7 +192,8 @@ def setup_determinism(seed: int, deterministic_ops: bool = True) -> dict:
         return {"deterministic_ops": deterministic_ops}
     return {"deterministic_ops": bool(not gpu_names() or
                                       DETERMINISTIC_XLA_FLAG[2:] in os.environ.get("XLA_FLAGS", "")),
-            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "compilation_cache": os.environ.get("JAX_COMPILATION_CACHE_DIR", "")}
 
 
 def keras_jit_compile(jit_compile: bool) -> bool:

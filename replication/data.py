@@ -18,7 +18,6 @@ import dataclasses
 import gzip
 import hashlib
 import io
-import os
 import pickle
 import tarfile
 import zipfile
@@ -256,8 +255,7 @@ def _jpeg(name, directory):
     if checksum != JPEG_SHA256:
         raise DataError(f"{path}: checksum mismatch (corrupt or a different file): "
                         f"use the archive from ../shared/data/")
-    cache = Path(os.environ.get("REPLICATION_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
-    cached = cache / f"cifar10_jpeg-{checksum[:16]}-{JPEG_DECODER_KEY}.npz"
+    cached = storage.cache_directory() / f"cifar10_jpeg-{checksum[:16]}-{JPEG_DECODER_KEY}.npz"
     if not cached.is_file():
         images = {"train": [], "test": []}
         labels = {"train": [], "test": []}

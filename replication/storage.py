@@ -26,6 +26,13 @@ import yaml
 
 
 FAILPOINT_VARIABLE = "REPLICATION_KILL_AT"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def cache_directory() -> Path:
+    """Where regenerated caches live (the decoded JPEG stand-in, XLA's compiled programs under
+    JAX): $REPLICATION_CACHE, else <project>/.cache, which git ignores."""
+    return Path(os.environ.get("REPLICATION_CACHE", PROJECT_ROOT / ".cache"))
 
 
 def failpoint(label: str) -> None:

@@ -38,7 +38,6 @@ import numpy as np
 from replication import config as config_lib
 from replication import backend, data, storage
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Keys that do not change what training computes: a run directory made with other values of
 # these is still the same run.
 # The remedy sections only add runs (sb-augmented, lb-conservative, ...), and each of those records
@@ -127,7 +126,7 @@ def environment(seed: int) -> dict:
     """Where and with what a result was computed: git state, versions, backend, device, seed."""
     def git(*args):
         try:
-            return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
+            return subprocess.run(["git", *args], cwd=storage.PROJECT_ROOT, capture_output=True, text=True,
                                   timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""

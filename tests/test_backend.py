@@ -5,6 +5,7 @@ batch-norm statistics (jax.jit would freeze captured ones)."""
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,18 +48,52 @@ def test_one_saved_run_gives_the_same_numbers_on_both_backends(tiny_config):
     assert "abs. difference" in result.stdout  # the printed table sets both side by side
 
 
+def _numbers(history_csv: str) -> list[list[str]]:
+    rows = [line.split(",") for line in history_csv.splitlines()]
+    keep = [i for i, name in enumerate(rows[0]) if "seconds" not in name and "time" not in name]
+    return [[row[i] for i in keep] for row in rows]
+
+
+def _without_cache_variables() -> dict:
+    return {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "REPLICATION_CACHE")}
+
+
 @needs_both
-def test_jax_runs_without_importing_tensorflow(tiny_config):
+def test_jax_runs_without_importing_tensorflow_and_keeps_compiled_programs(tiny_config, tmp_path):
     config_path = tiny_config(epochs=1)
     script = ("import sys; from replication.__main__ import main; "
               f"code = main(['train', {str(config_path)!r}, '--regime', 'sb']); "
               "print('exit', code, 'tensorflow' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "KERAS_BACKEND": "jax"}, timeout=600)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "exit 0 False"
-    env = json.loads(next((config_path.parent / "results").rglob("env.json")).read_text())
-    assert env["backend"] == "jax" and env["backend_version"].startswith("jax ")
+    cache = tmp_path / "cache"
+    # every compilation is cached (by default only those of a second or more: a GPU's)
+    env = {**_without_cache_variables(), "KERAS_BACKEND": "jax", "REPLICATION_CACHE": str(cache),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    histories, entries = [], []
+    for attempt in ("cache empty", "cache warm"):
+        shutil.rmtree(config_path.parent / "results", ignore_errors=True)
+        result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                                env=env, timeout=600)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip().splitlines()[-1] == "exit 0 False"
+        record = json.loads(next((config_path.parent / "results").rglob("env.json")).read_text())
+        assert record["backend"] == "jax" and record["backend_version"].startswith("jax ")
+        assert record["compilation_cache"] == str(cache / "jax") and any((cache / "jax").iterdir())
+        histories.append(next((config_path.parent / "results").rglob("history.csv")).read_text())
+        entries.append(sorted(p.name for p in (cache / "jax").iterdir()))
+    # the second process compiled nothing new, and what it read back trains to the same numbers
+    assert entries[1] == entries[0]
+    assert _numbers(histories[1]) == _numbers(histories[0])
+
+
+def test_only_jax_gets_a_compilation_cache_and_a_users_own_wins(tmp_path):
+    script = "import os, replication.backend; print(os.environ.get('JAX_COMPILATION_CACHE_DIR'))"
+    for extra, expected in (({"KERAS_BACKEND": "jax", "REPLICATION_CACHE": str(tmp_path)}, str(tmp_path / "jax")),
+                            ({"KERAS_BACKEND": "jax", "JAX_COMPILATION_CACHE_DIR": "/mine"}, "/mine"),
+                            ({"KERAS_BACKEND": "tensorflow"}, "None")):
+        result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                                env={**_without_cache_variables(), **extra}, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip().splitlines()[-1] == expected
 
 
 def test_random_subspace_is_a_numpy_draw_and_its_products_match_it():
