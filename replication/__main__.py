@@ -133,9 +133,16 @@ def _landscape(args):
               file=sys.stderr)
     paths = [args.path] if args.path else list(landscape.PATHS)
     for seed in seeds:
-        for csv_path in landscape.compute(config, seed, paths):
-            landscape_figures.plot(csv_path)  # redrawn from the files, so a figure never outlives its curve
+        before = {path: _mtime(landscape.output_stem(config, seed, path).with_suffix(".csv")) for path in paths}
+        for path, csv_path in zip(paths, landscape.compute(config, seed, paths)):
+            figures = [csv_path.with_suffix(".png"), csv_path.with_suffix(".pdf")]
+            if _mtime(csv_path) != before[path] or not all(f.exists() for f in figures):
+                landscape_figures.plot(csv_path)  # a new curve gets new figures; kept ones stay as committed
             print(csv_path)
+
+
+def _mtime(path) -> int | None:
+    return path.stat().st_mtime_ns if path.exists() else None
 
 
 def _evaluate(args):

@@ -168,12 +168,14 @@ def test_cli_computes_every_finished_pair(pair, tmp_path):
             "results_dir": pair.results_dir}
     config_path.write_text(yaml.safe_dump(data))
     landscape.output_stem(pair, 0, "curvilinear").with_suffix(".pdf").unlink()
+    kept = landscape.output_stem(pair, 0, "linear").with_suffix(".png").stat().st_mtime_ns
     result = cli("landscape", config_path, check=True)
     assert result.stdout.split() == [str(landscape.output_stem(pair, 0, p).with_suffix(".csv"))
                                      for p in ("linear", "curvilinear")]
     assert "skipping" in result.stderr
-    for p in ("linear", "curvilinear"):  # the command draws every curve from its files
+    for p in ("linear", "curvilinear"):  # the command draws a missing figure from the files
         assert landscape.output_stem(pair, 0, p).with_suffix(".pdf").read_bytes()[:5] == PDF_MAGIC
+    assert landscape.output_stem(pair, 0, "linear").with_suffix(".png").stat().st_mtime_ns == kept
     result = cli("landscape", config_path, "--set", "seeds=[5]")
     assert result.returncode == 0 and "train them first" in result.stderr
 

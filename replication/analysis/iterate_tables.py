@@ -6,7 +6,7 @@ Figure 6 (PAPER.md "Figures") plots, for one SB and one LB run, the sharpness (M
 the loss falls, sharpness grows for LB and falls for SB. measure/iterates.py writes the
 measurements into each run directory; this module reads them: `rows` (one per measured iterate),
 `trends` and `judge` (claim 6's rule, RULE), `plot` and `section` (the report's Figure 6, ours above
-the published curves). Published curves exist for C1 and F2 only (reference/paper_figures/figure6_*).
+the published curves). Published curves exist for C1 and F2 only (replication/reference/paper_figures/figure6_*).
 """
 
 from __future__ import annotations

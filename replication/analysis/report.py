@@ -16,7 +16,8 @@ import re
 from pathlib import Path
 
 from replication import storage
-from replication.analysis import (compare, hessian_tables, iterate_tables, landscape_figures, remedy_tables, results, sweep, verdicts, warmstart)
+from replication.analysis import (compare, hessian_tables, iterate_tables, landscape_figures, remedy_tables, results,
+                                  sweep, verdicts, warmstart)
 
 VERDICT_MARK = {"reproduced": "**reproduced**", "partly reproduced": "**partly reproduced**",
                 "not reproduced": "**not reproduced**", "not run": "not run"}

@@ -17,7 +17,7 @@ Symbols -> code: k is `sb_epochs`; the SB test accuracy at x_k is the SB run's h
 its metrics.json and sharpness/*.json (`piggyback_test_accuracy`, `phi_<space>_eps<eps>`).
 Everything here reads files only (results.load): `rows`, `points` (seeds averaged), `judge`
 (claim 5's rule, RULE), `plot` and `section` (ours above the published curves, which exist for C1
-and F2 only: reference/paper_figures/figure5_*).
+and F2 only: replication/reference/paper_figures/figure5_*).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Filter-normalised loss landscapes around one minimiser (Li, Xu, Taylor, Studer and Goldstein
 2018, "Visualizing the Loss Landscape of Neural Nets", section 4). Beyond Keskar et al. (2017),
-whose own plots (landscape.py, Figure 3) interpolate between the SB and the LB minimiser: issue 14.
+whose parametric plots (landscape.py; Figure 3) interpolate between the SB and the LB minimiser: issue 14.
 
 Symbols -> code: x the minimiser (objective order: every trainable variable, flattened), f the
 same f as Metric 2.1 and the Hessian measures (hessian._Context: the run's `sharpness.subset`

@@ -21,7 +21,7 @@ says what we do with them, and the output records it:
   layer sees its predecessors normalised with their recomputed statistics (what inference sees).
 
 Output per pair and path, in `<results_dir>/<network>_<dataset>/landscape/`:
-`seed<N>_<path>.csv` (the columns of `reference/paper_figures/figure3_F1.csv`) and `.json`
+`seed<N>_<path>.csv` (the columns of `replication/reference/paper_figures/figure3_F1.csv`) and `.json`
 (provenance and the settings that made it; a rerun with the same settings is skipped). The `.png`
 and `.pdf` beside them (the paper's style, the published curves overlaid) are drawn from these
 files by analysis/landscape_figures.py, which `python -m replication landscape` calls.
