@@ -220,8 +220,24 @@ def compiled(function):
 
         return jax.jit(function)
     import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config  # disable_op_determinism is not public
 
-    return tf.function(function, jit_compile=True, reduce_retracing=True)
+    program = tf.function(function, jit_compile=True, reduce_retracing=True)
+
+    def call(*args):
+        # TensorFlow refuses to compile some gradients for XLA while op determinism is on (MaxPool's:
+        # "no deterministic XLA implementation"), even on a CPU, where XLA's programs are
+        # deterministic anyway (above). Training turns it on; a study measures in the same process,
+        # so the pass runs as it does in a measurement process of its own, where it is off.
+        if not tf_config.is_op_determinism_enabled():
+            return program(*args)
+        tf_config.disable_op_determinism()
+        try:
+            return program(*args)
+        finally:
+            tf_config.enable_op_determinism()
+
+    return call
 
 
 def value_and_grad(function):

@@ -107,6 +107,23 @@ def test_random_subspace_is_a_numpy_draw_and_its_products_match_it():
     np.testing.assert_allclose(np.asarray(a.rmatvec(g)), g @ expected, rtol=1e-5, atol=1e-6)
 
 
+def test_compiled_gradients_through_max_pooling_run_once_training_turned_on_op_determinism():
+    # the batch-size study trains (TensorFlow's op determinism on), then measures the noise scale of
+    # C1 (max pooling) in the same process: TensorFlow refused to compile MaxPool's gradient for XLA
+    backend.setup_determinism(0)
+    keras = backend._keras()
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.MaxPooling2D(),
+                              keras.layers.Flatten(), keras.layers.Dense(3)])
+    rng = np.random.default_rng(0)
+    f = objective.Objective(model, rng.normal(size=(20, 8, 8, 1)).astype(np.float32), rng.integers(0, 3, 20), 10)
+    loss, gradient = f.value_and_gradient(f.get_flat())
+    assert np.isfinite(loss) and np.all(np.isfinite(keras.ops.convert_to_numpy(gradient)))
+    if backend.name() == "tensorflow":
+        from tensorflow.python.framework import config as tf_config
+
+        assert tf_config.is_op_determinism_enabled()  # on again after the pass, as training left it
+
+
 def test_compiled_passes_read_the_current_batchnorm_statistics():
     model = models.build("F1", (28, 28, 1), 10, "moving_average")
     rng = np.random.default_rng(0)
