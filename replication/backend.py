@@ -58,7 +58,6 @@ def _prepare_environment() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if os.environ.get("KERAS_BACKEND") == "jax":
         os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(storage.cache_directory() / "jax"))
-        os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))  # least recently used go
 
 
 _prepare_environment()

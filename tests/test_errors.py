@@ -469,8 +469,10 @@ def test_a_damaged_or_missing_run_file_is_one_line_naming_it_and_the_fix(
 def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(tmp_path):
     path = write_config(tmp_path, {"epochs": 6})
     command = [sys.executable, "-m", "replication", "train", str(path), "--regime", "sb"]
+    # Ctrl-C's default action, also when this suite runs as a background job (which ignores SIGINT)
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     before = []
     for line in process.stderr:  # training, between epoch 1 and 2
         before.append(line)
