@@ -135,8 +135,7 @@ def _landscape(args):
     for seed in seeds:
         before = {path: _mtime(landscape.output_stem(config, seed, path).with_suffix(".csv")) for path in paths}
         for path, csv_path in zip(paths, landscape.compute(config, seed, paths)):
-            figures = [csv_path.with_suffix(".png"), csv_path.with_suffix(".pdf")]
-            if _mtime(csv_path) != before[path] or not all(f.exists() for f in figures):
+            if _mtime(csv_path) != before[path] or not landscape_figures.drawn(csv_path):
                 landscape_figures.plot(csv_path)  # a new curve gets new figures; kept ones stay as committed
             print(csv_path)
 

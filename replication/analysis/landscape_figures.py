@@ -9,6 +9,11 @@ from replication import storage
 from replication.analysis import compare, results
 
 
+def drawn(csv_path) -> bool:
+    """Whether both figures of the curve at `csv_path` exist."""
+    return all(Path(csv_path).with_suffix(suffix).exists() for suffix in (".png", ".pdf"))
+
+
 def plot(csv_path) -> tuple[Path, Path]:
     """Draw `csv_path` from its files (the CSV and its JSON sidecar); see draw()."""
     csv_path = Path(csv_path)

@@ -105,7 +105,7 @@ def _figure_section(loaded: results.Results) -> str:
     if not rows:
         return ""
     for curve in loaded.curves:  # figures are drawn from the curve files; redraw any that are missing
-        if not (curve.csv.with_suffix(".png").exists() and curve.csv.with_suffix(".pdf").exists()):
+        if not landscape_figures.drawn(curve.csv):
             landscape_figures.draw(curve.csv, curve.meta, curve.columns)
     columns = {"network": "network", "data": "data", "seed": "seed", "figure": "figure",
                "published_curve": "compared with",
