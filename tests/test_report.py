@@ -358,3 +358,16 @@ def test_measurements_that_do_not_match_are_refused(tree):
     with pytest.raises(results.ResultsError, match=r"seed0_curvilinear.csv was computed from runs that are "
                                                    r"not finished in this folder \(.*lb/seed0\): delete"):
         results.load(tree)
+
+
+def test_sharpness_columns_one_naming_and_order_for_every_table():
+    """Figure 4's, Figure 6's and the batch-size comparison's sharpness columns come from one place:
+    the paper's headline measure (full space, eps 1e-3) first, then the full space, larger epsilons
+    first; spreads and counts are not columns of their own."""
+    keys = [results.sharpness_column("phi", space, eps)
+            for space, eps in [("random", 5e-4), ("full", 5e-4), ("random", 1e-3), ("full", 1e-3)]]
+    rows = [{k: 1.0 for k in keys} | {"phi_full_eps0.001_failed": 0, "phi_full_eps0.0005_std": 0.1, "train_xent": 1.0}]
+    assert results.sharpness_columns(rows, "phi") == [
+        "phi_full_eps0.001", "phi_full_eps0.0005", "phi_random_eps0.001", "phi_random_eps0.0005"]
+    assert results.sharpness_setting("sharpness_random_eps0.0005", "sharpness") == ("random", "0.0005")
+    assert results.sharpness_columns(rows, "sharpness") == []

@@ -19,6 +19,7 @@ import numpy as np
 from replication import storage
 from replication import config as config_lib
 from replication.experiments import batchsize
+from replication.analysis import results as results_lib
 
 REPORT_FILE = "REPORT.md"
 SUMMARY_FILE = "batch_size.json"
@@ -197,7 +198,7 @@ def read_compare(loaded, compare_epochs: int) -> list[dict]:
                "train_seconds": round(run.train_seconds, 2), "run": str(run.path)}
         row["generalization_gap"] = row["train_accuracy"] - row["test_accuracy"]
         for (space, epsilon), measurement in sorted(run.sharpness.items()):
-            row[f"sharpness_{space}_eps{epsilon:g}"] = measurement.record.get("phi")
+            row[results_lib.sharpness_column("sharpness", space, epsilon)] = measurement.record.get("phi")
         out.append(row)
     order = list(batchsize.COMPARE_KINDS)
     return sorted(out, key=lambda r: (order.index(r["kind"]), r["batch_size"]))
@@ -211,7 +212,7 @@ def compare_gaps(rows: list[dict]) -> list[dict]:
     smallest, largest = min(r["batch_size"] for r in rows), max(r["batch_size"] for r in rows)
     if smallest == largest:
         return []
-    keys = sorted({k for r in rows for k in r if k.startswith("sharpness_")})
+    keys = results_lib.sharpness_columns(rows, "sharpness")
     out = []
     for kind in batchsize.COMPARE_KINDS:
         reference_kind = kind if kind in ("fixed", "tuned") else "tuned"
@@ -314,8 +315,6 @@ def plot_noise(summary: dict, stem: Path, title: str):
 
 def write_report(results_dir) -> Path:
     """REPORT.md, the figures and the tables of a batch-size study folder, from its files alone."""
-    from replication.analysis import results as results_lib
-
     root = Path(results_dir)
     loaded = results_lib.load(root)
     points = read_points(loaded)
@@ -508,9 +507,10 @@ def _markdown(config, label: str, summary: dict, record: dict, figures: list[Pat
 
 
 def _sharpness_key(rows: list[dict]) -> str | None:
-    """The sharpness column the comparison reports: full space, the largest epsilon measured."""
-    keys = sorted({k for r in rows for k in r if k.startswith("sharpness_full_eps")},
-                  key=lambda k: -float(k.rsplit("eps", 1)[1]))
+    """The sharpness column the comparison reports: full space, eps 1e-3 if measured, else the
+    largest epsilon measured (`results.sharpness_columns`' order)."""
+    keys = [k for k in results_lib.sharpness_columns(rows, "sharpness")
+            if results_lib.sharpness_setting(k, "sharpness")[0] == "full"]
     return keys[0] if keys else None
 
 
@@ -546,7 +546,7 @@ def _compare_section(rows: list[dict], gaps: list[dict], config) -> list[str]:
                         "(a) fixed epochs and learning rate, (b) the tuned rate, (c) the smallest batch's steps, "
                         "(d) ghost batch norm, with each minimiser's sharpness).", ""]
     key = _sharpness_key(rows)
-    label = key.removeprefix("sharpness_").replace("_eps", ", eps ") if key else None
+    label = ", eps ".join(results_lib.sharpness_setting(key, "sharpness")) if key else None
     epochs = f"{study.compare_epochs} epoch{'s' if study.compare_epochs != 1 else ''}"
     lines += [f"At each compared batch: (a) {epochs} at the fixed learning rate "
               f"{config.learning_rate:g} (the paper's protocol, shortened); (b) as many epochs at the rate the "

@@ -38,24 +38,18 @@ RULE = f"""\
 
 # Rows ---------------------------------------------------------------------------------
 def phi_key(space: str, epsilon: float) -> str:
-    return f"phi_{space}_eps{epsilon:g}"
+    return results_lib.sharpness_column("phi", space, epsilon)
 
 
 def phi_label(key: str) -> str:
     """'phi_full_eps0.001' -> 'full space, eps 0.001'."""
-    space, epsilon = key.removeprefix("phi_").split("_eps")
+    space, epsilon = results_lib.sharpness_setting(key, "phi")
     return f"{space} space, eps {epsilon}"
 
 
 def phi_keys(rows: list[dict]) -> list[str]:
-    """The sharpness columns of `rows`, full space at eps 1e-3 first."""
-    keys = {k for r in rows for k in r if k.startswith("phi_") and not k.endswith("_failed")}
-
-    def order(key):
-        space, epsilon = key.removeprefix("phi_").split("_eps")
-        return key != phi_key("full", 1e-3), space != "full", -float(epsilon)
-
-    return sorted(keys, key=order)
+    """The sharpness columns of `rows`, full space at eps 1e-3 first (`results.sharpness_columns`)."""
+    return results_lib.sharpness_columns(rows, "phi")
 
 
 def rows(loaded: results_lib.Results | str | Path) -> list[dict]:

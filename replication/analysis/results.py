@@ -128,6 +128,32 @@ def load(results_dir) -> Results:
     return Results(root, runs, curves)
 
 
+# Sharpness columns: how a (space, epsilon) sharpness is named in the tables built from a folder.
+def sharpness_column(prefix: str, space: str, epsilon: float) -> str:
+    """'<prefix>_<space>_eps<epsilon>', e.g. sharpness_column("phi", "full", 1e-3) -> 'phi_full_eps0.001'."""
+    return f"{prefix}_{space}_eps{epsilon:g}"
+
+
+def sharpness_setting(key: str, prefix: str) -> tuple[str, str]:
+    """The (space, epsilon as written) of a `sharpness_column` key: 'phi_full_eps0.001' -> ('full', '0.001')."""
+    space, epsilon = key.removeprefix(prefix + "_").split("_eps")
+    return space, epsilon
+
+
+def sharpness_columns(rows: list[dict], prefix: str) -> list[str]:
+    """The `sharpness_column(prefix, ...)` columns present in `rows` (not their _std, _failed and
+    _missing companions): full space at eps 1e-3 first (the paper's headline measure), then the
+    full space before random subspaces, larger epsilons first."""
+    keys = {k for r in rows for k in r
+            if k.startswith(prefix + "_") and not k.endswith(("_std", "_failed", "_missing"))}
+
+    def order(key):
+        space, epsilon = sharpness_setting(key, prefix)
+        return key != sharpness_column(prefix, "full", 1e-3), space != "full", space, -float(epsilon)
+
+    return sorted(keys, key=order)
+
+
 def read_curve(path) -> dict[str, np.ndarray]:
     """A curve CSV (ours or a published one) as {column: float array}."""
     rows = storage.read_csv(path)

@@ -52,20 +52,18 @@ def published_at(curve: dict | None, batch: float) -> float:
 
 
 def sharpness_key(space: str, epsilon: float) -> str:
-    return f"sharpness_{space}_eps{epsilon:g}"
+    return results_lib.sharpness_column("sharpness", space, epsilon)
 
 
 def sharpness_label(key: str) -> str:
     """'sharpness_full_eps0.001' -> 'full-space sharpness, eps 0.001'."""
-    space, epsilon = key.removeprefix("sharpness_").split("_eps")
+    space, epsilon = results_lib.sharpness_setting(key, "sharpness")
     return f"{space}-space sharpness, eps {epsilon}"
 
 
 def sharpness_columns(rows: list[dict]) -> list[str]:
-    """The mean-sharpness columns present in `rows`, full space at eps 1e-3 first."""
-    keys = {k for r in rows for k in r
-            if k.startswith("sharpness_") and not k.endswith(("_std", "_failed", "_missing"))}
-    return sorted(keys, key=lambda k: (k != sharpness_key("full", 1e-3), k))
+    """The mean-sharpness columns present in `rows`, full space at eps 1e-3 first (`results.sharpness_columns`)."""
+    return results_lib.sharpness_columns(rows, "sharpness")
 
 
 def points(loaded: results_lib.Results) -> list[dict]:
