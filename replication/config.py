@@ -164,6 +164,8 @@ class TargetConfig:
                f"use one of {TARGET_METRICS}")
         _check(self.value is None or self.value > 0, "target.value", self.value, where,
                "must be > 0 (a loss, or an error in %), or null")
+        _check(self.metric != "train_error" or self.value is None or self.value < 100, "target.value", self.value,
+               where, "train_error is in % (e.g. 10 for 90% accuracy): use a value below 100")
         _check(self.every_steps >= 1, "target.every_steps", self.every_steps, where, "must be >= 1")
         _check(self.every_examples is None or self.every_examples >= 1, "target.every_examples",
                self.every_examples, where, "must be >= 1 or null")

@@ -356,13 +356,29 @@ def check(config: config_lib.Config) -> int:
     reported beside new ones."""
     finished = 0
     for seed in config.seeds:
-        for regime in config.regimes():
+        for regime in config.regimes() + _study_regimes_on_disk(config):
             scaled = config.for_regime(regime)
             path = run_directory(scaled, regime, seed)
             if (path / "metrics.json").exists():
                 _check_finished(scaled, regime, seed, path, config.warm_start_settings(regime))
                 finished += 1
     return finished
+
+
+def _study_regimes_on_disk(config: config_lib.Config) -> list[str]:
+    """The batch-size study's runs in `config`'s trial folder that it names. The study decides its
+    runs as it goes (grid extensions, the fair comparison's rates), so `Config.regimes` cannot list
+    them; a run of a batch the config no longer names is left to the report, which reads it."""
+    def named(regime: str) -> bool:
+        try:
+            config.for_regime(regime)
+        except config_lib.ConfigError:
+            return False
+        return True
+
+    study = [p.name for p in sorted(trial_directory(config).glob("b*-*"))
+             if config_lib.parse_study_regime(p.name) or config_lib.parse_compare_regime(p.name)]
+    return [regime for regime in study if named(regime)]
 
 
 def _train_locked(config, regime, seed, path, log, arrays, deviations, warm_start=None) -> Path:

@@ -1,6 +1,7 @@
 """The batch-size study (issue 13): target stopping, the learning-rate grid and its extension, the
 critical-batch fit, the noise scale along training, the report; configs refused in one line."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -150,6 +151,10 @@ def test_the_study_end_to_end_writes_the_report(tiny_config):
     assert batchsize.reference_batch(config) == 16
     # `report` on the folder rebuilds the same one-page report.
     assert cli("report", config.results_dir).returncode == 0
+    # `check` counts the study's runs (named as the study decided them) and refuses an edited config.
+    assert train.check(config) == 4
+    with pytest.raises(train.RunError, match="'learning_rate' was"):
+        train.check(dataclasses.replace(config, learning_rate=config.learning_rate * 2))
 
 
 def test_compare_regimes_set_their_rate_epochs_stopping_and_ghost_batch(tiny_config):
@@ -226,6 +231,7 @@ def test_the_fair_comparison_trains_measures_and_reports(tiny_config, monkeypatc
     ({"batch_size_study": {"lr_scaling": "cubic"}}, "batch_size_study.lr_scaling"),
     ({"batch_size_study": {"batch_sizes": [32], "compare_batch_sizes": [64]}}, "batch_size_study.compare_batch_sizes"),
     ({"batch_size_study": {"compare_epochs": 0}}, "batch_size_study.compare_epochs"),
+    ({"target": {**STUDY["target"], "metric": "train_error", "value": 100}}, "target.value"),
     ({"ghost_batch_size": 8, "batchnorm": "moving_average"}, "ghost_batch_size"),
     ({"ghost_batch_size": 0}, "ghost_batch_size"),
 ])
@@ -242,3 +248,20 @@ def test_a_study_run_outside_the_config_and_a_config_without_a_study_are_refused
         config.for_regime("b16-x3")
     result = cli("batch-size", tiny_config())
     assert "batch_size_study.batch_sizes" in one_error_line(result.returncode, result.stderr)
+
+
+def test_a_study_where_no_rate_reaches_the_target_says_what_is_missing_and_why(tiny_config):
+    """The C2 profile, shrunk to a CPU smoke run, reached no target: the report said "Not finished
+    here ... resumes" for (b)-(d), which no rerun could finish, and left the B_crit section empty."""
+    path = tiny_config(**{**STUDY, "target": {**STUDY["target"], "value": 1e-6, "max_steps": 6},
+                          "sharpness": {"subset": 100, "spaces": ["full"], "epsilons": [1e-3], "iterations": 1},
+                          "batch_size_study": {**STUDY["batch_size_study"], "lr_multipliers": [1, 4],
+                                               "max_extensions": 0, "compare_batch_sizes": [16, 64],
+                                               "compare_epochs": 1}})
+    config = batchsize.study(str(path))
+    text = batchsize_report.write_report(config.results_dir).read_text()
+    measured = text.split("## The critical batch size: measured and predicted")[1].split("## Generalisation")[0]
+    assert "Not measured: 0 batch sizes reached the target, and the fit needs two." in measured
+    assert "No noise scale yet" in measured
+    assert "Not run: (b) fixed epochs, tuned learning rate; (c)" in text and "at batch 16, 64: set a target" in text
+    assert "Not finished here" not in text

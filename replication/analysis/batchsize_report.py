@@ -476,7 +476,13 @@ def _markdown(config, label: str, summary: dict, record: dict, figures: list[Pat
                                           f"{_fmt(boot['p84'])}, 2.5-97.5% {_fmt(boot['p2_5'])}-"
                                           f"{_fmt(boot['p97_5'])} of the resamples that resolved one; {boot['unresolved']} "
                                           "resolved none, i.e. steps still falling as 1/B)" if boot else "") + ".", ""]
-    if noise:
+    else:
+        lines += [f"Not measured: {len(reached)} batch size{'s' if len(reached) != 1 else ''} reached the target, "
+                  "and the fit needs two.", ""]
+    if not noise:
+        lines += ["No noise scale yet: it is measured along the best run at the batch nearest sb_batch_size, "
+                  "once a run there has reached the target (`python -m replication batch-size CONFIG`).", ""]
+    else:
         lines += [f"![noise scale]({figures[1].name})", "",
                   "| run | point | step | B_simple | Adam-preconditioned | predicted / measured (plain) | "
                   "predicted / measured (Adam) |", "|---|---|---|---|---|---|---|"]
@@ -495,7 +501,8 @@ def _markdown(config, label: str, summary: dict, record: dict, figures: list[Pat
                   f"mini-batches of {noise[0]['noise_batch']} of {noise[0]['noise_examples']} training examples "
                   "(± jackknife standard error), on the best run at the batch nearest sb_batch_size; the "
                   "preconditioned one applies Adam's 1 / (sqrt(v) + eps) to every mini-batch gradient.", ""]
-    lines += _compare_section(summary.get("compare") or [], summary.get("compare_gaps") or [], config)
+    unranked = [r["batch_size"] for r in summary["rows"] if r["best_multiplier"] is None]
+    lines += _compare_section(summary.get("compare") or [], summary.get("compare_gaps") or [], config, unranked)
     lines += [              "## Cost and provenance", "",
               f"{record['runs']} runs; training time summed over their epochs {record['train_seconds_total']:.0f} s "
               f"(evaluations included), noise-scale and sharpness measurements {record['measure_seconds_total']:.0f} s "
@@ -536,7 +543,8 @@ def _compare_plain(gaps: list[dict], key: str | None) -> list[str]:
             "point are within seed-to-seed noise for these networks (the paper's Table 2 test-accuracy standard deviations over 5 seeds are 0.07-1.05 points)."]
 
 
-def _compare_section(rows: list[dict], gaps: list[dict], config) -> list[str]:
+def _compare_section(rows: list[dict], gaps: list[dict], config, unranked: list[int]) -> list[str]:
+    """`unranked`: the study's batches where no rate reached the target, so (b)-(d) have no rate there."""
     study = config.batch_size_study
     lines = ["## Generalisation once steps and learning rate are fair", ""]
     missing = [batchsize.COMPARE_KINDS[kind] for kind in batchsize.COMPARE_KINDS
@@ -571,7 +579,12 @@ def _compare_section(rows: list[dict], gaps: list[dict], config) -> list[str]:
                          f"{g['large_test_accuracy']:.2f} (B={g['large_batch']}) | {g['test_accuracy_difference']:+.2f} | "
                          f"{g['small_steps']} / {g['large_steps']} | {_fmt(ratio) if ratio is not None else '-'} |")
         lines += ["", "For (c) and (d) the small batch's row is its own (b) run: the same steps at its tuned rate."]
-    if missing:
+    blocked = [b for b in study.compare_batch_sizes if b in unranked]
+    if missing and blocked:
+        lines += ["", f"Not run: {'; '.join(missing)}. They train at the study's best rate for each compared "
+                  f"batch, and no rate reached the target at batch {', '.join(map(str, blocked))}: set a target "
+                  "the runs can reach (target.value) or raise target.max_steps."]
+    elif missing:
         lines += ["", f"Not finished here: {'; '.join(missing)} (`python -m replication batch-size CONFIG` "
                   "trains what is missing and resumes)."]
     if key is None:
