@@ -119,6 +119,10 @@ def test_the_fit_recovers_s_min_and_b_crit_from_exact_data():
     assert boot["median"] == pytest.approx(600, rel=1e-6) and boot["unresolved"] == 0
     # Steps falling at least as fast as 1/B everywhere: no positive S_min, so no critical batch.
     assert batchsize_report.fit_critical_batch(batches, 1e5 / batches - 5)["b_crit"] is None
+    # Steps exactly proportional to 1/B (C2's CPU smoke run: 4 steps at 16, 2 at 32) fit S_min = 0
+    # up to round-off, which must not read as a critical batch of 1e16.
+    assert batchsize_report.fit_critical_batch([16, 32], [4, 2])["b_crit"] is None
+    assert batchsize_report.fit_critical_batch(batches, 64 * 100 / batches)["b_crit"] is None
     with pytest.raises(ValueError):
         batchsize_report.fit_critical_batch([32, 32], [10, 10])
 

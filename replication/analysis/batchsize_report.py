@@ -29,13 +29,14 @@ SUMMARY_FILE = "batch_size.json"
 def fit_critical_batch(batches, steps) -> dict:
     """Fit S = S_min + (S_min B_crit) / B by least squares on relative residuals (S - fit) / S;
     returns s_min, b_crit, e_min (None when the fit has no positive S_min: steps still fall as
-    1/B over the range, so no critical batch is resolved)."""
+    1/B over the range, so no critical batch is resolved). An S_min within round-off of zero counts
+    as none: steps exactly proportional to 1/B otherwise gave S_min = 1e-15 and B_crit = 7e16."""
     batches, steps = np.asarray(batches, float), np.asarray(steps, float)
     if len(batches) < 2 or len(set(batches.tolist())) < 2:
         raise ValueError("the fit needs at least two distinct batch sizes")
     design = np.stack([1 / steps, 1 / (batches * steps)], axis=1)  # rows: [1, 1/B] / S
     (s_min, slope), *_ = np.linalg.lstsq(design, np.ones_like(steps), rcond=None)
-    ok = s_min > 0 and slope > 0
+    ok = s_min > 1e-9 * steps.min() and slope > 0
     return {"s_min": float(s_min) if ok else None, "b_crit": float(slope / s_min) if ok else None,
             "e_min": float(slope) if ok else None, "intercept": float(s_min), "slope": float(slope)}
 
