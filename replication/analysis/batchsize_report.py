@@ -468,7 +468,13 @@ def _markdown(config, label: str, summary: dict, record: dict, figures: list[Pat
               "2019). Time per step is each best run's own (its trace, first check interval left out), "
               "so it includes input handling on this machine.", ""]
     lines += ["## The critical batch size: measured and predicted", ""]
-    if fit:
+    if fit and b_crit is None:
+        lines += [f"Fit of S = S_min (1 + B_crit / B) (McCandlish et al. 2018, eq. 2.11) to the best steps of "
+                  f"{len(reached)} batch sizes: no critical batch size resolved (fitted S_min {_fmt(fit['intercept'])}: "
+                  "zero within round-off, or below it; the steps fall at least as fast as 1/B over these batches, so B_crit lies beyond "
+                  "the largest)" + (f"; {boot['unresolved']} of {boot['resamples']} bootstrap resamples resolved none"
+                                    if boot else "") + ".", ""]
+    elif fit:
         lines += [f"Fit of S = S_min (1 + B_crit / B) (McCandlish et al. 2018, eq. 2.11) to the best steps of "
                   f"{len(reached)} batch sizes, least squares on relative residuals of S against 1/B: "
                   f"S_min = {_fmt(fit['s_min'])}, E_min = {_fmt(fit['e_min'])}, **B_crit = E_min / S_min = "
