@@ -123,6 +123,10 @@ def test_the_fit_recovers_s_min_and_b_crit_from_exact_data():
     # up to round-off, which must not read as a critical batch of 1e16.
     assert batchsize_report.fit_critical_batch([16, 32], [4, 2])["b_crit"] is None
     assert batchsize_report.fit_critical_batch(batches, 64 * 100 / batches)["b_crit"] is None
+    # The report names the reason: steps falling as 1/B, or steps not falling at all.
+    assert "as fast as 1/B" in batchsize_report.unresolved_reason(batchsize_report.fit_critical_batch([16, 32], [4, 2]))
+    rising = batchsize_report.fit_critical_batch([16, 32, 64], [10, 12, 14])
+    assert rising["b_crit"] is None and "do not fall" in batchsize_report.unresolved_reason(rising)
     with pytest.raises(ValueError):
         batchsize_report.fit_critical_batch([32, 32], [10, 10])
 

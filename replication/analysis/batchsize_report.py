@@ -41,6 +41,15 @@ def fit_critical_batch(batches, steps) -> dict:
             "e_min": float(slope) if ok else None, "intercept": float(s_min), "slope": float(slope)}
 
 
+def unresolved_reason(fit: dict) -> str:
+    """Why `fit` (fit_critical_batch's, b_crit None) resolved no critical batch, in words."""
+    if fit["slope"] <= 0:
+        return (f"fitted slope S_min B_crit {_fmt(fit['slope'])}: the steps do not fall as the batch grows, so "
+                "the points do not follow S = S_min (1 + B_crit / B)")
+    return (f"fitted S_min {_fmt(fit['intercept'])}: zero within round-off, or below it; the steps fall at least "
+            "as fast as 1/B over these batches, so B_crit lies beyond the largest")
+
+
 def bootstrap_critical_batch(batches, steps, resamples: int, seed: int = 0) -> dict:
     """B_crit over `resamples` resamples of the batch sizes (with replacement; resamples with fewer
     than two distinct sizes skipped): median and the 16-84 and 2.5-97.5 percentiles of the
@@ -470,10 +479,9 @@ def _markdown(config, label: str, summary: dict, record: dict, figures: list[Pat
     lines += ["## The critical batch size: measured and predicted", ""]
     if fit and b_crit is None:
         lines += [f"Fit of S = S_min (1 + B_crit / B) (McCandlish et al. 2018, eq. 2.11) to the best steps of "
-                  f"{len(reached)} batch sizes: no critical batch size resolved (fitted S_min {_fmt(fit['intercept'])}: "
-                  "zero within round-off, or below it; the steps fall at least as fast as 1/B over these batches, so B_crit lies beyond "
-                  "the largest)" + (f"; {boot['unresolved']} of {boot['resamples']} bootstrap resamples resolved none"
-                                    if boot else "") + ".", ""]
+                  f"{len(reached)} batch sizes: no critical batch size resolved ({unresolved_reason(fit)})"
+                  + (f"; {boot['unresolved']} of {boot['resamples']} bootstrap resamples resolved none"
+                     if boot else "") + ".", ""]
     elif fit:
         lines += [f"Fit of S = S_min (1 + B_crit / B) (McCandlish et al. 2018, eq. 2.11) to the best steps of "
                   f"{len(reached)} batch sizes, least squares on relative residuals of S against 1/B: "
