@@ -1,4 +1,5 @@
-"""Data loaders on files the tests make: IDX, CIFAR archives, TIMIT npz, the JPEG stand-in layout."""
+"""Data loaders on files the tests make: IDX, CIFAR archives and arrays, TIMIT npz, the JPEG
+stand-in layout; and the real MNIST and CIFAR-10 in ../shared/data where a checkout has them."""
 
 import gzip
 import hashlib
@@ -8,8 +9,14 @@ import tarfile
 
 import numpy as np
 import pytest
+import yaml
 
-from replication import data
+from conftest import TINY, one_error_line
+from replication import data, storage
+from replication import __main__ as entry
+
+# The real data beside the project (CI and this project's sessions have ../shared beside the clone).
+SHARED_DATA = storage.PROJECT_ROOT.parent / "shared" / "data"
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -63,7 +70,8 @@ def test_idx_checksum_mismatch(tmp_path):
         data.load("fashion_mnist", str(tmp_path))
 
 
-def test_cifar_archive(tmp_path, monkeypatch):
+def write_cifar10_archive(directory, monkeypatch):
+    """A 12-image cifar-10-python.tar.gz (2 per batch, test labels 1 9), its MD5 registered."""
     rng = np.random.default_rng(0)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
@@ -74,12 +82,142 @@ def test_cifar_archive(tmp_path, monkeypatch):
             info.size = len(blob)
             tar.addfile(info, io.BytesIO(blob))
     packed = buffer.getvalue()
-    (tmp_path / "cifar-10-python.tar.gz").write_bytes(packed)
+    (directory / "cifar-10-python.tar.gz").write_bytes(packed)
     name, _, url = data.CIFAR_ARCHIVES["cifar10"]
     monkeypatch.setitem(data.CIFAR_ARCHIVES, "cifar10", (name, hashlib.md5(packed).hexdigest(), url))
+
+
+def test_cifar_archive(tmp_path, monkeypatch):
+    write_cifar10_archive(tmp_path, monkeypatch)
     ds = data.load("cifar10", str(tmp_path))
     assert ds.x_train.shape == (10, 32, 32, 3) and ds.x_test.shape == (2, 32, 32, 3)
     assert list(ds.y_test) == [1, 9]
+    assert ds.source == str(tmp_path / "cifar-10-python.tar.gz")
+
+
+def cifar10_arrays(n_train=6, n_test=4):
+    rng = np.random.default_rng(0)
+    return {"x_train": rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
+            "y_train": rng.integers(0, 10, n_train, dtype=np.uint8),
+            "x_test": rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
+            "y_test": rng.integers(0, 10, n_test, dtype=np.uint8)}
+
+
+def register_cifar10_arrays(monkeypatch, arrays):
+    """Make `arrays` the expected ones: their shapes and the SHA-256 of their raw bytes."""
+    monkeypatch.setattr(data, "CIFAR10_NPZ_ARRAYS", {
+        key: (array.shape, hashlib.sha256(array.tobytes()).hexdigest()) for key, array in arrays.items()})
+
+
+def test_cifar10_arrays_file(tmp_path, monkeypatch):
+    arrays = cifar10_arrays()
+    register_cifar10_arrays(monkeypatch, arrays)
+    np.savez(tmp_path / "cifar10.npz", **arrays)
+    ds = data.load("cifar10", str(tmp_path))
+    assert ds.label == "CIFAR-10" and ds.source == str(tmp_path / "cifar10.npz")
+    assert ds.x_train.shape == (6, 32, 32, 3) and ds.x_train.dtype == np.float32
+    np.testing.assert_allclose(ds.x_test, arrays["x_test"] / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(ds.y_train, arrays["y_train"])
+    assert ds.y_train.dtype == np.int32
+
+
+def test_cifar10_prefers_the_official_archive_and_says_so(tmp_path, monkeypatch):
+    write_cifar10_archive(tmp_path, monkeypatch)
+    arrays = cifar10_arrays()
+    register_cifar10_arrays(monkeypatch, arrays)
+    np.savez(tmp_path / "cifar10.npz", **arrays)
+    ds = data.load("cifar10", str(tmp_path))
+    assert ds.source == str(tmp_path / "cifar-10-python.tar.gz") and list(ds.y_test) == [1, 9]
+
+
+def test_cifar10_arrays_recipe_is_documented():
+    """The Spec's `files` (which every missing-data message quotes) says how to make the file."""
+    files = data.DATASETS["cifar10"].files
+    assert "cifar-10-python.tar.gz" in files and "keras.datasets.cifar10.load_data()" in files
+    assert "y_train=y_train.ravel().astype('uint8')" in files and "cifar10.npz" in data.__doc__
+
+
+def cifar10_config(tmp_path, directory):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "network": "C1", "dataset": "cifar10", "data_dir": str(directory),
+                                    "results_dir": str(tmp_path / "results")}))
+    return path
+
+
+def flip_one_bit(array):
+    array = array.copy()
+    array.flat[7] ^= 1
+    return array
+
+
+def write_truncated(path, arrays):
+    np.savez(path, **arrays)
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+
+
+def write_damaged(path, arrays):
+    """Bytes flipped inside x_train's data: the zip's CRC-32 catches it when the array is read."""
+    np.savez(path, **arrays)
+    packed = bytearray(path.read_bytes())
+    packed[5000:5008] = bytes(b ^ 0xFF for b in packed[5000:5008])
+    path.write_bytes(bytes(packed))
+
+
+def write_npy(path, arrays):
+    with open(path, "wb") as file:  # np.save(path) would append ".npy" to the name
+        np.save(file, arrays["x_train"])
+
+
+CIFAR10_ARRAY_CASES = [
+    # (id, how the file is written from the registered arrays, message after "<path>: ")
+    ("other-digest", lambda path, a: np.savez(path, **{**a, "x_test": flip_one_bit(a["x_test"])}),
+     "array 'x_test' has SHA-256 "),
+    ("labels-not-flattened", lambda path, a: np.savez(path, **{**a, "y_train": a["y_train"][:, None]}),
+     "array 'y_train' is uint8 (6, 1), expected uint8 (6,)"),
+    ("labels-int64", lambda path, a: np.savez(path, **{**a, "y_test": a["y_test"].astype(np.int64)}),
+     "array 'y_test' is int64 (4,), expected uint8 (4,)"),
+    ("missing-key", lambda path, a: np.savez(path, **{k: v for k, v in a.items() if k != "x_train"}),
+     "missing array 'x_train'"),
+    ("truncated", write_truncated, "not a readable .npz"),
+    ("damaged", write_damaged, "array 'x_train' is unreadable (Bad CRC-32"),
+    ("one-npy-array", write_npy, "one .npy array, not an .npz of x_train, y_train, x_test, y_test"),
+]
+
+
+@pytest.mark.parametrize("write,message", [c[1:] for c in CIFAR10_ARRAY_CASES],
+                         ids=[c[0] for c in CIFAR10_ARRAY_CASES])
+def test_cifar10_wrong_array_is_refused_in_one_line(tmp_path, capsys, monkeypatch, write, message):
+    arrays = cifar10_arrays()
+    register_cifar10_arrays(monkeypatch, arrays)
+    path = tmp_path / "cifar10.npz"
+    write(path, arrays)
+    with pytest.raises(data.DataError) as caught:
+        data.load("cifar10", str(tmp_path))
+    assert str(caught.value).startswith(f"{path}: {message}")
+    assert "keras.datasets.cifar10.load_data()" in str(caught.value)  # the fix
+    code = entry.main(["train", str(cifar10_config(tmp_path, tmp_path))])
+    line = one_error_line(code, capsys.readouterr().err)
+    assert f"{path}: {message}" in line and "make it again as cifar10.npz made by" in line
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "cifar10" / "cifar10.npz").is_file(),
+                    reason=f"the real CIFAR-10 arrays are not in {SHARED_DATA / 'cifar10'}")
+def test_real_cifar10_arrays_load():
+    ds = data.load("cifar10", str(SHARED_DATA / "cifar10"))  # the published digests, unpatched
+    assert ds.x_train.shape == (50000, 32, 32, 3) and ds.x_test.shape == (10000, 32, 32, 3)
+    assert list(ds.y_train[:10]) == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]  # the official data_batch_1
+    assert list(ds.y_test[:10]) == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]  # the official test_batch
+    assert ds.source.endswith("cifar10.npz")
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason=f"the real MNIST is not in {SHARED_DATA / 'mnist'}")
+def test_real_mnist_loads():
+    ds = data.load("mnist", str(SHARED_DATA / "mnist"))  # the official MD5s, unpatched
+    assert ds.label == "MNIST"
+    assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
+    assert list(np.bincount(ds.y_train, minlength=10)) == [5923, 6742, 5958, 6131, 5842, 5421, 5918,
+                                                          6265, 5851, 5949]
 
 
 def test_timit_npz_and_wrong_shape(tmp_path):
@@ -105,7 +243,8 @@ def test_labels_out_of_range(tmp_path):
 def test_missing_directory_says_what_to_download(tmp_path):
     with pytest.raises(data.DataError, match="does not exist: create it and put the four Fashion-MNIST IDX"):
         data.load("fashion_mnist", str(tmp_path / "nope"))
-    with pytest.raises(data.DataError, match="cifar-10-python.tar.gz not found: download"):
+    with pytest.raises(data.DataError, match="holds neither cifar-10-python.tar.gz nor cifar10.npz: put "
+                                             "one of them there"):
         data.load("cifar10", str(tmp_path))
 
 
