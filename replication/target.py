@@ -43,6 +43,99 @@ def meets(target: config_lib.TargetConfig, row: dict) -> bool:
     return math.isfinite(value) and value <= target.value
 
 
+def check_interval(target: config_lib.TargetConfig, batch_size: int) -> int:
+    """Optimizer steps between two checks: every_examples / batch (rounded, at least 1) when
+    every_examples is set, so every batch is checked at about the same examples; else every_steps."""
+    if target.every_examples:
+        return max(1, round(target.every_examples / batch_size))
+    return target.every_steps
+
+
+# Checking the numbers of a finished run's files before use --------------------------------------
+STUDY_FIX = "delete {run} and rerun `python -m replication batch-size CONFIG`, which makes it again"
+
+
+def number(value, path, field: str, fix: str, *, integer: bool = False, low: float = 0.0,
+           high: float = math.inf, above: bool = False, optional: bool = False, text: bool = False):
+    """`value` read from `path` (a JSON value, or with `text` a CSV cell), checked before use: a
+    finite number in [low, high] (> low with `above`), an integer if `integer`, None only if
+    `optional`. StorageError naming the file, the field, the rule and `fix` otherwise."""
+    def bad(rule):
+        return storage.StorageError(f"{path}: {field} is {value!r}, {rule} (edited by hand, or damaged): {fix}")
+
+    if value is None or value == "":
+        if optional:
+            return None
+        raise bad("a number is needed")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str) if text else (int, float)):
+        raise bad("not a number")
+    try:
+        parsed = int(value) if integer and isinstance(value, str) else float(value) if isinstance(value, str) else value
+    except ValueError:
+        raise bad("not an integer" if integer else "not a number") from None
+    if integer and not isinstance(parsed, int):
+        raise bad("not an integer")
+    if not math.isfinite(parsed):
+        raise bad("not finite")
+    if parsed < low or (above and parsed == low) or parsed > high:
+        interval = f"{'(' if above else '['}{low:g}, {high:g}]" if math.isfinite(high) else \
+            f"{'>' if above else '>='} {low:g}"
+        raise bad(f"must be {interval}")
+    return parsed
+
+
+def check_summary(summary, path) -> dict:
+    """metrics.json's `target` block (Tracker.summary) of the run in path's folder, checked: steps
+    and examples a positive integer where the target was reached and null where not, steps_run a
+    positive integer, check_every_steps a positive integer (or absent, in runs that predate it),
+    train_seconds >= 0. Returns it; StorageError (one line: file, field, fix) otherwise."""
+    path = Path(path)
+    fix = STUDY_FIX.format(run=path.parent)
+    if not isinstance(summary, dict) or not isinstance(summary.get("reached"), bool):
+        raise storage.StorageError(f"{path}: its 'target' record has no reached: true/false (edited by hand, "
+                                   f"or damaged): {fix}")
+    reached = summary["reached"]
+    for key in ("steps", "examples"):
+        value = number(summary.get(key), path, f"target.{key}", fix, integer=True, low=0, above=True,
+                       optional=not reached)
+        if not reached and value is not None:
+            raise storage.StorageError(f"{path}: target.{key} is {value!r} but target.reached is false "
+                                       f"(edited by hand, or damaged): {fix}")
+    steps_run = number(summary.get("steps_run"), path, "target.steps_run", fix, integer=True, low=0, above=True)
+    if reached and summary["steps"] > steps_run:
+        raise storage.StorageError(f"{path}: target.steps {summary['steps']} is more than target.steps_run "
+                                   f"{steps_run} (edited by hand, or damaged): {fix}")
+    number(summary.get("check_every_steps"), path, "target.check_every_steps", fix, integer=True, low=0,
+           above=True, optional=True)
+    number(summary.get("train_seconds"), path, "target.train_seconds", fix, optional=not reached)
+    return summary
+
+
+def read_trace(run_dir) -> list[dict]:
+    """The checks of a finished run (target.csv), each number checked before use: step a positive
+    integer, rising; train_seconds >= 0; train_loss >= 0 and train_error in [0, 100], where a
+    non-finite value is allowed on the last row alone (the check that saw the run diverge stops it).
+    StorageError (one line: file, row, field, fix) otherwise. [] if the run has no trace."""
+    path = trace_path(run_dir)
+    if not path.exists():
+        return []
+    rows = storage.read_csv(path)
+    fix = STUDY_FIX.format(run=Path(run_dir))
+    previous = 0
+    for index, row in enumerate(rows):
+        where, last = f"row {index + 1}", index == len(rows) - 1
+        step = number(row["step"], path, f"{where} step", fix, integer=True, low=0, above=True, text=True)
+        if step <= previous:
+            raise storage.StorageError(f"{path}: {where} step {step} does not come after the previous "
+                                       f"check's {previous} (edited by hand, or damaged): {fix}")
+        previous = step
+        number(row["train_seconds"], path, f"{where} train_seconds", fix, text=True)
+        for field, high in (("train_loss", math.inf), ("train_error", 100.0)):
+            if not (last and row[field].strip().lower() in ("nan", "inf", "-inf")):
+                number(row[field], path, f"{where} {field}", fix, high=high, text=True)
+    return rows
+
+
 class Tracker:
     """The target checks of one run: its trace so far, and the callback that extends it."""
 
@@ -52,8 +145,7 @@ class Tracker:
 
         self.target = config.target
         self.batch_size = batch_size
-        self.every = (max(1, round(config.target.every_examples / batch_size)) if config.target.every_examples
-                      else config.target.every_steps)
+        self.every = check_interval(config.target, batch_size)
         self.steps_per_epoch = -(-len(x_train) // batch_size)
         self.completed_steps = completed_epochs * self.steps_per_epoch
         # Rows past the last completed epoch were made by an epoch that is redone now.

@@ -3,6 +3,8 @@ critical-batch fit, the noise scale along training, the report; configs refused 
 
 import dataclasses
 import math
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,6 +90,24 @@ def test_the_grid_comes_first_then_extends_past_a_strictly_best_edge():
     assert batchsize.next_multiplier({0.5: None, 1.0: None, 2.0: None}, study) == (None, "none reached")
 
 
+@pytest.mark.parametrize("steps, best", [
+    ({0.5: 100, 1.0: 100, 2.0: 200}, 1.0),                              # tie with the low edge
+    ({0.5: 200, 1.0: 100, 2.0: 100}, 1.0),                              # tie with the high edge
+    ({0.5: 80, 1.0: 80, 2.0: 80}, 1.0),                                 # C1 CPU, batch 1000
+    ({0.25: 23, 0.5: 23, 1.0: 37, 2.0: 66}, 0.5),                       # F1, batch 2000
+    ({0.5: 9360, 1.0: 8112, 2.0: 6708, 4.0: 6396, 8.0: 6396}, 4.0),     # C1 GPU, batch 32
+])
+def test_a_tie_with_an_edge_is_no_edge_win(steps, best):
+    """Ties go to the middle of the rates tried: an edge that only ties is not the best, so no extra
+    run and no "extended" label (the committed studies hold ties at both edges)."""
+    study = config_lib.BatchSizeStudyConfig(batch_sizes=(32,), lr_multipliers=(0.5, 1.0, 2.0), max_extensions=3)
+    assert batchsize.best_multiplier(steps) == best
+    assert batchsize.next_multiplier(steps, study) == (None, "interior")
+    # Strictly best at either edge still extends.
+    assert batchsize.next_multiplier({0.5: 200, 1.0: 150, 2.0: 100}, study) == (4.0, "extended high")
+    assert batchsize.next_multiplier({0.5: 90, 1.0: 150, 2.0: 100}, study) == (0.25, "extended low")
+
+
 def test_the_study_trains_the_grid_and_its_extension(tiny_config, monkeypatch):
     config = _config(tiny_config)
     fake = {1.0: 40, 0.5: 30, 2.0: 60, 0.25: 35}  # best at 0.5 after one extension below
@@ -139,30 +159,124 @@ def test_seconds_per_step_leaves_the_first_interval_out():
 
 
 # End to end: runs, noise along training, report -------------------------------------------------
-def test_the_study_end_to_end_writes_the_report(tiny_config):
-    path = tiny_config(**{**STUDY, "keep_iterates": [1], "batch_size_study": {
-        **STUDY["batch_size_study"], "lr_multipliers": [1, 4], "max_extensions": 0}})
-    config = batchsize.study(str(path))
+@pytest.fixture(scope="module")
+def two_seed_study(tmp_path_factory):
+    """A tiny study trained once for this module, with two seeds (issue 24, example 3): its config
+    path and config. Tests that edit its files work on a copy (_copy)."""
+    import yaml
+
+    from conftest import TINY
+
+    folder = tmp_path_factory.mktemp("two-seed-study")
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump({**TINY, **STUDY, "seeds": [0, 1], "results_dir": str(folder / "results"),
+                                    "keep_iterates": [1], "batch_size_study": {
+                                        **STUDY["batch_size_study"], "lr_multipliers": [1, 4], "max_extensions": 0}}))
+    return path, batchsize.study(str(path))
+
+
+def _copy(study, tmp_path):
+    """A copy of the trained study's results folder, to edit."""
+    import shutil
+
+    return Path(shutil.copytree(study[1].results_dir, tmp_path / "results"))
+
+
+def test_the_study_end_to_end_writes_one_report_per_seed(two_seed_study):
+    path, config = two_seed_study
     report = batchsize_report.write_report(config.results_dir)
     assert config == config_lib.load(path)
     text = report.read_text()
-    assert "## In plain words" in text and "| batch |" in text and "B_simple" in text
+    assert "## Seed 0" in text and "## Seed 1" in text and "### In plain words" in text and "| batch |" in text
+    # Each seed is its own study: never "one seed" where there are two.
+    assert "one seed" not in text.lower() and "seed 1 alone" in text
     record = storage.read_json(report.parent / batchsize_report.SUMMARY_FILE)
-    assert [r["batch_size"] for r in record["rows"]] == [16, 64]
-    reference = [r for r in record["rows"] if r["batch_size"] == batchsize.reference_batch(config)][0]["run"]
-    kept = storage.read_json(f"{reference}/metrics.json")["kept_iterates"]
-    assert [r["point"] for r in record["noise"]] == ["initial", *[f"epoch{e}" for e in kept], "final"]
-    for r in record["noise"]:
-        if r["b_simple"] is not None:
-            assert math.isfinite(r["b_simple"]) and r["adam_b_simple"] is not None
-    assert (report.parent / "batch_size_steps.png").exists()
+    assert record["seeds"] == [0, 1] and "rows" not in record and "fit" not in record
+    for study in record["studies"]:
+        seed = study["seed"]
+        assert [r["batch_size"] for r in study["rows"]] == [16, 64]
+        for row in study["rows"]:
+            # Its best rate, steps and run all come from its own seed's runs.
+            assert row["run"].endswith(f"/seed{seed}") and row["seed"] == seed
+            steps = batchsize.run_steps(config, row["batch_size"], seed)
+            assert row["best_multiplier"] == batchsize.best_multiplier(steps)
+            assert row["steps"] == steps[row["best_multiplier"]]
+        reference = [r for r in study["rows"] if r["batch_size"] == batchsize.reference_batch(config)][0]["run"]
+        kept = storage.read_json(f"{reference}/metrics.json")["kept_iterates"]
+        assert [r["point"] for r in study["noise"]] == ["initial", *[f"epoch{e}" for e in kept], "final"]
+        assert all(r["run"] == reference for r in study["noise"])
+        for r in study["noise"]:
+            if r["b_simple"] is not None:
+                assert math.isfinite(r["b_simple"]) and r["adam_b_simple"] is not None
+    for seed in (0, 1):
+        assert (report.parent / f"batch_size_steps_seed{seed}.png").exists()
     assert batchsize.reference_batch(config) == 16
     # `report` on the folder rebuilds the same one-page report.
     assert cli("report", config.results_dir).returncode == 0
     # `check` counts the study's runs (named as the study decided them) and refuses an edited config.
-    assert train.check(config) == 4
+    assert train.check(config) == 8
     with pytest.raises(train.RunError, match="'learning_rate' was"):
         train.check(dataclasses.replace(config, learning_rate=config.learning_rate * 2))
+
+
+def _edit_json(path, edit):
+    record = storage.read_json(path)
+    edit(record)
+    storage.atomic_write_json(path, record)
+
+
+def _edit_csv(path, row, field, value):
+    rows = storage.read_csv(path)
+    rows[row][field] = value
+    storage.atomic_write_csv(path, rows, list(rows[0]))
+
+
+@pytest.mark.parametrize("file, edit, message", [
+    ("b16-x1/seed0/metrics.json", lambda m: m["target"].update(steps=-5), "target.steps is -5, must be > 0"),
+    ("b16-x1/seed0/metrics.json", lambda m: m["target"].update(steps=2.5), "target.steps is 2.5, not an integer"),
+    ("b64-x1/seed1/metrics.json", lambda m: m["target"].update(steps=float("nan")), "target.steps is nan, not an integer"),
+    ("b64-x4/seed1/metrics.json", lambda m: m["target"].update(train_seconds=-167.0), "target.train_seconds is -167.0"),
+    ("b16-x1/seed0/target.csv", (0, "train_seconds", "-167"), "row 1 train_seconds is '-167', must be >= 0"),
+    ("b16-x1/seed0/target.csv", (0, "step", "2.5"), "row 1 step is '2.5', not an integer"),
+])
+def test_hand_edited_study_files_are_refused_in_one_line(two_seed_study, tmp_path, file, edit, message):
+    """Issue 24, example 10: negative, fractional or NaN steps, negative times were believed ("the
+    fastest batch: -167 s"). The numbers results.load reads (accuracies, losses, B_simple, phi, a
+    run's identity) it checks itself; these are the ones only the study's reader uses."""
+    root = _copy(two_seed_study, tmp_path)
+    path = root / "F1_synthetic_mnist" / file
+    if callable(edit):
+        _edit_json(path, edit)
+    else:
+        _edit_csv(path, *edit)
+    with pytest.raises(storage.StorageError) as error:
+        batchsize_report.write_report(root)
+    assert str(error.value).startswith(str(path)) and message in str(error.value) and "\n" not in str(error.value)
+    if file.endswith("target.csv"):  # and through the CLI: one line, exit 2, nothing written
+        before = (root / batchsize_report.REPORT_FILE).exists()
+        result = cli("report", root)
+        assert message in one_error_line(result.returncode, result.stderr)
+        assert (root / batchsize_report.REPORT_FILE).exists() == before
+
+
+def test_a_study_under_the_other_backend_is_refused_before_anything_trains(tiny_config):
+    """Issue 24, example 8: a study started under JAX and continued under TensorFlow trained and
+    measured before it refused, leaving a folder of both backends."""
+    from replication import backend
+
+    other = "jax" if backend.name() == "tensorflow" else "tensorflow"
+    path = tiny_config(**STUDY)
+    config = config_lib.load(path)
+    started = train.run_directory(config, "b16-x1", 0)
+    started.mkdir(parents=True)
+    (started / "config.yaml").write_text(f"run: {{regime: b16-x1, seed: 0, backend: {other}}}\n")
+    with pytest.raises(train.RunError, match=f"started under the {other} backend .*: set KERAS_BACKEND={other}"):
+        batchsize.study(str(path))
+    result = cli("batch-size", path)
+    assert f"set KERAS_BACKEND={other}" in one_error_line(result.returncode, result.stderr)
+    made = sorted(p.relative_to(config.results_dir) for p in Path(config.results_dir).rglob("*"))
+    assert made == [Path("F1_synthetic_mnist"), Path("F1_synthetic_mnist/b16-x1"),
+                    Path("F1_synthetic_mnist/b16-x1/seed0"), Path("F1_synthetic_mnist/b16-x1/seed0/config.yaml")]
 
 
 def test_compare_regimes_set_their_rate_epochs_stopping_and_ghost_batch(tiny_config):
@@ -273,3 +387,107 @@ def test_a_study_where_no_rate_reaches_the_target_says_what_is_missing_and_why(t
     assert "No noise scale yet" in measured
     assert "Not run: (b) fixed epochs, tuned learning rate; (c)" in text and "at batch 16, 64: set a target" in text
     assert "Not finished here" not in text
+
+
+# Studies kept apart, diverged runs left out ---------------------------------------------------------
+def _run(network, regime, scaling="sqrt"):
+    return types.SimpleNamespace(network=network, dataset="synthetic_mnist", regime=regime,
+                                 path=Path(f"r/{network}_synthetic_mnist/{regime}/seed0"),
+                                 metrics={"resolved_config": {"batch_size_study": {"lr_scaling": scaling}}})
+
+
+def test_two_networks_studies_in_one_folder_are_refused_not_merged():
+    """Issue 24, example 2: F1's and C1's runs were grouped by batch size into one table and one fit."""
+    batchsize_report._check_one_study(Path("r"), types.SimpleNamespace(runs=[_run("F1", "b16-x1"), _run("F1", "sb")]))
+    with pytest.raises(batchsize_report.results_lib.ResultsError,
+                       match=r"r holds batch-size study runs of two networks or datasets: .*F1_synthetic_mnist/b16-x1"
+                             r"/seed0 \(F1 on synthetic_mnist\) and .*\(C1 on synthetic_mnist\); a report is one study"):
+        batchsize_report._check_one_study(Path("r"), types.SimpleNamespace(runs=[_run("F1", "b16-x1"),
+                                                                                 _run("C1", "b64-fixed-e3")]))
+    with pytest.raises(batchsize_report.results_lib.ResultsError, match="two learning-rate scaling rules"):
+        batchsize_report._check_one_study(Path("r"), types.SimpleNamespace(runs=[_run("F1", "b16-x1"),
+                                                                                 _run("F1", "b64-x1", "linear")]))
+
+
+def _compare_row(kind, batch, accuracy, diverged=False):
+    regime = {"fixed": f"b{batch}-fixed-e1", "tuned": f"b{batch}-x1-e1", "steps": f"b{batch}-x1-e4"}[kind]
+    return {"kind": kind, "batch_size": batch, "regime": regime, "test_accuracy": accuracy, "steps": 10,
+            "diverged": diverged, "sharpness_full_eps0.001": 1.0}
+
+
+def test_a_diverged_run_drives_no_verdict_of_the_fair_comparison():
+    """Issue 24, example 6: a diverged (a) run at the large batch "moved its gap by -90.00 points"."""
+    rows = [_compare_row("fixed", 16, 80.0), _compare_row("fixed", 64, 10.0, diverged=True),
+            _compare_row("tuned", 16, 81.0), _compare_row("tuned", 64, 79.0), _compare_row("steps", 64, 82.0)]
+    gaps = batchsize_report.compare_gaps(rows)
+    assert [g["kind"] for g in gaps] == ["tuned", "steps"]
+    assert gaps[1]["test_accuracy_difference"] == pytest.approx(1.0)
+    [text] = batchsize_report._compare_plain(gaps, "sharpness_full_eps0.001", "one seed",
+                                             [r for r in rows if r["diverged"]])
+    assert "moved its gap" not in text and "(a)" not in text.split("left out")[0]
+    assert "1 diverged run (b64-fixed-e1) left out: a diverged run is no minimiser" in text
+    # Every comparison diverged: no verdict, and the count is still said.
+    everything = [{**r, "diverged": True} for r in rows]
+    assert batchsize_report.compare_gaps(everything) == []
+    [text] = batchsize_report._compare_plain([], None, "one seed", everything)
+    assert "no comparison. 5 diverged runs" in text
+
+
+# Generated sentences follow from their numbers (issue 23 item 4) ----------------------------------
+def _noise(point, step, plain, adam, se=1.0, at_target=False):
+    return {"point": point, "step": step, "b_simple": plain, "b_simple_se": se, "adam_b_simple": adam,
+            "adam_b_simple_se": se, "at_target": at_target}
+
+
+@pytest.mark.parametrize("series, words", [
+    # F1 on the CPU: both grew.
+    ([(278, 550), (803, 1556), (1702, 2580)], ["plain B_simple grew from 278 at x0 to 1702",
+                                               "Adam-preconditioned one grew from 550", "measure it near the loss"]),
+    # C1 on the CPU: plain fell (649 -> 184) while the preconditioned one grew.
+    ([(649, 845), (180, 1865), (184, 2440)], ["plain B_simple fell from 649 at x0 to 184 (x0.28)",
+                                              "Adam-preconditioned one grew", "measure it near the loss"]),
+    # C1 on the GPU: plain about the same at the ends, after a dip to 152 on the way.
+    ([(498, 817), (152, 1809), (526, 4534)], ["plain B_simple stayed about the same (498 at x0, 526 at the target",
+                                              "after falling to 152 at step 1 on the way"]),
+    # Within 25% at both ends, and nothing in between: hardly moved.
+    ([(500, 800), (560, 900)], ["plain B_simple stayed about the same", "one stayed about the same",
+                                "hardly moved, so where it is measured matters little"]),
+    # A large ratio within noise is no trend.
+    ([(100, 100), (180, 100)], ["plain B_simple stayed about the same"]),
+    # A peak between equal ends.
+    ([(300, 300), (900, 300), (310, 300)], ["after rising to 900 at step 1 on the way", "measure it near the loss"]),
+])
+def test_the_noise_scale_trend_sentence_is_chosen_by_sign_and_size(series, words):
+    se = 60.0 if series == [(100, 100), (180, 100)] else 1.0
+    rows = [_noise("initial" if i == 0 else "final" if i == len(series) - 1 else f"epoch{i}", i, plain, adam, se,
+                   at_target=i == len(series) - 1) for i, (plain, adam) in enumerate(series)]
+    text = batchsize_report.noise_trend(rows)
+    for expected in words:
+        assert expected in text, text
+    assert "grows as the loss falls" not in text
+
+
+def test_the_trend_needs_x0_and_the_target():
+    assert batchsize_report.noise_trend([_noise("final", 5, 10, 20, at_target=True)]) is None
+    assert batchsize_report.noise_trend([_noise("initial", 0, 10, 20), _noise("final", 5, 30, 40)]) is None
+
+
+def _point(batch, multiplier, steps):
+    return types.SimpleNamespace(batch_size=batch, multiplier=multiplier, steps=steps)
+
+
+def test_the_best_rate_sentence_says_whether_the_rule_alone_would_do():
+    config = config_lib.from_dict({**STUDY, "network": "F1", "dataset": "synthetic_mnist"})
+    rows = [{"batch_size": 16, "best_multiplier": 2.0, "steps": 90}, {"batch_size": 64, "best_multiplier": 1.0, "steps": 30}]
+    points = [_point(16, 1.0, 100), _point(16, 2.0, 90), _point(64, 1.0, 30), _point(64, 2.0, 40)]
+    text = batchsize_report.best_rate_words(points, rows, config)
+    assert "best learning rate per batch was 2x, 1x the sqrt-rule value" in text
+    assert "the rule's own value (1x) took more steps at batch 16 (100 against 90 steps): tune it" in text
+    points[0] = _point(16, 1.0, None)
+    assert "batch 16 (never reached the target; 90 steps at 2x)" in batchsize_report.best_rate_words(points, rows, config)
+    # A tie with the rule's value (the middle won): the rule lost nothing.
+    points[0] = _point(16, 1.0, 90)
+    assert "was as fast as the best at every batch where it ran: on this grid the rule alone was enough" in \
+        batchsize_report.best_rate_words(points, rows, config)
+    assert batchsize_report.best_rate_words([_point(16, 2.0, 90)], rows[:1], config).endswith("^0.5).")
+    assert batchsize_report.best_rate_words([], [{"batch_size": 16, "best_multiplier": None, "steps": None}], config) is None

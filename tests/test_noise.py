@@ -23,19 +23,39 @@ def data(size=64, seed=0):
     return x, y
 
 
-def exact_b_simple(model, x, y):
-    """tr(Sigma)/|G|^2 from every per-example gradient (Sigma with 1/N, the population covariance)."""
+def per_example_gradients(model, x, y):
     obj = objective.Objective(model, x, y, len(x))
     flat = obj.get_flat()
-    per_example = np.stack([np.asarray(obj.batch_value_and_gradient(flat, x[i:i + 1], y[i:i + 1])[1])
-                            for i in range(len(x))])
+    return np.stack([np.asarray(obj.batch_value_and_gradient(flat, x[i:i + 1], y[i:i + 1])[1], np.float64)
+                     for i in range(len(x))])
+
+
+def exact_b_simple(model, x, y):
+    """tr(Sigma)/|G|^2 from every per-example gradient (Sigma with 1/N, the population covariance)."""
+    per_example = per_example_gradients(model, x, y)
     mean = per_example.mean(axis=0)
     trace = float(np.mean(np.sum((per_example - mean) ** 2, axis=1)))
     return trace / float(np.sum(mean ** 2)), trace, float(np.sum(mean ** 2))
 
 
+def exact_adam_b_simple(per_example, batch_size, epsilon=1e-8, root=np.sqrt):
+    """The Adam-preconditioned B_simple the estimator converges to, from every per-example gradient:
+    P = 1 / (sqrt(v) + eps), v the expected square of a b-example gradient drawn without
+    replacement (G^2 + diag(Sigma) / b (N - b) / (N - 1)), then tr(P Sigma P) / |P G|^2. `root`
+    stands in for the square root, to show what its absence would give."""
+    size = len(per_example)
+    mean = per_example.mean(axis=0)
+    variance = ((per_example - mean) ** 2).mean(axis=0)
+    v = mean ** 2 + variance / batch_size * (size - batch_size) / (size - 1)
+    p = 1 / (root(v) + epsilon)
+    return float(np.sum(p ** 2 * variance) / np.sum(p ** 2 * mean ** 2))
+
+
 def test_estimate_matches_the_exact_noise_scale():
+    # Inputs on scales 8 and 0.2 make the gradient's coordinates differ by orders of magnitude, so
+    # the preconditioner matters: without its square root the Adam value would be about twice as large.
     model, (x, y) = softmax_regression(), data()
+    x = x * np.array([1.0, 8.0, 0.2], np.float32)
     exact, trace, norm_sq = exact_b_simple(model, x, y)
     result = noise.estimate(model, x, y, batch_size=8, batches=3000, seed=1)
     assert result["resolved"] and result["note"] is None
@@ -44,6 +64,11 @@ def test_estimate_matches_the_exact_noise_scale():
     assert result["b_simple"] == pytest.approx(exact, rel=0.05)
     # Without the (N-1)/(N-b) correction the estimate would be 10% low at b=8, N=64: it must not be.
     assert abs(result["trace_sigma"] * (64 - 8) / 63 - trace) > 0.05 * trace
+    per_example = per_example_gradients(model, x, y)
+    adam = exact_adam_b_simple(per_example, 8)
+    assert result["adam"]["resolved"] and result["adam"]["b_simple"] == pytest.approx(adam, rel=0.05)
+    assert abs(exact_adam_b_simple(per_example, 8, root=lambda v: v) / adam - 1) > 0.5
+    assert abs(adam / exact - 1) > 0.5  # and it is not the plain value either
 
 
 def test_few_batches_are_unbiased_for_the_squared_gradient_norm():
@@ -75,3 +100,4 @@ def test_weights_are_unchanged_and_bad_input_is_refused():
         noise.estimate(model, x, y, batch_size=64, batches=5)
     with pytest.raises(ValueError, match="at least 3 mini-batches"):
         noise.estimate(model, x, y, batch_size=8, batches=2)
+

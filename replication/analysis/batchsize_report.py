@@ -2,8 +2,8 @@
 issue 13): the critical batch size fitted to the best steps of each batch (McCandlish et al.
 2018, eq. 2.11) with a bootstrap over the batch sizes, time per step from each run's own trace,
 B_simple along the reference run, the fair comparison (a)-(d) with sharpness, and the one-page
-REPORT.md with its figures and tables. Everything here reads files through results.load; nothing
-trains.
+REPORT.md with its figures and tables: one study per seed, never pooled, of one network (issue
+24). Everything here reads files through results.load; nothing trains.
 
 Symbols -> code: S `steps`, E = B S `examples`, S_min `s_min`, E_min `e_min`, B_crit `b_crit`.
 """
@@ -26,37 +26,60 @@ SUMMARY_FILE = "batch_size.json"
 
 
 # The critical batch size --------------------------------------------------------------------------
+# A fitted term smaller than this share of every point's steps is round-off, not a measurement:
+# it moves no point by a billionth of its steps (far below one step, the resolution of S).
+ROUND_OFF = 1e-9
+
+
 def fit_critical_batch(batches, steps) -> dict:
     """Fit S = S_min + (S_min B_crit) / B by least squares on relative residuals (S - fit) / S;
-    returns s_min, b_crit, e_min (None when the fit has no positive S_min: steps still fall as
-    1/B over the range, so no critical batch is resolved). An S_min within round-off of zero counts
-    as none: steps exactly proportional to 1/B otherwise gave S_min = 1e-15 and B_crit = 7e16."""
+    returns s_min, b_crit, e_min, or None for all three when the fit resolves no critical batch, with
+    `unresolved` saying on which side B_crit lies then: "above" (S_min zero within round-off, or
+    below: steps fall at least as fast as 1/B, so B_crit is beyond the largest batch) or "below"
+    (the slope S_min B_crit zero within round-off, or below: steps do not fall as the batch grows,
+    so B_crit is below the smallest). Round-off: a term below ROUND_OFF of every point's steps. Steps
+    exactly proportional to 1/B otherwise gave B_crit = 7e16, and a flat pair of batches 2e-15."""
     batches, steps = np.asarray(batches, float), np.asarray(steps, float)
     if len(batches) < 2 or len(set(batches.tolist())) < 2:
         raise ValueError("the fit needs at least two distinct batch sizes")
+    if not (np.all(np.isfinite(batches)) and np.all(np.isfinite(steps)) and np.all(batches > 0) and np.all(steps > 0)):
+        raise ValueError("the fit needs positive, finite batch sizes and steps")
     design = np.stack([1 / steps, 1 / (batches * steps)], axis=1)  # rows: [1, 1/B] / S
     (s_min, slope), *_ = np.linalg.lstsq(design, np.ones_like(steps), rcond=None)
-    ok = s_min > 1e-9 * steps.min() and slope > 0
+    # Each term's largest share of a point's fitted steps: S_min / S and (S_min B_crit) / (B S).
+    side = ("above" if s_min <= ROUND_OFF * steps.min() else
+            "below" if slope <= ROUND_OFF * (batches * steps).min() else None)
+    ok = side is None
     return {"s_min": float(s_min) if ok else None, "b_crit": float(slope / s_min) if ok else None,
-            "e_min": float(slope) if ok else None, "intercept": float(s_min), "slope": float(slope)}
+            "e_min": float(slope) if ok else None, "intercept": float(s_min), "slope": float(slope),
+            "unresolved": side}
 
 
 def unresolved_reason(fit: dict) -> str:
     """Why `fit` (fit_critical_batch's, b_crit None) resolved no critical batch, in words."""
-    if fit["slope"] <= 0:
-        return (f"fitted slope S_min B_crit {_fmt(fit['slope'])}: the steps do not fall as the batch grows, so "
-                "the points do not follow S = S_min (1 + B_crit / B)")
-    return (f"fitted S_min {_fmt(fit['intercept'])}: zero within round-off, or below it; the steps fall at least "
+    if fit["unresolved"] == "below":
+        return (f"fitted slope S_min B_crit {_fmt(fit['slope'])}, zero within round-off or below: the steps do not "
+                "fall as the batch grows, so B_crit lies below the smallest batch or the points do not follow "
+                "S = S_min (1 + B_crit / B)")
+    return (f"fitted S_min {_fmt(fit['intercept'])}, zero within round-off or below: the steps fall at least "
             "as fast as 1/B over these batches, so B_crit lies beyond the largest")
+
+
+PERCENTILES = (("median", 50.0), ("p16", 16.0), ("p84", 84.0), ("p2_5", 2.5), ("p97_5", 97.5))
 
 
 def bootstrap_critical_batch(batches, steps, resamples: int, seed: int = 0) -> dict:
     """B_crit over `resamples` resamples of the batch sizes (with replacement; resamples with fewer
-    than two distinct sizes skipped): median and the 16-84 and 2.5-97.5 percentiles of the
-    resolved fits, and how many resamples resolved none."""
+    than two distinct sizes skipped): how many resolved a B_crit and how many did not, on each side
+    (fit_critical_batch's `unresolved`), and the median and the 16-84 and 2.5-97.5 percentiles.
+
+    A resample that resolves no B_crit is no number (its fit's ratio is round-off or negative), but
+    it does say where B_crit lies: beyond every resolved value ("above") or below them ("below").
+    So the percentiles rank every resample, the unresolved ones at their side, and a percentile
+    that falls among them is None, named in `unbounded` with its side: that bound is not measured."""
     batches, steps = np.asarray(batches, float), np.asarray(steps, float)
     rng = np.random.default_rng(seed)
-    values, unresolved, used = [], 0, 0
+    values, sides, used = [], {"below": 0, "above": 0}, 0
     for _ in range(resamples):
         pick = rng.integers(0, len(batches), len(batches))
         if len(set(batches[pick].tolist())) < 2:
@@ -64,15 +87,33 @@ def bootstrap_critical_batch(batches, steps, resamples: int, seed: int = 0) -> d
         used += 1
         fit = fit_critical_batch(batches[pick], steps[pick])
         if fit["b_crit"] is None:
-            unresolved += 1
+            sides[fit["unresolved"]] += 1
         else:
             values.append(fit["b_crit"])
-    if not values:
-        return {"resamples": used, "unresolved": unresolved, "median": None, "p16": None, "p84": None,
-                "p2_5": None, "p97_5": None}
-    p = np.percentile(values, [50, 16, 84, 2.5, 97.5])
-    return {"resamples": used, "unresolved": unresolved, "median": float(p[0]), "p16": float(p[1]),
-            "p84": float(p[2]), "p2_5": float(p[3]), "p97_5": float(p[4])}
+    values.sort()
+    out = {"resamples": used, "resolved": len(values), "unresolved": sides["below"] + sides["above"],
+           "unresolved_below": sides["below"], "unresolved_above": sides["above"], "unbounded": {}}
+    for key, q in PERCENTILES:
+        out[key], side = _ranked_percentile(values, sides["below"], sides["above"], q)
+        if side:
+            out["unbounded"][key] = side
+    return out
+
+
+def _ranked_percentile(values: list[float], below: int, above: int, q: float) -> tuple[float | None, str | None]:
+    """The q-th percentile (NumPy's linear rule) of `below` values under every one of the sorted
+    `values` and `above` values over them: (value, None), or (None, side) where it touches those."""
+    count = below + len(values) + above
+    if count == 0:
+        return None, None
+    position = q / 100 * (count - 1)
+    low, high = math.floor(position), math.ceil(position)
+    if low < below:
+        return None, "below"
+    if high >= below + len(values):
+        return None, "above"
+    a, b = values[low - below], values[high - below]
+    return float(a + (b - a) * (position - low)), None
 
 
 def seconds_per_step(trace: list[dict]) -> float | None:
@@ -88,9 +129,12 @@ def seconds_per_step(trace: list[dict]) -> float | None:
 # Reading the results -------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Point:
-    """One run of the study, read from its directory."""
+    """One run of the study, read from its directory and checked (read_points)."""
 
     path: Path
+    network: str
+    dataset: str
+    seed: int
     batch_size: int
     multiplier: float
     learning_rate: float
@@ -113,7 +157,9 @@ def is_study(results_dir) -> bool:
 
 
 def read_points(loaded) -> list[Point]:
-    """Every study run of a loaded results folder (results.load checked their protocols)."""
+    """Every study run of a loaded results folder. results.load checked their protocols, identity
+    and the numbers of the files it reads; the target summary and the trace, which only this reader
+    uses, are checked here (target.check_summary, target.read_trace)."""
     from replication import target
 
     out = []
@@ -121,29 +167,42 @@ def read_points(loaded) -> list[Point]:
         parsed = config_lib.parse_study_regime(run.regime)
         if parsed is None:
             continue
-        summary = run.metrics.get("target") or {}
-        trace_file = target.trace_path(run.path)
-        trace = tuple(storage.read_csv(trace_file)) if trace_file.exists() else ()
-        out.append(Point(run.path, parsed[0], parsed[1], float(run.metrics["resolved_config"]["learning_rate"]),
-                         bool(summary.get("reached")), summary.get("steps"), summary.get("examples"),
-                         int(summary.get("steps_run") or 0), seconds_per_step(list(trace)),
-                         summary.get("check_every_steps"), run.train_seconds, float(run.metrics["test_accuracy"]), run.diverged, trace))
-    return sorted(out, key=lambda p: (p.batch_size, p.multiplier))
+        summary = target.check_summary(run.metrics.get("target"), run.path / "metrics.json")
+        trace = tuple(target.read_trace(run.path))
+        out.append(Point(run.path, run.network, run.dataset, run.seed, parsed[0], parsed[1],
+                         float(run.metrics["resolved_config"]["learning_rate"]), summary["reached"],
+                         summary.get("steps"), summary.get("examples"), summary["steps_run"],
+                         seconds_per_step(list(trace)), summary.get("check_every_steps"), run.train_seconds,
+                         float(run.metrics["test_accuracy"]), run.diverged, trace))
+    return sorted(out, key=lambda p: (p.seed, p.batch_size, p.multiplier))
 
 
-def summarize(loaded, study: config_lib.BatchSizeStudyConfig) -> dict:
-    """Per batch: its runs, best rate and grid state; the fit, its bootstrap; the noise scales."""
-    points = read_points(loaded)
-    batches = sorted({p.batch_size for p in points})
+def _check_one_study(root: Path, loaded) -> None:
+    """A report is one study: one network on one dataset, under one learning-rate scaling rule (what
+    a multiplier means). Two networks' studies in one folder were merged into one table and one
+    fit; they are refused instead, naming both (their seeds are reported apart: summarize)."""
+    runs = [r for r in loaded.runs if config_lib.parse_study_regime(r.regime) or config_lib.parse_compare_regime(r.regime)]
+    for key, name in (((lambda r: f"{r.network} on {r.dataset}"), "networks or datasets"),
+                      ((lambda r: r.metrics["resolved_config"].get("batch_size_study", {}).get("lr_scaling", "sqrt")),
+                       "learning-rate scaling rules (batch_size_study.lr_scaling)")):
+        other = next((r for r in runs if key(r) != key(runs[0])), None)
+        if other is not None:
+            raise results_lib.ResultsError(
+                f"{root} holds batch-size study runs of two {name}: {runs[0].path} ({key(runs[0])}) and {other.path} "
+                f"({key(other)}); a report is one study: move one study's runs to its own results_dir")
+
+
+def _best_rows(points: list[Point], study: config_lib.BatchSizeStudyConfig) -> list[dict]:
+    """One row per batch of one seed's points: its runs, best rate and grid state."""
     rows = []
-    for batch in batches:
+    for batch in sorted({p.batch_size for p in points}):
         mine = [p for p in points if p.batch_size == batch]
         steps = {p.multiplier: p.steps for p in mine}
         best = batchsize.best_multiplier(steps)
         nxt, state = batchsize.next_multiplier(steps, study)
         chosen = next((p for p in mine if p.multiplier == best), None)
         rows.append({
-            "batch_size": batch, "multipliers_tried": " ".join(f"{m:g}" for m in sorted(steps)),
+            "seed": mine[0].seed, "batch_size": batch, "multipliers_tried": " ".join(f"{m:g}" for m in sorted(steps)),
             "steps_by_multiplier": " ".join(f"{m:g}:{'-' if s is None else s}" for m, s in sorted(steps.items())),
             "best_multiplier": best, "grid": state if nxt is None else f"unfinished ({state})",
             "learning_rate": chosen.learning_rate if chosen else None,
@@ -154,35 +213,51 @@ def summarize(loaded, study: config_lib.BatchSizeStudyConfig) -> dict:
             "seconds_to_target": (chosen.steps * chosen.seconds_per_step
                                   if chosen and chosen.seconds_per_step is not None else None),
             "run": str(chosen.path) if chosen else None})
-    fitted = [r for r in rows if r["steps"] is not None]
-    fit = bootstrap = None
-    if len({r["batch_size"] for r in fitted}) >= 2:
-        b, s = [r["batch_size"] for r in fitted], [r["steps"] for r in fitted]
-        fit = fit_critical_batch(b, s)
-        bootstrap = bootstrap_critical_batch(b, s, study.bootstrap)
-    return {"rows": rows, "fit": fit, "bootstrap": bootstrap, "noise": noise_along_training(loaded, rows),
-            "points": points}
+    return rows
 
 
-def noise_along_training(loaded, rows: list[dict]) -> list[dict]:
-    """B_simple (plain and Adam-preconditioned) at each measured point of each study run, with the
-    step of the point: 0 at x0, the epoch end for a kept iterate, steps_run at the final weights."""
+def summarize(loaded, study: config_lib.BatchSizeStudyConfig) -> dict:
+    """One study per seed, never mixed: per batch its runs, best rate and grid state; the fit and
+    its bootstrap; the noise scales. {"points": every point, "studies": [{"seed", "rows", "fit",
+    "bootstrap", "noise", "points"}, ...] by seed}."""
+    points = read_points(loaded)
+    studies = []
+    for seed in sorted({p.seed for p in points}):
+        mine = [p for p in points if p.seed == seed]
+        rows = _best_rows(mine, study)
+        fitted = [r for r in rows if r["steps"] is not None]
+        fit = bootstrap = None
+        if len(fitted) >= 2:
+            b, s = [r["batch_size"] for r in fitted], [r["steps"] for r in fitted]
+            fit = fit_critical_batch(b, s)
+            bootstrap = bootstrap_critical_batch(b, s, study.bootstrap)
+        studies.append({"seed": seed, "rows": rows, "fit": fit, "bootstrap": bootstrap, "points": mine,
+                        "noise": noise_along_training(loaded, seed)})
+    return {"points": points, "studies": studies}
+
+
+def noise_along_training(loaded, seed: int) -> list[dict]:
+    """B_simple (plain and Adam-preconditioned) at each measured point of each study run of `seed`,
+    with the step of the point: 0 at x0, the epoch end for a kept iterate, steps_run at the final
+    weights."""
+    from replication import target
+
     out = []
     for run in loaded.runs:
         parsed = config_lib.parse_study_regime(run.regime)
-        if parsed is None or not run.noise:
+        if parsed is None or not run.noise or run.seed != seed:
             continue
-        summary = run.metrics.get("target") or {}
-        per_epoch = batchsize.steps_per_epoch(int(run.metrics["num_train"]), int(run.metrics["batch_size"]))
+        summary = target.check_summary(run.metrics.get("target"), run.path / "metrics.json")
+        per_epoch = batchsize.steps_per_epoch(int(run.metrics["num_train"]), parsed[0])
         for point, measurement in run.noise.items():
             record = measurement.record
-            steps_run = int(summary.get("steps_run") or 0)
+            steps_run = summary["steps_run"]
             # A run that stopped inside epoch N kept its "epoch N" iterate where it stopped.
             step = (0 if point == "initial" else steps_run if point == "final"
                     else min(int(point.removeprefix("epoch")) * per_epoch, steps_run))
             adam = record.get("adam") or {}
-            out.append({"run": str(run.path), "batch_size": parsed[0], "multiplier": parsed[1], "point": point,
-                        "step": step, "at_target": point == "final" and bool(summary.get("reached")),
+            out.append({"seed": seed, "run": str(run.path), "batch_size": parsed[0], "multiplier": parsed[1],
+                        "point": point, "step": step, "at_target": point == "final" and summary["reached"],
                         "b_simple": record.get("b_simple"), "b_simple_se": record.get("b_simple_standard_error"),
                         "adam_b_simple": adam.get("b_simple"), "adam_b_simple_se": adam.get("b_simple_standard_error"),
                         "noise_batch": record.get("batch_size"), "noise_batches": record.get("batches"),
@@ -191,8 +266,8 @@ def noise_along_training(loaded, rows: list[dict]) -> list[dict]:
 
 
 def read_compare(loaded, compare_epochs: int) -> list[dict]:
-    """One row per fair-comparison run: batch, kind, rate, epochs and steps, accuracies, the gap
-    between training and test accuracy, and its sharpness at each measured (space, epsilon)."""
+    """One row per fair-comparison run: seed, batch, kind, rate, epochs and steps, accuracies, the
+    gap between training and test accuracy, and its sharpness at each measured (space, epsilon)."""
     out = []
     for run in loaded.runs:
         kind = batchsize.compare_kind(run.regime, compare_epochs)
@@ -200,7 +275,7 @@ def read_compare(loaded, compare_epochs: int) -> list[dict]:
             continue
         batch, multiplier, epochs, ghost = config_lib.parse_compare_regime(run.regime)
         metrics = run.metrics
-        row = {"batch_size": batch, "kind": kind, "regime": run.regime, "multiplier": multiplier,
+        row = {"seed": run.seed, "batch_size": batch, "kind": kind, "regime": run.regime, "multiplier": multiplier,
                "learning_rate": float(metrics["resolved_config"]["learning_rate"]), "epochs": epochs,
                "steps": epochs * batchsize.steps_per_epoch(int(metrics["num_train"]), batch), "ghost_batch_size": ghost,
                "train_accuracy": float(metrics["train_accuracy"]), "test_accuracy": float(metrics["test_accuracy"]),
@@ -211,12 +286,14 @@ def read_compare(loaded, compare_epochs: int) -> list[dict]:
             row[results_lib.sharpness_column("sharpness", space, epsilon)] = measurement.record.get("phi")
         out.append(row)
     order = list(batchsize.COMPARE_KINDS)
-    return sorted(out, key=lambda r: (order.index(r["kind"]), r["batch_size"]))
+    return sorted(out, key=lambda r: (r["seed"], order.index(r["kind"]), r["batch_size"]))
 
 
 def compare_gaps(rows: list[dict]) -> list[dict]:
-    """Per kind (a)-(d): the largest batch against the smallest (for (c) and (d) the smallest's
-    own (b) run, the same steps at the same rate): test accuracy difference and sharpness ratio."""
+    """Per kind (a)-(d), of one seed's rows: the largest batch against the smallest (for (c) and (d)
+    the smallest's own (b) run, the same steps at the same rate): test accuracy difference and
+    sharpness ratio. A diverged run is no minimiser: a kind whose run on either side diverged has no
+    verdict (the report counts and names them)."""
     if not rows:
         return []
     smallest, largest = min(r["batch_size"] for r in rows), max(r["batch_size"] for r in rows)
@@ -228,7 +305,7 @@ def compare_gaps(rows: list[dict]) -> list[dict]:
         reference_kind = kind if kind in ("fixed", "tuned") else "tuned"
         small = next((r for r in rows if r["kind"] == reference_kind and r["batch_size"] == smallest), None)
         large = next((r for r in rows if r["kind"] == kind and r["batch_size"] == largest), None)
-        if small is None or large is None:
+        if small is None or large is None or small["diverged"] or large["diverged"]:
             continue
         row = {"kind": kind, "small_batch": smallest, "large_batch": largest,
                "small_test_accuracy": small["test_accuracy"], "large_test_accuracy": large["test_accuracy"],
@@ -312,7 +389,7 @@ def plot_noise(summary: dict, stem: Path, title: str):
     fit, boot = summary["fit"], summary["bootstrap"]
     if fit and fit["b_crit"] is not None:
         axis.axhline(fit["b_crit"], color="tab:red", linestyle="--", label="B_crit measured (fit)")
-        if boot and boot["p16"] is not None:
+        if boot and boot["p16"] is not None and boot["p84"] is not None:
             axis.axhspan(boot["p16"], boot["p84"], color="tab:red", alpha=0.15, label="bootstrap 16-84%")
     axis.set_yscale("log")
     axis.set_xlabel("optimizer step of the reference run (0 = x0; last = target met)")
@@ -324,13 +401,16 @@ def plot_noise(summary: dict, stem: Path, title: str):
 
 
 def write_report(results_dir) -> Path:
-    """REPORT.md, the figures and the tables of a batch-size study folder, from its files alone."""
+    """REPORT.md, the figures and the tables of a batch-size study folder, from its files alone: one
+    study per seed, each fitted and reported on its own (seeds are never pooled); a folder holding
+    two networks' studies is refused (_check_one_study)."""
     root = Path(results_dir)
     loaded = results_lib.load(root)
     points = read_points(loaded)
     if not points:
         raise results_lib.ResultsError(f"no batch-size study runs (b<batch>-x<multiplier>) under {root}: "
                                        "run `python -m replication batch-size CONFIG` first")
+    _check_one_study(root, loaded)
     first = storage.read_json(points[0].path / "metrics.json")
     # The study section is not a training key, so a run records the one of its day: a comparison
     # run (made last) holds the compare_* settings its names were planned with.
@@ -344,39 +424,46 @@ def write_report(results_dir) -> Path:
     base = config.learning_rate / config.study_lr_factor(first["regime"])
     config = dataclasses.replace(config, learning_rate=float(f"{base:.12g}"))
     summary = summarize(loaded, config.batch_size_study)
+    studies, many = summary["studies"], len(summary["studies"]) > 1
     label = f"{config.network} on {first['dataset_label']}"
     tables = root / "tables"
     storage.atomic_write_csv(tables / "batch_size_steps.csv", [
-        {"batch_size": p.batch_size, "multiplier": p.multiplier, "learning_rate": p.learning_rate,
+        {"seed": p.seed, "batch_size": p.batch_size, "multiplier": p.multiplier, "learning_rate": p.learning_rate,
          "reached": int(p.reached), "steps": p.steps, "examples": p.examples, "steps_run": p.steps_run,
          "seconds_per_step": p.seconds_per_step, "train_seconds": round(p.train_seconds, 3),
          "test_accuracy": p.test_accuracy, "diverged": int(p.diverged), "run": str(p.path)} for p in points])
-    storage.atomic_write_csv(tables / "batch_size_best.csv", summary["rows"])
-    if summary["noise"]:
-        storage.atomic_write_csv(tables / "batch_size_noise.csv", summary["noise"])
+    storage.atomic_write_csv(tables / "batch_size_best.csv", [r for s in studies for r in s["rows"]])
+    if any(s["noise"] for s in studies):
+        storage.atomic_write_csv(tables / "batch_size_noise.csv", [r for s in studies for r in s["noise"]])
     compared = read_compare(loaded, config.batch_size_study.compare_epochs)
-    summary["compare"], summary["compare_gaps"] = compared, compare_gaps(compared)
     if compared:
         storage.atomic_write_csv(tables / "batch_size_compare.csv", compared)
-    figures = [plot_steps(summary, root / "batch_size_steps", f"{label}: steps, examples and time to "
-                          f"{config.target.metric} <= {config.target.value:g}")[0]]
-    if summary["noise"]:
-        figures.append(plot_noise(summary, root / "batch_size_noise", f"{config.network}: B_simple along training "
-                                  "vs the measured B_crit")[0])
+    for study in studies:
+        study["compare"] = [r for r in compared if r["seed"] == study["seed"]]
+        study["compare_gaps"] = compare_gaps(study["compare"])
+        suffix, of = (f"_seed{study['seed']}", f" (seed {study['seed']})") if many else ("", "")
+        study["figures"] = [plot_steps(study, root / f"batch_size_steps{suffix}", f"{label}{of}: steps, examples "
+                                       f"and time to {config.target.metric} <= {config.target.value:g}")[0]]
+        if study["noise"]:
+            study["figures"].append(plot_noise(study, root / f"batch_size_noise{suffix}", f"{config.network}{of}: "
+                                               "B_simple along training vs the measured B_crit")[0])
     cost = sum(p.train_seconds for p in points) + sum(r["train_seconds"] for r in compared)
     noise_cost = sum(float(m.record.get("wall_seconds") or 0) for run in loaded.runs for m in run.noise.values())
-    record = {"fit": summary["fit"], "bootstrap": summary["bootstrap"], "rows": summary["rows"],
-              "noise": summary["noise"], "compare": compared, "compare_gaps": summary["compare_gaps"],
-              "runs": len(points) + len(compared), "train_seconds_total": round(cost, 1), "noise_seconds_total": round(noise_cost, 1),
+    measure_cost = noise_cost + sum(float(m.record.get("wall_seconds") or 0) for run in loaded.runs for m in run.sharpness.values()
+                      if batchsize.compare_kind(run.regime, config.batch_size_study.compare_epochs))
+    per_seed = [{key: s[key] for key in ("seed", "fit", "bootstrap", "rows", "noise", "compare", "compare_gaps")}
+                for s in studies]
+    record = {"seeds": [s["seed"] for s in studies],
+              # One seed: its study's keys at the top, as before seeds were kept apart.
+              **({"studies": per_seed} if many else per_seed[0]),
+              "runs": len(points) + len(compared), "train_seconds_total": round(cost, 1),
+              "noise_seconds_total": round(noise_cost, 1), "measure_seconds_total": round(measure_cost, 1),
               "target": dataclasses.asdict(config.target), "study": dataclasses.asdict(config.batch_size_study),
               # Each run's own learning rate and the target are stated in their own places.
               "deviations": sorted({d for p in points for d in storage.read_json(p.path / "metrics.json")["deviations"]
                                     if not d.startswith(("learning rate ", "stopped at a target"))})}
-    noise_cost += sum(float(m.record.get("wall_seconds") or 0) for run in loaded.runs for m in run.sharpness.values()
-                      if batchsize.compare_kind(run.regime, config.batch_size_study.compare_epochs))
-    record["measure_seconds_total"] = round(noise_cost, 1)
     storage.atomic_write_json(root / SUMMARY_FILE, record)
-    text = _markdown(config, label, summary, record, figures, root)
+    text = _markdown(config, label, summary, record, root)
     storage.atomic_write_text(root / REPORT_FILE, text)
     return root / REPORT_FILE
 
@@ -385,26 +472,175 @@ def _ratio(predicted, measured) -> str:
     return "-" if predicted is None or measured is None else f"{predicted / measured:.2f}"
 
 
-def _markdown(config, label: str, summary: dict, record: dict, figures: list[Path], root: Path) -> str:
-    rows, fit, boot, noise = summary["rows"], summary["fit"], summary["bootstrap"], summary["noise"]
+def _bound(boot: dict | None, key: str) -> str:
+    """A bootstrap percentile in words: its value, or which side is unbounded (not measured)."""
+    if boot and key in boot.get("unbounded", {}):
+        return "no upper bound" if boot["unbounded"][key] == "above" else "no lower bound"
+    return _fmt(boot and boot.get(key))
+
+
+def _interval(boot: dict | None, low: str, high: str) -> str:
+    a, b = _bound(boot, low), _bound(boot, high)
+    return f"{a} to {b}" if boot and {low, high} & set(boot.get("unbounded", {})) else f"{a}-{b}"
+
+
+def _bootstrap_words(boot: dict) -> str:
+    """The bootstrap's counts and percentiles (bootstrap_critical_batch), in words."""
+    if not boot["resamples"]:
+        return "no bootstrap resamples"
+    sides = [(boot["unresolved_above"], "steps falling at least as fast as 1/B (B_crit beyond their largest batch)"),
+             (boot["unresolved_below"], "steps not falling as the batch grew (B_crit below their smallest batch)")]
+    sides = [(count, words) for count, words in sides if count]
+    text = f"bootstrap over the batch sizes: {boot['resolved']} of {boot['resamples']} resamples resolved a B_crit"
+    if len(sides) == 1:
+        text += f"; {boot['unresolved']} did not, with {sides[0][1]}"
+    elif sides:
+        text += f"; {boot['unresolved']} did not: {' and '.join(f'{c} with {w}' for c, w in sides)}"
+    text += "; "
+    text += (f"median {_bound(boot, 'median')}, 16-84% {_interval(boot, 'p16', 'p84')}, 2.5-97.5% "
+             f"{_interval(boot, 'p2_5', 'p97_5')}")
+    if boot["unbounded"]:
+        text += ("; every resample is ranked, an unresolved one at its side, so a bound that falls among them is "
+                 "not measured")
+    return text
+
+
+# Generated sentences: each is chosen by the numbers it describes (issue 23 item 4) ----------------
+TREND_FACTOR = 1.25  # B_simple changing by less than this factor, either way, is "about the same"
+
+
+def _series(rows: list[dict], key: str) -> list[dict]:
+    return [r for r in rows if r[key] is not None and math.isfinite(r[key])]
+
+
+def _moved(a: dict, b: dict, key: str) -> bool:
+    """Whether `key` differs between two noise rows by at least TREND_FACTOR and by more than two
+    standard errors of the difference (a missing standard error counts as 0)."""
+    x, y = a[key], b[key]
+    if x <= 0 or y <= 0:
+        return x != y
+    spread = math.hypot(a[key + "_se"] or 0, b[key + "_se"] or 0)
+    return abs(math.log(y / x)) >= math.log(TREND_FACTOR) and abs(y - x) > 2 * spread
+
+
+def _trend_words(rows: list[dict], key: str, name: str) -> tuple[str, bool] | None:
+    """How `key` changed along one run's noise rows, from x0 to where the target was met: (words,
+    whether it moved). "grew" or "fell" where the change passes _moved, else "stayed about the
+    same"; a point between them outside both ends (by _moved) is named, as the path was not monotone."""
+    series = _series(rows, key)
+    start = next((r for r in series if r["point"] == "initial"), None)
+    end = next((r for r in series if r["at_target"]), None)
+    if start is None or end is None:
+        return None
+    x, y = start[key], end[key]
+    moved = _moved(start, end, key)
+    if moved:
+        words = f"{name} {'grew' if y > x else 'fell'} from {_fmt(x)} at x0 to {_fmt(y)} (x{y / x:.2g})"
+    else:
+        words = (f"{name} stayed about the same ({_fmt(x)} at x0, {_fmt(y)} at the target: a change under "
+                 f"{TREND_FACTOR:g}-fold or within two standard errors)")
+    between = [r for r in series if r is not start and r is not end]
+    low = min(between, key=lambda r: r[key], default=None)
+    high = max(between, key=lambda r: r[key], default=None)
+    lowest, highest = (start, end) if x <= y else (end, start)
+    if low is not None and low[key] < lowest[key] and _moved(lowest, low, key):
+        words += f", after falling to {_fmt(low[key])} at step {low['step']} on the way"
+        moved = True
+    elif high is not None and high[key] > highest[key] and _moved(highest, high, key):
+        words += f", after rising to {_fmt(high[key])} at step {high['step']} on the way"
+        moved = True
+    return words, moved
+
+
+def noise_trend(rows: list[dict]) -> str | None:
+    """The sentence on how B_simple (plain and Adam-preconditioned) changed along the reference run
+    (its noise rows), chosen by each change's sign and size (_trend_words); None without both x0
+    and the point where the target was met."""
+    parts = [t for t in (_trend_words(rows, "b_simple", "the plain B_simple"),
+                         _trend_words(rows, "adam_b_simple", "the Adam-preconditioned one")) if t]
+    if not parts:
+        return None
+    text = f"From x0 to where the target was met, {'; '.join(words for words, _ in parts)}. "
+    if any(moved for _, moved in parts):
+        return text + "It depends on where along training it is measured: measure it near the loss you train to."
+    return text + "Along this run it hardly moved, so where it is measured matters little here."
+
+
+def best_rate_words(points: list[Point], rows: list[dict], config) -> str | None:
+    """The sentence on the best learning rate per batch, and whether the scaling rule's own value
+    (multiplier 1) would have done as well: it names each batch where 1x took more steps or never
+    reached the target, or says the rule alone was enough on this grid."""
+    best = [r for r in rows if r["best_multiplier"] is not None]
+    if not best:
+        return None
+    study = config.batch_size_study
+    multipliers = ", ".join(f"{r['best_multiplier']:g}x" for r in best)
+    text = (f"- The best learning rate per batch was {multipliers} the "
+            f"{study.lr_scaling}-rule value (learning_rate {config.learning_rate:g} x "
+            f"(B / {config.sb_batch_size})^{config_lib.LR_SCALINGS[study.lr_scaling]:g})")
+    lost, tried = [], 0
+    for r in best:
+        rule = next((p for p in points if p.batch_size == r["batch_size"] and p.multiplier == 1.0), None)
+        if rule is None:
+            continue
+        tried += 1
+        if rule.steps is None:
+            lost.append(f"batch {r['batch_size']} (never reached the target; {r['steps']} steps at {r['best_multiplier']:g}x)")
+        elif rule.steps > r["steps"]:
+            lost.append(f"batch {r['batch_size']} ({rule.steps} against {r['steps']} steps)")
+    if lost:
+        return text + f"; the rule's own value (1x) took more steps at {', '.join(lost)}: tune it at every batch size."
+    if tried:
+        return text + "; the rule's own value (1x) was as fast as the best at every batch where it ran: on this grid the rule alone was enough."
+    return text + "."
+
+
+def _markdown(config, label: str, summary: dict, record: dict, root: Path) -> str:
+    studies = summary["studies"]
+    many = len(studies) > 1
+    lines = [f"# How to choose the batch size: {label}", "",
+             f"Every number below is read from the run directories under `{root}` (rebuild: "
+             f"`python -m replication report {root}`; train: `python -m replication batch-size CONFIG`).", ""]
+    if many:
+        lines += [f"This folder holds the study of {len(studies)} seeds ({', '.join(str(s['seed']) for s in studies)}). "
+                  "Each seed is fitted and reported on its own, from its own runs, below; none is pooled, and no "
+                  "seed-to-seed spread is computed here.", ""]
+    for study in studies:
+        if many:
+            lines += [f"## Seed {study['seed']}", ""]
+        lines += _study_markdown(config, study, summary, record, "###" if many else "##",
+                                 f"seed {study['seed']} alone" if many else "one seed")
+    lines += ["## Cost and provenance", "",
+              f"{record['runs']} runs; training time summed over their epochs {record['train_seconds_total']:.0f} s "
+              f"(evaluations included), noise-scale and sharpness measurements {record['measure_seconds_total']:.0f} s "
+              f"({_device(summary)}; process start-ups and waits for a shared CPU not counted). Tables: "
+              "`tables/batch_size_steps.csv` (every run), `tables/batch_size_best.csv` (best per batch), "
+              "`tables/batch_size_noise.csv`, `tables/batch_size_compare.csv` (the fair comparison); everything in "
+              "`batch_size.json`. Each run's checks: `<run>/target.csv`.", ""]
+    return "\n".join(lines)
+
+
+def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, alone: str) -> list[str]:
+    """The sections of one seed's study; `h` their heading level, `alone` how its seeds are named
+    ("one seed" where the folder has one, else "seed N alone")."""
+    rows, fit, boot, noise, figures = study["rows"], study["fit"], study["bootstrap"], study["noise"], study["figures"]
     target = config.target
+    loss = "training loss" if target.metric == "train_loss" else "training error"
     reached = [r for r in rows if r["steps"] is not None]
     b_crit = fit["b_crit"] if fit else None
-    at_x0 = next((r for r in noise if r["point"] == "initial"), None)
     at_target = next((r for r in noise if r["at_target"]), None)
+    reference = [r for r in noise if at_target and r["run"] == at_target["run"]]
+    at_x0 = next((r for r in reference if r["point"] == "initial"), None)
     timed = [r for r in reached if r["seconds_to_target"] is not None]
     fastest = min(timed, key=lambda r: r["seconds_to_target"]) if timed else None
     capped = [r for r in rows if r["grid"].startswith(("capped", "unfinished", "none"))]
-    lines = [f"# How to choose the batch size: {label}", "",
-             f"Every number below is read from the run directories under `{root}` (rebuild: "
-             f"`python -m replication report {root}`; train: `python -m replication batch-size CONFIG`).", "",
-             "## In plain words", ""]
+    lines = [f"{h} In plain words", ""]
     if b_crit is not None:
         lines.append(
             f"- The measured critical batch size is **B_crit = {_fmt(b_crit)}** (bootstrap 16-84%: "
-            f"{_fmt(boot and boot['p16'])}-{_fmt(boot and boot['p84'])}). Well below it, doubling the batch "
-            "nearly halves the steps to the same training loss at about the same number of examples, so a "
-            "larger batch is nearly free in compute and, where a step of it takes about the same time, "
+            f"{_interval(boot, 'p16', 'p84')}). By the fitted curve S = S_min (1 + B_crit / B), well below it "
+            f"doubling the batch nearly halves the steps to the same {loss} at about the same number of examples, "
+            "so a larger batch is nearly free in compute and, where a step of it takes about the same time, "
             f"faster. At B = B_crit it takes twice the fewest steps possible (S_min = {_fmt(fit['s_min'])}) "
             "and twice the fewest examples; beyond it, each doubling costs many more examples for few "
             "steps saved."
@@ -414,17 +650,17 @@ def _markdown(config, label: str, summary: dict, record: dict, figures: list[Pat
     elif len(reached) < 2:
         lines.append(f"- Not enough batch sizes reached the target yet ({len(reached)}) to fit a critical batch size.")
     else:
-        lines.append("- The fit resolved no critical batch size: steps to the target still fall as 1/B over "
-                     "the batches measured (B_crit is beyond the largest batch), or the points do not follow "
-                     "S = S_min (1 + B_crit / B).")
-    if at_x0 and at_target and b_crit:
+        lines.append(f"- The fit resolved no critical batch size: {unresolved_reason(fit)}.")
+    if at_target and b_crit:
         lines.append(
             f"- The gradient noise scale B_simple, measured where the reference run meets the target, predicts "
             f"{_ratio(at_target['b_simple'], b_crit)} x the measured B_crit ({_fmt(at_target['b_simple'])}); with "
             f"Adam's preconditioner applied, {_ratio(at_target['adam_b_simple'], b_crit)} x "
-            f"({_fmt(at_target['adam_b_simple'])}). At x0 it predicts only {_ratio(at_x0['b_simple'], b_crit)} x "
-            f"({_fmt(at_x0['b_simple'])}; preconditioned {_ratio(at_x0['adam_b_simple'], b_crit)} x): it grows as "
-            "the loss falls, so measure it near the loss you train to, not at the start.")
+            f"({_fmt(at_target['adam_b_simple'])})."
+            + (f" Measured at x0 instead, it would predict {_ratio(at_x0['b_simple'], b_crit)} x "
+               f"(preconditioned {_ratio(at_x0['adam_b_simple'], b_crit)} x)." if at_x0 else ""))
+    if (trend := noise_trend(reference)) is not None:
+        lines.append(f"- {trend}")
     if fastest:
         lines.append(f"- On this machine ({_device(summary)}) the fastest batch to the target was "
                      f"**{fastest['batch_size']}** ({fastest['seconds_to_target']:.3g} s of training).")
@@ -432,33 +668,33 @@ def _markdown(config, label: str, summary: dict, record: dict, figures: list[Pat
     if len(accuracies) >= 2:
         (b0, a0), (b1, a1) = accuracies[0], accuracies[-1]
         spread = max(a for _, a in accuracies) - min(a for _, a in accuracies)
-        lines.append(f"- Stopped at the same training loss with its best learning rate, every batch generalised "
+        lines.append(f"- Stopped at the same {loss} with its best learning rate, every batch generalised "
                      f"about alike: test accuracy {a0:.2f}% at batch {b0} and {a1:.2f}% at batch {b1} (range "
-                     f"{spread:.2f} points over {len(accuracies)} batch sizes; one seed, so differences of a few "
+                     f"{spread:.2f} points over {len(accuracies)} batch sizes; {alone}, so differences of a few "
                      "tenths are within noise). This is a fair comparison in steps and learning rate at an "
                      "early target, not the paper's 100-epoch regime." if spread < 1 else
-                     f"- Stopped at the same training loss with its best learning rate, test accuracy was {a0:.2f}% "
+                     f"- Stopped at the same {loss} with its best learning rate, test accuracy was {a0:.2f}% "
                      f"at batch {b0} and {a1:.2f}% at batch {b1} (range {spread:.2f} points over "
-                     f"{len(accuracies)} batch sizes; one seed).")
-    best_ms = [r["best_multiplier"] for r in reached]
-    if best_ms:
-        lines.append(f"- The best learning rate per batch was {', '.join(f'{m:g}x' for m in best_ms)} the "
-                     f"{config.batch_size_study.lr_scaling}-rule value (learning_rate {config.learning_rate:g} x "
-                     f"(B / {config.sb_batch_size})^{config_lib.LR_SCALINGS[config.batch_size_study.lr_scaling]:g}); "
-                     "tune it at every batch size: a rule alone left steps on the table.")
-    lines += _compare_plain(summary.get("compare_gaps") or [], _sharpness_key(summary.get("compare") or []))
+                     f"{len(accuracies)} batch sizes; {alone}).")
+    if (rate := best_rate_words(study["points"], rows, config)) is not None:
+        lines.append(rate)
+    lines += _compare_plain(study["compare_gaps"], _sharpness_key(study["compare"]), alone,
+                            [r for r in study["compare"] if r["diverged"]])
+    seeds = ("one seed, so no seed-to-seed spread of steps to target" if alone == "one seed" else
+             f"{alone} here: the folder's seeds are each fitted on their own, never pooled, and no seed-to-seed "
+             "spread of steps to target is computed")
     lines += ["- Limits: " + "; ".join(record["deviations"] + [
         f"target {target.metric} <= {target.value:g} on the first {target.eval_subset} training examples, "
         + (f"checked every {target.every_examples} examples (every max(1, {target.every_examples} / B) steps; "
            "steps to target are known to within that interval, the table's 'check')" if target.every_examples
            else f"checked every {target.every_steps} steps (steps to target are known to within {target.every_steps})"),
-        "one seed, so no seed-to-seed spread of steps to target",
+        seeds,
         "B_simple measured with mini-batches of sb_batch_size under batch-statistics batch norm; the Adam "
         "preconditioner is estimated from those mini-batch gradients, not the run's own second moment"]
         + _nondeterministic(summary)
         + ([f"grid not interior at batch {', '.join(str(r['batch_size']) for r in capped)} "
             f"({', '.join(r['grid'] for r in capped)})"] if capped else [])) + ".", ""]
-    lines += ["## Steps and examples to the target", "",
+    lines += [f"{h} Steps and examples to the target", "",
               f"![steps to target]({figures[0].name})", "",
               "| batch | rates tried (x rule) | steps per rate (- = not reached) | best | grid | lr | steps S | "
               "check | examples E | s/step | s to target | test acc. at target (%) |",
@@ -476,21 +712,16 @@ def _markdown(config, label: str, summary: dict, record: dict, figures: list[Pat
               f"trained beyond that edge, up to {config.batch_size_study.max_extensions} per side (Shallue et al. "
               "2019). Time per step is each best run's own (its trace, first check interval left out), "
               "so it includes input handling on this machine.", ""]
-    lines += ["## The critical batch size: measured and predicted", ""]
+    lines += [f"{h} The critical batch size: measured and predicted", ""]
     if fit and b_crit is None:
         lines += [f"Fit of S = S_min (1 + B_crit / B) (McCandlish et al. 2018, eq. 2.11) to the best steps of "
                   f"{len(reached)} batch sizes: no critical batch size resolved ({unresolved_reason(fit)})"
-                  + (f"; {boot['unresolved']} of {boot['resamples']} bootstrap resamples resolved none"
-                     if boot else "") + ".", ""]
+                  + (f"; {_bootstrap_words(boot)}" if boot else "") + ".", ""]
     elif fit:
         lines += [f"Fit of S = S_min (1 + B_crit / B) (McCandlish et al. 2018, eq. 2.11) to the best steps of "
                   f"{len(reached)} batch sizes, least squares on relative residuals of S against 1/B: "
                   f"S_min = {_fmt(fit['s_min'])}, E_min = {_fmt(fit['e_min'])}, **B_crit = E_min / S_min = "
-                  f"{_fmt(b_crit)}**" + (f" (bootstrap over the batch sizes, {boot['resamples']} resamples: "
-                                          f"median {_fmt(boot['median'])}, 16-84% {_fmt(boot['p16'])}-"
-                                          f"{_fmt(boot['p84'])}, 2.5-97.5% {_fmt(boot['p2_5'])}-"
-                                          f"{_fmt(boot['p97_5'])} of the resamples that resolved one; {boot['unresolved']} "
-                                          "resolved none, i.e. steps still falling as 1/B)" if boot else "") + ".", ""]
+                  f"{_fmt(b_crit)}**" + (f" ({_bootstrap_words(boot)})" if boot else "") + ".", ""]
     else:
         lines += [f"Not measured: {len(reached)} batch size{'s' if len(reached) != 1 else ''} reached the target, "
                   "and the fit needs two.", ""]
@@ -506,9 +737,9 @@ def _markdown(config, label: str, summary: dict, record: dict, figures: list[Pat
                          f"{r['step']} | {_fmt(r['b_simple'])} ± {_fmt(r['b_simple_se'])} | "
                          f"{_fmt(r['adam_b_simple'])} ± {_fmt(r['adam_b_simple_se'])} | "
                          f"{_ratio(r['b_simple'], b_crit)} | {_ratio(r['adam_b_simple'], b_crit)} |")
-        if at_target and b_crit:
+        if at_target and b_crit and (at_target["b_simple"] or at_target["adam_b_simple"]):
             plain, adam = at_target["b_simple"], at_target["adam_b_simple"]
-            closer = ("the plain gradient's" if adam is None or (plain and abs(math.log(plain / b_crit)) <=
+            closer = ("the plain gradient's" if not adam or (plain and abs(math.log(plain / b_crit)) <=
                       abs(math.log(adam / b_crit))) else "the Adam-preconditioned")
             lines += ["", f"At the point where the reference run meets the target, {closer} noise scale is the "
                       "closer prediction of the measured B_crit."]
@@ -516,16 +747,9 @@ def _markdown(config, label: str, summary: dict, record: dict, figures: list[Pat
                   f"mini-batches of {noise[0]['noise_batch']} of {noise[0]['noise_examples']} training examples "
                   "(± jackknife standard error), on the best run at the batch nearest sb_batch_size; the "
                   "preconditioned one applies Adam's 1 / (sqrt(v) + eps) to every mini-batch gradient.", ""]
-    unranked = [r["batch_size"] for r in summary["rows"] if r["best_multiplier"] is None]
-    lines += _compare_section(summary.get("compare") or [], summary.get("compare_gaps") or [], config, unranked)
-    lines += [              "## Cost and provenance", "",
-              f"{record['runs']} runs; training time summed over their epochs {record['train_seconds_total']:.0f} s "
-              f"(evaluations included), noise-scale and sharpness measurements {record['measure_seconds_total']:.0f} s "
-              f"({_device(summary)}; process start-ups and waits for a shared CPU not counted). Tables: `tables/batch_size_steps.csv` (every run), `tables/batch_size_best.csv` "
-              "(best per batch), `tables/batch_size_noise.csv`, `tables/batch_size_compare.csv` (the fair "
-              "comparison); everything in `batch_size.json`. Each run's checks: "
-              "`<run>/target.csv`.", ""]
-    return "\n".join(lines)
+    unranked = [r["batch_size"] for r in rows if r["best_multiplier"] is None]
+    lines += _compare_section(study["compare"], study["compare_gaps"], config, unranked, h)
+    return lines
 
 
 def _sharpness_key(rows: list[dict]) -> str | None:
@@ -536,10 +760,17 @@ def _sharpness_key(rows: list[dict]) -> str | None:
     return keys[0] if keys else None
 
 
-def _compare_plain(gaps: list[dict], key: str | None) -> list[str]:
-    """The plain-words line of the fair comparison; `key`: the sharpness column (_sharpness_key)."""
+def _diverged_words(diverged: list[dict]) -> str:
+    return (f"{len(diverged)} diverged run{'s' if len(diverged) != 1 else ''} ({', '.join(r['regime'] for r in diverged)}) "
+            "left out: a diverged run is no minimiser, so no comparison uses it.")
+
+
+def _compare_plain(gaps: list[dict], key: str | None, alone: str, diverged: list[dict]) -> list[str]:
+    """The plain-words line of the fair comparison; `key`: the sharpness column (_sharpness_key);
+    `diverged`: the comparison's diverged runs (compare_gaps leaves them out), counted and named."""
     if not gaps:
-        return []
+        return [f"- Generalisation once steps and learning rate are fair: no comparison. {_diverged_words(diverged)}"] \
+            if diverged else []
     by_kind = {g["kind"]: g for g in gaps}
     parts = []
     for kind, g in by_kind.items():
@@ -554,14 +785,16 @@ def _compare_plain(gaps: list[dict], key: str | None) -> list[str]:
         verdict = (f" Giving the large batch a tuned rate{' and the same steps' if 'steps' in by_kind else ''} "
                    f"moved its gap by {shrink:+.2f} points.")
     return [f"- Generalisation once steps and learning rate are fair: test accuracy of batch {first['large_batch']} "
-            f"minus batch {first['small_batch']}, {'; '.join(parts)}.{verdict} One seed: differences under about a "
-            "point are within seed-to-seed noise for these networks (the paper's Table 2 test-accuracy standard deviations over 5 seeds are 0.07-1.05 points)."]
+            f"minus batch {first['small_batch']}, {'; '.join(parts)}.{verdict}"
+            + (f" {_diverged_words(diverged)}" if diverged else "")
+            + f" {alone[0].upper() + alone[1:]}: differences under about a point are within seed-to-seed noise for "
+            "these networks (the paper's Table 2 test-accuracy standard deviations over 5 seeds are 0.07-1.05 points)."]
 
 
-def _compare_section(rows: list[dict], gaps: list[dict], config, unranked: list[int]) -> list[str]:
+def _compare_section(rows: list[dict], gaps: list[dict], config, unranked: list[int], h: str = "##") -> list[str]:
     """`unranked`: the study's batches where no rate reached the target, so (b)-(d) have no rate there."""
     study = config.batch_size_study
-    lines = ["## Generalisation once steps and learning rate are fair", ""]
+    lines = [f"{h} Generalisation once steps and learning rate are fair", ""]
     missing = [batchsize.COMPARE_KINDS[kind] for kind in batchsize.COMPARE_KINDS
                if (kind != "ghost" or study.compare_ghost_batch_size) and not any(r["kind"] == kind for r in rows)]
     if not rows:
@@ -594,6 +827,8 @@ def _compare_section(rows: list[dict], gaps: list[dict], config, unranked: list[
                          f"{g['large_test_accuracy']:.2f} (B={g['large_batch']}) | {g['test_accuracy_difference']:+.2f} | "
                          f"{g['small_steps']} / {g['large_steps']} | {_fmt(ratio) if ratio is not None else '-'} |")
         lines += ["", "For (c) and (d) the small batch's row is its own (b) run: the same steps at its tuned rate."]
+    if diverged := [r for r in rows if r["diverged"]]:
+        lines += ["", _diverged_words(diverged)[0].upper() + _diverged_words(diverged)[1:]]
     blocked = [b for b in study.compare_batch_sizes if b in unranked]
     if missing and blocked:
         lines += ["", f"Not run: {'; '.join(missing)}. They train at the study's best rate for each compared "
@@ -603,8 +838,8 @@ def _compare_section(rows: list[dict], gaps: list[dict], config, unranked: list[
         lines += ["", f"Not finished here: {'; '.join(missing)} (`python -m replication batch-size CONFIG` "
                   "trains what is missing and resumes)."]
     if key is None:
-        lines += ["", "No sharpness has been measured on these minimisers yet: the same command measures it "
-                  "after training (the study ran out of time first)."]
+        lines += ["", "No sharpness has been measured on these minimisers yet: `python -m replication batch-size "
+                  "CONFIG` measures it after training."]
     return lines + [""]
 
 

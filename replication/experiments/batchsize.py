@@ -18,7 +18,8 @@ trains and measures (steps 1, 3, 5), replication/analysis/batchsize_report.py fi
 2. The critical batch size (McCandlish et al. 2018, eq. 2.11): S = S_min (1 + B_crit / B) is
    linear in 1/B (S = S_min + S_min B_crit / 1/B), fitted by least squares on relative residuals
    to the best (B, S) of every batch that reached the target (`fit_critical_batch`); B_crit =
-   E_min / S_min. Its uncertainty: a bootstrap over the batch sizes (percentiles of the refits).
+   E_min / S_min; a fitted term within round-off of zero resolves none. Its uncertainty: a bootstrap
+   over the batch sizes (percentiles of the refits; one that resolves none ranks at its side).
 3. The prediction: B_simple (replication/measure/noise.py) of the reference run (the best run at the
    batch nearest sb_batch_size) at x0, at each kept iterate and where it met the target (its final
    weights), plain and with Adam's preconditioner; the ratio predicted / measured.
@@ -84,15 +85,17 @@ def next_multiplier(steps: dict[float, float | None], study: config_lib.BatchSiz
 # Training the study -------------------------------------------------------------------------------
 def run_steps(config: config_lib.Config, batch: int, seed: int) -> dict[float, float | None]:
     """multiplier -> steps to the target of each finished run at `batch` (None: not reached)."""
-    from replication import train
+    from replication import target, train
 
     out = {}
     for multiplier in config.batch_size_study.multipliers():
         regime = config_lib.study_regime(batch, multiplier)
         path = train.run_directory(config, regime, seed) / "metrics.json"
         if path.exists():
-            target = storage.read_json(path).get("target") or {}
-            out[multiplier] = target.get("steps")
+            # The next run to train is decided from this number: a hand-edited one is refused.
+            steps = (storage.read_json(path).get("target") or {}).get("steps")
+            out[multiplier] = target.number(steps, path, "target.steps", target.STUDY_FIX.format(run=path.parent),
+                                            integer=True, low=0, above=True, optional=True)
     return out
 
 
@@ -131,6 +134,22 @@ def _check_study(config: config_lib.Config) -> None:
     if config.stopping != "target":
         raise config_lib.ConfigError(f"profile {config.profile} has stopping {config.stopping!r}: the batch-size "
                                      "study needs stopping: target and a target.value")
+    _check_backend(config)
+
+
+def _check_backend(config: config_lib.Config) -> None:
+    """Refuse, before anything trains, a results_dir that holds runs of the other Keras backend: each
+    backend draws its own x0, and the report refuses a folder of both, so continuing a study under
+    the other backend would train runs that can never be reported beside the first ones."""
+    from replication import backend, train
+
+    here = backend.name()
+    for path in sorted(Path(config.results_dir).glob("*/*/seed*/config.yaml")):
+        made = (storage.read_yaml(path).get("run") or {}).get("backend") or "tensorflow"  # before the JAX port
+        if made != here:
+            raise train.RunError(f"{config.results_dir} holds a study started under the {made} backend "
+                                 f"({path.parent}), and this process runs {here}: set KERAS_BACKEND={made} "
+                                 "to continue it, or give this config another results_dir")
 
 
 def reference_batch(config: config_lib.Config) -> int:
