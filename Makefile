@@ -19,10 +19,19 @@ SETUP := $(VENV)/.installed
 else
 SETUP :=
 endif
+# Several GPUs on one node: GPUS="0 1 2 3" make -j4 reproduce gives each training and measurement
+# recipe a GPU of its own (the slot wrapper, replication/slot.py); SLOTS_PER_GPU=2 lets two jobs
+# share each GPU (memory preallocation off). Inside a Slurm allocation instead:
+# make -j8 reproduce RUN="srun --exclusive -n1 --gres=gpu:1". Reports take no GPU. docs/cluster.md.
+GPUS ?=
+SLOTS_PER_GPU ?= 1
+ifneq ($(strip $(GPUS)),)
+RUN ?= $(PY) -m replication slot --gpus "$(GPUS)" --per-gpu $(SLOTS_PER_GPU) --
+endif
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONUNBUFFERED := 1
 
-.PHONY: test test-jax quick verify-quick hessian-quick sweep iterates remedies reproduce warmstart paper-gpu official official-cpu report bench batch-size-report
+.PHONY: test test-jax quick verify-quick hessian-quick sweep iterates remedies reproduce warmstart paper-gpu official official-cpu official-cpu-cifar10 paper-cpu report bench batch-size-report
 .DELETE_ON_ERROR:
 
 $(VENV)/.installed: requirements.txt
@@ -76,6 +85,12 @@ endif
 ifneq ($(filter official-cpu,$(MAKECMDGOALS)),)
 include .cache/official-cpu.mk
 endif
+ifneq ($(filter official-cpu-cifar10,$(MAKECMDGOALS)),)
+include .cache/official-cpu-cifar10.mk
+endif
+ifneq ($(filter paper-cpu,$(MAKECMDGOALS)),)
+include .cache/paper-cpu.mk
+endif
 
 quick: quick-all
 sweep: sweep-all
@@ -86,6 +101,8 @@ warmstart: warmstart-all
 paper-gpu: paper-gpu-all
 official: official-all
 official-cpu: official-cpu-all
+official-cpu-cifar10: official-cpu-cifar10-all
+paper-cpu: paper-cpu-all
 
 # Profiles with finished runs: results/<profile>/<network>_<dataset>/<regime>/seed<N>/metrics.json
 PROFILES = $(sort $(foreach f,$(wildcard results/*/*/*/seed*/metrics.json),$(word 2,$(subst /, ,$f))))

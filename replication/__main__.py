@@ -100,6 +100,46 @@ def _iterates(args):
         print(iterates.measure(run_dir, args.force))
 
 
+def _matched(args):
+    _start_keras()
+    from replication.measure import matched
+
+    for run_dir in args.run_dir:
+        print(matched.measure(run_dir, args.levels, args.patiences, args.epsilon and [args.epsilon],
+                              args.space and [args.space], args.force))
+
+
+def _budget(args):
+    _start_keras()
+    from replication.measure import budget
+
+    for run_dir in args.run_dir:
+        for path in budget.measure(run_dir, args.iterations, args.restarts, [args.epsilon], [args.space],
+                                   args.force):
+            print(path)
+
+
+def _positive_list(kind):
+    """argparse type: a comma-separated list of positive numbers of `kind` (one line if not)."""
+    def parse(text):
+        try:
+            values = [kind(v) for v in text.split(",")]
+        except ValueError:
+            values = []
+        if not values or not all(v > 0 for v in values):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive "
+                                             f"{kind.__name__}s (e.g. {'0.1,0.01' if kind is float else '2,5'})")
+        return values
+    return parse
+
+
+def _count(text):
+    """argparse type: an integer >= 0."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
+    return int(text)
+
+
 def _hessian(args):
     _start_keras()
     from replication.measure import hessian
@@ -199,6 +239,34 @@ def _bench(args):
     print(bench.run(args.out, quick=args.quick, networks=args.networks))
 
 
+def _slot(args):
+    from replication import slot
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    try:
+        slot.run(args.gpus, args.per_gpu, command)
+    except slot.SlotError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _launch(args):
+    from replication import config as config_lib
+    from replication import launch, storage
+
+    for path in args.configs:  # every config checked before Keras starts
+        config_lib.load(path)
+    folder = args.logs or str(storage.cache_directory() / "launch" / "%j")
+    try:
+        executors = launch.slurm_executors(folder, args.partition, args.time, args.gres, args.parallel,
+                                           args.sbatch_flag, "replication")
+        _start_keras()
+        return launch.launch(args.configs, executors, args.poll)
+    except launch.LaunchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m replication", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -251,6 +319,32 @@ def main(argv=None) -> int:
     p.add_argument("run_dir", nargs="+")
     p.add_argument("--force", action="store_true", help="recompute even if a result with these settings exists")
     p.set_defaults(func=_iterates)
+
+    p = sub.add_parser("matched", help="sharpness at matched training loss and at the plateau rule's stop: "
+                       "f and phi at the kept iterates nearest each loss level, where `stopping: plateau` "
+                       "would stop, and the final one (runs with keep_every: 1); writes "
+                       "RUN_DIR/iterates/matched.json (printed)")
+    p.add_argument("run_dir", nargs="+")
+    p.add_argument("--levels", type=_positive_list(float), default=[0.1, 0.03, 0.01, 0.003],
+                   metavar="0.1,0.03,...", help="training cross-entropy levels (default 0.1,0.03,0.01,0.003)")
+    p.add_argument("--patiences", type=_positive_list(int), default=[2, 5, 10], metavar="2,5,10",
+                   help="plateau patiences, in epochs (default 2,5,10)")
+    p.add_argument("--epsilon", type=float, help="one epsilon (default: config sharpness.epsilons)")
+    p.add_argument("--space", choices=("full", "random"), help="one space (default: config sharpness.spaces)")
+    p.add_argument("--force", action="store_true", help="recompute even if a result with these settings exists")
+    p.set_defaults(func=_matched)
+
+    p = sub.add_parser("budget", help="the solver's budget: phi at a run's final weights with more L-BFGS-B "
+                       "iterations and from random starts; writes RUN_DIR/sharpness/budget/*.json")
+    p.add_argument("run_dir", nargs="+")
+    p.add_argument("--iterations", type=_positive_list(int), default=[10, 50, 200], metavar="10,50,200",
+                   help="iteration caps, each from y = 0 (default 10,50,200)")
+    p.add_argument("--restarts", type=_count, default=3, help="random starts in the box at the smallest cap "
+                   "(default 3; 0: none)")
+    p.add_argument("--epsilon", type=float, default=1e-3, help="epsilon (default 1e-3)")
+    p.add_argument("--space", choices=("full", "random"), default="full", help="space (default full)")
+    p.add_argument("--force", action="store_true", help="recompute even if a result with these settings exists")
+    p.set_defaults(func=_budget)
 
     p = sub.add_parser("hessian", help="top eigenvalue and trace of the Hessian of f, Metric 2.1 over draws "
                        "of A, filter-normalised slices of f (Li et al. 2018), and each under function-preserving "
@@ -330,6 +424,32 @@ def main(argv=None) -> int:
     p.add_argument("second")
     p.add_argument("--rtol", type=float, default=0.0, help="relative tolerance (default 0: exact)")
     p.set_defaults(func=_diff)
+
+    p = sub.add_parser("slot", help="run COMMAND on a GPU of its own (make -j on a multi-GPU node: the "
+                       "Makefile's GPUS=...): locks a free slot, then execs COMMAND with CUDA_VISIBLE_DEVICES set")
+    p.add_argument("--gpus", required=True, help="the node's GPU ids, e.g. \"0 1 2 3\"")
+    p.add_argument("--per-gpu", type=int, default=1, help="jobs sharing one GPU (default 1; more turns "
+                   "JAX's and TensorFlow's memory preallocation off)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+    p.set_defaults(func=_slot)
+
+    p = sub.add_parser("launch", help="a profile on a Slurm cluster: shared inputs here, then one job array "
+                       "task per stale run (its training and measurements, one GPU), then the reports here; "
+                       "a second launch submits only what is missing (docs/cluster.md)")
+    p.add_argument("scheduler", choices=("slurm",))
+    p.add_argument("configs", nargs="+")
+    p.add_argument("--partition", required=True)
+    p.add_argument("--time", help="each task's time limit: minutes or D-HH:MM:SS (default: the partition's "
+                   "longest)")
+    p.add_argument("--gres", default="gpu:1", help="what each task asks for (default gpu:1)")
+    p.add_argument("--parallel", type=int, help="at most this many tasks at once (sbatch --array=...%%N)")
+    p.add_argument("--sbatch-flag", action="append", default=[], metavar="KEY[=VALUE]",
+                   help="an sbatch option for the site, without dashes (account=abc, constraint=a100, "
+                   "qos=normal, cpus-per-task=8, mem=32G), repeatable")
+    p.add_argument("--logs", help="folder of the tasks' logs, on a shared filesystem (default "
+                   ".cache/launch/%%j: one folder per task)")
+    p.add_argument("--poll", type=float, default=30, help="seconds between looks at the queue (default 30)")
+    p.set_defaults(func=_launch)
 
     args = parser.parse_args(argv)
     try:

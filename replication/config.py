@@ -33,6 +33,7 @@ UNSAFE_PATH = re.compile(r"""[\s#$%:;=&|<>()'"`*?\[\]\\]""")
 BATCHNORM = ("batch_statistics", "moving_average")
 BACKENDS = ("tensorflow", "jax")
 STOPPING = ("fixed", "plateau", "target")
+ITERATE_MEASURES = ("all", "matched")
 REGIMES = ("sb", "lb")
 # Learning rate of a sweep run: learning_rate * (batch / sb_batch_size) ** exponent.
 LR_SCALINGS = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
@@ -445,6 +446,9 @@ class Config:
     # are kept as <run>/iterates/epoch<N>.weights.h5. Nothing is kept unless asked.
     keep_iterates: tuple[int, ...] = ()
     keep_every: int | None = None
+    # Which kept iterates `make` measures: "all" (Figure 6: f and phi at each), or "matched" (only
+    # those nearest the training-loss levels and the plateau rule's stops: measure/matched.py).
+    iterate_measure: str = "all"
     backend: str | None = None             # the Keras backend this profile must run on; None = either
     results_dir: str = "results/paper"
     sharpness: SharpnessConfig = SharpnessConfig()
@@ -492,6 +496,10 @@ class Config:
                self.keep_iterates, where, "epochs repeat")
         _check(self.keep_every is None or 1 <= self.keep_every <= self.epochs, "keep_every",
                self.keep_every, where, f"must be in [1, epochs] = [1, {self.epochs}] or null")
+        _check(self.iterate_measure in ITERATE_MEASURES, "iterate_measure", self.iterate_measure, where,
+               f"use one of {ITERATE_MEASURES}")
+        _check(self.iterate_measure != "matched" or self.keep_every == 1, "iterate_measure",
+               self.iterate_measure, where, "matched points need every epoch's iterate: set keep_every: 1")
         self.sharpness.validate(where)
         self.landscape.validate(where)
         self.sweep.validate(where)

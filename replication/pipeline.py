@@ -21,9 +21,13 @@ import shlex
 
 from replication import train
 from replication import config as config_lib
-from replication.measure import hessian, iterates, landscape, noise, sharpness
+from replication.measure import hessian, iterates, landscape, matched, noise, sharpness
 
 PY = "$(PY) -m replication"
+# Recipes that use a GPU run behind $(RUN): empty by default; the Makefile sets it to the GPU slot
+# wrapper when GPUS is given (replication/slot.py), or a user sets it to `srun ...` inside a Slurm
+# allocation. Checks and reports use no GPU and run as they are.
+GPU = "$(RUN) $(PY) -m replication"
 
 
 def rules(name: str, config_paths: list[str]) -> str:
@@ -44,7 +48,7 @@ def rules(name: str, config_paths: list[str]) -> str:
                 # A piggyback run (Figure 5) starts from an iterate of the seed's SB run.
                 after_sb = f" {runs['sb']}" if config_lib.parse_warm_start(regime) else ""
                 lines += [f"{runs[regime]}: | {check}{after_sb}",
-                          f"\t{PY} train {quoted} --seed {seed} --regime {regime}", ""]
+                          f"\t{GPU} train {quoted} --seed {seed} --regime {regime}", ""]
                 # One process measures every (space, epsilon) of a run, sharing its data and compiled
                 # passes; the target is the file it writes last. Figure 5 shows a piggyback run's
                 # full-space sharpness only: the random subspace is left out where it would be.
@@ -54,7 +58,7 @@ def rules(name: str, config_paths: list[str]) -> str:
                 last = sharpness.result_path(run, space, config.sharpness.epsilons[-1])
                 reports.setdefault(config.results_dir, []).append(str(last))
                 option = " --space full" if full_only and len(spaces) > 1 else ""
-                lines += [f"{last}: | {runs[regime]}", f"\t{PY} sharpness {run}{option}", ""]
+                lines += [f"{last}: | {runs[regime]}", f"\t{GPU} sharpness {run}{option}", ""]
                 # A sweep also measures the gradient noise scale: at every minimiser, and at x0 once.
                 points = []
                 if config.sweep.batch_sizes:
@@ -62,13 +66,17 @@ def rules(name: str, config_paths: list[str]) -> str:
                 for point in points:
                     target = noise.result_path(run, point)
                     reports.setdefault(config.results_dir, []).append(str(target))
-                    lines += [f"{target}: | {runs[regime]}", f"\t{PY} noise {run} --point {point}", ""]
+                    lines += [f"{target}: | {runs[regime]}", f"\t{GPU} noise {run} --point {point}", ""]
                 # Kept iterates of SB and LB (Figure 6): one process measures them all, then
                 # writes the summary it is named by.
+                # With iterate_measure: matched, only the iterates at matched training loss and at
+                # the plateau rule's stops (measure/matched.py), in the full space.
                 if config.kept_epochs() and regime in config_lib.REGIMES:
-                    target = iterates.summary_path(run)
+                    matched_only = config.iterate_measure == "matched"
+                    target = (matched.summary_path if matched_only else iterates.summary_path)(run)
                     reports.setdefault(config.results_dir, []).append(str(target))
-                    lines += [f"{target}: | {runs[regime]}", f"\t{PY} iterates {run}", ""]
+                    command = f"matched {run} --space full" if matched_only else f"iterates {run}"
+                    lines += [f"{target}: | {runs[regime]}", f"\t{GPU} {command}", ""]
                 # Beyond the paper (issue 14), where the config's hessian section asks: one process
                 # measures every Hessian result of an SB or LB run, then the file it writes last.
                 settings = config.hessian
@@ -78,14 +86,14 @@ def rules(name: str, config_paths: list[str]) -> str:
                     reports.setdefault(config.results_dir, []).append(str(target))
                     options = " ".join(f"--{key} {getattr(settings, key)}" for key in hessian.DEFAULTS)
                     lines += [f"{target}: | {runs[regime]}",
-                              f"\t{PY} hessian {run} --measures {','.join(settings.measures)} "
+                              f"\t{GPU} hessian {run} --measures {','.join(settings.measures)} "
                               f"--kinds {','.join(settings.kinds)} {options}", ""]
             for path in landscape.PATHS:
                 # Written in the order CSV, JSON sidecar, PNG, PDF: the PDF means all are there.
                 target = f"{landscape.output_stem(config, seed, path)}.pdf"
                 reports.setdefault(config.results_dir, []).append(target)
                 lines += [f"{target}: | {runs['sb']} {runs['lb']}",
-                          f"\t{PY} landscape {quoted} --seed {seed} --path {path}", ""]
+                          f"\t{GPU} landscape {quoted} --seed {seed} --path {path}", ""]
     for results_dir, targets in reports.items():
         lines += [f"{results_dir}/REPORT.md: {' '.join(targets)}",
                   f"\t{PY} report {results_dir}", ""]

@@ -44,7 +44,8 @@ from replication import backend, data, storage
 # its remedy's settings in its own `run` entry (Config.remedy_settings), which is compared; so do
 # the warm starts (lb-from-sb<k>: Config.warm_start_settings).
 NON_TRAINING_KEYS = ("description", "profile", "seeds", "sharpness", "landscape", "sweep", "results_dir",
-                     "augmentation", "conservative", "hessian", "batch_size_study", "warm_start")
+                     "augmentation", "conservative", "hessian", "batch_size_study", "warm_start",
+                     "iterate_measure")
 # Keys that do not change what training computes but do change which files a run directory holds:
 # they are not in NON_TRAINING_KEYS, so a run made with other values is refused (an iterate that
 # was not kept cannot be made afterwards, and one resumed with another list would hold a mix);
@@ -270,7 +271,9 @@ def _failpoint_callbacks(epoch: int) -> list:
     return [MidEpoch()]
 
 
-def _should_stop(config: config_lib.Config, history: list[dict], tracker=None) -> str | None:
+def should_stop(config: config_lib.Config, history: list[dict], tracker=None) -> str | None:
+    """Why a run with this `history` stops now ("diverged", "target", "not_reached", "fixed",
+    "max_epochs", "plateau"), or None to train on; measure/matched.py replays it on kept histories."""
     if history and not all(math.isfinite(float(history[-1][k])) for k in ("train_loss", "test_loss")):
         return "diverged"
     if tracker is not None:  # stopping: target (replication/target.py)
@@ -384,7 +387,7 @@ def _study_regimes_on_disk(config: config_lib.Config) -> list[str]:
 def _train_locked(config, regime, seed, path, log, arrays, deviations, warm_start=None) -> Path:
     """Train under the run's lock: prepare (or resume), one epoch at a time, finish."""
     session = _prepare(config, regime, seed, path, log, arrays, warm_start)
-    while (reason := _should_stop(config, session.history, session.tracker)) is None:
+    while (reason := should_stop(config, session.history, session.tracker)) is None:
         _train_epoch(session)
     return _finish(session, reason, deviations)
 

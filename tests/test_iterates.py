@@ -259,7 +259,7 @@ def test_rules_measure_the_iterates_of_sb_and_lb_before_the_report(tmp_path):
     trial = results_dir / "F1_synthetic_mnist"
     for regime in ("sb", "lb"):
         run = trial / regime / "seed0"
-        assert f"{run}/iterates/measured.json: | {run}/metrics.json\n\t$(PY) -m replication iterates {run}\n" in rules
+        assert f"{run}/iterates/measured.json: | {run}/metrics.json\n\t$(RUN) $(PY) -m replication iterates {run}\n" in rules
     assert "b64/seed0/iterates" not in rules  # Figure 6 is SB and LB
     report = next(line for line in rules.splitlines() if line.startswith(f"{results_dir}/REPORT.md:"))
     assert f"{trial}/sb/seed0/iterates/measured.json" in report and f"{trial}/lb/seed0/iterates/measured.json" in report

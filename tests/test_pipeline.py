@@ -20,7 +20,7 @@ def test_rules_cover_every_result_and_parse_with_make(tmp_path):
             run = trial / regime / f"seed{seed}"
             assert f"{run}/metrics.json: | tiny-check-0\n" in rules
             # One command per run measures every space and epsilon; its target is the last written.
-            assert f"{run}/sharpness/random_eps0.0005.json: | {run}/metrics.json\n\t$(PY) -m replication " \
+            assert f"{run}/sharpness/random_eps0.0005.json: | {run}/metrics.json\n\t$(RUN) $(PY) -m replication " \
                    f"sharpness {run}\n" in rules
         for path in ("linear", "curvilinear"):
             assert f"{trial}/landscape/seed{seed}_{path}.pdf:" in rules

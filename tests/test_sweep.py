@@ -237,10 +237,10 @@ def test_make_rules_train_and_measure_every_sweep_run(tmp_path):
     rules = pipeline.rules("tiny", [str(path)])
     trial = results / "F1_synthetic_mnist"
     for regime in ("sb", "lb", "b64", "b64-sqrt"):
-        assert f"{trial}/{regime}/seed0/metrics.json: | tiny-check-0\n\t$(PY) -m replication train {path} --seed 0 --regime {regime}\n" in rules
+        assert f"{trial}/{regime}/seed0/metrics.json: | tiny-check-0\n\t$(RUN) $(PY) -m replication train {path} --seed 0 --regime {regime}\n" in rules
         report_rule = next(line for line in rules.splitlines() if line.startswith(f"{results}/REPORT.md:"))
         # One sharpness command per run; its target is the last file it writes.
         assert f"{trial}/{regime}/seed0/sharpness/random_eps0.0005.json" in report_rule
         assert f"{trial}/{regime}/seed0/noise/final.json: | {trial}/{regime}/seed0/metrics.json\n" in rules
-    assert f"\t$(PY) -m replication noise {trial}/sb/seed0 --point initial\n" in rules
+    assert f"\t$(RUN) $(PY) -m replication noise {trial}/sb/seed0 --point initial\n" in rules
     assert "--point initial" not in rules.replace(f"{trial}/sb/seed0 --point initial", "")

@@ -56,14 +56,32 @@ def kept(metrics: dict) -> list[int]:
 def measure(run_dir, force: bool = False, log=None) -> Path:
     """f and phi (every epsilon and space of the run's config.sharpness) at every kept iterate of a
     finished run; returns iterates/measured.json, written last. IteratesError if none was kept."""
-    from replication.measure import sharpness
-
     log = log or sys.stderr
     run = train.load_run(run_dir)
     epochs = kept(run.metrics)
-    if not epochs:
+    files = measure_epochs(run, epochs, force=force, log=log)
+    summary = {"run": str(run.path), "epochs": epochs,
+               "files": [str(f.relative_to(run.path)) for f in files],
+               "config_sharpness": run.config.to_dict()["sharpness"]}
+    storage.atomic_write_json(summary_path(run.path), summary)
+    print(f"[{run.path}] {len(epochs)} iterates measured -> {summary_path(run.path)}", file=log, flush=True)
+    return summary_path(run.path)
+
+
+def measure_epochs(run, epochs, epsilons=None, spaces=None, force: bool = False, log=None) -> list[Path]:
+    """f and phi at the kept iterates of `epochs` of a loaded run (train.load_run), for `epsilons` and
+    `spaces` (None: the run's config.sharpness); returns the files, each reused when its settings
+    match. IteratesError if the run kept none of them (or not one asked for)."""
+    from replication.measure import sharpness
+
+    log = log or sys.stderr
+    have = kept(run.metrics)
+    if not have:
         raise IteratesError(f"{run.path} kept no iterates: set keep_iterates (or keep_every) in its config, "
                             "delete the run and train it again")
+    if missing := [e for e in epochs if e not in have]:
+        raise IteratesError(f"{run.path} kept no iterate of epoch {missing[0]}: it kept epochs "
+                            f"{have[0]}-{have[-1]} ({len(have)} iterates); ask for one of those")
     objective = sharpness.lazy_objective(run)  # one compiled objective for every iterate
     files = []
     for epoch in epochs:
@@ -71,17 +89,11 @@ def measure(run_dir, force: bool = False, log=None) -> Path:
         digest = storage.weights_digest(run.model.get_weights())
         files.append(_xent(run, epoch, digest, objective, force, log))
         extra = {"iterate_epoch": epoch, "weights": str(train.iterate_path(".", epoch))}
-        sharpness.measure_weights(
+        records = sharpness.measure_weights(
             run, lambda path, space, eps, epoch=epoch: sharpness_path(path, epoch, space, eps),
-            force=force, log=log, objective=objective, record=extra)
-        files += [sharpness_path(run.path, epoch, space, eps)
-                  for space in run.config.sharpness.spaces for eps in run.config.sharpness.epsilons]
-    summary = {"run": str(run.path), "epochs": epochs,
-               "files": [str(f.relative_to(run.path)) for f in files],
-               "config_sharpness": run.config.to_dict()["sharpness"]}
-    storage.atomic_write_json(summary_path(run.path), summary)
-    print(f"[{run.path}] {len(epochs)} iterates measured -> {summary_path(run.path)}", file=log, flush=True)
-    return summary_path(run.path)
+            epsilons, spaces, force=force, log=log, objective=objective, record=extra)
+        files += [sharpness_path(run.path, epoch, r["space"], r["epsilon"]) for r in records]
+    return files
 
 
 def _xent(run, epoch: int, digest: str, objective, force: bool, log) -> Path:

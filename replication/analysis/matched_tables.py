@@ -1,0 +1,290 @@
+"""Three report sections for runs that kept every epoch (measure/matched.py, measure/budget.py):
+
+1. Sharpness at matched training loss: for each level L of the training cross-entropy, the SB and
+   LB iterates nearest L (within measure/matched.MATCH_FACTOR), their measured f and phi, and the
+   LB/SB ratio per seed. At equal f the ratio says what the batch size does to sharpness; at the
+   final points (Keskar et al.'s Tables 3-4) it mixes that with how far each run trained.
+2. The stopping rule: phi where `stopping: plateau` (patience P) would have stopped each run
+   (its iterate at that epoch), beside the fixed 100 epochs, against Table 3's cells.
+3. The solver's budget: phi at the final weights with 10 (the paper's), 50 and 200 L-BFGS-B
+   iterations and from random starts; a solve that stopped at its cap is a lower bound.
+
+Every number is read from the measurement files (iterates/xent_epoch<N>.json,
+iterates/sharpness_epoch<N>_*.json, iterates/matched.json, sharpness/budget/*.json), each checked
+before use; the selection in matched.json is only a label.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from replication import storage
+from replication.analysis import results as results_lib
+from replication.measure import budget, iterates, matched
+
+# Table 3 (full space), F1 and the other networks where published: (SB mean, sd, LB mean, sd) at eps 1e-3.
+TABLE3 = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "paper_tables" / \
+    "table3_sharpness_full_space.csv"
+
+
+def _number(record: dict, key: str, file: Path, low: float = 0.0) -> float:
+    """record[key] as a finite float >= low, else ResultsError naming the file."""
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
+        raise results_lib.ResultsError(f"{file}: '{key}' is {value!r}, not a finite number >= {low:g}: delete the "
+                                       "file and measure it again")
+    return float(value)
+
+
+def _point(run, epoch: int, space: str, epsilon: float) -> dict | None:
+    """f and phi measured at a run's kept iterate, or None if not measured (or the solve failed)."""
+    xent_file = iterates.xent_path(run.path, epoch)
+    phi_file = iterates.sharpness_path(run.path, epoch, space, epsilon)
+    if not (xent_file.exists() and phi_file.exists()):
+        return None
+    xent, record = storage.read_json(xent_file), storage.read_json(phi_file)
+    for file, found in ((xent_file, xent.get("iterate_epoch")), (phi_file, record.get("iterate_epoch"))):
+        if found != epoch:
+            raise results_lib.ResultsError(f"{file} records epoch {found!r}, not {epoch}: delete it and run "
+                                           f"`python -m replication matched {run.path}` again")
+    if record.get("failed") or record.get("phi") is None:
+        return None
+    return {"epoch": epoch, "f": _number(xent, "train_xent", xent_file),
+            "phi": _number(record, "phi", phi_file), "capped": _capped(record)}
+
+
+def _capped(record: dict) -> bool:
+    """Did every solve stop at its iteration cap (status 1)? Then phi is a lower bound on the max."""
+    return all(s.get("status") == 1 for s in record.get("solves") or [{}])
+
+
+def _pairs(loaded) -> dict[tuple, dict]:
+    """(network, dataset, seed) -> {"sb": run, "lb": run} for the plain runs that ran matched."""
+    pairs: dict[tuple, dict] = {}
+    for run in loaded.runs:
+        if run.regime in ("sb", "lb") and matched.summary_path(run.path).exists():
+            pairs.setdefault((run.network, run.dataset, run.seed), {})[run.regime] = run
+    return {k: v for k, v in pairs.items() if len(v) == 2}
+
+
+def matched_rows(loaded, space: str = "full", epsilon: float = 1e-3) -> list[dict]:
+    """One row per (network, seed, level) and per seed's final points: SB and LB epoch, f, phi, and
+    whether both iterates are within MATCH_FACTOR of the level (`matched`)."""
+    out = []
+    for (network, dataset, seed), pair in sorted(_pairs(loaded).items()):
+        summary = storage.read_json(matched.summary_path(pair["sb"].path))
+        levels = [*summary.get("levels", matched.LEVELS), "final"]
+        for level in levels:
+            row = {"network": network, "seed": seed, "level": level}
+            for regime, run in pair.items():
+                history = storage.read_csv(run.path / "history.csv")
+                epoch = len(history) if level == "final" else matched.nearest_epoch(history, float(level))
+                point = _point(run, epoch, space, epsilon) if epoch else None
+                row[regime] = point
+            sb, lb = row["sb"], row["lb"]
+            row["ratio"] = lb["phi"] / sb["phi"] if sb and lb and sb["phi"] > 0 else math.nan
+            row["f_ratio"] = lb["f"] / sb["f"] if sb and lb and sb["f"] > 0 else math.nan
+            row["matched"] = level != "final" and sb is not None and lb is not None
+            out.append(row)
+    return out
+
+
+def _fmt(point: dict | None) -> str:
+    if point is None:
+        return "not reached"
+    return f"epoch {point['epoch']}: f {point['f']:.3g}, phi {point['phi']:.3g}{' (cap)' if point['capped'] else ''}"
+
+
+def matched_section(loaded, space: str = "full", epsilon: float = 1e-3) -> str:
+    """The report's matched-loss section, or "" when no SB/LB pair ran `matched`."""
+    rows = matched_rows(loaded, space, epsilon)
+    if not rows:
+        return ""
+    lines = ["## Sharpness at matched training loss\n",
+             f"Metric 2.1 ({space} space, eps {epsilon:g}) at the SB and LB iterates nearest each level of the "
+             f"training cross-entropy f (within a factor {matched.MATCH_FACTOR:g}: else 'not reached'), and at "
+             "the final points, which are not at equal f. f is the measured training cross-entropy on the "
+             "sharpness examples at that iterate. \"(cap)\": every solve stopped at its iteration cap, so phi "
+             "is a lower bound on the maximum (see the solver's budget).\n",
+             "| seed | level | SB | LB | LB f / SB f | LB phi / SB phi |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        level = "final (not matched)" if r["level"] == "final" else f"f ~ {r['level']:g}"
+        lines.append(f"| {r['seed']} | {level} | {_fmt(r['sb'])} | {_fmt(r['lb'])} | "
+                     f"{_ratio(r['f_ratio'])} | {_ratio(r['ratio'])} |")
+    lines += ["", answer(rows), ""]
+    return "\n".join(lines)
+
+
+def _ratio(value: float) -> str:
+    return "-" if not math.isfinite(value) else f"{value:.3g}"
+
+
+def answer(rows: list[dict]) -> str:
+    """The plain-words answer, chosen by what the matched rows show: per level, the LB/SB ratio
+    over seeds (geometric mean, range, n), and whether LB was sharper at every matched level."""
+    by_level: dict = {}
+    for r in rows:
+        if r["matched"] and math.isfinite(r["ratio"]):
+            by_level.setdefault(r["level"], []).append(r["ratio"])
+    if not by_level:
+        return ("**At equal training loss:** not measured: no level was reached by both SB and LB "
+                "within the matching factor.")
+    parts = []
+    for level, ratios in sorted(by_level.items(), reverse=True):
+        g = math.exp(float(np.mean(np.log(ratios))))
+        spread = f", range {min(ratios):.3g}-{max(ratios):.3g}" if len(ratios) > 1 else ""
+        parts.append(f"f ~ {level:g}: {g:.3g}x (n = {len(ratios)} seed{'s' if len(ratios) > 1 else ''}{spread})")
+    all_ratios = [x for v in by_level.values() for x in v]
+    if all(x > 1 for x in all_ratios):
+        head = "LB was sharper than SB at every matched level and seed"
+    elif all(x < 1 for x in all_ratios):
+        head = "LB was flatter than SB at every matched level and seed"
+    else:
+        head = (f"LB was sharper than SB at {sum(x > 1 for x in all_ratios)} of {len(all_ratios)} matched "
+                "points and flatter at the others")
+    seeds = {r["seed"] for r in rows if r["matched"]}
+    caution = (" One seed: an observation, not a finding." if len(seeds) < 2 else "")
+    return f"**At equal training loss:** {head}. LB phi / SB phi: " + "; ".join(parts) + "." + caution
+
+
+def stopping_rows(loaded, space: str = "full", epsilon: float = 1e-3) -> list[dict]:
+    """Per (network, seed, regime, rule): the epoch the rule stops at, f and phi there. Rules: each
+    patience of matched.json (plateau; `plateaued` False when the loss never stopped improving and
+    the run went to its last epoch), and "fixed" (the run's last epoch)."""
+    out = []
+    for (network, dataset, seed), pair in sorted(_pairs(loaded).items()):
+        for regime, run in pair.items():
+            history = storage.read_csv(run.path / "history.csv")
+            rules = [("fixed", len(history), True)]
+            for point in storage.read_json(matched.summary_path(run.path)).get("points", []):
+                for reason in point["why"]:
+                    if found := re.fullmatch(r"plateau patience (\d+)( \(max_epochs\))?", reason):
+                        rules.append((f"plateau, patience {found[1]}", point["epoch"], found[2] is None))
+            for rule, epoch, plateaued in rules:
+                point = _point(run, epoch, space, epsilon)
+                out.append({"network": network, "seed": seed, "regime": regime, "rule": rule, "epoch": epoch,
+                            "plateaued": plateaued, "test_accuracy": float(history[epoch - 1]["test_accuracy"]),
+                            **({"f": point["f"], "phi": point["phi"], "capped": point["capped"]} if point else
+                               {"f": math.nan, "phi": math.nan, "capped": False})})
+    return out
+
+
+def _published_table3(network: str):
+    if not TABLE3.exists():
+        return None
+    for row in storage.read_csv(TABLE3):
+        if row.get("network") == network:
+            return {k: float(v) for k, v in row.items() if k != "network"}
+    return None
+
+
+def stopping_section(loaded, space: str = "full", epsilon: float = 1e-3) -> str:
+    rows = stopping_rows(loaded, space, epsilon)
+    if not rows:
+        return ""
+    lines = ["## The stopping rule: fixed epochs or a plateau\n",
+             "The paper trains \"until the loss function ceased to improve\"; its figures use 100 epochs. A "
+             "run stopped by `stopping: plateau` (no improvement of the training loss by min_delta for "
+             "`patience` epochs) is the fixed run's iterate at that epoch (shuffles and dropout depend on "
+             "(seed, epoch) only; tests/test_matched.py checks it on a real run), so each rule is measured on "
+             f"kept iterates. Metric 2.1, {space} space, eps {epsilon:g}; mean +- sd over seeds.\n",
+             "| rule | regime | n | stop epoch (range) | train f | test accuracy | phi | Table 3 in our 95% interval |",
+             "|---|---|---|---|---|---|---|---|"]
+    published = _published_table3(rows[0]["network"])
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["network"], r["rule"], r["regime"]), []).append(r)
+    for (network, rule, regime), group in sorted(groups.items(), key=lambda kv: (kv[0][1] != "fixed", kv[0])):
+        phis = [g["phi"] for g in group if math.isfinite(g["phi"])]
+        epochs = [g["epoch"] for g in group]
+        never = sum(not g["plateaued"] for g in group)
+        note = f" ({never} never plateaued)" if never else ""
+        lines.append(f"| {rule}{note} | {regime.upper()} | {len(group)} | {min(epochs)}-{max(epochs)} | "
+                     f"{_mean_sd([g['f'] for g in group])} | {_mean_sd([g['test_accuracy'] for g in group])} | "
+                     f"{_mean_sd(phis)}{' (cap)' if any(g['capped'] for g in group) else ''} | "
+                     f"{_inside(phis, (published or {}).get(f'{_eps(epsilon)}_{regime}_mean'))} |")
+    if published:
+        e = _eps(epsilon)
+        lines += ["", f"Table 3 ({rows[0]['network']}, full space, eps {epsilon:g}, 5 seeds): SB "
+                  f"{published.get(e + '_sb_mean', math.nan):g} +- {published.get(e + '_sb_std', math.nan):g}, "
+                  f"LB {published.get(e + '_lb_mean', math.nan):g} +- {published.get(e + '_lb_std', math.nan):g}."]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _eps(epsilon: float) -> str:
+    """The reference tables' column prefix: 1e-3 -> "eps1e-3", 5e-4 -> "eps5e-4"."""
+    mantissa, exponent = f"{epsilon:.0e}".split("e")
+    return f"eps{mantissa}e{int(exponent)}"
+
+
+def _inside(values, published: float | None) -> str:
+    """Is the published mean inside the 95% t-interval of our mean over seeds? ("n < 2" with one seed)."""
+    from scipy import stats
+
+    if published is None:
+        return "no published cell"
+    if len(values) < 2:
+        return f"n = {len(values)}: no interval"
+    mean, se = float(np.mean(values)), float(np.std(values, ddof=1)) / math.sqrt(len(values))
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * se
+    where = "yes" if abs(published - mean) <= half else "no"
+    return f"{where} ({mean - half:.3g} to {mean + half:.3g})"
+
+
+def _mean_sd(values) -> str:
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3g}"
+    return f"{np.mean(values):.3g} +- {np.std(values, ddof=1):.2g}"
+
+
+def budget_rows(loaded) -> list[dict]:
+    """One row per budget file of every run: regime, seed, space, eps, iterations, start, phi, how
+    the solves ended."""
+    out = []
+    for run in loaded.runs:
+        folder = run.path / "sharpness" / "budget"
+        for file in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            record = storage.read_json(file)
+            phi = None if record.get("failed") or record.get("phi") is None else _number(record, "phi", file)
+            out.append({"network": run.network, "regime": run.regime, "seed": run.seed,
+                        "space": record.get("space"), "epsilon": record.get("epsilon"),
+                        "iterations": int(_number(record, "iterations", file, 1)), "start": record.get("start"),
+                        "restarts": int(_number(record, "restarts", file, 1)),
+                        "f_x": _number(record, "f_x", file), "phi": phi, "capped": _capped(record),
+                        "statuses": [s.get("message", "") for s in record.get("solves", [])],
+                        "seconds": record.get("wall_seconds")})
+    return sorted(out, key=lambda r: (r["network"], r["seed"], r["regime"], r["space"], r["start"], r["iterations"]))
+
+
+def budget_section(loaded) -> str:
+    rows = budget_rows(loaded)
+    if not rows:
+        return ""
+    lines = ["## The solver's budget\n",
+             "phi at the final weights with the paper's 10 L-BFGS-B iterations from y = 0 (what Tables 3-4 "
+             "use, as the paper does), with 50 and 200, and with 10 from random starts in the box (the largest "
+             "f of the starts). Any point of the box bounds the maximum from below, so a larger value with "
+             "more iterations shows how far the paper's inexact solve is from the maximum it estimates; a "
+             "solve that ended at its cap (\"cap\") is a lower bound.\n",
+             "| seed | regime | space, eps | solve | f(x) | phi | phi / phi at 10 its | how it ended |",
+             "|---|---|---|---|---|---|---|---|"]
+    base = {(r["seed"], r["regime"], r["space"], r["epsilon"]): r["phi"] for r in rows
+            if r["iterations"] == min(budget.ITERATIONS) and r["start"] == "zero"}
+    for r in rows:
+        solve = f"{r['iterations']} its from " + ("y = 0" if r["start"] == "zero" else f"{r['restarts']} random starts")
+        reference = base.get((r["seed"], r["regime"], r["space"], r["epsilon"]))
+        ratio = r["phi"] / reference if r["phi"] is not None and reference else math.nan
+        ended = "cap (lower bound)" if r["capped"] else "stopped before its cap"
+        lines.append(f"| {r['seed']} | {r['regime'].upper()} | {r['space']}, {r['epsilon']:g} | {solve} | "
+                     f"{r['f_x']:.3g} | {'failed' if r['phi'] is None else format(r['phi'], '.4g')} | "
+                     f"{_ratio(ratio)} | {ended} |")
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,346 @@
+"""A profile on a Slurm cluster: `python -m replication launch slurm CONFIG... --partition P` (issue 27).
+
+Make's rules (replication/pipeline.py) stay the one description of the work; this module hands the
+GPU part of them to Slurm through submitit, and does the rest where it is started (a login node):
+
+1. Checks and shared inputs, here, first: the configs' finished runs are checked as `make` does
+   (train.check), each dataset is loaded once (a TFDS download; the JPEG stand-in's decoded cache)
+   and each trial's x0 is made (train.load_x0). Tasks on many nodes writing these at once on a
+   shared filesystem would race: the locks that guard them are flocks, which NFS and Lustre do not
+   always honour across nodes.
+2. Tasks, from the rules behind $(RUN) (the GPU ones): one per run, holding its training and every
+   measurement that needs only its weights; a step that needs several runs (the landscape between
+   SB and LB, both paths in one task) or a run that starts from another (Figure 5's piggyback runs
+   start from SB's iterates) is a task of its own. A target is stale when its file is missing:
+   every GPU rule has order-only prerequisites alone, so that is exactly what Make remakes
+   (`make -q` cannot tell: it counts each run stale through the phony check it follows).
+3. Waves: the stale tasks whose inputs exist go into one job array (one task per array element,
+   one GPU each), and the launcher waits; then the tasks that became ready (landscapes, piggyback
+   runs) go into the next. A task is submitted at most once per launch; one that failed is
+   reported with its log, and what needs it is named as blocked.
+4. Reports, here (no GPU), for each results folder whose results are all there.
+
+A second launch finds nothing stale and submits nothing. A run cut short (time limit, preemption)
+resumes from its last finished epoch when the next launch submits it again (train.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from replication import config as config_lib
+from replication import storage
+
+RUN_TARGET = "metrics.json"  # a run's "done" file (train._finish): the rule that trains it
+
+
+class LaunchError(ValueError):
+    """Bad launch arguments or no Slurm to launch on; the message names the fix."""
+
+
+@dataclasses.dataclass
+class Rule:
+    target: str
+    prerequisites: list[str]
+    order_only: list[str]
+    commands: list[str]
+
+
+@dataclasses.dataclass
+class Task:
+    """Targets that one array task makes, in order, and the files it needs made by others first."""
+
+    name: str
+    targets: list[str]
+    needs: list[str]
+    commands: dict[str, str]  # target -> its command as the rules write it
+
+    def stale(self) -> list[str]:
+        return [target for target in self.targets if not Path(target).exists()]
+
+    def ready(self) -> bool:
+        return all(Path(need).exists() for need in self.needs)
+
+
+def parse_rules(text: str) -> tuple[dict[str, Rule], set[str]]:
+    """The rules pipeline.rules prints (its own simple format), in order, and the phony targets."""
+    rules, phony, current = {}, set(), None
+    for line in text.splitlines():
+        if line.startswith("\t") and current is not None:
+            current.commands.append(line[1:])
+        elif line.startswith(".PHONY:"):
+            phony.update(line.split(":", 1)[1].split())
+        elif ":" in line:
+            target, _, rest = line.partition(": ")
+            if not rest and line.endswith(":"):
+                target = line[:-1]
+            normal, _, order_only = rest.partition("|")
+            current = rules[target] = Rule(target, normal.split(), order_only.split(), [])
+        else:
+            current = None
+    return rules, phony
+
+
+def tasks(rules: dict[str, Rule], phony: set[str]) -> list[Task]:
+    """Group the GPU rules (behind $(RUN)) into array tasks: a run with the measurements that need
+    it alone; anything else by the runs it needs."""
+    by_target, groups = {}, {}
+    for rule in rules.values():
+        if not rule.commands or not rule.commands[0].startswith("$(RUN)"):
+            continue
+        needs = tuple(p for p in rule.prerequisites + rule.order_only if p not in phony)
+        if Path(rule.target).name == RUN_TARGET:
+            task = Task(str(Path(rule.target).parent), [], list(needs), {})
+        elif len(needs) == 1 and needs[0] in by_target:
+            task = by_target[needs[0]]
+        else:
+            task = groups.setdefault(needs, Task(rule.target, [], list(needs), {}))
+        task.targets.append(rule.target)
+        task.commands[rule.target] = rule.commands[0]
+        by_target[rule.target] = task
+    unique = {id(task): task for task in by_target.values()}  # first-seen order, each task once
+    return list(unique.values())
+
+
+def command_line(command: str, python: str) -> list[str]:
+    """A GPU rule's command as an argument list: no $(RUN) (Slurm gave the task its GPU), $(PY) ->
+    the interpreter that launched (a shared filesystem's, the same on every node)."""
+    return shlex.split(command.replace("$(RUN)", "").replace("$(PY)", shlex.quote(python)))
+
+
+def run_task(commands: list[list[str]], root: str) -> dict:
+    """What one array task does, on its node: each command in turn, in the project folder, stopping
+    at the first that fails. Returns what the launcher reports (a failure too: a raised error would
+    hide which command failed behind submitit's traceback)."""
+    record = {"host": socket.gethostname(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+              "started": time.time(), "failed": None}
+    print(f"[task] on {record['host']}, CUDA_VISIBLE_DEVICES={record['cuda_visible_devices']}", flush=True)
+    # What the Makefile exports for its recipes; PYTHONPATH so `-m replication` is this checkout.
+    package = str(storage.PROJECT_ROOT)
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"),
+                   "PYTHONUNBUFFERED": "1",
+                   "PYTHONPATH": os.pathsep.join(filter(None, [package, os.environ.get("PYTHONPATH")]))}
+    for command in commands:
+        print(f"[task] {shlex.join(command)}", flush=True)
+        status = subprocess.run(command, cwd=root, env=environment).returncode
+        if status != 0:
+            record.update(failed=shlex.join(command), status=status)
+            break
+    record["ended"] = time.time()
+    return record
+
+
+def prepare(configs: list[config_lib.Config], stale_runs: set[str], log=sys.stdout) -> None:
+    """Shared inputs of the stale runs, made once here before any task starts: each dataset (a TFDS
+    download, the JPEG stand-in's decoded cache) and each trial's x0. x0 is made as train._prepare
+    makes it (seeds, then the SB network's fresh weights; test_launch checks they agree)."""
+    from replication import backend, data, train
+
+    wanted = [(config, seed) for config in configs for seed in config.seeds
+              if any(str(train.run_directory(config, regime, seed)) in stale_runs for regime in config.regimes())]
+    for dataset, data_dir in dict.fromkeys((config.dataset, config.data_dir) for config, _ in wanted):
+        print(f"[launch] loading {dataset} once before the tasks start", file=log, flush=True)
+        data.load(dataset, data_dir)
+    for config, seed in wanted:
+        if train.x0_path(config, seed).exists():
+            continue  # checked against its record by the runs themselves (train.load_x0)
+        backend.setup_determinism(seed, deterministic_ops=not config.jit_compile)
+        spec = data.DATASETS[config.dataset]
+        model = train.build_model(config, spec.input_shape, spec.num_classes, regime="sb")
+        train.load_x0(model, config, seed, log)
+        print(f"[launch] made x0 {train.x0_path(config, seed)}", file=log, flush=True)
+
+
+def parse_time(text: str) -> int:
+    """A Slurm time limit (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in whole minutes,
+    rounded up; 0 means none."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
+    if not match:
+        raise LaunchError(f"--time {text!r} is not a Slurm time limit: give minutes (e.g. 90) or "
+                          "D-HH:MM:SS (e.g. 0-01:30:00)")
+    days, first, second, third = (int(part) if part else None for part in match.groups())
+    if days is not None:  # D-HH[:MM[:SS]]
+        seconds = ((days * 24 + first) * 60 + (second or 0)) * 60 + (third or 0)
+    elif third is not None:  # HH:MM:SS
+        seconds = (first * 60 + second) * 60 + third
+    elif second is not None:  # MM:SS
+        seconds = first * 60 + second
+    else:
+        seconds = first * 60
+    return -(-seconds // 60)
+
+
+def partition_time_limit(partition: str) -> int:
+    """The longest time limit `partition` allows, in minutes (0: none), from sinfo."""
+    result = subprocess.run(["sinfo", "-h", "-p", partition, "-o", "%l"], capture_output=True, text=True)
+    limits = result.stdout.split()
+    if result.returncode != 0 or not limits:
+        why = result.stderr.strip() or "sinfo lists nothing"
+        raise LaunchError(f"partition {partition!r} is not known to Slurm ({why}): name one that "
+                          "`sinfo -s` lists")
+    return 0 if limits[0] in ("infinite", "UNLIMITED") else parse_time(limits[0])
+
+
+def slurm_executors(folder: str, partition: str, time_limit: str | None, gres: str, parallel: int | None,
+                    flags: list[str], name: str):
+    """A function making submitit SlurmExecutors for array tasks of one GPU each, its arguments
+    checked now (before any work). Without `time_limit`, the partition's longest (sinfo); `flags`
+    are sbatch's own long options without the dashes (KEY=VALUE, or KEY)."""
+    extra = {}
+    for flag in flags:
+        key, has_value, value = flag.removeprefix("--").partition("=")
+        if not re.fullmatch(r"[a-z][a-z0-9-]*", key):
+            raise LaunchError(f"--sbatch-flag {flag!r}: give sbatch's long option without dashes, "
+                              "KEY=VALUE or KEY (e.g. account=abc, constraint=a100, exclusive)")
+        extra[key] = value if has_value else True
+    if parallel is not None and parallel < 1:
+        raise LaunchError(f"--parallel {parallel}: give how many tasks may run at once (1 or more)")
+    minutes = parse_time(time_limit) if time_limit is not None else None
+    if shutil.which("sbatch") is None or shutil.which("srun") is None:
+        raise LaunchError("sbatch and srun are not on PATH: run the launch on a Slurm login node "
+                          "(docs/cluster.md), or use GPUS=... make -jN on one node")
+    if minutes is None:
+        minutes = partition_time_limit(partition)
+
+    def make():
+        import submitit
+
+        executor = submitit.SlurmExecutor(folder=folder)
+        executor.update_parameters(
+            job_name=name, partition=partition, time=minutes, gres=gres, stderr_to_stdout=True,
+            additional_parameters=extra,
+            # The task imports replication.launch to unpickle run_task: this checkout, on every node.
+            setup=[f"export PYTHONPATH={shlex.quote(str(storage.PROJECT_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}"],
+            **({"array_parallelism": parallel} if parallel else {}))
+        return executor
+
+    return make
+
+
+def _gone_from_queue(jobs) -> set[str] | None:
+    """Ids of the tasks of `jobs` that squeue no longer lists; None if squeue cannot say."""
+    arrays = sorted({job.job_id.split("_")[0] for job in jobs})
+    result = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(arrays)],
+                            capture_output=True, text=True)
+    if result.returncode != 0 and "Invalid job id" not in result.stderr:
+        return None
+    listed = set(result.stdout.split())
+    return {job.job_id for job in jobs if job.job_id not in listed}
+
+
+def wait(jobs: list, poll_seconds: float, queue: bool) -> list[dict]:
+    """Wait for every task of `jobs`; one outcome each: run_task's record, or {"error": ...}.
+
+    `queue` (Slurm's jobs): a task is over when its result file is there, or when squeue has not
+    listed it for a while (a grace for a shared filesystem's caches) and still no result file is:
+    Slurm killed it (time limit, memory, node failure, scancel), and says why in its log. submitit
+    would ask sacct, which clusters without accounting lack (and the test cluster does)."""
+    outcomes, gone_since = {}, {}
+    grace = max(3 * poll_seconds, 10)
+    while len(outcomes) < len(jobs):
+        pending = [job for job in jobs if job.job_id not in outcomes]
+        for job in pending:
+            if job.paths.result_pickle.exists() if queue else job.done():  # done() runs a debug job
+                outcomes[job.job_id] = _outcome(job)
+        pending = [job for job in pending if job.job_id not in outcomes]
+        gone = _gone_from_queue(pending) if pending and queue else None
+        for job in pending if gone is not None else []:
+            if job.job_id not in gone:
+                gone_since.pop(job.job_id, None)
+            elif time.time() - gone_since.setdefault(job.job_id, time.time()) > grace:
+                outcomes[job.job_id] = {"error": "ended without a result (time limit, memory, node "
+                                                 "failure or scancel: its log says which)"}
+        if len(outcomes) < len(jobs):
+            time.sleep(poll_seconds)
+    return [outcomes[job.job_id] for job in jobs]
+
+
+def _outcome(job) -> dict:
+    try:
+        return job.result()
+    except Exception as err:  # submitit's error for a task whose Python failed (its traceback)
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        return {"error": lines[-1].strip() if lines else type(err).__name__}
+
+
+def launch(config_paths: list[str], make_executor, poll_seconds: float = 30, log=sys.stdout) -> int:
+    """Submit the stale tasks of the configs' rules wave by wave, wait, then build the reports.
+    `make_executor()` returns a submitit executor (Slurm's, or DebugExecutor in tests). Returns 0
+    when everything is made, 1 when a task failed (each reported with its log)."""
+    from replication import pipeline, train
+
+    configs = [config_lib.load(path) for path in config_paths]
+    for config in configs:
+        train.check(config)  # as make does first: an edited config's old runs are refused
+    rules, phony = parse_rules(pipeline.rules("launch", config_paths))
+    all_tasks = tasks(rules, phony)
+    stale = [task for task in all_tasks if task.stale()]
+    print(f"[launch] {len(all_tasks)} tasks, {len(stale)} with results missing", file=log, flush=True)
+    if stale:
+        executor = make_executor()  # before the shared inputs, which are made for it
+        prepare(configs, {task.name for task in stale}, log)
+    python, root = sys.executable, os.getcwd()
+    submitted, failed = set(), []
+    while ready := [task for task in all_tasks if task.stale() and task.ready() and task.name not in submitted]:
+        jobs = executor.map_array(run_task, [[command_line(task.commands[t], python) for t in task.stale()]
+                                             for task in ready], [root] * len(ready))
+        submitted.update(task.name for task in ready)
+        print(f"[launch] submitted {len(ready)} task(s), one GPU each, as job {jobs[0].job_id.split('_')[0]}; "
+              f"logs in {Path(str(jobs[0].paths.stdout)).parent.parent}", file=log, flush=True)
+        try:
+            outcomes = wait(jobs, poll_seconds, _is_slurm(executor))
+        except KeyboardInterrupt:  # the tasks run on: a launch now would submit them again
+            job_id = jobs[0].job_id.split("_")[0]
+            print(f"[launch] interrupted: job {job_id} keeps running (`scancel {job_id}` stops it); launch "
+                  "again once it has ended", file=log, flush=True)
+            return 130
+        for task, job, outcome in zip(ready, jobs, outcomes):
+            where = f"log: {job.paths.stdout}"
+            if "error" in outcome or outcome["failed"]:
+                problem = outcome.get("error") or f"`{outcome['failed']}` exited with status {outcome['status']}"
+                failed.append(task)
+                print(f"[launch] FAILED {task.name}: {problem} ({where})", file=log, flush=True)
+            else:
+                print(f"[launch] done {task.name} on {outcome['host']} with CUDA_VISIBLE_DEVICES="
+                      f"{outcome['cuda_visible_devices']} in {outcome['ended'] - outcome['started']:.0f} s "
+                      f"({where})", file=log, flush=True)
+    for task in all_tasks:
+        if task.stale() and task.name not in submitted:
+            print(f"[launch] blocked {task.name}: needs {', '.join(n for n in task.needs if not Path(n).exists())}",
+                  file=log, flush=True)
+    return _reports(rules, python, log) or (1 if failed else 0)
+
+
+def _is_slurm(executor) -> bool:
+    import submitit
+
+    return isinstance(executor, submitit.SlurmExecutor)
+
+
+def _reports(rules: dict[str, Rule], python: str, log) -> int:
+    """Build each report whose inputs are all there and newer than it (Make's rule), here."""
+    status = 0
+    for rule in rules.values():
+        if not rule.commands or not rule.prerequisites or rule.commands[0].startswith("$(RUN)"):
+            continue
+        missing = [p for p in rule.prerequisites if not Path(p).exists()]
+        if missing:
+            print(f"[launch] not built: {rule.target} ({len(missing)} results missing)", file=log, flush=True)
+            continue
+        target = Path(rule.target)
+        if target.exists() and all(Path(p).stat().st_mtime <= target.stat().st_mtime for p in rule.prerequisites):
+            continue
+        print(f"[launch] building {rule.target}", file=log, flush=True)
+        if subprocess.run(command_line(rule.commands[0], python), stdout=subprocess.DEVNULL).returncode != 0:
+            print(f"[launch] FAILED {rule.target}: its command's error is above", file=log, flush=True)
+            status = 1
+    return status

@@ -1,0 +1,217 @@
+"""`python -m replication launch slurm` (issue 27): tasks from Make's rules, waves, a second launch
+that submits nothing, failures reported with their logs.
+
+Most tests run the tasks in this process through submitit's DebugExecutor. The Slurm tests need a
+real cluster: the single-node one with two fake GPUs that `.ci/slurm-up` starts (root, Debian's
+slurm-wlm), named by TEST_SLURM_CLUSTER; without it they skip, unless REQUIRE_SLURM is set (CI)."""
+
+import io
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, cli, one_error_line
+from replication import launch, pipeline, storage
+
+
+def tiny_profile(tmp_path, name="tiny.yaml", **overrides) -> Path:
+    """tests/tiny-profile.yaml (two runs, seconds each) with its results in tmp_path."""
+    data = yaml.safe_load((ROOT / "tests" / "tiny-profile.yaml").read_text())
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({**data, "results_dir": str(tmp_path / "results"), **overrides}))
+    return path
+
+
+def targets(config: Path) -> list[str]:
+    """Every file the rules of `config` make (runs, measurements, landscapes, the report)."""
+    rules, phony = launch.parse_rules(pipeline.rules("tiny", [str(config)]))
+    return [target for target, rule in rules.items() if target not in phony and rule.commands]
+
+
+def test_tasks_hold_a_run_with_its_measurements_and_wait_for_what_they_need(tmp_path):
+    config = tiny_profile(tmp_path, seeds=[0, 1], warm_start={"enabled": True, "epochs": 1}, epochs=2,
+                          keep_iterates=[1, 2])
+    rules, phony = launch.parse_rules(pipeline.rules("tiny", [str(config)]))
+    found = {task.name: task for task in launch.tasks(rules, phony)}
+    trial = tmp_path / "results" / "F1_synthetic_mnist"
+    for seed in (0, 1):
+        sb, lb = trial / "sb" / f"seed{seed}", trial / "lb" / f"seed{seed}"
+        task = found[str(sb)]
+        assert task.needs == [] and task.targets[0] == f"{sb}/metrics.json"
+        assert f"{sb}/sharpness/full_eps0.001.json" in task.targets and f"{sb}/iterates/measured.json" in task.targets
+        assert task.commands[task.targets[0]].startswith("$(RUN) $(PY) -m replication train ")
+        # Figure 5's piggyback run starts from SB's iterate: a task of its own, after SB's.
+        piggyback = found[str(trial / "lb-from-sb1" / f"seed{seed}")]
+        assert piggyback.needs == [f"{sb}/metrics.json"]
+        # Both landscape paths need SB and LB: one task, after both.
+        landscape = found[f"{trial}/landscape/seed{seed}_linear.pdf"]
+        assert landscape.needs == [f"{sb}/metrics.json", f"{lb}/metrics.json"]
+        assert landscape.targets == [f"{trial}/landscape/seed{seed}_linear.pdf",
+                                     f"{trial}/landscape/seed{seed}_curvilinear.pdf"]
+    # Every GPU target is in exactly one task; checks and the report are not tasks.
+    in_tasks = [target for task in found.values() for target in task.targets]
+    gpu = [target for target, rule in rules.items() if rule.commands and rule.commands[0].startswith("$(RUN)")]
+    assert sorted(in_tasks) == sorted(gpu) and not any(t.endswith("REPORT.md") for t in in_tasks)
+
+
+def test_make_q_cannot_find_stale_runs(tmp_path):
+    """Why staleness is read from the files: `make -q` calls a finished run stale, through the
+    phony check every run follows (order-only)."""
+    config = tiny_profile(tmp_path)
+    rules = pipeline.rules("tiny", [str(config)])
+    (tmp_path / "rules.mk").write_text(rules)
+    run = tmp_path / "results" / "F1_synthetic_mnist" / "sb" / "seed0" / "metrics.json"
+    run.parent.mkdir(parents=True)
+    run.write_text("{}\n")
+    asked = subprocess.run(["make", "-q", "-f", str(tmp_path / "rules.mk"), f"PY={sys.executable}", str(run)],
+                           cwd=tmp_path, capture_output=True)
+    assert asked.returncode == 1  # "needs remaking", though it exists
+    task = next(t for t in launch.tasks(*launch.parse_rules(rules)) if t.name == str(run.parent))
+    assert task.stale() == task.targets[1:]  # the files say: only its measurement is missing
+
+
+class Executors:
+    """Debug executors (tasks run here, one after another), counted."""
+
+    def __init__(self, folder):
+        self.folder, self.made = folder, 0
+
+    def __call__(self):
+        import submitit
+
+        self.made += 1
+        return submitit.DebugExecutor(str(self.folder / "%j"))
+
+
+def run_launch(config, executors) -> tuple[int, str]:
+    out = io.StringIO()
+    status = launch.launch([str(config)], executors, poll_seconds=0.1, log=out)
+    return status, out.getvalue()
+
+
+def test_launch_makes_everything_then_a_second_launch_submits_nothing(tmp_path, monkeypatch):
+    config = tiny_profile(tmp_path)
+    executors = Executors(tmp_path / "logs")
+    # First, both runs are killed after their epoch (a node lost, a task out of memory): each is
+    # reported with its log, the landscape waits for them, and no report is built.
+    monkeypatch.setenv(storage.FAILPOINT_VARIABLE, "epoch:1:end")
+    status, out = run_launch(config, executors)
+    assert status == 1
+    failures = re.findall(r"FAILED (\S+): `[^`]* train [^`]*` exited with status -9 \(log: (\S+)\)", out)
+    assert sorted(Path(name).parent.name for name, _ in failures) == ["lb", "sb"], out
+    assert all(Path(log).parent.is_dir() for _, log in failures)
+    assert "blocked " in out and "landscape/seed0_linear.pdf: needs" in out
+    assert f"not built: {tmp_path}/results/REPORT.md" in out
+    # The next launch submits them again; they resume from their checkpoints and finish.
+    monkeypatch.delenv(storage.FAILPOINT_VARIABLE)
+    status, out = run_launch(config, executors)
+    assert status == 0, out
+    assert out.count("submitted ") == 2  # the runs, then the landscape that needed both
+    assert [t for t in targets(config) if not Path(t).exists()] == []
+    # Everything is there: a second launch submits nothing and rebuilds nothing.
+    made, report_time = executors.made, (tmp_path / "results" / "REPORT.md").stat().st_mtime_ns
+    status, out = run_launch(config, executors)
+    assert status == 0 and executors.made == made and "submitted" not in out
+    assert (tmp_path / "results" / "REPORT.md").stat().st_mtime_ns == report_time
+    # A missing measurement is one task with one command, its run untouched.
+    sharpness = tmp_path / "results" / "F1_synthetic_mnist" / "lb" / "seed0" / "sharpness" / "full_eps0.001.json"
+    sharpness.unlink()
+    status, out = run_launch(config, executors)
+    assert status == 0 and out.count("submitted ") == 1 and "1 with results missing" in out
+    assert sharpness.exists() and f"building {tmp_path}/results/REPORT.md" in out
+
+    # The x0 the launch made before any task ran is the one training makes by itself.
+    alone = tiny_profile(tmp_path, name="alone.yaml", results_dir=str(tmp_path / "alone"))
+    cli("train", alone, "--seed", "0", "--regime", "sb", check=True)
+    digest = [storage.read_json(folder / "F1_synthetic_mnist" / "sb" / "seed0" / "metrics.json")["x0_sha256"]
+              for folder in (tmp_path / "results", tmp_path / "alone")]
+    assert digest[0] == digest[1]
+
+
+@pytest.mark.parametrize("options, problem", [
+    (["--time", "ninety"], "--time 'ninety' is not a Slurm time limit"),
+    (["--sbatch-flag", "--Account x"], "--sbatch-flag '--Account x': give sbatch's long option"),
+])
+def test_bad_launch_options_are_one_line_before_any_work(tmp_path, options, problem):
+    config = tiny_profile(tmp_path)
+    result = cli("launch", "slurm", config, "--partition", "p", *options)
+    assert problem in one_error_line(result.returncode, result.stderr)
+    assert not (tmp_path / "results").exists()
+
+
+def test_launch_without_slurm_says_where_to_run_it(tmp_path):
+    config = tiny_profile(tmp_path)
+    result = cli("launch", "slurm", config, "--partition", "p", env={"PATH": str(tmp_path)})
+    assert "sbatch and srun are not on PATH" in one_error_line(result.returncode, result.stderr)
+
+
+def test_time_limits_in_slurm_forms():
+    assert [launch.parse_time(t) for t in ("90", "5:30", "1:00:01", "2-3", "1-00:30", "0-01:30:00")] == \
+           [90, 6, 61, 51 * 60, 24 * 60 + 30, 90]
+
+
+# --- On a real single-node Slurm with two fake GPUs (.ci/slurm-up) ---------------------------------
+
+def slurm_environment() -> dict:
+    cluster = os.environ.get("TEST_SLURM_CLUSTER")
+    if not cluster or not (Path(cluster) / "slurm.conf").is_file():
+        if os.environ.get("REQUIRE_SLURM"):
+            pytest.fail(f"REQUIRE_SLURM is set, but TEST_SLURM_CLUSTER ({cluster!r}) names no cluster "
+                        "started by .ci/slurm-up")
+        pytest.skip("no test Slurm cluster: start one with `.ci/slurm-up` (root, slurm-wlm) and set "
+                    "TEST_SLURM_CLUSTER to the folder it prints")
+    return {**os.environ, "SLURM_CONF": str(Path(cluster) / "slurm.conf")}
+
+
+def test_launch_on_slurm_gives_each_run_its_own_gpu(tmp_path):
+    environment = slurm_environment()
+    config = tiny_profile(tmp_path)
+    logs = tmp_path / "logs"
+    command = [sys.executable, "-m", "replication", "launch", "slurm", str(config), "--partition", "debug",
+               "--time", "10", "--poll", "1", "--logs", f"{logs}/%j"]
+    first = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout + first.stderr[-3000:]
+    assert [t for t in targets(config) if not Path(t).exists()] == []
+    devices = dict(re.findall(r"done (\S+/seed0) on \S+ with CUDA_VISIBLE_DEVICES=(\S+)", first.stdout))
+    assert sorted(devices.values()) == ["0", "1"], first.stdout  # the two runs, at once, on two GPUs
+    logged = sorted(logs.iterdir())
+    second = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "submitted" not in second.stdout and sorted(logs.iterdir()) == logged
+
+
+def test_an_unknown_partition_is_one_line(tmp_path):
+    environment = slurm_environment()
+    result = subprocess.run([sys.executable, "-m", "replication", "launch", "slurm", str(tiny_profile(tmp_path)),
+                             "--partition", "no-such-partition"], cwd=ROOT, env=environment,
+                            capture_output=True, text=True, timeout=120)
+    assert "partition 'no-such-partition' is not known to Slurm" in one_error_line(result.returncode,
+                                                                                     result.stderr)
+
+
+def test_a_task_killed_by_slurm_is_reported_with_its_log(tmp_path):
+    """A task that leaves no result (killed: memory, time limit, node) is found through squeue,
+    since this cluster, like some, has no accounting for submitit's sacct."""
+    environment = slurm_environment()
+    config = tiny_profile(tmp_path)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "replication", "launch", "slurm", str(config), "--partition", "debug",
+         "--time", "10", "--poll", "1", "--logs", f"{tmp_path}/logs/%j"],
+        cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, running = time.time() + 300, ""
+    while not running:
+        assert time.time() < deadline and launcher.poll() is None, "no task started"
+        time.sleep(0.5)
+        running = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%A"], env=environment,
+                                 capture_output=True, text=True).stdout.split()
+        running = running[0] if running else ""
+    subprocess.run(["scancel", "--signal=KILL", running], env=environment, check=True)
+    out, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 1, out + err[-3000:]
+    assert re.search(r"FAILED \S+: ended without a result .* \(log: \S+_log\.out\)", out), out

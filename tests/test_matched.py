@@ -1,0 +1,147 @@
+"""Matched-loss points, the plateau rule replayed on a kept history (and checked against a real
+plateau-stopped run), and the solver-budget measurements (measure/matched.py, measure/budget.py)."""
+
+import pytest
+
+from conftest import cli, one_error_line
+from replication import config as config_lib
+from replication import storage, train
+from replication.measure import budget, iterates, matched
+from tests.test_iterates import assert_same_weights
+
+
+def history(losses):
+    return [{"epoch": i + 1, "train_loss": loss, "test_loss": 1.0} for i, loss in enumerate(losses)]
+
+
+def test_nearest_epoch_is_nearest_in_log_scale_and_only_within_the_factor():
+    rows = history([0.5, 0.2, 0.09, 0.05, 0.031, 0.02])
+    assert matched.nearest_epoch(rows, 0.1) == 3        # 0.09 beats 0.2 (log distance 0.105 vs 0.69)
+    assert matched.nearest_epoch(rows, 0.03) == 5
+    assert matched.nearest_epoch(rows, 0.003) is None   # nearest 0.02 is 6.7x away: not reached
+    assert matched.nearest_epoch(rows, 0.0135) == 6     # 0.02 / 0.0135 = 1.48 <= 1.5
+    assert matched.nearest_epoch(rows, 0.013) is None   # 0.02 / 0.013 = 1.54 > 1.5
+    assert matched.nearest_epoch(history([float("nan"), 0.1]), 0.1) == 2
+
+
+def test_plateau_epoch_replays_the_trainers_rule():
+    config = config_lib.from_dict({"network": "F1", "dataset": "synthetic_mnist", "epochs": 10, "min_delta": 0.0})
+    # Best 0.1 at epoch 3; epochs 4 and 5 do not improve on it: patience 2 stops at epoch 5.
+    rows = history([0.3, 0.2, 0.1, 0.15, 0.12, 0.05, 0.04, 0.03, 0.02, 0.01])
+    assert matched.plateau_epoch(config, rows, 2) == (5, "plateau")
+    assert matched.plateau_epoch(config, rows, 3) == (10, "max_epochs")  # epoch 6 improves in time
+    points = matched.select(config, rows, levels=(0.1, 0.001), patiences=(2, 3))
+    assert [(p["epoch"], p["why"]) for p in points] == [
+        (3, ["level 0.1"]), (5, ["plateau patience 2"]), (10, ["plateau patience 3 (max_epochs)", "final"])]
+
+
+def test_a_plateau_stopped_run_is_the_fixed_runs_iterate_at_its_stopping_epoch(tiny_config, tmp_path):
+    """The claim measure/matched.py rests on: shuffles and dropout depend on (seed, epoch) only, so
+    stopping early changes nothing before the stop. min_delta 10 makes every epoch 'no better'."""
+    fixed = train.train(config_lib.load(tiny_config(epochs=4, keep_every=1, min_delta=10.0)), "sb", 0)
+    plateau_config = config_lib.load(tiny_config(epochs=4, stopping="plateau", patience=1, min_delta=10.0,
+                                                 results_dir=str(tmp_path / "plateau")))
+    stopped = train.train(plateau_config, "sb", 0)
+    metrics = storage.read_json(stopped / "metrics.json")
+    assert metrics["stopped"] == "plateau" and metrics["epochs_run"] == 2
+    fixed_config = config_lib.load(tiny_config(epochs=4, keep_every=1, min_delta=10.0))
+    epoch, reason = matched.plateau_epoch(fixed_config, storage.read_csv(fixed / "history.csv"), 1)
+    assert (epoch, reason) == (2, "plateau")
+    assert_same_weights(train.iterate_path(fixed, epoch), stopped / "final.weights.h5")
+
+
+def test_matched_measures_the_selected_iterates_and_refuses_runs_that_did_not_keep_every_epoch(
+        tiny_config, tmp_path):
+    config = config_lib.load(tiny_config(epochs=3, keep_every=1, sharpness={"subset": 200}))
+    run = train.train(config, "sb", 0)
+    summary = storage.read_json(matched.measure(run, levels=(10.0,), patiences=(1,), epsilons=[1e-3],
+                                                spaces=["full"]))
+    epochs = [p["epoch"] for p in summary["points"]]
+    assert 3 in epochs and summary["files"]
+    for epoch in epochs:
+        record = storage.read_json(iterates.sharpness_path(run, epoch, "full", 1e-3))
+        assert record["iterate_epoch"] == epoch and record["phi"] >= 0
+        assert storage.read_json(iterates.xent_path(run, epoch))["train_xent"] > 0
+    some = train.train(config_lib.load(tiny_config(epochs=2, keep_iterates=[2],
+                                                   results_dir=str(tmp_path / "some"))), "sb", 0)
+    result = cli("matched", some)
+    assert "did not keep every epoch's iterate" in one_error_line(result.returncode, result.stderr)
+
+
+def test_budget_measures_each_cap_and_random_starts_and_records_how_each_solve_ended(tiny_config):
+    run = train.train(config_lib.load(tiny_config(epochs=1, sharpness={"subset": 200})), "sb", 0)
+    files = budget.measure(run, iterations=(2, 5), restarts=2)
+    assert [f.name for f in files] == ["full_eps0.001_it2_zero.json", "full_eps0.001_it5_zero.json",
+                                       "full_eps0.001_it2_random2.json"]
+    records = [storage.read_json(f) for f in files]
+    assert [r["iterations"] for r in records] == [2, 5, 2]
+    assert [len(r["solves"]) for r in records] == [1, 1, 2]
+    assert all(s["status"] in (0, 1, 2) for r in records for s in r["solves"])
+    # More iterations from the same start never find a lower maximum (max f is the best point seen).
+    assert records[1]["max_f"] >= records[0]["max_f"]
+    again = budget.measure(run, iterations=(2, 5), restarts=2)  # reused, not recomputed
+    assert [storage.read_json(f)["wall_seconds"] for f in again] == [r["wall_seconds"] for r in records]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["matched", "x", "--levels", "0.1,-1"], "--levels"),
+    (["budget", "x", "--iterations", "0"], "--iterations"),
+    (["budget", "x", "--restarts", "-1"], "--restarts")])
+def test_bad_arguments_are_one_line(args, message):
+    result = cli(*args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_report_sections_read_the_measured_points(tiny_config):
+    from replication.analysis import matched_tables, results
+
+    config = config_lib.load(tiny_config(epochs=3, keep_every=1, sharpness={"subset": 200}))
+    for regime in ("sb", "lb"):
+        run = train.train(config, regime, 0)
+        matched.measure(run, levels=(10.0,), patiences=(1,), epsilons=[1e-3], spaces=["full"])
+    budget.measure(run, iterations=(2,), restarts=0)
+    loaded = results.load(config.results_dir)
+    rows = matched_tables.matched_rows(loaded)
+    assert [r["level"] for r in rows] == [10.0, "final"]
+    final = rows[-1]
+    assert final["sb"]["epoch"] == final["lb"]["epoch"] == 3 and not final["matched"]
+    assert final["ratio"] == pytest.approx(final["lb"]["phi"] / final["sb"]["phi"])
+    text = matched_tables.matched_section(loaded)
+    assert "## Sharpness at matched training loss" in text and "final (not matched)" in text
+    stopping = matched_tables.stopping_section(loaded)
+    assert "| fixed | SB | 1 | 3-3 |" in stopping and "n = 1: no interval" in stopping
+    assert "| 0 | LB | full, 0.001 | 2 its from y = 0 |" in matched_tables.budget_section(loaded)
+
+
+@pytest.mark.parametrize("ratios, words", [
+    ([2.0, 3.0], "LB was sharper than SB at every matched level and seed"),
+    ([0.5, 0.8], "LB was flatter than SB at every matched level and seed"),
+    ([0.5, 3.0], "LB was sharper than SB at 1 of 2 matched points")])
+def test_the_plain_words_answer_follows_the_ratios(ratios, words):
+    from replication.analysis import matched_tables
+
+    rows = [{"seed": i, "level": 0.01, "matched": True, "ratio": r} for i, r in enumerate(ratios)]
+    text = matched_tables.answer(rows)
+    assert words in text and "n = 2 seeds" in text and "One seed" not in text
+    assert "One seed" in matched_tables.answer(rows[:1])
+    assert "not measured" in matched_tables.answer([{**rows[0], "matched": False}])
+
+
+def test_iterate_measure_matched_needs_every_epoch():
+    base = {"network": "F1", "dataset": "synthetic_mnist", "epochs": 4, "seeds": [0]}
+    with pytest.raises(config_lib.ConfigError, match="'iterate_measure'.*keep_every: 1"):
+        config_lib.from_dict({**base, "keep_every": 2, "iterate_measure": "matched"})
+    with pytest.raises(config_lib.ConfigError, match="'iterate_measure'"):
+        config_lib.from_dict({**base, "keep_every": 1, "iterate_measure": "some"})
+    assert "iterate_measure" in train.NON_TRAINING_KEYS  # which files make measures, not what training computes
+
+
+def test_pipeline_schedules_matched_instead_of_every_iterate(tmp_path):
+    from replication import pipeline
+
+    path = tmp_path / "c.yaml"
+    path.write_text("network: F1\ndataset: synthetic_mnist\nepochs: 4\nseeds: [0]\nkeep_every: 1\n"
+                    f"iterate_measure: matched\nresults_dir: {tmp_path / 'r'}\n")
+    rules = pipeline.rules("t", [str(path)])
+    assert "matched " in rules and "--space full" in rules and " iterates " not in rules
+    assert str(matched.summary_path(tmp_path / "r" / "F1_synthetic_mnist" / "sb" / "seed0")) in rules
