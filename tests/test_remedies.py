@@ -16,7 +16,7 @@ from test_train import assert_same_run  # metrics.json byte for byte, weights bi
 from replication import backend, pipeline, storage, train
 from replication import config as config_lib
 from replication.measure import sharpness
-from replication.analysis import compare, remedy_tables, results
+from replication.analysis import remedy_tables, results
 from tests.conftest import planned_commands
 
 IMAGE_NETWORKS = {"F1": ((28, 28, 1), 10), "C1": ((32, 32, 3), 10), "C2": ((32, 32, 3), 10),
@@ -375,11 +375,15 @@ def test_tables_6_and_7_beside_the_paper(handmade):
     assert "| F1 | Fashion-MNIST (stand-in for MNIST) | plain | 2 (0) | 90.50 ± 0.71 | 98.03 ± 0.07 " \
            "| 90.00 ± 0.71 | 98.12 ± 0.01 | +0.50 (+3.00) | -0.09 (+0.22) | 300.00 ± 0.00 | 232.25 ± 63.81 |" in table
     assert "under conservative training (not in the paper): F1 90.00 ± 0.00%" in table
-    levels, evidence = remedy_tables.claim7([f1, c1])
-    assert levels == ["pass", "partial"]
-    assert "does not narrow" in evidence[1] and "LB sharper" in evidence[1]
-    assert evidence[-1] == "adversarial training is not built (the paper publishes no numbers for it)"
-    assert remedy_tables.claim7([f1])[1][-1].startswith("not run: augmentation; adversarial")
+    seeds = [*remedy_tables.seed_rows(loaded, "conservative"), *remedy_tables.seed_rows(loaded, "augmentation")]
+    assert [(r["network"], r["seed"], r["plain_sb_test"] - r["plain_lb_test"] - r["sb_test"] + r["lb_test"])
+            for r in seeds] == [("F1", 0, 2.5), ("F1", 1, 2.5), ("C1", 0, -1.0)]  # the narrowing per seed
+    units, notes = remedy_tables.claim7(seeds)
+    assert [u["level"] for u in units] == ["inconclusive", "inconclusive"]  # 2 and 1 seeds
+    assert "gap narrowing (plain gap minus gap under augmentation, points): 0 of 1 seed agrees" in units[1]["evidence"]
+    assert "LB under augmentation / SB sharpness (full, eps 1e-3): 1 of 1 seed agrees" in units[1]["evidence"]
+    assert notes[-1] == "adversarial training is not built (the paper publishes no numbers for it)"
+    assert remedy_tables.claim7(seeds[:2])[1][-1].startswith("not run: augmentation; adversarial")
     # Without remedy runs there are no rows, so no levels: the verdict is "not run".
     for regime in ("sb-conservative", "lb-conservative", "sb-augmented", "lb-augmented"):
         for run in handmade.glob(f"*/{regime}"):
@@ -393,9 +397,10 @@ def test_claim7_cannot_judge_a_half_without_its_evidence(handmade):
     for regime in ("sb", "lb"):  # no plain runs of C1: the gap is not judged, sharpness still is
         shutil.rmtree(handmade / "C1_cifar10_jpeg" / regime)
     loaded = results.load(handmade)
-    (c1,) = remedy_tables.rows(loaded, "augmentation")
-    levels, evidence = remedy_tables.claim7([c1])
-    assert levels == ["partial"] and "gap not judged" in evidence[0] and len(evidence) == 2
+    units, notes = remedy_tables.claim7(remedy_tables.seed_rows(loaded, "augmentation"))
+    assert [u["level"] for u in units] == ["inconclusive"]  # one seed of sharpness
+    assert "gap narrowing (plain gap minus gap under augmentation, points): not computed" in units[0]["evidence"]
+    assert notes == ["not run: conservative; adversarial training is not built (the paper publishes no numbers for it)"]
 
 
 def test_remedy_runs_of_other_settings_are_never_averaged(handmade):
@@ -406,30 +411,3 @@ def test_remedy_runs_of_other_settings_are_never_averaged(handmade):
     with pytest.raises(results.ResultsError, match=r"different remedy settings \('proximal_lambda' is 0.001 "
                                                    r"in the first, 0.01 in the second\)"):
         remedy_tables.rows(results.load(handmade), "conservative")
-
-
-def _published_rows(remedy):
-    """Rows of the paper's own Table 6 or 7, with Table 2's gaps and Table 3's SB sharpness."""
-    _, csv_name, prefix, _ = remedy_tables.TABLES[remedy]
-    table2, table3 = compare.published("table2_accuracy"), compare.published("table3_sharpness_full_space")
-    out = []
-    for network, row in compare.published(csv_name).items():
-        out.append({"network": network, "data": "paper", "remedy": remedy,
-                    "gap": row["baseline_sb_test_mean"] - row[f"{prefix}_test_mean"],
-                    "plain_gap": table2[network]["test_sb_mean"] - table2[network]["test_lb_mean"],
-                    "lb_phi_eps1e-3_mean": row["lb_sharpness_eps1e-3_mean"],
-                    "sb_phi_eps1e-3_mean": table3[network]["eps1e-3_sb_mean"],
-                    "lb_phi_eps5e-4_mean": math.nan, "sb_phi_eps5e-4_mean": math.nan})
-    return out
-
-
-def test_claim7_rule_on_the_papers_own_tables():
-    """As the docstring says: Table 6 passes on C1-C4; Table 7's C3 gap widens (3.60 vs 3.13)."""
-    levels, _ = remedy_tables.claim7(_published_rows("augmentation"))
-    assert levels == ["pass"] * 4
-    rows = _published_rows("conservative")
-    levels, evidence = remedy_tables.claim7(rows)
-    assert dict(zip([r["network"] for r in rows], levels)) == {
-        "F1": "pass", "F2": "pass", "C1": "pass", "C2": "pass", "C3": "partial", "C4": "pass"}
-    assert "gap +3.60 vs plain +3.13 points (does not narrow)" in evidence[4]
-

@@ -16,11 +16,11 @@ import re
 from pathlib import Path
 
 from replication import storage
-from replication.analysis import (compare, hessian_tables, iterate_tables, landscape_figures, remedy_tables, results,
-                                  sweep, verdicts, warmstart)
+from replication.analysis import (compare, hessian_tables, iterate_tables, landscape_figures, matched_tables,
+                                  remedy_tables, results, sweep, verdicts, warmstart)
 
 VERDICT_MARK = {"reproduced": "**reproduced**", "partly reproduced": "**partly reproduced**",
-                "not reproduced": "**not reproduced**", "not run": "not run"}
+                "not reproduced": "**not reproduced**", "not run": "not run"}  # inconclusive: as it is
 
 
 def build(results_dir) -> Path:
@@ -49,6 +49,9 @@ def build(results_dir) -> Path:
     parts.append(_sweep_section(loaded))
     parts.append(_warmstart_section(loaded, claim_rows["warmstart"]))
     parts.append(_iterates_section(loaded, claim_rows["iterates"]))
+    # Runs that kept every epoch (measure/matched.py, measure/budget.py): "" where none did.
+    parts += [matched_tables.matched_section(loaded), matched_tables.stopping_section(loaded),
+              matched_tables.budget_section(loaded)]
     parts.append(_hessian_section(loaded))
     for remedy, (name, _, _, title) in remedy_tables.TABLES.items():
         rows = claim_rows["remedies"][remedy]
@@ -69,11 +72,22 @@ def _verdict_section(root: Path, judged: list[dict]) -> str:
     table = markdown_table(rows, {"claim": "claim", "statement": "the paper says",
                                   "verdict": "verdict", "scope": "scope"},
                            format_cell=lambda k, v: VERDICT_MARK.get(v, v) if k == "verdict" else v)
-    _write(root, "verdicts", judged, table, "Verdicts on the claims of Keskar et al. (2017)")
+    _write(root, "verdicts", [{k: v for k, v in verdict.items() if k != "tests"} for verdict in judged], table,
+           "Verdicts on the claims of Keskar et al. (2017)")
+    tests = [t for v in judged for t in v["tests"]]
+    if tests:
+        columns = {"claim": "claim", "unit": "unit", "what": "measure", "test": "test", "n": "n", "agree": "agree",
+                   "p": "p", "effect": "effect", "low": "95% low", "high": "95% high", "min": "min", "max": "max",
+                   "margin": "margin", "direction": "direction", "kind": "kind", "result": "result"}
+        _write(root, "verdict_tests", [{k: t[k] for k in columns} for t in tests], markdown_table(tests, columns),
+               "The paired tests behind the verdicts")
     evidence = "\n".join(f"- Claim {v['claim']} ({v['verdict']}):"
                          + "".join(f"\n  - {item}" for item in v["reason"].split(" | ")) for v in judged)
-    return ("## Verdicts\n\n" + table + "\nEvidence:\n\n" + evidence + "\n\n### Rules\n\n"
-            + verdicts.VERDICT_RULES)
+    files = (" Every test's numbers: [verdict_tests.csv](tables/verdict_tests.csv) (effect and interval as "
+             "ratios for sharpness and curvature).") if tests else ""
+    return ("## Verdicts\n\n" + table + "\nEvidence (per unit: each test with its seeds, sign-test p, effect "
+            "with its 95% t interval and the seeds' range, margin and result; for sharpness, the training loss of "
+            "both sides)." + files + "\n\n" + evidence + "\n\n### Rules\n\n" + verdicts.VERDICT_RULES)
 
 
 def _table_section(root: Path, name: str, title: str, rows: list[dict], to_markdown,
@@ -237,18 +251,30 @@ def _noise_text(loaded: results.Results, rows: list[dict]) -> str:
              "al. 2018), estimated from mini-batch gradients of the SB batch size on the sharpness "
              "examples (replication/measure/noise.py). McCandlish et al. find that batches up to about this "
              "size train almost as efficiently per example as small ones, and larger ones with "
-             "diminishing returns; it grows as training proceeds, so it is given at x0 and at each "
-             "minimiser (table column).", ""]
+             "diminishing returns, and that it tends to grow as training proceeds; it is given at x0 and at "
+             "each minimiser (table column).", ""]
     for (network, label), values in at_x0.items():
         mean, std, n = compare.summarize(values)
-        unscaled = [r for r in rows if r["network"] == network and r["data"] == label
-                    and r["lr_scaling"] == "none"]
-        drop = sweep.largest_drop(unscaled)
-        where = (f"; our largest test-accuracy drop is between batch {drop[0]} and {drop[1]} "
-                 f"({drop[2]:.2f} points)" if drop else "")
+        mine = [r for r in rows if r["network"] == network and r["data"] == label]
+        drop = sweep.largest_drop([r for r in mine if r["lr_scaling"] == "none"])
         lines.append(f"- {network} ({label}): B_simple at x0 = {compare.cell(mean, std, digits=0)} "
-                     f"({n} seed{'s' if n > 1 else ''}){where}.")
+                     f"({n} seed{'s' if n > 1 else ''}); {growth_text(mean, [r['noise_scale'] for r in mine])}; "
+                     f"{sweep.drop_text(drop)} (unscaled curve).")
     return "\n".join(lines) + "\n\n"
+
+
+def growth_text(at_x0: float, at_minimisers: list[float]) -> str:
+    """Whether B_simple grew from x0 to the minimisers, from the numbers: at every one, none, or some."""
+    finals = [v for v in at_minimisers if math.isfinite(v)]
+    if not finals or not math.isfinite(at_x0):
+        return "not measured at the minimisers"
+    larger = sum(v > at_x0 for v in finals)
+    span = f"{min(finals):.0f}-{max(finals):.0f}" if len(finals) > 1 else f"{finals[0]:.0f}"
+    if larger == len(finals):
+        return f"larger at every minimiser ({span}): it grew during training"
+    if larger == 0:
+        return f"smaller at every minimiser ({span}): it did not grow during training"
+    return f"larger at {larger} of {len(finals)} minimisers ({span}): it did not grow at every batch size"
 
 
 def _differences_section(runs: list[dict], sweep_runs: list[dict] = ()) -> str:

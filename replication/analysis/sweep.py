@@ -27,7 +27,6 @@ from replication.analysis import results as results_lib
 
 # Published Figure 4 curves (package data): only C1 and F2 were published.
 FIGURE4_COLUMNS = ("test_acc_pct", "sharpness_eps1e-3", "sharpness_eps5e-4")
-TREND = 0.5   # |Spearman rho| that counts as a trend over the batch sizes (claim 4's rule)
 MIN_BATCH_SIZES = 3
 
 
@@ -66,11 +65,9 @@ def sharpness_columns(rows: list[dict]) -> list[str]:
     return results_lib.sharpness_columns(rows, "sharpness")
 
 
-def points(loaded: results_lib.Results) -> list[dict]:
-    """One row per (trial, lr scaling, batch size) of every trial that has sweep runs: the mean
-    (sample std) over seeds of test/train accuracy and of each sharpness computed, beside the
-    published Figure 4 value at that batch size where the paper has one (unscaled curve only).
-    Diverged runs and failed solves are counted, never averaged in."""
+def _groups(loaded: results_lib.Results) -> dict[tuple, dict[int, results_lib.Run]]:
+    """{(network, dataset, lr scaling, batch size): {seed: run}} of every trial that has sweep runs,
+    in table order; a sweep run at the SB or LB batch size stands for that seed's SB or LB run."""
     runs = loaded.runs
     swept = {(r.network, r.dataset) for r in runs if config_lib.parse_regime(r.regime)}
     scalings: dict = {trial: {"none"} for trial in swept}
@@ -93,12 +90,21 @@ def points(loaded: results_lib.Results) -> list[dict]:
             continue
         for scaling, batch in keys:
             groups.setdefault((run.network, run.dataset, scaling, batch), {}).setdefault(run.seed, run)
+    order = list(config_lib.LR_SCALINGS)
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.index(kv[0][2]), kv[0][3])))
+
+
+def points(loaded: results_lib.Results) -> list[dict]:
+    """One row per (trial, lr scaling, batch size) of every trial that has sweep runs: the mean
+    (sample std) over seeds of test/train accuracy and of each sharpness computed, beside the
+    published Figure 4 value at that batch size where the paper has one (unscaled curve only).
+    Diverged runs and failed solves are counted, never averaged in."""
+    runs = loaded.runs
+    groups = _groups(loaded)
     measured = sorted({key for run in runs for key in run.sharpness})
-    published = {network: published_figure4(network) for network, _ in swept}  # read each CSV once
-    scaling_order = list(config_lib.LR_SCALINGS)
+    published = {network: published_figure4(network) for network, _, _, _ in groups}  # read each CSV once
     rows = []
-    for (network, dataset, scaling, batch), by_seed in sorted(
-            groups.items(), key=lambda kv: (kv[0][0], kv[0][1], scaling_order.index(kv[0][2]), kv[0][3])):
+    for (network, dataset, scaling, batch), by_seed in groups.items():
         members = list(by_seed.values())
         ok = [r for r in members if not r.diverged]
         test_mean, test_std, _ = compare.summarize([float(r.metrics["test_accuracy"]) for r in ok])
@@ -129,6 +135,32 @@ def points(loaded: results_lib.Results) -> list[dict]:
     return rows
 
 
+def seed_points(loaded: results_lib.Results) -> list[dict]:
+    """One row per run of every sweep point (claim 4 pairs them by seed: a seed's runs share x0):
+    network, dataset, data, lr_scaling, batch_size, seed, diverged, test, train (accuracy %),
+    train_loss (final), sharpness_<space>_eps<eps> (phi; nan where failed or not computed) and
+    f_<space>_eps<eps> (the f recorded with it), deviations."""
+    measured = sorted({key for run in loaded.runs for key in run.sharpness})
+    rows = []
+    for (network, dataset, scaling, batch), by_seed in _groups(loaded).items():
+        for seed, run in by_seed.items():
+            metrics = run.metrics
+            row = {"network": network, "dataset": dataset, "data": metrics["dataset_label"], "lr_scaling": scaling,
+                   "batch_size": batch, "seed": seed, "diverged": run.diverged,
+                   "test": math.nan if run.diverged else float(metrics["test_accuracy"]),
+                   "train": math.nan if run.diverged else float(metrics["train_accuracy"]),
+                   "train_loss": math.nan if run.diverged else float(metrics.get("train_loss", math.nan))}
+            for space, epsilon in measured:
+                measurement = run.sharpness.get((space, epsilon))
+                phi = _phi(measurement.record) if measurement and not run.diverged else None
+                row[sharpness_key(space, epsilon)] = math.nan if phi is None else phi
+                f_x = measurement.record.get("f_x") if measurement else None
+                row[results_lib.sharpness_column("f", space, epsilon)] = math.nan if f_x is None else float(f_x)
+            row["deviations"] = list(metrics["deviations"])
+            rows.append(row)
+    return rows
+
+
 def _phi(record) -> float | None:
     """phi of a sharpness result, None for a failed solve."""
     return None if record["failed"] or record["phi"] is None else float(record["phi"])
@@ -149,25 +181,21 @@ def noise_at_x0(loaded: results_lib.Results) -> dict[tuple[str, str], list[float
     return out
 
 
-def trend(rows: list[dict], column: str) -> tuple[float, float]:
-    """(Spearman rho of `column` against the batch size, last minus first value) over the rows
-    where it is finite; (nan, nan) with fewer than MIN_BATCH_SIZES of them or a constant column."""
-    from scipy import stats
-
-    pairs = sorted((r["batch_size"], r[column]) for r in rows
-                   if isinstance(r.get(column), float) and math.isfinite(r[column]))
-    if len(pairs) < MIN_BATCH_SIZES or len({v for _, v in pairs}) < 2:
-        return math.nan, math.nan
-    batches, values = zip(*pairs)
-    rho = float(stats.spearmanr(batches, values).statistic)
-    return rho, float(values[-1] - values[0])
-
-
 def largest_drop(rows: list[dict]) -> tuple[int, int, float] | None:
-    """The consecutive batch sizes between which mean test accuracy falls most (a, b, points)."""
+    """The consecutive batch sizes between which mean test accuracy falls most (a, b, points; the
+    points are negative if it never falls)."""
     pairs = sorted((r["batch_size"], r["test_mean"]) for r in rows if math.isfinite(r["test_mean"]))
     drops = [(a, b, va - vb) for (a, va), (b, vb) in zip(pairs, pairs[1:])]
     return max(drops, key=lambda d: d[2]) if drops else None
+
+
+def drop_text(drop: tuple[int, int, float] | None) -> str:
+    """largest_drop() in words, by its sign: a drop, or that test accuracy never falls."""
+    if drop is None:
+        return "fewer than two batch sizes with a test accuracy"
+    if drop[2] > 0:
+        return f"largest test-accuracy drop {drop[2]:.2f} points between batch {drop[0]} and {drop[1]}"
+    return "mean test accuracy does not fall between any two consecutive batch sizes"
 
 
 def plot(rows: list[dict], stem: Path) -> tuple[Path, Path]:

@@ -22,6 +22,7 @@ and F2 only: replication/reference/paper_figures/figure5_*).
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -29,27 +30,22 @@ import numpy as np
 
 from replication import storage
 from replication import config as config_lib
-from replication.analysis import compare, iterate_tables
+from replication.analysis import compare, iterate_tables, paired
 from replication.analysis import results as results_lib
 
-TREND = 0.5            # |Spearman rho| against the SB epochs that counts as a trend (claim 5's rule)
-MARGIN_POINTS = 0.5    # least test-accuracy gain (points) that counts as "helps", with one seed
-MIN_POINTS = 3         # SB-epoch points (0 included) a trial needs for a trend
+MIN_POINTS = 3         # SB-epoch points (0 included) a trial needs
 PUBLISHED = ("C1", "F2")
 CURVES = ("sb_test_acc_pct", "piggyback_lb_test_acc_pct", "lb_sharpness_eps1e-3", "lb_sharpness_eps5e-4")
 # Our sharpness column -> the published curve of the same space and epsilon (Figure 5: full space).
 PUBLISHED_SHARPNESS = {"phi_full_eps0.001": "lb_sharpness_eps1e-3", "phi_full_eps0.0005": "lb_sharpness_eps5e-4"}
 RULE = f"""\
 - Claim 5, per network and data, on the piggyback LB runs (one per SB epoch count k, k = 0 being
-  the LB run from x0; seeds averaged, diverged runs and failed solves left out): warm starting
-  helps if the piggyback test accuracy rises with k (Spearman rho >= {TREND}) and at the largest k
-  exceeds that at k = 0 by more than the margin, the larger of {MARGIN_POINTS} points and the seed
-  standard deviation (ddof=1) at either end; the minimiser is then flatter if its sharpness (full
-  space at eps 1e-3, else the first computed) falls with k (rho <= -{TREND}) and is lower at the
-  largest k than at k = 0. Passes if both, partial if one, fails if neither; needs {MIN_POINTS} values of k.
-  How many SB epochs are "enough" (the least k whose gain is half the largest k's) is reported, not
-  judged. Every published curve of Figure 5 (C1 and F2, both epsilons) passes: gains of 3.1 (C1) and
-  6.4 (F2) points, |rho| >= 0.52 (C1's piggyback accuracy levels off after about 15 SB epochs).
+  the LB run from x0; at least {MIN_POINTS} values of k, 0 among them; diverged runs and failed solves left
+  out): helps: the piggyback test accuracy at the largest k minus at k = 0, margin the accuracy
+  margin; flatter: log(phi at the largest k / phi at k = 0) (full space at eps 1e-3, else the
+  first computed), predicted negative, margin a geometric-mean ratio below 1/{paired.SHARP_FACTOR:g}.
+  The mean Spearman rho over seeds against k, and how many SB epochs are "enough" (the least k whose mean
+  gain is half the largest k's), are reported, not judged.
 """
 
 
@@ -89,10 +85,15 @@ def rows(loaded) -> list[dict]:
     # standing for k = 0 may have more (the random subspace), which Figure 5 does not show.
     own = [r for r in out if "/lb/" not in f"/{r['run']}"]
     keys = iterate_tables.phi_keys(own) or iterate_tables.phi_keys(out)
-    return [{**{k: v for k, v in r.items() if k not in ("deviations", "run") and not k.startswith("phi_")},
+    return [{**{k: v for k, v in r.items() if k not in ("deviations", "run") and not k.startswith(("phi_", "f_"))},
              **{c: r.get(c, math.nan if not c.endswith("_failed") else 0)
-                for key in keys for c in (key, key + "_failed")},
+                for key in keys for c in (key, key + "_failed", f_key(key))},
              "deviations": r["deviations"], "run": r["run"]} for r in out]
+
+
+def f_key(phi_key: str) -> str:
+    """The column of the f recorded with a sharpness column: 'phi_full_eps0.001' -> 'f_full_eps0.001'."""
+    return "f_" + phi_key.removeprefix("phi_")
 
 
 def _row(run: results_lib.Run, k: int, sb_test: float, sb, root: Path) -> dict:
@@ -101,6 +102,7 @@ def _row(run: results_lib.Run, k: int, sb_test: float, sb, root: Path) -> dict:
            "sb_epochs": k, "sb_test_accuracy": sb_test,
            "piggyback_test_accuracy": math.nan if run.diverged else float(metrics["test_accuracy"]),
            "piggyback_train_accuracy": math.nan if run.diverged else float(metrics["train_accuracy"]),
+           "piggyback_train_loss": math.nan if run.diverged else float(metrics.get("train_loss", math.nan)),
            "lb_epochs": int(metrics["epochs_run"]), "diverged": int(run.diverged)}
     for (space, epsilon), measurement in run.sharpness.items():
         key = iterate_tables.phi_key(space, epsilon)
@@ -108,6 +110,7 @@ def _row(run: results_lib.Run, k: int, sb_test: float, sb, root: Path) -> dict:
         ok = not record["failed"] and record["phi"] is not None and not run.diverged
         row[key] = float(record["phi"]) if ok else math.nan
         row[key + "_failed"] = 0 if ok else 1
+        row[f_key(key)] = float(record["f_x"]) if ok and record.get("f_x") is not None else math.nan
     # The SB run's deviations and the piggyback runs' in one line (each run's metrics.json names
     # its own start): one list for the verdict's scope, not one line per run.
     own = [d for d in metrics.get("deviations") or [] if not d.startswith("piggyback LB run")]
@@ -164,6 +167,7 @@ def points(rows: list[dict]) -> list[dict]:
     return sorted(out, key=lambda p: (p["network"], p["dataset"], p["sb_epochs"]))
 
 
+@functools.lru_cache(maxsize=None)  # package data, read once; callers do not modify it
 def published_figure5(network: str) -> dict[str, dict[str, np.ndarray]]:
     """{curve name: {"sb_epochs": xs, name: ys}} of the paper's Figure 5 for `network` (names:
     sb_test_acc_pct, piggyback_lb_test_acc_pct, lb_sharpness_eps1e-3, lb_sharpness_eps5e-4);
@@ -177,65 +181,73 @@ def published_figure5(network: str) -> dict[str, dict[str, np.ndarray]]:
 
 
 # Claim 5 ----------------------------------------------------------------------------------------
-def assess(ks, accuracy, accuracy_std, sharpness) -> dict:
-    """Claim 5's rule (RULE) on one trial's curves over the SB epochs `ks` (0 first): the
-    piggyback test accuracy (mean, and seed std or nan) and sharpness at each k. Returns rho_acc,
-    gain, margin, helps, rho_phi, change_phi, flatter, enough (least k with half the gain; nan
-    if no gain), level ("pass", "partial", "fail")."""
-    order = np.argsort(ks)
-    ks, accuracy = np.asarray(ks, float)[order], np.asarray(accuracy, float)[order]
-    accuracy_std, sharpness = np.asarray(accuracy_std, float)[order], np.asarray(sharpness, float)[order]
-    rho_acc = iterate_tables.spearman(ks, accuracy)
+def enough(ks, accuracy) -> float:
+    """How many SB epochs are "enough": the least k (ks ascending, 0 first) at which the test
+    accuracy has made half its gain from k = 0 to the largest k; nan if there is no gain."""
     gain = accuracy[-1] - accuracy[0]
-    spread = [s for s in (accuracy_std[0], accuracy_std[-1]) if math.isfinite(s)]
-    margin = max([MARGIN_POINTS, *spread])
-    helps = math.isfinite(rho_acc) and rho_acc >= TREND and math.isfinite(gain) and gain > margin
-    rho_phi = iterate_tables.spearman(ks, sharpness)
-    change_phi = sharpness[-1] - sharpness[0]
-    flatter = math.isfinite(rho_phi) and rho_phi <= -TREND and math.isfinite(change_phi) and change_phi < 0
-    half = [k for k, a in zip(ks, accuracy) if math.isfinite(gain) and gain > 0 and a - accuracy[0] >= gain / 2]
-    level = "pass" if helps and flatter else "partial" if helps or flatter else "fail"
-    return {"rho_acc": rho_acc, "gain": gain, "margin": margin, "helps": helps, "rho_phi": rho_phi,
-            "change_phi": change_phi, "flatter": flatter, "enough": half[0] if half else math.nan,
-            "level": level}
+    if not (math.isfinite(gain) and gain > 0):
+        return math.nan
+    return next(k for k, a in zip(ks, accuracy) if a - accuracy[0] >= gain / 2)
 
 
-def judge(rows: list[dict]) -> tuple[list[str], list[str]]:
-    """Claim 5 per network and data, by RULE: (levels, one per trial judged; evidence, one line
-    per trial). A trial with fewer than MIN_POINTS values of k with results is not judged."""
-    levels, evidence = [], []
+def judge(rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """Claim 5 per network and data, by RULE, paired by seed: (units, paired.unit's dicts;
+    notes on the trials not judged, with why)."""
+    units, notes = [], []
     by_trial: dict = {}
-    for p in points(rows):
-        by_trial.setdefault((p["network"], p["data"]), []).append(p)
+    for r in rows:
+        by_trial.setdefault((r["network"], r["data"]), []).append(r)
     for (network, label), items in by_trial.items():
-        ok = [p for p in items if math.isfinite(p["test_mean"])]
-        if len(ok) < MIN_POINTS or ok[0]["sb_epochs"] != 0:
-            have = ", ".join(str(p["sb_epochs"]) for p in ok) or "none"
-            evidence.append(f"{network} ({label}): piggyback results at SB epochs {have}; at least {MIN_POINTS} "
-                            "values of k, 0 (the LB run from x0) among them, are needed")
+        name = f"{network} ({label})"
+        ok = [r for r in items if math.isfinite(r["piggyback_test_accuracy"])]
+        ks = sorted({r["sb_epochs"] for r in ok})
+        if len(ks) < MIN_POINTS or ks[0] != 0:
+            notes.append(f"{name}: piggyback results at SB epochs {', '.join(map(str, ks)) or 'none'}; at least "
+                         f"{MIN_POINTS} values of k, 0 (the LB run from x0) among them, are needed")
             continue
-        keys = [k for k in iterate_tables.phi_keys(items) if any(math.isfinite(p[k]) for p in ok)]
+        top = ks[-1]
+        by_seed: dict = {}
+        for r in ok:
+            by_seed.setdefault(r["seed"], {})[r["sb_epochs"]] = r
+        ends = [(b[0], b[top]) for _, b in sorted(by_seed.items()) if 0 in b and top in b]
+        gain = paired.paired([b["piggyback_test_accuracy"] - a["piggyback_test_accuracy"] for a, b in ends],
+                             paired.accuracy_margin(network), f"piggyback LB test accuracy at k = {top} minus at k = 0")
+        keys = [k for k in iterate_tables.phi_keys(ok) if any(math.isfinite(r[k]) for pair in ends for r in pair)]
         key = keys[0] if keys else None
-        phi = [p[key] if key else math.nan for p in ok]
-        verdict = assess([p["sb_epochs"] for p in ok], [p["test_mean"] for p in ok],
-                         [p["test_std"] for p in ok], phi)
-        levels.append(verdict["level"])
-        first, last = ok[0], ok[-1]
-        seeds = sorted({p["seeds"] for p in ok})
-        failed = sum(p.get(key + "_failed", 0) for p in ok) if key else 0
-        sb_last = last["sb_test_mean"]
-        evidence.append(
-            f"{network} ({label}), SB epochs 0-{last['sb_epochs']} ({len(ok)} points, {'/'.join(map(str, seeds))} "
-            f"seed(s) each): piggyback LB test accuracy {first['test_mean']:.2f}% -> {last['test_mean']:.2f}% "
-            f"(gain {verdict['gain']:+.2f} points, margin {verdict['margin']:.2f}; rho {verdict['rho_acc']:+.2f}) "
-            + ("helps" if verdict["helps"] else "does not help")
-            + (f", half the gain by {verdict['enough']:g} SB epochs" if math.isfinite(verdict["enough"]) else "")
-            + (f" (SB itself at {last['sb_epochs']} epochs: {sb_last:.2f}%)" if math.isfinite(sb_last) else "")
-            + "; " + (f"{iterate_tables.phi_label(key)} {phi[0]:.3g} -> {phi[-1]:.3g} (rho {verdict['rho_phi']:+.2f}"
-                      + (f", {failed} failed solve(s) left out" if failed else "") + ") "
-                      + ("flatter" if verdict["flatter"] else "not flatter") if key else "sharpness not computed")
-            + _paper_text(network, last["sb_epochs"]) + f" -> {verdict['level']}")
-    return levels, evidence
+        if key:
+            measured = [(a, b) for a, b in ends if math.isfinite(a[key]) and math.isfinite(b[key])]
+            flatter = paired.paired([paired.log_ratio(b[key], a[key]) for a, b in measured], paired.SHARP_FACTOR,
+                                    f"{iterate_tables.phi_label(key)} at k = {top} / at k = 0", "ratio", -1)
+            failed = sum(int(r.get(key + "_failed", 0)) for r in items)
+            loss = paired.side_losses(
+                [paired.loss(a.get(f_key(key)), a["piggyback_train_loss"]) for a, _ in measured],
+                [paired.loss(b.get(f_key(key)), b["piggyback_train_loss"]) for _, b in measured],
+                ("k = 0", f"k = {top}"))
+            sharp_text = (f"{paired.describe(flatter)} (mean rho against k "
+                          f"{_mean_rho(by_seed, key):+.2f}" + (f"; {failed} failed solve(s) left out" if failed else "")
+                          + f"); {loss}")
+        else:
+            flatter = paired.not_computed("sharpness", paired.SHARP_FACTOR, "ratio", -1)
+            sharp_text = "sharpness not computed"
+        level = paired.level([gain, flatter])
+        means = [float(np.mean([r["piggyback_test_accuracy"] for r in ok if r["sb_epochs"] == k])) for k in ks]
+        half = enough(ks, means)
+        sb_top = [r["sb_test_accuracy"] for r in ok if r["sb_epochs"] == top and math.isfinite(r["sb_test_accuracy"])]
+        units.append(paired.unit(
+            name, network, [gain, flatter], level,
+            f"{name}, SB epochs 0-{top} ({len(ks)} values of k): {paired.describe(gain)} (mean rho against k "
+            f"{_mean_rho(by_seed, 'piggyback_test_accuracy'):+.2f}"
+            + (f"; half the mean gain by {half:g} SB epochs" if math.isfinite(half) else "")
+            + (f"; SB itself at {top} epochs: {np.mean(sb_top):.2f}%" if sb_top else "") + "); "
+            + sharp_text + _paper_text(network, top)))
+    return units, notes
+
+
+def _mean_rho(by_seed: dict, column: str) -> float:
+    """Spearman rho of `column` against k, averaged over the seeds that have it (nan if none)."""
+    rhos = [iterate_tables.spearman(sorted(b), [b[k][column] for k in sorted(b)]) for b in by_seed.values()]
+    rhos = [r for r in rhos if math.isfinite(r)]
+    return float(np.mean(rhos)) if rhos else math.nan
 
 
 def _paper_text(network: str, k: int) -> str:
@@ -248,15 +260,6 @@ def _paper_text(network: str, k: int) -> str:
             f"{acc['piggyback_lb_test_acc_pct'][0]:.2f}%; sharpness eps 1e-3 "
             f"{phi['lb_sharpness_eps1e-3'][0]:.3g} -> "
             f"{at(phi, 'lb_sharpness_eps1e-3'):.3g})")
-
-
-def judge_published(network: str, epsilon: str = "1e-3") -> dict:
-    """assess() on the paper's own Figure 5 curves of `network` (one seed: no spread)."""
-    curves = published_figure5(network)
-    acc, phi = curves["piggyback_lb_test_acc_pct"], curves[f"lb_sharpness_eps{epsilon}"]
-    ks = acc["sb_epochs"]
-    sharp = np.interp(ks, phi["sb_epochs"], phi[f"lb_sharpness_eps{epsilon}"])
-    return assess(ks, acc["piggyback_lb_test_acc_pct"], [math.nan] * len(ks), sharp)
 
 
 # Figure and report section ----------------------------------------------------------------------
