@@ -325,8 +325,8 @@ def main(argv=None) -> int:
                        "would stop, and the final one (runs with keep_every: 1); writes "
                        "RUN_DIR/iterates/matched.json (printed)")
     p.add_argument("run_dir", nargs="+")
-    p.add_argument("--levels", type=_positive_list(float), default=[0.1, 0.03, 0.01, 0.003],
-                   metavar="0.1,0.03,...", help="training cross-entropy levels (default 0.1,0.03,0.01,0.003)")
+    p.add_argument("--levels", type=_positive_list(float), default=[0.1, 0.03, 0.01, 0.003, 0.001],
+                   metavar="0.1,0.03,...", help="training cross-entropy levels (default 0.1,0.03,0.01,0.003,0.001)")
     p.add_argument("--patiences", type=_positive_list(int), default=[2, 5, 10], metavar="2,5,10",
                    help="plateau patiences, in epochs (default 2,5,10)")
     p.add_argument("--epsilon", type=float, help="one epsilon (default: config sharpness.epsilons)")
@@ -418,11 +418,15 @@ def main(argv=None) -> int:
                    help="networks to time training of (default: F1,C1, and C2 on a GPU)")
     p.set_defaults(func=_bench)
 
+    from replication.analysis import rerun  # light: the rule it states is the help's
+
     p = sub.add_parser("diff", help="does a rerun reproduce a results folder? compares every number of "
-                       "the JSON/CSV result files of FIRST and SECOND (exit 1 when they differ)")
+                       "the JSON/CSV result files of FIRST and SECOND (exit 1 when they differ)",
+                       description="Compares every number of the JSON/CSV result files of FIRST and SECOND; "
+                       f"{rerun.IGNORED_RULE}")
     p.add_argument("first")
     p.add_argument("second")
-    p.add_argument("--rtol", type=float, default=0.0, help="relative tolerance (default 0: exact)")
+    p.add_argument("--rtol", type=float, default=0.0, help="relative tolerance in [0, 1) (default 0: exact)")
     p.set_defaults(func=_diff)
 
     p = sub.add_parser("slot", help="run COMMAND on a GPU of its own (make -j on a multi-GPU node: the "

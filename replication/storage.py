@@ -138,7 +138,7 @@ _REMADE_BY = {"sharpness": "sharpness {run}", "noise": "noise {run} --point {ste
               "evaluations": "evaluate {run}", "hessian": "hessian {run}"}
 
 
-def _repair(path: Path) -> str:
+def repair(path: Path) -> str:
     """How to remake the result file at `path`: what to delete and which command writes it again."""
     folder = path.parent
     if folder.name in _REMADE_BY:
@@ -162,9 +162,9 @@ def _repair(path: Path) -> str:
 
 def _unreadable(path: Path, err: BaseException) -> StorageError:
     if isinstance(err, FileNotFoundError):
-        return StorageError(f"{path}: missing: {_repair(path)}")
+        return StorageError(f"{path}: missing: {repair(path)}")
     detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return StorageError(f"{path}: damaged or truncated ({detail}): {_repair(path)}")
+    return StorageError(f"{path}: damaged or truncated ({detail}): {repair(path)}")
 
 
 def _read_text(path: Path) -> str:

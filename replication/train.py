@@ -106,7 +106,13 @@ def build_model(config: config_lib.Config, input_shape, num_classes: int, compil
 
     from replication import models, remedies
 
-    model = models.build(config.network, input_shape, num_classes, config.batchnorm, config.ghost_batch_size)
+    model = models.build(config.network, input_shape, num_classes, config.batchnorm)
+    if config.ghost_batch_size:
+        # Ghost batch norm changes training, not x0 (X0_KEYS): the ghost copy starts from the plain
+        # network's draw (models.with_ghost_batch_norm's clone draws other weights), so a ghost run
+        # makes the x0 a plain run of the trial makes, whichever of them comes first.
+        plain, model = model, models.with_ghost_batch_norm(model, config.ghost_batch_size)
+        model.set_weights(plain.get_weights())
     remedy = (config_lib.parse_remedy(regime) or (None, None))[1] if regime else None
     if remedy == "augmentation":
         model = remedies.augmented(model, config.augmentation)
@@ -184,7 +190,9 @@ def x0_path(config: config_lib.Config, seed: int) -> Path:
     return trial_directory(config) / "x0" / f"seed{seed}{suffix}.weights.h5"
 
 
-# What x0 depends on besides the seed, the backend and the code: the network's shapes.
+# What x0 depends on besides the seed, the backend and the code: the network's shapes. Nothing else
+# that a config sets changes the initial weights: not ghost batch norm (build_model gives a ghost
+# network the plain network's draw), nor a remedy (same layers, so same weights) or the optimizer.
 X0_KEYS = ("network", "dataset", "batchnorm")
 
 

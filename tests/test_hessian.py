@@ -239,3 +239,63 @@ def test_cli_help_states_the_library_defaults():
     text = " ".join(cli("hessian", "--help", check=True).stdout.split())
     for option, default in hessian.DEFAULTS.items():
         assert re.search(rf"--{option} [A-Z]+ [^()]*\(default {default:g}\)", text), option
+
+
+def _copy_of(run_dir, tmp_path):
+    """A copy of a finished run's results folder (so a test's results do not reach another's)."""
+    import shutil
+
+    root = tmp_path / "results"
+    shutil.copytree(run_dir.parents[2], root)
+    return root / run_dir.relative_to(run_dir.parents[2])
+
+
+def test_each_draw_of_a_is_the_subspace_its_seed_draws(finished_run, tmp_path):
+    """Metric 2.1 over draws of A: draw d's phi is the phi of the subspace drawn from the seed it
+    records (a_seed = sharpness.seed + d), measured alone; one A reused while recording other seeds
+    would give every draw draw 0's phi."""
+    import io
+
+    from replication.measure import sharpness
+
+    run_dir = _copy_of(finished_run, tmp_path)
+    record = hessian.measure_run(run_dir, measures=("sharpness",), draws=2, log=io.StringIO())[0]
+    run = train.load_run(run_dir)
+    cfg = run.config.sharpness
+    inputs, labels = train.training_examples(run.config, cfg.subset)
+    assert [d["a_seed"] for d in record["per_draw"]] == [cfg.seed, cfg.seed + 1]
+    for draw in record["per_draw"]:
+        alone = sharpness.measure(run.model, inputs, labels, run.config.eval_batch_size, 1e-3, "random", cfg.dim,
+                                  cfg.iterations, cfg.start, cfg.restarts, draw["a_seed"])
+        assert alone["phi"] == pytest.approx(draw["phi"], rel=1e-6)
+    assert record["per_draw"][0]["phi"] != record["per_draw"][1]["phi"]  # the two subspaces differ
+
+
+def test_an_unconverged_top_eigenvalue_is_recorded_as_a_lower_bound(finished_run, tmp_path, capsys):
+    run_dir = _copy_of(finished_run, tmp_path)
+    assert cli_main.main(["hessian", str(run_dir), "--measures", "eigenvalue", "--draws", "2", "--iterations", "1",
+                          "--force"]) == 0
+    line = next(line for line in capsys.readouterr().err.splitlines() if "top_eigenvalue:" in line)
+    record = storage.read_json(hessian.result_path(run_dir, "top_eigenvalue"))
+    assert [d["converged"] for d in record["per_draw"]] == [False, False]
+    assert record["converged_draws"] == 0 and record["lower_bound"] is True
+    assert "lambda_max >= " in line and "0 of 2 draws converged (a lower bound: raise --iterations)" in line
+    assert cli_main.main(["hessian", str(run_dir), "--measures", "eigenvalue", "--draws", "2", "--force"]) == 0
+    record = storage.read_json(hessian.result_path(run_dir, "top_eigenvalue"))
+    assert record["converged_draws"] == 2 and record["lower_bound"] is False
+
+
+def test_a_reparametrisation_the_network_cannot_take_is_refused_before_measuring(tmp_path, capsys):
+    from conftest import one_error_line
+
+    config = config_lib.from_dict({
+        "network": "F1", "dataset": "synthetic_mnist", "epochs": 1, "seeds": [0], "batchnorm": "moving_average",
+        "train_subset": 200, "test_subset": 50, "sb_batch_size": 50, "eval_batch_size": 64,
+        "results_dir": str(tmp_path / "results"), "sharpness": {"dim": 5, "subset": 150}})
+    run_dir = train.train(config, "sb", 0)
+    capsys.readouterr()  # training's lines
+    code = cli_main.main(["hessian", str(run_dir), *OPTIONS])  # both kinds: batchnorm needs batch statistics
+    line = one_error_line(code, capsys.readouterr().err)
+    assert f"the 'batchnorm' reparametrisation cannot be applied to {run_dir}" in line
+    assert "moving-average batch norm" in line and "leave it out (--kinds relu)" in line
+    assert not (run_dir / "hessian").exists()  # refused before anything was measured

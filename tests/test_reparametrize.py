@@ -3,6 +3,8 @@ ReLU rescaling, up to the batch-norm epsilon for the scaling before batch norm, 
 quantified), the factors are the ones the transformation names, the Hessian moves as
 D^-1 H D^-1, and the measures that depend on the parametrisation move with it."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -139,3 +141,37 @@ def test_transformations_refuse_what_they_cannot_preserve():
                              keras.layers.Dense(3, activation="softmax", name="output")])
     with pytest.raises(ValueError, match="not a Dense"):
         reparametrize.scalings(tanh, "relu", A)
+
+
+def _into_batch_norm(*between, own=None):
+    """Dense(own activation) -> `between` Activation layers -> BatchStatNormalization (epsilon 0) -> Dense softmax."""
+    keras.utils.set_random_seed(3)
+    return keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation=own, name="hidden"),
+                             *[keras.layers.Activation(name, name=f"act_{name}") for name in between],
+                             models.BatchStatNormalization(0.0, name="bn"),
+                             keras.layers.Dense(3, activation="softmax", name="output")])
+
+
+@pytest.mark.parametrize("model, activation", [(lambda: _into_batch_norm(own="tanh"), "'tanh' (hidden)"),
+                                               (lambda: _into_batch_norm("tanh"), "'tanh' (act_tanh)"),
+                                               (lambda: _into_batch_norm("relu", "sigmoid"), "'sigmoid'")])
+def test_the_batchnorm_scaling_refuses_an_activation_a_scale_does_not_pass(model, activation):
+    # Before, a Dense with tanh feeding the batch norm was scaled anyway: tanh(a z) != a tanh(z), so the
+    # outputs changed while the transformation was reported as function-preserving.
+    model = model()
+    inputs, _ = data()
+    with pytest.raises(ValueError, match=r"hidden feeds the batch norm bn through the activation "
+                                         + re.escape(activation) + r".*needs linear or relu there"):
+        reparametrize.scalings(model, "batchnorm", A)
+    wrong = [w * A if i < 2 else w for i, w in enumerate(model.get_weights())]  # what was done before
+    before = reparametrize.outputs(model, model.get_weights(), inputs, 16)
+    assert np.max(np.abs(reparametrize.outputs(model, wrong, inputs, 16) - before)) > 1e-2
+
+
+@pytest.mark.parametrize("between, own", [((), "relu"), (("relu",), None), (("linear", "relu"), None)])
+def test_the_batchnorm_scaling_passes_relu_and_linear_activations_exactly(between, own):
+    model = _into_batch_norm(*between, own=own)
+    inputs, _ = data()
+    assert scaled(model, "batchnorm") == {"hidden/kernel": A, "hidden/bias": A}
+    change = reparametrize.output_change(model, "batchnorm", A, inputs, 16)
+    assert change["max_abs_probability_change"] < 1e-6 and change["epsilon_effect"] == 0.0

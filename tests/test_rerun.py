@@ -3,6 +3,8 @@ after regenerating the quick profile). Every number counts; times and environmen
 
 import json
 
+import pytest
+
 from replication.analysis import rerun
 
 
@@ -83,3 +85,74 @@ def test_a_config_key_added_to_a_section_later_compares_by_its_default(tmp_path,
     assert rerun.main(first, second) == 0
     assert rerun.main(first, third) == 1
     assert f"batch_size_study.compare_epochs: {section['compare_epochs']} vs 3" in capsys.readouterr().out
+
+
+# A batch-size study folder: timing totals, per-step times and times to target are timing fields ---------
+def _study_folder(root, seconds=1.0, steps=120, where="results/batch-size"):
+    run = root / "F1_fashion_mnist" / "b200-x0.5" / "seed0"
+    (run / "noise").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({
+        "regime": "b200-x0.5", "test_accuracy": 88.1, "target": {"steps": steps, "train_seconds": 30 * seconds},
+        "resolved_config": {"network": "F1", "run": {"regime": "b200-x0.5", "seed": 0, "backend": "tensorflow"}}}))
+    (run / "env.json").write_text(json.dumps({"device": "CPU", "start_time": f"2026-01-0{int(seconds)}",
+                                              "end_time": "later", "train_seconds_this_process": 99 * seconds}))
+    (run / "history.csv").write_text(f"epoch,train_loss,seconds\n1,0.5,{12.5 * seconds}\n")
+    (run / "target.csv").write_text(f"step,train_loss,train_seconds\n{steps},0.2,{3 * seconds}\n")
+    (run / "noise" / "final.json").write_text(json.dumps({"b_simple": 1701.9, "wall_seconds": 64 * seconds,
+                                                          "run": f"{where}/F1_fashion_mnist/b200-x0.5/seed0"}))
+    (root / "batch_size.json").write_text(json.dumps({
+        "runs": 1, "train_seconds_total": 812.4 * seconds, "noise_seconds_total": 64 * seconds,
+        "measure_seconds_total": 80 * seconds,
+        "points": [{"batch_size": 200, "steps": steps, "seconds_per_step": 0.01 * seconds,
+                    "seconds_to_target": 1.2 * seconds}]}))
+    (root / "tables").mkdir()
+    (root / "tables" / "batch_size.csv").write_text(
+        f"batch_size,steps,seconds_per_step,train_seconds\n200,{steps},{0.01 * seconds},{30 * seconds}\n")
+    return root
+
+
+def test_a_study_folder_differing_only_in_times_and_hosts_is_reproduced(tmp_path, capsys):
+    # Fails on the old rule, which compared train_seconds_total, seconds_per_step and seconds_to_target.
+    first = _study_folder(tmp_path / "a")
+    second = _study_folder(tmp_path / "b", seconds=3.0, where="/tmp/elsewhere")
+    assert rerun.main(first, second) == 0
+    out = capsys.readouterr().out
+    assert "reproduced: every number of the 7 result files" in out and "see --help" in out
+    # Every other value still counts: the steps to the target, and the run entry of a resolved config
+    # (a mapping under "run", not a location).
+    third = _study_folder(tmp_path / "c", steps=121)
+    assert rerun.main(first, third) == 1
+    out = capsys.readouterr().out
+    assert "target.steps: 120 vs 121" in out and "points[0].steps: 120 vs 121" in out
+    assert "NOT reproduced: 4 difference(s)" in out
+    path = second / "F1_fashion_mnist" / "b200-x0.5" / "seed0" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["resolved_config"]["run"]["backend"] = "jax"
+    path.write_text(json.dumps(metrics))
+    assert rerun.main(first, second) == 1
+    assert "resolved_config.run.backend: 'tensorflow' vs 'jax'" in capsys.readouterr().out
+
+
+def test_the_ignored_fields_are_exactly_the_stated_rule():
+    for key in ("seconds", "wall_seconds", "train_seconds_total", "seconds_per_step", "seconds_to_target",
+                "train_seconds_this_process", "start_time", "end_time", "git_commit", "platform", "environment"):
+        assert rerun._ignored(key, 1.0), key
+    assert rerun._ignored("run", "results/x/sb/seed0") and not rerun._ignored("run", {"seed": 0})
+    for key in ("steps", "b_simple", "phi", "device", "secondsish", "runtime", "test_accuracy"):
+        assert not rerun._ignored(key, 1.0), key
+    for key in ("'seconds'", "'_time'", "environment", "git_commit", "platform", "run"):
+        assert key in rerun.IGNORED_RULE
+
+
+@pytest.mark.parametrize("rtol, problem", [("1", "accepts everything"), ("2.5", "accepts everything"),
+                                           ("inf", "accepts everything"), ("-0.1", "is not a tolerance"),
+                                           ("nan", "is not a tolerance")])
+def test_a_tolerance_that_accepts_everything_or_nothing_sensible_is_refused(tmp_path, capsys, rtol, problem):
+    from replication import __main__ as entry
+    from conftest import one_error_line
+
+    first, second = _folder(tmp_path / "a"), _folder(tmp_path / "b", phi=1e9)
+    code = entry.main(["diff", str(first), str(second), "--rtol", rtol])
+    line = one_error_line(code, capsys.readouterr().err)
+    assert f"--rtol {float(rtol)} {problem}" in line and "give a relative tolerance in [0, 1)" in line
+    assert entry.main(["diff", str(first), str(second), "--rtol", "0.999"]) == 1  # phi 35.25 vs 1e9

@@ -230,3 +230,18 @@ def test_concurrent_requests_for_one_run_do_not_collide(tiny_config, tmp_path):
     assert sum("already finished" in err for _, err in outputs) == 1
     run = tmp_path / "results" / "F1_synthetic_mnist" / "sb" / "seed0"
     assert len(storage.read_csv(run / "history.csv")) == 2
+
+
+def test_a_ghost_config_draws_the_x0_a_plain_config_draws(tiny_config, tmp_path):
+    """Ghost batch norm changes training, not x0. Before, the ghost network was a clone with other
+    weights: an x0 made by a ghost run first was reused by the plain runs of the trial, which then
+    trained to other numbers than the same plain config and seed in a fresh folder."""
+    ghost = config_lib.load(tiny_config(epochs=1, ghost_batch_size=8))
+    plain = config_lib.load(tiny_config(epochs=1))  # the same results_dir as the ghost config
+    fresh = config_lib.load(tiny_config(epochs=1, results_dir=str(tmp_path / "fresh")))
+    ghost_sb = train.train(ghost, "sb", 0)  # makes the trial's x0
+    plain_lb, fresh_lb = train.train(plain, "lb", 0), train.train(fresh, "lb", 0)
+    digests = [storage.read_json(run / "metrics.json")["x0_sha256"] for run in (ghost_sb, plain_lb, fresh_lb)]
+    assert digests[0] == digests[1] == digests[2]
+    assert (plain_lb / "metrics.json").read_bytes() == (fresh_lb / "metrics.json").read_bytes()
+    assert storage.read_json(ghost_sb / "metrics.json")["resolved_config"]["ghost_batch_size"] == 8

@@ -6,6 +6,11 @@ Per network, data and seed with hessian results for both SB and LB, one row per 
   Lanczos start, the Hutchinson probes, Metric 2.1's A, the filter-normalised directions), and n;
   full-space Metric 2.1 draws nothing (one deterministic solve, read from a reparametrisation
   record, which holds it as "before").
+- a top eigenvalue some of whose Lanczos draws did not converge is a lower bound on lambda_max
+  (hessian.py): its cell reads ">= mean ..." and says how many draws converged; its LB/SB ratio is
+  then a bound too (">=" when only LB's value is one, "<=" when only SB's, "n/a" when both), and no
+  draws-to-separate or order-survives verdict is drawn from it. `lanczos_summary` says, for every
+  pair, how many draws converged.
 - LB/SB: the ratio of the means.
 - draws to separate (SEPARATION_RULE): the smallest n >= 2 at which SB's and LB's intervals
   mean ± 2 std / sqrt(n) no longer overlap, taking each measure's sample std over the draws made
@@ -75,9 +80,27 @@ def _spread(run: results_lib.Run, prefix: str) -> tuple[dict | None, str]:
     return record["spread"], ""
 
 
-def _cell(s: dict | None) -> str:
+def lanczos(run: results_lib.Run) -> tuple[int, int] | None:
+    """(draws converged, draws) of the run's top eigenvalue; None if not measured or if its draws do
+    not record convergence (hand-made records)."""
+    record = run.hessian.get("top_eigenvalue")
+    draws = [d for d in (record.record.get("per_draw") or []) if isinstance(d, dict)] if record else []
+    if not draws or any("converged" not in d for d in draws):
+        return None
+    return sum(bool(d["converged"]) for d in draws), len(draws)
+
+
+def _is_bound(counts: tuple[int, int] | None) -> bool:
+    return counts is not None and counts[0] < counts[1]
+
+
+def _cell(s: dict | None, counts: tuple[int, int] | None = None) -> str:
     if s is None or s["mean"] is None:
         return "not measured"
+    if _is_bound(counts):  # the mean of Ritz values below lambda_max
+        spread = f" ± {s['std']:.2g}" if s["std"] is not None else ""
+        return (f">= {s['mean']:.4g}{spread} (lower bound: Lanczos converged in {counts[0]} of {counts[1]} "
+                "draws)")
     if s["draws"] == 0:
         return f"{s['mean']:.4g} (no draw)"
     if s["std"] is None:
@@ -85,11 +108,24 @@ def _cell(s: dict | None) -> str:
     return f"{s['mean']:.4g} ± {s['std']:.2g} (n = {s['draws']})"
 
 
+def _ratio_cell(ratio: float, sb_bound: bool, lb_bound: bool) -> float | str:
+    """LB/SB, or the bound it is where one value is a lower bound: LB's true value can only be
+    larger (the ratio too: ">="), SB's too (the ratio smaller: "<=")."""
+    if math.isnan(ratio) or not (sb_bound or lb_bound):
+        return ratio
+    if sb_bound and lb_bound:
+        return "n/a (both lower bounds)"
+    return f"{'>=' if lb_bound else '<='} {ratio:.2f}"
+
+
 def _survives(sb: results_lib.Run, lb: results_lib.Run, key: str, kind: str) -> str:
     """Whether LB stays on its side of SB when `kind` is applied to either minimiser alone."""
     records = _reparametrizations(sb).get(kind), _reparametrizations(lb).get(kind)
     if key is None or None in records:
         return "not measured"
+    if key == "top_eigenvalue" and not all(r[side][key].get("converged", True) for r in records
+                                           for side in ("before", "after")):
+        return "not judged: a lower bound (Lanczos did not converge)"
     value = VALUE_KEYS[key]
     (sb_before, sb_after), (lb_before, lb_after) = (
         (r["before"][key][value], r["after"][key][value]) for r in records)
@@ -118,18 +154,27 @@ def rows(loaded: results_lib.Results) -> list[dict]:
                 (s_sb, detail), (s_lb, _) = _spread(sb, prefix), _spread(lb, prefix)
                 if s_sb is None and s_lb is None:
                     continue
+                counts = (lanczos(sb), lanczos(lb)) if prefix == "top_eigenvalue" else (None, None)
+                bound = tuple(map(_is_bound, counts))
                 ratio = (s_lb["mean"] / s_sb["mean"] if s_sb and s_lb and s_sb["mean"] not in (None, 0)
                          and s_lb["mean"] is not None else math.nan)
                 separate = draws_to_separate(s_sb, s_lb) if s_sb and s_lb and s_sb["draws"] and s_lb["draws"] \
                     else None
+                # LB's lower bound above SB's value, or LB's value below SB's lower bound, still orders them.
+                sharper = None if math.isnan(ratio) or all(bound) else ratio > 1
+                if (bound[0] and sharper) or (bound[1] and sharper is False):
+                    sharper = None
                 row = {"network": network, "dataset": dataset, "data": sb.metrics.get("dataset_label", dataset),
                        "seed": seed, "measure": label + (f" ({detail})" if detail else ""),
-                       "sb": _cell(s_sb), "lb": _cell(s_lb), "sb_mean": s_sb and s_sb["mean"],
+                       "sb": _cell(s_sb, counts[0]), "lb": _cell(s_lb, counts[1]), "sb_mean": s_sb and s_sb["mean"],
                        "sb_std": s_sb and s_sb["std"], "lb_mean": s_lb and s_lb["mean"],
                        "lb_std": s_lb and s_lb["std"], "draws": s_sb and s_sb["draws"],
-                       "ratio": ratio, "lb_sharper": None if math.isnan(ratio) else ratio > 1,
+                       "sb_lower_bound": bound[0], "lb_lower_bound": bound[1],
+                       **{f"{regime}_lanczos_converged": f"{c[0]} of {c[1]}" if c else None
+                          for regime, c in zip(("sb", "lb"), counts)},
+                       "ratio": _ratio_cell(ratio, *bound), "lb_sharper": sharper,
                        "draws_to_separate": "-" if s_sb and s_sb["draws"] == 0 else
-                       ("n/a" if separate is None else separate),
+                       "n/a (lower bound)" if any(bound) else ("n/a" if separate is None else separate),
                        "factor": ", ".join(f"{f:g}" for f in sorted(factors))}
                 for kind in kinds:
                     row[f"survives_{kind}"] = _survives(sb, lb, key, kind)
@@ -167,15 +212,35 @@ def figures(loaded: results_lib.Results) -> list[tuple[str, Path]]:
 
 
 def separation_summary(table_rows: list[dict]) -> str:
-    """One sentence: how many draws a stable SB/LB comparison needs, measure by measure."""
+    """How many draws a stable SB/LB comparison needs, measure by measure (one sentence), then
+    whether every top eigenvalue converged (lanczos_summary)."""
     drawn = [r for r in table_rows if isinstance(r["draws_to_separate"], int)]
+    lanczos_text = lanczos_summary(table_rows)
     if not drawn:
-        return "No measure was drawn more than once, so the draws a stable comparison needs are unknown."
+        return ("No measure was drawn more than once, so the draws a stable comparison needs are unknown."
+                + (" " + lanczos_text if lanczos_text else ""))
     worst = max(drawn, key=lambda r: r["draws_to_separate"])
     parts = ", ".join(f"{r['measure']} {r['draws_to_separate']}" for r in drawn)
     return (f"Draws needed for SB's and LB's intervals to separate ({SEPARATION_RULE}): {parts}; so "
             f"{worst['draws_to_separate']} draw(s) per estimate suffice for every drawn measure here "
-            f"(the most: {worst['measure']}, {worst['network']} seed {worst['seed']}).")
+            f"(the most: {worst['measure']}, {worst['network']} seed {worst['seed']})."
+            + (" " + lanczos_text if lanczos_text else ""))
+
+
+def lanczos_summary(table_rows: list[dict]) -> str:
+    """One sentence on the convergence of every top eigenvalue in the table ("" if none records it)."""
+    rows = [r for r in table_rows if r["measure"] == MEASURES[0][0]
+            and (r["sb_lanczos_converged"] is not None or r["lb_lanczos_converged"] is not None)]
+    if not rows:
+        return ""
+    bounds = [f"{r['network']} seed {r['seed']} {regime.upper()} ({r[f'{regime}_lanczos_converged']} draws "
+              "converged)" for r in rows for regime in ("sb", "lb") if r[f"{regime}_lower_bound"]]
+    if not bounds:
+        return ("Lanczos converged (residual of the top Ritz pair <= tol |theta|) in every draw of every top "
+                "eigenvalue here, so each is lambda_max to within its residual.")
+    return (f"Lanczos did not converge in every draw of {'; '.join(bounds)}: those top eigenvalues are lower "
+            "bounds on lambda_max (marked >=), not estimates of it; rerun `python -m replication hessian` with "
+            "more --iterations.")
 
 
 def costs(loaded: results_lib.Results) -> list[dict]:

@@ -4,9 +4,10 @@
 folders (run metrics, per-epoch history, sharpness, noise, landscape curves, tables) and compares
 their numbers: exactly by default, because on the same CPU model, backend and library versions
 the code is bit-reproducible (training by the backend's determinism switch; measurements because
-their passes are XLA programs, `backend.compiled`). What is not a result is skipped: wall times,
-dates, commits, platform strings, and the `evaluations/` that `evaluate` adds. Files present in
-one folder only are differences too.
+their passes are XLA programs, `backend.compiled`). What is not a result is skipped, by IGNORED_RULE
+(timing and host fields, and the location of the folder itself), and so are the `evaluations/` that
+`evaluate` adds. Files present in one folder only are differences too. A tolerance must be in [0, 1):
+at 1 any two numbers of one sign agree, so nothing could fail.
 
 Bit-identity is promised only on the same device and versions (README, Guarantees). When the run
 environments differ, the differences are listed but not judged, and the command says so.
@@ -21,20 +22,38 @@ from pathlib import Path
 
 from replication import config as config_lib
 
-# Keys (at any depth) that record how or when a result was made, not what it is.
-IGNORED_KEYS = {"environment", "git_commit", "git_dirty", "platform", "start_time", "end_time",
-                "train_seconds_this_process", "run", "path"}
+# Keys (at any depth) that record when, how long, on which host or where a result was made, not what it is.
+HOST_KEYS = {"environment", "git_commit", "git_dirty", "platform"}
+LOCATION_KEYS = {"run", "path", "sb_run", "lb_run"}  # the run directory a result was made in, as text
+IGNORED_RULE = ("ignored, at any depth of a JSON file or as a CSV column: timing fields (a key with the word "
+                "'seconds' in it, e.g. wall_seconds, train_seconds_total, seconds_per_step, or ending in "
+                "'_time', e.g. start_time); host fields (" + ", ".join(sorted(HOST_KEYS)) + "); and the "
+                "folder's own location (" + ", ".join(sorted(LOCATION_KEYS)) + " when they hold a path). "
+                "Every other value is compared")
 # Made by other commands than a profile's make target (`evaluate` for the cross-backend table).
 EXTRA_DIRECTORIES = {"evaluations"}
 ENVIRONMENT_KEYS = ("device", "backend_version", "keras", "numpy", "python", "deterministic_ops")
 
 
 class DiffError(ValueError):
-    """A folder to compare is missing or holds no result files (one line, exit 2)."""
+    """A folder to compare is missing or holds no result files, or the tolerance accepts everything
+    (one line, exit 2)."""
 
 
-def _ignored(key: str) -> bool:
-    return key in IGNORED_KEYS or key.endswith("seconds") or key.endswith("_time")
+def _ignored(key: str, value=None) -> bool:
+    """IGNORED_RULE."""
+    return (key in HOST_KEYS or "seconds" in key.split("_") or key.endswith("_time")
+            or (key in LOCATION_KEYS and isinstance(value, str)))
+
+
+def check_tolerance(rtol: float) -> None:
+    """DiffError unless 0 <= rtol < 1 (at 1 every pair of numbers of one sign agrees)."""
+    if isinstance(rtol, (int, float)) and 0 <= rtol < 1:
+        return
+    problem = ("accepts everything (at 1 any two numbers of one sign agree)" if isinstance(rtol, (int, float))
+               and rtol >= 1 else "is not a tolerance")
+    raise DiffError(f"--rtol {rtol} {problem}: give a relative tolerance in [0, 1), e.g. --rtol 1e-6 "
+                    "(default 0: exact)")
 
 
 def result_files(root: Path) -> set[str]:
@@ -81,7 +100,7 @@ def _compare(a, b, where: str, rtol: float, out: list[str]) -> None:
         b = _with_defaults(b, defaults, a)
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
-            if _ignored(key):
+            if _ignored(key, a.get(key, b.get(key))):
                 continue
             if key not in a or key not in b:
                 out.append(f"{where}.{key}: only in {'the first' if key in a else 'the second'}")
@@ -120,6 +139,7 @@ def environments(root: Path) -> set[tuple]:
 def diff(first, second, rtol: float = 0.0) -> tuple[list[str], bool]:
     """(differences, comparable): one line per differing number or file; comparable is False when
     the two folders' runs were made on different devices or library versions."""
+    check_tolerance(rtol)
     first, second = Path(first), Path(second)
     for root in (first, second):
         if not root.is_dir() or not result_files(root):
@@ -145,7 +165,8 @@ def main(first, second, rtol: float = 0.0) -> int:
         print(f"... and {len(lines) - 200} more")
     count = len(result_files(Path(first)))
     if not lines:
-        print(f"reproduced: every number of the {count} result files of {first} agrees {rule} with {second}")
+        print(f"reproduced: every number of the {count} result files of {first} agrees {rule} with {second} "
+              "(timing, host and location fields ignored: see --help)")
         return 0
     if not comparable:
         print(f"{len(lines)} difference(s), not judged: the runs of {first} and {second} were made on "

@@ -16,15 +16,23 @@ both files, the key, both values and the fix):
   cell of Tables 3-4 and Figure 4, and every SB/LB ratio, compares like with like;
 - a measurement that is not of its run: a sharpness or noise file recorded for another network,
   regime, seed or batch norm, a noise scale at x0 of another x0, a parametric plot whose runs are
-  not in the folder or whose x0, batch norm, evaluation batch or final weights are not theirs.
+  not in the folder or whose x0, batch norm, evaluation batch or final weights are not theirs;
+- a number no result can hold (VALUE_RULES, HISTORY_COLUMNS, SLICE_COLUMNS, CURVE_COLUMNS: an
+  accuracy outside [0, 100], a negative phi (y = 0 is feasible, so phi >= 0), loss or time, a
+  fractional or non-positive count, a NaN or inf anywhere but a diverged run's losses), a key the
+  tables read missing, or text where a number belongs: the file, the key, the value and its fix;
+- a run whose identity its files contradict (IDENTITY_RULE): its directory names another
+  network, dataset, regime or seed than its metrics.json, config.yaml or env.json record, or its
+  backend differs between them, or it is a run already counted under another directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -66,6 +74,7 @@ class Run:
     # filter-normalised slices (filter_landscape_1d, _2d) -> their CSV rows
     hessian: Mapping[str, Measurement] = dataclasses.field(default_factory=dict)
     slices: Mapping[str, list] = dataclasses.field(default_factory=dict)
+    history: tuple = ()                 # history.csv's rows, checked (empty if absent)
 
     @property
     def network(self) -> str:
@@ -120,6 +129,7 @@ def load(results_dir) -> Results:
     """Read `results_dir` once and check it (module docstring); ResultsError names what is wrong."""
     root = Path(results_dir)
     runs = tuple(_read_run(path) for path in _run_directories(root))
+    _check_not_counted_twice(runs)
     _check_protocols(runs)
     _check_measurements(runs)
     by_path = {run.path: run for run in runs}
@@ -156,7 +166,10 @@ def sharpness_columns(rows: list[dict], prefix: str) -> list[str]:
 
 def read_curve(path) -> dict[str, np.ndarray]:
     """A curve CSV (ours or a published one) as {column: float array}."""
-    rows = storage.read_csv(path)
+    return _float_columns(storage.read_csv(path))
+
+
+def _float_columns(rows: list[dict]) -> dict[str, np.ndarray]:
     return {column: np.array([float(row[column]) for row in rows]) for column in (rows[0] if rows else {})}
 
 
@@ -181,24 +194,35 @@ def _frozen(mapping: dict) -> Mapping:
 
 def _read_run(path: Path) -> Run:
     metrics = storage.read_json(path / "metrics.json")
+    check_values(path / "metrics.json", metrics, REQUIRED["metrics"])
+    diverged = metrics["diverged"]
+    for key in ("train_loss", "test_loss"):  # only a diverged run may end on a non-finite loss
+        if not diverged and key in metrics and not math.isfinite(metrics[key]):
+            raise _impossible(path / "metrics.json", key, metrics[key],
+                              "a finite number >= 0 (the run did not diverge)")
     env = storage.read_json(path / "env.json") if (path / "env.json").exists() else {}
+    check_values(path / "env.json", env)
     history = storage.read_csv(path / "history.csv") if (path / "history.csv").exists() else []
-    resolved = metrics.get("resolved_config", {})
+    seconds = _check_history(path / "history.csv", history, metrics)
+    resolved = metrics.get("resolved_config") or {}
+    if not isinstance(resolved, Mapping) or not isinstance(resolved.get("run", {}), Mapping):
+        raise _impossible(path / "metrics.json", "resolved_config", resolved, "the run's config, with its run entry")
     backend = resolved.get("run", {}).get("backend") or env.get("backend") or DEFAULT_BACKEND
+    _check_identity(path, metrics, env, resolved)
     sharpness = {}
     for file in sorted(path.glob("sharpness/*.json")):
-        record = storage.read_json(file)
+        record = _read_measurement(file, "sharpness")
         sharpness[(record["space"], float(record["epsilon"]))] = Measurement(file, _frozen(record))
-    noise = {file.stem: Measurement(file, _frozen(storage.read_json(file)))
+    noise = {file.stem: Measurement(file, _frozen(_read_measurement(file, "noise")))
              for file in sorted(path.glob("noise/*.json"))}
-    hessian = {file.stem: Measurement(file, _frozen(storage.read_json(file)))
+    hessian = {file.stem: Measurement(file, _frozen(_read_measurement(file, "hessian")))
                for file in sorted(path.glob("hessian/*.json"))}
     # The slices belong to a finished filter_landscape record (its JSON is written after them).
-    slices = {file.stem: storage.read_csv(file) for file in sorted(path.glob("hessian/*.csv"))
-              if "filter_landscape" in hessian}
-    return Run(path, _frozen(metrics), _frozen(env), sum(float(h.get("seconds") or 0) for h in history),
-               backend, _frozen(protocol(metrics["regime"], resolved, backend)), _frozen(sharpness),
-               _frozen(noise), _frozen(hessian), _frozen(slices))
+    slices = {file.stem: _check_columns(file, storage.read_csv(file), SLICE_COLUMNS)
+              for file in sorted(path.glob("hessian/*.csv")) if "filter_landscape" in hessian}
+    return Run(path, _frozen(metrics), _frozen(env), seconds, backend,
+               _frozen(protocol(metrics["regime"], resolved, backend)), _frozen(sharpness),
+               _frozen(noise), _frozen(hessian), _frozen(slices), tuple(history))
 
 
 def protocol(regime: str, resolved: dict, backend: str) -> dict:
@@ -236,7 +260,9 @@ def _read_curve(csv_path: Path, runs: dict[Path, Run]) -> Curve | None:
     json_path = csv_path.with_suffix(".json")
     if not json_path.exists():
         return None
-    meta = storage.read_json(json_path)
+    meta, rows = storage.read_json(json_path), storage.read_csv(csv_path)  # damaged files first, then values
+    check_values(json_path, meta, REQUIRED["curve"])
+    _check_columns(csv_path, rows, CURVE_COLUMNS, required=tuple(CURVE_COLUMNS))
     trial, seed = csv_path.parent.parent, meta["seed"]
     pair = {regime: runs.get(trial / regime / f"seed{seed}") for regime in config_lib.REGIMES}
     missing = [str(trial / regime / f"seed{seed}") for regime, run in pair.items() if run is None]
@@ -244,7 +270,7 @@ def _read_curve(csv_path: Path, runs: dict[Path, Run]) -> Curve | None:
         raise ResultsError(f"{csv_path} was computed from runs that are not finished in this folder "
                            f"({', '.join(missing)}): delete {csv_path.with_suffix('')}.* or train "
                            "those runs and run the landscape step again")
-    curve = Curve(csv_path, _frozen(meta), _frozen(read_curve(csv_path)), pair["sb"], pair["lb"])
+    curve = Curve(csv_path, _frozen(meta), _frozen(_float_columns(rows)), pair["sb"], pair["lb"])
     _check_curve(curve)
     return curve
 
@@ -346,3 +372,305 @@ def _check_curve(curve: Curve) -> None:
                                f"{weights} holds now: delete {curve.csv.with_suffix('')}.* and run "
                                "the landscape step (or make) again")
 
+
+# Values: what a number read from a result file may be ----------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What a value under a key may be: `what` says it in words, `test` decides. A list holds values
+    of its key's rule; a mapping is allowed where `section` (its keys are then checked by their own
+    rules, or all by `each`)."""
+
+    what: str
+    test: Callable[[Any], bool]
+    section: bool = False
+    each: "Rule | None" = None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def number(low: float | None = None, high: float | None = None, *, above: bool = False, integer: bool = False,
+           none: bool = False, nonfinite: bool = False, section: bool = False) -> Rule:
+    """A number (a whole one if `integer`, finite unless `nonfinite`) in [low, high] (low excluded if
+    `above`); None too if `none`."""
+    text = lambda x: str(x) if isinstance(x, int) else f"{x:g}"  # noqa: E731
+    what = "a whole number" if integer else "a number" if nonfinite else "a finite number"
+    if low is not None and high is not None:
+        what += f" in [{text(low)}, {text(high)}]"
+    elif low is not None:
+        what += f" {'>' if above else '>='} {text(low)}"
+    what += " (or NaN, inf)" if nonfinite else ""
+    what += " or null" if none else ""
+
+    def test(value) -> bool:
+        if value is None:
+            return none
+        if not _is_number(value) or (integer and not isinstance(value, int)):
+            return False
+        if not math.isfinite(value):
+            return nonfinite
+        return (low is None or (value > low if above else value >= low)) and (high is None or value <= high)
+
+    return Rule(what, test, section)
+
+
+BOOLEAN = Rule("true or false", lambda value: isinstance(value, bool))
+TEXT = Rule("text", lambda value: isinstance(value, str))
+COUNT, INDEX = number(1, integer=True), number(0, integer=True)
+SEED = number(0, 2 ** 32 - 1, integer=True)  # train.train's range
+NONNEGATIVE, FINITE, POSITIVE = number(0), number(), number(0, above=True)
+PERCENT = number(0, 100)                     # an accuracy in %
+LOSS = number(0, nonfinite=True)             # non-finite only in a diverged run (checked beside)
+TIME = number(0, none=True)                  # seconds; null where a solve failed before timing
+# Every key a result file the loader reads may hold, at any depth, and what its value may be. Keys
+# without a rule (text, digests, settings' names) are not numbers the tables read.
+VALUE_RULES: dict[str, Rule] = {
+    **dict.fromkeys(("network", "dataset", "dataset_label", "regime", "kind", "backend", "deviations",
+                     "stopped", "x0_sha256", "batchnorm", "batchnorm_mode", "figure"), TEXT),
+    "profile": Rule("text or null", lambda value: value is None or isinstance(value, str)),
+    "space": Rule("'full' or 'random'", lambda value: value in ("full", "random")),
+    **dict.fromkeys(("diverged", "failed", "converged", "invariant_subspace", "resolved", "git_dirty",
+                     "diverged_run", "xla", "deterministic_ops", "lower_bound"), BOOLEAN),
+    **dict.fromkeys(("seed", "run_seed"), SEED),
+    "a_seed": number(0, 2 ** 32 - 1, integer=True, none=True),  # null in the full space
+    **dict.fromkeys(("batch_size", "eval_batch_size", "num_train", "num_test", "epochs_run", "num_examples",
+                     "batches", "products", "iterations_limit", "restarts", "evaluations", "examples",
+                     "batches_per_pass", "run_batch_size", "iterate_epoch", "train_examples", "test_examples",
+                     "kept_iterates", "points", "grid", "dim", "n", "probes"), COUNT),
+    "block_rows": number(1, integer=True, none=True),
+    **dict.fromkeys(("function_evaluations", "draws", "draw", "restart", "predictions_changed", "converged_draws"),
+                    INDEX),
+    "diverged_epoch": number(1, integer=True, none=True),
+    "p": number(1, integer=True, none=True),           # null in the full space
+    "subset": number(1, integer=True, none=True),      # null: every example
+    "iterations": number(0, integer=True, none=True),  # a setting, or a solve's own count (null: failed)
+    **dict.fromkeys(("train_loss", "test_loss"), LOSS),
+    **dict.fromkeys(("train_accuracy", "test_accuracy"), PERCENT),
+    # Metric 2.1: phi = (max f(x + Ay) - f(x)) / (1 + f(x)) * 100 >= 0, since y = 0 is feasible
+    **dict.fromkeys(("phi", "phi_std", "f_x", "max_f", "solver_final_f"), number(0, none=True)),
+    "phi_values": NONNEGATIVE,
+    **dict.fromkeys(("epsilon", "factor", "tol", "step", "span"), POSITIVE),
+    # B_simple = tr(Sigma) / |G|^2 with tr(Sigma) >= 0; null where |G|^2's estimate is not positive
+    **dict.fromkeys(("b_simple", "b_simple_standard_error", "trace_sigma"), number(0, none=True)),
+    "grad_norm_sq": number(none=True),
+    # Hessian: an eigenvalue or trace of either sign, errors and spreads >= 0
+    "eigenvalue": number(section=True), "trace": number(section=True),  # sections in a reparametrisation
+    **dict.fromkeys(("lowest_ritz_value", "rise", "values"), FINITE),
+    "per_draw": number(section=True),                  # a draw's result, or its value
+    **dict.fromkeys(("residual", "lowest_residual", "x_norm", "direction_norms", "epsilon_effect"), NONNEGATIVE),
+    **dict.fromkeys(("standard_error", "std"), number(0, none=True)),
+    "mean": number(none=True),
+    "max_abs_probability_change": number(0, 1),
+    "rises": Rule("a mapping of t to finite numbers", lambda value: False, section=True, each=FINITE),
+    "ratio_after_to_before": Rule("a mapping of measures to finite numbers or nulls", lambda value: False,
+                                  section=True, each=number(none=True)),
+    "moved": Rule("a mapping of measures to true, false or null", lambda value: False, section=True,
+                  each=Rule("true, false or null", lambda value: value is None or isinstance(value, bool))),
+}
+# Subtrees whose values are not results: the host, the config (config.py validates it), a
+# measurement's settings (compared across runs instead, by _check_measurements; a required one is
+# checked by its rule) and the batch-size study's target summary (its reader, batchsize_report, checks it).
+NOT_RESULTS = ("environment", "resolved_config", "settings", "config_sharpness", "target")
+# Keys the tables read with [] from each kind of file: one missing is named, never a KeyError.
+REQUIRED = {
+    "metrics": ("network", "dataset", "dataset_label", "regime", "seed", "batch_size", "epochs_run", "diverged",
+                "train_accuracy", "test_accuracy", "deviations"),
+    "sharpness": ("space", "epsilon", "failed", "phi"),
+    "noise": (),
+    "curve": ("network", "dataset", "dataset_label", "seed", "path", "figure", "batchnorm_mode"),
+}
+SPREAD = ("spread.mean", "spread.std", "spread.draws")
+HESSIAN_REQUIRED = {"top_eigenvalue": SPREAD + ("per_draw",), "trace": SPREAD + ("per_draw",),
+                    "sharpness_random_eps": SPREAD + ("settings.epsilon", "settings.p"),
+                    "filter_landscape": SPREAD + ("step",),
+                    "reparametrization_": ("kind", "factor", "settings.epsilon") + tuple(
+                        f"{side}.{measure}" for side in ("before", "after") for measure in
+                        ("phi_full.phi", "top_eigenvalue.eigenvalue", "trace.trace", "filter_rise.rise"))}
+# CSV columns: history.csv, the filter-normalised slices (hessian/*.csv), the parametric-plot curves.
+HISTORY_COLUMNS = {"epoch": COUNT, "seconds": TIME, "train_loss": LOSS, "test_loss": LOSS,
+                   "train_accuracy": PERCENT, "test_accuracy": PERCENT}
+SLICE_COLUMNS = {"draw": INDEX, "t": FINITE, "a": FINITE, "b": FINITE, "loss": NONNEGATIVE,
+                 "accuracy": number(0, 1)}  # a fraction here
+CURVE_COLUMNS = {"alpha": FINITE, "train_xent": NONNEGATIVE, "test_xent": NONNEGATIVE,
+                 "train_acc_pct": PERCENT, "test_acc_pct": PERCENT}
+
+
+def rule_for(key: str) -> Rule | None:
+    """The rule of a key (VALUE_RULES; any time in seconds is >= 0), or None for a key that is no number."""
+    if key in VALUE_RULES:
+        return VALUE_RULES[key]
+    if key == "seconds" or key.endswith("_seconds") or "_seconds_" in key:
+        return TIME
+    return None
+
+
+def _impossible(path: Path, where: str, value, what: str) -> ResultsError:
+    return ResultsError(f"{path}: {where} is {value!r}, which no result can be (expected {what}): "
+                        f"{storage.repair(path)}")
+
+
+def check_values(path: Path, record: Mapping, required=()) -> None:
+    """Every key of `record` (a JSON result file at `path`) obeys its rule, and the `required` keys
+    (dotted for nested ones) are there; else ResultsError naming the file, the key, the value and the fix."""
+    for key in required:
+        value = record
+        for part in key.split("."):
+            if not isinstance(value, Mapping) or part not in value:
+                raise ResultsError(f"{path}: no '{key}', which every such file has: {storage.repair(path)}")
+            value = value[part]
+        if "." in key and (rule := rule_for(part)) is not None:  # one the walk below may not reach
+            _walk(path, value, rule, key)
+    _walk(path, record, Rule("a mapping", lambda value: False, section=True), "")
+
+
+def _walk(path: Path, value, rule: Rule | None, where: str) -> None:
+    if isinstance(value, Mapping):
+        if rule is not None and not rule.section:
+            raise _impossible(path, where, dict(value), rule.what)
+        for key, item in value.items():
+            if key not in NOT_RESULTS:
+                child = rule.each if rule is not None and rule.each else rule_for(str(key))
+                _walk(path, item, child, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _walk(path, item, rule, f"{where}[{index}]")
+    elif rule is not None and not rule.test(value):
+        raise _impossible(path, where, value, rule.what)
+
+
+def _parse(text: str):
+    """A CSV cell as the number it holds (int if whole), else the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except (TypeError, ValueError):
+            pass
+    return text
+
+
+def _check_columns(path: Path, rows: list[dict], columns: Mapping[str, Rule], required=()) -> list[dict]:
+    """Every cell of the `columns` a CSV has obeys its rule, and the `required` columns are there."""
+    header = set(rows[0]) if rows else set(required)
+    if missing := [column for column in required if column not in header]:
+        raise ResultsError(f"{path}: no column {missing[0]!r}, which every such file has: {storage.repair(path)}")
+    for number_, row in enumerate(rows, start=1):
+        for column, rule in columns.items():
+            if column in row and not rule.test(_parse(row[column])):
+                raise _impossible(path, f"row {number_}'s {column}", row[column], rule.what)
+    return rows
+
+
+def _read_measurement(path: Path, kind: str) -> dict:
+    """A measurement JSON (sharpness, noise, hessian), its values checked."""
+    record = storage.read_json(path)
+    required = REQUIRED.get(kind) or next((keys for prefix, keys in HESSIAN_REQUIRED.items()
+                                           if path.stem.startswith(prefix)), ())
+    check_values(path, record, required)
+    if kind == "sharpness" and not record["failed"] and record["phi"] is None:
+        raise _impossible(path, "phi", None, "a finite number >= 0, since the solve did not fail")
+    return record
+
+
+def _check_history(path: Path, rows: list[dict], metrics: Mapping) -> float:
+    """history.csv's values (HISTORY_COLUMNS), its epochs rising to metrics.json's epochs_run, and a
+    non-finite loss only in a diverged run; returns the sum of its epochs' wall times."""
+    if not rows:
+        return 0.0
+    _check_columns(path, rows, HISTORY_COLUMNS, required=("epoch",))
+    epochs = [_parse(row["epoch"]) for row in rows]
+    if any(later <= earlier for earlier, later in zip(epochs, epochs[1:])) or epochs[-1] != metrics["epochs_run"]:
+        raise ResultsError(f"{path}: its epochs ({', '.join(map(str, epochs))}) do not rise to the "
+                           f"{metrics['epochs_run']} epochs metrics.json records: {storage.repair(path)}")
+    for number_, row in enumerate(rows, start=1):
+        for column in ("train_loss", "test_loss"):
+            if column in row and not metrics["diverged"] and not math.isfinite(_parse(row[column])):
+                raise _impossible(path, f"row {number_}'s {column}", row[column],
+                                  "a finite number >= 0 (the run did not diverge)")
+    return sum(float(row["seconds"]) for row in rows if "seconds" in row)
+
+
+# Identity: a run is the run its directory names, and it is counted once --------------------------------
+IDENTITY_RULE = (
+    "a run directory <results>/<network>_<dataset>/<regime>/seed<N> holds the run its files record: the "
+    "network, dataset, regime, seed and backend of metrics.json (and of its resolved config), config.yaml "
+    "and env.json agree with each other and with the path, and config.yaml is the config metrics.json "
+    "resolved (every key both have); and a run is counted once: every seed draws its own x0, so two seeds "
+    "of one trial never record the same x0 (x0_sha256), and two seeds of one regime never record the same "
+    "training (every loss and accuracy of history.csv)")
+# The facts of a run that each of its files may record, as (file, where in that file).
+_FACTS = {"network": (("metrics.json", "network"), ("metrics.json", "resolved_config.network"),
+                      ("config.yaml", "network")),
+          "dataset": (("metrics.json", "dataset"), ("metrics.json", "resolved_config.dataset"),
+                      ("config.yaml", "dataset")),
+          "regime": (("metrics.json", "regime"), ("metrics.json", "resolved_config.run.regime"),
+                     ("config.yaml", "run.regime")),
+          "seed": (("metrics.json", "seed"), ("metrics.json", "resolved_config.run.seed"),
+                   ("config.yaml", "run.seed"), ("env.json", "seed")),
+          "backend": (("metrics.json", "resolved_config.run.backend"), ("config.yaml", "run.backend"),
+                      ("env.json", "backend"))}
+
+
+def _get(record: Mapping, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(record, Mapping) or part not in record:
+            return None
+        record = record[part]
+    return record
+
+
+def _check_identity(path: Path, metrics: Mapping, env: Mapping, resolved: Mapping) -> None:
+    """IDENTITY_RULE within one run directory; ResultsError names both places and the fix."""
+    trial, seed = f"{metrics['network']}_{metrics['dataset']}", f"seed{metrics['seed']}"
+    home = path.parents[2] / trial / metrics["regime"] / seed
+    moved = (f"a run copied or moved into another run's folder is not that run: move {path} to {home} if "
+             "it is the run its files record, else delete it")
+    named = {"network and dataset": (path.parent.parent.name, trial), "regime": (path.parent.name, metrics["regime"]),
+             "seed": (path.name, seed)}
+    for what, (directory, recorded) in named.items():
+        if directory != recorded:
+            raise ResultsError(f"{path}/metrics.json records {what} {recorded!r}, but its directory says "
+                               f"{directory!r}: {moved}")
+    config = storage.read_yaml(path / "config.yaml") if (path / "config.yaml").exists() else {}
+    files = {"metrics.json": metrics, "config.yaml": config, "env.json": env}
+    for fact, places in _FACTS.items():
+        found = [(f"{name} ({where})", value) for name, where in places
+                 if (value := _get(files[name], where)) is not None]
+        if any(value != found[0][1] for _, value in found):
+            (first, a), (second, b) = found[0], next(item for item in found if item[1] != found[0][1])
+            raise ResultsError(f"{path}: {first} records {fact} {a!r}, {second} {b!r}: the files of two runs "
+                               f"were mixed (copied or hand-edited): delete {path} and train it again")
+    # config.yaml is the config metrics.json resolved, less where it lives (results_dir); a key only
+    # one of them has is one the other's run predates (a resumed run keeps its first config.yaml).
+    key = next((k for k in sorted(set(config) & set(resolved) - {"results_dir"}) if config[k] != resolved[k]), None)
+    if key is not None:
+        raise ResultsError(f"{path}: config.yaml has {key} {config[key]!r}, but metrics.json's resolved config "
+                           f"{resolved[key]!r}: the files of two runs were mixed (copied or hand-edited): "
+                           f"delete {path} and train it again")
+
+
+def _training_record(run: Run) -> tuple | None:
+    """Every loss and accuracy of the run's history.csv, as written (None without such columns)."""
+    columns = [c for c in ("train_loss", "train_accuracy", "test_loss", "test_accuracy") if run.history
+               and c in run.history[0]]
+    return tuple(tuple(row[c] for c in columns) for row in run.history) if columns else None
+
+
+def _check_not_counted_twice(runs: tuple[Run, ...]) -> None:
+    """IDENTITY_RULE across runs: no two seeds of a trial share an x0 or, in one regime, a training."""
+    x0_of: dict[tuple, Run] = {}
+    training_of: dict[tuple, Run] = {}
+    for run in runs:
+        trial = (run.network, run.dataset)
+        for owners, key, what in ((x0_of, (trial, run.metrics.get("x0_sha256")),
+                                   "start from the same x0, and every seed draws its own"),
+                                  (training_of, (trial, run.regime, _training_record(run)),
+                                   "hold the same training, loss for loss")):
+            if key[-1] is None:
+                continue
+            other = owners.setdefault(key, run)
+            if other.seed != run.seed:
+                raise ResultsError(
+                    f"{other.path} and {run.path} record seeds {other.seed} and {run.seed} but {what}: one of them "
+                    f"is a copy of the other seed's run, which would be counted twice: delete the copy (the x0 "
+                    f"record {run.path.parents[1] / 'x0'}/seed<N>*.json names the seed that drew the x0)")

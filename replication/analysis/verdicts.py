@@ -70,7 +70,8 @@ The accuracy margin is the larger of the paper's SB and LB seed standard deviati
 accuracy (Table 2): {_MARGINS} points.
 Every sharpness comparison states the training loss of both sides (f on the sharpness examples
 where the sharpness file records it, else the run's final training loss) and whether they match
-within {paired.LOSS_MATCH_FACTOR:g}x; the verdicts do not depend on it. Where runs kept every epoch, the section "Sharpness at matched training loss" compares SB and LB at equal f instead.
+within {paired.LOSS_MATCH_FACTOR:g}x; the verdicts do not depend on it. Where runs kept every epoch,
+the section "Sharpness at matched training loss" compares SB and LB at equal f instead.
 - Claim 1, per network: SB minus LB test accuracy; margin: the accuracy margin. Passes if that
   holds and the mean SB - LB training accuracy is within {SAME_TRAIN_POINTS:g} points in absolute value;
   partial if it holds but the training accuracies differ by more; fails otherwise.

@@ -25,7 +25,9 @@ lambda_max `top_eigenvalue`, tr(H) `trace`.
   the tests). With a random v0, that eigenvalue is lambda_max with probability 1 in exact
   arithmetic; the spread over draws checks it. Unlike power iteration (PyHessian) Lanczos finds
   the largest eigenvalue, not the largest in magnitude, and states its error. Not converged within
-  `iterations`: reported as such (theta is then a lower bound on lambda_max). The smallest Ritz
+  `iterations`: reported as such (theta is then only a lower bound on lambda_max): each draw records
+  `converged`, the record `converged_draws` and `lower_bound`, and every table marks the value as
+  a lower bound (analysis/hessian_tables.py). The smallest Ritz
   value is reported too: an upper bound on lambda_min, so a negative one says x is not a minimum.
 - Trace: Hutchinson, tr(H) ~ mean over m Rademacher probes z of z^T H z (PROBES), with standard
   error std(z^T H z) / sqrt(m). Exact for a diagonal H (z_i^2 = 1).
@@ -289,6 +291,15 @@ def measure_run(run_dir, measures=MEASURES, kinds=reparametrize.KINDS, force: bo
     o = {**DEFAULTS, **options}
     _validate(o)
     context = _Context(run_dir, o, log or sys.stderr)
+    for kind in kinds if "reparametrization" in measures else ():
+        try:  # before anything is measured: a network the transformation cannot preserve
+            reparametrize.scalings(context.run.model, kind, o["factor"])
+        except ValueError as err:
+            others = [k for k in kinds if k != kind]
+            raise config_lib.ConfigError(
+                f"hessian: the {kind!r} reparametrisation cannot be applied to {context.run.path}: {err}; leave "
+                f"it out ({'--kinds ' + ','.join(others) if others else '--measures without reparametrization'})") \
+                from None
     records, base = [], {}
     eigenvalue_settings = context.settings(measure="top eigenvalue of H", rule=RULE, start=START,
                                            iterations=o["iterations"], tol=o["tol"], seed=o["seed"],
@@ -300,7 +311,10 @@ def measure_run(run_dir, measures=MEASURES, kinds=reparametrize.KINDS, force: bo
         h = context.curvature()
         draws = over_draws(lambda d: top_eigenvalue(h, h.get_flat(), o["iterations"], o["tol"], o["seed"], d),
                            o["draws"], "eigenvalue")
-        return {**draws, "rule": RULE, "start": START}
+        converged = sum(d["converged"] for d in draws["per_draw"])
+        # An unconverged draw's theta is below lambda_max, so their mean is only a lower bound.
+        return {**draws, "converged_draws": converged, "lower_bound": converged < len(draws["per_draw"]),
+                "rule": RULE, "start": START}
 
     def traces():
         h = context.curvature()
@@ -310,9 +324,10 @@ def measure_run(run_dir, measures=MEASURES, kinds=reparametrize.KINDS, force: bo
     if "eigenvalue" in measures or "reparametrization" in measures:
         base["eigenvalue"] = context.record(
             "top_eigenvalue", eigenvalue_settings, eigenvalues, force,
-            lambda r: f"lambda_max = {_format(r['spread'])}, {sum(d['products'] for d in r['per_draw'])} "
-                      f"H v products, {sum(d['converged'] for d in r['per_draw'])} of {r['spread']['draws']} "
-                      "draws converged")
+            lambda r: f"lambda_max {'>=' if _lower_bound(r) else '='} {_format(r['spread'])}, "
+                      f"{sum(d['products'] for d in r['per_draw'])} H v products, "
+                      f"{sum(d['converged'] for d in r['per_draw'])} of {r['spread']['draws']} draws converged"
+                      + (" (a lower bound: raise --iterations)" if _lower_bound(r) else ""))
         records.append(base["eigenvalue"])
     if "trace" in measures or "reparametrization" in measures:
         base["trace"] = context.record(
@@ -348,6 +363,11 @@ def measure_run(run_dir, measures=MEASURES, kinds=reparametrize.KINDS, force: bo
                                           lambda kind=kind: _reparametrized(context, kind, o, base), force,
                                           _reparametrized_summary))
     return records
+
+
+def _lower_bound(record: dict) -> bool:
+    """Did some draw of a top_eigenvalue record not converge (its value then a lower bound)?"""
+    return not all(d["converged"] for d in record["per_draw"])
 
 
 def last_result(run_dir, measures, kinds, factor: float, epsilon: float) -> Path:
@@ -480,7 +500,8 @@ def _reparametrized(context, kind: str, o: dict, base: dict) -> dict:
 
 
 MOVED_RULE = ("moved: |after / before - 1| exceeds the estimate's own relative error: for lambda_max the "
-              "larger of the two Lanczos residuals and 3 sample std over draws (relative to the mean); for "
+              "larger of the two Lanczos residuals and 3 sample std over draws (relative to the mean), not judged "
+              "(null) where either Lanczos did not converge (a lower bound); for "
               "the trace 3 sqrt(SE_before^2 + SE_after^2) and 3 sample std over draws; for phi (no draw, "
               "deterministic passes) and the filter-normalised rise (the mean over the same seeded "
               "directions on both sides, deterministic passes) 1%")
@@ -498,6 +519,8 @@ def _moved(name: str, ratio, before: dict, after: dict, spread) -> bool | None:
     if spread and spread["std"] is not None:
         relative_spread = relative(3 * spread["std"], spread["mean"])
     if name == "top_eigenvalue":
+        if not (before.get("converged", True) and after.get("converged", True)):
+            return None  # a lower bound on either side: no change can be told from the bound
         error = max(relative(before["residual"], before["eigenvalue"]),
                     relative(after["residual"], after["eigenvalue"]), relative_spread)
     elif name == "trace":

@@ -5,11 +5,14 @@ Beyond Keskar et al. (2017): a measure of sharpness that moves under a transform
 the network's function unchanged measures the parametrisation, not the minimum. Two kinds, each
 scaling every eligible layer of a chain network (F1, F2, C1-C4 are chains) by one factor a > 0:
 
-- "batchnorm": the kernel and bias of every Dense/Conv2D whose output goes straight into a
-  BatchStatNormalization (batch_statistics) are multiplied by a. The layer's output h becomes a h;
-  its batch mean and variance become a mu and a^2 sigma^2, so the normalised value
-  (h - mu) / sqrt(sigma^2 + eps) becomes (h - mu) / sqrt(sigma^2 + eps / a^2): unchanged but for
-  the epsilon (1e-3), which `output_change` quantifies per unit (`epsilon_effect`).
+- "batchnorm": the kernel and bias of every Dense/Conv2D whose output goes into a
+  BatchStatNormalization (batch_statistics), directly or through Activation layers, are multiplied
+  by a. The layer's output h becomes a h; its batch mean and variance become a mu and a^2 sigma^2,
+  so the normalised value (h - mu) / sqrt(sigma^2 + eps) becomes (h - mu) / sqrt(sigma^2 + eps / a^2):
+  unchanged but for the epsilon (1e-3), which `output_change` quantifies per unit (`epsilon_effect`). Every activation
+  on the way (the layer's own, and Activation layers between) must be positive homogeneous (linear
+  or ReLU: act(a z) = a act(z)); one that is not (tanh, sigmoid, ...) is refused, since the batch
+  norm would then not see a h and the function would change.
 - "relu": into every ReLU unit by a, out of it by 1/a (relu(a z) = a relu(z) for a > 0): the
   affine parameters feeding the ReLU (a batch norm's gamma and beta, or a Dense/Conv2D's kernel and
   bias) times a, the kernel of the next Dense/Conv2D (across Flatten, Dropout and max-pooling,
@@ -33,6 +36,15 @@ _HOMOGENEOUS = (keras.layers.Flatten, keras.layers.Dropout, keras.layers.MaxPool
 _WEIGHTED = (keras.layers.Dense, keras.layers.Conv2D)
 
 
+# Activations with act(a z) = a act(z) for a > 0: a scale passes through them.
+POSITIVE_HOMOGENEOUS = ("linear", "relu")
+
+
+def _activation(layer) -> str:
+    """A Dense/Conv2D's or an Activation layer's activation, by name."""
+    return str(layer.get_config()["activation"])
+
+
 def _is_relu(layer) -> bool:
     return isinstance(layer, keras.layers.Activation) and layer.get_config()["activation"] == "relu"
 
@@ -51,11 +63,11 @@ def scalings(model, kind: str, a: float) -> list[tuple[str, float]]:
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     scaled: list[tuple[str, float]] = []
     for i, layer in enumerate(layers):
-        following = layers[i + 1] if i + 1 < len(layers) else None
         if kind == "batchnorm":
-            if isinstance(layer, _WEIGHTED) and isinstance(following, models.BatchStatNormalization):
+            norm = _batch_norm_after(layers, i) if isinstance(layer, _WEIGHTED) else None
+            if isinstance(norm, models.BatchStatNormalization):
                 scaled += [(layer.kernel.path, a)] + ([(layer.bias.path, a)] if layer.use_bias else [])
-            elif isinstance(layer, _WEIGHTED) and isinstance(following, keras.layers.BatchNormalization):
+            elif norm is not None:
                 raise ValueError(f"{layer.name} feeds a moving-average batch norm, whose statistics do not "
                                  "follow the scale: the 'batchnorm' transformation needs batchnorm "
                                  "batch_statistics")
@@ -79,6 +91,25 @@ def scalings(model, kind: str, a: float) -> list[tuple[str, float]]:
     if not scaled:
         raise ValueError(f"{model.name} has nothing the {kind!r} transformation scales")
     return scaled
+
+
+def _batch_norm_after(layers: list, i: int):
+    """The batch norm that the weighted layer `layers[i]` feeds, directly or through Activation
+    layers, or None. ValueError if an activation on the way (its own included) is not positive
+    homogeneous: scaling the layer by a would then not scale what the batch norm normalises."""
+    j = i + 1
+    while j < len(layers) and isinstance(layers[j], keras.layers.Activation):
+        j += 1
+    norm = layers[j] if j < len(layers) else None
+    if not isinstance(norm, (models.BatchStatNormalization, keras.layers.BatchNormalization)):
+        return None
+    for layer in layers[i:j]:
+        if _activation(layer) not in POSITIVE_HOMOGENEOUS:
+            raise ValueError(f"{layers[i].name} feeds the batch norm {norm.name} through the activation "
+                             f"{_activation(layer)!r} ({layer.name}), which does not pass a scale (act(a z) != "
+                             f"a act(z)): the 'batchnorm' transformation needs {' or '.join(POSITIVE_HOMOGENEOUS)} "
+                             "there")
+    return norm
 
 
 def factors(model, kind: str, a: float) -> np.ndarray:
@@ -116,16 +147,20 @@ def epsilon_effect(model, a: float, inputs: np.ndarray, batch_size: int) -> floa
     """For "batchnorm": the largest relative change of a normalised unit's scale over units and
     evaluation batches, |sqrt((sigma^2 + eps) / (sigma^2 + eps / a^2)) - 1| (0 when eps = 0)."""
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    scaled = {path for path, _ in scalings(model, "batchnorm", a)}
     worst = 0.0
     for i in range(0, len(inputs), batch_size):
         h = inputs[i:i + batch_size]
-        for layer, following in zip(layers, layers[1:] + [None]):  # the chain, layer by layer
-            h = layer(h, training=False)
-            if isinstance(layer, _WEIGHTED) and isinstance(following, models.BatchStatNormalization):
+        scaled_input = False  # is h a scaled layer's output (through activations)?
+        for layer in layers:  # the chain, layer by layer
+            if isinstance(layer, models.BatchStatNormalization) and scaled_input:
                 values = np.asarray(keras.ops.convert_to_numpy(h), np.float64)
                 variance = values.reshape(-1, values.shape[-1]).var(axis=0)
-                ratio = np.sqrt((variance + following.epsilon) / (variance + following.epsilon / a ** 2))
+                ratio = np.sqrt((variance + layer.epsilon) / (variance + layer.epsilon / a ** 2))
                 worst = max(worst, float(np.max(np.abs(ratio - 1.0))))
+            h = layer(h, training=False)
+            scaled_input = ((isinstance(layer, _WEIGHTED) and layer.kernel.path in scaled)
+                            or (scaled_input and isinstance(layer, keras.layers.Activation)))
     return worst
 
 

@@ -1,0 +1,93 @@
+"""The Hessian tables say when a top eigenvalue is only a lower bound: a Lanczos draw that did not
+converge gives a Ritz value below lambda_max, so its cell, its LB/SB ratio, its draws to separate,
+its order-survives verdict and the report's sentence on convergence all say so (issue 24, example 7)."""
+
+import pytest
+
+from replication import storage
+from replication.analysis import hessian_tables, report, results
+
+
+def _draw(value, converged):
+    return {"eigenvalue": value, "converged": converged, "residual": 0.01 if converged else 5.0, "products": 9,
+            "lowest_ritz_value": -1.0, "seconds": 1.0, "seed": 0, "draw": 0, "invariant_subspace": False}
+
+
+def write_eigenvalue(run_dir, regime, values, converged, reparam_converged=True):
+    """top_eigenvalue.json with one draw per value, and a batchnorm reparametrisation record whose
+    before/after draws converged as `reparam_converged` says."""
+    base = {"network": "F1", "regime": regime, "run_seed": 0, "num_examples": 100, "wall_seconds": 1.0,
+            "settings": {"epsilon": 1e-3}}
+    draws = [_draw(v, c) for v, c in zip(values, converged)]
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    storage.atomic_write_json(run_dir / "hessian/top_eigenvalue.json", {
+        **base, "per_draw": draws, "spread": {"mean": mean, "std": std, "draws": len(values)}})
+    storage.atomic_write_json(run_dir / "hessian/reparametrization_batchnorm_a10.json", {
+        **base, "kind": "batchnorm", "factor": 10.0,
+        "before": {"top_eigenvalue": draws[0], **OTHERS},
+        "after": {"top_eigenvalue": _draw(values[0] / 10, reparam_converged), **OTHERS}})
+
+
+OTHERS = {"phi_full": {"phi": 30.0}, "trace": {"trace": 100.0}, "filter_rise": {"rise": 0.1}}
+
+
+@pytest.fixture
+def pair(tmp_path):
+    from test_report import write_run
+
+    root = tmp_path / "results"
+    return root, write_run(root, "sb", 0, 99.0, 90.0), write_run(root, "lb", 0, 99.0, 89.0)
+
+
+def eigen_row(root):
+    rows = hessian_tables.rows(results.load(root))
+    return next(r for r in rows if r["measure"] == "top eigenvalue of H"), rows
+
+
+def test_converged_eigenvalues_are_estimates_and_the_report_says_they_converged(pair):
+    root, sb, lb = pair
+    write_eigenvalue(sb, "sb", [3.0, 3.1, 2.9], [True] * 3)
+    write_eigenvalue(lb, "lb", [26.0, 26.2, 25.8], [True] * 3)
+    row, rows = eigen_row(root)
+    assert row["sb"] == "3 ± 0.1 (n = 3)" and row["ratio"] == pytest.approx(26 / 3) and row["lb_sharper"]
+    assert (row["sb_lanczos_converged"], row["lb_lanczos_converged"]) == ("3 of 3", "3 of 3")
+    assert row["survives_batchnorm"].startswith("no: transformed LB 2.6 vs SB 3")  # judged: all converged
+    assert "Lanczos converged (residual of the top Ritz pair <= tol |theta|) in every draw" in \
+        hessian_tables.separation_summary(rows)
+
+
+def test_an_unconverged_eigenvalue_is_a_lower_bound_in_the_table_and_the_report(pair):
+    # 0 of 2 LB draws converged (the issue's example): before, LB's value was printed as lambda_max,
+    # its LB/SB ratio as a measured one, and convergence appeared nowhere.
+    root, sb, lb = pair
+    write_eigenvalue(sb, "sb", [3.0, 3.1, 2.9], [True] * 3)
+    write_eigenvalue(lb, "lb", [1.0, 1.0], [False, False], reparam_converged=False)
+    row, rows = eigen_row(root)
+    assert row["lb"] == ">= 1 ± 0 (lower bound: Lanczos converged in 0 of 2 draws)"
+    assert row["sb"] == "3 ± 0.1 (n = 3)" and row["lb_lower_bound"] and not row["sb_lower_bound"]
+    # LB >= 1 while SB = 3: LB/SB >= 0.33 orders nothing; the draws to separate are not computed.
+    assert row["ratio"] == ">= 0.33" and row["lb_sharper"] is None
+    assert row["draws_to_separate"] == "n/a (lower bound)"
+    assert row["survives_batchnorm"] == "not judged: a lower bound (Lanczos did not converge)"
+    summary = hessian_tables.separation_summary(rows)
+    assert "Lanczos did not converge in every draw of F1 seed 0 LB (0 of 2 draws converged)" in summary
+    assert "lower bounds on lambda_max (marked >=)" in summary
+    section = report.build(root).read_text().split("## Do SB and LB minimisers differ")[1].split("\n## ")[0]
+    assert ">= 1 ± 0 (lower bound: Lanczos converged in 0 of 2 draws)" in section and "| >= 0.33 |" in section
+    assert "lower bounds on lambda_max" in section
+    assert "lower bound" in (root / "tables" / "hessian.md").read_text()
+
+
+@pytest.mark.parametrize("sb_converged, lb_converged, ratio, sharper", [
+    ([False, True], [True, True], "<= 8.67", None),    # SB >= 3, LB = 26: SB's true value may exceed 26
+    ([True, True], [False, True], ">= 8.67", True),    # LB >= 26 > SB = 3: LB is sharper for sure
+    ([False, True], [False, True], "n/a (both lower bounds)", None),
+])
+def test_a_ratio_with_a_bound_is_a_bound(pair, sb_converged, lb_converged, ratio, sharper):
+    root, sb, lb = pair
+    write_eigenvalue(sb, "sb", [3.0, 3.0], sb_converged)
+    write_eigenvalue(lb, "lb", [26.0, 26.0], lb_converged)
+    row, _ = eigen_row(root)
+    assert row["ratio"] == ratio
+    assert row["lb_sharper"] is sharper
