@@ -33,7 +33,7 @@ from pathlib import Path
 
 from replication import storage, train
 
-LEVELS = (0.1, 0.03, 0.01, 0.003)
+LEVELS = (0.1, 0.03, 0.01, 0.003, 0.001)
 MATCH_FACTOR = 1.5
 PATIENCES = (2, 5, 10)
 
