@@ -320,3 +320,14 @@ def test_sharpness_columns_one_naming_and_order_for_every_table():
         "phi_full_eps0.001", "phi_full_eps0.0005", "phi_random_eps0.001", "phi_random_eps0.0005"]
     assert results.sharpness_setting("sharpness_random_eps0.0005", "sharpness") == ("random", "0.0005")
     assert results.sharpness_columns(rows, "sharpness") == []
+
+
+def test_sharpness_tables_count_the_solves_that_ended_at_their_cap(tree):
+    """A solve stopped at its iteration limit (status 1) reports a lower bound: Tables 3-4 count them."""
+    edit_json(sharpness.result_path(run_dir(tree, "sb", 0), "full", 1e-3),
+              lambda r: r.update(solves=[{"status": 1, "message": "STOP: ITERATION LIMIT"}]))
+    edit_json(sharpness.result_path(run_dir(tree, "sb", 1), "full", 1e-3),
+              lambda r: r.update(solves=[{"status": 2, "message": "ABNORMAL"}]))
+    row = next(r for r in compare.table_sharpness(results.load(tree), "full") if r["regime"] == "SB")
+    assert (row["eps1e-3_solved"], row["eps1e-3_at_cap"]) == (2, 1)
+    assert "| 2 (1) / 0 / 0 |" in compare.table_sharpness_markdown([row])

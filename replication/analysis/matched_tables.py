@@ -23,12 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from replication import storage
+from replication.analysis import compare
 from replication.analysis import results as results_lib
 from replication.measure import budget, iterates, matched
 
-# Table 3 (full space), F1 and the other networks where published: (SB mean, sd, LB mean, sd) at eps 1e-3.
-TABLE3 = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "paper_tables" / \
-    "table3_sharpness_full_space.csv"
 
 
 def _number(record: dict, key: str, file: Path, low: float = 0.0) -> float:
@@ -173,13 +171,9 @@ def stopping_rows(loaded, space: str = "full", epsilon: float = 1e-3) -> list[di
     return out
 
 
-def _published_table3(network: str):
-    if not TABLE3.exists():
-        return None
-    for row in storage.read_csv(TABLE3):
-        if row.get("network") == network:
-            return {k: float(v) for k, v in row.items() if k != "network"}
-    return None
+def _published_table3(network: str) -> dict | None:
+    """Table 3's row for `network` (full space: eps<e>_<sb|lb>_<mean|std>), None if unpublished."""
+    return compare.published("table3_sharpness_full_space").get(network)
 
 
 def stopping_section(loaded, space: str = "full", epsilon: float = 1e-3) -> str:
