@@ -72,6 +72,9 @@ class SharpnessConfig:
         _check(self.restarts >= 1, "sharpness.restarts", self.restarts, where, "must be >= 1")
         _check(self.subset is None or self.subset >= 1, "sharpness.subset", self.subset, where,
                "must be >= 1 or null")
+        # NumPy's generators (A, random starts) take seeds in [0, 2**32): a negative one failed
+        # with a traceback at the first random-subspace solve.
+        _check(0 <= self.seed < 2 ** 32, "sharpness.seed", self.seed, where, "must be in [0, 2**32)")
 
 
 @dataclasses.dataclass(frozen=True)
