@@ -106,9 +106,11 @@ paper-cpu: paper-cpu-all
 
 # Profiles with finished runs: results/<profile>/<network>_<dataset>/<regime>/seed<N>/metrics.json
 PROFILES = $(sort $(foreach f,$(wildcard results/*/*/*/seed*/metrics.json),$(word 2,$(subst /, ,$f))))
+# The reports, then the parts of README.md and docs/ generated from them (python -m replication readme).
 report: $(SETUP)
 	@test -n "$(PROFILES)" || { echo "no finished runs under results/: run make quick first"; exit 2; }
 	for p in $(PROFILES); do $(PY) -m replication report results/$$p || exit 1; done
+	$(PY) -m replication readme
 
 # Does the quick profile reproduce? Retrain it from scratch in place and compare every number with
 # what git holds (CI runs this). It deletes results/quick first: copy your own quick results away.

@@ -200,6 +200,13 @@ def _report(args):
     print(report.build(args.results_dir))
 
 
+def _readme(args):
+    from replication.analysis import readme
+
+    changed = readme.write()
+    print("\n".join(map(str, changed)) if changed else "README.md and docs/: the generated parts already agree with results/")
+
+
 def _batch_size(args):
     from replication import config as config_lib
 
@@ -394,6 +401,11 @@ def main(argv=None) -> int:
                        "(no training)")
     p.add_argument("results_dir")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("readme", help="rewrite the generated parts of README.md and docs/*.md (the results "
+                       "contract, the batch-size figures) from the result files under results/ (no training); "
+                       "prints each file changed")
+    p.set_defaults(func=_readme)
 
     p = sub.add_parser("batch-size", help="how to choose the batch size: steps to a target against the "
                        "batch size, the learning rate tuned per batch (grid extended past its edges), the "

@@ -141,7 +141,7 @@ DATASETS = {
     "cifar10_jpeg": Spec("CIFAR-10 (JPEG q75 stand-in, decoded by Pillow)", (32, 32, 3), 10,
                          f"{JPEG_ARCHIVE} (the project's ../shared/data/ holds it)"),
     "timit": Spec("TIMIT (user-supplied features)", (360,), 1973,
-                  f"{TIMIT_FORMAT}, made as the README's 'TIMIT' section says"),
+                  f"{TIMIT_FORMAT}, made as docs/data.md's 'TIMIT' section says"),
     "synthetic_mnist": Spec("synthetic MNIST-shaped clusters (test data)", (28, 28, 1), 10),
     "synthetic_cifar10": Spec("synthetic CIFAR-shaped clusters (test data)", (32, 32, 3), 10),
 }

@@ -304,7 +304,7 @@ def _differences_section(runs: list[dict], sweep_runs: list[dict] = ()) -> str:
               "- The paper trains \"until the loss function ceased to improve\" without saying how that "
               "was detected; we use the explicit rule in each run's config (`stopping`, `epochs`).",
               "- The authors' sharpness code was never released: the distribution of A, the start point "
-              "and the data used for f are our documented choices (README, Sharpness).", ""]
+              "and the data used for f are our documented choices (docs/method.md, Sharpness).", ""]
     return "\n".join(lines)
 
 

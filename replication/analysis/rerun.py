@@ -9,7 +9,7 @@ their passes are XLA programs, `backend.compiled`). What is not a result is skip
 `evaluate` adds. Files present in one folder only are differences too. A tolerance must be in [0, 1):
 at 1 any two numbers of one sign agree, so nothing could fail.
 
-Bit-identity is promised only on the same device and versions (README, Guarantees). When the run
+Bit-identity is promised only on the same device and versions (docs/guarantees.md). When the run
 environments differ, the differences are listed but not judged, and the command says so.
 """
 

@@ -1,0 +1,224 @@
+"""The README and docs agree with the result files (issue 23 item 5), and every link in them resolves.
+
+The generated blocks are rendered in memory from results/ (replication/analysis/readme.py) and
+compared with README.md and docs/*.md as committed; the other tests run the generator on copies of
+real run directories in a temporary repository, so that a partly finished folder, a changed number
+and a damaged summary each show what the generator does with them.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from replication import errors
+from replication.analysis import readme, results
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+RUN_FILES = ("metrics.json", "env.json", "history.csv", "config.yaml", "target.csv")
+
+
+def test_generated_parts_agree_with_the_result_files():
+    rendered = readme.render(ROOT)
+    for path, text in rendered.items():
+        written = path.read_text()
+        if written != text:
+            new, old = text.splitlines(), written.splitlines()
+            first = next((i for i, (a, b) in enumerate(zip(new, old)) if a != b), min(len(new), len(old)))
+            pytest.fail(f"{path.relative_to(ROOT)} disagrees with results/ from line {first + 1}:\n"
+                        f"  file:  {old[first] if first < len(old) else '(end)'}\n"
+                        f"  files: {new[first] if first < len(new) else '(end)'}\n"
+                        f"run `python -m replication readme` (make report runs it)")
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return {_slug(m.group(1)) for m in re.finditer(r"^#{1,6} (.+)$", text, flags=re.M)}
+
+
+def broken_links(page: Path) -> list[str]:
+    """Every relative link of a Markdown page whose file, or whose heading (#anchor), does not exist."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # code blocks hold no links
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):  # https:, mailto:
+            continue
+        file, _, anchor = target.partition("#")
+        path = (page.parent / file).resolve() if file else page
+        if not path.is_file():
+            broken.append(f"{target} (no file {path})")
+        elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
+            broken.append(f"{target} (no heading #{anchor} in {path.name})")
+    return broken
+
+
+@pytest.mark.parametrize("page", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_resolves(page):
+    assert not broken_links(page), f"{page.relative_to(ROOT)}: broken links: {'; '.join(broken_links(page))}"
+
+
+def test_the_link_check_catches_a_broken_link_and_anchor(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# A heading, with (punctuation)\n[ok](#a-heading-with-punctuation) [ok](page.md) "
+                    "[gone](missing.md) [bad](#no-such-heading) [web](https://example.org/x)\n")
+    assert [link.split(" ")[0] for link in broken_links(page)] == ["missing.md", "#no-such-heading"]
+
+
+# A temporary repository made of copies of real files ------------------------------------------------
+def _repository(tmp_path: Path, *configs: str) -> Path:
+    root = tmp_path / "repo"
+    root.mkdir()
+    shutil.copy(ROOT / "Makefile", root / "Makefile")
+    for config in configs:
+        (root / config).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / config, root / config)
+    (root / "results").mkdir()
+    return root
+
+
+def _copy_run(root: Path, run: str) -> Path:
+    """Copy a committed run directory's result files (not its weights) into the same place under root."""
+    source, target = ROOT / run, root / run
+    target.mkdir(parents=True)
+    for name in RUN_FILES:
+        if (source / name).exists():
+            shutil.copy(source / name, target / name)
+    for folder in ("sharpness", "noise"):
+        if (source / folder).is_dir():
+            shutil.copytree(source / folder, target / folder)
+    return target
+
+
+def _row(contract: str, name: str) -> str:
+    return next(line for line in contract.splitlines() if line.startswith(f"| **{name}**"))
+
+
+def test_a_partly_finished_folder_says_how_far_it_got(tmp_path):
+    # One of the four runs of configs/quick/f1.yaml (2 seeds x SB, LB): the row says so.
+    root = _repository(tmp_path, "configs/quick/f1.yaml", "configs/paper/f1.yaml")
+    _copy_run(root, "results/quick/F1_fashion_mnist/sb/seed0")
+    contract = readme.contract(root)
+    quick = _row(contract, "quick")
+    assert "**1 of 4 runs finished** (seed 0: 1 of 2, seed 1 not started)" in quick
+    assert "test SB 89.68" in quick and "no LB run yet" in quick and "`make quick`" in quick
+    # A configured folder without results is a "not run yet" row; nothing was written into results/.
+    assert "| not run yet |" in _row(contract, "paper")
+    assert sorted(p.name for p in (root / "results" / "quick").rglob("*") if p.is_file()) == sorted(
+        p.name for p in (ROOT / "results/quick/F1_fashion_mnist/sb/seed0").rglob("*")
+        if p.is_file() and (p.parent.name in ("sharpness", "noise") or p.name in RUN_FILES))
+
+
+def test_the_numbers_come_from_the_files(tmp_path):
+    root = _repository(tmp_path, "configs/quick/f1.yaml")
+    for regime in ("sb", "lb"):
+        _copy_run(root, f"results/quick/F1_fashion_mnist/{regime}/seed0")
+    before = _row(readme.contract(root), "quick")
+    metrics = root / "results/quick/F1_fashion_mnist/lb/seed0/metrics.json"
+    record = json.loads(metrics.read_text())
+    record["test_accuracy"] = 12.34
+    metrics.write_text(json.dumps(record) + "\n")
+    after = _row(readme.contract(root), "quick")
+    assert "LB 87.94" in before and "LB 12.34" in after and "LB 87.94" not in after
+
+
+def test_a_file_without_its_markers_is_one_clear_error(tmp_path):
+    root = _repository(tmp_path, "configs/quick/f1.yaml")
+    _copy_run(root, "results/quick/F1_fashion_mnist/sb/seed0")
+    for name in readme.BLOCKS:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, root / name)
+    (root / "README.md").write_text("# A README whose results table lost its markers\n")
+    with pytest.raises(readme.ReadmeError, match=r"README\.md: expected one generated block 'results'.*"
+                                                 r"python -m replication readme") as caught:
+        readme.write(root)
+    assert isinstance(caught.value, errors.EXPECTED)  # the CLI prints it as one line, exit status 2
+    # Nothing is half-written: the docs pages, which had their markers, were not rewritten either.
+    assert (root / "docs/batch-size.md").read_text() == (ROOT / "docs/batch-size.md").read_text()
+
+
+def test_a_damaged_batch_size_summary_is_refused_naming_the_key(tmp_path):
+    root = _repository(tmp_path, "configs/batch-size-gpu/c1.yaml")
+    source = ROOT / "results/batch-size-gpu"
+    for metrics in source.glob("*/*/seed*/metrics.json"):
+        _copy_run(root, str(metrics.parent.relative_to(ROOT)))
+    summary = root / "results/batch-size-gpu/batch_size.json"
+    record = json.loads((source / "batch_size.json").read_text())
+    assert "B_crit 2454 (16-84% 2207-2552)" in _row(_contract_with(summary, record, root), "batch-size-gpu")
+    record["fit"]["b_crit"] = "2454"
+    with pytest.raises(results.ResultsError, match=r"batch_size\.json: 'fit\.b_crit' is '2454', not a number"):
+        _contract_with(summary, record, root)
+    summary.unlink()
+    with pytest.raises(results.ResultsError, match=r"batch_size\.json is missing: write it with "
+                                                   r"`python -m replication report results/batch-size-gpu`"):
+        readme.contract(root)
+
+
+def _contract_with(summary: Path, record: dict, root: Path) -> str:
+    summary.write_text(json.dumps(record) + "\n")
+    return readme.contract(root)
+
+
+# The sentences the numbers choose --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gpu_study():
+    profile = next(p for p in readme.profiles(ROOT) if p.name == "batch-size-gpu")
+    return readme.studies(ROOT, profile)[0]
+
+
+def _step_sentence(study) -> str:
+    return next(line for line in readme._reading([study]) if "a step's time" in line)
+
+
+def test_the_step_time_sentence_follows_the_times(gpu_study):
+    import dataclasses
+
+    def with_times(per_example_ms):
+        rows = [{**r, "seconds_per_step": per_example_ms(r["batch_size"]) * r["batch_size"] / 1000}
+                for r in gpu_study.rows]
+        return dataclasses.replace(gpu_study, rows=rows)
+
+    assert "grew about in proportion to the batch" in _step_sentence(with_times(lambda b: 1.0))
+    assert "grew less than the batch" in _step_sentence(with_times(lambda b: 10 / b ** 0.5))
+    assert "grew more than the batch" in _step_sentence(with_times(lambda b: b ** 0.5))
+
+
+def test_the_fair_comparison_sentence_follows_the_training_accuracies(gpu_study):
+    import dataclasses
+
+    # As measured: the (b) reference trained 5 epochs to 80.97%, (c) to 99.98%.
+    measured = next(line for line in readme._reading([gpu_study]) if "in (c)" in line)
+    assert "not the two at equal training accuracy" in measured
+    close = [{**r, "train_accuracy": 99.5} if r["kind"] == "tuned" else r for r in gpu_study.compare]
+    changed = next(line for line in readme._reading([dataclasses.replace(gpu_study, compare=close)])
+                   if "in (c)" in line)
+    assert "at about the same training accuracy" in changed
+
+
+def test_claim1_at_equal_training_accuracy_is_read_from_both_folders():
+    # results/batch-size-gpu's (c) run and results/paper-gpu's SB run share x0 and examples.
+    text = readme.render(ROOT)[ROOT / "docs/batch-size.md"]
+    block = text.split("<!-- equal-accuracy:begin")[1].split("<!-- equal-accuracy:end")[0]
+    large = json.loads((ROOT / "results/batch-size-gpu/C1_cifar10_jpeg/b5000-x0.5-e98/seed0/metrics.json").read_text())
+    sb = json.loads((ROOT / "results/paper-gpu/C1_cifar10_jpeg/sb/seed0/metrics.json").read_text())
+    assert large["x0_sha256"] == sb["x0_sha256"]
+    gap = large["test_accuracy"] - sb["test_accuracy"]
+    assert f"ended {abs(gap):.2f} points {'below' if gap < 0 else 'above'} SB" in block
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_report_rewrites_the_readme_after_the_reports():
+    planned = subprocess.run(["make", "-n", "--no-print-directory", "report", "PY=python3"], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert planned.returncode == 0, planned.stderr
+    lines = planned.stdout.splitlines()
+    reports = next(i for i, line in enumerate(lines) if "-m replication report" in line)
+    assert any("-m replication readme" in line for line in lines[reports + 1:])
