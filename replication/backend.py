@@ -37,7 +37,7 @@ from replication import storage
 
 SUPPORTED = ("tensorflow", "jax")
 # Opt-in bit-reproducibility for JAX on a GPU. Measured on one H100 (C1): training 1.6-1.8x
-# slower, a float32 pass over 50,000 images 9x slower (README, Performance), so it is not the default.
+# slower, a float32 pass over 50,000 images 9x slower (docs/performance.md), so it is not the default.
 DETERMINISTIC_XLA_FLAG = "--xla_gpu_deterministic_ops=true"
 
 
@@ -195,6 +195,41 @@ def setup_determinism(seed: int, deterministic_ops: bool = True) -> dict:
             "compilation_cache": os.environ.get("JAX_COMPILATION_CACHE_DIR", "")}
 
 
+DATA_PARALLEL_VARIABLE = "REPLICATION_DATA_PARALLEL"
+
+
+def distribution(batch_size: int, num_train: int) -> dict:
+    """With REPLICATION_DATA_PARALLEL=1 (JAX only), Keras' DataParallel over every device of JAX's
+    default platform (the node's GPUs), set for the process before a model is built; returns what
+    env.json records ({} while the switch is off or unset).
+
+    Variables are replicated and each batch is split along its first axis, one slice per device.
+    jax.jit compiles the step for the whole array (SPMD), so a reduction over the batch stays one
+    over the global batch (XLA adds the cross-device sums): the loss's mean, and batch norm's mean
+    and variance, the paper's batch statistics (tests/test_data_parallel.py checks both); only the
+    order of float additions changes. Every batch of an epoch, the last smaller one too, must split
+    evenly over the devices: refused otherwise."""
+    switch = os.environ.get(DATA_PARALLEL_VARIABLE, "")
+    if switch not in ("", "0", "1"):
+        raise BackendError(f"{DATA_PARALLEL_VARIABLE}={switch!r} is not a switch: set it to 1 (data-parallel "
+                           "over every device) or 0")
+    if switch != "1":
+        return {}
+    if name() != "jax":
+        raise BackendError(f"{DATA_PARALLEL_VARIABLE}=1 needs the JAX backend, and this process runs "
+                           f"{name()}: set KERAS_BACKEND=jax, or unset {DATA_PARALLEL_VARIABLE}")
+    keras = _keras()
+    devices = keras.distribution.list_devices()
+    last = num_train % batch_size or batch_size
+    if batch_size % len(devices) or last % len(devices):
+        raise BackendError(f"{DATA_PARALLEL_VARIABLE}=1 splits every batch over {len(devices)} devices, and "
+                           f"batch size {batch_size} (the last batch of {num_train} examples: {last}) does not "
+                           f"split evenly: use a batch size and training set that divide by {len(devices)}, or "
+                           f"unset {DATA_PARALLEL_VARIABLE}")
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    return {"distribution": "keras.distribution.DataParallel", "devices": len(devices)}
+
+
 def keras_jit_compile(jit_compile: bool) -> bool:
     """What to pass to Model.compile: the config's value under TensorFlow, always True under JAX."""
     return True if name() == "jax" else jit_compile
@@ -212,7 +247,7 @@ def compiled(function):
     CPU even with op determinism on: the gradient of batch-statistics normalisation (its reductions
     over the batch) differed in the last bit between two calls at the same point, about one call in
     two (F1, 5000-example batches), and SciPy's L-BFGS-B amplified that to a 2% spread of phi
-    between processes (README, Guarantees). XLA's CPU programs give identical bits on every call and
+    between processes (docs/guarantees.md). XLA's CPU programs give identical bits on every call and
     in every process, as jax.jit's do."""
     if name() == "jax":
         import jax

@@ -316,20 +316,25 @@ def train(config: config_lib.Config, regime: str, seed: int, log=None) -> Path:
     warm_start = config.warm_start_settings(regime)
     config = config.for_regime(regime)
     path = run_directory(config, regime, seed)
-    arrays = None
-    if not (path / "metrics.json").exists():
-        # Missing data, an impossible batch size or a piggyback run's missing start fail here,
-        # before anything is written.
-        arrays = load_arrays(config)
-        config.batch_size(regime, len(arrays[1]))
-        piggyback_start(config, regime, seed)
+    inputs = _inputs(config, regime, seed) if not (path / "metrics.json").exists() else None
     with storage.locked(path.parent / f".seed{seed}.lock"):
         if (path / "metrics.json").exists():
             _check_finished(config, regime, seed, path, warm_start)
             print(f"[{path}] already finished; skipping", file=log)
             return path
-        return _train_locked(config, regime, seed, path, log, arrays or load_arrays(config), deviations,
-                             warm_start)
+        arrays, parallel = inputs or _inputs(config, regime, seed)
+        return _train_locked(config, regime, seed, path, log, arrays, deviations, warm_start, parallel)
+
+
+def _inputs(config: config_lib.Config, regime: str, seed: int) -> tuple:
+    """(the arrays, backend.distribution's record) of a run to train. Missing data, an impossible
+    batch size, a piggyback run's missing start or a batch the devices cannot split fail here,
+    before anything is written."""
+    arrays = load_arrays(config)
+    batch_size = config.batch_size(regime, len(arrays[1]))
+    piggyback_start(config, regime, seed)
+    # Before the model is built: its variables take the distribution's layout.
+    return arrays, backend.distribution(batch_size, len(arrays[1]))
 
 
 def piggyback_start(config: config_lib.Config, regime: str, seed: int) -> Path | None:
@@ -392,9 +397,9 @@ def _study_regimes_on_disk(config: config_lib.Config) -> list[str]:
     return [regime for regime in study if named(regime)]
 
 
-def _train_locked(config, regime, seed, path, log, arrays, deviations, warm_start=None) -> Path:
+def _train_locked(config, regime, seed, path, log, arrays, deviations, warm_start=None, parallel=None) -> Path:
     """Train under the run's lock: prepare (or resume), one epoch at a time, finish."""
-    session = _prepare(config, regime, seed, path, log, arrays, warm_start)
+    session = _prepare(config, regime, seed, path, log, arrays, warm_start, parallel)
     while (reason := should_stop(config, session.history, session.tracker)) is None:
         _train_epoch(session)
     return _finish(session, reason, deviations)
@@ -423,10 +428,10 @@ class _Session:
     warm_start: dict | None = None  # a piggyback run's settings and the weights it started from
 
 
-def _prepare(config, regime, seed, path, log, arrays, warm_start=None) -> _Session:
+def _prepare(config, regime, seed, path, log, arrays, warm_start=None, parallel=None) -> _Session:
     """Start the run, or resume it after its last completed epoch. Each start-up file (config.yaml,
     initial.weights.h5, env.json) is written if missing, so a run killed between two of them
-    resumes too."""
+    resumes too. `parallel`: backend.distribution's record, already applied ({} or None: one device)."""
     from replication import objective
 
     dataset, x_train, y_train, x_test, y_test = arrays
@@ -447,13 +452,17 @@ def _prepare(config, regime, seed, path, log, arrays, warm_start=None) -> _Sessi
     model.optimizer.build(model.trainable_variables)  # so a checkpoint can restore Adam's state
 
     env = {**environment(seed), **determinism, "xla": bool(model.jit_compile), "start_time": now()}
+    if parallel:  # only then: the env.json of a one-device run is what it was before the switch existed
+        env["data_parallel"] = parallel
     if not (path / "config.yaml").exists():
         storage.atomic_write_text(path / "config.yaml", config_lib.yaml.safe_dump(resolved, sort_keys=False))
     if not (path / "initial.weights.h5").exists():
         storage.atomic_write_bytes(path / "initial.weights.h5", (start or x0_path(config, seed)).read_bytes())
     if not (path / "env.json").exists():
         storage.atomic_write_json(path / "env.json", env)
-    env = {**storage.read_json(path / "env.json"), **{k: v for k, v in env.items() if k != "start_time"}}
+    # env.json describes the process that trains on: a run resumed without the switch drops its record.
+    env = {**{k: v for k, v in storage.read_json(path / "env.json").items() if k != "data_parallel"},
+           **{k: v for k, v in env.items() if k != "start_time"}}
 
     history = storage.read_csv(path / "history.csv") if (path / "history.csv").exists() else []
     if history:

@@ -32,7 +32,7 @@ IGNORED_RULE = ("ignored, at any depth of a JSON file or as a CSV column: timing
                 "Every other value is compared")
 # Made by other commands than a profile's make target (`evaluate` for the cross-backend table).
 EXTRA_DIRECTORIES = {"evaluations"}
-ENVIRONMENT_KEYS = ("device", "backend_version", "keras", "numpy", "python", "deterministic_ops")
+ENVIRONMENT_KEYS = ("device", "backend_version", "keras", "numpy", "python", "deterministic_ops", "data_parallel")
 
 
 class DiffError(ValueError):
