@@ -43,55 +43,26 @@ $(VENV)/.installed: requirements.txt
 test: $(SETUP)
 	$(PY) -m pytest -q
 
-# The backend-sensitive tests again under JAX (CPU jax from requirements.txt); `make test` runs
-# everything under TensorFlow, and test_backend compares the two.
-JAX_TESTS := tests/test_backend.py tests/test_sharpness.py tests/test_noise.py tests/test_train.py \
-             tests/test_landscape.py tests/test_errors.py tests/test_data.py tests/test_hessian.py \
-             tests/test_reparametrize.py tests/test_remedies.py tests/test_filter_landscape.py \
-             tests/test_batchsize.py tests/test_ghost_batchnorm.py \
-             tests/test_warmstart.py
+# The backend-sensitive tests (marked `backend`: pytestmark in their files) again under JAX (CPU jax
+# from requirements.txt); `make test` runs everything under TensorFlow, and test_backend compares the two.
 test-jax: $(SETUP)
-	KERAS_BACKEND=jax $(PY) -m pytest -q $(JAX_TESTS)
+	KERAS_BACKEND=jax $(PY) -m pytest -q -m backend
 
 # Rules for every run of a profile, generated from its configs (seeds and regimes come from there).
 .cache/%.mk: $(SETUP) $(wildcard configs/*/*.yaml) replication/pipeline.py replication/config.py
 	@mkdir -p .cache
 	$(PY) -m replication make-rules --name $* configs/$*/*.yaml > $@.tmp && mv $@.tmp $@
 
-ifneq ($(filter quick,$(MAKECMDGOALS)),)
-include .cache/quick.mk
-endif
-ifneq ($(filter sweep,$(MAKECMDGOALS)),)
-include .cache/sweep.mk
-endif
-ifneq ($(filter iterates,$(MAKECMDGOALS)),)
-include .cache/iterates.mk
-endif
-ifneq ($(filter remedies,$(MAKECMDGOALS)),)
-include .cache/remedies.mk
-endif
-ifneq ($(filter reproduce,$(MAKECMDGOALS)),)
-include .cache/paper.mk
-endif
-ifneq ($(filter warmstart reproduce,$(MAKECMDGOALS)),)
-include .cache/warmstart.mk
-endif
-ifneq ($(filter paper-gpu,$(MAKECMDGOALS)),)
-include .cache/paper-gpu.mk
-endif
-ifneq ($(filter official,$(MAKECMDGOALS)),)
-include .cache/official.mk
-endif
-ifneq ($(filter official-cpu,$(MAKECMDGOALS)),)
-include .cache/official-cpu.mk
-endif
-ifneq ($(filter official-cpu-cifar10,$(MAKECMDGOALS)),)
-include .cache/official-cpu-cifar10.mk
-endif
-ifneq ($(filter paper-cpu,$(MAKECMDGOALS)),)
-include .cache/paper-cpu.mk
-endif
-
+# A profile goal builds every result of its profiles (configs/<profile>/*.yaml) through the rules
+# generated into .cache/<profile>.mk, each read only when a goal named on the command line needs it
+# (generating it starts Python). A goal is its own profile, except reproduce.
+PROFILE_GOALS := quick sweep iterates remedies reproduce warmstart paper-gpu official official-cpu \
+                 official-cpu-cifar10 paper-cpu
+reproduce_PROFILES := paper warmstart
+goal_profiles = $(or $($(1)_PROFILES),$(1))
+include $(patsubst %,.cache/%.mk,$(sort $(foreach g,$(filter $(PROFILE_GOALS),$(MAKECMDGOALS)),$(call goal_profiles,$(g)))))
+# Written out, one line a goal, because the README's generator (analysis/readme.py make_targets)
+# reads each profile's make target from these lines.
 quick: quick-all
 sweep: sweep-all
 iterates: iterates-all

@@ -453,7 +453,7 @@ class Config:
     # those nearest the training-loss levels and the plateau rule's stops: measure/matched.py).
     iterate_measure: str = "all"
     backend: str | None = None             # the Keras backend this profile must run on; None = either
-    results_dir: str = "results/paper"
+    results_dir: str | None = None         # None = results/<profile> (resolved when the config is built)
     sharpness: SharpnessConfig = SharpnessConfig()
     landscape: LandscapeConfig = LandscapeConfig()
     sweep: SweepConfig = SweepConfig()
@@ -463,6 +463,11 @@ class Config:
     batch_size_study: BatchSizeStudyConfig = BatchSizeStudyConfig()
     warm_start: WarmStartConfig = WarmStartConfig()
     hessian: HessianConfig = HessianConfig()
+
+    def __post_init__(self):
+        # Resolved once, here, so make's rules, the trainer, the loader and to_dict all read one path.
+        if self.results_dir is None:
+            object.__setattr__(self, "results_dir", f"results/{self.profile}")
 
     def validate(self, where: str) -> "Config":
         _check(self.network in NETWORKS, "network", self.network, where, f"use one of {NETWORKS}")

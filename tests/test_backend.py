@@ -18,6 +18,8 @@ from replication import backend, models, objective, train
 from replication import config as config_lib
 from replication.measure import sharpness
 
+pytestmark = pytest.mark.backend
+
 needs_both = pytest.mark.skipif(
     not (importlib.util.find_spec("jax") and importlib.util.find_spec("tensorflow")),
     reason="needs both tensorflow and jax installed")

@@ -16,6 +16,8 @@ from replication.analysis import batchsize_report
 
 from conftest import cli, one_error_line
 
+pytestmark = pytest.mark.backend
+
 STUDY = {"stopping": "target", "epochs": 20,
          "target": {"metric": "train_loss", "value": 1.0, "every_steps": 3, "eval_subset": 200, "max_steps": 200},
          "batch_size_study": {"batch_sizes": [16, 64], "lr_multipliers": [0.5, 1, 2], "max_extensions": 1,

@@ -15,6 +15,8 @@ from conftest import TINY, one_error_line
 from replication import data, storage
 from replication import __main__ as entry
 
+pytestmark = pytest.mark.backend
+
 # The real data beside the project (CI and this project's sessions have ../shared beside the clone).
 SHARED_DATA = storage.PROJECT_ROOT.parent / "shared" / "data"
 

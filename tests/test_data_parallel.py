@@ -18,7 +18,8 @@ import pytest
 from conftest import ROOT, cli, one_error_line
 from replication import backend
 
-pytestmark = pytest.mark.skipif(not importlib.util.find_spec("jax"), reason="needs jax installed")
+pytestmark = [pytest.mark.backend,
+              pytest.mark.skipif(not importlib.util.find_spec("jax"), reason="needs jax installed")]
 
 TWO_DEVICES = {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 RECORD = {"distribution": "keras.distribution.DataParallel", "devices": 2}

@@ -22,6 +22,8 @@ from conftest import ROOT, TINY, cli, one_error_line
 from replication import backend, data, storage, train
 from replication import __main__ as entry
 
+pytestmark = pytest.mark.backend
+
 CONFIG_CASES = [
     # (id, config changes, expected message)
     ("unknown-key", {"epochz": 3}, r"unknown config key 'epochz'"),

@@ -16,6 +16,8 @@ from replication import objective as objective_lib
 from replication.measure import filter_landscape, hessian, reparametrize
 from replication.analysis import hessian_tables, report
 
+pytestmark = pytest.mark.backend
+
 
 def conv_network():
     keras.utils.set_random_seed(3)

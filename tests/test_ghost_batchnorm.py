@@ -7,6 +7,8 @@ import pytest
 
 from replication import models
 
+pytestmark = pytest.mark.backend
+
 
 def _per_chunk(x, size, gamma, beta):
     """The reference: BatchStatNormalization applied to each chunk on its own."""

@@ -14,6 +14,8 @@ from replication import config as config_lib
 from replication import objective as objective_lib
 from replication.measure import hessian
 
+pytestmark = pytest.mark.backend
+
 K, EXAMPLES = 12, 30
 
 

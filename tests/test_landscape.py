@@ -15,6 +15,8 @@ from replication import config as config_lib
 from replication.measure import landscape
 from replication.analysis import compare, landscape_figures, results
 
+pytestmark = pytest.mark.backend
+
 PNG_MAGIC, PDF_MAGIC = b"\x89PNG\r\n\x1a\n", b"%PDF-"
 REFERENCE_HEADER = (compare.REFERENCE / "paper_figures" / "figure3_F1.csv").read_text().splitlines()[0]
 

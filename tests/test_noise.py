@@ -7,6 +7,8 @@ import pytest
 from replication import objective
 from replication.measure import noise
 
+pytestmark = pytest.mark.backend
+
 
 def softmax_regression(seed=0):
     import keras

@@ -19,6 +19,8 @@ from replication.measure import sharpness
 from replication.analysis import remedy_tables, results
 from tests.conftest import planned_commands
 
+pytestmark = pytest.mark.backend
+
 IMAGE_NETWORKS = {"F1": ((28, 28, 1), 10), "C1": ((32, 32, 3), 10), "C2": ((32, 32, 3), 10),
                   "C3": ((32, 32, 3), 100), "C4": ((32, 32, 3), 100)}
 

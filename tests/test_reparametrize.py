@@ -12,6 +12,8 @@ import pytest
 from replication import models
 from replication.measure import hessian, reparametrize, sharpness
 
+pytestmark = pytest.mark.backend
+
 A = 10.0
 
 

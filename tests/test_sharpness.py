@@ -15,6 +15,8 @@ from replication import __main__ as cli_main
 from replication import config as config_lib
 from replication.measure import sharpness
 
+pytestmark = pytest.mark.backend
+
 K, EXAMPLES = 20, 30
 
 

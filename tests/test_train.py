@@ -15,6 +15,8 @@ from conftest import ROOT, cli
 from replication import storage, train
 from replication import config as config_lib
 
+pytestmark = pytest.mark.backend
+
 RUN_FILES = {"config.yaml", "env.json", "history.csv", "metrics.json", "initial.weights.h5",
              "final.weights.h5"}
 

@@ -15,6 +15,8 @@ from replication import config as config_lib
 from replication.measure import sharpness
 from replication.analysis import report, results, verdicts, warmstart
 
+pytestmark = pytest.mark.backend
+
 WARM = {**TINY, "epochs": 2, "keep_iterates": [1, 2], "warm_start": {"enabled": True},
         "sharpness": {"spaces": ["full"], "subset": 100, "iterations": 2}}
 
