@@ -171,6 +171,13 @@ def stopping_rows(loaded, space: str = "full", epsilon: float = 1e-3) -> list[di
     return out
 
 
+def _rule_order(item) -> tuple:
+    """fixed first, then plateau rules by patience (numerically: 2 before 10), SB before LB."""
+    (network, rule, regime), _ = item
+    patience = int(found[0]) if (found := re.search(r"\d+", rule)) else 0
+    return (network, rule != "fixed", patience, regime != "sb")
+
+
 def _published_table3(network: str) -> dict | None:
     """Table 3's row for `network` (full space: eps<e>_<sb|lb>_<mean|std>), None if unpublished."""
     return compare.published("table3_sharpness_full_space").get(network)
@@ -192,7 +199,7 @@ def stopping_section(loaded, space: str = "full", epsilon: float = 1e-3) -> str:
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["network"], r["rule"], r["regime"]), []).append(r)
-    for (network, rule, regime), group in sorted(groups.items(), key=lambda kv: (kv[0][1] != "fixed", kv[0])):
+    for (network, rule, regime), group in sorted(groups.items(), key=_rule_order):
         phis = [g["phi"] for g in group if math.isfinite(g["phi"])]
         epochs = [g["epoch"] for g in group]
         never = sum(not g["plateaued"] for g in group)
