@@ -59,18 +59,22 @@ NOTE = ("Our SB and LB runs under the remedy start from the trial's x0, like the
         "acts inside training only). Sharpness: full space, Metric 2.1 (x100).")
 
 
+def _remedy_trials(loaded: results_lib.Results, remedy: str):
+    """((network, dataset), runs by regime, the remedy's SB and LB runs) of each trial that has any."""
+    regimes = [config_lib.remedy_regime(r, remedy) for r in ("sb", "lb")]
+    for trial, by_regime in loaded.trials().items():
+        if remedy_runs := [run for regime in regimes for run in by_regime.get(regime, [])]:
+            yield trial, by_regime, remedy_runs
+
+
 def rows(loaded: results_lib.Results, remedy: str) -> list[dict]:
     """Table 6 (`remedy` "augmentation") or 7 ("conservative"): one row per network and data with
     runs of that remedy (module docstring), beside the published row."""
     _, csv_name, lb_prefix, _ = TABLES[remedy]
     paper, table2 = compare.published(csv_name), compare.published("table2_accuracy")
-    sb_regime = config_lib.remedy_regime("sb", remedy)
-    lb_regime = config_lib.remedy_regime("lb", remedy)
+    sb_regime, lb_regime = (config_lib.remedy_regime(r, remedy) for r in ("sb", "lb"))
     out = []
-    for (network, dataset), by_regime in loaded.trials().items():
-        remedy_runs = [*by_regime.get(sb_regime, []), *by_regime.get(lb_regime, [])]
-        if not remedy_runs:
-            continue
+    for (network, dataset), by_regime, remedy_runs in _remedy_trials(loaded, remedy):
         baseline = by_regime.get(sb_regime if remedy == "augmentation" else "sb", [])
         groups = {"sb": baseline, "lb": by_regime.get(lb_regime, []), "remedy_sb": by_regime.get(sb_regime, []),
                   "plain_sb": by_regime.get("sb", []), "plain_lb": by_regime.get("lb", [])}
@@ -143,13 +147,9 @@ def seed_rows(loaded: results_lib.Results, remedy: str) -> list[dict]:
     (sb_phi_<tag>, lb_phi_<tag>) with the f recorded beside it (sb_f_<tag>, lb_f_<tag>); the runs'
     final training losses (sb_train_loss, lb_train_loss); nan where a run is missing, diverged or
     its solve failed."""
-    sb_regime = config_lib.remedy_regime("sb", remedy)
-    lb_regime = config_lib.remedy_regime("lb", remedy)
+    sb_regime, lb_regime = (config_lib.remedy_regime(r, remedy) for r in ("sb", "lb"))
     out = []
-    for (network, dataset), by_regime in loaded.trials().items():
-        remedy_runs = [*by_regime.get(sb_regime, []), *by_regime.get(lb_regime, [])]
-        if not remedy_runs:
-            continue
+    for (network, dataset), by_regime, remedy_runs in _remedy_trials(loaded, remedy):
         roles = {"sb": sb_regime if remedy == "augmentation" else "sb", "lb": lb_regime, "plain_sb": "sb",
                  "plain_lb": "lb"}
         seeds = sorted({r.seed for r in remedy_runs})
