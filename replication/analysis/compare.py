@@ -123,7 +123,7 @@ def table_sharpness(loaded: results_lib.Results, space: str) -> list[dict]:
             p_mean, p_std = paper[network][f"{tag}_{regime}_mean"], paper[network][f"{tag}_{regime}_std"]
             # A solve that ended at its iteration cap (status 1; the paper's inexact 10-iteration
             # solve) reports the best f it reached: a lower bound on max f over C_eps.
-            capped = [r for r in solved if all(s.get("status") == 1 for s in r.get("solves") or [{}])]
+            capped = [r for r in solved if results_lib.at_cap(r)]
             row.update({f"{tag}_mean": mean, f"{tag}_std": std, f"{tag}_solved": len(solved),
                         f"{tag}_at_cap": len(capped),
                         f"{tag}_failed": len(results) - len(solved),

@@ -52,12 +52,7 @@ def _point(run, epoch: int, space: str, epsilon: float) -> dict | None:
     if record.get("failed") or record.get("phi") is None:
         return None
     return {"epoch": epoch, "f": _number(xent, "train_xent", xent_file),
-            "phi": _number(record, "phi", phi_file), "capped": _capped(record)}
-
-
-def _capped(record: dict) -> bool:
-    """Did every solve stop at its iteration cap (status 1)? Then phi is a lower bound on the max."""
-    return all(s.get("status") == 1 for s in record.get("solves") or [{}])
+            "phi": _number(record, "phi", phi_file), "capped": results_lib.at_cap(record)}
 
 
 def _pairs(loaded) -> dict[tuple, dict]:
@@ -76,10 +71,11 @@ def matched_rows(loaded, space: str = "full", epsilon: float = 1e-3) -> list[dic
     for (network, dataset, seed), pair in sorted(_pairs(loaded).items()):
         summary = storage.read_json(matched.summary_path(pair["sb"].path))
         levels = [*summary.get("levels", matched.LEVELS), "final"]
+        histories = {regime: storage.read_csv(run.path / "history.csv") for regime, run in pair.items()}
         for level in levels:
             row = {"network": network, "seed": seed, "level": level}
             for regime, run in pair.items():
-                history = storage.read_csv(run.path / "history.csv")
+                history = histories[regime]
                 epoch = len(history) if level == "final" else matched.nearest_epoch(history, float(level))
                 point = _point(run, epoch, space, epsilon) if epoch else None
                 row[regime] = point
@@ -259,7 +255,7 @@ def budget_rows(loaded) -> list[dict]:
                         "space": record.get("space"), "epsilon": record.get("epsilon"),
                         "iterations": int(_number(record, "iterations", file, 1)), "start": record.get("start"),
                         "restarts": int(_number(record, "restarts", file, 1)),
-                        "f_x": _number(record, "f_x", file), "phi": phi, "capped": _capped(record),
+                        "f_x": _number(record, "f_x", file), "phi": phi, "capped": results_lib.at_cap(record),
                         "statuses": [s.get("message", "") for s in record.get("solves", [])],
                         "seconds": record.get("wall_seconds")})
     return sorted(out, key=lambda r: (r["network"], r["seed"], r["regime"], r["space"], r["start"], r["iterations"]))

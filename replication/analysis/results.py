@@ -139,6 +139,12 @@ def load(results_dir) -> Results:
 
 
 # Sharpness columns: how a (space, epsilon) sharpness is named in the tables built from a folder.
+def at_cap(record: Mapping) -> bool:
+    """Did every solve of a sharpness result end at its iteration limit (status 1)? Its phi is then
+    the best f the inexact solve reached: a lower bound on max f over C_eps. No solves recorded: False."""
+    return all(s.get("status") == 1 for s in record.get("solves") or [{}])
+
+
 def sharpness_column(prefix: str, space: str, epsilon: float) -> str:
     """'<prefix>_<space>_eps<epsilon>', e.g. sharpness_column("phi", "full", 1e-3) -> 'phi_full_eps0.001'."""
     return f"{prefix}_{space}_eps{epsilon:g}"
