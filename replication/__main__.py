@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from replication import errors  # imports nothing else: a missing package is still reported below
+
 
 def _missing_package(err: ModuleNotFoundError) -> int:
     print(f"error: Python package '{err.name}' is missing from {sys.executable}: install it "
@@ -59,11 +61,11 @@ def _train(args):
 
 def _check(args):
     from replication import config as config_lib
-    from replication import train
+    from replication import rundir
 
     config = config_lib.load(args.config, args.set)
     _start_keras()
-    print(f"{args.config}: {train.check(config)} finished run(s), all made by this config")
+    print(f"{args.config}: {rundir.check(config)} finished run(s), all made by this config")
 
 
 def _table2(args):
@@ -469,16 +471,11 @@ def main(argv=None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        from replication import errors
-    except ModuleNotFoundError as err:
-        return _missing_package(err)
-
-    try:
         status = args.func(args)  # None, or a command's own exit status (diff: 1 = not reproduced)
     except KeyboardInterrupt:  # Ctrl-C: every file is written atomically, so a rerun resumes
         print(INTERRUPTED, file=sys.stderr)
         return 130
-    except errors.EXPECTED as err:
+    except errors.UserError as err:
         # One line, even where a message quotes a multi-line one (a YAML parser's).
         print("error: " + " ".join(line.strip() for line in str(err).splitlines() if line.strip()),
               file=sys.stderr)

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from replication import storage
+from replication.errors import UserError
 
 SUPPORTED = ("tensorflow", "jax")
 # Opt-in bit-reproducibility for JAX on a GPU. Measured on one H100 (C1): training 1.6-1.8x
@@ -63,7 +64,7 @@ def _prepare_environment() -> None:
 _prepare_environment()
 
 
-class BackendError(RuntimeError):
+class BackendError(UserError, RuntimeError):
     """Keras runs on a backend this project does not support."""
 
 

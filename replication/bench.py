@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from replication import backend, data, storage, train
+from replication import backend, data, rundir, storage
 from replication import config as config_lib
 
 DATASETS = {"F1": "synthetic_mnist", "C1": "synthetic_cifar10", "C2": "synthetic_cifar10"}
@@ -80,7 +80,7 @@ def training_throughput(network: str, batch_size: int, steps: int, variants) -> 
     x_device, y_device = backend.resident(x), backend.resident(y)
     x_training, y_training = backend.training_data(x, y)
     backend.setup_determinism(0)
-    model = train.build_model(config, shape, 10)
+    model = rundir.build_model(config, shape, 10)
     flops = 3 * forward_flops(model)
     rows = []
     for pipeline, per_execution in variants:
@@ -175,7 +175,7 @@ def run(out: str | Path, quick: bool = False, networks=None) -> str:
 
     record = {**backend.describe(), "matmul_peak_flop_per_second": peaks,
               "training_peak": "tf32" if on_gpu else "float32", "training": rows,
-              "sharpness": sharp, "quick": quick, "time": train.now()}
+              "sharpness": sharp, "quick": quick, "time": rundir.now()}
     storage.atomic_write_json(out / "bench.json", record)
     markdown = _markdown(record)
     storage.atomic_write_text(out / "bench.md", markdown)

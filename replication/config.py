@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from replication import data
+from replication.errors import UserError
 
 NETWORKS = ("F1", "F2", "C1", "C2", "C3", "C4")
 DATASETS = tuple(data.DATASETS)
@@ -41,7 +42,7 @@ PAPER_EPOCHS = 100
 PAPER_SEEDS = 5
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value or file is invalid; the message names key, value and file."""
 
 

@@ -38,9 +38,10 @@ from pathlib import Path
 import numpy as np
 
 from replication import storage
+from replication.errors import UserError
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """A dataset is missing, corrupt or malformed; the message says what to download and where."""
 
 

@@ -1,15 +1,14 @@
-"""The errors a user can cause (bad config, data, paths, results): reported as one line, exit 2."""
+"""The errors a user can cause (bad config, data, paths, arguments, result files).
 
-from replication import backend
-from replication.config import ConfigError
-from replication.data import DataError
-from replication.analysis.results import ResultsError
-from replication.analysis.rerun import DiffError
-from replication.storage import StorageError
-from replication.train import RunError
+Each stage's error class derives from `UserError`, and the CLI (replication/__main__.py) prints
+any of them as one line and exits with status 2: a new stage's error needs no list to join.
+This module is the ground floor: it imports nothing of the package.
+"""
 
-EXPECTED = (ConfigError, DataError, StorageError, RunError, ResultsError, DiffError,
-            backend.BackendError)
+
+class UserError(Exception):
+    """A problem the user can fix; its message names the problem and the fix, in one line."""
+
 
 OUT_OF_MEMORY_FIX = ("the evaluation batch does not fit: lower eval_batch_size (e.g. --set "
                      "eval_batch_size=1000; under batch_statistics this changes the batch-norm "

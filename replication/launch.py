@@ -4,7 +4,7 @@ Make's rules (replication/pipeline.py) stay the one description of the work; thi
 GPU part of them to Slurm through submitit, and does the rest where it is started (a login node):
 
 1. Checks and shared inputs, here, first: the configs' finished runs are checked as `make` does
-   (train.check), each dataset is loaded once (a TFDS download; the JPEG stand-in's decoded cache)
+   (rundir.check), each dataset is loaded once (a TFDS download; the JPEG stand-in's decoded cache)
    and each trial's x0 is made (train.load_x0). Tasks on many nodes writing these at once on a
    shared filesystem would race: the locks that guard them are flocks, which NFS and Lustre do not
    always honour across nodes.
@@ -39,11 +39,12 @@ from pathlib import Path
 
 from replication import config as config_lib
 from replication import storage
+from replication.errors import UserError
 
 RUN_TARGET = "metrics.json"  # a run's "done" file (train._finish): the rule that trains it
 
 
-class LaunchError(ValueError):
+class LaunchError(UserError, ValueError):
     """Bad launch arguments or no Slurm to launch on; the message names the fix."""
 
 
@@ -143,21 +144,21 @@ def prepare(configs: list[config_lib.Config], stale_runs: set[str], log=sys.stdo
     """Shared inputs of the stale runs, made once here before any task starts: each dataset (a TFDS
     download, the JPEG stand-in's decoded cache) and each trial's x0. x0 is made as train._prepare
     makes it (seeds, then the SB network's fresh weights; test_launch checks they agree)."""
-    from replication import backend, data, train
+    from replication import backend, data, rundir, train
 
     wanted = [(config, seed) for config in configs for seed in config.seeds
-              if any(str(train.run_directory(config, regime, seed)) in stale_runs for regime in config.regimes())]
+              if any(str(rundir.run_directory(config, regime, seed)) in stale_runs for regime in config.regimes())]
     for dataset, data_dir in dict.fromkeys((config.dataset, config.data_dir) for config, _ in wanted):
         print(f"[launch] loading {dataset} once before the tasks start", file=log, flush=True)
         data.load(dataset, data_dir)
     for config, seed in wanted:
-        if train.x0_path(config, seed).exists():
+        if rundir.x0_path(config, seed).exists():
             continue  # checked against its record by the runs themselves (train.load_x0)
         backend.setup_determinism(seed, deterministic_ops=not config.jit_compile)
         spec = data.DATASETS[config.dataset]
-        model = train.build_model(config, spec.input_shape, spec.num_classes, regime="sb")
+        model = rundir.build_model(config, spec.input_shape, spec.num_classes, regime="sb")
         train.load_x0(model, config, seed, log)
-        print(f"[launch] made x0 {train.x0_path(config, seed)}", file=log, flush=True)
+        print(f"[launch] made x0 {rundir.x0_path(config, seed)}", file=log, flush=True)
 
 
 def parse_time(text: str) -> int:
@@ -276,11 +277,11 @@ def launch(config_paths: list[str], make_executor, poll_seconds: float = 30, log
     """Submit the stale tasks of the configs' rules wave by wave, wait, then build the reports.
     `make_executor()` returns a submitit executor (Slurm's, or DebugExecutor in tests). Returns 0
     when everything is made, 1 when a task failed (each reported with its log)."""
-    from replication import pipeline, train
+    from replication import pipeline, rundir
 
     configs = [config_lib.load(path) for path in config_paths]
     for config in configs:
-        train.check(config)  # as make does first: an edited config's old runs are refused
+        rundir.check(config)  # as make does first: an edited config's old runs are refused
     rules, phony = parse_rules(pipeline.rules("launch", config_paths))
     all_tasks = tasks(rules, phony)
     stale = [task for task in all_tasks if task.stale()]

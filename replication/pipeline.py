@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import shlex
 
-from replication import train
+from replication import rundir
 from replication import config as config_lib
 from replication.measure import hessian, iterates, landscape, matched, noise, sharpness
 
@@ -43,7 +43,7 @@ def rules(name: str, config_paths: list[str]) -> str:
         for seed in config.seeds:
             runs = {}
             for regime in config.regimes():
-                run = train.run_directory(config, regime, seed)
+                run = rundir.run_directory(config, regime, seed)
                 runs[regime] = f"{run}/metrics.json"
                 # A piggyback run (Figure 5) starts from an iterate of the seed's SB run.
                 after_sb = f" {runs['sb']}" if config_lib.parse_warm_start(regime) else ""

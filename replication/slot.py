@@ -26,11 +26,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from replication.errors import UserError
+
 LOCK_DIR_VARIABLE = "REPLICATION_GPU_LOCKS"
 SHARING = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
 
 
-class SlotError(ValueError):
+class SlotError(UserError, ValueError):
     """Bad arguments to the slot wrapper; the message names the fix."""
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from replication.errors import UserError
+
 
 FAILPOINT_VARIABLE = "REPLICATION_KILL_AT"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +48,7 @@ def failpoint(label: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-class StorageError(OSError):
+class StorageError(UserError, OSError):
     """An output location cannot be written, or a result file is missing or damaged; the message
     names the path and the fix."""
 

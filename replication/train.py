@@ -1,18 +1,5 @@
-"""The SB/LB protocol of Keskar et al. (2017), section 2.2 and appendix B, for one run.
-
-One run = (network, regime, seed) -> a self-describing run directory:
-
-    <results_dir>/<network>_<dataset>/<regime>/seed<N>/
-        config.yaml         resolved config (plus regime, seed, batch size)
-        env.json            git commit/dirty, versions, device, seed, start/end time, wall time
-        history.csv         one row per epoch: train/test loss and accuracy
-        metrics.json        final numbers, stopping reason, divergence, deviations from the paper
-        initial.weights.h5  x0, shared by the SB and LB runs of the trial (same SHA-256)
-        final.weights.h5    the minimiser
-        iterates/epoch<N>.weights.h5  the weights at the end of epoch N, for each of the config's
-                            kept_epochs() (keep_iterates, keep_every); none unless asked
-    <results_dir>/<network>_<dataset>/x0/seed<N>.weights.h5, seed<N>.json: the trial's x0, and
-        what made it (network, dataset, batchnorm, seed, backend) with its weights' SHA-256
+"""The SB/LB protocol of Keskar et al. (2017), section 2.2 and appendix B, for one run: this module
+only trains; where a run lives and how it loads back is replication/rundir.py.
 
 Protocol: Adam (Keras 1 defaults: lr 1e-3, betas 0.9/0.999, epsilon 1e-8), mean cross-entropy,
 SB batch 256, LB batch 10% of the training set, SB and LB from the same x0 with fresh Adam state.
@@ -24,11 +11,8 @@ completed epoch and ends with exactly the numbers of an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,170 +20,38 @@ from pathlib import Path
 import numpy as np
 
 from replication import config as config_lib
-from replication import backend, data, storage
-
-# Keys that do not change what training computes: a run directory made with other values of
-# these is still the same run.
-# The remedy sections only add runs (sb-augmented, lb-conservative, ...), and each of those records
-# its remedy's settings in its own `run` entry (Config.remedy_settings), which is compared; so do
-# the warm starts (lb-from-sb<k>: Config.warm_start_settings).
-NON_TRAINING_KEYS = ("description", "profile", "seeds", "sharpness", "landscape", "sweep", "results_dir",
-                     "augmentation", "conservative", "hessian", "batch_size_study", "warm_start",
-                     "iterate_measure")
-# Keys that do not change what training computes but do change which files a run directory holds:
-# they are not in NON_TRAINING_KEYS, so a run made with other values is refused (an iterate that
-# was not kept cannot be made afterwards, and one resumed with another list would hold a mix);
-# their numbers still compare with any other run's.
-RUN_FILE_KEYS = ("keep_iterates", "keep_every")
-HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"]
+from replication import backend, rundir, storage
 
 
-class RunError(RuntimeError):
-    """A run directory conflicts with the request, or a run cannot proceed."""
 
 
-@dataclasses.dataclass
-class Run:
-    """A finished run loaded back from its directory."""
-
-    path: Path
-    config: config_lib.Config
-    metrics: dict
-    model: object  # keras.Model holding the final weights
 
 
-def trial_directory(config: config_lib.Config) -> Path:
-    return Path(config.results_dir) / f"{config.network}_{config.dataset}"
 
 
-def run_directory(config: config_lib.Config, regime: str, seed: int) -> Path:
-    return trial_directory(config) / regime / f"seed{seed}"
 
 
-def iterate_path(run_dir, epoch: int) -> Path:
-    """The weights a run kept at the end of `epoch` (a plain model's, as final.weights.h5)."""
-    return Path(run_dir) / "iterates" / f"epoch{epoch}.weights.h5"
 
 
-def load_arrays(config: config_lib.Config):
-    """(dataset, x_train, y_train, x_test, y_test) with the config's subsets applied."""
-    dataset = data.load(config.dataset, config.data_dir)
-    config.check_subsets(len(dataset.x_train), len(dataset.x_test))
-    x_train, y_train = data.subset(dataset.x_train, dataset.y_train, config.train_subset)
-    x_test, y_test = data.subset(dataset.x_test, dataset.y_test, config.test_subset)
-    return dataset, x_train, y_train, x_test, y_test
 
 
-def training_examples(config: config_lib.Config, subset: int | None):
-    """(inputs, labels): the run's training set (train_subset applied), then its first `subset`
-    examples in data.subset's fixed order: the examples f is measured on (sharpness, noise scale)."""
-    _, x_train, y_train, _, _ = load_arrays(config)
-    return data.subset(x_train, y_train, subset)
 
 
-def build_model(config: config_lib.Config, input_shape, num_classes: int, compiled: bool = True,
-                regime: str | None = None):
-    """The network (compiled with the protocol's Adam). For a remedy run's `regime` (sb-augmented,
-    lb-conservative, ...) the same network and weights, trained its way (replication/remedies.py):
-    with augmentation layers in front, or with the proximal Adam of conservative training."""
-    import keras
-
-    from replication import models, remedies
-
-    model = models.build(config.network, input_shape, num_classes, config.batchnorm)
-    if config.ghost_batch_size:
-        # Ghost batch norm changes training, not x0 (X0_KEYS): the ghost copy starts from the plain
-        # network's draw (models.with_ghost_batch_norm's clone draws other weights), so a ghost run
-        # makes the x0 a plain run of the trial makes, whichever of them comes first.
-        plain, model = model, models.with_ghost_batch_norm(model, config.ghost_batch_size)
-        model.set_weights(plain.get_weights())
-    remedy = (config_lib.parse_remedy(regime) or (None, None))[1] if regime else None
-    if remedy == "augmentation":
-        model = remedies.augmented(model, config.augmentation)
-    if compiled:
-        adam = {"learning_rate": config.learning_rate, "beta_1": config.beta_1, "beta_2": config.beta_2,
-                "epsilon": config.adam_epsilon}
-        model.compile(
-            optimizer=(remedies.ProximalAdam(proximal_lambda=config.conservative.proximal_lambda,
-                                             inner_steps=config.conservative.inner_steps, **adam)
-                       if remedy == "conservative" else keras.optimizers.Adam(**adam)),
-            loss="sparse_categorical_crossentropy",
-            jit_compile=backend.keras_jit_compile(config.jit_compile),
-        )
-    return model
 
 
-def environment(seed: int) -> dict:
-    """Where and with what a result was computed: git state, versions, backend, device, seed."""
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=storage.PROJECT_ROOT, capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {
-        "git_commit": git("rev-parse", "HEAD") or "unknown",
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "python": platform.python_version(),
-        **backend.describe(),
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        "seed": seed,
-    }
 
 
-def now() -> str:
-    """The time a result records (UTC, ISO 8601, whole seconds): env.json, bench.json."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _resolved(config: config_lib.Config, regime: str, seed: int, batch_size: int,
-              warm_start: dict | None = None) -> dict:
-    """config.yaml of a run: `config` (for_regime applied) and the run entry; `warm_start` is a
-    piggyback run's Config.warm_start_settings, from the trial's config (for_regime changes epochs)."""
-    run = {"regime": regime, "seed": seed, "batch_size": batch_size, "backend": backend.name()}
-    if (remedy := config.remedy_settings(regime)) is not None:
-        run["remedy"] = remedy
-    if warm_start is not None:
-        run["warm_start"] = warm_start
-    return {**config.to_dict(), "run": run}
 
 
-def _check_same_config(path: Path, resolved: dict) -> None:
-    previous = storage.read_yaml(path / "config.yaml")
-    # Runs made before the JAX port name no backend: they ran on TensorFlow.
-    previous.get("run", {}).setdefault("backend", "tensorflow")
-    # A key a run's config did not have yet (a run made before it existed) had its default.
-    defaults = config_lib.defaults()
-    for key in sorted(set(previous) | set(resolved)):
-        if key in NON_TRAINING_KEYS:
-            continue
-        if previous.get(key, defaults.get(key)) != resolved.get(key):
-            raise RunError(
-                f"run directory {path} was made by another config ('{key}' was "
-                f"{previous.get(key, defaults.get(key))!r}, now {resolved.get(key)!r}): use another "
-                "results_dir or delete that directory")
 
 
-def x0_path(config: config_lib.Config, seed: int) -> Path:
-    """x0 of a trial. Keras draws it through the backend's own generator, so each backend has its
-    own (TensorFlow keeps the name it had before the JAX port): an SB run on one backend and an LB
-    run on the other never share an x0, and the pair check refuses them."""
-    suffix = "" if backend.name() == "tensorflow" else f"-{backend.name()}"
-    return trial_directory(config) / "x0" / f"seed{seed}{suffix}.weights.h5"
 
 
-# What x0 depends on besides the seed, the backend and the code: the network's shapes. Nothing else
-# that a config sets changes the initial weights: not ghost batch norm (build_model gives a ghost
-# network the plain network's draw), nor a remedy (same layers, so same weights) or the optimizer.
-X0_KEYS = ("network", "dataset", "batchnorm")
 
 
-def x0_record_path(config: config_lib.Config, seed: int) -> Path:
-    """What made x0 and its weights' digest, beside it (x0/seed0.weights.h5 -> x0/seed0.json)."""
-    path = x0_path(config, seed)
-    return path.with_name(path.name.removesuffix(".weights.h5") + ".json")
+
 
 
 def load_x0(model, config: config_lib.Config, seed: int, log) -> str:
@@ -209,22 +61,22 @@ def load_x0(model, config: config_lib.Config, seed: int, log) -> str:
     with a record of what made it. An x0 that another config made (the trial's x0 outlives a run
     directory deleted because it was refused) or that was changed since is made anew if no run
     directory started from it, else refused: SB and LB of a trial never start from different x0."""
-    path = x0_path(config, seed)
-    made_by = {**{key: getattr(config, key) for key in X0_KEYS}, "seed": seed, "backend": backend.name()}
+    path = rundir.x0_path(config, seed)
+    made_by = {**{key: getattr(config, key) for key in rundir.X0_KEYS}, "seed": seed, "backend": backend.name()}
     fresh = model.get_weights()
     with storage.locked(path.with_suffix(".lock")):
-        problem = _x0_problem(model, path, x0_record_path(config, seed), made_by) if path.exists() else None
+        problem = _x0_problem(model, path, rundir.x0_record_path(config, seed), made_by) if path.exists() else None
         if problem is not None:
             if users := _x0_users(config, seed, path):
                 more = f" and {len(users) - 1} more" if len(users) > 1 else ""
-                raise RunError(f"x0 file {path} {problem}, and run {users[0]}{more} started from it: "
+                raise rundir.RunError(f"x0 file {path} {problem}, and run {users[0]}{more} started from it: "
                                f"delete {path} and the run directories that started from it, or use "
                                "another results_dir")
             print(f"[{path}] {problem} and no run started from it: making it anew", file=log)
         if problem is not None or not path.exists():
             model.set_weights(fresh)
             # Record first: a kill between the two leaves no x0, which is then made again.
-            storage.atomic_write_json(x0_record_path(config, seed),
+            storage.atomic_write_json(rundir.x0_record_path(config, seed),
                                       {"made_by": made_by, "weights_sha256": storage.weights_digest(fresh)})
             storage.save_weights(model, path)
     return storage.weights_digest(model.get_weights())
@@ -251,7 +103,7 @@ def _x0_problem(model, path: Path, record_path: Path, made_by: dict) -> str | No
 def _x0_users(config: config_lib.Config, seed: int, path: Path) -> list[Path]:
     """Run directories of the trial whose initial.weights.h5 is a copy of the x0 file at `path`."""
     digest = storage.sha256_file(path)
-    return sorted(copy.parent for copy in trial_directory(config).glob(f"*/seed{seed}/initial.weights.h5")
+    return sorted(copy.parent for copy in rundir.trial_directory(config).glob(f"*/seed{seed}/initial.weights.h5")
                   if storage.sha256_file(copy) == digest)
 
 
@@ -315,11 +167,11 @@ def train(config: config_lib.Config, regime: str, seed: int, log=None) -> Path:
     deviations = config.run_deviations(regime)
     warm_start = config.warm_start_settings(regime)
     config = config.for_regime(regime)
-    path = run_directory(config, regime, seed)
+    path = rundir.run_directory(config, regime, seed)
     inputs = _inputs(config, regime, seed) if not (path / "metrics.json").exists() else None
     with storage.locked(path.parent / f".seed{seed}.lock"):
         if (path / "metrics.json").exists():
-            _check_finished(config, regime, seed, path, warm_start)
+            rundir.check_finished(config, regime, seed, path, warm_start)
             print(f"[{path}] already finished; skipping", file=log)
             return path
         arrays, parallel = inputs or _inputs(config, regime, seed)
@@ -330,7 +182,7 @@ def _inputs(config: config_lib.Config, regime: str, seed: int) -> tuple:
     """(the arrays, backend.distribution's record) of a run to train. Missing data, an impossible
     batch size, a piggyback run's missing start or a batch the devices cannot split fail here,
     before anything is written."""
-    arrays = load_arrays(config)
+    arrays = rundir.load_arrays(config)
     batch_size = config.batch_size(regime, len(arrays[1]))
     piggyback_start(config, regime, seed)
     # Before the model is built: its variables take the distribution's layout.
@@ -344,57 +196,23 @@ def piggyback_start(config: config_lib.Config, regime: str, seed: int) -> Path |
     sb_epoch = config_lib.parse_warm_start(regime)
     if not sb_epoch:
         return None
-    sb_run = run_directory(config, "sb", seed)
-    iterate = iterate_path(sb_run, sb_epoch)
+    sb_run = rundir.run_directory(config, "sb", seed)
+    iterate = rundir.iterate_path(sb_run, sb_epoch)
     if not (sb_run / "metrics.json").exists():
-        raise RunError(f"{regime} starts from the SB run's iterate of epoch {sb_epoch} ({iterate}), and the "
+        raise rundir.RunError(f"{regime} starts from the SB run's iterate of epoch {sb_epoch} ({iterate}), and the "
                        f"SB run {sb_run} is not finished: train the SB run first: python -m replication train "
                        f"CONFIG --seed {seed} --regime sb")
     if not iterate.exists():
-        raise RunError(f"{regime} starts from {iterate}, which the finished SB run {sb_run} does not hold "
+        raise rundir.RunError(f"{regime} starts from {iterate}, which the finished SB run {sb_run} does not hold "
                        f"(deleted, or made before it kept iterates): delete {sb_run} and train the SB run "
                        f"first: python -m replication train CONFIG --seed {seed} --regime sb")
     return iterate
 
 
-def _check_finished(config: config_lib.Config, regime: str, seed: int, path: Path,
-                    warm_start: dict | None = None) -> None:
-    """The finished run at `path` was made by `config` (for_regime applied; `warm_start` as
-    _resolved's); else RunError naming the key that differs."""
-    num_train = storage.read_json(path / "metrics.json")["num_train"]
-    _check_same_config(path, _resolved(config, regime, seed, config.batch_size(regime, num_train), warm_start))
 
 
-def check(config: config_lib.Config) -> int:
-    """Every finished run of `config` was made by it (RunError names the first key that differs);
-    returns how many there are. `make` runs this before a profile's steps: a finished run is a
-    file target it never remakes, so without this an edited config would have its old runs
-    reported beside new ones."""
-    finished = 0
-    for seed in config.seeds:
-        for regime in config.regimes() + _study_regimes_on_disk(config):
-            scaled = config.for_regime(regime)
-            path = run_directory(scaled, regime, seed)
-            if (path / "metrics.json").exists():
-                _check_finished(scaled, regime, seed, path, config.warm_start_settings(regime))
-                finished += 1
-    return finished
 
 
-def _study_regimes_on_disk(config: config_lib.Config) -> list[str]:
-    """The batch-size study's runs in `config`'s trial folder that it names. The study decides its
-    runs as it goes (grid extensions, the fair comparison's rates), so `Config.regimes` cannot list
-    them; a run of a batch the config no longer names is left to the report, which reads it."""
-    def named(regime: str) -> bool:
-        try:
-            config.for_regime(regime)
-        except config_lib.ConfigError:
-            return False
-        return True
-
-    study = [p.name for p in sorted(trial_directory(config).glob("b*-*"))
-             if config_lib.parse_study_regime(p.name) or config_lib.parse_compare_regime(p.name)]
-    return [regime for regime in study if named(regime)]
 
 
 def _train_locked(config, regime, seed, path, log, arrays, deviations, warm_start=None, parallel=None) -> Path:
@@ -436,11 +254,11 @@ def _prepare(config, regime, seed, path, log, arrays, warm_start=None, parallel=
 
     dataset, x_train, y_train, x_test, y_test = arrays
     batch_size = config.batch_size(regime, len(x_train))
-    resolved = _resolved(config, regime, seed, batch_size, warm_start)
+    resolved = rundir.resolved_config(config, regime, seed, batch_size, warm_start)
     if (path / "config.yaml").exists():
-        _check_same_config(path, resolved)
+        rundir.check_same_config(path, resolved)
     determinism = backend.setup_determinism(seed, deterministic_ops=not config.jit_compile)
-    model = build_model(config, x_train.shape[1:], dataset.num_classes, regime=regime)
+    model = rundir.build_model(config, x_train.shape[1:], dataset.num_classes, regime=regime)
     x0_digest = load_x0(model, config, seed, log)
     start = piggyback_start(config, regime, seed)
     if warm_start is not None:  # a piggyback run: from SB's iterate (x0 at 0 SB epochs), fresh Adam
@@ -451,13 +269,13 @@ def _prepare(config, regime, seed, path, log, arrays, warm_start=None, parallel=
     model.optimizer.learning_rate.assign(config.learning_rate)
     model.optimizer.build(model.trainable_variables)  # so a checkpoint can restore Adam's state
 
-    env = {**environment(seed), **determinism, "xla": bool(model.jit_compile), "start_time": now()}
+    env = {**rundir.environment(seed), **determinism, "xla": bool(model.jit_compile), "start_time": rundir.now()}
     if parallel:  # only then: the env.json of a one-device run is what it was before the switch existed
         env["data_parallel"] = parallel
     if not (path / "config.yaml").exists():
         storage.atomic_write_text(path / "config.yaml", config_lib.yaml.safe_dump(resolved, sort_keys=False))
     if not (path / "initial.weights.h5").exists():
-        storage.atomic_write_bytes(path / "initial.weights.h5", (start or x0_path(config, seed)).read_bytes())
+        storage.atomic_write_bytes(path / "initial.weights.h5", (start or rundir.x0_path(config, seed)).read_bytes())
     if not (path / "env.json").exists():
         storage.atomic_write_json(path / "env.json", env)
     # env.json describes the process that trains on: a run resumed without the switch drops its record.
@@ -487,14 +305,14 @@ def _load_start(model, config: config_lib.Config, path: Path, start: Path | None
     x0) and say where they came from: the file, its SHA-256 and the weight values' digest. A run
     resumed after its start file changed (the SB run retrained) would mix two starts: refused, by
     initial.weights.h5, which keeps the first start's bytes."""
-    source = start or x0_path(config, seed)
+    source = start or rundir.x0_path(config, seed)
     file_digest = storage.sha256_file(source)
     initial = path / "initial.weights.h5"
     if initial.exists() and storage.sha256_file(initial) != file_digest:
-        raise RunError(f"{source} changed since the piggyback run {path} started from it (its "
+        raise rundir.RunError(f"{source} changed since the piggyback run {path} started from it (its "
                        f"initial.weights.h5 differs): delete {path} and train it again")
     if start is not None:  # an iterate is a plain model's file (train._save_plain)
-        plain = build_model(config, model.input_shape[1:], model.output_shape[-1], compiled=False)
+        plain = rundir.build_model(config, model.input_shape[1:], model.output_shape[-1], compiled=False)
         storage.load_weights(plain, start)
         model.set_weights(plain.get_weights())  # the model's variables only: Adam's state stays fresh
     root, start = Path(config.results_dir), source
@@ -529,10 +347,10 @@ def _train_epoch(session: _Session) -> None:
     # Checkpoint first, then history: history's length always names an existing checkpoint.
     storage.save_weights(model, path / f"checkpoint-{epoch + 1}.weights.h5")
     if epoch + 1 in config.kept_epochs():  # before history: a resumed run redoes this epoch, iterate too
-        _save_plain(session, iterate_path(path, epoch + 1))
+        _save_plain(session, rundir.iterate_path(path, epoch + 1))
     if session.tracker:  # before history: a resumed run drops the rows of the epoch it redoes
         session.tracker.write(path)
-    storage.atomic_write_csv(path / "history.csv", history, HISTORY_FIELDS)
+    storage.atomic_write_csv(path / "history.csv", history, rundir.HISTORY_FIELDS)
     old = path / f"checkpoint-{epoch}.weights.h5"
     if old.exists():
         old.unlink()
@@ -545,7 +363,7 @@ def _train_epoch(session: _Session) -> None:
 def _save_plain(session: _Session, target: Path) -> None:
     """The model's weights without the optimizer's slots (a plain model loads them), atomically."""
     dataset, x_train = session.arrays[0], session.arrays[1]
-    plain = build_model(session.config, x_train.shape[1:], dataset.num_classes, compiled=False)
+    plain = rundir.build_model(session.config, x_train.shape[1:], dataset.num_classes, compiled=False)
     plain.set_weights(session.model.get_weights())
     storage.save_weights(plain, target)
 
@@ -577,7 +395,7 @@ def _finish(session: _Session, reason: str, deviations: list[str]) -> Path:
     if session.tracker:
         metrics["target"] = session.tracker.summary(len(history))
     _save_plain(session, path / "final.weights.h5")
-    session.env.update(end_time=now(), train_seconds_this_process=round(time.time() - session.started, 1))
+    session.env.update(end_time=rundir.now(), train_seconds_this_process=round(time.time() - session.started, 1))
     storage.atomic_write_json(path / "env.json", session.env)
     storage.atomic_write_json(path / "metrics.json", metrics)  # last: its presence means "done"
     for leftover in path.glob("checkpoint-*.weights.h5"):
@@ -586,19 +404,4 @@ def _finish(session: _Session, reason: str, deviations: list[str]) -> Path:
     return path
 
 
-def load_run(path: str | os.PathLike) -> Run:
-    """A finished run: its config, metrics and a model holding the final weights."""
-    path = Path(path)
-    if not (path / "metrics.json").is_file():
-        raise RunError(f"{path} is not a finished run directory (no metrics.json): "
-                       "train it first with `python -m replication train CONFIG`")
-    metrics = storage.read_json(path / "metrics.json")
-    resolved = dict(metrics["resolved_config"])
-    resolved.pop("run")
-    resolved["results_dir"] = str(path.parents[2])
-    config = config_lib.from_dict(resolved, where=str(path / "config.yaml"))
-    spec = data.DATASETS[config.dataset]
-    model = build_model(config, spec.input_shape, spec.num_classes, compiled=False)
-    storage.load_weights(model, path / "final.weights.h5")
-    return Run(path, config, metrics, model)
 

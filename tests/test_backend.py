@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, cli
-from replication import backend, models, objective, train
+from replication import backend, models, objective, rundir, train
 from replication import config as config_lib
 from replication.measure import sharpness
 
@@ -160,5 +160,5 @@ def test_run_records_its_backend_and_a_run_from_the_other_backend_is_refused(tin
     saved["run"]["backend"] = "jax" if backend.name() == "tensorflow" else "tensorflow"
     (path / "config.yaml").write_text(config_lib.yaml.safe_dump(saved))
     (path / "metrics.json").unlink()  # unfinished: the next request would resume it
-    with pytest.raises(train.RunError, match="made by another config"):
+    with pytest.raises(rundir.RunError, match="made by another config"):
         train.train(config, "sb", 0)

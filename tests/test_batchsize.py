@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from replication import storage, target, train
+from replication import rundir, storage, target, train
 from replication import config as config_lib
 from replication.experiments import batchsize
 from replication.analysis import batchsize_report
@@ -66,7 +66,7 @@ def test_an_interrupted_target_run_resumes_to_the_same_trace(tiny_config):
     # its history row is not (the resumed run must drop them and redo the epoch).
     for failpoint in ("epoch:3:mid", "write:history.csv"):
         killed = cli("train", again_path, "--regime", "b64-x0.5", env={storage.FAILPOINT_VARIABLE: failpoint})
-        assert killed.returncode != 0 and not (train.run_directory(other, "b64-x0.5", 0) / "metrics.json").exists()
+        assert killed.returncode != 0 and not (rundir.run_directory(other, "b64-x0.5", 0) / "metrics.json").exists()
     resumed = train.train(other, "b64-x0.5", 0)
     again = storage.read_csv(target.trace_path(resumed))
     assert [r["step"] for r in again] == [r["step"] for r in whole]
@@ -118,7 +118,7 @@ def test_the_study_trains_the_grid_and_its_extension(tiny_config, monkeypatch):
     def fake_train(cfg, regime, seed, log=None):
         batch, multiplier = config_lib.parse_study_regime(regime)
         trained.append(regime)
-        path = train.run_directory(cfg, regime, seed)
+        path = rundir.run_directory(cfg, regime, seed)
         storage.atomic_write_json(path / "metrics.json", {"target": {"steps": fake[multiplier] * 64 // batch}})
         return path
 
@@ -216,9 +216,9 @@ def test_the_study_end_to_end_writes_one_report_per_seed(two_seed_study):
     # `report` on the folder rebuilds the same one-page report.
     assert cli("report", config.results_dir).returncode == 0
     # `check` counts the study's runs (named as the study decided them) and refuses an edited config.
-    assert train.check(config) == 8
-    with pytest.raises(train.RunError, match="'learning_rate' was"):
-        train.check(dataclasses.replace(config, learning_rate=config.learning_rate * 2))
+    assert rundir.check(config) == 8
+    with pytest.raises(rundir.RunError, match="'learning_rate' was"):
+        rundir.check(dataclasses.replace(config, learning_rate=config.learning_rate * 2))
 
 
 def _edit_json(path, edit):
@@ -269,10 +269,10 @@ def test_a_study_under_the_other_backend_is_refused_before_anything_trains(tiny_
     other = "jax" if backend.name() == "tensorflow" else "tensorflow"
     path = tiny_config(**STUDY)
     config = config_lib.load(path)
-    started = train.run_directory(config, "b16-x1", 0)
+    started = rundir.run_directory(config, "b16-x1", 0)
     started.mkdir(parents=True)
     (started / "config.yaml").write_text(f"run: {{regime: b16-x1, seed: 0, backend: {other}}}\n")
-    with pytest.raises(train.RunError, match=f"started under the {other} backend .*: set KERAS_BACKEND={other}"):
+    with pytest.raises(rundir.RunError, match=f"started under the {other} backend .*: set KERAS_BACKEND={other}"):
         batchsize.study(str(path))
     result = cli("batch-size", path)
     assert f"set KERAS_BACKEND={other}" in one_error_line(result.returncode, result.stderr)

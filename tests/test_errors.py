@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, TINY, cli, one_error_line
-from replication import backend, data, storage, train
+from replication import backend, data, rundir, storage
 from replication import __main__ as entry
 
 pytestmark = pytest.mark.backend
@@ -204,8 +204,8 @@ def test_results_directory_problems(tmp_path, capsys):
 def test_unfinished_run_directory(tmp_path, capsys):
     code, err = run_main(capsys, "sharpness", tmp_path)
     assert "is not a finished run directory (no metrics.json)" in one_error_line(code, err)
-    with pytest.raises(train.RunError, match="train it first"):
-        train.load_run(tmp_path)
+    with pytest.raises(rundir.RunError, match="train it first"):
+        rundir.load_run(tmp_path)
 
 
 @pytest.mark.parametrize("code_,message", [(errno.ENOSPC, "no space left on the device"),

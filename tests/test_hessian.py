@@ -8,7 +8,7 @@ import pytest
 import keras
 from keras import ops
 
-from replication import models, storage, train
+from replication import models, rundir, storage, train
 from replication import __main__ as cli_main
 from replication import config as config_lib
 from replication import objective as objective_lib
@@ -182,7 +182,7 @@ OPTIONS = ["--draws", "2", "--probes", "3", "--iterations", "4", "--points", "5"
 
 def test_run_directory_results_settings_cache_and_errors(finished_run, capsys):
     run_dir = finished_run
-    digest = storage.weights_digest(train.load_run(run_dir).model.get_weights())
+    digest = storage.weights_digest(rundir.load_run(run_dir).model.get_weights())
     assert cli_main.main(["hessian", str(run_dir), *OPTIONS]) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if "-> " in line]
     names = ["top_eigenvalue", "trace", "filter_landscape", "sharpness_random_eps0.001",
@@ -215,7 +215,7 @@ def test_run_directory_results_settings_cache_and_errors(finished_run, capsys):
     assert (run_dir / "hessian" / "filter_landscape.png").exists()
     assert relu["ratio_after_to_before"]["filter_rise"] == pytest.approx(1.0, abs=1e-3)
     assert relu["moved"]["filter_rise"] is False
-    assert storage.weights_digest(train.load_run(run_dir).model.get_weights()) == digest
+    assert storage.weights_digest(rundir.load_run(run_dir).model.get_weights()) == digest
 
     stamps = {name: hessian.result_path(run_dir, name).stat().st_mtime_ns for name in names}
     assert cli_main.main(["hessian", str(run_dir), *OPTIONS]) == 0
@@ -262,9 +262,9 @@ def test_each_draw_of_a_is_the_subspace_its_seed_draws(finished_run, tmp_path):
 
     run_dir = _copy_of(finished_run, tmp_path)
     record = hessian.measure_run(run_dir, measures=("sharpness",), draws=2, log=io.StringIO())[0]
-    run = train.load_run(run_dir)
+    run = rundir.load_run(run_dir)
     cfg = run.config.sharpness
-    inputs, labels = train.training_examples(run.config, cfg.subset)
+    inputs, labels = rundir.training_examples(run.config, cfg.subset)
     assert [d["a_seed"] for d in record["per_draw"]] == [cfg.seed, cfg.seed + 1]
     for draw in record["per_draw"]:
         alone = sharpness.measure(run.model, inputs, labels, run.config.eval_batch_size, 1e-3, "random", cfg.dim,

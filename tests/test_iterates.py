@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import TINY, cli, one_error_line
-from replication import pipeline, storage, train
+from replication import pipeline, rundir, storage, train
 from replication import __main__ as cli_main
 from replication import config as config_lib
 from replication.measure import iterates, sharpness
@@ -55,14 +55,14 @@ def test_a_run_keeps_the_weights_of_the_asked_epochs(tiny_config, tmp_path):
     metrics = storage.read_json(run / "metrics.json")
     assert metrics["kept_iterates"] == [1, 3]
     assert "iterates kept at epochs 1, 3 of 3 (Figure 6 has a point at about every epoch)" in metrics["deviations"]
-    assert_same_weights(train.iterate_path(run, 3), run / "final.weights.h5")
+    assert_same_weights(rundir.iterate_path(run, 3), run / "final.weights.h5")
     # Epoch 1's iterate is what a 1-epoch run ends with: each epoch depends on (seed, epoch) only.
     short = train.train(config_lib.load(tiny_config(epochs=1, results_dir=str(tmp_path / "short"))), "sb", 0)
-    assert_same_weights(train.iterate_path(run, 1), short / "final.weights.h5")
+    assert_same_weights(rundir.iterate_path(run, 1), short / "final.weights.h5")
     assert not (short / "iterates").exists() and storage.read_json(short / "metrics.json")["kept_iterates"] == []
     # Which iterates a run keeps is part of the run: another list is refused by name, since an
     # iterate that was not kept cannot be made afterwards.
-    with pytest.raises(train.RunError, match=r"\('keep_iterates' was \[1, 3\], now \[1, 2\]\)"):
+    with pytest.raises(rundir.RunError, match=r"\('keep_iterates' was \[1, 3\], now \[1, 2\]\)"):
         train.train(config_lib.load(tiny_config(epochs=3, keep_iterates=[1, 2])), "sb", 0)
 
 
@@ -70,11 +70,11 @@ def test_a_run_made_before_keep_iterates_existed_is_not_refused(tiny_config):
     path = tiny_config()
     run = train.train(config_lib.load(path), "sb", 0)
     old = storage.read_yaml(run / "config.yaml")
-    for key in train.RUN_FILE_KEYS:
+    for key in rundir.RUN_FILE_KEYS:
         del old[key]
     storage.atomic_write_text(run / "config.yaml", yaml.safe_dump(old, sort_keys=False))
     assert train.train(config_lib.load(path), "sb", 0) == run
-    with pytest.raises(train.RunError, match=r"\('keep_iterates' was \[\], now \[2\]\)"):
+    with pytest.raises(rundir.RunError, match=r"\('keep_iterates' was \[\], now \[2\]\)"):
         train.train(config_lib.load(path, ["keep_iterates=[2]"]), "sb", 0)
 
 
@@ -102,7 +102,7 @@ def test_killed_run_resumes_to_the_same_iterates(point, tmp_path, reference_run)
     kept = sorted(p.name for p in (run / "iterates").iterdir() if not p.name.startswith("."))
     assert kept == ["epoch1.weights.h5", "epoch2.weights.h5"], kept
     for epoch in (1, 2):
-        assert_same_weights(train.iterate_path(run, epoch), train.iterate_path(reference_run, epoch))
+        assert_same_weights(rundir.iterate_path(run, epoch), rundir.iterate_path(reference_run, epoch))
     assert (run / "metrics.json").read_bytes() == (reference_run / "metrics.json").read_bytes()
 
 

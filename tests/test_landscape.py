@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import TINY, cli
-from replication import storage, train
+from replication import rundir, storage, train
 from replication import config as config_lib
 from replication.measure import landscape
 from replication.analysis import compare, landscape_figures, results
@@ -48,7 +48,7 @@ def curve(config, path):
 
 
 def final(config, regime):
-    return storage.read_json(train.run_directory(config, regime, 0) / "metrics.json")
+    return storage.read_json(rundir.run_directory(config, regime, 0) / "metrics.json")
 
 
 def test_path_coefficients_in_closed_form():
@@ -107,7 +107,7 @@ def test_done_work_is_skipped_and_figures_drawn_from_the_files(pair):
 
 def test_subset_is_used_and_recorded(pair, tmp_path):
     config = tiny(tmp_path / "results", landscape={"subset": 50, "points": 4})
-    shutil.copytree(train.trial_directory(pair), train.trial_directory(config))
+    shutil.copytree(rundir.trial_directory(pair), rundir.trial_directory(config))
     landscape.compute(config, 0, ["linear"], log=io.StringIO())
     meta = storage.read_json(landscape.output_stem(config, 0, "linear").with_suffix(".json"))
     assert meta["settings"]["train_examples"] == 50 and meta["settings"]["landscape_subset"] == 50
@@ -119,13 +119,13 @@ def test_a_pair_must_share_x0(pair, tmp_path):
     with pytest.raises(landscape.LandscapeError, match="sb/seed0.*lb/seed0"):
         landscape.check_pair("runs/sb/seed0", {"x0_sha256": "a"}, "runs/lb/seed0", {"x0_sha256": "b"})
     config = tiny(tmp_path / "results")
-    shutil.copytree(train.trial_directory(pair), train.trial_directory(config))
-    metrics_path = train.run_directory(config, "lb", 0) / "metrics.json"
+    shutil.copytree(rundir.trial_directory(pair), rundir.trial_directory(config))
+    metrics_path = rundir.run_directory(config, "lb", 0) / "metrics.json"
     storage.atomic_write_json(metrics_path, {**storage.read_json(metrics_path), "x0_sha256": "0" * 64})
     with pytest.raises(landscape.LandscapeError) as err:
         landscape.load_pair(config, 0)
-    assert str(train.run_directory(config, "sb", 0)) in str(err.value)
-    assert str(train.run_directory(config, "lb", 0)) in str(err.value)
+    assert str(rundir.run_directory(config, "sb", 0)) in str(err.value)
+    assert str(rundir.run_directory(config, "lb", 0)) in str(err.value)
 
 
 def test_moving_average_interpolate_and_recompute(tmp_path):
@@ -154,7 +154,7 @@ def test_recomputed_statistics_are_the_exact_population_moments(tmp_path):
     import keras
 
     config = tiny(tmp_path / "results", batchnorm="moving_average")
-    model = train.build_model(config, (28, 28, 1), 10, compiled=False)
+    model = rundir.build_model(config, (28, 28, 1), 10, compiled=False)
     inputs = np.random.default_rng(0).uniform(size=(250, 28, 28, 1)).astype(np.float32)
     landscape.recompute_statistics(model, inputs, batch_size=60)  # uneven last batch on purpose
     layers = landscape.batchnorm_layers(model)

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import cli, one_error_line
 from replication import config as config_lib
-from replication import storage, train
+from replication import rundir, storage, train
 from replication.measure import budget, iterates, matched
 from tests.test_iterates import assert_same_weights
 
@@ -47,7 +47,7 @@ def test_a_plateau_stopped_run_is_the_fixed_runs_iterate_at_its_stopping_epoch(t
     fixed_config = config_lib.load(tiny_config(epochs=4, keep_every=1, min_delta=10.0))
     epoch, reason = matched.plateau_epoch(fixed_config, storage.read_csv(fixed / "history.csv"), 1)
     assert (epoch, reason) == (2, "plateau")
-    assert_same_weights(train.iterate_path(fixed, epoch), stopped / "final.weights.h5")
+    assert_same_weights(rundir.iterate_path(fixed, epoch), stopped / "final.weights.h5")
 
 
 def test_matched_measures_the_selected_iterates_and_refuses_runs_that_did_not_keep_every_epoch(
@@ -133,7 +133,7 @@ def test_iterate_measure_matched_needs_every_epoch():
         config_lib.from_dict({**base, "keep_every": 2, "iterate_measure": "matched"})
     with pytest.raises(config_lib.ConfigError, match="'iterate_measure'"):
         config_lib.from_dict({**base, "keep_every": 1, "iterate_measure": "some"})
-    assert "iterate_measure" in train.NON_TRAINING_KEYS  # which files make measures, not what training computes
+    assert "iterate_measure" in rundir.NON_TRAINING_KEYS  # which files make measures, not what training computes
 
 
 def test_pipeline_schedules_matched_instead_of_every_iterate(tmp_path):

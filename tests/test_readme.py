@@ -140,7 +140,7 @@ def test_a_file_without_its_markers_is_one_clear_error(tmp_path):
     with pytest.raises(readme.ReadmeError, match=r"README\.md: expected one generated block 'results'.*"
                                                  r"python -m replication readme") as caught:
         readme.write(root)
-    assert isinstance(caught.value, errors.EXPECTED)  # the CLI prints it as one line, exit status 2
+    assert isinstance(caught.value, errors.UserError)  # the CLI prints it as one line, exit status 2
     # Nothing is half-written: the docs pages, which had their markers, were not rewritten either.
     assert (root / "docs/batch-size.md").read_text() == (ROOT / "docs/batch-size.md").read_text()
 

@@ -13,7 +13,7 @@ import yaml
 
 from conftest import ROOT, TINY, cli
 from test_train import assert_same_run  # metrics.json byte for byte, weights bit for bit
-from replication import backend, pipeline, storage, train
+from replication import backend, pipeline, rundir, storage, train
 from replication import config as config_lib
 from replication.measure import sharpness
 from replication.analysis import remedy_tables, results
@@ -89,7 +89,7 @@ def test_the_new_keys_leave_committed_runs_valid():
     result = cli("check", "configs/sweep/f1.yaml", env={"KERAS_BACKEND": "tensorflow"})  # as they were made
     assert result.returncode == 0, result.stderr
     config = config_lib.load(ROOT / "configs/quick/f1.yaml")
-    assert set(train._resolved(config, "sb", 0, 256)["run"]) == {"regime", "seed", "batch_size", "backend"}
+    assert set(rundir.resolved_config(config, "sb", 0, 256)["run"]) == {"regime", "seed", "batch_size", "backend"}
 
 
 def test_the_remedies_profile_is_wired_into_make(tmp_path):
@@ -99,7 +99,7 @@ def test_the_remedies_profile_is_wired_into_make(tmp_path):
     assert {c.results_dir for c in configs} == {"results/remedies"}
     rules = pipeline.rules("remedies", paths)
     for config, regime in ((configs[0], "lb-augmented"), (configs[1], "sb-conservative")):
-        run = train.run_directory(config, regime, 0)
+        run = rundir.run_directory(config, regime, 0)
         assert f"--regime {regime}" in rules
         assert f"{sharpness.result_path(run, 'full', 1e-3).parent}" in rules
     assert "remedies-all: results/remedies/REPORT.md" in rules
@@ -166,9 +166,9 @@ def test_augmented_run_is_bit_identical_shares_x0_and_is_evaluated_unaugmented(a
     assert storage.read_json(aug / "env.json")["xla"] == storage.read_json(plain / "env.json")["xla"] \
         == (backend.name() == "jax")
     # The per-epoch metrics are those of the saved plain network on the images as they are.
-    run = train.load_run(aug)
-    assert [layer.name for layer in run.model.layers] == [layer.name for layer in train.load_run(plain).model.layers]
-    _, x_train, y_train, _, _ = train.load_arrays(config)
+    run = rundir.load_run(aug)
+    assert [layer.name for layer in run.model.layers] == [layer.name for layer in rundir.load_run(plain).model.layers]
+    _, x_train, y_train, _, _ = rundir.load_arrays(config)
     loss, accuracy = objective.Objective(run.model, x_train, y_train, config.eval_batch_size).evaluate()
     np.testing.assert_allclose(loss, m_aug["train_loss"], rtol=1e-6)
     np.testing.assert_allclose(100 * accuracy, m_aug["train_accuracy"], rtol=1e-6)
@@ -185,7 +185,7 @@ def test_killed_augmented_run_resumes_to_identical_results(augmented_runs, tmp_p
     killed = cli(*args, env={storage.FAILPOINT_VARIABLE: "epoch:2:mid"})
     assert killed.returncode == -9, killed.stderr
     cli(*args, check=True)
-    assert_same_run(train.run_directory(config, "sb-augmented", 0), aug)
+    assert_same_run(rundir.run_directory(config, "sb-augmented", 0), aug)
 
 
 # Conservative training ----------------------------------------------------------------------------------
@@ -220,9 +220,9 @@ def test_lambda_zero_is_three_plain_adam_steps_on_each_batch(tmp_path):
     weights of plain Adam stepped three times on each batch (train_on_batch), bit for bit."""
     config = _config(tmp_path, conservative={"enabled": True, "proximal_lambda": 0.0}, train_subset=100)
     backend.setup_determinism(0)
-    _, x, y, _, _ = train.load_arrays(config)
-    conservative = train.build_model(config, x.shape[1:], 10, regime="sb-conservative")
-    plain = train.build_model(config, x.shape[1:], 10)
+    _, x, y, _, _ = rundir.load_arrays(config)
+    conservative = rundir.build_model(config, x.shape[1:], 10, regime="sb-conservative")
+    plain = rundir.build_model(config, x.shape[1:], 10)
     plain.set_weights(conservative.get_weights())
     order = np.random.default_rng(3).permutation(len(x))  # 100 = 3 batches of 32 and one of 4
     conservative.fit(**backend.epoch_inputs(*backend.training_data(x, y), order, 32, repeat=3), epochs=1, verbose=0)
@@ -300,9 +300,9 @@ def test_conservative_run_records_its_settings_resumes_and_refuses_others(tmp_pa
     assert_same_run(tmp_path / "k" / run.relative_to(tmp_path / "c"), run)
     # Other remedy settings refuse the remedy run (naming its run entry), never the plain runs.
     edited = config_lib.from_dict({**config.to_dict(), "conservative": {"enabled": True, "proximal_lambda": 0.01}})
-    with pytest.raises(train.RunError, match=r"made by another config \('run' was .*'proximal_lambda': 0.001"):
-        train.check(edited)
-    assert train.check(config_lib.from_dict({**config.to_dict(), "conservative": {"enabled": False}})) == 1
+    with pytest.raises(rundir.RunError, match=r"made by another config \('run' was .*'proximal_lambda': 0.001"):
+        rundir.check(edited)
+    assert rundir.check(config_lib.from_dict({**config.to_dict(), "conservative": {"enabled": False}})) == 1
 
 
 # Tables 6 and 7, claim 7 --------------------------------------------------------------------------------

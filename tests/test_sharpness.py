@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from replication import storage, train
+from replication import rundir, storage, train
 from replication import __main__ as cli_main
 from replication import config as config_lib
 from replication.measure import sharpness
@@ -254,7 +254,7 @@ def finished_run(tmp_path_factory):
 
 def test_run_directory_results_cache_and_tables(finished_run, capsys):
     run_dir, results = finished_run
-    digest = storage.weights_digest(train.load_run(run_dir).model.get_weights())
+    digest = storage.weights_digest(rundir.load_run(run_dir).model.get_weights())
     assert cli_main.main(["sharpness", str(run_dir)]) == 0
     paths = {(s, e): sharpness.result_path(run_dir, s, e) for s in ("full", "random") for e in (1e-3, 5e-4)}
     for (space, epsilon), path in paths.items():
@@ -267,7 +267,7 @@ def test_run_directory_results_cache_and_tables(finished_run, capsys):
         assert record["a_seed"] == (0 if space == "random" else None)
     # Finer box, smaller ascent (same start, same solver): phi grows with epsilon here.
     assert storage.read_json(paths["full", 1e-3])["phi"] > storage.read_json(paths["full", 5e-4])["phi"]
-    assert storage.weights_digest(train.load_run(run_dir).model.get_weights()) == digest
+    assert storage.weights_digest(rundir.load_run(run_dir).model.get_weights()) == digest
 
     assert cli_main.main(["sharpness", str(run_dir), "--epsilon", "-1"]) == 2  # ConfigError, one line
     stamps = {k: p.stat().st_mtime_ns for k, p in paths.items()}
@@ -278,8 +278,8 @@ def test_run_directory_results_cache_and_tables(finished_run, capsys):
     # A run whose weights are NaN: the failure is recorded and counted, not averaged in.
     # (Seed 1 trained for real: a copy of seed 0's directory is refused by the loader as a run
     # counted twice, and rightly.)
-    broken = train.train(train.load_run(run_dir).config, "sb", 1)
-    run = train.load_run(broken)
+    broken = train.train(rundir.load_run(run_dir).config, "sb", 1)
+    run = rundir.load_run(broken)
     run.model.set_weights([np.full_like(v, np.nan) for v in run.model.get_weights()])
     storage.save_weights(run.model, broken / "final.weights.h5")
     record = sharpness.sharpness(broken, 1e-3, "full")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import cli
-from replication import storage, train
+from replication import rundir, storage, train
 from replication import config as config_lib
 from replication.analysis import report, results, sweep, verdicts
 from test_report import PDF_MAGIC, PNG_MAGIC, write_run
@@ -200,7 +200,7 @@ def test_report_has_the_figure4_section_and_files(swept):
 def test_a_sweep_run_trains_with_its_batch_and_scaled_learning_rate(tiny_config):
     path = tiny_config(sweep={"batch_sizes": [128], "lr_scalings": ["sqrt"]}, epochs=1)
     result = cli("train", path, "--seed", "0", "--regime", "b128-sqrt", check=True)
-    run = train.run_directory(config_lib.load(path), "b128-sqrt", 0)
+    run = rundir.run_directory(config_lib.load(path), "b128-sqrt", 0)
     assert result.stdout.strip() == str(run)
     metrics = storage.read_json(run / "metrics.json")
     assert metrics["regime"] == "b128-sqrt" and metrics["batch_size"] == 128

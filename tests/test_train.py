@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, cli
-from replication import storage, train
+from replication import rundir, storage, train
 from replication import config as config_lib
 
 pytestmark = pytest.mark.backend
@@ -56,7 +56,7 @@ def test_run_directory_is_self_describing(tiny_config):
     assert m_sb["epochs_run"] == 2 and m_sb["stopped"] == "fixed" and not m_sb["diverged"]
     assert "2 epochs instead of the figures' 100" in m_sb["deviations"]
     assert float(history[-1]["test_accuracy"]) == m_lb["test_accuracy"]
-    loaded = train.load_run(sb)
+    loaded = rundir.load_run(sb)
     assert loaded.config.network == "F1" and loaded.metrics["regime"] == "sb"
 
 
@@ -79,13 +79,13 @@ def test_finished_run_is_not_redone_and_other_config_is_refused(tiny_config, cap
     assert (run / "metrics.json").stat().st_mtime_ns == before
     assert "already finished" in capsys.readouterr().err
     other = config_lib.load(path, ["sb_batch_size=16"])
-    with pytest.raises(train.RunError, match=r"made by another config \('run' was .*use another results_dir"):
+    with pytest.raises(rundir.RunError, match=r"made by another config \('run' was .*use another results_dir"):
         train.train(other, "sb", 0)
     # Every key that changes what training computes is refused by name, the optimizer's included.
     for edit, key, was in (("learning_rate=0.002", "learning_rate", "0.001"), ("beta_1=0.8", "beta_1", "0.9"),
                            ("adam_epsilon=1e-7", "adam_epsilon", "1e-08"), ("epochs=3", "epochs", "2"),
                            ("batchnorm=moving_average", "batchnorm", "'batch_statistics'")):
-        with pytest.raises(train.RunError, match=rf"\('{key}' was {re.escape(was)}, now "):
+        with pytest.raises(rundir.RunError, match=rf"\('{key}' was {re.escape(was)}, now "):
             train.train(config_lib.load(path, [edit]), "sb", 0)
     # Keys that do not (a description, the measurement sections) leave the run finished.
     assert train.train(config_lib.load(path, ["description=edited", "sharpness.iterations=3"]), "sb", 0) == run
@@ -126,31 +126,31 @@ def test_x0_another_config_left_behind_is_made_anew_unless_a_run_started_from_it
     path = tiny_config()
     sb = train.train(config_lib.load(path), "sb", 0)
     edited = config_lib.load(path, ["batchnorm=moving_average"])  # other weights: moving statistics
-    with pytest.raises(train.RunError, match="'batchnorm' was 'batch_statistics'.*delete that directory"):
+    with pytest.raises(rundir.RunError, match="'batchnorm' was 'batch_statistics'.*delete that directory"):
         train.train(edited, "sb", 0)
     shutil.rmtree(sb)  # as the refusal advises; the trial's x0 stays behind
     log = io.StringIO()
     train.train(edited, "sb", 0, log=log)
     assert "was made for batchnorm 'batch_statistics', not 'moving_average' and no run started from it: " \
            "making it anew" in log.getvalue()
-    assert storage.read_json(train.x0_record_path(edited, 0))["made_by"]["batchnorm"] == "moving_average"
+    assert storage.read_json(rundir.x0_record_path(edited, 0))["made_by"]["batchnorm"] == "moving_average"
     # The new SB run started from that x0: the old config's LB is refused, not given another x0.
-    x0 = train.x0_path(edited, 0)
-    with pytest.raises(train.RunError) as refused:
+    x0 = rundir.x0_path(edited, 0)
+    with pytest.raises(rundir.RunError) as refused:
         train.train(config_lib.load(path), "lb", 0)
     assert str(refused.value) == (
         f"x0 file {x0} was made for batchnorm 'moving_average', not 'batch_statistics', and run {sb} "
         f"started from it: delete {x0} and the run directories that started from it, or use another results_dir")
-    assert not train.run_directory(edited, "lb", 0).exists()
+    assert not rundir.run_directory(edited, "lb", 0).exists()
 
 
 def test_an_x0_made_before_x0_had_a_record_is_kept(tiny_config):
     config = config_lib.load(tiny_config())
     sb = train.train(config, "sb", 0)
-    train.x0_record_path(config, 0).unlink()
+    rundir.x0_record_path(config, 0).unlink()
     lb = train.train(config, "lb", 0)
     assert (sb / "initial.weights.h5").read_bytes() == (lb / "initial.weights.h5").read_bytes()
-    record = storage.read_json(train.x0_record_path(config, 0))
+    record = storage.read_json(rundir.x0_record_path(config, 0))
     assert record["weights_sha256"] == storage.read_json(sb / "metrics.json")["x0_sha256"]
 
 
@@ -159,8 +159,8 @@ def test_a_changed_x0_is_detected_and_made_anew(tiny_config):
 
     config = config_lib.load(tiny_config())
     sb = train.train(config, "sb", 0)
-    with h5py.File(train.x0_path(config, 0), "r+") as handle:  # one weight changed: the file still loads
-        name = next(name for name, w in weights(train.x0_path(config, 0)) if w.ndim == 2)
+    with h5py.File(rundir.x0_path(config, 0), "r+") as handle:  # one weight changed: the file still loads
+        name = next(name for name, w in weights(rundir.x0_path(config, 0)) if w.ndim == 2)
         handle[name][0, 0] += 1.0
     log = io.StringIO()
     lb = train.train(config, "lb", 0, log=log)
@@ -205,7 +205,7 @@ def test_killed_run_resumes_to_identical_results(network, point, tmp_path, refer
     dataset = "synthetic_mnist" if network == "F1" else "synthetic_cifar10"
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({**_tiny(network, dataset), "results_dir": str(tmp_path / "r")}))
-    point = point.replace("<x0>", train.x0_path(config_lib.load(path), 0).name)
+    point = point.replace("<x0>", rundir.x0_path(config_lib.load(path), 0).name)
     args = ("train", path, "--seed", "0", "--regime", "sb")
     killed = cli(*args, env={storage.FAILPOINT_VARIABLE: point})
     assert killed.returncode == -9, killed.stderr

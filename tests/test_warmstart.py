@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import TINY, cli, one_error_line
-from replication import pipeline, storage, train
+from replication import pipeline, rundir, storage, train
 from replication import config as config_lib
 from replication.measure import sharpness
 from replication.analysis import report, results, verdicts, warmstart
@@ -62,7 +62,7 @@ def test_the_section_does_not_change_finished_runs(tiny_config):
     train.train(plain, "sb", 0)
     enabled = config_lib.load(tiny_config(epochs=2, keep_iterates=[1, 2],
                                           warm_start={"enabled": True, "epochs": 1}))
-    assert train.check(enabled) == 1
+    assert rundir.check(enabled) == 1
 
 
 # Piggyback runs -------------------------------------------------------------------------------------
@@ -88,9 +88,9 @@ def trial(tmp_path_factory):
 def test_a_piggyback_run_starts_from_the_sb_iterate(trial):
     config, runs = trial
     sb, lb, warm = runs["sb"], runs["lb"], runs["lb-from-sb1"]
-    iterate = train.iterate_path(sb, 1)
+    iterate = rundir.iterate_path(sb, 1)
     metrics = storage.read_json(warm / "metrics.json")
-    plain = train.build_model(config, (28, 28, 1), 10, compiled=False)
+    plain = rundir.build_model(config, (28, 28, 1), 10, compiled=False)
     plain.load_weights(iterate)
     assert metrics["warm_start"]["initial_sha256"] == storage.weights_digest(plain.get_weights())
     assert metrics["warm_start"]["start_file_sha256"] == storage.sha256_file(iterate)
@@ -103,9 +103,9 @@ def test_a_piggyback_run_starts_from_the_sb_iterate(trial):
     assert storage.read_yaml(warm / "config.yaml")["run"]["warm_start"] == {
         "from_regime": "sb", "sb_epoch": 1, "epochs": 2, "trial_epochs": 2}
     # Not a copy of another run: its minimiser differs from SB's and LB's.
-    final = train.load_run(warm).model.get_weights()
+    final = rundir.load_run(warm).model.get_weights()
     for other in (sb, lb):
-        assert storage.weights_digest(final) != storage.weights_digest(train.load_run(other).model.get_weights())
+        assert storage.weights_digest(final) != storage.weights_digest(rundir.load_run(other).model.get_weights())
 
 
 def test_the_lb_run_is_the_piggyback_run_from_x0(trial, tmp_path):
@@ -117,8 +117,8 @@ def test_the_lb_run_is_the_piggyback_run_from_x0(trial, tmp_path):
     zero = train.train(config, "lb-from-sb0", 0)
     lb = train.train(config_lib.from_dict({**WARM, "epochs": 1, "keep_iterates": [], "warm_start": {},
                                            "results_dir": str(tmp_path / "b")}), "lb", 0)
-    assert storage.weights_digest(train.load_run(zero).model.get_weights()) == \
-        storage.weights_digest(train.load_run(lb).model.get_weights())
+    assert storage.weights_digest(rundir.load_run(zero).model.get_weights()) == \
+        storage.weights_digest(rundir.load_run(lb).model.get_weights())
     start = storage.read_json(zero / "metrics.json")["warm_start"]["start"]
     assert start.startswith("F1_synthetic_mnist/x0/seed0")
 
@@ -143,7 +143,7 @@ def test_a_killed_piggyback_run_resumes_to_the_same_numbers(trial, tmp_path):
     # piggyback run is refused when it resumes...
     shutil.rmtree(run)
     assert cli(*args, env={storage.FAILPOINT_VARIABLE: "epoch:1:end"}).returncode == -9
-    first, second = (train.iterate_path(root / "F1_synthetic_mnist" / "sb" / "seed0", k) for k in (1, 2))
+    first, second = (rundir.iterate_path(root / "F1_synthetic_mnist" / "sb" / "seed0", k) for k in (1, 2))
     swapped = first.read_bytes()
     first.write_bytes(second.read_bytes())
     second.write_bytes(swapped)

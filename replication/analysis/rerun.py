@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 
 from replication import config as config_lib
+from replication.errors import UserError
 
 # Keys (at any depth) that record when, how long, on which host or where a result was made, not what it is.
 HOST_KEYS = {"environment", "git_commit", "git_dirty", "platform"}
@@ -35,7 +36,7 @@ EXTRA_DIRECTORIES = {"evaluations"}
 ENVIRONMENT_KEYS = ("device", "backend_version", "keras", "numpy", "python", "deterministic_ops", "data_parallel")
 
 
-class DiffError(ValueError):
+class DiffError(UserError, ValueError):
     """A folder to compare is missing or holds no result files, or the tolerance accepts everything
     (one line, exit 2)."""
 

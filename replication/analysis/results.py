@@ -9,7 +9,7 @@ both files, the key, both values and the fix):
 - two runs of one network and dataset made under different protocols. A run's protocol is its
   resolved config less what differs by design between the runs of a trial (the seed, the regime,
   the regime's batch size, a sweep run's scaled learning rate) and the keys that do not change
-  training (`train.NON_TRAINING_KEYS`), plus the backend that trained it. So an SB/LB pair made
+  training (`rundir.NON_TRAINING_KEYS`), plus the backend that trained it. So an SB/LB pair made
   with different `--set` values, or one seed trained for other epochs, is never averaged.
 - two sharpness (or noise-scale) results of one trial and (space, epsilon) (or point) computed
   with different settings (training examples, iterations, p, start, backend, ...), so that every
@@ -36,8 +36,9 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from replication import storage, train
+from replication import rundir, storage
 from replication import config as config_lib
+from replication.errors import UserError
 
 FIX = "delete one set, or put them in separate results_dir"
 # Runs made before the JAX port name no backend: they ran on TensorFlow.
@@ -46,7 +47,7 @@ DEFAULT_BACKEND = "tensorflow"
 PER_RUN_SETTINGS = ("weights_digest",)
 
 
-class ResultsError(RuntimeError):
+class ResultsError(UserError, RuntimeError):
     """A results directory is missing, unreadable, holds no finished runs, or mixes protocols."""
 
 
@@ -240,7 +241,7 @@ def protocol(regime: str, resolved: dict, backend: str) -> dict:
     defaults = config_lib.defaults()
     # Kept iterates change what a run directory holds, not what it computed.
     out = {key: resolved.get(key, defaults.get(key)) for key in sorted({*resolved, *defaults})
-           if key not in (*train.NON_TRAINING_KEYS, *train.RUN_FILE_KEYS, "run", "backend")}
+           if key not in (*rundir.NON_TRAINING_KEYS, *rundir.RUN_FILE_KEYS, "run", "backend")}
     # A piggyback run (Figure 5) trains its own epochs from an iterate of the trial's SB run.
     warm_start = resolved.get("run", {}).get("warm_start")
     if config_lib.parse_warm_start(regime) is not None and warm_start:

@@ -85,12 +85,12 @@ def next_multiplier(steps: dict[float, float | None], study: config_lib.BatchSiz
 # Training the study -------------------------------------------------------------------------------
 def run_steps(config: config_lib.Config, batch: int, seed: int) -> dict[float, float | None]:
     """multiplier -> steps to the target of each finished run at `batch` (None: not reached)."""
-    from replication import target, train
+    from replication import rundir, target
 
     out = {}
     for multiplier in config.batch_size_study.multipliers():
         regime = config_lib.study_regime(batch, multiplier)
-        path = train.run_directory(config, regime, seed) / "metrics.json"
+        path = rundir.run_directory(config, regime, seed) / "metrics.json"
         if path.exists():
             # The next run to train is decided from this number: a hand-edited one is refused.
             steps = (storage.read_json(path).get("target") or {}).get("steps")
@@ -141,13 +141,13 @@ def _check_backend(config: config_lib.Config) -> None:
     """Refuse, before anything trains, a results_dir that holds runs of the other Keras backend: each
     backend draws its own x0, and the report refuses a folder of both, so continuing a study under
     the other backend would train runs that can never be reported beside the first ones."""
-    from replication import backend, train
+    from replication import backend, rundir
 
     here = backend.name()
     for path in sorted(Path(config.results_dir).glob("*/*/seed*/config.yaml")):
         made = (storage.read_yaml(path).get("run") or {}).get("backend") or "tensorflow"  # before the JAX port
         if made != here:
-            raise train.RunError(f"{config.results_dir} holds a study started under the {made} backend "
+            raise rundir.RunError(f"{config.results_dir} holds a study started under the {made} backend "
                                  f"({path.parent}), and this process runs {here}: set KERAS_BACKEND={made} "
                                  "to continue it, or give this config another results_dir")
 
@@ -162,7 +162,7 @@ def measure_noise(config: config_lib.Config, seed: int, log=None) -> list[Path]:
     """B_simple of the reference run at x0, at each kept iterate and at its final weights (where
     it met the target); returns the files (noise/<point>.json)."""
     from replication.measure import noise
-    from replication import train
+    from replication import rundir
 
     batch = reference_batch(config)
     best = best_multiplier(run_steps(config, batch, seed))
@@ -170,7 +170,7 @@ def measure_noise(config: config_lib.Config, seed: int, log=None) -> list[Path]:
         print(f"[batch-size study] no run at batch {batch} reached the target: no noise scale along "
               "training", file=log or sys.stderr)
         return []
-    run = train.run_directory(config, config_lib.study_regime(batch, best), seed)
+    run = rundir.run_directory(config, config_lib.study_regime(batch, best), seed)
     metrics = storage.read_json(run / "metrics.json")
     points = ["initial", *[f"epoch{e}" for e in metrics.get("kept_iterates", [])], "final"]
     for point in points:
@@ -222,18 +222,18 @@ def run_compare(config: config_lib.Config, seed: int, log=None) -> list[Path]:
     (the config's Metric 2.1 settings); returns the run directories. Training first, so a run
     stopped by a deadline leaves the accuracies before the sharpness."""
     from replication.measure import sharpness
-    from replication import train
+    from replication import rundir, train
 
     log = log or sys.stderr
     if not config.batch_size_study.compare_batch_sizes:
         return []
-    num_train = len(train.load_arrays(config)[1])
+    num_train = len(rundir.load_arrays(config)[1])
     plan = compare_plan(config, seed, num_train)
     for batch, kind, regime in plan:
         print(f"[batch-size study] fair comparison at batch {batch}: {COMPARE_KINDS[kind]} ({regime})",
               file=log, flush=True)
         train.train(config, regime, seed, log)
-    paths = [train.run_directory(config.for_regime(regime), regime, seed) for _, _, regime in plan]
+    paths = [rundir.run_directory(config.for_regime(regime), regime, seed) for _, _, regime in plan]
     for path in paths:
         sharpness.sharpness_all(path, log=log)
     return paths

@@ -22,7 +22,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from replication import train
+from replication import rundir
 
 ITERATIONS = (10, 50, 200)
 RESTARTS = 3
@@ -48,7 +48,7 @@ def measure(run_dir, iterations=ITERATIONS, restarts: int = RESTARTS, epsilons=(
     from replication.measure import sharpness
 
     log = log or sys.stderr
-    run = train.load_run(run_dir)
+    run = rundir.load_run(run_dir)
     objective = sharpness.lazy_objective(run)
     files = []
     for count, start, solves in settings(iterations, restarts):

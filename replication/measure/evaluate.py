@@ -24,12 +24,12 @@ FIELDS = (("train_loss", "f(x) train"), ("train_accuracy", "train acc %"), ("tes
 
 def evaluate(run_dir) -> dict:
     """Evaluate the finished run at `run_dir` on this backend; write and return the record."""
-    from replication import data, objective, train
+    from replication import data, objective, rundir
     from replication.measure import sharpness
 
-    run = train.load_run(run_dir)
+    run = rundir.load_run(run_dir)
     config = run.config
-    _, x_train, y_train, x_test, y_test = train.load_arrays(config)
+    _, x_train, y_train, x_test, y_test = rundir.load_arrays(config)
     inputs, labels = data.subset(x_train, y_train, config.sharpness.subset)
     tick = time.time()
     train_f = objective.Objective(run.model, inputs, labels, config.eval_batch_size)
@@ -46,7 +46,7 @@ def evaluate(run_dir) -> dict:
               "test_loss": test_loss, "test_accuracy": 100 * test_accuracy,
               "gradient_norm": float(np.linalg.norm(np.asarray(gradient, np.float64))),
               "phi": solve["phi"], "sharpness_evaluations": solve["function_evaluations"],
-              "wall_seconds": round(time.time() - tick, 1), "environment": train.environment(cfg.seed)}
+              "wall_seconds": round(time.time() - tick, 1), "environment": rundir.environment(cfg.seed)}
     storage.atomic_write_json(result_path(run.path, backend.name()), record)
     return record
 

@@ -202,11 +202,11 @@ class _Context:
     f's objective (the one sharpness uses) and the second-order objective for H v."""
 
     def __init__(self, run_dir, options: dict, log):
-        from replication import train
+        from replication import rundir
 
-        self.run = train.load_run(run_dir)
+        self.run = rundir.load_run(run_dir)
         if self.run.metrics["diverged"]:
-            raise train.RunError(f"{self.run.path} diverged (epoch {self.run.metrics['diverged_epoch']}): "
+            raise rundir.RunError(f"{self.run.path} diverged (epoch {self.run.metrics['diverged_epoch']}): "
                                  "it has no minimiser whose Hessian could be measured")
         self.options, self.log = options, log
         self.batch_size = self.run.config.eval_batch_size
@@ -219,9 +219,9 @@ class _Context:
         return self._made[key]
 
     def examples(self):
-        from replication import train
+        from replication import rundir
 
-        return self._once("examples", lambda: train.training_examples(self.run.config,
+        return self._once("examples", lambda: rundir.training_examples(self.run.config,
                                                                       self.run.config.sharpness.subset))
 
     def objective(self):
@@ -246,7 +246,7 @@ class _Context:
     def record(self, name: str, settings: dict, compute, force: bool, summary) -> dict:
         """The result `name`: reused if its settings match, else computed and written atomically;
         one line printed either way."""
-        from replication import train
+        from replication import rundir
 
         path = result_path(self.run.path, name)
         with storage.locked(path.with_suffix(".lock")):
@@ -259,7 +259,7 @@ class _Context:
                           "run_seed": self.run.metrics["seed"], **body, "settings": settings,
                           "num_examples": examples, "batches_per_pass": math.ceil(examples / self.batch_size),
                           "wall_seconds": round(time.time() - tick, 3),
-                          "environment": train.environment(self.options["seed"])}
+                          "environment": rundir.environment(self.options["seed"])}
                 storage.atomic_write_json(path, record)
         print(f"[{self.run.path}] {name}: {summary(record)} ({record['wall_seconds']:.1f} s) -> {path}",
               file=self.log, flush=True)

@@ -3,7 +3,7 @@
 Figure 6 (PAPER.md "Figures") plots, for one SB and one LB run, the sharpness (Metric 2.1, eps
 1e-3 and 5e-4) of the iterate x_k against the training cross-entropy f(x_k); claim 6 says that as
 the loss falls, sharpness grows for LB and falls for SB. A run keeps its iterates when its config
-asks (`keep_iterates`, `keep_every`: train.iterate_path); `python -m replication iterates RUN_DIR`
+asks (`keep_iterates`, `keep_every`: rundir.iterate_path); `python -m replication iterates RUN_DIR`
 then measures each kept iterate, with the run's config.sharpness settings (both epsilons, the
 full space and the random subspace where configured), into the run directory:
 
@@ -27,10 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-from replication import backend, storage, train
+from replication import backend, rundir, storage
 
 
-class IteratesError(train.RunError):
+class IteratesError(rundir.RunError):
     """A run has no kept iterates to measure."""
 
 
@@ -57,7 +57,7 @@ def measure(run_dir, force: bool = False, log=None) -> Path:
     """f and phi (every epsilon and space of the run's config.sharpness) at every kept iterate of a
     finished run; returns iterates/measured.json, written last. IteratesError if none was kept."""
     log = log or sys.stderr
-    run = train.load_run(run_dir)
+    run = rundir.load_run(run_dir)
     epochs = kept(run.metrics)
     files = measure_epochs(run, epochs, force=force, log=log)
     summary = {"run": str(run.path), "epochs": epochs,
@@ -69,7 +69,7 @@ def measure(run_dir, force: bool = False, log=None) -> Path:
 
 
 def measure_epochs(run, epochs, epsilons=None, spaces=None, force: bool = False, log=None) -> list[Path]:
-    """f and phi at the kept iterates of `epochs` of a loaded run (train.load_run), for `epsilons` and
+    """f and phi at the kept iterates of `epochs` of a loaded run (rundir.load_run), for `epsilons` and
     `spaces` (None: the run's config.sharpness); returns the files, each reused when its settings
     match. IteratesError if the run kept none of them (or not one asked for)."""
     from replication.measure import sharpness
@@ -85,10 +85,10 @@ def measure_epochs(run, epochs, epsilons=None, spaces=None, force: bool = False,
     objective = sharpness.lazy_objective(run)  # one compiled objective for every iterate
     files = []
     for epoch in epochs:
-        storage.load_weights(run.model, train.iterate_path(run.path, epoch))
+        storage.load_weights(run.model, rundir.iterate_path(run.path, epoch))
         digest = storage.weights_digest(run.model.get_weights())
         files.append(_xent(run, epoch, digest, objective, force, log))
-        extra = {"iterate_epoch": epoch, "weights": str(train.iterate_path(".", epoch))}
+        extra = {"iterate_epoch": epoch, "weights": str(rundir.iterate_path(".", epoch))}
         records = sharpness.measure_weights(
             run, lambda path, space, eps, epoch=epoch: sharpness_path(path, epoch, space, eps),
             epsilons, spaces, force=force, log=log, objective=objective, record=extra)
@@ -112,9 +112,9 @@ def _xent(run, epoch: int, digest: str, objective, force: bool, log) -> Path:
             "measure": "training cross-entropy at a kept iterate (the f of Metric 2.1)",
             "run": str(run.path), "network": cfg.network, "dataset": cfg.dataset,
             "regime": run.metrics["regime"], "run_seed": run.metrics["seed"], "iterate_epoch": epoch,
-            "weights": str(train.iterate_path(".", epoch)), "train_xent": loss,
+            "weights": str(rundir.iterate_path(".", epoch)), "train_xent": loss,
             "train_accuracy": 100 * accuracy, "num_examples": f.size, "batchnorm": cfg.batchnorm,
             "settings": settings, "wall_seconds": round(time.time() - tick, 3),
-            "environment": train.environment(run.metrics["seed"])})
+            "environment": rundir.environment(run.metrics["seed"])})
     print(f"[{run.path}] epoch {epoch}: f = {loss:.4g} -> {path}", file=log, flush=True)
     return path

@@ -37,7 +37,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from replication import backend, data, storage, train
+from replication import backend, data, rundir, storage
 
 PATHS = {"linear": "Figure 3", "curvilinear": "Figure 7"}
 FORMULA = {"linear": "alpha * x_LB + (1 - alpha) * x_SB",
@@ -45,7 +45,7 @@ FORMULA = {"linear": "alpha * x_LB + (1 - alpha) * x_SB",
 COLUMNS = ["alpha", "train_xent", "test_xent", "train_acc_pct", "test_acc_pct"]
 
 
-class LandscapeError(train.RunError):
+class LandscapeError(rundir.RunError):
     """The two runs of a pair cannot be compared (different x0, missing run)."""
 
 
@@ -63,13 +63,13 @@ def alphas(config) -> np.ndarray:
 
 
 def output_stem(config, seed: int, path: str) -> Path:
-    return train.trial_directory(config) / "landscape" / f"seed{seed}_{path}"
+    return rundir.trial_directory(config) / "landscape" / f"seed{seed}_{path}"
 
 
 def load_pair(config, seed: int):
     """(SB run, LB run) of trial `seed`; they must share x0 (the same metrics.json x0_sha256)."""
-    sb = train.load_run(train.run_directory(config, "sb", seed))
-    lb = train.load_run(train.run_directory(config, "lb", seed))
+    sb = rundir.load_run(rundir.run_directory(config, "sb", seed))
+    lb = rundir.load_run(rundir.run_directory(config, "lb", seed))
     check_pair(sb.path, sb.metrics, lb.path, lb.metrics)
     return sb, lb
 
@@ -162,7 +162,7 @@ class _Evaluator:
     def __init__(self, config, sb, lb):
         from replication import objective
 
-        dataset, x_train, y_train, x_test, y_test = train.load_arrays(config)
+        dataset, x_train, y_train, x_test, y_test = rundir.load_arrays(config)
         self.x_train, y_train = data.subset(x_train, y_train, config.landscape.subset)
         self.dataset_label, self.num_test = dataset.label, len(x_test)
         self.eval_batch_size = config.eval_batch_size
@@ -241,7 +241,7 @@ def _sidecar(config, seed: int, path: str, sb, lb, evaluator: _Evaluator, clampe
         "variance_clamped_alphas": clamped,
         # The config's, not the runs': landscape.subset is set here, not at training.
         "deviations": [d for d in config.deviations() if not d.startswith("sharpness")],
-        "environment": train.environment(seed),
+        "environment": rundir.environment(seed),
         "wall_seconds": round(time.time() - started, 1),
         "settings": wanted,
     }
@@ -259,4 +259,4 @@ def _describe_batchnorm(config) -> str:
 def finished_seeds(config) -> list[int]:
     """Seeds of `config` whose SB and LB runs both have metrics.json."""
     return [s for s in config.seeds
-            if all((train.run_directory(config, r, s) / "metrics.json").exists() for r in ("sb", "lb"))]
+            if all((rundir.run_directory(config, r, s) / "metrics.json").exists() for r in ("sb", "lb"))]

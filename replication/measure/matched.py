@@ -31,7 +31,7 @@ import math
 import sys
 from pathlib import Path
 
-from replication import storage, train
+from replication import rundir, storage, train
 
 LEVELS = (0.1, 0.03, 0.01, 0.003, 0.001)
 MATCH_FACTOR = 1.5
@@ -90,7 +90,7 @@ def measure(run_dir, levels=LEVELS, patiences=PATIENCES, epsilons=None, spaces=N
     from replication.measure import iterates
 
     log = log or sys.stderr
-    run = train.load_run(run_dir)
+    run = rundir.load_run(run_dir)
     history = storage.read_csv(Path(run.path) / "history.csv")
     kept = iterates.kept(run.metrics)
     if kept != list(range(1, len(history) + 1)):

@@ -125,18 +125,18 @@ def noise_scale(run_dir, point: str = "final", force: bool = False, log=None) ->
     """B_simple of a finished run at its x0 ("initial") or minimiser ("final"), written to
     `<run_dir>/noise/<point>.json`; a result with identical settings is not recomputed. Uses the
     sharpness examples (`sharpness.subset`), the SB batch size, `sweep.noise_batches` batches."""
-    from replication import train
+    from replication import rundir
 
     epoch = re.fullmatch(r"epoch([1-9][0-9]*)", point)
     if point not in POINTS and not epoch:
         raise config_lib.ConfigError(f"point must be one of {POINTS} or epoch<N> (a kept iterate), got {point!r}")
     log = log or sys.stderr
-    run = train.load_run(run_dir)
+    run = rundir.load_run(run_dir)
     config = run.config
     if point == "initial":
         storage.load_weights(run.model, run.path / "initial.weights.h5")
     elif epoch:
-        iterate = train.iterate_path(run.path, int(epoch.group(1)))
+        iterate = rundir.iterate_path(run.path, int(epoch.group(1)))
         if not iterate.is_file():
             raise config_lib.ConfigError(f"{run.path} kept no iterate of epoch {epoch.group(1)} ({iterate}): "
                                          f"use one of its kept_iterates {run.metrics.get('kept_iterates', [])}")
@@ -149,7 +149,7 @@ def noise_scale(run_dir, point: str = "final", force: bool = False, log=None) ->
     with storage.locked(path.with_suffix(".lock")):
         if (previous := storage.reusable(path, settings, force, log)) is not None:
             return previous
-        inputs, labels = train.training_examples(config, config.sharpness.subset)
+        inputs, labels = rundir.training_examples(config, config.sharpness.subset)
         if config.sb_batch_size >= len(inputs):
             raise config_lib.ConfigError(
                 f"noise scale of {run.path}: mini-batches of sb_batch_size {config.sb_batch_size} need "
@@ -165,7 +165,7 @@ def noise_scale(run_dir, point: str = "final", force: bool = False, log=None) ->
                   "dataset": config.dataset, "regime": run.metrics["regime"], "run_seed": run.metrics["seed"],
                   "run_batch_size": run.metrics["batch_size"], **result, "batchnorm": config.batchnorm,
                   "settings": settings, "wall_seconds": round(time.time() - tick, 3),
-                  "environment": train.environment(config.sharpness.seed)}
+                  "environment": rundir.environment(config.sharpness.seed)}
         storage.atomic_write_json(path, record)
     value = record["note"] if record["b_simple"] is None else \
         f"{record['b_simple']:.4g} ± {record['b_simple_standard_error'] or float('nan'):.2g}"

@@ -337,9 +337,9 @@ def sharpness_all(run_dir, epsilons=None, spaces=None, dim: int | None = None, f
                   log=None) -> list[dict]:
     """Every (epsilon, space) asked for (None: all of the run's config.sharpness), in one process:
     the run, its training examples and their compiled objective are loaded once for all of them."""
-    from replication import train
+    from replication import rundir
 
-    return measure_weights(train.load_run(run_dir), result_path, epsilons, spaces, dim, force, log)
+    return measure_weights(rundir.load_run(run_dir), result_path, epsilons, spaces, dim, force, log)
 
 
 def lazy_objective(run):
@@ -347,13 +347,13 @@ def lazy_objective(run):
     (config sharpness.subset), made on its first call only: when every result is reused, no data
     is loaded. The Objective reads the model's weights at each call, so one serves every set of
     weights loaded into the model (a run's iterates)."""
-    from replication import objective as objective_lib, train
+    from replication import objective as objective_lib, rundir
 
     made = {}
 
     def objective():
         if not made:
-            inputs, labels = train.training_examples(run.config, run.config.sharpness.subset)
+            inputs, labels = rundir.training_examples(run.config, run.config.sharpness.subset)
             made["objective"] = objective_lib.Objective(run.model, inputs, labels, run.config.eval_batch_size)
         return made["objective"]
 
@@ -362,7 +362,7 @@ def lazy_objective(run):
 
 def measure_weights(run, path_of, epsilons=None, spaces=None, dim: int | None = None, force: bool = False,
                     log=None, objective=None, record=None) -> list[dict]:
-    """phi of the weights `run.model` holds now (a train.Run: its final weights, or an iterate
+    """phi of the weights `run.model` holds now (a rundir.Run: its final weights, or an iterate
     loaded into it) for every (epsilon, space) asked for (None: all of the run's config.sharpness),
     with the run's config.sharpness settings. Each result is written atomically at
     `path_of(run.path, space, epsilon)`; one whose settings (the weights' digest included) match is
@@ -387,7 +387,7 @@ def measure_weights(run, path_of, epsilons=None, spaces=None, dim: int | None = 
 def _measure_run(run, epsilon: float, space: str, p: int, digest: str, objective, force: bool, log,
                  path: Path, extra: dict) -> dict:
     """One result file of measure_weights: reused if its settings match, else measured and written."""
-    from replication import train
+    from replication import rundir
 
     cfg = run.config.sharpness
     settings = {
@@ -420,7 +420,7 @@ def _measure_run(run, epsilon: float, space: str, p: int, digest: str, objective
             "num_examples": f.size, "batchnorm": run.config.batchnorm,
             "messages": [s["message"] for s in result["solves"]],
             "config_sharpness": run.config.to_dict()["sharpness"], "settings": settings,
-            "wall_seconds": round(time.time() - tick, 3), "environment": train.environment(cfg.seed),
+            "wall_seconds": round(time.time() - tick, 3), "environment": rundir.environment(cfg.seed),
         }
         storage.atomic_write_json(path, record)
     state = f"FAILED ({record['failure']})" if record["failed"] else f"phi = {record['phi']:.4g}"
@@ -452,11 +452,11 @@ def benchmark(run_dir_or_model, epsilon: float = 1e-3, space: str = "full", dim:
     - setup_seconds: A (random space) and A+ x, made once per measurement, not part of the solve.
     Also: space, epsilon, iterations, n, p, examples, phi, failed, device.
     """
-    from replication import data, objective as objective_lib, train
+    from replication import data, objective as objective_lib, rundir
 
     if isinstance(run_dir_or_model, (str, Path)):
-        run = train.load_run(run_dir_or_model)
-        inputs, labels = train.training_examples(run.config, subset or run.config.sharpness.subset)
+        run = rundir.load_run(run_dir_or_model)
+        inputs, labels = rundir.training_examples(run.config, subset or run.config.sharpness.subset)
         model, batch_size = run.model, run.config.eval_batch_size
     else:
         model = run_dir_or_model
