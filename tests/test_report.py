@@ -246,8 +246,9 @@ def test_diverged_runs_are_counted_not_averaged(tree):
     assert sb["test_mean"] == pytest.approx((90.0 + 90.2) / 2) and sb["train_mean"] == pytest.approx(99.6)
     for space, phi in (("full", 2.0), ("random", 0.09)):  # the finished seeds' phi at eps 1e-3
         row = next(r for r in compare.table_sharpness(loaded, space) if r["regime"] == "SB")
-        assert (row["seeds"], row["diverged"], row["eps1e-3_solved"]) == (3, 1, 2)
-        assert row["eps1e-3_mean"] == pytest.approx(phi)
+        key = results.sharpness_column("phi", space, 1e-3)
+        assert (row["seeds"], row["diverged"], row[f"{key}_n"]) == (3, 1, 2)
+        assert row[f"{key}_mean"] == pytest.approx(phi)
     text = report.build(tree).read_text()
     assert "| F1 | Fashion-MNIST (stand-in for MNIST) | SB | 256 | 3 (1) |" in text
 
@@ -310,15 +311,19 @@ def test_measurements_that_do_not_match_are_refused(tree):
 
 
 def test_sharpness_columns_one_naming_and_order_for_every_table():
-    """Figure 4's, Figure 6's and the batch-size comparison's sharpness columns come from one place:
-    the paper's headline measure (full space, eps 1e-3) first, then the full space, larger epsilons
-    first; spreads and counts are not columns of their own."""
+    """Every table's sharpness columns come from one place: the paper's headline measure (full space,
+    eps 1e-3) first, then the full space, larger epsilons first; a quantity over seeds carries its
+    statistic as a suffix (phi_full_eps0.001_mean, _std, ...), which names the same quantity."""
     keys = [results.sharpness_column("phi", space, eps)
             for space, eps in [("random", 5e-4), ("full", 5e-4), ("random", 1e-3), ("full", 1e-3)]]
     rows = [{k: 1.0 for k in keys} | {"phi_full_eps0.001_failed": 0, "phi_full_eps0.0005_std": 0.1, "train_xent": 1.0}]
     assert results.sharpness_columns(rows, "phi") == [
         "phi_full_eps0.001", "phi_full_eps0.0005", "phi_random_eps0.001", "phi_random_eps0.0005"]
-    assert results.sharpness_setting("sharpness_random_eps0.0005", "sharpness") == ("random", "0.0005")
+    over_seeds = [{"phi_random_eps0.001_mean": 1.0, "phi_full_eps0.0005_n": 2, "paper_phi_full_eps0.001_mean": 3.0,
+                   "f_full_eps0.001": 0.1}]
+    assert results.sharpness_columns(over_seeds, "phi") == ["phi_full_eps0.0005", "phi_random_eps0.001"]
+    assert results.sharpness_setting("phi_random_eps0.0005_ratio_to_paper", "phi") == ("random", "0.0005")
+    assert results.f_column("phi_full_eps0.001") == "f_full_eps0.001"
     assert results.sharpness_columns(rows, "sharpness") == []
 
 
@@ -329,5 +334,5 @@ def test_sharpness_tables_count_the_solves_that_ended_at_their_cap(tree):
     edit_json(sharpness.result_path(run_dir(tree, "sb", 1), "full", 1e-3),
               lambda r: r.update(solves=[{"status": 2, "message": "ABNORMAL"}]))
     row = next(r for r in compare.table_sharpness(results.load(tree), "full") if r["regime"] == "SB")
-    assert (row["eps1e-3_solved"], row["eps1e-3_at_cap"]) == (2, 1)
+    assert (row["phi_full_eps0.001_n"], row["phi_full_eps0.001_at_cap"]) == (2, 1)
     assert "| 2 (1) / 0 / 0 |" in compare.table_sharpness_markdown([row])

@@ -284,3 +284,41 @@ def test_sb_and_lb_measured_with_different_settings_are_refused(tree, file, key,
     with pytest.raises(results.ResultsError, match=rf"lb/seed0/{name} and .*sb/seed0/{name} were measured with "
                                                    rf"different settings \('{key.split('.')[1]}' is"):
         results.load(tree)
+
+
+# Seeds: the one rule every table averages by (issue 26 item 5) -----------------------------------------
+def _run(seed, test, diverged=False, phi=None, failed=False):
+    """A Run with only what over_seeds and sharpness_value read; phi None and not failed: not measured."""
+    measured = phi is not None or failed
+    sharpness = {("full", 1e-3): results.Measurement(ROOT / f"seed{seed}.json", {"failed": failed, "phi": phi})}
+    return results.Run(ROOT / f"sb/seed{seed}", {"seed": seed, "diverged": diverged, "test_accuracy": test}, {}, 0.0,
+                       "tensorflow", {}, sharpness if measured else {}, {})
+
+
+def test_over_seeds_drops_and_counts_diverged_failed_and_missing_runs():
+    runs = [_run(0, 90.0, phi=2.0), _run(1, 91.0, phi=4.0), _run(2, 92.0, phi=9.0),
+            _run(3, 10.0, diverged=True, phi=1e6),  # measured anyway: never averaged in
+            _run(4, 93.0, failed=True), _run(5, 94.0)]
+    phi = results.over_seeds(runs, lambda run: results.sharpness_value(run, "full", 1e-3))
+    assert (phi.n, phi.seeds, phi.diverged, phi.failed, phi.missing) == (3, 6, 1, 1, 1)
+    assert phi.mean == pytest.approx(5.0) and phi.std == pytest.approx(math.sqrt(13.0))  # (9 + 1 + 16) / 2
+    test = results.over_seeds(runs, lambda run: run.metrics["test_accuracy"])
+    assert (test.mean, test.n, test.diverged, test.failed, test.missing) == (92.0, 5, 1, 0, 0)
+    assert test.std == pytest.approx(math.sqrt(2.5))
+    # One vocabulary: '<quantity>_<statistic>', the quantity named by sharpness_column.
+    key = "lb_" + results.sharpness_column("phi", "full", 1e-3)
+    assert phi.columns(key) == {f"{key}_mean": phi.mean, f"{key}_std": phi.std, f"{key}_n": 3,
+                                f"{key}_failed": 1, f"{key}_missing": 1}
+    assert test.columns("test", results.MEAN_STD) == {"test_mean": 92.0, "test_std": test.std}
+
+
+def test_over_seeds_reads_rows_and_says_when_nothing_is_left():
+    """A row of one run (a mapping with 'diverged') counts as the run; a NaN is a missing value, one
+    value has no std, and a group with none left has no mean."""
+    rows = [{"diverged": 0, "v": 1.5}, {"diverged": 1, "v": 7.0}, {"diverged": 0, "v": math.nan}]
+    one = results.over_seeds(rows, lambda r: r["v"])
+    assert (one.mean, one.n, one.diverged, one.missing) == (1.5, 1, 1, 1) and math.isnan(one.std)
+    none = results.over_seeds(rows[1:2], lambda r: r["v"])
+    assert math.isnan(none.mean) and (none.n, none.seeds, none.diverged) == (0, 1, 1)
+    failed = results.over_seeds(rows[:1], lambda r: results.FAILED)
+    assert (failed.n, failed.failed) == (0, 1) and math.isnan(failed.mean)

@@ -288,10 +288,11 @@ def test_run_directory_results_cache_and_tables(finished_run, capsys):
     assert cli_main.main(["table3", str(results)]) == 0
     rows = storage.read_csv(results / "tables" / "table3.csv")
     assert len(rows) == 1 and rows[0]["seeds"] == "2"
-    assert (rows[0]["eps1e-3_solved"], rows[0]["eps1e-3_failed"], rows[0]["eps1e-3_missing"]) == ("1", "1", "0")
-    assert (rows[0]["eps5e-4_solved"], rows[0]["eps5e-4_missing"]) == ("1", "1")
-    assert float(rows[0]["eps1e-3_mean"]) == pytest.approx(storage.read_json(paths["full", 1e-3])["phi"])
-    assert float(rows[0]["paper_eps1e-3_mean"]) == 1.23
+    assert (rows[0]["phi_full_eps0.001_n"], rows[0]["phi_full_eps0.001_failed"],
+            rows[0]["phi_full_eps0.001_missing"]) == ("1", "1", "0")
+    assert (rows[0]["phi_full_eps0.0005_n"], rows[0]["phi_full_eps0.0005_missing"]) == ("1", "1")
+    assert float(rows[0]["phi_full_eps0.001_mean"]) == pytest.approx(storage.read_json(paths["full", 1e-3])["phi"])
+    assert float(rows[0]["paper_phi_full_eps0.001_mean"]) == 1.23
     assert cli_main.main(["table4", str(results)]) == 0
     assert "p=5" in (results / "tables" / "table4.md").read_text()
 

@@ -116,7 +116,7 @@ def claim4_rows(rng, network, null=()):
         phis = lognormal(rng, mean_phi, spread * mean_phi)
         rows += [{**base(network, s), "lr_scaling": "none", "batch_size": b, "diverged": False,
                   "test": float(tests[s]), "train": 99.9, "train_loss": 0.01,
-                  "sharpness_full_eps0.001": float(phis[s]), "f_full_eps0.001": 0.01} for s in range(SEEDS)]
+                  "phi_full_eps0.001": float(phis[s]), "f_full_eps0.001": 0.01} for s in range(SEEDS)]
     return rows
 
 
@@ -177,9 +177,10 @@ def claim7_rows(rng, network, remedy, null=()):
                        * lb_phi_mean)
     return [{**base(network, s), "remedy": remedy, "sb_test": float(sb[s]), "lb_test": float(remedy_lb[s]),
              "plain_sb_test": float(plain_sb[s]), "plain_lb_test": float(plain_lb[s]), "sb_train_loss": 0.01,
-             "lb_train_loss": 0.01, "sb_phi_eps1e-3": float(sb_phi[s]), "lb_phi_eps1e-3": float(lb_phi[s]),
-             "sb_f_eps1e-3": 0.01, "lb_f_eps1e-3": 0.01, "sb_phi_eps5e-4": math.nan, "lb_phi_eps5e-4": math.nan,
-             "sb_f_eps5e-4": math.nan, "lb_f_eps5e-4": math.nan} for s in range(SEEDS)]
+             "lb_train_loss": 0.01, "sb_phi_full_eps0.001": float(sb_phi[s]), "lb_phi_full_eps0.001": float(lb_phi[s]),
+             "sb_f_full_eps0.001": 0.01, "lb_f_full_eps0.001": 0.01, "sb_phi_full_eps0.0005": math.nan,
+             "lb_phi_full_eps0.0005": math.nan, "sb_f_full_eps0.0005": math.nan, "lb_f_full_eps0.0005": math.nan}
+            for s in range(SEEDS)]
 
 
 # Rates -------------------------------------------------------------------------------------------------

@@ -215,7 +215,7 @@ def test_claim3_rule():
 def point(seed, batch, test, phi, train=99.0):
     return {"network": "F1", "dataset": "fashion_mnist", "data": DATA, "lr_scaling": "none", "batch_size": batch,
             "seed": seed, "diverged": False, "test": test, "train": train, "train_loss": 0.1,
-            "sharpness_full_eps0.001": phi, "f_full_eps0.001": 0.1 if batch < 1000 else 0.3, "deviations": []}
+            "phi_full_eps0.001": phi, "f_full_eps0.001": 0.1 if batch < 1000 else 0.3, "deviations": []}
 
 
 def sweep_rows(fall=2.0, rise=10.0, seeds=5, train_fall=0.0, batches=(64, 256, 6000)):
@@ -239,7 +239,7 @@ def test_claim4_rule():
     assert verdicts.claim4(sweep_rows(fall=-2.0, rise=0.5))["verdict"] == "not reproduced"
     under = verdicts.claim4(sweep_rows(train_fall=5.0))
     assert under["verdict"] == "partly reproduced" and "not only a generalization gap" in under["reason"]
-    unmeasured = [{**r, "sharpness_full_eps0.001": math.nan} for r in sweep_rows()]
+    unmeasured = [{**r, "phi_full_eps0.001": math.nan} for r in sweep_rows()]
     result = verdicts.claim4(unmeasured)
     assert result["verdict"] == "partly reproduced" and "sharpness not computed" in result["reason"]
     assert verdicts.claim4(sweep_rows(seeds=2))["verdict"] == "inconclusive (2 seeds; the rule needs 5)"
@@ -332,9 +332,10 @@ def remedy_row(seed, remedy="conservative", narrowing=1.0, ratio=5.0, plain=True
     return {"network": "F1", "dataset": "fashion_mnist", "data": DATA, "dataset_label": DATA, "remedy": remedy,
             "seed": seed, "plain_sb_test": 90.0 if plain else math.nan, "plain_lb_test": 87.0 + seed / 10,
             "sb_test": 90.0, "lb_test": 87.0 + seed / 10 + narrowing, "sb_train_loss": 0.2, "lb_train_loss": 0.2,
-            "sb_phi_eps1e-3": 20.0, "lb_phi_eps1e-3": 20.0 * ratio * (1 + seed / 20), "sb_f_eps1e-3": 0.1,
-            "lb_f_eps1e-3": 0.05, "sb_phi_eps5e-4": math.nan, "lb_phi_eps5e-4": math.nan, "sb_f_eps5e-4": math.nan,
-            "lb_f_eps5e-4": math.nan, "deviations": "none"}
+            "sb_phi_full_eps0.001": 20.0, "lb_phi_full_eps0.001": 20.0 * ratio * (1 + seed / 20),
+            "sb_f_full_eps0.001": 0.1, "lb_f_full_eps0.001": 0.05, "sb_phi_full_eps0.0005": math.nan,
+            "lb_phi_full_eps0.0005": math.nan, "sb_f_full_eps0.0005": math.nan, "lb_f_full_eps0.0005": math.nan,
+            "deviations": "none"}
 
 
 @pytest.mark.parametrize("narrowing, ratio, plain, verdict", [

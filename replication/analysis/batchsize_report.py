@@ -283,7 +283,7 @@ def read_compare(loaded, compare_epochs: int) -> list[dict]:
                "train_seconds": round(run.train_seconds, 2), "run": str(run.path)}
         row["generalization_gap"] = row["train_accuracy"] - row["test_accuracy"]
         for (space, epsilon), measurement in sorted(run.sharpness.items()):
-            row[results_lib.sharpness_column("sharpness", space, epsilon)] = measurement.record.get("phi")
+            row[results_lib.sharpness_column("phi", space, epsilon)] = measurement.record.get("phi")
         out.append(row)
     order = list(batchsize.COMPARE_KINDS)
     return sorted(out, key=lambda r: (r["seed"], order.index(r["kind"]), r["batch_size"]))
@@ -299,7 +299,7 @@ def compare_gaps(rows: list[dict]) -> list[dict]:
     smallest, largest = min(r["batch_size"] for r in rows), max(r["batch_size"] for r in rows)
     if smallest == largest:
         return []
-    keys = results_lib.sharpness_columns(rows, "sharpness")
+    keys = results_lib.sharpness_columns(rows, "phi")
     out = []
     for kind in batchsize.COMPARE_KINDS:
         reference_kind = kind if kind in ("fixed", "tuned") else "tuned"
@@ -755,8 +755,8 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
 def _sharpness_key(rows: list[dict]) -> str | None:
     """The sharpness column the comparison reports: full space, eps 1e-3 if measured, else the
     largest epsilon measured (`results.sharpness_columns`' order)."""
-    keys = [k for k in results_lib.sharpness_columns(rows, "sharpness")
-            if results_lib.sharpness_setting(k, "sharpness")[0] == "full"]
+    keys = [k for k in results_lib.sharpness_columns(rows, "phi")
+            if results_lib.sharpness_setting(k, "phi")[0] == "full"]
     return keys[0] if keys else None
 
 
@@ -802,7 +802,7 @@ def _compare_section(rows: list[dict], gaps: list[dict], config, unranked: list[
                         "(a) fixed epochs and learning rate, (b) the tuned rate, (c) the smallest batch's steps, "
                         "(d) ghost batch norm, with each minimiser's sharpness).", ""]
     key = _sharpness_key(rows)
-    label = ", eps ".join(results_lib.sharpness_setting(key, "sharpness")) if key else None
+    label = ", eps ".join(results_lib.sharpness_setting(key, "phi")) if key else None
     epochs = f"{study.compare_epochs} epoch{'s' if study.compare_epochs != 1 else ''}"
     lines += [f"At each compared batch: (a) {epochs} at the fixed learning rate "
               f"{config.learning_rate:g} (the paper's protocol, shortened); (b) as many epochs at the rate the "

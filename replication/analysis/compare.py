@@ -3,8 +3,9 @@
 The published numbers are package data (`replication/reference/`, source in SOURCE.md). Ours come
 from a loaded results folder (`results.load`: the run and measurement files, read once, with runs of
 different protocols refused), never from memory of a run. Diverged runs are counted and shown,
-never averaged in. Standard deviations are sample standard deviations (ddof=1) over seeds; with
-one seed there is none and the table says so.
+never averaged in (`results.over_seeds`, the one rule of every table, whose column names these
+tables use). Standard deviations are sample standard deviations (ddof=1) over seeds; with one seed
+there is none and the table says so.
 """
 
 from __future__ import annotations
@@ -29,15 +30,6 @@ def published(table: str) -> dict[str, dict[str, float]]:
                 for row in csv.DictReader(handle)}
 
 
-def summarize(values: list[float]) -> tuple[float, float, int]:
-    """(mean, sample std or nan, n) of the finite values."""
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return math.nan, math.nan, 0
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-    return float(np.mean(values)), std, len(values)
-
-
 def cell(mean: float, std: float, digits: int = 2) -> str:
     if math.isnan(mean):
         return "n/a"
@@ -53,32 +45,31 @@ def table2(loaded: results_lib.Results) -> list[dict]:
     """Table 2: train and test accuracy (%) per network and regime, beside the paper."""
     paper = published("table2_accuracy")
     rows = []
-    for network, regime, runs, ok, row in _regime_groups(loaded):
+    for network, regime, runs, row in _regime_groups(loaded):
         row["epochs"] = max(r.metrics["epochs_run"] for r in runs)
         for split in ("train", "test"):
-            mean, std, _ = summarize([r.metrics[f"{split}_accuracy"] for r in ok])
+            accuracy = results_lib.over_seeds(runs, lambda run: run.metrics[f"{split}_accuracy"])
             p_mean = paper[network][f"{split}_{regime}_mean"]
             p_std = paper[network][f"{split}_{regime}_std"]
-            row.update({f"{split}_mean": mean, f"{split}_std": std,
+            row.update({**accuracy.columns(split, results_lib.MEAN_STD),
                         f"paper_{split}_mean": p_mean, f"paper_{split}_std": p_std,
-                        f"{split}_diff_points": mean - p_mean,
-                        f"{split}_diff_paper_std": z_score(mean, p_mean, p_std)})
+                        f"{split}_diff_points": accuracy.mean - p_mean,
+                        f"{split}_diff_paper_std": z_score(accuracy.mean, p_mean, p_std)})
         rows.append(row)
     return rows
 
 
 def _regime_groups(loaded: results_lib.Results):
-    """(network, regime, runs, non-diverged runs, the row's common cells) per network and regime."""
+    """(network, regime, runs, the row's common cells) per network and regime."""
     for (network, _), by_regime in loaded.trials().items():
         for regime in REGIMES:
             runs = by_regime.get(regime, [])
             if not runs:
                 continue
-            ok = [r for r in runs if not r.diverged]
             first = runs[0].metrics
-            yield network, regime, runs, ok, {
+            yield network, regime, runs, {
                 "network": network, "data": first["dataset_label"], "regime": regime.upper(),
-                "batch_size": first["batch_size"], "seeds": len(runs), "diverged": len(runs) - len(ok),
+                "batch_size": first["batch_size"], "seeds": len(runs), "diverged": sum(r.diverged for r in runs),
                 "deviations": "; ".join(first["deviations"]) or "none"}
 
 
@@ -100,36 +91,35 @@ def table2_markdown(rows: list[dict]) -> str:
 
 # Tables 3 and 4: sharpness (Metric 2.1) in the full space and in random subspaces (p = 100).
 SHARPNESS_TABLES = {"full": "table3_sharpness_full_space", "random": "table4_sharpness_random_subspace_p100"}
-SHARPNESS_EPSILONS = {"eps1e-3": 1e-3, "eps5e-4": 5e-4}
+SHARPNESS_EPSILONS = {"eps1e-3": 1e-3, "eps5e-4": 5e-4}  # the published tables' column tags
 
 
 def table_sharpness(loaded: results_lib.Results, space: str) -> list[dict]:
     """Table 3 (space "full") or 4 ("random"): phi, mean ± std over seeds, beside the paper.
 
     From each run's `sharpness/<space>_eps<eps>.json` (the loader has checked that one trial's
-    results share their settings). Diverged runs, failed solves and runs with no result are counted
-    in their own columns and never averaged in."""
+    results share their settings), over seeds by `results.over_seeds`: diverged runs, failed solves
+    and runs with no result are counted in their own columns and never averaged in."""
     paper = published(SHARPNESS_TABLES[space])
     rows = []
-    for network, regime, _, ok, row in _regime_groups(loaded):
+    for network, regime, runs, row in _regime_groups(loaded):
         settings = set()
         for tag, epsilon in SHARPNESS_EPSILONS.items():
-            results = [r.sharpness[(space, epsilon)].record for r in ok if (space, epsilon) in r.sharpness]
-            solved = [r for r in results if not r["failed"]]
+            key = results_lib.sharpness_column("phi", space, epsilon)
+            phi = results_lib.over_seeds(runs, lambda run: results_lib.sharpness_value(run, space, epsilon))
+            records = [r.sharpness[(space, epsilon)].record for r in runs
+                       if not r.diverged and (space, epsilon) in r.sharpness]
             settings |= {f"p={r['p']}, " * (space == "random") + f"{r['iterations']} L-BFGS-B "
                          f"iterations, start {r['start']}, f on {r['num_examples']} examples"
-                         for r in results}
-            mean, std, _ = summarize([r["phi"] for r in solved])
+                         for r in records}
             p_mean, p_std = paper[network][f"{tag}_{regime}_mean"], paper[network][f"{tag}_{regime}_std"]
             # A solve that ended at its iteration cap (status 1; the paper's inexact 10-iteration
             # solve) reports the best f it reached: a lower bound on max f over C_eps.
-            capped = [r for r in solved if results_lib.at_cap(r)]
-            row.update({f"{tag}_mean": mean, f"{tag}_std": std, f"{tag}_solved": len(solved),
-                        f"{tag}_at_cap": len(capped),
-                        f"{tag}_failed": len(results) - len(solved),
-                        f"{tag}_missing": len(ok) - len(results),
-                        f"paper_{tag}_mean": p_mean, f"paper_{tag}_std": p_std,
-                        f"{tag}_ratio_to_paper": mean / p_mean if p_mean else math.nan})
+            capped = sum(results_lib.at_cap(r) for r in records if not r["failed"])
+            row.update({**phi.columns(key, ("mean", "std", "n")), f"{key}_at_cap": capped,
+                        **phi.columns(key, ("failed", "missing")),
+                        f"paper_{key}_mean": p_mean, f"paper_{key}_std": p_std,
+                        f"{key}_ratio_to_paper": phi.mean / p_mean if p_mean else math.nan})
         row["settings"] = " | ".join(sorted(settings)) or "none computed"
         rows.append(row)
     return rows
@@ -140,9 +130,9 @@ def table_sharpness_markdown(rows: list[dict]) -> str:
              "solved (at cap) / failed / missing | phi, eps 5e-4 | paper | solved (at cap) / failed / missing |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        cells = [f"{cell(r[f'{t}_mean'], r[f'{t}_std'])} | {cell(r[f'paper_{t}_mean'], r[f'paper_{t}_std'])} | "
-                 f"{r[f'{t}_solved']} ({r[f'{t}_at_cap']}) / {r[f'{t}_failed']} / {r[f'{t}_missing']}"
-                 for t in SHARPNESS_EPSILONS]
+        cells = [f"{cell(r[f'{k}_mean'], r[f'{k}_std'])} | {cell(r[f'paper_{k}_mean'], r[f'paper_{k}_std'])} | "
+                 f"{r[f'{k}_n']} ({r[f'{k}_at_cap']}) / {r[f'{k}_failed']} / {r[f'{k}_missing']}"
+                 for k in results_lib.sharpness_columns([r], "phi")]
         lines.append(f"| {r['network']} | {r['data']} | {r['regime']} | {r['batch_size']} | {r['seeds']} "
                      f"({r['diverged']}) | " + " | ".join(cells) + " |")
     lines += ["", "Sharpness settings: " + " | ".join(sorted({r["settings"] for r in rows})),

@@ -161,7 +161,8 @@ def stopping_rows(loaded, space: str = "full", epsilon: float = 1e-3) -> list[di
             for rule, epoch, plateaued in rules:
                 point = _point(run, epoch, space, epsilon)
                 out.append({"network": network, "seed": seed, "regime": regime, "rule": rule, "epoch": epoch,
-                            "plateaued": plateaued, "test_accuracy": float(history[epoch - 1]["test_accuracy"]),
+                            "diverged": run.diverged, "plateaued": plateaued,
+                            "test_accuracy": float(history[epoch - 1]["test_accuracy"]),
                             **({"f": point["f"], "phi": point["phi"], "capped": point["capped"]} if point else
                                {"f": math.nan, "phi": math.nan, "capped": False})})
     return out
@@ -196,14 +197,15 @@ def stopping_section(loaded, space: str = "full", epsilon: float = 1e-3) -> str:
     for r in rows:
         groups.setdefault((r["network"], r["rule"], r["regime"]), []).append(r)
     for (network, rule, regime), group in sorted(groups.items(), key=_rule_order):
-        phis = [g["phi"] for g in group if math.isfinite(g["phi"])]
+        f, accuracy, phi = (results_lib.over_seeds(group, lambda g: g[column])
+                            for column in ("f", "test_accuracy", "phi"))
         epochs = [g["epoch"] for g in group]
         never = sum(not g["plateaued"] for g in group)
         note = f" ({never} never plateaued)" if never else ""
         lines.append(f"| {rule}{note} | {regime.upper()} | {len(group)} | {min(epochs)}-{max(epochs)} | "
-                     f"{_mean_sd([g['f'] for g in group])} | {_mean_sd([g['test_accuracy'] for g in group])} | "
-                     f"{_mean_sd(phis)}{' (cap)' if any(g['capped'] for g in group) else ''} | "
-                     f"{_inside(phis, (published or {}).get(f'{_eps(epsilon)}_{regime}_mean'))} |")
+                     f"{_mean_sd(f)} | {_mean_sd(accuracy)} | "
+                     f"{_mean_sd(phi)}{' (cap)' if any(g['capped'] for g in group) else ''} | "
+                     f"{_inside(phi, (published or {}).get(f'{_eps(epsilon)}_{regime}_mean'))} |")
     if published:
         e = _eps(epsilon)
         lines += ["", f"Table 3 ({rows[0]['network']}, full space, eps {epsilon:g}, 5 seeds): SB "
@@ -219,27 +221,26 @@ def _eps(epsilon: float) -> str:
     return f"eps{mantissa}e{int(exponent)}"
 
 
-def _inside(values, published: float | None) -> str:
+def _inside(summary: results_lib.Summary, published: float | None) -> str:
     """Is the published mean inside the 95% t-interval of our mean over seeds? ("n < 2" with one seed)."""
     from scipy import stats
 
     if published is None:
         return "no published cell"
-    if len(values) < 2:
-        return f"n = {len(values)}: no interval"
-    mean, se = float(np.mean(values)), float(np.std(values, ddof=1)) / math.sqrt(len(values))
-    half = float(stats.t.ppf(0.975, len(values) - 1)) * se
+    if summary.n < 2:
+        return f"n = {summary.n}: no interval"
+    mean, se = summary.mean, summary.std / math.sqrt(summary.n)
+    half = float(stats.t.ppf(0.975, summary.n - 1)) * se
     where = "yes" if abs(published - mean) <= half else "no"
     return f"{where} ({mean - half:.3g} to {mean + half:.3g})"
 
 
-def _mean_sd(values) -> str:
-    values = [v for v in values if math.isfinite(v)]
-    if not values:
+def _mean_sd(summary: results_lib.Summary) -> str:
+    if summary.n == 0:
         return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3g}"
-    return f"{np.mean(values):.3g} +- {np.std(values, ddof=1):.2g}"
+    if summary.n == 1:
+        return f"{summary.mean:.3g}"
+    return f"{summary.mean:.3g} +- {summary.std:.2g}"
 
 
 def budget_rows(loaded) -> list[dict]:

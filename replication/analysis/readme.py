@@ -237,7 +237,7 @@ def studies(root: Path, profile: Profile) -> list[Study]:
                     for i in range(len(_optional_list(get, record, where, "compare")))]
         gaps = []
         for i, gap in enumerate(_optional_list(get, record, where, "compare_gaps")):
-            ratio = results.sharpness_column("sharpness", *MAIN_SHARPNESS) + "_ratio"
+            ratio = results.sharpness_column("phi", *MAIN_SHARPNESS) + "_ratio"
             gaps.append({"kind": get(*where, "compare_gaps", i, "kind", kind=str),
                          "small_batch": get(*where, "compare_gaps", i, "small_batch", kind=int),
                          "large_batch": get(*where, "compare_gaps", i, "large_batch", kind=int),
@@ -396,15 +396,16 @@ def _pair_clauses(loaded: results.Results) -> list[str]:
         measured = []
         for space, rows in sharp.items():
             cells = []
+            key = results.sharpness_column("phi", space, MAIN_SHARPNESS[1])
             for regime, r in pair:
                 row = rows.get((network, regime))
-                if row is None or "eps1e-3_mean" not in row:
+                if row is None or f"{key}_mean" not in row:
                     continue
-                solved, failed, wanted = row["eps1e-3_solved"], row["eps1e-3_failed"], row["seeds"] - row["diverged"]
+                solved, failed, wanted = row[f"{key}_n"], row[f"{key}_failed"], row["seeds"] - row["diverged"]
                 if not solved and not failed:
                     continue  # not measured in this space
-                cells.append(f"{regime} {sig(row['eps1e-3_mean'])}" + (f" ({solved} of {wanted} solved)"
-                                                                     if solved < wanted else ""))
+                cells.append(f"{regime} {sig(row[f'{key}_mean'])}" + (f" ({solved} of {wanted} solved)"
+                                                                       if solved < wanted else ""))
             if cells:
                 measured.append(f"{space} " + " / ".join(cells))
         if measured:
@@ -417,7 +418,7 @@ def _sweep_clause(loaded: results.Results) -> str | None:
     points = [p for p in sweep.points(loaded) if p["lr_scaling"] == "none"]
     if not points:
         return None
-    key = results.sharpness_column("sharpness", *MAIN_SHARPNESS)
+    key = results.sharpness_column("phi", *MAIN_SHARPNESS) + "_mean"
     texts = []
     for network, label in dict.fromkeys((p["network"], p["data"]) for p in points):
         mine = sorted((p for p in points if (p["network"], p["data"]) == (network, label)), key=lambda p: p["batch_size"])
@@ -428,7 +429,7 @@ def _sweep_clause(loaded: results.Results) -> str | None:
             text += f", sharpness (full, eps 1e-3) {sig(first[key])} to {sig(last[key])}"
         at_x0 = sweep.noise_at_x0(loaded).get((network, label))
         if at_x0:
-            text += f"; B_simple at x0 {sig(compare.summarize(at_x0)[0])}"
+            text += f"; B_simple at x0 {sig(results.summarize(at_x0)[0])}"
         texts.append(text)
     return "; ".join(texts)
 
@@ -443,8 +444,8 @@ def _warmstart_clause(loaded: results.Results) -> str | None:
         if len(ks) < 2:
             continue
         ends = [[r for r in mine if r["sb_epochs"] == k] for k in (ks[0], ks[-1])]
-        test = [compare.summarize([r["piggyback_test_accuracy"] for r in end])[0] for end in ends]
-        phi = [compare.summarize([r.get(key, math.nan) for r in end])[0] for end in ends]
+        test = [results.summarize([r["piggyback_test_accuracy"] for r in end])[0] for end in ends]
+        phi = [results.summarize([r.get(key, math.nan) for r in end])[0] for end in ends]
         texts.append(f"piggyback LB after {ks[0]} to {ks[-1]} SB epochs: test {test[0]:.2f} to {test[1]:.2f}"
                      + (f", sharpness {sig(phi[0])} to {sig(phi[1])}" if all(map(_finite, phi)) else ""))
     return "; ".join(texts) or None
@@ -455,7 +456,7 @@ def _iterates_clause(loaded: results.Results) -> str | None:
     trends = [t for t in iterate_tables.trends(iterate_tables.rows(loaded)) if t["key"] == key and _finite(t["rho"])]
     texts = []
     for network in dict.fromkeys(t["network"] for t in trends):
-        rhos = [(regime.upper(), compare.summarize([t["rho"] for t in trends
+        rhos = [(regime.upper(), results.summarize([t["rho"] for t in trends
                                                     if t["network"] == network and t["regime"] == regime])[0])
                 for regime in ("sb", "lb")]
         texts.append(f"{network} sharpness against f along the iterates: Spearman rho "
@@ -468,8 +469,9 @@ def _remedy_clauses(loaded: results.Results) -> list[str]:
     for remedy in remedy_tables.TABLES:
         for r in remedy_tables.rows(loaded, remedy):
             text = f"{remedy} ({r['network']}): gap {r['gap']:.2f} vs plain {r['plain_gap']:.2f} points"
-            if _finite(r.get("lb_phi_eps1e-3_mean")) and _finite(r.get("sb_phi_eps1e-3_mean")):
-                text += f", LB sharpness {sig(r['lb_phi_eps1e-3_mean'])} vs SB {sig(r['sb_phi_eps1e-3_mean'])}"
+            lb, sb = (f"{role}_{results.sharpness_column('phi', *MAIN_SHARPNESS)}_mean" for role in ("lb", "sb"))
+            if _finite(r.get(lb)) and _finite(r.get(sb)):
+                text += f", LB sharpness {sig(r[lb])} vs SB {sig(r[sb])}"
             out.append(text)
     return out
 
@@ -480,7 +482,7 @@ def _remedy_paper(loaded: results.Results) -> list[str]:
         for r in remedy_tables.rows(loaded, remedy):
             out.append(f"{table.split('_')[0].capitalize().replace('Table', 'Table ')} {r['network']}: SB "
                        f"{r['paper_sb_test_mean']:.2f} / LB {r['paper_lb_test_mean']:.2f}, LB sharpness "
-                       f"{sig(r['paper_lb_phi_eps1e-3_mean'])}")
+                       f"{sig(r['paper_lb_' + results.sharpness_column('phi', *MAIN_SHARPNESS) + '_mean'])}")
     return out
 
 

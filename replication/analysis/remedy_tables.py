@@ -15,8 +15,8 @@ were made under the same protocol. Per network and data, one row per remedy:
   same folder; the paper's two gaps come from the table and Table 2.
 
 Means over seeds, sample standard deviations (ddof=1); diverged runs and failed solves are counted,
-never averaged in (as in `compare`). Evaluation and sharpness of a remedy run use the training
-images as they are (augmentation acts inside training only).
+never averaged in (`results.over_seeds`, as in every table). Evaluation and sharpness of a remedy
+run use the training images as they are (augmentation acts inside training only).
 
 Claim 7 (PAPER.md: the remedies narrow the gap but the LB minima stay sharp) is judged per
 (network, data, remedy) on `seed_rows` (the same runs, one row per seed: a seed's plain and remedy
@@ -41,8 +41,10 @@ TABLES = {
     "conservative": ("table7", "table7_conservative_training", "conservative_lb",
                      "Table 7: conservative training (test accuracy %, LB sharpness)"),
 }
-EPSILONS = compare.SHARPNESS_EPSILONS          # {"eps1e-3": 1e-3, "eps5e-4": 5e-4}
+EPSILONS = compare.SHARPNESS_EPSILONS          # the published tables' tags: {"eps1e-3": 1e-3, "eps5e-4": 5e-4}
 SPACE = "full"                                 # the space of Tables 6 and 7 (as Table 3's)
+# Published tag -> our column of that sharpness (phi_full_eps0.001, ...), every table's name for it.
+PHI = {tag: results_lib.sharpness_column("phi", SPACE, epsilon) for tag, epsilon in EPSILONS.items()}
 RULE = f"""\
 - Claim 7, per network, data and remedy (Tables 6 and 7): the gap under the remedy is the table's
   SB minus the remedy's LB test accuracy (the table's SB is the augmented SB run for Table 6, the
@@ -87,7 +89,8 @@ def rows(loaded: results_lib.Results, remedy: str) -> list[dict]:
                "diverged": sum(r.diverged for r in remedy_runs),
                "settings": _settings(remedy_runs)}
         for name, runs in groups.items():
-            row[f"{name}_test_mean"], row[f"{name}_test_std"] = _test_accuracy(runs)
+            test = results_lib.over_seeds(runs, lambda run: run.metrics["test_accuracy"])
+            row.update(test.columns(f"{name}_test", results_lib.MEAN_STD))
         row["paper_sb_test_mean"] = published.get("baseline_sb_test_mean", math.nan)
         row["paper_sb_test_std"] = published.get("baseline_sb_test_std", math.nan)
         row["paper_lb_test_mean"] = published.get(f"{lb_prefix}_test_mean", math.nan)
@@ -99,12 +102,11 @@ def rows(loaded: results_lib.Results, remedy: str) -> list[dict]:
         row["paper_plain_gap"] = plain.get("test_sb_mean", math.nan) - plain.get("test_lb_mean", math.nan)
         for tag, epsilon in EPSILONS.items():
             for name in ("lb", "sb", "plain_lb"):
-                mean, std, solved, failed = _sharpness(groups[name], SPACE, epsilon)
-                row.update({f"{name}_phi_{tag}_mean": mean, f"{name}_phi_{tag}_std": std})
-                if name == "lb":
-                    row.update({f"lb_phi_{tag}_solved": solved, f"lb_phi_{tag}_failed": failed})
-            row[f"paper_lb_phi_{tag}_mean"] = published.get(f"lb_sharpness_{tag}_mean", math.nan)
-            row[f"paper_lb_phi_{tag}_std"] = published.get(f"lb_sharpness_{tag}_std", math.nan)
+                phi = results_lib.over_seeds(groups[name], lambda run: results_lib.sharpness_value(run, SPACE, epsilon))
+                row.update(phi.columns(f"{name}_{PHI[tag]}", ("mean", "std", "n", "failed") if name == "lb"
+                                       else results_lib.MEAN_STD))
+            row[f"paper_lb_{PHI[tag]}_mean"] = published.get(f"lb_sharpness_{tag}_mean", math.nan)
+            row[f"paper_lb_{PHI[tag]}_std"] = published.get(f"lb_sharpness_{tag}_std", math.nan)
         row["deviations"] = "; ".join(sorted({d for r in remedy_runs for d in r.metrics["deviations"]})) or "none"
         out.append(row)
     return out
@@ -116,6 +118,7 @@ def markdown(rows_: list[dict]) -> str:
              "gap (plain gap) | paper gap (Table 2) | LB phi, eps 1e-3 | paper | LB phi, eps 5e-4 | paper | "
              "SB phi, eps 1e-3 | plain LB phi, eps 1e-3 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    main = PHI["eps1e-3"]
     for r in rows_:
         sb = "augmented" if r["sb_baseline"] != "sb" else "plain"
         lines.append(
@@ -126,11 +129,11 @@ def markdown(rows_: list[dict]) -> str:
             f"{compare.cell(r['paper_lb_test_mean'], r['paper_lb_test_std'])} | "
             f"{_points(r['gap'])} ({_points(r['plain_gap'])}) | "
             f"{_points(r['paper_gap'])} ({_points(r['paper_plain_gap'])}) | "
-            + " | ".join(f"{compare.cell(r[f'lb_phi_{t}_mean'], r[f'lb_phi_{t}_std'])} | "
-                         f"{compare.cell(r[f'paper_lb_phi_{t}_mean'], r[f'paper_lb_phi_{t}_std'])}"
-                         for t in EPSILONS)
-            + f" | {compare.cell(r['sb_phi_eps1e-3_mean'], r['sb_phi_eps1e-3_std'])} | "
-            f"{compare.cell(r['plain_lb_phi_eps1e-3_mean'], r['plain_lb_phi_eps1e-3_std'])} |")
+            + " | ".join(f"{compare.cell(r[f'lb_{k}_mean'], r[f'lb_{k}_std'])} | "
+                         f"{compare.cell(r[f'paper_lb_{k}_mean'], r[f'paper_lb_{k}_std'])}"
+                         for k in PHI.values())
+            + f" | {compare.cell(r[f'sb_{main}_mean'], r[f'sb_{main}_std'])} | "
+            f"{compare.cell(r[f'plain_lb_{main}_mean'], r[f'plain_lb_{main}_std'])} |")
     extra = [r for r in rows_ if r["remedy"] == "conservative"]
     if extra:
         lines += ["", "Our SB runs under conservative training (not in the paper): " + "; ".join(
@@ -144,9 +147,9 @@ def seed_rows(loaded: results_lib.Results, remedy: str) -> list[dict]:
     """Claim 7's evidence, one row per (network, data, seed) with runs of `remedy`: the test accuracy
     of the table's SB (sb_test), the remedy's LB (lb_test) and the plain runs (plain_sb_test,
     plain_lb_test), and for each epsilon of the full space the table's SB and the remedy's LB phi
-    (sb_phi_<tag>, lb_phi_<tag>) with the f recorded beside it (sb_f_<tag>, lb_f_<tag>); the runs'
-    final training losses (sb_train_loss, lb_train_loss); nan where a run is missing, diverged or
-    its solve failed."""
+    (sb_phi_full_eps<eps>, lb_phi_full_eps<eps>) with the f recorded beside it (sb_f_full_eps<eps>,
+    lb_f_full_eps<eps>); the runs' final training losses (sb_train_loss, lb_train_loss); nan where a
+    run is missing, diverged or its solve failed."""
     sb_regime, lb_regime = (config_lib.remedy_regime(r, remedy) for r in ("sb", "lb"))
     out = []
     for (network, dataset), by_regime, remedy_runs in _remedy_trials(loaded, remedy):
@@ -164,11 +167,10 @@ def seed_rows(loaded: results_lib.Results, remedy: str) -> list[dict]:
                 run = runs[role]
                 row[f"{role}_train_loss"] = float(run.metrics.get("train_loss", math.nan)) if run else math.nan
                 for tag, epsilon in EPSILONS.items():
-                    measurement = run.sharpness.get((SPACE, epsilon)) if run else None
-                    record = measurement.record if measurement else {}
-                    ok = bool(record) and not record.get("failed") and record.get("phi") is not None
-                    row[f"{role}_phi_{tag}"] = float(record["phi"]) if ok else math.nan
-                    row[f"{role}_f_{tag}"] = float(record["f_x"]) if ok and record.get("f_x") is not None else math.nan
+                    phi = results_lib.sharpness_value(run, SPACE, epsilon) if run else None
+                    f_x = run.sharpness[(SPACE, epsilon)].record.get("f_x") if isinstance(phi, float) else None
+                    row[f"{role}_{PHI[tag]}"] = phi if isinstance(phi, float) else math.nan
+                    row[f"{role}_{results_lib.f_column(PHI[tag])}"] = math.nan if f_x is None else float(f_x)
             row["deviations"] = "; ".join(sorted({d for r in remedy_runs for d in r.metrics["deviations"]})) or "none"
             out.append(row)
     return out
@@ -187,15 +189,16 @@ def claim7(rows_: list[dict]) -> tuple[list[dict], list[str]]:
         narrowing = [(r["plain_sb_test"] - r["plain_lb_test"]) - (r["sb_test"] - r["lb_test"]) for r in items]
         narrows = paired.paired(narrowing, paired.accuracy_margin(network),
                                 f"gap narrowing (plain gap minus gap under {remedy}, points)")
-        tag = next((t for t in EPSILONS if any(np.isfinite(r[f"lb_phi_{t}"]) and np.isfinite(r[f"sb_phi_{t}"])
-                                               for r in items)), None)
+        tag = next((t for t, k in PHI.items() if any(np.isfinite(r[f"lb_{k}"]) and np.isfinite(r[f"sb_{k}"])
+                                                      for r in items)), None)
         if tag:
-            measured = [r for r in items if np.isfinite(r[f"lb_phi_{tag}"]) and np.isfinite(r[f"sb_phi_{tag}"])]
+            key, f_key = PHI[tag], results_lib.f_column(PHI[tag])
+            measured = [r for r in items if np.isfinite(r[f"lb_{key}"]) and np.isfinite(r[f"sb_{key}"])]
             what = f"LB under {remedy} / SB sharpness ({SPACE}, {tag.replace('eps', 'eps ')})"
-            sharp = paired.paired([paired.log_ratio(r[f"lb_phi_{tag}"], r[f"sb_phi_{tag}"]) for r in measured],
+            sharp = paired.paired([paired.log_ratio(r[f"lb_{key}"], r[f"sb_{key}"]) for r in measured],
                                   paired.SHARP_FACTOR, what, "ratio")
-            loss = "; " + paired.side_losses([paired.loss(r[f"sb_f_{tag}"], r["sb_train_loss"]) for r in measured],
-                                             [paired.loss(r[f"lb_f_{tag}"], r["lb_train_loss"]) for r in measured])
+            loss = "; " + paired.side_losses([paired.loss(r[f"sb_{f_key}"], r["sb_train_loss"]) for r in measured],
+                                             [paired.loss(r[f"lb_{f_key}"], r["lb_train_loss"]) for r in measured])
         else:
             sharp, loss = paired.not_computed("sharpness", paired.SHARP_FACTOR, "ratio"), ""
         level = paired.level([narrows, sharp])
@@ -215,20 +218,6 @@ def claim7(rows_: list[dict]) -> tuple[list[dict], list[str]]:
 
 
 # Helpers --------------------------------------------------------------------------------------------
-def _test_accuracy(runs) -> tuple[float, float]:
-    mean, std, _ = compare.summarize([r.metrics["test_accuracy"] for r in runs if not r.diverged])
-    return mean, std
-
-
-def _sharpness(runs, space: str, epsilon: float) -> tuple[float, float, int, int]:
-    """(mean, std, solved, failed) of phi over the non-diverged runs that have the result."""
-    records = [r.sharpness[(space, epsilon)].record for r in runs
-               if not r.diverged and (space, epsilon) in r.sharpness]
-    solved = [float(rec["phi"]) for rec in records if not rec.get("failed") and rec.get("phi") is not None]
-    mean, std, _ = compare.summarize(solved)
-    return mean, std, len(solved), len(records) - len(solved)
-
-
 def _settings(runs) -> str:
     """The remedy's settings as the runs recorded them (their resolved config's `run.remedy`).
     The loader compares runs' protocols without their `run` entry, so runs of one remedy trained

@@ -203,15 +203,14 @@ def _sweep_section(loaded: results.Results) -> str:
                "test": compare.cell(r["test_mean"], r["test_std"]),
                "paper_test": compare.cell(r["paper_test_acc_pct"], math.nan),
                "train": compare.cell(r["train_mean"], r["train_std"])}
-        if not math.isnan(r["noise_scale"]):
-            out["noise"] = compare.cell(r["noise_scale"], r["noise_scale_std"], digits=0)
+        if not math.isnan(r["noise_scale_mean"]):
+            out["noise"] = compare.cell(r["noise_scale_mean"], r["noise_scale_std"], digits=0)
         for key in sharp:
             failed = r.get(key + "_failed", 0)
-            out[key] = compare.cell(r.get(key, math.nan), r.get(key + "_std", math.nan)) + (
+            out[key] = compare.cell(r.get(key + "_mean", math.nan), r.get(key + "_std", math.nan)) + (
                 f" ({failed} failed)" if failed else "")
-            paper_key = "paper_" + key.replace("_full", "") if "_full_" in key else None
-            if paper_key in r:
-                out["paper_" + key] = compare.cell(r[paper_key], math.nan)
+            if "paper_" + key in r:  # the published curve (full space only)
+                out["paper_" + key] = compare.cell(r["paper_" + key], math.nan)
         table_rows.append(out)
     columns = {"network": "network", "data": "data", "lr_scaling": "lr scaling", "batch_size": "batch",
                "learning_rate": "lr", "runs": "runs", "seeds": "seeds (diverged)", "test": "test acc %",
@@ -245,7 +244,7 @@ def _sweep_section(loaded: results.Results) -> str:
 def _noise_text(loaded: results.Results, rows: list[dict]) -> str:
     """The gradient noise scale beside the sweep: what it predicts and where our accuracy fell."""
     at_x0 = sweep.noise_at_x0(loaded)
-    if not at_x0 and all(math.isnan(r["noise_scale"]) for r in rows):
+    if not at_x0 and all(math.isnan(r["noise_scale_mean"]) for r in rows):
         return ""
     lines = ["**Gradient noise scale** (beyond the paper): B_simple = tr(Sigma) / |G|^2 (McCandlish et "
              "al. 2018), estimated from mini-batch gradients of the SB batch size on the sharpness "
@@ -254,11 +253,11 @@ def _noise_text(loaded: results.Results, rows: list[dict]) -> str:
              "diminishing returns, and that it tends to grow as training proceeds; it is given at x0 and at "
              "each minimiser (table column).", ""]
     for (network, label), values in at_x0.items():
-        mean, std, n = compare.summarize(values)
+        mean, std, n = results.summarize(values)
         mine = [r for r in rows if r["network"] == network and r["data"] == label]
         drop = sweep.largest_drop([r for r in mine if r["lr_scaling"] == "none"])
         lines.append(f"- {network} ({label}): B_simple at x0 = {compare.cell(mean, std, digits=0)} "
-                     f"({n} seed{'s' if n > 1 else ''}); {growth_text(mean, [r['noise_scale'] for r in mine])}; "
+                     f"({n} seed{'s' if n > 1 else ''}); {growth_text(mean, [r['noise_scale_mean'] for r in mine])}; "
                      f"{sweep.drop_text(drop)} (unscaled curve).")
     return "\n".join(lines) + "\n\n"
 

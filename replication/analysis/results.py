@@ -24,6 +24,10 @@ both files, the key, both values and the fix):
 - a run whose identity its files contradict (IDENTITY_RULE): its directory names another
   network, dataset, regime or seed than its metrics.json, config.yaml or env.json record, or its
   backend differs between them, or it is a run already counted under another directory.
+
+Every table then averages seeds by one rule, `over_seeds` (diverged runs, failed and missing
+measurements counted and left out), and names its columns from one vocabulary (`sharpness_column`,
+`Summary.columns`: e.g. lb_phi_full_eps0.001_mean).
 """
 
 from __future__ import annotations
@@ -139,7 +143,14 @@ def load(results_dir) -> Results:
     return Results(root, runs, curves)
 
 
-# Sharpness columns: how a (space, epsilon) sharpness is named in the tables built from a folder.
+# The column vocabulary of every table ---------------------------------------------------------------
+# One name means one thing in every CSV and table built from a folder; a name is made of these parts:
+#   phi_<space>_eps<epsilon>  one run's sharpness (Metric 2.1) at (space, epsilon): sharpness_column("phi", ...);
+#                             f_<space>_eps<epsilon> the f(x) recorded with it (f_column)
+#   <role>_<quantity>         whose it is: sb_, lb_, plain_lb_, paper_ (the published value), ...
+#   <quantity>_<statistic>    the quantity over the seeds of a group (over_seeds, Summary.columns):
+#                             mean, std, n (values averaged), failed, missing; a row's `seeds` and
+#                             `diverged` count the group's runs and those left out for diverging
 def at_cap(record: Mapping) -> bool:
     """Did every solve of a sharpness result end at its iteration limit (status 1)? Its phi is then
     the best f the inexact solve reached: a lower bound on max f over C_eps. No solves recorded: False."""
@@ -151,24 +162,86 @@ def sharpness_column(prefix: str, space: str, epsilon: float) -> str:
     return f"{prefix}_{space}_eps{epsilon:g}"
 
 
+def f_column(key: str) -> str:
+    """The column of the f recorded with a sharpness column: 'phi_full_eps0.001' -> 'f_full_eps0.001'."""
+    return "f_" + key.removeprefix("phi_")
+
+
 def sharpness_setting(key: str, prefix: str) -> tuple[str, str]:
-    """The (space, epsilon as written) of a `sharpness_column` key: 'phi_full_eps0.001' -> ('full', '0.001')."""
-    space, epsilon = key.removeprefix(prefix + "_").split("_eps")
-    return space, epsilon
+    """The (space, epsilon as written) of a `sharpness_column` key, with or without a statistic:
+    'phi_full_eps0.001' and 'phi_full_eps0.001_mean' -> ('full', '0.001')."""
+    space, epsilon = key.removeprefix(prefix + "_").split("_eps", 1)
+    return space, epsilon.split("_", 1)[0]  # `:g` writes no "_" into an epsilon
 
 
 def sharpness_columns(rows: list[dict], prefix: str) -> list[str]:
-    """The `sharpness_column(prefix, ...)` columns present in `rows` (not their _std, _failed and
-    _missing companions): full space at eps 1e-3 first (the paper's headline measure), then the
-    full space before random subspaces, larger epsilons first."""
-    keys = {k for r in rows for k in r
-            if k.startswith(prefix + "_") and not k.endswith(("_std", "_failed", "_missing"))}
+    """The `sharpness_column(prefix, ...)` quantities named in `rows`, whether as a run's value or as
+    statistics over seeds ('phi_full_eps0.001_mean', _std, _failed, ...): full space at eps 1e-3 first
+    (the paper's headline measure), then the full space before random subspaces, larger epsilons first."""
+    keys = {sharpness_column(prefix, space, float(epsilon)) for r in rows for k in r
+            if k.startswith(prefix + "_") and "_eps" in k for space, epsilon in [sharpness_setting(k, prefix)]}
 
     def order(key):
         space, epsilon = sharpness_setting(key, prefix)
         return key != sharpness_column(prefix, "full", 1e-3), space != "full", space, -float(epsilon)
 
     return sorted(keys, key=order)
+
+
+# Seeds: the one rule for a quantity over the runs of a group -------------------------------------------
+FAILED = "failed"  # what a value function of over_seeds returns for a measurement that failed
+STATISTICS = ("mean", "std", "n", "failed", "missing")
+MEAN_STD = ("mean", "std")
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """A quantity over the runs (one per seed) of a group: the mean and sample std (ddof 1, nan below
+    two values) of the n values kept, and every run left out, counted by why: diverged, failed (its
+    measurement failed) or missing (not measured). seeds = n + diverged + failed + missing."""
+
+    mean: float
+    std: float
+    n: int
+    seeds: int
+    diverged: int
+    failed: int
+    missing: int
+
+    def columns(self, name: str, statistics=STATISTICS) -> dict:
+        """The table columns '<name>_<statistic>': columns("test", MEAN_STD) -> {"test_mean": .., "test_std": ..}."""
+        return {f"{name}_{statistic}": getattr(self, statistic) for statistic in statistics}
+
+
+def over_seeds(runs, value: Callable) -> Summary:
+    """`value` over the runs of one group (its seeds), by the rule of every table: a diverged run has
+    no minimiser to measure, so it is counted and left out before `value` is asked; value(run) is a
+    number, FAILED (counted, never averaged as 0) or None (not measured; a NaN counts as one too).
+    A run is a `Run` or one run's row (a mapping with its 'diverged')."""
+    kept = [run for run in runs if not (run["diverged"] if isinstance(run, Mapping) else run.diverged)]
+    values = [value(run) for run in kept]
+    failed = sum(isinstance(v, str) and v == FAILED for v in values)
+    mean, std, n = summarize([float(v) for v in values if v is not None and not isinstance(v, str)])
+    return Summary(mean, std, n, len(runs), len(runs) - len(kept), failed, len(kept) - failed - n)
+
+
+def summarize(values) -> tuple[float, float, int]:
+    """(mean, sample std or nan, n) of the finite values: the arithmetic of over_seeds."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return math.nan, math.nan, 0
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+    return float(np.mean(values)), std, len(values)
+
+
+def sharpness_value(run: Run, space: str, epsilon: float):
+    """over_seeds' value of a sharpness column: the run's phi at (space, epsilon), FAILED where its
+    solve failed, None where it was not measured."""
+    measurement = run.sharpness.get((space, epsilon))
+    if measurement is None:
+        return None
+    record = measurement.record
+    return FAILED if record["failed"] or record["phi"] is None else float(record["phi"])
 
 
 def read_curve(path) -> dict[str, np.ndarray]:

@@ -50,19 +50,16 @@ def published_at(curve: dict | None, batch: float) -> float:
     return float(np.interp(batch, curve["batch_size"], curve["value"]))
 
 
-def sharpness_key(space: str, epsilon: float) -> str:
-    return results_lib.sharpness_column("sharpness", space, epsilon)
-
-
 def sharpness_label(key: str) -> str:
-    """'sharpness_full_eps0.001' -> 'full-space sharpness, eps 0.001'."""
-    space, epsilon = results_lib.sharpness_setting(key, "sharpness")
+    """'phi_full_eps0.001' -> 'full-space sharpness, eps 0.001'."""
+    space, epsilon = results_lib.sharpness_setting(key, "phi")
     return f"{space}-space sharpness, eps {epsilon}"
 
 
 def sharpness_columns(rows: list[dict]) -> list[str]:
-    """The mean-sharpness columns present in `rows`, full space at eps 1e-3 first (`results.sharpness_columns`)."""
-    return results_lib.sharpness_columns(rows, "sharpness")
+    """The sharpness quantities of `rows` (phi_<space>_eps<eps>), full space at eps 1e-3 first
+    (`results.sharpness_columns`); a point's row has them as <key>_mean, _std, _failed, _missing."""
+    return results_lib.sharpness_columns(rows, "phi")
 
 
 def _groups(loaded: results_lib.Results) -> dict[tuple, dict[int, results_lib.Run]]:
@@ -95,10 +92,10 @@ def _groups(loaded: results_lib.Results) -> dict[tuple, dict[int, results_lib.Ru
 
 
 def points(loaded: results_lib.Results) -> list[dict]:
-    """One row per (trial, lr scaling, batch size) of every trial that has sweep runs: the mean
-    (sample std) over seeds of test/train accuracy and of each sharpness computed, beside the
-    published Figure 4 value at that batch size where the paper has one (unscaled curve only).
-    Diverged runs and failed solves are counted, never averaged in."""
+    """One row per (trial, lr scaling, batch size) of every trial that has sweep runs: test/train
+    accuracy, each sharpness computed (phi_<space>_eps<eps>) and the noise scale over seeds
+    (`results.over_seeds`: diverged runs and failed solves counted, never averaged in), beside the
+    published Figure 4 value at that batch size where the paper has one (unscaled curve only)."""
     runs = loaded.runs
     groups = _groups(loaded)
     measured = sorted({key for run in runs for key in run.sharpness})
@@ -106,30 +103,27 @@ def points(loaded: results_lib.Results) -> list[dict]:
     rows = []
     for (network, dataset, scaling, batch), by_seed in groups.items():
         members = list(by_seed.values())
-        ok = [r for r in members if not r.diverged]
-        test_mean, test_std, _ = compare.summarize([float(r.metrics["test_accuracy"]) for r in ok])
-        train_mean, train_std, _ = compare.summarize([float(r.metrics["train_accuracy"]) for r in ok])
+        test = results_lib.over_seeds(members, lambda run: run.metrics["test_accuracy"])
+        train = results_lib.over_seeds(members, lambda run: run.metrics["train_accuracy"])
         regimes = sorted({r.regime for r in members})
         first = members[0].metrics
         row = {"network": network, "dataset": dataset, "data": first["dataset_label"],
                "lr_scaling": scaling, "batch_size": batch,
                "learning_rate": float(first["resolved_config"].get("learning_rate", math.nan)),
-               "runs": "+".join(regimes), "seeds": len(members), "diverged": len(members) - len(ok),
-               "test_mean": test_mean, "test_std": test_std,
-               "train_mean": train_mean, "train_std": train_std}
+               "runs": "+".join(regimes), "seeds": test.seeds, "diverged": test.diverged,
+               **test.columns("test", results_lib.MEAN_STD), **train.columns("train", results_lib.MEAN_STD)}
         for space, epsilon in measured:  # every row gets every column (one CSV header)
-            found = [_phi(r.sharpness[(space, epsilon)].record) for r in ok if (space, epsilon) in r.sharpness]
-            solved = [v for v in found if v is not None]
-            key = sharpness_key(space, epsilon)
-            row[key], row[key + "_std"], _ = compare.summarize(solved)
-            row[key + "_failed"] = len(found) - len(solved)
-            row[key + "_missing"] = len(ok) - len(found)
-        scales = [b for r in ok if (b := _b_simple(r, "final")) is not None]
-        row["noise_scale"], row["noise_scale_std"], row["noise_scale_seeds"] = compare.summarize(scales)
+            phi = results_lib.over_seeds(members, lambda run: results_lib.sharpness_value(run, space, epsilon))
+            key = results_lib.sharpness_column("phi", space, epsilon)
+            row.update(phi.columns(key, ("mean", "std", "failed", "missing")))
+        noise = results_lib.over_seeds(members, lambda run: _b_simple(run, "final"))
+        row.update(noise.columns("noise_scale", ("mean", "std", "n")))
         paper = published[network] if scaling == "none" else {}
         row["paper_test_acc_pct"] = published_at(paper.get("test_acc_pct"), batch)
-        row["paper_sharpness_eps0.001"] = published_at(paper.get("sharpness_eps1e-3"), batch)
-        row["paper_sharpness_eps0.0005"] = published_at(paper.get("sharpness_eps5e-4"), batch)
+        # The published Figure 4 curves are of the full space.
+        for column, epsilon in (("sharpness_eps1e-3", 1e-3), ("sharpness_eps5e-4", 5e-4)):
+            key = "paper_" + results_lib.sharpness_column("phi", "full", epsilon)
+            row[key] = published_at(paper.get(column), batch)
         row["deviations"] = "; ".join(sorted({d for r in members for d in r.metrics["deviations"]})) or "none"
         rows.append(row)
     return rows
@@ -138,7 +132,7 @@ def points(loaded: results_lib.Results) -> list[dict]:
 def seed_points(loaded: results_lib.Results) -> list[dict]:
     """One row per run of every sweep point (claim 4 pairs them by seed: a seed's runs share x0):
     network, dataset, data, lr_scaling, batch_size, seed, diverged, test, train (accuracy %),
-    train_loss (final), sharpness_<space>_eps<eps> (phi; nan where failed or not computed) and
+    train_loss (final), phi_<space>_eps<eps> (nan where diverged, failed or not computed) and
     f_<space>_eps<eps> (the f recorded with it), deviations."""
     measured = sorted({key for run in loaded.runs for key in run.sharpness})
     rows = []
@@ -152,18 +146,14 @@ def seed_points(loaded: results_lib.Results) -> list[dict]:
                    "train_loss": math.nan if run.diverged else float(metrics.get("train_loss", math.nan))}
             for space, epsilon in measured:
                 measurement = run.sharpness.get((space, epsilon))
-                phi = _phi(measurement.record) if measurement and not run.diverged else None
-                row[sharpness_key(space, epsilon)] = math.nan if phi is None else phi
+                phi = results_lib.sharpness_value(run, space, epsilon)
+                ok = isinstance(phi, float) and not run.diverged
+                row[results_lib.sharpness_column("phi", space, epsilon)] = phi if ok else math.nan
                 f_x = measurement.record.get("f_x") if measurement else None
                 row[results_lib.sharpness_column("f", space, epsilon)] = math.nan if f_x is None else float(f_x)
             row["deviations"] = list(metrics["deviations"])
             rows.append(row)
     return rows
-
-
-def _phi(record) -> float | None:
-    """phi of a sharpness result, None for a failed solve."""
-    return None if record["failed"] or record["phi"] is None else float(record["phi"])
 
 
 def _b_simple(run: results_lib.Run, point: str) -> float | None:
@@ -230,7 +220,7 @@ def plot(rows: list[dict], stem: Path) -> tuple[Path, Path]:
                           color="tab:blue", linestyle=styles[scaling], marker=markers[scaling], capsize=3,
                           label=f"ours, lr scaling {scaling}")
         for key in keys:
-            values = [r.get(key, math.nan) for r in mine]
+            values = [r.get(key + "_mean", math.nan) for r in mine]
             sharp_axis.plot(batches, values, color=colors[key], linestyle=styles[scaling], marker=markers[scaling],
                             label=f"{sharpness_label(key)}, lr {scaling}")
     for axis in (acc_axis, sharp_axis):

@@ -324,7 +324,7 @@ def claim4(rows: list[dict]) -> dict:
             what = f"{sweep.sharpness_label(key)} at batch {large} / at {small}"
             sharp = paired.paired([paired.log_ratio(b.get(key, math.nan), a.get(key, math.nan)) for a, b in ends],
                                   paired.SHARP_FACTOR, what, "ratio")
-            f_key = "f" + key.removeprefix("sharpness")
+            f_key = results_lib.f_column(key)
             pairs = [(a, b) for a, b in ends if all(math.isfinite(r.get(key, math.nan)) for r in (a, b))]
             loss = "; " + paired.side_losses([paired.loss(a.get(f_key), a.get("train_loss")) for a, _ in pairs],
                                       [paired.loss(b.get(f_key), b.get("train_loss")) for _, b in pairs],

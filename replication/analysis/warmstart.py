@@ -87,13 +87,8 @@ def rows(loaded) -> list[dict]:
     keys = iterate_tables.phi_keys(own) or iterate_tables.phi_keys(out)
     return [{**{k: v for k, v in r.items() if k not in ("deviations", "run") and not k.startswith(("phi_", "f_"))},
              **{c: r.get(c, math.nan if not c.endswith("_failed") else 0)
-                for key in keys for c in (key, key + "_failed", f_key(key))},
+                for key in keys for c in (key, key + "_failed", results_lib.f_column(key))},
              "deviations": r["deviations"], "run": r["run"]} for r in out]
-
-
-def f_key(phi_key: str) -> str:
-    """The column of the f recorded with a sharpness column: 'phi_full_eps0.001' -> 'f_full_eps0.001'."""
-    return "f_" + phi_key.removeprefix("phi_")
 
 
 def _row(run: results_lib.Run, k: int, sb_test: float, sb, root: Path) -> dict:
@@ -110,7 +105,7 @@ def _row(run: results_lib.Run, k: int, sb_test: float, sb, root: Path) -> dict:
         ok = not record["failed"] and record["phi"] is not None and not run.diverged
         row[key] = float(record["phi"]) if ok else math.nan
         row[key + "_failed"] = 0 if ok else 1
-        row[f_key(key)] = float(record["f_x"]) if ok and record.get("f_x") is not None else math.nan
+        row[results_lib.f_column(key)] = float(record["f_x"]) if ok and record.get("f_x") is not None else math.nan
     # The SB run's deviations and the piggyback runs' in one line (each run's metrics.json names
     # its own start): one list for the verdict's scope, not one line per run.
     own = [d for d in metrics.get("deviations") or [] if not d.startswith("piggyback LB run")]
@@ -139,10 +134,11 @@ def _check_start(run: results_lib.Run, sb: results_lib.Run, k: int) -> None:
 
 
 def points(rows: list[dict]) -> list[dict]:
-    """Seeds averaged, one row per (trial, SB epochs): network, dataset, data, sb_epochs, seeds,
-    diverged, sb_test_mean/std, test_mean/std (the piggyback runs'), train_mean/std, and each
-    sharpness column's mean (phi_...), std (std_phi_...) and failed count (phi_..._failed);
-    paper_<curve> from the published curve at that k (C1 and F2 only; nan elsewhere)."""
+    """Seeds averaged by `results.over_seeds` (a diverged piggyback run is counted and left out of
+    every column of its point), one row per (trial, SB epochs): network, dataset, data, sb_epochs,
+    seeds, diverged, sb_test_mean/std, test_mean/std (the piggyback runs'), train_mean/std, and each
+    sharpness column's mean, std and failed count (phi_..._mean, _std, _failed); paper_<curve> from
+    the published curve at that k (C1 and F2 only; nan elsewhere)."""
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["network"], r["dataset"], r["data"], r["sb_epochs"]), []).append(r)
@@ -154,10 +150,10 @@ def points(rows: list[dict]) -> list[dict]:
                  "diverged": sum(r["diverged"] for r in items)}
         for column, name in (("sb_test_accuracy", "sb_test"), ("piggyback_test_accuracy", "test"),
                              ("piggyback_train_accuracy", "train")):
-            point[f"{name}_mean"], point[f"{name}_std"], _ = compare.summarize([r[column] for r in items])
-        for key in keys:
-            point[key], point["std_" + key], _ = compare.summarize([r[key] for r in items])
-            point[key + "_failed"] = sum(int(r[key + "_failed"]) for r in items)
+            point.update(results_lib.over_seeds(items, lambda r: r[column]).columns(name, results_lib.MEAN_STD))
+        for key in keys:  # a row's phi is nan where its solve failed (its _failed flag) or was not made
+            phi = results_lib.over_seeds(items, lambda r: results_lib.FAILED if r[key + "_failed"] else r[key])
+            point.update(phi.columns(key, ("mean", "std", "failed")))
         curves = published[network]
         for name in CURVES:
             curve = curves.get(name)
@@ -220,8 +216,8 @@ def judge(rows: list[dict]) -> tuple[list[dict], list[str]]:
                                     f"{iterate_tables.phi_label(key)} at k = {top} / at k = 0", "ratio", -1)
             failed = sum(int(r.get(key + "_failed", 0)) for r in items)
             loss = paired.side_losses(
-                [paired.loss(a.get(f_key(key)), a["piggyback_train_loss"]) for a, _ in measured],
-                [paired.loss(b.get(f_key(key)), b["piggyback_train_loss"]) for _, b in measured],
+                [paired.loss(a.get(results_lib.f_column(key)), a["piggyback_train_loss"]) for a, _ in measured],
+                [paired.loss(b.get(results_lib.f_column(key)), b["piggyback_train_loss"]) for _, b in measured],
                 ("k = 0", f"k = {top}"))
             sharp_text = (f"{paired.describe(flatter)} (mean rho against k "
                           f"{_mean_rho(by_seed, key):+.2f}" + (f"; {failed} failed solve(s) left out" if failed else "")
@@ -286,7 +282,7 @@ def plot(rows: list[dict], stem: Path) -> tuple[Path, Path]:
     for key in iterate_tables.phi_keys(mine):
         if not key.startswith("phi_full"):
             continue
-        sharp.plot(ks, [p[key] for p in mine], marker="o", markersize=3, linewidth=1,
+        sharp.plot(ks, [p[key + "_mean"] for p in mine], marker="o", markersize=3, linewidth=1,
                    linestyle="-" if key.endswith("eps0.001") else "--", color="tab:red",
                    label=f"piggyback LB, {iterate_tables.phi_label(key)}")
     seeds = "/".join(map(str, sorted({p["seeds"] for p in mine})))
@@ -336,7 +332,7 @@ def table(rows: list[dict]) -> tuple[list[dict], dict[str, str]]:
         row["train"] = compare.cell(p["train_mean"], p["train_std"])
         for key in keys:
             failed = p[key + "_failed"]
-            row[key] = compare.cell(p[key], p["std_" + key], digits=3) + (f" ({failed} failed)" if failed else "")
+            row[key] = compare.cell(p[key + "_mean"], p[key + "_std"], digits=3) + (f" ({failed} failed)" if failed else "")
             published = PUBLISHED_SHARPNESS.get(key)
             if published:
                 row["paper_" + key] = compare.cell(p["paper_" + published], math.nan, digits=3)
