@@ -48,15 +48,15 @@ def _models(args):
 
 def _train(args):
     from replication import config as config_lib
-    from replication import train
+    from replication import regimes, train
 
     config = config_lib.load(args.config, args.set)
+    runs = [regimes.parse(args.regime)] if args.regime else config.runs()  # a bad name: before Keras starts
     _start_keras()
     seeds = [args.seed] if args.seed is not None else list(config.seeds)
-    regimes = [args.regime] if args.regime else config.regimes()
     for seed in seeds:
-        for regime in regimes:
-            print(train.train(config, regime, seed))
+        for spec in runs:
+            print(train.train(config, spec, seed))
 
 
 def _check(args):
@@ -232,13 +232,13 @@ def _make_rules(args):
     _start_keras()
     from replication import pipeline
 
-    print(pipeline.rules(args.name, args.configs), end="")
+    print(pipeline.rules(args.name, args.configs, args.results_root), end="")
 
 
 def _diff(args):
     from replication.analysis import rerun
 
-    return rerun.main(args.first, args.second, args.rtol)
+    return rerun.main(args.first, args.second, args.rtol, args.summary, args.started)
 
 
 def _bench(args):
@@ -422,6 +422,8 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("make-rules", help="print Make rules for every result of CONFIGS (used by the Makefile)")
     p.add_argument("--name", required=True, help="profile name: the rules end with <name>-all")
+    p.add_argument("--results-root", metavar="DIR", help="write results/<x> of each config to DIR/<x> "
+                   "instead (passed to its commands as --set results_dir=DIR/<x>; make quick: local)")
     p.add_argument("configs", nargs="+")
     p.set_defaults(func=_make_rules)
 
@@ -441,6 +443,11 @@ def main(argv=None) -> int:
     p.add_argument("first")
     p.add_argument("second")
     p.add_argument("--rtol", type=float, default=0.0, help="relative tolerance in [0, 1) (default 0: exact)")
+    p.add_argument("--summary", action="store_true", help="FIRST is the reference, SECOND the rerun: the "
+                   "first 10 differences, then what was reproduced, what differs and why (env.json), the "
+                   "report and the time (make quick ends with this; same exit status)")
+    p.add_argument("--started", type=float, metavar="UNIX_TIME", help="with --summary: also the wall time "
+                   "since then")
     p.set_defaults(func=_diff)
 
     p = sub.add_parser("slot", help="run COMMAND on a GPU of its own (make -j on a multi-GPU node: the "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from replication import data
+from replication import data, regimes
 from replication.errors import UserError
 
 NETWORKS = ("F1", "F2", "C1", "C2", "C3", "C4")
@@ -35,9 +35,6 @@ BATCHNORM = ("batch_statistics", "moving_average")
 BACKENDS = ("tensorflow", "jax")
 STOPPING = ("fixed", "plateau", "target")
 ITERATE_MEASURES = ("all", "matched")
-REGIMES = ("sb", "lb")
-# Learning rate of a sweep run: learning_rate * (batch / sb_batch_size) ** exponent.
-LR_SCALINGS = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
 PAPER_EPOCHS = 100
 PAPER_SEEDS = 5
 
@@ -124,24 +121,13 @@ class SweepConfig:
         _check(len(set(self.batch_sizes)) == len(self.batch_sizes), "sweep.batch_sizes",
                self.batch_sizes, where, "batch sizes repeat")
         _check(len(self.lr_scalings) >= 1, "sweep.lr_scalings", self.lr_scalings, where,
-               f"give at least one of {tuple(LR_SCALINGS)}")
+               f"give at least one of {tuple(regimes.LR_SCALINGS)}")
         for s in self.lr_scalings:
-            _check(s in LR_SCALINGS, "sweep.lr_scalings", s, where, f"use one of {tuple(LR_SCALINGS)}")
+            _check(s in regimes.LR_SCALINGS, "sweep.lr_scalings", s, where, f"use one of {tuple(regimes.LR_SCALINGS)}")
         _check(len(set(self.lr_scalings)) == len(self.lr_scalings), "sweep.lr_scalings",
                self.lr_scalings, where, "scalings repeat")
         _check(self.noise_batches >= 3, "sweep.noise_batches", self.noise_batches, where,
                "the noise-scale estimate needs at least 3 mini-batches")
-
-
-def sweep_regime(batch_size: int, scaling: str = "none") -> str:
-    """The run name of one sweep point: b<batch> or b<batch>-<scaling>."""
-    return f"b{batch_size}" + ("" if scaling == "none" else f"-{scaling}")
-
-
-def parse_regime(regime: str) -> tuple[int, str] | None:
-    """(batch size, scaling) of a sweep run name, or None for anything else (sb, lb, typos)."""
-    match = re.fullmatch(r"b([1-9][0-9]*)(?:-(sqrt|linear))?", regime)
-    return (int(match.group(1)), match.group(2) or "none") if match else None
 
 
 TARGET_METRICS = ("train_loss", "train_error")
@@ -205,8 +191,8 @@ class BatchSizeStudyConfig:
             _check(b >= 1, "batch_size_study.batch_sizes", b, where, "each batch size must be >= 1")
         _check(len(set(self.batch_sizes)) == len(self.batch_sizes), "batch_size_study.batch_sizes",
                self.batch_sizes, where, "batch sizes repeat")
-        _check(self.lr_scaling in LR_SCALINGS, "batch_size_study.lr_scaling", self.lr_scaling, where,
-               f"use one of {tuple(LR_SCALINGS)}")
+        _check(self.lr_scaling in regimes.LR_SCALINGS, "batch_size_study.lr_scaling", self.lr_scaling, where,
+               f"use one of {tuple(regimes.LR_SCALINGS)}")
         grid = self.lr_multipliers
         _check(len(grid) >= 2, "batch_size_study.lr_multipliers", grid, where,
                "give at least 2 multipliers (a grid has two edges)")
@@ -236,42 +222,10 @@ class BatchSizeStudyConfig:
         return tuple(float(f"{m:.6g}") for m in (*below, *grid, *above))
 
 
-def study_regime(batch_size: int, multiplier: float) -> str:
-    """The run name of one point of the batch-size study: b<batch>-x<multiplier>."""
-    return f"b{batch_size}-x{float(multiplier):.6g}"
-
-
-def parse_study_regime(regime: str) -> tuple[int, float] | None:
-    """(batch size, lr multiplier) of a study run name, or None for anything else."""
-    match = re.fullmatch(r"b([1-9][0-9]*)-x([0-9]+(?:\.[0-9]+)?(?:e-?[0-9]+)?)", regime)
-    return (int(match.group(1)), float(match.group(2))) if match else None
-
-
 # What a fair-comparison run's name sets for it (Config.for_regime), so not its trial's protocol.
 COMPARE_RUN_KEYS = ("learning_rate", "epochs", "stopping", "ghost_batch_size")
 
 
-def compare_regime(batch_size: int, multiplier: float | None, epochs: int, ghost: int | None = None) -> str:
-    """The run name of one run of the fair comparison: b<batch>-fixed-e<epochs> at the fixed
-    learning_rate, b<batch>-x<multiplier>-e<epochs> at the tuned rate, -g<ghost> with ghost batch norm."""
-    rate = "fixed" if multiplier is None else f"x{float(multiplier):.6g}"
-    return f"b{batch_size}-{rate}-e{epochs}" + (f"-g{ghost}" if ghost else "")
-
-
-def parse_compare_regime(regime: str) -> tuple[int, float | None, int, int | None] | None:
-    """(batch, multiplier or None for the fixed rate, epochs, ghost batch or None) of a comparison
-    run name, or None for anything else."""
-    match = re.fullmatch(r"b([1-9][0-9]*)-(fixed|x[0-9]+(?:\.[0-9]+)?(?:e-?[0-9]+)?)-e([1-9][0-9]*)"
-                         r"(?:-g([1-9][0-9]*))?", regime)
-    if not match:
-        return None
-    rate = None if match.group(2) == "fixed" else float(match.group(2)[1:])
-    return int(match.group(1)), rate, int(match.group(3)), int(match.group(4)) if match.group(4) else None
-
-
-# The remedies of section 4 / appendix E (replication/remedies.py): config section -> the suffix of
-# its runs' names (sb-augmented, lb-conservative, ...).
-REMEDIES = {"augmentation": "augmented", "conservative": "conservative"}
 AUGMENTED_IN_PAPER = ("C1", "C2", "C3", "C4")  # Table 6
 FILL_MODES = ("nearest", "reflect", "wrap", "constant")
 INTERPOLATIONS = ("nearest", "bilinear")
@@ -378,18 +332,6 @@ class HessianConfig:
                    "must be a finite number > 0")
 
 
-def remedy_regime(base: str, remedy: str) -> str:
-    """The run name of `base` ("sb" or "lb") under `remedy` (a key of REMEDIES): sb-augmented, ..."""
-    return f"{base}-{REMEDIES[remedy]}"
-
-
-def parse_remedy(regime: str) -> tuple[str, str] | None:
-    """(base regime, remedy) of a remedy run name, or None for anything else."""
-    base, _, suffix = regime.partition("-")
-    remedy = next((key for key, name in REMEDIES.items() if name == suffix), None)
-    return (base, remedy) if base in REGIMES and remedy else None
-
-
 @dataclasses.dataclass(frozen=True)
 class WarmStartConfig:
     """Warm starts (Figure 5, claim 5; PAPER.md "Figures"): with `enabled`, every seed also trains
@@ -405,17 +347,6 @@ class WarmStartConfig:
     def validate(self, where: str) -> None:
         _check(self.epochs is None or self.epochs >= 1, "warm_start.epochs", self.epochs, where,
                "must be >= 1 or null (null: the config's epochs)")
-
-
-def warm_start_regime(sb_epoch: int) -> str:
-    """The run name of the piggyback LB run from SB's iterate at `sb_epoch` (0: from x0)."""
-    return f"lb-from-sb{sb_epoch}"
-
-
-def parse_warm_start(regime: str) -> int | None:
-    """The SB epoch a piggyback run starts from (lb-from-sb<k> -> k), or None for anything else."""
-    match = re.fullmatch(r"lb-from-sb(0|[1-9][0-9]*)", regime)
-    return int(match.group(1)) if match else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -539,155 +470,155 @@ class Config:
         every = range(self.keep_every, self.epochs + 1, self.keep_every) if self.keep_every else ()
         return tuple(sorted({*self.keep_iterates, *every}))
 
-    def sweep_regimes(self) -> list[str]:
-        """Run names of the sweep, batch sizes in order, each scaling in turn."""
-        return [sweep_regime(b, s) for s in self.sweep.lr_scalings for b in sorted(self.sweep.batch_sizes)]
+    # The runs of this config, each a RunSpec (replication/regimes.py), and what each one trains
+    # with: its config, batch and deviations. The caller parses a run's name once; nothing here does.
+    def sweep_runs(self) -> list[regimes.RunSpec]:
+        """The sweep, batch sizes in order, each scaling in turn."""
+        return [regimes.sweep(b, s) for s in self.sweep.lr_scalings for b in sorted(self.sweep.batch_sizes)]
 
-    def remedy_regimes(self) -> list[str]:
-        """Run names of the enabled remedies: sb-<remedy>, lb-<remedy> for each."""
-        return [remedy_regime(base, remedy) for remedy in REMEDIES if getattr(self, remedy).enabled
-                for base in REGIMES]
+    def remedy_runs(self) -> list[regimes.RunSpec]:
+        """The enabled remedies: sb-<remedy>, lb-<remedy> for each."""
+        return [regimes.remedy(base, remedy) for remedy in regimes.REMEDIES if getattr(self, remedy).enabled
+                for base in regimes.REGIMES]
 
     def warm_start_epochs(self) -> int:
         """Epochs of each piggyback run (warm_start.epochs, else the config's)."""
         return self.warm_start.epochs or self.epochs
 
-    def warm_start_points(self) -> dict[int, str]:
+    def warm_start_points(self) -> dict[int, regimes.RunSpec]:
         """{SB epochs: the run that is the piggyback LB run from there} of the warm start (Figure 5),
         SB epochs in order; 0 is x0: the plain LB run when the piggyback runs train as many epochs
         as it does, else lb-from-sb0. {} unless warm_start.enabled."""
         if not self.warm_start.enabled:
             return {}
-        zero = "lb" if self.warm_start_epochs() == self.epochs else warm_start_regime(0)
-        return {0: zero, **{k: warm_start_regime(k) for k in self.kept_epochs()}}
+        zero = regimes.pair("lb") if self.warm_start_epochs() == self.epochs else regimes.warm_start(0)
+        return {0: zero, **{k: regimes.warm_start(k) for k in self.kept_epochs()}}
 
-    def warm_start_regimes(self) -> list[str]:
-        """Run names of the piggyback runs this config adds (not the plain LB run)."""
-        return [r for r in self.warm_start_points().values() if r != "lb"]
+    def warm_start_runs(self) -> list[regimes.RunSpec]:
+        """The piggyback runs this config adds (not the plain LB run)."""
+        return [spec for spec in self.warm_start_points().values() if spec.kind == "warm_start"]
+
+    def runs(self) -> list[regimes.RunSpec]:
+        """Every run of one seed: SB, LB, the sweep, the remedies, then the warm starts. (The
+        batch-size study decides its runs as it goes: experiments/batchsize.py.)"""
+        return [*map(regimes.pair, regimes.REGIMES), *self.sweep_runs(), *self.remedy_runs(),
+                *self.warm_start_runs()]
 
     def regimes(self) -> list[str]:
-        """Every run of one seed: SB, LB, the sweep, the remedies, then the warm starts."""
-        return [*REGIMES, *self.sweep_regimes(), *self.remedy_regimes(), *self.warm_start_regimes()]
+        """The names of runs(), as their directories are named."""
+        return [spec.name for spec in self.runs()]
 
-    def warm_start_settings(self, regime: str) -> dict | None:
+    def warm_start_settings(self, spec: regimes.RunSpec) -> dict | None:
         """What a piggyback run starts from and for how long (its run entry in config.yaml records
         this, so a finished one made with other settings is refused); None for any other run."""
-        sb_epoch = parse_warm_start(regime)
-        if sb_epoch is None:
+        if spec.kind != "warm_start":
             return None
-        return {"from_regime": "sb" if sb_epoch else "x0", "sb_epoch": sb_epoch,
+        return {"from_regime": "sb" if spec.sb_epoch else "x0", "sb_epoch": spec.sb_epoch,
                 "epochs": self.warm_start_epochs(), "trial_epochs": self.epochs}
 
-    def remedy_settings(self, regime: str) -> dict | None:
+    def remedy_settings(self, spec: regimes.RunSpec) -> dict | None:
         """What a remedy run trains with ({"remedy": name, **its section}; its run entry in
         config.yaml records this, so a finished remedy run made with other settings is refused);
         None for any other run."""
-        parsed = parse_remedy(regime)
-        if parsed is None:
+        if spec.remedy is None:
             return None
-        section = dataclasses.asdict(getattr(self, parsed[1]))
+        section = dataclasses.asdict(getattr(self, spec.remedy))
         section.pop("enabled")
-        return {"remedy": parsed[1], **section}
+        return {"remedy": spec.remedy, **section}
 
-    def for_regime(self, regime: str) -> "Config":
-        """The config a run of `regime` trains with: a scaled sweep run gets its learning rate, a
-        piggyback run warm_start's epochs."""
-        self._check_regime(regime)
-        if parse_study_regime(regime) is not None:
-            return dataclasses.replace(self, learning_rate=self.learning_rate * self.study_lr_factor(regime))
-        if (fair := parse_compare_regime(regime)) is not None:
-            batch, multiplier, epochs, ghost = fair
-            rate = self.learning_rate if multiplier is None else \
-                self.learning_rate * self.study_lr_factor(study_regime(batch, multiplier))
-            return dataclasses.replace(self, learning_rate=rate, epochs=epochs, stopping="fixed",
-                                       keep_iterates=(), keep_every=None, ghost_batch_size=ghost)
-        if parse_warm_start(regime) is not None:
+    def for_regime(self, spec: regimes.RunSpec) -> "Config":
+        """The config the run `spec` trains with, once checked to be a run of this config: a scaled
+        sweep run and a study run get their learning rate, a fair-comparison run its rate, epochs
+        and ghost batch, a piggyback run warm_start's epochs; the others train with this config."""
+        self._check_run(spec)
+        if spec.kind == "study":
+            return dataclasses.replace(self, learning_rate=self.learning_rate * self.study_lr_factor(spec))
+        if spec.kind == "compare":
+            rate = self.learning_rate if spec.multiplier is None else \
+                self.learning_rate * self.study_lr_factor(spec)
+            return dataclasses.replace(self, learning_rate=rate, epochs=spec.epochs, stopping="fixed",
+                                       keep_iterates=(), keep_every=None, ghost_batch_size=spec.ghost)
+        if spec.kind == "warm_start":
             # A piggyback run trains warm_start's epochs and adds no runs or iterates of its own.
             return dataclasses.replace(self, epochs=self.warm_start_epochs(), keep_iterates=(), keep_every=None,
                                        warm_start=dataclasses.replace(self.warm_start, enabled=False))
-        point = parse_regime(regime)
-        if point is None or point[1] == "none":
-            return self
-        batch, scaling = point
-        factor = (batch / self.sb_batch_size) ** LR_SCALINGS[scaling]
-        return dataclasses.replace(self, learning_rate=self.learning_rate * factor)
+        if spec.kind == "sweep" and spec.scaling != "none":
+            factor = (spec.batch / self.sb_batch_size) ** regimes.LR_SCALINGS[spec.scaling]
+            return dataclasses.replace(self, learning_rate=self.learning_rate * factor)
+        return self
 
-    def study_lr_factor(self, regime: str) -> float:
-        """A study run's learning rate / learning_rate: the scaling rule's factor times the multiplier."""
-        batch, multiplier = parse_study_regime(regime)
-        return (batch / self.sb_batch_size) ** LR_SCALINGS[self.batch_size_study.lr_scaling] * multiplier
+    def study_lr_factor(self, spec: regimes.RunSpec) -> float:
+        """A study (or tuned fair-comparison) run's learning rate / learning_rate: the scaling
+        rule's factor at its batch times its multiplier."""
+        if isinstance(spec, str):  # TRANSITION: analysis/pipeline call sites move to regimes.py next
+            spec = regimes.parse(spec)
+        return (spec.batch / self.sb_batch_size) ** regimes.LR_SCALINGS[self.batch_size_study.lr_scaling] \
+            * spec.multiplier
 
-    def run_deviations(self, regime: str) -> list[str]:
-        """deviations() of the run `regime`: a scaled sweep run says its learning rate, a remedy
-        run how its remedy departs from the paper's."""
-        scaled = self.for_regime(regime)
-        if (sb_epoch := parse_warm_start(regime)) is not None:
-            start = f"SB's iterate of epoch {sb_epoch}" if sb_epoch else "x0"
+    def run_deviations(self, spec: regimes.RunSpec) -> list[str]:
+        """deviations() of the run `spec`: a run with its own learning rate says it, a remedy run
+        how its remedy departs from the paper's, a piggyback run where it starts."""
+        scaled = self.for_regime(spec)
+        if spec.kind == "warm_start":
+            start = f"SB's iterate of epoch {spec.sb_epoch}" if spec.sb_epoch else "x0"
             return [*scaled.deviations(),
                     f"piggyback LB run (Figure 5) from {start} of a {self.epochs}-epoch SB run, for "
                     f"{scaled.epochs} epochs (paper: 100 LB epochs from each of 100 SB epochs)"]
-        if parsed := parse_remedy(regime):
-            remedy = parsed[1]
-            extra = getattr(self, remedy).deviations()
-            if remedy == "augmentation" and self.network not in AUGMENTED_IN_PAPER:
+        if spec.kind == "remedy":
+            extra = getattr(self, spec.remedy).deviations()
+            if spec.remedy == "augmentation" and self.network not in AUGMENTED_IN_PAPER:
                 extra.insert(0, f"data augmentation on {self.network}: the paper augments "
                              f"{', '.join(AUGMENTED_IN_PAPER)} only (Table 6)")
             return [*self.deviations(), *extra]
         if scaled is self:
             return self.deviations()
-        if (fair := parse_compare_regime(regime)) is not None:
-            rate = (f"the fixed learning rate {scaled.learning_rate:.3g}" if fair[1] is None else
-                    f"learning rate {scaled.learning_rate:.3g} ({fair[1]:g} x the {self.batch_size_study.lr_scaling} "
-                    f"rule's value at batch {fair[0]}, the batch-size study's best)")
+        rule = self.batch_size_study.lr_scaling
+        if spec.kind == "compare":
+            rate = (f"the fixed learning rate {scaled.learning_rate:.3g}" if spec.multiplier is None else
+                    f"learning rate {scaled.learning_rate:.3g} ({spec.multiplier:g} x the {rule} "
+                    f"rule's value at batch {spec.batch}, the batch-size study's best)")
             return [*scaled.deviations(), f"{rate}; fair-comparison run of the batch-size study"]
-        if (study := parse_study_regime(regime)) is not None:
-            return [*self.deviations(), f"learning rate {scaled.learning_rate:.3g} ({study[1]:g} x the "
-                    f"{self.batch_size_study.lr_scaling} rule's value at batch {study[0]}; batch-size study run)"]
-        batch, scaling = parse_regime(regime)
-        return [*self.deviations(), f"learning rate {scaled.learning_rate:.3g} ({scaling}-scaled with "
-                f"batch {batch} from {self.learning_rate:g} at {self.sb_batch_size}; sweep run)"]
+        if spec.kind == "study":
+            return [*self.deviations(), f"learning rate {scaled.learning_rate:.3g} ({spec.multiplier:g} x the "
+                    f"{rule} rule's value at batch {spec.batch}; batch-size study run)"]
+        return [*self.deviations(), f"learning rate {scaled.learning_rate:.3g} ({spec.scaling}-scaled with "
+                f"batch {spec.batch} from {self.learning_rate:g} at {self.sb_batch_size}; sweep run)"]
 
-    def _check_regime(self, regime: str) -> None:
-        if (study := parse_study_regime(regime)) is not None:
-            if study[0] in self.batch_size_study.batch_sizes and study[1] in self.batch_size_study.multipliers():
+    def _check_run(self, spec: regimes.RunSpec) -> None:
+        """ConfigError unless `spec` is a run of this config: one of runs(), or a run of the
+        batch-size study (a batch and multiplier it may train) or of its fair comparison."""
+        study = self.batch_size_study
+        if spec.kind == "study":
+            if spec.batch in study.batch_sizes and spec.multiplier in study.multipliers():
                 return
-            raise ConfigError(f"unknown regime {regime!r}: a batch-size study run needs a batch in "
-                              f"batch_size_study.batch_sizes {list(self.batch_size_study.batch_sizes)} and a "
-                              f"multiplier in {list(self.batch_size_study.multipliers())}")
-        if (fair := parse_compare_regime(regime)) is not None:
-            study = self.batch_size_study
-            batch, multiplier, _, ghost = fair
-            if batch in study.compare_batch_sizes and (multiplier is None or multiplier in study.multipliers()) \
-                    and ghost in (None, study.compare_ghost_batch_size):
+            raise ConfigError(f"unknown regime {spec.name!r}: a batch-size study run needs a batch in "
+                              f"batch_size_study.batch_sizes {list(study.batch_sizes)} and a "
+                              f"multiplier in {list(study.multipliers())}")
+        if spec.kind == "compare":
+            if spec.batch in study.compare_batch_sizes and spec.ghost in (None, study.compare_ghost_batch_size) \
+                    and (spec.multiplier is None or spec.multiplier in study.multipliers()):
                 return
-            raise ConfigError(f"unknown regime {regime!r}: a fair-comparison run needs a batch in "
+            raise ConfigError(f"unknown regime {spec.name!r}: a fair-comparison run needs a batch in "
                               f"batch_size_study.compare_batch_sizes {list(study.compare_batch_sizes)}, a "
                               f"multiplier in {list(study.multipliers())} and ghost batch "
                               f"{study.compare_ghost_batch_size}")
-        if regime not in self.regimes():
-            sweep = (f", or a sweep run of this config: {', '.join(self.sweep_regimes())}"
-                     if self.sweep.batch_sizes else " (this config has no sweep.batch_sizes)")
-            remedies = (f", or a remedy run of this config: {', '.join(self.remedy_regimes())}"
-                        if self.remedy_regimes() else "")
-            warm = (f", or a piggyback run of this config: {', '.join(self.warm_start_regimes())}"
-                    if self.warm_start_regimes() else "")
-            raise ConfigError(f"unknown regime {regime!r}: use sb or lb{sweep}{remedies}{warm}")
+        if spec not in self.runs():
+            def listed(kind: str, specs: list) -> str:
+                return f", or a {kind} run of this config: {', '.join(s.name for s in specs)}" if specs else ""
 
-    def batch_size(self, regime: str, num_train: int) -> int:
-        """SB: 256; LB: 10% of the training set unless set (PAPER.md "Training protocol");
-        a sweep run: its batch size; a remedy run: its base regime's (sb-augmented: SB's); a
-        piggyback run: LB's."""
-        if parse_warm_start(regime) is None:  # a piggyback run's own config (for_regime) adds none
-            self._check_regime(regime)
+            sweep = listed("sweep", self.sweep_runs()) or " (this config has no sweep.batch_sizes)"
+            raise ConfigError(f"unknown regime {spec.name!r}: use sb or lb{sweep}"
+                              f"{listed('remedy', self.remedy_runs())}{listed('piggyback', self.warm_start_runs())}")
+
+    def batch_size(self, spec: regimes.RunSpec, num_train: int) -> int:
+        """SB: 256; LB: 10% of the training set unless set (PAPER.md "Training protocol"); a run
+        that names its batch (sweep, study, fair comparison): that one; a remedy run: its base
+        regime's (sb-augmented: SB's); a piggyback run: LB's. (for_regime checks the run.)"""
         ten_percent = max(1, round(num_train / 10))  # TIMIT: 72133, as the paper prints
-        point = parse_regime(regime) or parse_study_regime(regime) or parse_compare_regime(regime)
-        base = parse_remedy(regime)[0] if parse_remedy(regime) else \
-            "lb" if parse_warm_start(regime) is not None else regime
-        size = (point[0] if point else self.sb_batch_size if base == "sb"
-                else (self.lb_batch_size or ten_percent))
+        size = spec.batch or (self.sb_batch_size if spec.base == "sb" else self.lb_batch_size or ten_percent)
         if size > num_train:
-            name = f"{base}_batch_size" if base in REGIMES else f"sweep batch size ({regime})"
-            raise ConfigError(f"{name} {size} is larger than the training set ({num_train} examples): "
+            what = f"{spec.base}_batch_size {size}" if spec.batch is None else f"the batch {size} of {spec.name}"
+            raise ConfigError(f"{what} is larger than the training set ({num_train} examples): "
                               "lower it or use a larger train_subset")
         return size
 
@@ -888,3 +819,65 @@ def from_dict(data: dict, where: str = "<dict>") -> Config:
 
 def dump(config: Config) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+# Run names live in replication/regimes.py; these keep the old names of config.py importable.
+REGIMES = regimes.REGIMES  # TRANSITION: analysis/pipeline call sites move to regimes.py next
+LR_SCALINGS = regimes.LR_SCALINGS  # TRANSITION: analysis/pipeline call sites move to regimes.py next
+
+
+# TRANSITION: analysis/pipeline call sites move to regimes.py next
+def _spec(regime: str, kind: str) -> regimes.RunSpec | None:
+    """The spec of `regime` if it names a run of `kind`, else None (the old parse_* contract)."""
+    spec = regimes.parse_or_none(regime)
+    return spec if spec is not None and spec.kind == kind else None
+
+
+# TRANSITION: analysis/pipeline call sites move to regimes.py next
+def sweep_regime(batch_size: int, scaling: str = "none") -> str:
+    return regimes.sweep(batch_size, scaling).name
+
+
+# TRANSITION: analysis/pipeline call sites move to regimes.py next
+def parse_regime(regime: str) -> tuple[int, str] | None:
+    return (spec.batch, spec.scaling) if (spec := _spec(regime, "sweep")) else None
+
+
+# TRANSITION: analysis/pipeline call sites move to regimes.py next
+def study_regime(batch_size: int, multiplier: float) -> str:
+    return regimes.study(batch_size, multiplier).name
+
+
+# TRANSITION: analysis/pipeline call sites move to regimes.py next
+def parse_study_regime(regime: str) -> tuple[int, float] | None:
+    return (spec.batch, spec.multiplier) if (spec := _spec(regime, "study")) else None
+
+
+# TRANSITION: analysis/pipeline call sites move to regimes.py next
+def compare_regime(batch_size: int, multiplier: float | None, epochs: int, ghost: int | None = None) -> str:
+    return regimes.compare(batch_size, multiplier, epochs, ghost).name
+
+
+# TRANSITION: analysis/pipeline call sites move to regimes.py next
+def parse_compare_regime(regime: str) -> tuple[int, float | None, int, int | None] | None:
+    return (spec.batch, spec.multiplier, spec.epochs, spec.ghost) if (spec := _spec(regime, "compare")) else None
+
+
+# TRANSITION: analysis/pipeline call sites move to regimes.py next
+def remedy_regime(base: str, remedy: str) -> str:
+    return regimes.remedy(base, remedy).name
+
+
+# TRANSITION: analysis/pipeline call sites move to regimes.py next
+def parse_remedy(regime: str) -> tuple[str, str] | None:
+    return (spec.base, spec.remedy) if (spec := _spec(regime, "remedy")) else None
+
+
+# TRANSITION: analysis/pipeline call sites move to regimes.py next
+def warm_start_regime(sb_epoch: int) -> str:
+    return regimes.warm_start(sb_epoch).name
+
+
+# TRANSITION: analysis/pipeline call sites move to regimes.py next
+def parse_warm_start(regime: str) -> int | None:
+    return spec.sb_epoch if (spec := _spec(regime, "warm_start")) else None

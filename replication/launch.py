@@ -156,7 +156,7 @@ def prepare(configs: list[config_lib.Config], stale_runs: set[str], log=sys.stdo
             continue  # checked against its record by the runs themselves (train.load_x0)
         backend.setup_determinism(seed, deterministic_ops=not config.jit_compile)
         spec = data.DATASETS[config.dataset]
-        model = rundir.build_model(config, spec.input_shape, spec.num_classes, regime="sb")
+        model = rundir.build_model(config, spec.input_shape, spec.num_classes)
         train.load_x0(model, config, seed, log)
         print(f"[launch] made x0 {rundir.x0_path(config, seed)}", file=log, flush=True)
 

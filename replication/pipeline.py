@@ -5,6 +5,10 @@ parametric plots -> Hessian measures (where a config's `hessian.enabled` asks) -
 file, generated from the configs (seeds, regimes, epsilons, spaces), so `make -j N` runs
 independent runs in parallel and a rerun skips every file that exists. The commands themselves
 also skip finished work and lock what they write, so the rules are a schedule, not the guard.
+With `--results-root local`, results/<name> becomes local/<name>: every command that reads a
+config gets `--set results_dir=local/<name>`, so each run's config.yaml says where it lives, and
+nothing compared by `diff` (replication/analysis/rerun.py) records the folder (`make quick`
+trains there, then compares with the committed results/quick).
 
 Before any step, `check` refuses finished runs that another config made (an edited config: the
 message names the key). Measurements follow their runs as order-only prerequisites (`target: | run`): a measurement file
@@ -18,6 +22,7 @@ made from other weights than its runs now hold is refused by the report (results
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 from replication import rundir
 from replication import config as config_lib
@@ -30,12 +35,26 @@ PY = "$(PY) -m replication"
 GPU = "$(RUN) $(PY) -m replication"
 
 
-def rules(name: str, config_paths: list[str]) -> str:
-    """Make rules for every result of the given configs; `<name>-all` builds them all."""
+def relocated(config_path: str, results_root: str) -> str:
+    """The config's results_dir with its leading results/ replaced by results_root."""
+    results_dir = config_lib.load(config_path).results_dir
+    parts = Path(results_dir).parts
+    if len(parts) < 2 or parts[0] != "results":
+        raise config_lib.ConfigError(
+            f"{config_path}: results_dir {results_dir} is not under results/, so --results-root "
+            f"{results_root} cannot move it: leave results_dir out (results/<profile>) or drop --results-root")
+    return str(Path(results_root, *parts[1:]))
+
+
+def rules(name: str, config_paths: list[str], results_root: str | None = None) -> str:
+    """Make rules for every result of the given configs; `<name>-all` builds them all. With
+    results_root, each config's results/<x> is written to results_root/<x> instead."""
     lines, reports, checks = [], {}, []
     for config_path in config_paths:
-        config = config_lib.load(config_path)
-        quoted = shlex.quote(config_path)
+        overrides = [f"results_dir={relocated(config_path, results_root)}"] if results_root else []
+        config = config_lib.load(config_path, overrides)
+        # The commands that read the config get the same override, so they and the rules agree.
+        quoted = " ".join([shlex.quote(config_path)] + [f"--set {shlex.quote(o)}" for o in overrides])
         # First, every time: finished runs made by another config (an edited one) are refused.
         check = f"{name}-check-{len(checks)}"
         checks.append(check)

@@ -1,7 +1,7 @@
 """The paper's remedies for the generalization gap (Keskar et al. 2017, section 4 and appendix E),
 as changes to one run's training: data augmentation (Table 6) and conservative training (Table 7).
 
-A remedy run (`sb-augmented`, `lb-conservative`, ...: `config.parse_remedy`) trains the plain network
+A remedy run (`sb-augmented`, `lb-conservative`, ...: `regimes.remedy`) trains the plain network
 from the trial's x0 with its regime's batch, and saves, evaluates and measures the plain network:
 neither remedy adds a weight to the network, so x0, checkpoints, final weights, per-epoch metrics,
 sharpness and the parametric plots are those of an ordinary run.

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from replication import config as config_lib
-from replication import backend, data, storage
+from replication import backend, data, regimes, storage
 from replication.errors import UserError
 
 
@@ -98,10 +98,11 @@ def training_examples(config: config_lib.Config, subset: int | None):
 
 
 def build_model(config: config_lib.Config, input_shape, num_classes: int, compiled: bool = True,
-                regime: str | None = None):
-    """The network (compiled with the protocol's Adam). For a remedy run's `regime` (sb-augmented,
-    lb-conservative, ...) the same network and weights, trained its way (replication/remedies.py):
-    with augmentation layers in front, or with the proximal Adam of conservative training."""
+                remedy: str | None = None):
+    """The network (compiled with the protocol's Adam). With a remedy run's `remedy` (its
+    RunSpec's: "augmentation", "conservative") the same network and weights, trained its way
+    (replication/remedies.py): with augmentation layers in front, or with the proximal Adam of
+    conservative training."""
     import keras
 
     from replication import models, remedies
@@ -113,7 +114,6 @@ def build_model(config: config_lib.Config, input_shape, num_classes: int, compil
         # makes the x0 a plain run of the trial makes, whichever of them comes first.
         plain, model = model, models.with_ghost_batch_norm(model, config.ghost_batch_size)
         model.set_weights(plain.get_weights())
-    remedy = (config_lib.parse_remedy(regime) or (None, None))[1] if regime else None
     if remedy == "augmentation":
         model = remedies.augmented(model, config.augmentation)
     if compiled:
@@ -154,12 +154,12 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def resolved_config(config: config_lib.Config, regime: str, seed: int, batch_size: int,
-              warm_start: dict | None = None) -> dict:
-    """config.yaml of a run: `config` (for_regime applied) and the run entry; `warm_start` is a
-    piggyback run's Config.warm_start_settings, from the trial's config (for_regime changes epochs)."""
-    run = {"regime": regime, "seed": seed, "batch_size": batch_size, "backend": backend.name()}
-    if (remedy := config.remedy_settings(regime)) is not None:
+def resolved_config(config: config_lib.Config, spec: regimes.RunSpec, seed: int, batch_size: int,
+                    warm_start: dict | None = None) -> dict:
+    """config.yaml of the run `spec`: `config` (for_regime applied) and the run entry; `warm_start`
+    is a piggyback run's Config.warm_start_settings, from the trial's config (for_regime changes epochs)."""
+    run = {"regime": spec.name, "seed": seed, "batch_size": batch_size, "backend": backend.name()}
+    if (remedy := config.remedy_settings(spec)) is not None:
         run["remedy"] = remedy
     if warm_start is not None:
         run["warm_start"] = warm_start
@@ -202,12 +202,12 @@ def x0_record_path(config: config_lib.Config, seed: int) -> Path:
     return path.with_name(path.name.removesuffix(".weights.h5") + ".json")
 
 
-def check_finished(config: config_lib.Config, regime: str, seed: int, path: Path,
-                    warm_start: dict | None = None) -> None:
-    """The finished run at `path` was made by `config` (for_regime applied; `warm_start` as
+def check_finished(config: config_lib.Config, spec: regimes.RunSpec, seed: int, path: Path,
+                   warm_start: dict | None = None) -> None:
+    """The finished run `spec` at `path` was made by `config` (for_regime applied; `warm_start` as
     resolved_config's); else RunError naming the key that differs."""
     num_train = storage.read_json(path / "metrics.json")["num_train"]
-    check_same_config(path, resolved_config(config, regime, seed, config.batch_size(regime, num_train), warm_start))
+    check_same_config(path, resolved_config(config, spec, seed, config.batch_size(spec, num_train), warm_start))
 
 
 def check(config: config_lib.Config) -> int:
@@ -217,29 +217,28 @@ def check(config: config_lib.Config) -> int:
     reported beside new ones."""
     finished = 0
     for seed in config.seeds:
-        for regime in config.regimes() + _study_regimes_on_disk(config):
-            scaled = config.for_regime(regime)
-            path = run_directory(scaled, regime, seed)
+        for spec in config.runs() + _study_runs_on_disk(config):
+            scaled = config.for_regime(spec)
+            path = run_directory(scaled, spec.name, seed)
             if (path / "metrics.json").exists():
-                check_finished(scaled, regime, seed, path, config.warm_start_settings(regime))
+                check_finished(scaled, spec, seed, path, config.warm_start_settings(spec))
                 finished += 1
     return finished
 
 
-def _study_regimes_on_disk(config: config_lib.Config) -> list[str]:
+def _study_runs_on_disk(config: config_lib.Config) -> list[regimes.RunSpec]:
     """The batch-size study's runs in `config`'s trial folder that it names. The study decides its
-    runs as it goes (grid extensions, the fair comparison's rates), so `Config.regimes` cannot list
+    runs as it goes (grid extensions, the fair comparison's rates), so `Config.runs` cannot list
     them; a run of a batch the config no longer names is left to the report, which reads it."""
-    def named(regime: str) -> bool:
+    def named(spec: regimes.RunSpec) -> bool:
         try:
-            config.for_regime(regime)
+            config.for_regime(spec)
         except config_lib.ConfigError:
             return False
         return True
 
-    study = [p.name for p in sorted(trial_directory(config).glob("b*-*"))
-             if config_lib.parse_study_regime(p.name) or config_lib.parse_compare_regime(p.name)]
-    return [regime for regime in study if named(regime)]
+    on_disk = (regimes.parse_or_none(p.name) for p in sorted(trial_directory(config).glob("b*-*")))
+    return [spec for spec in on_disk if spec is not None and spec.kind in ("study", "compare") and named(spec)]
 
 
 def load_run(path: str | os.PathLike) -> Run:

@@ -20,38 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from replication import config as config_lib
-from replication import backend, rundir, storage
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
+from replication import backend, regimes, rundir, storage
 
 
 def load_x0(model, config: config_lib.Config, seed: int, log) -> str:
@@ -151,73 +120,68 @@ def should_stop(config: config_lib.Config, history: list[dict], tracker=None) ->
     return None
 
 
-def train(config: config_lib.Config, regime: str, seed: int, log=None) -> Path:
+def train(config: config_lib.Config, regime: regimes.RunSpec | str, seed: int, log=None) -> Path:
     """Train one run (or finish an interrupted one) and return its directory.
 
-    `regime` is "sb", "lb", a sweep run of the config ("b<batch>[-<scaling>]"), whose learning
-    rate `Config.for_regime` scales, or a remedy run ("sb-augmented", "lb-conservative", ...:
-    build_model and remedies.py)."""
+    `regime` is the run's RunSpec, or its name (parsed here, once: replication/regimes.py lists
+    them): "sb", "lb", or one of the runs the config adds (a sweep, the remedies, the piggyback
+    runs) or the batch-size study trains. `Config.for_regime` says what the run trains with."""
     log = log or sys.stderr
+    spec = regimes.parse(regime) if isinstance(regime, str) else regime
     if not 0 <= seed < 2 ** 32:  # NumPy's generators and Keras' seeding take 32-bit seeds
         raise config_lib.ConfigError(f"seed {seed} is out of range: use a seed in [0, 2**32)")
     if config.backend is not None and config.backend != backend.name():
         raise config_lib.ConfigError(
             f"profile {config.profile} runs on the {config.backend} backend, this process on "
             f"{backend.name()}: set KERAS_BACKEND={config.backend}")
-    deviations = config.run_deviations(regime)
-    warm_start = config.warm_start_settings(regime)
-    config = config.for_regime(regime)
-    path = rundir.run_directory(config, regime, seed)
-    inputs = _inputs(config, regime, seed) if not (path / "metrics.json").exists() else None
+    deviations = config.run_deviations(spec)
+    warm_start = config.warm_start_settings(spec)
+    config = config.for_regime(spec)
+    path = rundir.run_directory(config, spec.name, seed)
+    inputs = _inputs(config, spec, seed) if not (path / "metrics.json").exists() else None
     with storage.locked(path.parent / f".seed{seed}.lock"):
         if (path / "metrics.json").exists():
-            rundir.check_finished(config, regime, seed, path, warm_start)
+            rundir.check_finished(config, spec, seed, path, warm_start)
             print(f"[{path}] already finished; skipping", file=log)
             return path
-        arrays, parallel = inputs or _inputs(config, regime, seed)
-        return _train_locked(config, regime, seed, path, log, arrays, deviations, warm_start, parallel)
+        arrays, parallel = inputs or _inputs(config, spec, seed)
+        return _train_locked(config, spec, seed, path, log, arrays, deviations, warm_start, parallel)
 
 
-def _inputs(config: config_lib.Config, regime: str, seed: int) -> tuple:
+def _inputs(config: config_lib.Config, spec: regimes.RunSpec, seed: int) -> tuple:
     """(the arrays, backend.distribution's record) of a run to train. Missing data, an impossible
     batch size, a piggyback run's missing start or a batch the devices cannot split fail here,
     before anything is written."""
     arrays = rundir.load_arrays(config)
-    batch_size = config.batch_size(regime, len(arrays[1]))
-    piggyback_start(config, regime, seed)
+    batch_size = config.batch_size(spec, len(arrays[1]))
+    piggyback_start(config, spec, seed)
     # Before the model is built: its variables take the distribution's layout.
     return arrays, backend.distribution(batch_size, len(arrays[1]))
 
 
-def piggyback_start(config: config_lib.Config, regime: str, seed: int) -> Path | None:
+def piggyback_start(config: config_lib.Config, spec: regimes.RunSpec, seed: int) -> Path | None:
     """The SB iterate a piggyback run (lb-from-sb<k>, k >= 1) starts from; None for any other run
     (lb-from-sb0 starts from x0, as every run does). RunError if it is not there: the SB run has
     to be finished first (its iterate is final only then)."""
-    sb_epoch = config_lib.parse_warm_start(regime)
+    sb_epoch = spec.sb_epoch
     if not sb_epoch:
         return None
     sb_run = rundir.run_directory(config, "sb", seed)
     iterate = rundir.iterate_path(sb_run, sb_epoch)
     if not (sb_run / "metrics.json").exists():
-        raise rundir.RunError(f"{regime} starts from the SB run's iterate of epoch {sb_epoch} ({iterate}), and the "
+        raise rundir.RunError(f"{spec.name} starts from the SB run's iterate of epoch {sb_epoch} ({iterate}), and the "
                        f"SB run {sb_run} is not finished: train the SB run first: python -m replication train "
                        f"CONFIG --seed {seed} --regime sb")
     if not iterate.exists():
-        raise rundir.RunError(f"{regime} starts from {iterate}, which the finished SB run {sb_run} does not hold "
+        raise rundir.RunError(f"{spec.name} starts from {iterate}, which the finished SB run {sb_run} does not hold "
                        f"(deleted, or made before it kept iterates): delete {sb_run} and train the SB run "
                        f"first: python -m replication train CONFIG --seed {seed} --regime sb")
     return iterate
 
 
-
-
-
-
-
-
-def _train_locked(config, regime, seed, path, log, arrays, deviations, warm_start=None, parallel=None) -> Path:
+def _train_locked(config, spec, seed, path, log, arrays, deviations, warm_start=None, parallel=None) -> Path:
     """Train under the run's lock: prepare (or resume), one epoch at a time, finish."""
-    session = _prepare(config, regime, seed, path, log, arrays, warm_start, parallel)
+    session = _prepare(config, spec, seed, path, log, arrays, warm_start, parallel)
     while (reason := should_stop(config, session.history, session.tracker)) is None:
         _train_epoch(session)
     return _finish(session, reason, deviations)
@@ -228,7 +192,7 @@ class _Session:
     """A run in progress: what its epochs and its finish need."""
 
     config: config_lib.Config
-    regime: str
+    spec: regimes.RunSpec
     seed: int
     path: Path
     log: object
@@ -246,21 +210,21 @@ class _Session:
     warm_start: dict | None = None  # a piggyback run's settings and the weights it started from
 
 
-def _prepare(config, regime, seed, path, log, arrays, warm_start=None, parallel=None) -> _Session:
+def _prepare(config, spec, seed, path, log, arrays, warm_start=None, parallel=None) -> _Session:
     """Start the run, or resume it after its last completed epoch. Each start-up file (config.yaml,
     initial.weights.h5, env.json) is written if missing, so a run killed between two of them
     resumes too. `parallel`: backend.distribution's record, already applied ({} or None: one device)."""
     from replication import objective
 
     dataset, x_train, y_train, x_test, y_test = arrays
-    batch_size = config.batch_size(regime, len(x_train))
-    resolved = rundir.resolved_config(config, regime, seed, batch_size, warm_start)
+    batch_size = config.batch_size(spec, len(x_train))
+    resolved = rundir.resolved_config(config, spec, seed, batch_size, warm_start)
     if (path / "config.yaml").exists():
         rundir.check_same_config(path, resolved)
     determinism = backend.setup_determinism(seed, deterministic_ops=not config.jit_compile)
-    model = rundir.build_model(config, x_train.shape[1:], dataset.num_classes, regime=regime)
+    model = rundir.build_model(config, x_train.shape[1:], dataset.num_classes, remedy=spec.remedy)
     x0_digest = load_x0(model, config, seed, log)
-    start = piggyback_start(config, regime, seed)
+    start = piggyback_start(config, spec, seed)
     if warm_start is not None:  # a piggyback run: from SB's iterate (x0 at 0 SB epochs), fresh Adam
         warm_start = {**warm_start, **_load_start(model, config, path, start, seed)}
     # Keras 3 saves a compiled model's optimizer variables with its weights, learning rate included,
@@ -295,7 +259,7 @@ def _prepare(config, regime, seed, path, log, arrays, warm_start=None, parallel=
         trace = target.trace_path(path)
         tracker = target.Tracker(config, model, x_train, y_train, batch_size, len(history),
                                  storage.read_csv(trace) if trace.exists() else [])
-    return _Session(config, regime, seed, path, log, arrays, batch_size, resolved, model, x0_digest, env,
+    return _Session(config, spec, seed, path, log, arrays, batch_size, resolved, model, x0_digest, env,
                     history, objectives, backend.training_data(x_train, y_train), time.time(), tracker,
                     warm_start=warm_start)
 
@@ -321,7 +285,7 @@ def _load_start(model, config: config_lib.Config, path: Path, start: Path | None
 
 
 def _tag(session: _Session) -> str:
-    return (f"{session.config.network} {session.regime.upper()} (batch {session.batch_size}) "
+    return (f"{session.config.network} {session.spec.name.upper()} (batch {session.batch_size}) "
             f"seed {session.seed}")
 
 
@@ -334,8 +298,7 @@ def _train_epoch(session: _Session) -> None:
     _reseed_dropout(model, session.seed, epoch)
     order = np.random.default_rng([session.seed, epoch]).permutation(len(session.arrays[1]))
     # Conservative training's outer step: each batch `inner_steps` times in a row (remedies.py).
-    remedy = (config_lib.parse_remedy(session.regime) or (None, None))[1]
-    repeat = config.conservative.inner_steps if remedy == "conservative" else 1
+    repeat = config.conservative.inner_steps if session.spec.remedy == "conservative" else 1
     model.fit(**backend.epoch_inputs(*session.epoch_data, order, session.batch_size, repeat=repeat), epochs=1,
               verbose=0, callbacks=_failpoint_callbacks(epoch + 1) +
               ([session.tracker.callback(epoch)] if session.tracker else []))
@@ -376,7 +339,7 @@ def _finish(session: _Session, reason: str, deviations: list[str]) -> Path:
     diverged = reason == "diverged"
     metrics = {
         "network": config.network, "dataset": config.dataset, "dataset_label": dataset.label,
-        "profile": config.profile, "regime": session.regime, "seed": session.seed,
+        "profile": config.profile, "regime": session.spec.name, "seed": session.seed,
         "batch_size": session.batch_size, "batchnorm": config.batchnorm,
         "eval_batch_size": config.eval_batch_size, "num_train": len(x_train), "num_test": len(x_test),
         "epochs_run": len(history), "stopped": reason, "diverged": diverged,
@@ -402,6 +365,3 @@ def _finish(session: _Session, reason: str, deviations: list[str]) -> Path:
         leftover.unlink()
     print(f"[{_tag(session)}] done ({reason}): {path}", file=session.log, flush=True)
     return path
-
-
-

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from replication import rundir, storage, target, train
+from replication import regimes, rundir, storage, target, train
 from replication import config as config_lib
 from replication.experiments import batchsize
 from replication.analysis import batchsize_report
@@ -115,11 +115,11 @@ def test_the_study_trains_the_grid_and_its_extension(tiny_config, monkeypatch):
     fake = {1.0: 40, 0.5: 30, 2.0: 60, 0.25: 35}  # best at 0.5 after one extension below
     trained = []
 
-    def fake_train(cfg, regime, seed, log=None):
-        batch, multiplier = config_lib.parse_study_regime(regime)
-        trained.append(regime)
-        path = rundir.run_directory(cfg, regime, seed)
-        storage.atomic_write_json(path / "metrics.json", {"target": {"steps": fake[multiplier] * 64 // batch}})
+    def fake_train(cfg, spec, seed, log=None):
+        trained.append(spec.name)
+        path = rundir.run_directory(cfg, spec.name, seed)
+        steps = fake[spec.multiplier] * 64 // spec.batch
+        storage.atomic_write_json(path / "metrics.json", {"target": {"steps": steps}})
         return path
 
     monkeypatch.setattr(train, "train", fake_train)
@@ -284,18 +284,19 @@ def test_a_study_under_the_other_backend_is_refused_before_anything_trains(tiny_
 def test_compare_regimes_set_their_rate_epochs_stopping_and_ghost_batch(tiny_config):
     config = config_lib.load(tiny_config(**{**STUDY, "batch_size_study": {
         **STUDY["batch_size_study"], "compare_batch_sizes": [16, 64], "compare_ghost_batch_size": 8}}))
-    fixed = config.for_regime("b64-fixed-e3")
+    fixed = config.for_regime(regimes.parse("b64-fixed-e3"))
     assert (fixed.learning_rate, fixed.epochs, fixed.stopping, fixed.ghost_batch_size) == (config.learning_rate, 3, "fixed", None)
-    ghost = config.for_regime("b64-x0.5-e12-g8")
+    spec = regimes.parse("b64-x0.5-e12-g8")
+    assert spec == regimes.compare(64, 0.5, 12, 8)
+    ghost = config.for_regime(spec)
     assert ghost.learning_rate == pytest.approx(config.learning_rate * (64 / 32) ** 0.5 * 0.5)
     assert (ghost.epochs, ghost.stopping, ghost.ghost_batch_size) == (12, "fixed", 8)
-    assert config.batch_size("b64-x0.5-e12-g8", 400) == 64
-    assert any("ghost batch norm" in d for d in config.run_deviations("b64-x0.5-e12-g8"))
-    assert config_lib.parse_compare_regime(config_lib.compare_regime(64, 0.5, 12, 8)) == (64, 0.5, 12, 8)
-    assert config_lib.parse_compare_regime("b64-x0.5") is None and config_lib.parse_study_regime("b64-x0.5-e3") is None
+    assert config.batch_size(spec, 400) == 64
+    assert any("ghost batch norm" in d for d in config.run_deviations(spec))
+    assert regimes.parse("b64-x0.5").kind == "study" and regimes.parse("b64-x0.5-e3").kind == "compare"
     for bad in ("b32-fixed-e3", "b64-x0.3-e3", "b64-x1-e3-g4"):  # not compared, off the ladder, other ghost
         with pytest.raises(config_lib.ConfigError, match="fair-comparison"):
-            config.for_regime(bad)
+            config.for_regime(regimes.parse(bad))
 
 
 def test_the_compare_plan_matches_the_smallest_batch_steps():
@@ -318,10 +319,10 @@ def test_the_fair_comparison_trains_measures_and_reports(tiny_config, monkeypatc
     plan = batchsize.compare_plan(config, 0, 400)
     kinds = [(b, k) for b, k, _ in plan]
     assert kinds == [(16, "fixed"), (16, "tuned"), (64, "fixed"), (64, "tuned"), (64, "steps"), (64, "ghost")]
-    steps = dict(((b, k), r) for b, k, r in plan)
+    steps = dict(((b, k), spec) for b, k, spec in plan)
     # (c) at 64 takes as many steps as (b) at 16: 1 epoch of 25 steps -> 4 epochs of 7 steps.
-    assert config_lib.parse_compare_regime(steps[(64, "steps")])[2] == 4
-    assert steps[(64, "ghost")].endswith("-g16")
+    assert steps[(64, "steps")].epochs == 4
+    assert steps[(64, "ghost")].name.endswith("-g16")
     paths = batchsize.run_compare(config, 0)
     ghost_run = storage.read_yaml(paths[-1] / "config.yaml")
     assert ghost_run["ghost_batch_size"] == 16 and ghost_run["epochs"] == 4
@@ -337,7 +338,7 @@ def test_the_fair_comparison_trains_measures_and_reports(tiny_config, monkeypatc
     assert "virtual batches of 16 in training" in text and "(a) 1 epoch at" in text
     record = storage.read_json(report.parent / batchsize_report.SUMMARY_FILE)
     assert len(record["compare"]) == 6 and [g["kind"] for g in record["compare_gaps"]] == list(batchsize.COMPARE_KINDS)
-    assert all(r["sharpness_full_eps0.001"] is not None for r in record["compare"])
+    assert all(r["phi_full_eps0.001"] is not None for r in record["compare"])
     # A second pass trains nothing and reuses every measurement.
     before = {p: (p / "metrics.json").stat().st_mtime for p in paths}
     batchsize.run_compare(config, 0)
@@ -367,9 +368,9 @@ def test_bad_study_configs_are_one_line(tiny_config, overrides, key):
 def test_a_study_run_outside_the_config_and_a_config_without_a_study_are_refused(tiny_config):
     config = _config(tiny_config)
     with pytest.raises(config_lib.ConfigError, match="batch_size_study.batch_sizes"):
-        config.for_regime("b128-x1")
+        config.for_regime(regimes.study(128, 1))
     with pytest.raises(config_lib.ConfigError, match="multiplier"):
-        config.for_regime("b16-x3")
+        config.for_regime(regimes.study(16, 3))
     result = cli("batch-size", tiny_config())
     assert "batch_size_study.batch_sizes" in one_error_line(result.returncode, result.stderr)
 
@@ -414,7 +415,7 @@ def test_two_networks_studies_in_one_folder_are_refused_not_merged():
 def _compare_row(kind, batch, accuracy, diverged=False):
     regime = {"fixed": f"b{batch}-fixed-e1", "tuned": f"b{batch}-x1-e1", "steps": f"b{batch}-x1-e4"}[kind]
     return {"kind": kind, "batch_size": batch, "regime": regime, "test_accuracy": accuracy, "steps": 10,
-            "diverged": diverged, "sharpness_full_eps0.001": 1.0}
+            "diverged": diverged, "phi_full_eps0.001": 1.0}
 
 
 def test_a_diverged_run_drives_no_verdict_of_the_fair_comparison():
@@ -424,7 +425,7 @@ def test_a_diverged_run_drives_no_verdict_of_the_fair_comparison():
     gaps = batchsize_report.compare_gaps(rows)
     assert [g["kind"] for g in gaps] == ["tuned", "steps"]
     assert gaps[1]["test_accuracy_difference"] == pytest.approx(1.0)
-    [text] = batchsize_report._compare_plain(gaps, "sharpness_full_eps0.001", "one seed",
+    [text] = batchsize_report._compare_plain(gaps, "phi_full_eps0.001", "one seed",
                                              [r for r in rows if r["diverged"]])
     assert "moved its gap" not in text and "(a)" not in text.split("left out")[0]
     assert "1 diverged run (b64-fixed-e1) left out: a diverged run is no minimiser" in text

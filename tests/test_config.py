@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 
+from replication import regimes
 from replication import config as config_lib
 
 ROOT = config_lib.Path(__file__).resolve().parent.parent
@@ -12,8 +13,9 @@ ROOT = config_lib.Path(__file__).resolve().parent.parent
 def test_defaults_are_the_paper_protocol():
     config = config_lib.from_dict({"network": "F1", "dataset": "mnist"})
     assert (config.learning_rate, config.beta_1, config.beta_2, config.adam_epsilon) == (1e-3, 0.9, 0.999, 1e-8)
-    assert config.sb_batch_size == 256 and config.batch_size("lb", 60000) == 6000
-    assert config.batch_size("lb", 50000) == 5000 and config.batch_size("lb", 721329) == 72133
+    lb = regimes.pair("lb")
+    assert config.sb_batch_size == 256 and config.batch_size(lb, 60000) == 6000
+    assert config.batch_size(lb, 50000) == 5000 and config.batch_size(lb, 721329) == 72133
     assert config.epochs == 100 and config.seeds == (0, 1, 2, 3, 4) and config.eval_batch_size == 5000
     assert config.batchnorm == "batch_statistics"
     assert config.sharpness.epsilons == (1e-3, 5e-4) and config.sharpness.iterations == 10

@@ -49,21 +49,30 @@ def test_a_profile_goal_reads_the_rules_of_its_profiles_only(tmp_path):
     for profile in ("quick", "paper", "warmstart", "paper-cpu"):
         (tmp_path / "configs" / profile).mkdir(parents=True)
         (tmp_path / "configs" / profile / "a.yaml").write_text("")
-    python = tmp_path / "python"  # called as: python -m replication make-rules --name P CONFIGS
-    python.write_text('#!/bin/sh\nprintf "%s-all:\\n\\techo rules of %s\\n" "$5" "$5"\n')
+    python = tmp_path / "python"  # called as: python -m replication make-rules --name P [--results-root R] CONFIGS
+    python.write_text('#!/bin/sh\nprintf "%s-all:\\n\\techo rules of %s %s\\n" "$5" "$5" "$7"\n')
     python.chmod(0o755)
+    output = {}
 
     def planned(*goals):
         dry = subprocess.run(["make", "-n", "--no-print-directory", *goals, f"PY={python}"], cwd=tmp_path,
                              capture_output=True, text=True, env={**os.environ, "MAKEFLAGS": ""})
         assert dry.returncode == 0, dry.stderr
-        return [line for line in dry.stdout.splitlines() if line.startswith("echo rules of")]
+        output[goals] = dry.stdout
+        return [line.strip() for line in dry.stdout.splitlines() if line.startswith("echo rules of")]
 
-    assert planned("quick") == ["echo rules of quick"]
+    # make quick: the quick profile's rules for the git-ignored local/ (make-rules --results-root
+    # local), then the summary of a comparison with the committed reference; quick-reference
+    # builds results/quick itself.
+    assert planned("quick") == ["echo rules of quick-local local"]
+    assert f"{python} -m replication diff results/quick local/quick --summary --started " in output[("quick",)]
+    assert planned("quick-reference") == ["echo rules of quick"]
+    assert "diff" not in output[("quick-reference",)]
+    assert sorted(p.name for p in (tmp_path / ".cache" / "local").iterdir()) == ["quick.mk"]
     assert planned("paper-cpu") == ["echo rules of paper-cpu"]
     assert planned("reproduce") == ["echo rules of paper", "echo rules of warmstart"]
     assert planned("warmstart", "reproduce") == ["echo rules of warmstart", "echo rules of paper"]
     assert sorted(p.name for p in (tmp_path / ".cache").iterdir()) == [
-        "paper-cpu.mk", "paper.mk", "quick.mk", "warmstart.mk"]
+        "local", "paper-cpu.mk", "paper.mk", "quick.mk", "warmstart.mk"]
     shutil.rmtree(tmp_path / ".cache")
     assert planned("bench") == [] and not (tmp_path / ".cache").exists()  # no profile, no rules made

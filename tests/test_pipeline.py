@@ -2,9 +2,11 @@
 
 import subprocess
 
+import pytest
 import yaml
 
 from conftest import ROOT, TINY
+from replication import config as config_lib
 from replication import pipeline
 from tests.conftest import planned_commands
 
@@ -55,3 +57,46 @@ def test_make_refuses_an_edited_config_before_reporting_old_runs(tmp_path):
     assert edited.returncode != 0
     assert "made by another config ('epochs' was 1, now 2)" in edited.stderr
     assert not (results / "F1_synthetic_mnist" / "lb").exists() and not (results / "REPORT.md").exists()
+
+
+def test_rules_under_a_local_root_write_there_and_say_so_to_every_config_command(tmp_path):
+    # make quick: results/<profile> becomes local/<profile> (make-rules --results-root local).
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))  # no results_dir: results/test
+    rules = pipeline.rules("test-local", [str(config)], "local")
+    lines = planned_commands(rules, "test-local-all", tmp_path)
+    assert "results/" not in rules
+    run = "local/test/F1_synthetic_mnist/sb/seed0"
+    assert f"{run}/metrics.json: | test-local-check-0\n" in rules
+    assert f"train {config} --set results_dir=local/test --seed 0 --regime sb" in rules
+    for command in ("check", "train", "landscape"):  # every command that reads the config
+        assert all("--set results_dir=local/test" in line for line in lines if f" {command} " in line)
+    assert lines[-1].endswith("report local/test")
+    assert pipeline.rules("test", [str(config)]).count("results/test/F1_synthetic_mnist/sb/seed0/metrics.json:") == 1
+    elsewhere = tmp_path / "elsewhere.yaml"
+    elsewhere.write_text(yaml.safe_dump({**TINY, "results_dir": str(tmp_path / "mine")}))
+    with pytest.raises(config_lib.ConfigError, match="is not under results/, so --results-root local cannot move it"):
+        pipeline.rules("test-local", [str(elsewhere)], "local")
+
+
+def test_a_run_made_under_another_root_says_where_it_lives_and_diffs_equal(tmp_path):
+    """The same run made by make under two roots: each config.yaml names its own folder, and `diff`
+    finds no difference (the folder's location is not a result)."""
+    import sys
+
+    from replication.analysis import rerun
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "epochs": 1, "train_subset": 200, "test_subset": 100,
+                                      "sharpness": {"epsilons": [0.001], "spaces": ["full"], "iterations": 2,
+                                                    "subset": 100}}))
+    for root in ("reference", "local"):
+        makefile = tmp_path / f"{root}.mk"
+        makefile.write_text(f"PY := {sys.executable}\n" + pipeline.rules(root, [str(config)], str(tmp_path / root)))
+        run = tmp_path / root / "test" / "F1_synthetic_mnist" / "sb" / "seed0"
+        made = subprocess.run(["make", "--no-print-directory", "-f", str(makefile), f"{run}/sharpness/full_eps0.001.json"],
+                              capture_output=True, text=True, cwd=ROOT, timeout=600)
+        assert made.returncode == 0, made.stderr
+        assert yaml.safe_load((run / "config.yaml").read_text())["results_dir"] == str(tmp_path / root / "test")
+    assert not (ROOT / "results" / "test").exists()
+    assert rerun.diff(tmp_path / "reference" / "test", tmp_path / "local" / "test") == ([], True)

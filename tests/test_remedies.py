@@ -13,7 +13,7 @@ import yaml
 
 from conftest import ROOT, TINY, cli
 from test_train import assert_same_run  # metrics.json byte for byte, weights bit for bit
-from replication import backend, pipeline, rundir, storage, train
+from replication import backend, pipeline, regimes, rundir, storage, train
 from replication import config as config_lib
 from replication.measure import sharpness
 from replication.analysis import remedy_tables, results
@@ -36,29 +36,30 @@ def _tiny_c1(tmp_path, name="r", **overrides):
 
 # Config: off by default, runs of their own, old runs untouched -----------------------------------------
 def test_remedies_are_off_by_default_and_add_runs_of_their_own():
+    run = regimes.parse
     plain = config_lib.from_dict(dict(TINY))
-    assert plain.regimes() == ["sb", "lb"] and plain.remedy_settings("sb") is None
+    assert plain.regimes() == ["sb", "lb"] and plain.remedy_settings(run("sb")) is None
     both = config_lib.from_dict({**TINY, "augmentation": {"enabled": True}, "conservative": {"enabled": True}})
     assert both.regimes() == ["sb", "lb", "sb-augmented", "lb-augmented", "sb-conservative", "lb-conservative"]
-    assert both.remedy_settings("lb-conservative") == {"remedy": "conservative", "proximal_lambda": 1e-3,
-                                                       "inner_steps": 3}
-    assert both.remedy_settings("sb-augmented") == {
+    assert both.remedy_settings(run("lb-conservative")) == {"remedy": "conservative", "proximal_lambda": 1e-3,
+                                                            "inner_steps": 3}
+    assert both.remedy_settings(run("sb-augmented")) == {
         "remedy": "augmentation", "horizontal_flip": True, "rotation_degrees": 10.0, "translation": 0.2,
         "fill_mode": "nearest", "interpolation": "nearest"}
     # A remedy run has its base regime's batch and learning rate.
-    assert [both.batch_size(r, 400) for r in both.regimes()] == [32, 40, 32, 40, 32, 40]
-    assert both.for_regime("lb-conservative") is both
+    assert [both.batch_size(spec, 400) for spec in both.runs()] == [32, 40, 32, 40, 32, 40]
+    assert both.for_regime(run("lb-conservative")) is both
     # Its deviations say what departs from the paper: F1 was not augmented there (Table 6: C1-C4).
-    assert both.run_deviations("sb") == both.deviations()
+    assert both.run_deviations(run("sb")) == both.deviations()
     assert "data augmentation on F1: the paper augments C1, C2, C3, C4 only (Table 6)" in \
-        both.run_deviations("sb-augmented")
-    assert both.run_deviations("sb-conservative") == both.deviations()
+        both.run_deviations(run("sb-augmented"))
+    assert both.run_deviations(run("sb-conservative")) == both.deviations()
     other = config_lib.from_dict({**TINY, "conservative": {"enabled": True, "inner_steps": 5}})
-    assert any("5 inner Adam steps (paper: 1e-3 and 3)" in d for d in other.run_deviations("lb-conservative"))
+    assert any("5 inner Adam steps (paper: 1e-3 and 3)" in d for d in other.run_deviations(run("lb-conservative")))
     with pytest.raises(config_lib.ConfigError, match="unknown regime 'sb-augmented'"):
-        plain.batch_size("sb-augmented", 400)
+        plain.for_regime(run("sb-augmented"))
     with pytest.raises(config_lib.ConfigError, match="or a remedy run of this config: sb-conservative"):
-        other.batch_size("sb-augmented", 400)
+        other.for_regime(run("sb-augmented"))
 
 
 @pytest.mark.parametrize("section, message", [
@@ -89,7 +90,8 @@ def test_the_new_keys_leave_committed_runs_valid():
     result = cli("check", "configs/sweep/f1.yaml", env={"KERAS_BACKEND": "tensorflow"})  # as they were made
     assert result.returncode == 0, result.stderr
     config = config_lib.load(ROOT / "configs/quick/f1.yaml")
-    assert set(rundir.resolved_config(config, "sb", 0, 256)["run"]) == {"regime", "seed", "batch_size", "backend"}
+    assert set(rundir.resolved_config(config, regimes.pair("sb"), 0, 256)["run"]) == \
+        {"regime", "seed", "batch_size", "backend"}
 
 
 def test_the_remedies_profile_is_wired_into_make(tmp_path):
@@ -221,7 +223,7 @@ def test_lambda_zero_is_three_plain_adam_steps_on_each_batch(tmp_path):
     config = _config(tmp_path, conservative={"enabled": True, "proximal_lambda": 0.0}, train_subset=100)
     backend.setup_determinism(0)
     _, x, y, _, _ = rundir.load_arrays(config)
-    conservative = rundir.build_model(config, x.shape[1:], 10, regime="sb-conservative")
+    conservative = rundir.build_model(config, x.shape[1:], 10, remedy="conservative")
     plain = rundir.build_model(config, x.shape[1:], 10)
     plain.set_weights(conservative.get_weights())
     order = np.random.default_rng(3).permutation(len(x))  # 100 = 3 batches of 32 and one of 4
@@ -363,17 +365,18 @@ def test_tables_6_and_7_beside_the_paper(handmade):
     # Table 7's SB is the plain SB run (the paper's baseline equals Table 2's SB).
     assert f1["sb_test_mean"] == 90.5 and f1["lb_test_mean"] == 90.0 and f1["remedy_sb_test_mean"] == 90.0
     assert f1["gap"] == pytest.approx(0.5) and f1["plain_gap"] == pytest.approx(3.0)
-    assert f1["lb_phi_eps1e-3_mean"] == 300.0 and f1["lb_phi_eps5e-4_mean"] == 60.0
-    assert f1["sb_phi_eps1e-3_mean"] == 20.0 and f1["plain_lb_phi_eps1e-3_mean"] == 200.0
+    assert f1["lb_phi_full_eps0.001_mean"] == 300.0 and f1["lb_phi_full_eps0.0005_mean"] == 60.0
+    assert f1["sb_phi_full_eps0.001_mean"] == 20.0 and f1["plain_lb_phi_full_eps0.001_mean"] == 200.0
     assert (f1["paper_sb_test_mean"], f1["paper_lb_test_mean"]) == (98.03, 98.12)
-    assert f1["paper_lb_phi_eps1e-3_mean"] == 232.25 and f1["paper_gap"] == pytest.approx(98.03 - 98.12)
+    assert f1["paper_lb_phi_full_eps0.001_mean"] == 232.25 and f1["paper_gap"] == pytest.approx(98.03 - 98.12)
     assert f1["paper_plain_gap"] == pytest.approx(98.03 - 97.81)
     assert f1["settings"] == "inner_steps 3, proximal_lambda 0.001"
     (c1,) = remedy_tables.rows(loaded, "augmentation")
     # Table 6's SB is the augmented SB run (the paper's baseline there is augmented: 83.63 > 80.04).
     assert (c1["sb_baseline"], c1["sb_test_mean"], c1["lb_test_mean"]) == ("sb-augmented", 85.0, 82.0)
-    assert c1["gap"] == 3.0 and c1["plain_gap"] == 2.0 and c1["sb_phi_eps1e-3_mean"] == 30.0
-    assert (c1["paper_sb_test_mean"], c1["paper_lb_test_mean"], c1["paper_lb_phi_eps5e-4_mean"]) == (83.63, 82.5, 45.89)
+    assert c1["gap"] == 3.0 and c1["plain_gap"] == 2.0 and c1["sb_phi_full_eps0.001_mean"] == 30.0
+    assert (c1["paper_sb_test_mean"], c1["paper_lb_test_mean"], c1["paper_lb_phi_full_eps0.0005_mean"]) == (
+        83.63, 82.5, 45.89)
     table = remedy_tables.markdown([f1])
     assert "| F1 | Fashion-MNIST (stand-in for MNIST) | plain | 2 (0) | 90.50 ± 0.71 | 98.03 ± 0.07 " \
            "| 90.00 ± 0.71 | 98.12 ± 0.01 | +0.50 (+3.00) | -0.09 (+0.22) | 300.00 ± 0.00 | 232.25 ± 63.81 |" in table

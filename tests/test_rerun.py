@@ -2,6 +2,7 @@
 after regenerating the quick profile). Every number counts; times and environments do not."""
 
 import json
+import time
 
 import pytest
 
@@ -12,10 +13,11 @@ def _folder(root, phi=35.25, seconds=1.0, device="CPU (AMD EPYC, 2 cores)"):
     run = root / "F1_fashion_mnist" / "sb" / "seed0"
     (run / "sharpness").mkdir(parents=True)
     (run / "metrics.json").write_text(json.dumps({"test_accuracy": 89.47, "diverged": False,
-                                                  "wall_seconds": seconds, "run": str(run)}))
-    (run / "env.json").write_text(json.dumps({"device": device, "start_time": str(seconds)}))
+                                                  "wall_seconds": seconds, "run": str(run)}) + "\n")
+    (run / "env.json").write_text(json.dumps({"device": device, "start_time": str(seconds)}) + "\n")
     (run / "history.csv").write_text(f"epoch,train_loss,seconds\n1,0.25,{seconds}\n")
-    (run / "sharpness" / "full_eps0.001.json").write_text(json.dumps({"phi": phi, "solves": [{"phi": phi}]}))
+    (run / "sharpness" / "full_eps0.001.json").write_text(
+        json.dumps({"phi": phi, "solves": [{"phi": phi}], "wall_seconds": 2 * seconds}) + "\n")
     return root
 
 
@@ -46,6 +48,44 @@ def test_other_device_lists_differences_without_judging(tmp_path, capsys):
     assert rerun.main(first, second) == 0
     out = capsys.readouterr().out
     assert "phi: 35.25 vs 40.0" in out and "not judged" in out and "Intel Xeon" in out
+
+
+def test_the_summary_says_what_is_reproduced_what_differs_and_why(tmp_path, capsys):
+    # make quick ends with `diff REFERENCE LOCAL --summary --started T`. Numbers per folder: metrics'
+    # test_accuracy, history's epoch and train_loss, the sharpness phi twice (times are not results).
+    from replication import __main__ as entry
+
+    reference = _folder(tmp_path / "reference")
+    (reference / "REPORT.md").write_text("# reference\n")
+    same = _folder(tmp_path / "same", seconds=75.0)
+    (same / "REPORT.md").write_text("# here\n")
+    started = time.time() - 125
+    assert entry.main(["diff", str(reference), str(same), "--summary", "--started", str(started)]) == 0
+    out = capsys.readouterr().out
+    assert "reproduced exactly: 4 of 4 result files, 5 of 5 numbers" in out
+    assert "why: nothing differs (same device and library versions)" in out
+    assert f"report: {same / 'REPORT.md'}" in out
+    assert "time: 2 min 5 s wall" in out and "record training 1 min 15 s, measurements 2 min 30 s" in out
+
+    # On the reference's own device a last bit is a failure (diff's rule, exit 1), said in the summary.
+    changed = _folder(tmp_path / "changed", phi=35.25 * (1 + 2**-50))
+    (changed / "F1_fashion_mnist" / "sb" / "seed0" / "history.csv").unlink()
+    assert rerun.main(reference, changed, brief=True) == 1
+    out = capsys.readouterr().out
+    assert "reproduced exactly: 2 of 4 result files, 1 of 3 numbers" in out
+    assert "differ: 1 file(s), 2 value(s): F1_fashion_mnist/sb/seed0/sharpness/full_eps0.001.json (2)" in out
+    assert "relative differences of the 2 differing numbers: median 8.1e-16, largest 8.1e-16 (F1_fashion_mnist/sb/seed0/sharpness" in out
+    assert "in one folder only: 1 file(s), e.g. F1_fashion_mnist/sb/seed0/history.csv: only in" in out
+    assert "NOT reproduced (exit status 1)" in out and "(the runs' env.json agree)" in out
+    assert f"report: none yet ({changed / 'REPORT.md'} is missing)" in out
+
+    # On another device the same differences are listed, not judged, and the summary names the device.
+    other = _folder(tmp_path / "other", phi=40.0, device="CPU (Intel Xeon, 2 cores)")
+    assert rerun.main(reference, other, brief=True) == 0
+    out = capsys.readouterr().out
+    assert "phi: 35.25 vs 40.0" in out and "env.json.device" in out
+    assert "device CPU (AMD EPYC, 2 cores) vs CPU (Intel Xeon, 2 cores)" in out
+    assert "listed, not judged (exit status 0)" in out and "reproduced exactly: 2 of 4 result files" in out
 
 
 def test_missing_folder_is_one_line(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import cli
-from replication import rundir, storage, train
+from replication import regimes, rundir, storage, train
 from replication import config as config_lib
 from replication.analysis import report, results, sweep, verdicts
 from test_report import PDF_MAGIC, PNG_MAGIC, write_run
@@ -16,32 +16,34 @@ from test_report import PDF_MAGIC, PNG_MAGIC, write_run
 
 # Run names and learning rates ---------------------------------------------------------------------
 def test_run_names_round_trip_and_typos_are_not_sweep_runs():
-    assert config_lib.sweep_regime(1024) == "b1024"
-    assert config_lib.sweep_regime(1024, "sqrt") == "b1024-sqrt"
+    assert regimes.sweep(1024).name == "b1024"
+    assert regimes.sweep(1024, "sqrt").name == "b1024-sqrt"
     for batch, scaling in ((1, "none"), (64, "sqrt"), (50000, "linear")):
-        assert config_lib.parse_regime(config_lib.sweep_regime(batch, scaling)) == (batch, scaling)
+        spec = regimes.parse(regimes.sweep(batch, scaling).name)
+        assert (spec.kind, spec.batch, spec.scaling) == ("sweep", batch, scaling)
     for name in ("sb", "lb", "b", "b0", "b064", "bx", "b64-none", "b64-cubic", "64", "B64", "b\u00b2", "b64-"):
-        assert config_lib.parse_regime(name) is None, name
+        assert getattr(regimes.parse_or_none(name), "kind", None) != "sweep", name
 
 
 def test_learning_rate_scaling_has_the_closed_form():
     config = config_lib.from_dict({"network": "F1", "dataset": "mnist",
                                    "sweep": {"batch_sizes": [64, 1024], "lr_scalings": ["none", "sqrt", "linear"]}})
     assert config.regimes() == ["sb", "lb", "b64", "b1024", "b64-sqrt", "b1024-sqrt", "b64-linear", "b1024-linear"]
-    assert config.for_regime("sb") is config and config.for_regime("b1024") is config
-    assert config.for_regime("b1024-sqrt").learning_rate == pytest.approx(1e-3 * 2)     # sqrt(1024/256)
-    assert config.for_regime("b64-sqrt").learning_rate == pytest.approx(1e-3 / 2)       # sqrt(64/256)
-    assert config.for_regime("b1024-linear").learning_rate == pytest.approx(1e-3 * 4)
-    assert config.batch_size("b1024-linear", 60000) == 1024 and config.batch_size("lb", 60000) == 6000
+    run = regimes.parse
+    assert config.for_regime(run("sb")) is config and config.for_regime(run("b1024")) is config
+    assert config.for_regime(run("b1024-sqrt")).learning_rate == pytest.approx(1e-3 * 2)     # sqrt(1024/256)
+    assert config.for_regime(run("b64-sqrt")).learning_rate == pytest.approx(1e-3 / 2)       # sqrt(64/256)
+    assert config.for_regime(run("b1024-linear")).learning_rate == pytest.approx(1e-3 * 4)
+    assert config.batch_size(run("b1024-linear"), 60000) == 1024 and config.batch_size(run("lb"), 60000) == 6000
     with pytest.raises(config_lib.ConfigError, match=r"unknown regime 'b512': use sb or lb, or a sweep "
                                                      r"run of this config: b64, b1024, b64-sqrt"):
-        config.batch_size("b512", 60000)
+        config.for_regime(run("b512"))
     plain = config_lib.from_dict({"network": "F1", "dataset": "mnist"})
     with pytest.raises(config_lib.ConfigError, match="this config has no sweep.batch_sizes"):
-        plain.for_regime("b64")
-    with pytest.raises(config_lib.ConfigError, match=r"sweep batch size \(b1024\) 1024 is larger than "
+        plain.for_regime(run("b64"))
+    with pytest.raises(config_lib.ConfigError, match=r"the batch 1024 of b1024 is larger than "
                                                      r"the training set \(1000 examples\)"):
-        config.batch_size("b1024", 1000)
+        config.batch_size(run("b1024"), 1000)
 
 
 # Points and claim 4 from a hand-made tree ----------------------------------------------------------
@@ -59,8 +61,9 @@ def write_point(root, regime, seed, batch, test_acc, phi, network="F1", train_ac
     path = write_run(root, regime, seed, train_acc, test_acc, {("full", 1e-3): phi} if measured else None)
     metrics = storage.read_json(path / "metrics.json")
     metrics["diverged"] = diverged
-    point = config_lib.parse_regime(regime)
-    scale = 1.0 if not point or point[1] == "none" else (batch / 256) ** config_lib.LR_SCALINGS[point[1]]
+    spec = regimes.parse(regime)
+    exponent = regimes.LR_SCALINGS[spec.scaling] if spec.kind == "sweep" else 0.0
+    scale = (batch / 256) ** exponent if exponent else 1.0
     metrics.update(batch_size=batch, network=network,
                    resolved_config={"learning_rate": 1e-3 * scale})
     if scale != 1.0:
@@ -91,7 +94,7 @@ def test_points_average_seeds_and_count_failures(swept):
     assert sb["seeds"] == 2 and sb["test_mean"] == pytest.approx(90.2)
     assert sb["test_std"] == pytest.approx(math.sqrt(0.08))  # two values 0.4 apart, ddof=1
     lb = unscaled[3]
-    assert lb["sharpness_full_eps0.001"] == pytest.approx(300.0) and lb["sharpness_full_eps0.001_failed"] == 1
+    assert lb["phi_full_eps0.001_mean"] == pytest.approx(300.0) and lb["phi_full_eps0.001_failed"] == 1
     anchor, scaled = [r for r in rows if r["lr_scaling"] == "sqrt"]
     assert (anchor["batch_size"], anchor["runs"]) == (256, "sb")  # the SB run anchors every curve
     assert scaled["batch_size"] == 1024 and scaled["learning_rate"] == pytest.approx(2e-3)
@@ -130,7 +133,7 @@ def test_claim4_names_under_training_missing_sharpness_and_divergence(tmp_path):
     for regime, batch, test, phi in falling:
         write_point(unmeasured, regime, 0, batch, test, phi, measured=(regime != "b64"))
     rows = points(unmeasured)  # b64 has no sharpness file: its columns are there, empty
-    assert rows[0]["sharpness_full_eps0.001_missing"] == 1 and math.isnan(rows[0]["sharpness_full_eps0.001"])
+    assert rows[0]["phi_full_eps0.001_missing"] == 1 and math.isnan(rows[0]["phi_full_eps0.001_mean"])
     assert report.build(unmeasured).exists()  # one CSV header for rows with and without sharpness
     none_measured = tmp_path / "none_measured"
     for regime, batch, test, phi in falling:
@@ -153,7 +156,7 @@ def test_sweep_points_that_repeat_sb_or_lb_are_refused():
                               "sweep": {"batch_sizes": [5000]}})
     sqrt_only = config_lib.from_dict({"network": "F1", "dataset": "mnist", "lb_batch_size": 5000,
                                       "sweep": {"batch_sizes": [5000], "lr_scalings": ["sqrt"]}})
-    assert sqrt_only.sweep_regimes() == ["b5000-sqrt"]
+    assert sqrt_only.sweep_runs() == [regimes.sweep(5000, "sqrt")]
 
 
 def test_no_sweep_means_no_points_and_claim4_not_run(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import TINY, cli, one_error_line
-from replication import pipeline, rundir, storage, train
+from replication import pipeline, regimes, rundir, storage, train
 from replication import config as config_lib
 from replication.measure import sharpness
 from replication.analysis import report, results, verdicts, warmstart
@@ -28,19 +28,21 @@ def test_warm_start_section_adds_piggyback_runs():
     same = config_lib.from_dict({**base, "warm_start": {"enabled": True}})
     # As many epochs as LB trains: the plain LB run is the point at 0 SB epochs.
     assert same.regimes() == ["sb", "lb", "lb-from-sb1", "lb-from-sb3"]
-    assert same.warm_start_points() == {0: "lb", 1: "lb-from-sb1", 3: "lb-from-sb3"}
+    assert same.warm_start_points() == {0: regimes.pair("lb"), 1: regimes.warm_start(1), 3: regimes.warm_start(3)}
     short = config_lib.from_dict({**base, "warm_start": {"enabled": True, "epochs": 4}})
-    assert short.warm_start_points() == {0: "lb-from-sb0", 1: "lb-from-sb1", 3: "lb-from-sb3"}
-    run = short.for_regime("lb-from-sb3")
+    assert {k: spec.name for k, spec in short.warm_start_points().items()} == \
+        {0: "lb-from-sb0", 1: "lb-from-sb1", 3: "lb-from-sb3"}
+    piggyback, lb = regimes.parse("lb-from-sb3"), regimes.parse("lb")
+    run = short.for_regime(piggyback)
     assert (run.epochs, run.kept_epochs(), run.warm_start.enabled) == (4, (), False)
-    assert short.batch_size("lb-from-sb3", 1000) == short.batch_size("lb", 1000) == 100
-    assert short.warm_start_settings("lb-from-sb3") == {"from_regime": "sb", "sb_epoch": 3, "epochs": 4,
-                                                         "trial_epochs": 10}
-    assert short.warm_start_settings("lb") is None
+    assert short.batch_size(piggyback, 1000) == run.batch_size(piggyback, 1000) == short.batch_size(lb, 1000) == 100
+    assert short.warm_start_settings(piggyback) == {"from_regime": "sb", "sb_epoch": 3, "epochs": 4,
+                                                    "trial_epochs": 10}
+    assert short.warm_start_settings(lb) is None
     assert any("piggyback LB run (Figure 5) from SB's iterate of epoch 3 of a 10-epoch SB run, for 4 epochs"
-               in d for d in short.run_deviations("lb-from-sb3"))
+               in d for d in short.run_deviations(piggyback))
     with pytest.raises(config_lib.ConfigError, match="piggyback run of this config: lb-from-sb0, lb-from-sb1"):
-        short.for_regime("lb-from-sb2")  # epoch 2 is not kept
+        short.for_regime(regimes.parse("lb-from-sb2"))  # epoch 2 is not kept
     for bad, key in (({"warm_start": {"enabled": True, "epochs": 0}}, "warm_start.epochs"),
                      ({"warm_start": {"epochs": "ten"}}, "warm_start.epochs"),
                      ({"warm_start": {"enabled": True}, "keep_iterates": []}, "warm_start.enabled")):
@@ -113,7 +115,7 @@ def test_the_lb_run_is_the_piggyback_run_from_x0(trial, tmp_path):
     LB batch) trained for 1 epoch ends where a 1-epoch LB run does."""
     config = config_lib.from_dict({**WARM, "results_dir": str(tmp_path / "a"), "warm_start": {"enabled": True,
                                                                                               "epochs": 1}})
-    assert config.warm_start_points()[0] == "lb-from-sb0"
+    assert config.warm_start_points()[0].name == "lb-from-sb0"
     zero = train.train(config, "lb-from-sb0", 0)
     lb = train.train(config_lib.from_dict({**WARM, "epochs": 1, "keep_iterates": [], "warm_start": {},
                                            "results_dir": str(tmp_path / "b")}), "lb", 0)

@@ -11,13 +11,21 @@ at 1 any two numbers of one sign agree, so nothing could fail.
 
 Bit-identity is promised only on the same device and versions (docs/guarantees.md). When the run
 environments differ, the differences are listed but not judged, and the command says so.
+
+`--summary` (what `make quick` ends with: FIRST is the committed reference, SECOND the folder this
+machine just made) prints the first differences, then a few lines: how many files and numbers were
+reproduced exactly, which files differ and by how much, which device and library versions differ
+between the two folders' runs (their env.json), the exit status that follows, the report to open
+and the time taken.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
+import time
 from pathlib import Path
 
 from replication import config as config_lib
@@ -91,8 +99,35 @@ def _with_defaults(config: dict, defaults: dict, other: dict) -> dict:
     return out
 
 
-def _compare(a, b, where: str, rtol: float, out: list[str]) -> None:
-    """Append one line per difference between two parsed JSON values."""
+@dataclasses.dataclass
+class Comparison:
+    """What `compare` found: one line per differing value or file, and the counts behind a summary."""
+    first: Path
+    second: Path
+    rtol: float
+    lines: list[str] = dataclasses.field(default_factory=list)
+    files: int = 0                       # result files in either folder
+    differing: dict[str, int] = dataclasses.field(default_factory=dict)  # file in both -> its differences
+    only: list[str] = dataclasses.field(default_factory=list)            # files in one folder only
+    numbers: int = 0                     # pairs of numbers compared
+    relative: list[tuple[float, str]] = dataclasses.field(default_factory=list)  # each differing pair's
+    # relative difference |a - b| / max(|a|, |b|) (inf where one is not finite), and where
+
+    @property
+    def comparable(self) -> bool:
+        """Were both folders' runs made on the same device and library versions?"""
+        return environments(self.first) == environments(self.second)
+
+
+def _relative(a: float, b: float) -> float:
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return math.inf
+    return abs(a - b) / max(abs(a), abs(b))  # a != b here, so the denominator is > 0
+
+
+def _compare(a, b, where: str, rtol: float, out: list[str], found: Comparison | None = None) -> None:
+    """Append one line per difference between two parsed JSON values (and count pairs of numbers in
+    `found`)."""
     if where.endswith("resolved_config") and isinstance(a, dict) and isinstance(b, dict):
         # A config key one run predates had its default (as train's config check reads it), so a
         # run made before a key existed still compares with one made after.
@@ -106,13 +141,18 @@ def _compare(a, b, where: str, rtol: float, out: list[str]) -> None:
             if key not in a or key not in b:
                 out.append(f"{where}.{key}: only in {'the first' if key in a else 'the second'}")
             else:
-                _compare(a[key], b[key], f"{where}.{key}", rtol, out)
+                _compare(a[key], b[key], f"{where}.{key}", rtol, out, found)
     elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         for i, (x, y) in enumerate(zip(a, b)):
-            _compare(x, y, f"{where}[{i}]", rtol, out)
+            _compare(x, y, f"{where}[{i}]", rtol, out, found)
     elif isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        numbers = found is not None and not isinstance(a, bool) and not isinstance(b, bool)
+        if numbers:
+            found.numbers += 1
         if not _same(a, b, rtol):
             out.append(f"{where}: {a!r} vs {b!r}")
+            if numbers:
+                found.relative.append((_relative(a, b), where))
     elif a != b:
         out.append(f"{where}: {a!r} vs {b!r}")
 
@@ -133,37 +173,137 @@ def environments(root: Path) -> set[tuple]:
     found = set()
     for path in root.rglob("env.json"):
         env = _read(path)
+        if not isinstance(env, dict):
+            raise DiffError(f"{path} is not a run's environment record (a JSON object): regenerate it, "
+                            "or restore it with git")
         found.add(tuple((key, env.get(key)) for key in ENVIRONMENT_KEYS))
+    return found
+
+
+def environment_changes(first, second) -> list[str]:
+    """'key FIRST's values vs SECOND's' for each of ENVIRONMENT_KEYS whose values differ between the
+    runs of two folders (why numbers may differ where bit-identity is not promised)."""
+    a, b = environments(Path(first)), environments(Path(second))
+    changes = []
+    for i, key in enumerate(ENVIRONMENT_KEYS):
+        values_a, values_b = (" / ".join(sorted({str(env[i][1]) for env in envs})) for envs in (a, b))
+        if values_a != values_b:
+            changes.append(f"{key} {values_a} vs {values_b}")
+    return changes
+
+
+def compare(first, second, rtol: float = 0.0) -> Comparison:
+    """Compare every result file of two folders (the module docstring says what counts)."""
+    check_tolerance(rtol)
+    first, second = Path(first), Path(second)
+    for root in (first, second):
+        if not root.is_dir() or not result_files(root):
+            raise DiffError(f"{root} holds no result files (JSON/CSV): give the two results folders to compare")
+    found = Comparison(first, second, rtol)
+    names_a, names_b = result_files(first), result_files(second)
+    found.files = len(names_a | names_b)
+    found.only = [f"{name}: only in {first}" for name in sorted(names_a - names_b)]
+    found.only += [f"{name}: only in {second}" for name in sorted(names_b - names_a)]
+    found.lines += found.only
+    for name in sorted(names_a & names_b):
+        before = len(found.lines)
+        _compare(_read(first / name), _read(second / name), name, rtol, found.lines, found)
+        if len(found.lines) > before:
+            found.differing[name] = len(found.lines) - before
     return found
 
 
 def diff(first, second, rtol: float = 0.0) -> tuple[list[str], bool]:
     """(differences, comparable): one line per differing number or file; comparable is False when
     the two folders' runs were made on different devices or library versions."""
-    check_tolerance(rtol)
-    first, second = Path(first), Path(second)
-    for root in (first, second):
-        if not root.is_dir() or not result_files(root):
-            raise DiffError(f"{root} holds no result files (JSON/CSV): give the two results folders to compare")
-    lines = []
-    names_a, names_b = result_files(first), result_files(second)
-    lines += [f"{name}: only in {first}" for name in sorted(names_a - names_b)]
-    lines += [f"{name}: only in {second}" for name in sorted(names_b - names_a)]
-    for name in sorted(names_a & names_b):
-        found: list[str] = []
-        _compare(_read(first / name), _read(second / name), "", rtol, found)
-        lines += [f"{name}{line}" for line in found]
-    return lines, environments(first) == environments(second)
+    found = compare(first, second, rtol)
+    return found.lines, found.comparable
 
 
-def main(first, second, rtol: float = 0.0) -> int:
-    """Print the verdict; 0 when every number agrees (or the environments differ), 1 otherwise."""
-    lines, comparable = diff(first, second, rtol)
-    rule = "exactly" if rtol == 0 else f"within relative tolerance {rtol:g}"
-    for line in lines[:200]:
+def training_seconds(root: Path) -> float:
+    """The epochs' wall times that the runs under root record (history.csv's `seconds`)."""
+    total = 0.0
+    for path in sorted(root.glob("*/*/seed*/history.csv")):
+        for row in _read(path):
+            if "seconds" not in row:  # a run made before epochs were timed
+                continue
+            value = row["seconds"]
+            if not isinstance(value, float) or not math.isfinite(value) or value < 0:
+                raise DiffError(f"{path}: an epoch's seconds is {value!r}, not a time >= 0: regenerate it, "
+                                "or restore it with git")
+            total += value
+    return total
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
+
+
+def summary(found: Comparison, started: float | None = None) -> tuple[list[str], int]:
+    """(lines, exit status) of a short summary: FIRST is the reference, SECOND the rerun. The status
+    is main's: 1 only when numbers differ on the reference's own device and versions."""
+    from replication.analysis import readme  # measurement_seconds: the README's rule; loads only here
+
+    first, second = found.first, found.second
+    rule = "exactly" if found.rtol == 0 else f"within relative tolerance {found.rtol:g}"
+    same = found.files - len(found.differing) - len(found.only)
+    lines = [f"== does {second} reproduce the reference {first}? ==",
+             f"reproduced {rule}: {same} of {found.files} result files, "
+             f"{found.numbers - len(found.relative):,} of {found.numbers:,} numbers"]
+    if found.differing:
+        most = sorted(found.differing.items(), key=lambda item: (-item[1], item[0]))
+        lines.append(f"differ: {len(most)} file(s), {len(found.lines) - len(found.only):,} value(s): "
+                     + ", ".join(f"{name} ({count})" for name, count in most[:3])
+                     + (f" and {len(most) - 3} more" if len(most) > 3 else ""))
+        if found.relative:
+            ordered = sorted(found.relative)
+            lines.append(f"relative differences of the {len(ordered):,} differing numbers: median "
+                         f"{ordered[len(ordered) // 2][0]:.2g}, largest {ordered[-1][0]:.2g} ({ordered[-1][1]})")
+    if found.only:
+        lines.append(f"in one folder only: {len(found.only)} file(s), e.g. {found.only[0]}")
+    changes = "; ".join(environment_changes(first, second)) or "the same ones, paired differently"
+    if not found.lines:
+        status = 0
+        lines.append("why: nothing differs" + (f", although the runs' environments do ({changes})"
+                                               if not found.comparable else " (same device and library versions)"))
+    elif not found.comparable:
+        status = 0
+        lines.append(f"why: the runs were made on another device or library versions ({changes}); "
+                     "floating-point results depend on both, and bit-identity is promised only on the same "
+                     "ones (docs/guarantees.md): the differences are listed, not judged (exit status 0)")
+    else:
+        status = 1
+        lines.append("why: not the device or versions (the runs' env.json agree), where every number must "
+                     "agree: NOT reproduced (exit status 1); a code or data change is the likely cause")
+    report = second / "REPORT.md"
+    lines.append(f"report: {report}" if report.is_file() else f"report: none yet ({report} is missing)")
+    recorded = (f"the files of {second} record training {_duration(training_seconds(second))}, measurements "
+                f"{_duration(readme.measurement_seconds(second))}")
+    lines.append(f"time: {_duration(time.time() - started)} wall, {recorded}" if started is not None
+                 else f"time: {recorded}")
+    return lines, status
+
+
+def main(first, second, rtol: float = 0.0, brief: bool = False, started: float | None = None) -> int:
+    """Print the verdict; 0 when every number agrees (or the environments differ), 1 otherwise.
+    brief: the first 10 differences and the summary (make quick) instead of 200 lines and a verdict."""
+    if started is not None and not (math.isfinite(started) and 0 < started <= time.time()):
+        raise DiffError(f"--started {started} is not a Unix time in the past: give the start's `date +%s`")
+    found = compare(first, second, rtol)
+    lines, comparable = found.lines, found.comparable
+    shown = 10 if brief else 200
+    for line in lines[:shown]:
         print(line)
-    if len(lines) > 200:
-        print(f"... and {len(lines) - 200} more")
+    if len(lines) > shown:
+        print(f"... and {len(lines) - shown} more" + (f" (python -m replication diff {first} {second} "
+                                                       "lists 200)" if brief else ""))
+    if brief:
+        text, status = summary(found, started)
+        print("\n".join(text))
+        return status
+    rule = "exactly" if rtol == 0 else f"within relative tolerance {rtol:g}"
     count = len(result_files(Path(first)))
     if not lines:
         print(f"reproduced: every number of the {count} result files of {first} agrees {rule} with {second} "

@@ -40,7 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-from replication import storage
+from replication import regimes, storage
 from replication import config as config_lib
 
 
@@ -89,8 +89,7 @@ def run_steps(config: config_lib.Config, batch: int, seed: int) -> dict[float, f
 
     out = {}
     for multiplier in config.batch_size_study.multipliers():
-        regime = config_lib.study_regime(batch, multiplier)
-        path = rundir.run_directory(config, regime, seed) / "metrics.json"
+        path = rundir.run_directory(config, regimes.study(batch, multiplier).name, seed) / "metrics.json"
         if path.exists():
             # The next run to train is decided from this number: a hand-edited one is refused.
             steps = (storage.read_json(path).get("target") or {}).get("steps")
@@ -120,7 +119,7 @@ def run_study(config: config_lib.Config, seed: int, log=None, only: int | None =
                 break
             print(f"[batch-size study] batch {batch}: training lr multiplier {multiplier:g} ({state})",
                   file=log, flush=True)
-            train.train(config, config_lib.study_regime(batch, multiplier), seed, log)
+            train.train(config, regimes.study(batch, multiplier), seed, log)
         rows.append({"batch_size": batch, "best_multiplier": best_multiplier(steps), "grid": state})
         print(f"[batch-size study] batch {batch}: best multiplier {best_multiplier(steps)} ({state})",
               file=log, flush=True)
@@ -170,7 +169,7 @@ def measure_noise(config: config_lib.Config, seed: int, log=None) -> list[Path]:
         print(f"[batch-size study] no run at batch {batch} reached the target: no noise scale along "
               "training", file=log or sys.stderr)
         return []
-    run = rundir.run_directory(config, config_lib.study_regime(batch, best), seed)
+    run = rundir.run_directory(config, regimes.study(batch, best).name, seed)
     metrics = storage.read_json(run / "metrics.json")
     points = ["initial", *[f"epoch{e}" for e in metrics.get("kept_iterates", [])], "final"]
     for point in points:
@@ -189,8 +188,8 @@ def steps_per_epoch(num_train: int, batch: int) -> int:
     return -(-num_train // batch)
 
 
-def compare_plan(config: config_lib.Config, seed: int, num_train: int) -> list[tuple[int, str, str]]:
-    """(batch, kind, regime) of every fair-comparison run (Hoffer et al. 2017; issue 13 item 3):
+def compare_plan(config: config_lib.Config, seed: int, num_train: int) -> list[tuple[int, str, regimes.RunSpec]]:
+    """(batch, kind, run) of every fair-comparison run (Hoffer et al. 2017; issue 13 item 3):
     at each of batch_size_study.compare_batch_sizes, (a) compare_epochs at the fixed learning_rate;
     then, where the study found a best rate at that batch, (b) as many epochs at it, (c) at it for
     as many optimizer steps as the smallest compared batch takes in (b) (Hoffer et al.'s "regime
@@ -204,16 +203,16 @@ def compare_plan(config: config_lib.Config, seed: int, num_train: int) -> list[t
     budget = epochs * steps_per_epoch(num_train, smallest)
     plan = []
     for batch in sorted(study.compare_batch_sizes):
-        plan.append((batch, "fixed", config_lib.compare_regime(batch, None, epochs)))
+        plan.append((batch, "fixed", regimes.compare(batch, None, epochs)))
         best = best_multiplier(run_steps(config, batch, seed))
         if best is None:
             continue
-        plan.append((batch, "tuned", config_lib.compare_regime(batch, best, epochs)))
+        plan.append((batch, "tuned", regimes.compare(batch, best, epochs)))
         matched = -(-budget // steps_per_epoch(num_train, batch))
         if batch != smallest:
-            plan.append((batch, "steps", config_lib.compare_regime(batch, best, matched)))
+            plan.append((batch, "steps", regimes.compare(batch, best, matched)))
         if ghost and ghost < batch:
-            plan.append((batch, "ghost", config_lib.compare_regime(batch, best, matched, ghost)))
+            plan.append((batch, "ghost", regimes.compare(batch, best, matched, ghost)))
     return plan
 
 
@@ -229,23 +228,24 @@ def run_compare(config: config_lib.Config, seed: int, log=None) -> list[Path]:
         return []
     num_train = len(rundir.load_arrays(config)[1])
     plan = compare_plan(config, seed, num_train)
-    for batch, kind, regime in plan:
-        print(f"[batch-size study] fair comparison at batch {batch}: {COMPARE_KINDS[kind]} ({regime})",
+    for batch, kind, spec in plan:
+        print(f"[batch-size study] fair comparison at batch {batch}: {COMPARE_KINDS[kind]} ({spec.name})",
               file=log, flush=True)
-        train.train(config, regime, seed, log)
-    paths = [rundir.run_directory(config.for_regime(regime), regime, seed) for _, _, regime in plan]
+        train.train(config, spec, seed, log)
+    paths = [rundir.run_directory(config.for_regime(spec), spec.name, seed) for _, _, spec in plan]
     for path in paths:
         sharpness.sharpness_all(path, log=log)
     return paths
 
 
 def compare_kind(regime: str, compare_epochs: int) -> str | None:
-    """Which of (a)-(d) a run is (None: not a comparison run); a smallest batch's (b) is also its (c)."""
-    parsed = config_lib.parse_compare_regime(regime)
-    if parsed is None:
+    """Which of (a)-(d) the run named `regime` is (None: not a comparison run); a smallest batch's
+    (b) is also its (c). The report asks this of the run directories it reads."""
+    spec = regimes.parse_or_none(regime)
+    if spec is None or spec.kind != "compare":
         return None
-    _, multiplier, epochs, ghost = parsed
-    return "fixed" if multiplier is None else "ghost" if ghost else "tuned" if epochs == compare_epochs else "steps"
+    return ("fixed" if spec.multiplier is None else "ghost" if spec.ghost else
+            "tuned" if spec.epochs == compare_epochs else "steps")
 
 
 def study(config_path: str, overrides=(), seed: int | None = None, log=None, only: int | None = None) -> config_lib.Config:
