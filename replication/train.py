@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from replication import config as config_lib
-from replication import backend, regimes, rundir, storage
+from replication import backend, progress, regimes, rundir, storage
 
 
 def load_x0(model, config: config_lib.Config, seed: int, log) -> str:
@@ -300,7 +300,8 @@ def _train_epoch(session: _Session) -> None:
     # Conservative training's outer step: each batch `inner_steps` times in a row (remedies.py).
     repeat = config.conservative.inner_steps if session.spec.remedy == "conservative" else 1
     model.fit(**backend.epoch_inputs(*session.epoch_data, order, session.batch_size, repeat=repeat), epochs=1,
-              verbose=0, callbacks=_failpoint_callbacks(epoch + 1) +
+              verbose=1 if progress.on_terminal() else 0,  # a batch bar on a terminal only
+              callbacks=_failpoint_callbacks(epoch + 1) +
               ([session.tracker.callback(epoch)] if session.tracker else []))
     train_loss, train_acc = session.objectives[0].evaluate()
     test_loss, test_acc = session.objectives[1].evaluate()

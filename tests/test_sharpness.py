@@ -322,3 +322,21 @@ def test_measurement_passes_give_identical_bits_on_every_call():
         value, grad = (np.asarray(t) for t in f.value_and_gradient(x))
         assert value == first_value
         assert np.array_equal(grad, first_grad)
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_a_solve_draws_progress_on_a_terminal_only(terminal, monkeypatch, capsys):
+    """Issue 26 item 1: long steps show progress on a terminal and stay quiet in logs (make -j,
+    Slurm, CI), where a redrawn bar would add a line at every update."""
+    from replication import progress
+
+    monkeypatch.setattr(progress, "on_terminal", lambda: terminal)
+    d = np.array([1.0, 2.0, 3.0])
+    seen = []
+    answer = sharpness.lbfgsb(lambda z: (float(-(d @ (z * z))), -2 * d * z), np.full(3, 0.5), -np.ones(3),
+                              np.ones(3), iterations=4, on_iteration=seen.append)
+    assert seen == list(range(1, answer["nit"] + 1)) and answer["nit"] >= 1
+    capsys.readouterr()
+    sharpness.maximize(quadratic_objective(d), np.ones(3, np.float32), 1e-3, iterations=3)
+    drawn = capsys.readouterr().out
+    assert ("iteration" in drawn) if terminal else drawn == ""

@@ -45,7 +45,7 @@ import numpy as np
 
 from keras import ops
 
-from replication import backend, storage
+from replication import backend, progress, storage
 from replication import config as config_lib
 
 BLOCK_ROWS = 1 << 17            # rows of A generated together; part of A's definition, recorded
@@ -221,8 +221,10 @@ def _solve(passes: _Passes, y0, bound, iterations: int, f_x: float,
             best.update(f=value, y=y.copy())
         return -value, -grad
 
+    shown = progress.bar(iterations, unit="iteration")  # draws only on a terminal
     try:
-        answer = lbfgsb(negated, y0, -bound, bound, iterations)
+        answer = lbfgsb(negated, y0, -bound, bound, iterations,
+                        on_iteration=lambda nit: shown.update(nit, [("max f", best["f"])]))
         solve = dict(status=answer["status"], message=answer["message"], iterations=answer["nit"],
                      solver_final_f=-answer["fun"], solver_seconds=answer["solver_seconds"], failure=None)
         if first["moving"] and not best["f"] > first["f"]:
@@ -237,7 +239,8 @@ def _solve(passes: _Passes, y0, bound, iterations: int, f_x: float,
     return solve, best["y"]
 
 
-def lbfgsb(fun, x0, lower, upper, iterations: int, maxcor: int = 10, maxls: int = 20) -> dict:
+def lbfgsb(fun, x0, lower, upper, iterations: int, maxcor: int = 10, maxls: int = 20,
+           on_iteration=None) -> dict:
     """Minimise fun (x -> (f, grad), float64) over lower <= x <= upper with SciPy's L-BFGS-B.
 
     This is SciPy's compiled L-BFGS-B (`_lbfgsb.setulb`, SciPy >= 1.15) driven exactly as
@@ -246,6 +249,7 @@ def lbfgsb(fun, x0, lower, upper, iterations: int, maxcor: int = 10, maxls: int 
     over every coordinate's bounds: those take seconds for F1 and minutes and gigabytes for the
     15M-parameter C2/C4, once per solve. Returns status (0 converged, 1 iteration limit,
     2 other), message, nit, nfev, fun, x and solver_seconds (time inside setulb).
+    `on_iteration(nit)` is called after each completed iteration (a progress bar).
     """
     from scipy.optimize import _lbfgsb, _lbfgsb_py
 
@@ -276,6 +280,8 @@ def lbfgsb(fun, x0, lower, upper, iterations: int, maxcor: int = 10, maxls: int 
                 nfev += 1
         elif task[0] == 1:  # NEW_X: an iteration is complete
             nit += 1
+            if on_iteration is not None:
+                on_iteration(nit)
             if nit >= iterations:
                 task[0], task[1] = 5, 504
         else:
