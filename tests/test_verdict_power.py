@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from replication import config as config_lib
+from replication import regimes
 from replication.analysis import compare, iterate_tables, paired, results, sweep, verdicts, warmstart
 
 SEEDS = 5
@@ -146,7 +147,7 @@ ITERATES = 10   # measured iterates per run (the paper's curves have 60-101 poin
 
 def claim6_rows(rng, network, null=()):
     rows = []
-    for regime in config_lib.REGIMES:
+    for regime in regimes.REGIMES:
         curve = iterate_tables.published_figure6(network)[regime, 1e-3]
         index = np.linspace(0, len(curve["train_xent"]) - 1, ITERATES).round().astype(int)
         xent, phi = curve["train_xent"][index], curve["sharpness"][index]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from replication import storage
+from replication import regimes, storage
 from replication import config as config_lib
 from replication.experiments import batchsize
 from replication.analysis import results as results_lib
@@ -150,9 +150,14 @@ class Point:
     trace: tuple
 
 
+def _kind(spec: regimes.RunSpec | None) -> str | None:
+    """A run's kind (regimes.KINDS), None for a name no run has."""
+    return spec.kind if spec else None
+
+
 def is_study(results_dir) -> bool:
     """Whether `results_dir` holds batch-size study runs (b<batch>-x<multiplier>)."""
-    return any(config_lib.parse_study_regime(p.parent.parent.name)
+    return any(_kind(regimes.parse_or_none(p.parent.parent.name)) == "study"
                for p in Path(results_dir).glob("*/*/seed*/metrics.json"))
 
 
@@ -164,9 +169,9 @@ def read_points(loaded) -> list[Point]:
 
     out = []
     for run in loaded.runs:
-        parsed = config_lib.parse_study_regime(run.regime)
-        if parsed is None:
+        if _kind(run.spec) != "study":
             continue
+        parsed = run.spec.batch, run.spec.multiplier
         summary = target.check_summary(run.metrics.get("target"), run.path / "metrics.json")
         trace = tuple(target.read_trace(run.path))
         out.append(Point(run.path, run.network, run.dataset, run.seed, parsed[0], parsed[1],
@@ -181,7 +186,7 @@ def _check_one_study(root: Path, loaded) -> None:
     """A report is one study: one network on one dataset, under one learning-rate scaling rule (what
     a multiplier means). Two networks' studies in one folder were merged into one table and one
     fit; they are refused instead, naming both (their seeds are reported apart: summarize)."""
-    runs = [r for r in loaded.runs if config_lib.parse_study_regime(r.regime) or config_lib.parse_compare_regime(r.regime)]
+    runs = [r for r in loaded.runs if _kind(r.spec) in ("study", "compare")]
     for key, name in (((lambda r: f"{r.network} on {r.dataset}"), "networks or datasets"),
                       ((lambda r: r.metrics["resolved_config"].get("batch_size_study", {}).get("lr_scaling", "sqrt")),
                        "learning-rate scaling rules (batch_size_study.lr_scaling)")):
@@ -244,9 +249,9 @@ def noise_along_training(loaded, seed: int) -> list[dict]:
 
     out = []
     for run in loaded.runs:
-        parsed = config_lib.parse_study_regime(run.regime)
-        if parsed is None or not run.noise or run.seed != seed:
+        if _kind(run.spec) != "study" or not run.noise or run.seed != seed:
             continue
+        parsed = run.spec.batch, run.spec.multiplier
         summary = target.check_summary(run.metrics.get("target"), run.path / "metrics.json")
         per_epoch = batchsize.steps_per_epoch(int(run.metrics["num_train"]), parsed[0])
         for point, measurement in run.noise.items():
@@ -270,10 +275,10 @@ def read_compare(loaded, compare_epochs: int) -> list[dict]:
     gap between training and test accuracy, and its sharpness at each measured (space, epsilon)."""
     out = []
     for run in loaded.runs:
-        kind = batchsize.compare_kind(run.regime, compare_epochs)
+        kind = batchsize.compare_kind(run.spec, compare_epochs)
         if kind is None:
             continue
-        batch, multiplier, epochs, ghost = config_lib.parse_compare_regime(run.regime)
+        batch, multiplier, epochs, ghost = run.spec.batch, run.spec.multiplier, run.spec.epochs, run.spec.ghost
         metrics = run.metrics
         row = {"seed": run.seed, "batch_size": batch, "kind": kind, "regime": run.regime, "multiplier": multiplier,
                "learning_rate": float(metrics["resolved_config"]["learning_rate"]), "epochs": epochs,
@@ -414,14 +419,14 @@ def write_report(results_dir) -> Path:
     first = storage.read_json(points[0].path / "metrics.json")
     # The study section is not a training key, so a run records the one of its day: a comparison
     # run (made last) holds the compare_* settings its names were planned with.
-    compared_runs = [r for r in loaded.runs if config_lib.parse_compare_regime(r.regime)]
+    compared_runs = [r for r in loaded.runs if _kind(r.spec) == "compare"]
     study_section = (compared_runs[0].metrics["resolved_config"] if compared_runs else first["resolved_config"]).get(
         "batch_size_study", {})
     config = config_lib.from_dict({**{k: v for k, v in first["resolved_config"].items() if k != "run"},
                                    "batch_size_study": study_section, "results_dir": str(root)},
                                   where=str(points[0].path / "config.yaml"))
     # A run records its own (scaled) learning rate; the study's base rate is the config's.
-    base = config.learning_rate / config.study_lr_factor(first["regime"])
+    base = config.learning_rate / config.study_lr_factor(regimes.parse(first["regime"]))
     config = dataclasses.replace(config, learning_rate=float(f"{base:.12g}"))
     summary = summarize(loaded, config.batch_size_study)
     studies, many = summary["studies"], len(summary["studies"]) > 1
@@ -450,7 +455,7 @@ def write_report(results_dir) -> Path:
     cost = sum(p.train_seconds for p in points) + sum(r["train_seconds"] for r in compared)
     noise_cost = sum(float(m.record.get("wall_seconds") or 0) for run in loaded.runs for m in run.noise.values())
     measure_cost = noise_cost + sum(float(m.record.get("wall_seconds") or 0) for run in loaded.runs for m in run.sharpness.values()
-                      if batchsize.compare_kind(run.regime, config.batch_size_study.compare_epochs))
+                      if batchsize.compare_kind(run.spec, config.batch_size_study.compare_epochs))
     per_seed = [{key: s[key] for key in ("seed", "fit", "bootstrap", "rows", "noise", "compare", "compare_gaps")}
                 for s in studies]
     record = {"seeds": [s["seed"] for s in studies],
@@ -577,7 +582,7 @@ def best_rate_words(points: list[Point], rows: list[dict], config) -> str | None
     multipliers = ", ".join(f"{r['best_multiplier']:g}x" for r in best)
     text = (f"- The best learning rate per batch was {multipliers} the "
             f"{study.lr_scaling}-rule value (learning_rate {config.learning_rate:g} x "
-            f"(B / {config.sb_batch_size})^{config_lib.LR_SCALINGS[study.lr_scaling]:g})")
+            f"(B / {config.sb_batch_size})^{regimes.LR_SCALINGS[study.lr_scaling]:g})")
     lost, tried = [], 0
     for r in best:
         rule = next((p for p in points if p.batch_size == r["batch_size"] and p.multiplier == 1.0), None)

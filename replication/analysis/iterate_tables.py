@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from replication import storage
-from replication import config as config_lib
+from replication import regimes, storage
 from replication.measure import iterates
 from replication.analysis import compare, paired
 from replication.analysis import results as results_lib
@@ -64,7 +63,7 @@ def rows(loaded: results_lib.Results | str | Path) -> list[dict]:
         loaded = results_lib.load(loaded)
     out, first = [], {}
     for run in loaded.runs:
-        if run.regime not in config_lib.REGIMES:
+        if run.regime not in regimes.REGIMES:
             continue
         history = {}
         if iterates.kept(run.metrics) and (run.path / "history.csv").exists():  # only runs that kept iterates
@@ -127,7 +126,7 @@ def published_figure6(network: str) -> dict[tuple[str, float], dict[str, np.ndar
     """{(regime, epsilon): {"train_xent": xs, "sharpness": ys}} of the paper's Figure 6 (full
     space) for `network`; {} for the networks it does not show (all but C1 and F2)."""
     out = {}
-    for regime in config_lib.REGIMES:
+    for regime in regimes.REGIMES:
         for label, epsilon in (("1e-3", 1e-3), ("5e-4", 5e-4)):
             path = compare.REFERENCE / "paper_figures" / f"figure6_{network}_{regime}_eps{label}.csv"
             if path.exists():
@@ -221,7 +220,7 @@ def judge(rows: list[dict]) -> tuple[list[dict], list[str]]:
             parts.append(paired.describe(test) + (f" ({failed} failed solve(s) left out)" if failed else "")
                          + (f" (paper {paper:+.2f})" if math.isfinite(paper) else ""))
         last = {regime: [_last_f(rows, network, label, regime, seed) for seed in
-                         sorted({t["seed"] for t in items if t["regime"] == regime})] for regime in config_lib.REGIMES}
+                         sorted({t["seed"] for t in items if t["regime"] == regime})] for regime in regimes.REGIMES}
         loss = paired.losses(last["sb"], last["lb"], source="f on the sharpness examples at the last measured iterate")
         others = "; ".join(f"{t['regime'].upper()} seed {t['seed']} {phi_label(t['key'])} rho {t['rho']:+.2f}"
                            for t in finite if t["key"] != key)
@@ -254,7 +253,7 @@ def plot(rows: list[dict], stem: Path) -> tuple[Path, Path]:
     figure, axes = pyplot.subplots(2, 2, figsize=(10, 7.5))
     keys = phi_keys(rows)  # colour: the space; line style: the epsilon
     colors = {key: "tab:red" if key.startswith("phi_full") else "tab:purple" for key in keys}
-    for column, regime in enumerate(config_lib.REGIMES):
+    for column, regime in enumerate(regimes.REGIMES):
         ours, paper_axis = axes[0][column], axes[1][column]
         mine = [r for r in rows if r["regime"] == regime]
         for seed in sorted({r["seed"] for r in mine}):

@@ -198,7 +198,7 @@ def studies(root: Path, profile: Profile) -> list[Study]:
     record = storage.read_json(path)
     get = _checker(record, path)
     loaded = results.load(folder)
-    first = next((r for r in loaded.runs if config_lib.parse_study_regime(r.regime)), None)
+    first = next((r for r in loaded.runs if r.spec and r.spec.kind == "study"), None)
     if first is None:
         raise results.ResultsError(f"{folder} holds {batchsize_report.SUMMARY_FILE} but no study run (b<batch>-x<m>): "
                                    f"delete {path}, or run `python -m replication batch-size CONFIG`")
@@ -774,9 +774,9 @@ def equal_accuracy_block(root: Path, everything: list[Profile], found: list[Stud
         if "steps" not in kinds:
             continue
         gap = kinds["steps"]
-        large = next((r for r in s.loaded.runs if batchsize.compare_kind(r.regime, s.compare_epochs) == "steps"
+        large = next((r for r in s.loaded.runs if batchsize.compare_kind(r.spec, s.compare_epochs) == "steps"
                       and r.metrics["batch_size"] == gap["large_batch"]), None)
-        small = next((r for r in s.loaded.runs if batchsize.compare_kind(r.regime, s.compare_epochs) == "tuned"
+        small = next((r for r in s.loaded.runs if batchsize.compare_kind(r.spec, s.compare_epochs) == "tuned"
                       and r.metrics["batch_size"] == gap["small_batch"]), None)
         if large is None or small is None:
             continue
@@ -838,7 +838,7 @@ def epoch_time_block(root: Path, everything: list[Profile], prefix: str = "../")
             device = str(run.env.get("device", "unknown"))
             seconds = [float(row["seconds"]) for row in run.history[1:] if "seconds" in row]
             if (device.startswith("CPU") or device == "unknown" or len(seconds) + 1 < MIN_EPOCHS
-                    or config_lib.parse_study_regime(run.regime)):  # a study run stops inside an epoch
+                    or (run.spec and run.spec.kind == "study")):  # a study run stops inside an epoch
                 continue
             deterministic = run.env.get("deterministic_ops")
             lines.append(f"| {_link(prefix, run.path.relative_to(root) / 'history.csv', str(run.path.relative_to(root / 'results')))} "

@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from replication import config as config_lib
+from replication import regimes
 from replication.analysis import compare, paired
 from replication.analysis import results as results_lib
 
@@ -63,9 +63,9 @@ NOTE = ("Our SB and LB runs under the remedy start from the trial's x0, like the
 
 def _remedy_trials(loaded: results_lib.Results, remedy: str):
     """((network, dataset), runs by regime, the remedy's SB and LB runs) of each trial that has any."""
-    regimes = [config_lib.remedy_regime(r, remedy) for r in ("sb", "lb")]
+    names = [regimes.remedy(base, remedy).name for base in regimes.REGIMES]
     for trial, by_regime in loaded.trials().items():
-        if remedy_runs := [run for regime in regimes for run in by_regime.get(regime, [])]:
+        if remedy_runs := [run for name in names for run in by_regime.get(name, [])]:
             yield trial, by_regime, remedy_runs
 
 
@@ -74,7 +74,7 @@ def rows(loaded: results_lib.Results, remedy: str) -> list[dict]:
     runs of that remedy (module docstring), beside the published row."""
     _, csv_name, lb_prefix, _ = TABLES[remedy]
     paper, table2 = compare.published(csv_name), compare.published("table2_accuracy")
-    sb_regime, lb_regime = (config_lib.remedy_regime(r, remedy) for r in ("sb", "lb"))
+    sb_regime, lb_regime = (regimes.remedy(base, remedy).name for base in regimes.REGIMES)
     out = []
     for (network, dataset), by_regime, remedy_runs in _remedy_trials(loaded, remedy):
         baseline = by_regime.get(sb_regime if remedy == "augmentation" else "sb", [])
@@ -150,7 +150,7 @@ def seed_rows(loaded: results_lib.Results, remedy: str) -> list[dict]:
     (sb_phi_full_eps<eps>, lb_phi_full_eps<eps>) with the f recorded beside it (sb_f_full_eps<eps>,
     lb_f_full_eps<eps>); the runs' final training losses (sb_train_loss, lb_train_loss); nan where a
     run is missing, diverged or its solve failed."""
-    sb_regime, lb_regime = (config_lib.remedy_regime(r, remedy) for r in ("sb", "lb"))
+    sb_regime, lb_regime = (regimes.remedy(base, remedy).name for base in regimes.REGIMES)
     out = []
     for (network, dataset), by_regime, remedy_runs in _remedy_trials(loaded, remedy):
         roles = {"sb": sb_regime if remedy == "augmentation" else "sb", "lb": lb_regime, "plain_sb": "sb",

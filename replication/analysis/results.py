@@ -40,7 +40,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from replication import rundir, storage
+from replication import regimes, rundir, storage
 from replication import config as config_lib
 from replication.errors import UserError
 
@@ -92,6 +92,11 @@ class Run:
     @property
     def regime(self) -> str:
         return self.metrics["regime"]
+
+    @property
+    def spec(self) -> regimes.RunSpec | None:
+        """What the run's name says (regimes.RunSpec); None for a name no run has any more."""
+        return regimes.parse_or_none(self.regime)
 
     @property
     def seed(self) -> int:
@@ -317,18 +322,18 @@ def protocol(regime: str, resolved: dict, backend: str) -> dict:
            if key not in (*rundir.NON_TRAINING_KEYS, *rundir.RUN_FILE_KEYS, "run", "backend")}
     # A piggyback run (Figure 5) trains its own epochs from an iterate of the trial's SB run.
     warm_start = resolved.get("run", {}).get("warm_start")
-    if config_lib.parse_warm_start(regime) is not None and warm_start:
+    spec = regimes.parse_or_none(regime)
+    kind = spec.kind if spec else None
+    if kind == "warm_start" and warm_start:
         out["epochs"] = warm_start["trial_epochs"]
-    point = config_lib.parse_regime(regime)
-    if point and point[1] != "none" and isinstance(out.get("learning_rate"), float):
-        factor = (point[0] / out["sb_batch_size"]) ** config_lib.LR_SCALINGS[point[1]]
+    if kind == "sweep" and spec.scaling != "none" and isinstance(out.get("learning_rate"), float):
+        factor = (spec.batch / out["sb_batch_size"]) ** regimes.LR_SCALINGS[spec.scaling]
         out["learning_rate"] = float(f"{out['learning_rate'] / factor:.12g}")
-    study = config_lib.parse_study_regime(regime)
-    if study and isinstance(out.get("learning_rate"), float):  # a batch-size study run's own rate
-        exponent = config_lib.LR_SCALINGS[resolved.get("batch_size_study", {}).get("lr_scaling", "sqrt")]
-        factor = (study[0] / out["sb_batch_size"]) ** exponent * study[1]
+    if kind == "study" and isinstance(out.get("learning_rate"), float):  # a batch-size study run's own rate
+        exponent = regimes.LR_SCALINGS[resolved.get("batch_size_study", {}).get("lr_scaling", "sqrt")]
+        factor = (spec.batch / out["sb_batch_size"]) ** exponent * spec.multiplier
         out["learning_rate"] = float(f"{out['learning_rate'] / factor:.12g}")
-    if config_lib.parse_compare_regime(regime):  # a fair-comparison run: its name states these
+    if kind == "compare":  # a fair-comparison run: its name states these
         for key in config_lib.COMPARE_RUN_KEYS:
             out.pop(key, None)
     out["backend"] = backend
@@ -344,7 +349,7 @@ def _read_curve(csv_path: Path, runs: dict[Path, Run]) -> Curve | None:
     check_values(json_path, meta, REQUIRED["curve"])
     _check_columns(csv_path, rows, CURVE_COLUMNS, required=tuple(CURVE_COLUMNS))
     trial, seed = csv_path.parent.parent, meta["seed"]
-    pair = {regime: runs.get(trial / regime / f"seed{seed}") for regime in config_lib.REGIMES}
+    pair = {regime: runs.get(trial / regime / f"seed{seed}") for regime in regimes.REGIMES}
     missing = [str(trial / regime / f"seed{seed}") for regime, run in pair.items() if run is None]
     if missing:
         raise ResultsError(f"{csv_path} was computed from runs that are not finished in this folder "

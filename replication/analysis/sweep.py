@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from replication import storage
-from replication import config as config_lib
+from replication import regimes, storage
 from replication.analysis import compare
 from replication.analysis import results as results_lib
 
@@ -66,19 +65,22 @@ def _groups(loaded: results_lib.Results) -> dict[tuple, dict[int, results_lib.Ru
     """{(network, dataset, lr scaling, batch size): {seed: run}} of every trial that has sweep runs,
     in table order; a sweep run at the SB or LB batch size stands for that seed's SB or LB run."""
     runs = loaded.runs
-    swept = {(r.network, r.dataset) for r in runs if config_lib.parse_regime(r.regime)}
+    def sweep_point(run):  # its spec if it is a sweep run, else None
+        return run.spec if run.spec and run.spec.kind == "sweep" else None
+
+    swept = {(r.network, r.dataset) for r in runs if sweep_point(r)}
     scalings: dict = {trial: {"none"} for trial in swept}
     for r in runs:
-        if point := config_lib.parse_regime(r.regime):
-            scalings[(r.network, r.dataset)].add(point[1])
+        if point := sweep_point(r):
+            scalings[(r.network, r.dataset)].add(point.scaling)
     groups: dict[tuple, dict[int, results_lib.Run]] = {}
     # Sweep runs first, so that a sweep run at the SB or LB batch size stands for that seed.
-    for run in sorted(runs, key=lambda r: config_lib.parse_regime(r.regime) is None):
+    for run in sorted(runs, key=lambda r: sweep_point(r) is None):
         if (run.network, run.dataset) not in swept:
             continue
-        point = config_lib.parse_regime(run.regime)
+        point = sweep_point(run)
         if point is not None:
-            keys = [(point[1], point[0])]
+            keys = [(point.scaling, point.batch)]
         elif run.regime == "sb":  # the reference batch: every scaling's factor is 1 there
             keys = [(scaling, int(run.metrics["batch_size"])) for scaling in scalings[(run.network, run.dataset)]]
         elif run.regime == "lb":
@@ -87,7 +89,7 @@ def _groups(loaded: results_lib.Results) -> dict[tuple, dict[int, results_lib.Ru
             continue
         for scaling, batch in keys:
             groups.setdefault((run.network, run.dataset, scaling, batch), {}).setdefault(run.seed, run)
-    order = list(config_lib.LR_SCALINGS)
+    order = list(regimes.LR_SCALINGS)
     return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.index(kv[0][2]), kv[0][3])))
 
 
@@ -210,7 +212,7 @@ def plot(rows: list[dict], stem: Path) -> tuple[Path, Path]:
                       label=f"{name} (thin)")
     keys = sharpness_columns(rows)
     colors = {k: c for k, c in zip(keys, ("tab:red", "tab:orange", "tab:purple", "tab:brown"))}
-    for scaling in config_lib.LR_SCALINGS:
+    for scaling in regimes.LR_SCALINGS:
         mine = sorted((r for r in rows if r["lr_scaling"] == scaling), key=lambda r: r["batch_size"])
         if not mine:
             continue

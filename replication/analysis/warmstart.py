@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 
 from replication import storage
-from replication import config as config_lib
 from replication.analysis import compare, iterate_tables, paired
 from replication.analysis import results as results_lib
 
@@ -60,12 +59,11 @@ def rows(loaded) -> list[dict]:
         loaded = results_lib.load(loaded)
     out = []
     for (network, dataset), by_regime in loaded.trials().items():
-        piggyback = {r.seed: {} for runs in by_regime.values() for r in runs
-                     if config_lib.parse_warm_start(r.regime) is not None}
-        for regime, runs in by_regime.items():
+        piggyback = {}
+        for runs in by_regime.values():
             for run in runs:
-                if (k := config_lib.parse_warm_start(regime)) is not None:
-                    piggyback[run.seed][k] = run
+                if run.spec and run.spec.kind == "warm_start":
+                    piggyback.setdefault(run.seed, {})[run.spec.sb_epoch] = run
         for seed, by_k in piggyback.items():
             sb = next((r for r in by_regime.get("sb", []) if r.seed == seed), None)
             epochs = {int(r.metrics["resolved_config"]["epochs"]) for r in by_k.values()}

@@ -238,10 +238,9 @@ def run_compare(config: config_lib.Config, seed: int, log=None) -> list[Path]:
     return paths
 
 
-def compare_kind(regime: str, compare_epochs: int) -> str | None:
-    """Which of (a)-(d) the run named `regime` is (None: not a comparison run); a smallest batch's
+def compare_kind(spec: regimes.RunSpec | None, compare_epochs: int) -> str | None:
+    """Which of (a)-(d) the run `spec` is (None: not a comparison run); a smallest batch's
     (b) is also its (c). The report asks this of the run directories it reads."""
-    spec = regimes.parse_or_none(regime)
     if spec is None or spec.kind != "compare":
         return None
     return ("fixed" if spec.multiplier is None else "ghost" if spec.ghost else
