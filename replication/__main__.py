@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import typing
 
 from replication import errors  # imports nothing else: a missing package is still reported below
 
@@ -142,11 +144,28 @@ def _count(text):
     return int(text)
 
 
+def _section_options(parser, section) -> None:
+    """An option per key of a config section (a dataclass of config.py) but `enabled`: --<key>
+    VALUE, a tuple as a comma-separated list; its type, default and help are the field's, so the
+    command's defaults are the section's."""
+    hints = typing.get_type_hints(section)
+    for field in dataclasses.fields(section):
+        if field.name == "enabled":
+            continue
+        kind, default = hints[field.name], field.default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else f"{default:g}"
+        if typing.get_origin(kind) is tuple:
+            item = typing.get_args(kind)[0]
+            kind = lambda text, item=item: tuple(item(v) for v in text.split(","))  # noqa: E731
+        parser.add_argument(f"--{field.name}", type=kind, default=default, metavar=field.name.upper(),
+                            help=f"{field.metadata['help']} (default {shown})")
+
+
 def _hessian(args):
     _start_keras()
     from replication.measure import hessian
 
-    options = {k: getattr(args, k) for k in hessian.DEFAULTS if getattr(args, k) is not None}
+    options = {k: getattr(args, k) for k in hessian.DEFAULTS}
     for run_dir in args.run_dir:
         hessian.measure_run(run_dir, args.measures, args.kinds, args.force, **options)
 
@@ -276,7 +295,8 @@ def _launch(args):
         return 2
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every command, its options and the function that runs it (args.func)."""
     parser = argparse.ArgumentParser(prog="python -m replication", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -360,23 +380,9 @@ def main(argv=None) -> int:
                        "reparametrisations (Dinh et al. 2017); writes RUN_DIR/hessian/<name>.json (and the "
                        "slices' CSVs and figure)")
     p.add_argument("run_dir", nargs="+")
-    p.add_argument("--measures", type=lambda s: s.split(","),
-                   default=["eigenvalue", "trace", "sharpness", "filter", "reparametrization"],
-                   metavar="eigenvalue,trace,sharpness,filter,reparametrization", help="which (default: all)")
-    p.add_argument("--kinds", type=lambda s: s.split(","), default=["batchnorm", "relu"], metavar="batchnorm,relu",
-                   help="reparametrisations (default: both)")
-    for option, kind, default, what in (
-            ("draws", int, 3, "independent draws of v0, probes, A and filter directions per estimate"),
-            ("iterations", int, 100, "Lanczos iterations at most, one H v each"),
-            ("tol", float, 1e-3, "Lanczos stop: residual of the top Ritz pair <= tol |theta|"),
-            ("probes", int, 20, "Hutchinson probes per draw"),
-            ("seed", int, 0, "seed of v0, the probes and the filter directions; A uses sharpness.seed + draw"),
-            ("factor", float, 10.0, "the reparametrisation's scale a"),
-            ("epsilon", float, 1e-3, "Metric 2.1's epsilon"),
-            ("points", int, 41, "filter-normalised 1-D slice: points of t in [-span, span]"),
-            ("grid", int, 11, "filter-normalised 2-D slice: grid x grid points"),
-            ("span", float, 1.0, "filter-normalised slices: the largest |t|")):
-        p.add_argument(f"--{option}", type=kind, help=f"{what} (default {default:g})")
+    from replication import config as config_lib
+
+    _section_options(p, config_lib.HessianConfig)
     p.add_argument("--force", action="store_true", help="recompute even if a result with these settings exists")
     p.set_defaults(func=_hessian)
 
@@ -475,8 +481,11 @@ def main(argv=None) -> int:
                    ".cache/launch/%%j: one folder per task)")
     p.add_argument("--poll", type=float, default=30, help="seconds between looks at the queue (default 30)")
     p.set_defaults(func=_launch)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         status = args.func(args)  # None, or a command's own exit status (diff: 1 = not reproduced)
     except KeyboardInterrupt:  # Ctrl-C: every file is written atomically, so a rerun resumes

@@ -288,6 +288,11 @@ class ConservativeConfig:
             "Adam steps (paper: 1e-3 and 3)"]
 
 
+def _option(default, help: str):
+    """A section key that is also its measure command's option: `help` is the option's help text."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 # The Hessian command's measures and reparametrisations (hessian.MEASURES, reparametrize.KINDS;
 # a test checks they agree), here so that a config is checked before Keras loads.
 HESSIAN_MEASURES = ("eigenvalue", "trace", "sharpness", "filter", "reparametrization")
@@ -301,19 +306,20 @@ class HessianConfig:
     of A, filter-normalised slices, and how each moves under Dinh et al.'s reparametrisations. The
     other keys are the `hessian` command's options, whose defaults these are."""
 
+    # Each key's help is its `hessian` command-line option's (__main__ builds the options from these).
     enabled: bool = False
-    measures: tuple[str, ...] = HESSIAN_MEASURES
-    kinds: tuple[str, ...] = REPARAMETRIZATIONS
-    draws: int = 3                 # independent draws of v0, probes, A and filter directions
-    iterations: int = 100          # Lanczos iterations at most
-    tol: float = 1e-3              # Lanczos stop: residual of the top Ritz pair <= tol |theta|
-    probes: int = 20               # Hutchinson probes per draw
-    seed: int = 0                  # seed of v0, the probes and the filter directions
-    factor: float = 10.0           # the reparametrisation's scale a
-    epsilon: float = 1e-3          # Metric 2.1's epsilon
-    points: int = 41               # filter-normalised 1-D slice: t in linspace(-span, span, points)
-    grid: int = 11                 # filter-normalised 2-D slice: grid x grid points
-    span: float = 1.0
+    measures: tuple[str, ...] = _option(HESSIAN_MEASURES, "which measures")
+    kinds: tuple[str, ...] = _option(REPARAMETRIZATIONS, "the reparametrisations")
+    draws: int = _option(3, "independent draws of v0, probes, A and filter directions per estimate")
+    iterations: int = _option(100, "Lanczos iterations at most, one H v each")
+    tol: float = _option(1e-3, "Lanczos stop: residual of the top Ritz pair <= tol |theta|")
+    probes: int = _option(20, "Hutchinson probes per draw")
+    seed: int = _option(0, "seed of v0, the probes and the filter directions; A uses sharpness.seed + draw")
+    factor: float = _option(10.0, "the reparametrisation's scale a")
+    epsilon: float = _option(1e-3, "Metric 2.1's epsilon")
+    points: int = _option(41, "filter-normalised 1-D slice: points of t in [-span, span]")
+    grid: int = _option(11, "filter-normalised 2-D slice: grid x grid points")
+    span: float = _option(1.0, "filter-normalised slices: the largest |t|")
 
     def validate(self, where: str) -> None:
         for key, known in (("measures", HESSIAN_MEASURES), ("kinds", REPARAMETRIZATIONS)):

@@ -1,5 +1,6 @@
-"""The steps of a profile as Make rules: train -> sharpness (final weights, and kept iterates) ->
-parametric plots -> Hessian measures (where a config's `hessian.enabled` asks) -> report.
+"""The steps of a profile as Make rules: train -> the measures of each run (measure/registry.py:
+sharpness, the noise scale, the kept iterates, the Hessian measures, where the config asks) ->
+parametric plots -> report.
 
 `python -m replication make-rules --name quick configs/quick/*.yaml` prints one rule per result
 file, generated from the configs (seeds, regimes, epsilons, spaces), so `make -j N` runs
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from replication import rundir
 from replication import config as config_lib
-from replication.measure import hessian, iterates, landscape, matched, noise, sharpness
+from replication.measure import landscape, registry
 
 PY = "$(PY) -m replication"
 # Recipes that use a GPU run behind $(RUN): empty by default; the Makefile sets it to the GPU slot
@@ -61,52 +62,19 @@ def rules(name: str, config_paths: list[str], results_root: str | None = None) -
         lines += [f".PHONY: {check}", f"{check}:", f"\t{PY} check {quoted}", ""]
         for seed in config.seeds:
             runs = {}
-            for regime in config.regimes():
-                run = rundir.run_directory(config, regime, seed)
-                runs[regime] = f"{run}/metrics.json"
+            for spec in config.runs():
+                run = rundir.run_directory(config, spec.name, seed)
+                runs[spec.name] = f"{run}/metrics.json"
                 # A piggyback run (Figure 5) starts from an iterate of the seed's SB run.
-                after_sb = f" {runs['sb']}" if config_lib.parse_warm_start(regime) else ""
-                lines += [f"{runs[regime]}: | {check}{after_sb}",
-                          f"\t{GPU} train {quoted} --seed {seed} --regime {regime}", ""]
-                # One process measures every (space, epsilon) of a run, sharing its data and compiled
-                # passes; the target is the file it writes last. Figure 5 shows a piggyback run's
-                # full-space sharpness only: the random subspace is left out where it would be.
-                spaces = config.sharpness.spaces
-                full_only = config_lib.parse_warm_start(regime) is not None and "full" in spaces
-                space = "full" if full_only else spaces[-1]
-                last = sharpness.result_path(run, space, config.sharpness.epsilons[-1])
-                reports.setdefault(config.results_dir, []).append(str(last))
-                option = " --space full" if full_only and len(spaces) > 1 else ""
-                lines += [f"{last}: | {runs[regime]}", f"\t{GPU} sharpness {run}{option}", ""]
-                # A sweep also measures the gradient noise scale: at every minimiser, and at x0 once.
-                points = []
-                if config.sweep.batch_sizes:
-                    points = ["final", "initial"] if regime == "sb" else ["final"]
-                for point in points:
-                    target = noise.result_path(run, point)
-                    reports.setdefault(config.results_dir, []).append(str(target))
-                    lines += [f"{target}: | {runs[regime]}", f"\t{GPU} noise {run} --point {point}", ""]
-                # Kept iterates of SB and LB (Figure 6): one process measures them all, then
-                # writes the summary it is named by.
-                # With iterate_measure: matched, only the iterates at matched training loss and at
-                # the plateau rule's stops (measure/matched.py), in the full space.
-                if config.kept_epochs() and regime in config_lib.REGIMES:
-                    matched_only = config.iterate_measure == "matched"
-                    target = (matched.summary_path if matched_only else iterates.summary_path)(run)
-                    reports.setdefault(config.results_dir, []).append(str(target))
-                    command = f"matched {run} --space full" if matched_only else f"iterates {run}"
-                    lines += [f"{target}: | {runs[regime]}", f"\t{GPU} {command}", ""]
-                # Beyond the paper (issue 14), where the config's hessian section asks: one process
-                # measures every Hessian result of an SB or LB run, then the file it writes last.
-                settings = config.hessian
-                if settings.enabled and regime in config_lib.REGIMES:
-                    target = hessian.last_result(run, settings.measures, settings.kinds, settings.factor,
-                                                 settings.epsilon)
-                    reports.setdefault(config.results_dir, []).append(str(target))
-                    options = " ".join(f"--{key} {getattr(settings, key)}" for key in hessian.DEFAULTS)
-                    lines += [f"{target}: | {runs[regime]}",
-                              f"\t{GPU} hessian {run} --measures {','.join(settings.measures)} "
-                              f"--kinds {','.join(settings.kinds)} {options}", ""]
+                after_sb = f" {runs['sb']}" if spec.kind == "warm_start" else ""
+                lines += [f"{runs[spec.name]}: | {check}{after_sb}",
+                          f"\t{GPU} train {quoted} --seed {seed} --regime {spec.name}", ""]
+                # Each measure this run gets (measure/registry.py), in the registry's order.
+                for measure in registry.MEASURES.values():
+                    if measure.applies(config, spec):
+                        for target in measure.targets(config, spec, run):
+                            reports.setdefault(config.results_dir, []).append(str(target.path))
+                            lines += [f"{target.path}: | {runs[spec.name]}", f"\t{GPU} {target.command}", ""]
             for path in landscape.PATHS:
                 # Written in the order CSV, JSON sidecar, PNG, PDF: the PDF means all are there.
                 target = f"{landscape.output_stem(config, seed, path)}.pdf"

@@ -1,8 +1,9 @@
 """One view of a results folder: every file read once, and never runs of two protocols averaged.
 
-`load(results_dir)` reads every finished run (metrics.json, env.json, history.csv), its
-measurements (sharpness/*.json, noise/*.json, hessian/*.json and the filter-normalised slices
-hessian/*.csv) and every parametric-plot curve (landscape CSV and its JSON sidecar) once, into frozen records; the tables, figures, verdicts and the report all read
+`load(results_dir)` reads every finished run (metrics.json, env.json, history.csv), the files
+of each measure registered in measure/registry.py (sharpness/*.json, noise/*.json, hessian/*.json,
+with the filter-normalised slices hessian/*.csv) and every parametric-plot curve (landscape CSV and
+its JSON sidecar) once, into frozen records; the tables, figures, verdicts and the report all read
 the returned `Results`. Before anything is compared, it refuses (ResultsError: one line naming
 both files, the key, both values and the fix):
 
@@ -43,6 +44,7 @@ import numpy as np
 from replication import regimes, rundir, storage
 from replication import config as config_lib
 from replication.errors import UserError
+from replication.measure import registry
 
 FIX = "delete one set, or put them in separate results_dir"
 # Runs made before the JAX port name no backend: they ran on TensorFlow.
@@ -57,7 +59,7 @@ class ResultsError(UserError, RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Measurement:
-    """One measurement file of a run: `<run>/sharpness/<space>_eps<eps>.json` or `<run>/noise/<point>.json`."""
+    """One record of a registered measure in a run: `<run>/sharpness/<space>_eps<eps>.json`, ..."""
 
     path: Path
     record: Mapping[str, Any]
@@ -80,6 +82,9 @@ class Run:
     hessian: Mapping[str, Measurement] = dataclasses.field(default_factory=dict)
     slices: Mapping[str, list] = dataclasses.field(default_factory=dict)
     history: tuple = ()                 # history.csv's rows, checked (empty if absent)
+    # Every registered measure's records by its name (measure/registry.py): sharpness, noise and
+    # hessian above are the same mappings under the names the tables use.
+    measurements: Mapping[str, Mapping[Any, Measurement]] = dataclasses.field(default_factory=dict)
 
     @property
     def network(self) -> str:
@@ -294,20 +299,24 @@ def _read_run(path: Path) -> Run:
         raise _impossible(path / "metrics.json", "resolved_config", resolved, "the run's config, with its run entry")
     backend = resolved.get("run", {}).get("backend") or env.get("backend") or DEFAULT_BACKEND
     _check_identity(path, metrics, env, resolved)
-    sharpness = {}
-    for file in sorted(path.glob("sharpness/*.json")):
-        record = _read_measurement(file, "sharpness")
-        sharpness[(record["space"], float(record["epsilon"]))] = Measurement(file, _frozen(record))
-    noise = {file.stem: Measurement(file, _frozen(_read_measurement(file, "noise")))
-             for file in sorted(path.glob("noise/*.json"))}
-    hessian = {file.stem: Measurement(file, _frozen(_read_measurement(file, "hessian")))
-               for file in sorted(path.glob("hessian/*.json"))}
+    measurements = {measure.name: _read_measurements(path, measure)
+                    for measure in registry.MEASURES.values() if measure.files}
+    hessian = measurements.get("hessian", {})
     # The slices belong to a finished filter_landscape record (its JSON is written after them).
     slices = {file.stem: _check_columns(file, storage.read_csv(file), SLICE_COLUMNS)
               for file in sorted(path.glob("hessian/*.csv")) if "filter_landscape" in hessian}
     return Run(path, _frozen(metrics), _frozen(env), seconds, backend,
-               _frozen(protocol(metrics["regime"], resolved, backend)), _frozen(sharpness),
-               _frozen(noise), _frozen(hessian), _frozen(slices), tuple(history))
+               _frozen(protocol(metrics["regime"], resolved, backend)), measurements.get("sharpness", _frozen({})),
+               measurements.get("noise", _frozen({})), hessian, _frozen(slices), tuple(history), _frozen(measurements))
+
+
+def _read_measurements(path: Path, measure: registry.Measure) -> Mapping:
+    """The records of `measure` in the run directory `path`, in file order, by measure.key."""
+    out = {}
+    for file in sorted(path.glob(measure.files)):
+        record = _read_measurement(file, measure)
+        out[measure.key(file, record)] = Measurement(file, _frozen(record))
+    return _frozen(out)
 
 
 def protocol(regime: str, resolved: dict, backend: str) -> dict:
@@ -403,9 +412,8 @@ def _check_measurements(runs: tuple[Run, ...]) -> None:
     """Each measurement is of its run, and one trial's measurements of one kind share their settings."""
     first: dict[tuple, Measurement] = {}
     for run in runs:
-        items = [(("sharpness", *key), m) for key, m in run.sharpness.items()]
-        items += [(("noise", point), m) for point, m in run.noise.items()]
-        items += [(("hessian", name), m) for name, m in run.hessian.items()]
+        items = [((name, *key) if isinstance(key, tuple) else (name, key), m)
+                 for name, records in run.measurements.items() for key, m in records.items()]
         for kind, measurement in items:
             _check_owner(run, measurement)
             reference = first.setdefault((run.network, run.dataset, *kind), measurement)
@@ -557,21 +565,13 @@ VALUE_RULES: dict[str, Rule] = {
 # measurement's settings (compared across runs instead, by _check_measurements; a required one is
 # checked by its rule) and the batch-size study's target summary (its reader, batchsize_report, checks it).
 NOT_RESULTS = ("environment", "resolved_config", "settings", "config_sharpness", "target")
-# Keys the tables read with [] from each kind of file: one missing is named, never a KeyError.
+# Keys the tables read with [] from each kind of file: one missing is named, never a KeyError (a
+# measure's records: its `required`, measure/registry.py).
 REQUIRED = {
     "metrics": ("network", "dataset", "dataset_label", "regime", "seed", "batch_size", "epochs_run", "diverged",
                 "train_accuracy", "test_accuracy", "deviations"),
-    "sharpness": ("space", "epsilon", "failed", "phi"),
-    "noise": (),
     "curve": ("network", "dataset", "dataset_label", "seed", "path", "figure", "batchnorm_mode"),
 }
-SPREAD = ("spread.mean", "spread.std", "spread.draws")
-HESSIAN_REQUIRED = {"top_eigenvalue": SPREAD + ("per_draw",), "trace": SPREAD + ("per_draw",),
-                    "sharpness_random_eps": SPREAD + ("settings.epsilon", "settings.p"),
-                    "filter_landscape": SPREAD + ("step",),
-                    "reparametrization_": ("kind", "factor", "settings.epsilon") + tuple(
-                        f"{side}.{measure}" for side in ("before", "after") for measure in
-                        ("phi_full.phi", "top_eigenvalue.eigenvalue", "trace.trace", "filter_rise.rise"))}
 # CSV columns: history.csv, the filter-normalised slices (hessian/*.csv), the parametric-plot curves.
 HISTORY_COLUMNS = {"epoch": COUNT, "seconds": TIME, "train_loss": LOSS, "test_loss": LOSS,
                    "train_accuracy": PERCENT, "test_accuracy": PERCENT}
@@ -646,13 +646,12 @@ def _check_columns(path: Path, rows: list[dict], columns: Mapping[str, Rule], re
     return rows
 
 
-def _read_measurement(path: Path, kind: str) -> dict:
-    """A measurement JSON (sharpness, noise, hessian), its values checked."""
+def _read_measurement(path: Path, measure: registry.Measure) -> dict:
+    """A measure's record, its values checked and the keys it requires (by file-stem prefix) there."""
     record = storage.read_json(path)
-    required = REQUIRED.get(kind) or next((keys for prefix, keys in HESSIAN_REQUIRED.items()
-                                           if path.stem.startswith(prefix)), ())
+    required = next((keys for prefix, keys in measure.required.items() if path.stem.startswith(prefix)), ())
     check_values(path, record, required)
-    if kind == "sharpness" and not record["failed"] and record["phi"] is None:
+    if measure.name == "sharpness" and not record["failed"] and record["phi"] is None:
         raise _impossible(path, "phi", None, "a finite number >= 0, since the solve did not fail")
     return record
 
