@@ -556,8 +556,6 @@ class Config:
     def study_lr_factor(self, spec: regimes.RunSpec) -> float:
         """A study (or tuned fair-comparison) run's learning rate / learning_rate: the scaling
         rule's factor at its batch times its multiplier."""
-        if isinstance(spec, str):  # TRANSITION: analysis/pipeline call sites move to regimes.py next
-            spec = regimes.parse(spec)
         return (spec.batch / self.sb_batch_size) ** regimes.LR_SCALINGS[self.batch_size_study.lr_scaling] \
             * spec.multiplier
 
@@ -825,65 +823,3 @@ def from_dict(data: dict, where: str = "<dict>") -> Config:
 
 def dump(config: Config) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
-
-
-# Run names live in replication/regimes.py; these keep the old names of config.py importable.
-REGIMES = regimes.REGIMES  # TRANSITION: analysis/pipeline call sites move to regimes.py next
-LR_SCALINGS = regimes.LR_SCALINGS  # TRANSITION: analysis/pipeline call sites move to regimes.py next
-
-
-# TRANSITION: analysis/pipeline call sites move to regimes.py next
-def _spec(regime: str, kind: str) -> regimes.RunSpec | None:
-    """The spec of `regime` if it names a run of `kind`, else None (the old parse_* contract)."""
-    spec = regimes.parse_or_none(regime)
-    return spec if spec is not None and spec.kind == kind else None
-
-
-# TRANSITION: analysis/pipeline call sites move to regimes.py next
-def sweep_regime(batch_size: int, scaling: str = "none") -> str:
-    return regimes.sweep(batch_size, scaling).name
-
-
-# TRANSITION: analysis/pipeline call sites move to regimes.py next
-def parse_regime(regime: str) -> tuple[int, str] | None:
-    return (spec.batch, spec.scaling) if (spec := _spec(regime, "sweep")) else None
-
-
-# TRANSITION: analysis/pipeline call sites move to regimes.py next
-def study_regime(batch_size: int, multiplier: float) -> str:
-    return regimes.study(batch_size, multiplier).name
-
-
-# TRANSITION: analysis/pipeline call sites move to regimes.py next
-def parse_study_regime(regime: str) -> tuple[int, float] | None:
-    return (spec.batch, spec.multiplier) if (spec := _spec(regime, "study")) else None
-
-
-# TRANSITION: analysis/pipeline call sites move to regimes.py next
-def compare_regime(batch_size: int, multiplier: float | None, epochs: int, ghost: int | None = None) -> str:
-    return regimes.compare(batch_size, multiplier, epochs, ghost).name
-
-
-# TRANSITION: analysis/pipeline call sites move to regimes.py next
-def parse_compare_regime(regime: str) -> tuple[int, float | None, int, int | None] | None:
-    return (spec.batch, spec.multiplier, spec.epochs, spec.ghost) if (spec := _spec(regime, "compare")) else None
-
-
-# TRANSITION: analysis/pipeline call sites move to regimes.py next
-def remedy_regime(base: str, remedy: str) -> str:
-    return regimes.remedy(base, remedy).name
-
-
-# TRANSITION: analysis/pipeline call sites move to regimes.py next
-def parse_remedy(regime: str) -> tuple[str, str] | None:
-    return (spec.base, spec.remedy) if (spec := _spec(regime, "remedy")) else None
-
-
-# TRANSITION: analysis/pipeline call sites move to regimes.py next
-def warm_start_regime(sb_epoch: int) -> str:
-    return regimes.warm_start(sb_epoch).name
-
-
-# TRANSITION: analysis/pipeline call sites move to regimes.py next
-def parse_warm_start(regime: str) -> int | None:
-    return spec.sb_epoch if (spec := _spec(regime, "warm_start")) else None

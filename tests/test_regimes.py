@@ -7,7 +7,6 @@ import pytest
 
 from conftest import cli, one_error_line
 from replication import regimes
-from replication import config as config_lib
 
 # (spec from a builder, its name, the fields parse must give back)
 BUILT = [
@@ -55,11 +54,8 @@ def test_every_kind_has_a_builder_in_the_table():
 ])
 def test_a_name_of_one_grammar_is_never_read_as_another(name, kind):
     assert regimes.parse(name).kind == kind
-    # The old names in config.py (kept while analysis/ moves over) answer for their own grammar only.
-    old = {"sweep": config_lib.parse_regime, "study": config_lib.parse_study_regime,
-           "compare": config_lib.parse_compare_regime, "remedy": config_lib.parse_remedy,
-           "warm_start": config_lib.parse_warm_start}
-    assert [k for k, parse in old.items() if parse(name) is not None] == ([kind] if kind in old else [])
+    # No other kind's pattern reads it either (parse takes the first that matches).
+    assert [k for k, pattern in regimes._PATTERNS.items() if pattern.fullmatch(name)] == [kind]
 
 
 @pytest.mark.parametrize("name", [
