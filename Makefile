@@ -54,15 +54,18 @@ test-jax: $(SETUP)
 
 # Rules for every run of a profile, generated from its configs (seeds and regimes come from there):
 # .cache/<profile>.mk writes under results/ (what git holds), .cache/local/<profile>.mk under
-# $(LOCAL)/ (make quick), naming its targets <profile>-local-*. Make picks the pattern with the
-# shorter stem, so .cache/local/quick.mk is made by the second rule.
+# $(LOCAL)/ (make quick), naming its targets <profile>-local-*. The local rule comes first: GNU make
+# >= 3.82 picks the pattern with the shorter stem, 3.81 (macOS) the first that matches.
+# What the rules are made from: the configs, the pipeline, the measure registry and the run names.
 LOCAL := local
-.cache/%.mk: $(SETUP) $(wildcard configs/*/*.yaml) replication/pipeline.py replication/config.py
-	@mkdir -p .cache
-	$(PY) -m replication make-rules --name $* configs/$*/*.yaml > $@.tmp && mv $@.tmp $@
-.cache/local/%.mk: $(SETUP) $(wildcard configs/*/*.yaml) replication/pipeline.py replication/config.py
+RULE_SOURCES := $(wildcard configs/*/*.yaml) replication/pipeline.py replication/config.py \
+                replication/measure/registry.py replication/regimes.py
+.cache/local/%.mk: $(SETUP) $(RULE_SOURCES)
 	@mkdir -p .cache/local
 	$(PY) -m replication make-rules --name $*-local --results-root $(LOCAL) configs/$*/*.yaml > $@.tmp && mv $@.tmp $@
+.cache/%.mk: $(SETUP) $(RULE_SOURCES)
+	@mkdir -p .cache
+	$(PY) -m replication make-rules --name $* configs/$*/*.yaml > $@.tmp && mv $@.tmp $@
 
 # A profile goal builds every result of its profiles (configs/<profile>/*.yaml) through the rules
 # generated into .cache/<profile>.mk, each read only when a goal named on the command line needs it
@@ -93,7 +96,7 @@ paper-cpu: paper-cpu-all
 PROFILES = $(sort $(foreach f,$(wildcard results/*/*/*/seed*/metrics.json),$(word 2,$(subst /, ,$f))))
 # The reports, then the parts of README.md and docs/ generated from them (python -m replication readme).
 report: $(SETUP)
-	@test -n "$(PROFILES)" || { echo "no finished runs under results/: run make quick first"; exit 2; }
+	@test -n "$(PROFILES)" || { echo "no finished runs under results/: run make quick-reference or a profile target first"; exit 2; }
 	for p in $(PROFILES); do $(PY) -m replication report results/$$p || exit 1; done
 	$(PY) -m replication readme
 

@@ -19,10 +19,11 @@ def on_terminal() -> bool:
     return sys.stdout.isatty()
 
 
-def bar(total: int | None, unit: str = "step"):
-    """A keras.utils.Progbar of `total` units on a terminal, else one that draws nothing."""
+def bar(total: int | None, unit: str = "step", shown: tuple[str, ...] = ()):
+    """A keras.utils.Progbar of `total` units on a terminal, else one that draws nothing. The values
+    named in `shown` are drawn as they are (Progbar averages any other over the updates)."""
     if not on_terminal():
         return _Silent()
     import keras
 
-    return keras.utils.Progbar(total, unit_name=unit)
+    return keras.utils.Progbar(total, unit_name=unit, stateful_metrics=list(shown))

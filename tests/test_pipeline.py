@@ -70,7 +70,8 @@ def test_rules_under_a_local_root_write_there_and_say_so_to_every_config_command
     assert f"{run}/metrics.json: | test-local-check-0\n" in rules
     assert f"train {config} --set results_dir=local/test --seed 0 --regime sb" in rules
     for command in ("check", "train", "landscape"):  # every command that reads the config
-        assert all("--set results_dir=local/test" in line for line in lines if f" {command} " in line)
+        commands = [line for line in lines if f" {command} " in line]
+        assert commands and all("--set results_dir=local/test" in line for line in commands)
     assert lines[-1].endswith("report local/test")
     assert pipeline.rules("test", [str(config)]).count("results/test/F1_synthetic_mnist/sb/seed0/metrics.json:") == 1
     elsewhere = tmp_path / "elsewhere.yaml"

@@ -196,3 +196,14 @@ def test_a_tolerance_that_accepts_everything_or_nothing_sensible_is_refused(tmp_
     line = one_error_line(code, capsys.readouterr().err)
     assert f"--rtol {float(rtol)} {problem}" in line and "give a relative tolerance in [0, 1)" in line
     assert entry.main(["diff", str(first), str(second), "--rtol", "0.999"]) == 1  # phi 35.25 vs 1e9
+
+
+def test_make_quick_without_its_reference_says_how_to_restore_it(tmp_path):
+    """`make quick` compares with the committed results/quick: when that folder is gone (hessian-quick's
+    advice deletes it), the one error line says how to get it back, not a generic usage hint."""
+    from conftest import cli, one_error_line
+
+    _folder(tmp_path / "local")
+    line = one_error_line(*(lambda r: (r.returncode, r.stderr))(
+        cli("diff", tmp_path / "missing", tmp_path / "local", "--summary")))
+    assert "git checkout" in line and "make quick-reference" in line

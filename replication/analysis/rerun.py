@@ -291,6 +291,9 @@ def main(first, second, rtol: float = 0.0, brief: bool = False, started: float |
     brief: the first 10 differences and the summary (make quick) instead of 200 lines and a verdict."""
     if started is not None and not (math.isfinite(started) and 0 < started <= time.time()):
         raise DiffError(f"--started {started} is not a Unix time in the past: give the start's `date +%s`")
+    if brief and not (Path(first).is_dir() and result_files(Path(first))):  # make quick's reference
+        raise DiffError(f"the reference {first} holds no result files: restore it (git checkout -- {first}) "
+                        "or rebuild it on purpose (make quick-reference)")
     found = compare(first, second, rtol)
     lines, comparable = found.lines, found.comparable
     shown = 10 if brief else 200

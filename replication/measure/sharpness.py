@@ -221,10 +221,11 @@ def _solve(passes: _Passes, y0, bound, iterations: int, f_x: float,
             best.update(f=value, y=y.copy())
         return -value, -grad
 
-    shown = progress.bar(iterations, unit="iteration")  # draws only on a terminal
+    shown = progress.bar(iterations, unit="iteration", shown=("max f",))  # draws only on a terminal
     try:
         answer = lbfgsb(negated, y0, -bound, bound, iterations,
                         on_iteration=lambda nit: shown.update(nit, [("max f", best["f"])]))
+        shown.update(answer["nit"], [("max f", best["f"])], finalize=True)  # a solve may stop early
         solve = dict(status=answer["status"], message=answer["message"], iterations=answer["nit"],
                      solver_final_f=-answer["fun"], solver_seconds=answer["solver_seconds"], failure=None)
         if first["moving"] and not best["f"] > first["f"]:
