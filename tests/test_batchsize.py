@@ -395,6 +395,7 @@ def test_a_study_where_no_rate_reaches_the_target_says_what_is_missing_and_why(t
 # Studies kept apart, diverged runs left out ---------------------------------------------------------
 def _run(network, regime, scaling="sqrt"):
     return types.SimpleNamespace(network=network, dataset="synthetic_mnist", regime=regime,
+                                 spec=regimes.parse_or_none(regime),  # as results.Run gives it
                                  path=Path(f"r/{network}_synthetic_mnist/{regime}/seed0"),
                                  metrics={"resolved_config": {"batch_size_study": {"lr_scaling": scaling}}})
 
