@@ -99,6 +99,9 @@ class LandscapeConfig:
                "must be >= 1 or null")
 
 
+NOISE_DEFINITIONS = ("evaluation", "training")  # sweep.noise_definition (docs/noise-scale.md)
+
+
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
     """Batch-size sweep (PAPER.md Figure 4, claim 4), optionally with the learning rate scaled.
@@ -114,6 +117,10 @@ class SweepConfig:
     # Gradient noise scale (replication/measure/noise.py): mini-batches of sb_batch_size drawn per
     # estimate, at x0 and at every minimiser of a config with a sweep.
     noise_batches: int = 100
+    # Which definition of the noise scale (docs/noise-scale.md; measure/noise.py): "evaluation",
+    # the estimator every committed study used (dropout off, Adam's v from the same batches), or
+    # "training" (dropout on, batch norm as trained, Adam's v_hat from the optimizer's own state).
+    noise_definition: str = "evaluation"
 
     def validate(self, where: str) -> None:
         for b in self.batch_sizes:
@@ -128,6 +135,8 @@ class SweepConfig:
                self.lr_scalings, where, "scalings repeat")
         _check(self.noise_batches >= 3, "sweep.noise_batches", self.noise_batches, where,
                "the noise-scale estimate needs at least 3 mini-batches")
+        _check(self.noise_definition in NOISE_DEFINITIONS, "sweep.noise_definition", self.noise_definition,
+               where, f"use one of {NOISE_DEFINITIONS} (docs/noise-scale.md)")
 
 
 TARGET_METRICS = ("train_loss", "train_error")

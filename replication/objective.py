@@ -7,6 +7,10 @@ batch with its own statistics (the paper: batches of 5000), Keras BatchNormaliza
 moving averages, read afresh at every call (the landscape changes them between evaluations).
 Each batch is one compiled pass (backend.compiled) producing loss and gradient together, in full
 float32 (backend.float32_matmuls); the data stays resident as tensors on the device.
+
+One pass beyond f: `training_batch_gradient`, a mini-batch gradient taken as model.fit takes it
+(training=True: dropout on, batch norm on the batch's own statistics), for the gradient noise
+scale's training-time definition (docs/noise-scale.md, Definition 1).
 """
 
 from __future__ import annotations
@@ -36,6 +40,12 @@ class Objective:
         self._value = backend.compiled(self._batch_value)
         self._value_and_grad = backend.compiled(backend.value_and_grad(self._batch_value))
         self._hessian_vector_product = None  # compiled on first use (the hessian command only)
+        self._training_value_and_grad = None  # compiled on first use (the noise scale only)
+        # The random layers' generator states among the non-trainable variables, found as
+        # train._reseed_dropout finds them (Dropout's seed_generator, a preprocessing layer's generator).
+        states = {id(generator.state) for layer in model.layers
+                  if (generator := getattr(layer, "seed_generator", None) or getattr(layer, "generator", None))}
+        self._generator_states = [i for i, v in enumerate(model.non_trainable_variables) if id(v) in states]
 
     # x <-> variables --------------------------------------------------------------------------
     def get_flat(self):
@@ -60,6 +70,16 @@ class Objective:
     # compiled passes (everything they use comes in as an argument) ------------------------------
     def _batch_value(self, flat, non_trainable, x, y):
         probs, _ = self.model.stateless_call(self._unflatten(flat), non_trainable, x, training=False)
+        return self._sums(probs, y)
+
+    def _batch_value_training(self, flat, non_trainable, x, y):
+        # The non-trainable values stateless_call returns (batch norm's moving statistics updated by
+        # this batch, the advanced seed states) are dropped: measuring never changes the model.
+        probs, _ = self.model.stateless_call(self._unflatten(flat), non_trainable, x, training=True)
+        return self._sums(probs, y)
+
+    @staticmethod
+    def _sums(probs, y):
         loss = keras.losses.sparse_categorical_crossentropy(y, probs)
         correct = ops.cast(ops.equal(ops.cast(ops.argmax(probs, axis=-1), y.dtype), y), "float32")
         return ops.sum(loss), ops.sum(correct)
@@ -86,6 +106,26 @@ class Objective:
     def _batch_value_and_gradient(self, flat, non_trainable, x, y):
         with backend.float32_matmuls():
             loss_sum, _, grad = self._value_and_grad(flat, non_trainable, x, y)
+        return loss_sum, grad
+
+    def training_batch_gradient(self, flat, inputs, labels, stream: tuple[int, ...]):
+        """(sum of the losses, its gradient) over one given batch with the model in training mode,
+        as model.fit takes it: dropout on, batch norm on this batch's own statistics (Keras
+        BatchNormalization in training mode; BatchStatNormalization always). Each random layer's
+        masks come from `stream` alone (its generator's state is drawn from
+        numpy.random.default_rng(stream)), so the same stream gives the same gradient and two
+        streams give independent masks. The model's variables, seed states included, are unchanged."""
+        if self._training_value_and_grad is None:
+            self._training_value_and_grad = backend.compiled(backend.value_and_grad(self._batch_value_training))
+        variables = self.model.non_trainable_variables
+        non_trainable = self._non_trainable()
+        draws = np.random.default_rng(list(stream)).integers(2 ** 31, size=len(self._generator_states))
+        for index, draw in zip(self._generator_states, draws):
+            non_trainable[index] = ops.convert_to_tensor(backend.seed_state(int(draw), variables[index]))
+        with backend.float32_matmuls():
+            loss_sum, _, grad = self._training_value_and_grad(
+                ops.convert_to_tensor(flat, "float32"), non_trainable, ops.convert_to_tensor(inputs),
+                ops.convert_to_tensor(labels))
         return loss_sum, grad
 
     def value_and_gradient(self, flat):

@@ -332,6 +332,25 @@ def _save_plain(session: _Session, target: Path) -> None:
     storage.save_weights(plain, target)
 
 
+def adam_state_path(run_dir) -> Path:
+    """Where a run with stopping: target keeps Adam's state at its final point (_save_adam_state)."""
+    return Path(run_dir) / "final.adam.npz"
+
+
+def _save_adam_state(session: _Session, target: Path) -> None:
+    """Adam's second moment v at the final point, for the noise scale's B_adam (docs/noise-scale.md,
+    Definition 2: P from v_hat = v_t / (1 - beta_2^t)): v flat in model.trainable_variables order,
+    the step t, beta_2, epsilon, and the digest of the weights it belongs to; atomically."""
+    model = session.model
+    optimizer = model.optimizer
+    # Keras' Adam keeps v per variable; _get_variable_index is how its own update step finds it.
+    velocities = [optimizer._velocities[optimizer._get_variable_index(v)] for v in model.trainable_variables]
+    v = np.concatenate([np.asarray(velocity.numpy(), np.float32).ravel() for velocity in velocities])
+    storage.atomic_savez(target, v=v, t=np.int64(int(optimizer.iterations.numpy())),
+                         beta_2=np.float64(optimizer.beta_2), epsilon=np.float64(optimizer.epsilon),
+                         weights_sha256=np.str_(storage.weights_digest(model.get_weights())))
+
+
 def _finish(session: _Session, reason: str, deviations: list[str]) -> Path:
     """Final weights, env.json, then metrics.json; drop the checkpoints."""
     config, path, history = session.config, session.path, session.history
@@ -359,6 +378,8 @@ def _finish(session: _Session, reason: str, deviations: list[str]) -> Path:
     if session.tracker:
         metrics["target"] = session.tracker.summary(len(history))
     _save_plain(session, path / "final.weights.h5")
+    if session.tracker and not diverged:  # the batch-size study's runs: B_adam's v_hat at this point
+        _save_adam_state(session, adam_state_path(path))
     session.env.update(end_time=rundir.now(), train_seconds_this_process=round(time.time() - session.started, 1))
     storage.atomic_write_json(path / "env.json", session.env)
     storage.atomic_write_json(path / "metrics.json", metrics)  # last: its presence means "done"

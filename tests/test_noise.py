@@ -1,10 +1,12 @@
 """Gradient noise scale B_simple = tr(Sigma)/|G|^2 (McCandlish et al. 2018): the mini-batch
-estimator against the exact value from per-example gradients, weights left alone, bad input."""
+estimator against the exact value from per-example gradients, weights left alone, bad input; the
+training-time definitions of docs/noise-scale.md (dropout masks per batch, Adam's own v_hat saved
+by a target run)."""
 
 import numpy as np
 import pytest
 
-from replication import objective
+from replication import objective, rundir, storage
 from replication.measure import noise
 
 pytestmark = pytest.mark.backend
@@ -103,3 +105,171 @@ def test_weights_are_unchanged_and_bad_input_is_refused():
     with pytest.raises(ValueError, match="at least 3 mini-batches"):
         noise.estimate(model, x, y, batch_size=8, batches=2)
 
+
+
+# The training-time definitions (docs/noise-scale.md): dropout on, Adam's own v_hat ---------------
+def dropout_network(rate=0.5, seed=0, batchnorm=False):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input((3,)), keras.layers.Dense(16, activation="relu")]
+    layers += [keras.layers.BatchNormalization()] if batchnorm else []
+    layers += [keras.layers.Dropout(rate)] if rate else []
+    return keras.Sequential(layers + [keras.layers.Dense(4, activation="softmax")])
+
+
+def test_training_mode_masks_come_from_the_stream_and_leave_the_model_alone():
+    model, (x, y) = dropout_network(batchnorm=True), data()
+    obj = objective.Objective(model, x, y, len(x))
+    flat = obj.get_flat()
+    before = [np.asarray(v.value).copy() for v in model.non_trainable_variables]  # seed state, moving stats
+
+    def gradient(stream, index=slice(0, 8)):
+        return np.asarray(obj.training_batch_gradient(flat, x[index], y[index], stream)[1])
+
+    first = gradient((0, 7, 1))
+    np.testing.assert_array_equal(first, gradient((0, 7, 1)))      # the same (seed, k): the same gradient
+    assert np.abs(first - gradient((0, 7, 2))).max() > 1e-3         # another batch index: other masks
+    assert np.abs(first - gradient((1, 7, 1))).max() > 1e-3         # another seed: other masks
+    for a, b in zip(before, [np.asarray(v.value) for v in model.non_trainable_variables]):
+        np.testing.assert_array_equal(a, b)                          # moving statistics never written back
+    # Without dropout, training mode differs from evaluation only by batch norm's statistics: with
+    # the moving statistics set to this batch's own, evaluation gives the training-mode loss.
+    model = dropout_network(rate=0, batchnorm=True)
+    obj = objective.Objective(model, x, y, len(x))
+    flat = obj.get_flat()
+    training_loss = float(obj.training_batch_gradient(flat, x[:8], y[:8], (0, 7, 1))[0])
+    assert abs(float(obj.batch_value_and_gradient(flat, x[:8], y[:8])[0]) - training_loss) > 1e-3
+    hidden = np.maximum(x[:8] @ model.layers[0].kernel.numpy() + model.layers[0].bias.numpy(), 0)
+    model.layers[1].moving_mean.assign(hidden.mean(axis=0))
+    model.layers[1].moving_variance.assign(hidden.var(axis=0))
+    assert float(obj.batch_value_and_gradient(flat, x[:8], y[:8])[0]) == pytest.approx(training_loss, rel=1e-4)
+
+
+def test_dropout_adds_to_the_noise_under_the_training_definition():
+    # Same weights, same K batches: with dropout on, the masks add their own variance to tr(Sigma).
+    model, (x, y) = dropout_network(), data(size=256)
+    evaluation = noise.estimate(model, x, y, batch_size=16, batches=200, seed=3)
+    training = noise.estimate(model, x, y, batch_size=16, batches=200, seed=3, definition="training")
+    assert training["trace_sigma"] > 1.5 * evaluation["trace_sigma"], (training["trace_sigma"], evaluation["trace_sigma"])
+    # Without an optimizer state the Adam value is not measured, never the batch-estimated one.
+    assert training["adam"]["b_simple"] is None and not training["adam"]["resolved"]
+    assert training["adam"]["note"].startswith("not measured")
+    assert evaluation["adam"]["resolved"] and evaluation["adam"]["b_simple"] > 0
+
+
+def test_without_dropout_or_batch_norm_both_definitions_agree():
+    model, (x, y) = softmax_regression(), data()
+    evaluation = noise.estimate(model, x, y, batch_size=8, batches=50, seed=2)
+    training = noise.estimate(model, x, y, batch_size=8, batches=50, seed=2, definition="training")
+    for key in ("b_simple", "b_simple_standard_error", "trace_sigma", "grad_norm_sq"):
+        assert training[key] == pytest.approx(evaluation[key], rel=1e-6), key
+    with pytest.raises(ValueError, match="unknown noise-scale definition 'train'"):
+        noise.estimate(model, x, y, batch_size=8, batches=5, definition="train")
+
+
+def test_the_adam_preconditioner_is_the_optimizers_bias_corrected_v():
+    # v_hat = v / (1 - 0.75^1) = 4 v; P = 1 / (sqrt(v_hat) + 1e-8), worked out by hand.
+    state = noise.AdamState(np.array([0.0, 0.25, 1e-16]), step=1, beta_2=0.75, epsilon=1e-8)
+    np.testing.assert_allclose(state.preconditioner(), [1e8, 1 / (1 + 1e-8), 1 / 3e-8], rtol=1e-12)
+
+
+def test_b_adam_uses_the_given_v_hat_held_fixed():
+    # With P from a given state, the estimator converges to tr(P Sigma P) / |P G|^2 of that P (not
+    # of the P the batches would give: exact_adam_b_simple).
+    model, (x, y) = softmax_regression(), data()
+    x = x * np.array([1.0, 8.0, 0.2], np.float32)
+    per_example = per_example_gradients(model, x, y)
+    v = np.random.default_rng(5).uniform(0.01, 4.0, size=per_example.shape[1])
+    state = noise.AdamState(v, step=10, beta_2=0.999, epsilon=1e-8)
+    p = state.preconditioner()
+    mean = per_example.mean(axis=0)
+    exact = float(np.sum(p ** 2 * ((per_example - mean) ** 2).mean(axis=0)) / np.sum((p * mean) ** 2))
+    result = noise.estimate(model, x, y, batch_size=8, batches=3000, seed=1, definition="training", adam_state=state)
+    assert result["adam"]["resolved"] and result["adam"]["adam_step"] == 10
+    assert result["adam"]["b_simple"] == pytest.approx(exact, rel=0.05)
+    assert abs(exact_adam_b_simple(per_example, 8) / exact - 1) > 0.2  # the batch-estimated P gives another value
+    with pytest.raises(ValueError, match="'training' definition only"):
+        noise.estimate(model, x, y, batch_size=8, batches=5, adam_state=state)
+    with pytest.raises(ValueError, match="holds 3 second moments, the model 16"):
+        noise.estimate(model, x, y, batch_size=8, batches=5, definition="training", adam_state=noise.AdamState(
+            np.ones(3), 1, 0.999, 1e-8))
+
+
+# A run with stopping: target keeps Adam's state at its final point; the noise command uses it -----
+STUDY = {"stopping": "target", "epochs": 20, "sharpness": {"subset": 300}, "sweep": {"noise_batches": 4},
+         "target": {"metric": "train_loss", "value": 1.0, "every_steps": 3, "eval_subset": 200, "max_steps": 200},
+         "batch_size_study": {"batch_sizes": [16, 64], "lr_multipliers": [0.5, 1, 2]}}
+
+
+def test_adam_state_is_saved_in_trainable_variable_order(tmp_path):
+    import types
+
+    from replication import train
+
+    model = dropout_network()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.optimizer.build(model.trainable_variables)
+    optimizer = model.optimizer
+    for i, variable in enumerate(model.trainable_variables):
+        optimizer._velocities[optimizer._get_variable_index(variable)].assign(np.full(variable.shape, i + 1.0))
+    optimizer.iterations.assign(7)
+    target = train.adam_state_path(tmp_path)
+    train._save_adam_state(types.SimpleNamespace(model=model), target)
+    state = noise.read_adam_state(target, storage.weights_digest(model.get_weights()))
+    sizes = [int(np.prod(v.shape)) for v in model.trainable_variables]
+    np.testing.assert_array_equal(state.v, np.repeat(np.arange(1.0, len(sizes) + 1), sizes))
+    assert (state.step, state.beta_2, state.epsilon) == (7, optimizer.beta_2, optimizer.epsilon)
+
+
+def test_a_target_run_keeps_its_adam_state_and_the_training_definition_uses_it(tiny_config, tmp_path):
+    from replication import config as config_lib
+    from replication import errors, train
+
+    config = config_lib.load(tiny_config(**STUDY))
+    run = train.train(config, "b16-x1", 0)
+    metrics = storage.read_json(run / "metrics.json")
+    assert metrics["stopped"] == "target"
+    assert metrics["resolved_config"]["sweep"]["noise_definition"] == "evaluation"
+    loaded = rundir.load_run(run)
+    state = noise.read_adam_state(train.adam_state_path(run), storage.weights_digest(loaded.model.get_weights()))
+    assert state.step == metrics["target"]["steps_run"] and len(state.v) == sum(
+        int(np.prod(v.shape)) for v in loaded.model.trainable_variables)
+    assert np.all(state.v >= 0) and np.count_nonzero(state.v) > 0.9 * len(state.v)
+
+    # The default definition: settings exactly as before (committed files stay reusable), Adam's v from the batches.
+    old = noise.noise_scale(run, "final")
+    assert set(old["settings"]) == {"point", "batch_size", "batches", "subset", "estimator", "seed",
+                                    "weights_digest", "backend", "passes"}
+    assert old["definition"] == "evaluation" and old["adam"]["resolved"] and "adam_step" not in old["adam"]
+    # The training definition is a new result (not the evaluation one reused), with B_adam from the state.
+    new = noise.noise_scale(run, "final", definition="training")
+    assert new["definition"] == "training" and new["definitions_doc"] == "docs/noise-scale.md"
+    assert new["settings"]["definition"] == "training"
+    assert new["settings"]["adam_state_sha256"] == storage.sha256_file(train.adam_state_path(run))
+    assert new["adam"]["resolved"] and new["adam"]["adam_step"] == state.step
+    assert new["adam"]["b_simple"] != old["adam"]["b_simple"]
+    assert noise.noise_scale(run, "final", definition="training") == new  # reused now
+    # At x0 B_adam is not defined; a run without the state has it "not measured".
+    initial = noise.noise_scale(run, "initial", definition="training")
+    assert initial["adam"]["b_simple"] is None and initial["adam"]["note"].startswith("not defined at x0")
+    train.adam_state_path(run).rename(tmp_path / "kept.npz")
+    missing = noise.noise_scale(run, "final", definition="training")
+    assert missing["settings"]["adam_state_sha256"] is None and missing["adam"]["b_simple"] is None
+    assert missing["adam"]["note"].startswith("not measured") and missing["b_simple"] is not None
+    # A state that belongs to other weights, or a damaged file, is refused in one line.
+    storage.atomic_savez(train.adam_state_path(run), **{**dict(np.load(tmp_path / "kept.npz")),
+                                                        "weights_sha256": np.str_("0" * 64)})
+    with pytest.raises(errors.UserError, match="saved with other weights than the run's final.weights.h5"):
+        noise.noise_scale(run, "final", definition="training")
+    train.adam_state_path(run).write_bytes(b"not an npz")
+    with pytest.raises(errors.UserError, match=r"final.adam.npz: not a readable .npz .*train the run again"):
+        noise.noise_scale(run, "final", definition="training")
+
+
+def test_a_fixed_length_run_saves_no_adam_state(tiny_config):
+    from replication import config as config_lib
+    from replication import train
+
+    run = train.train(config_lib.load(tiny_config(epochs=1)), "sb", 0)
+    assert (run / "metrics.json").exists() and not train.adam_state_path(run).exists()
