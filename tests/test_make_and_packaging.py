@@ -43,8 +43,8 @@ def test_a_profile_goal_reads_the_rules_of_its_profiles_only(tmp_path):
     """The Makefile in a folder of its own, with a stand-in interpreter whose make-rules prints one
     rule per profile: `make -n GOAL` plans what the profiles' generated rules say, nothing else."""
     shutil.copy(ROOT / "Makefile", tmp_path)
-    for name in ("pipeline.py", "config.py"):  # prerequisites of the generated rules
-        (tmp_path / "replication").mkdir(exist_ok=True)
+    for name in ("pipeline.py", "config.py", "regimes.py", "measure/registry.py"):  # the rules' sources
+        (tmp_path / "replication" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "replication" / name).write_text("")
     for profile in ("quick", "paper", "warmstart", "paper-cpu"):
         (tmp_path / "configs" / profile).mkdir(parents=True)
