@@ -231,3 +231,15 @@ def parameter_counts(model: keras.Model) -> tuple[int, int]:
     """(trainable, non-trainable) scalar counts."""
     count = lambda vs: int(sum(int(ops.size(v)) for v in vs))  # noqa: E731
     return count(model.trainable_weights), count(model.non_trainable_weights)
+
+
+def seed_generators(model: keras.Model) -> list[tuple[int, object]]:
+    """(layer index, generator) of every layer that draws random numbers when training: Dropout's
+    seed generator, or a Keras preprocessing layer's (remedies.augmentation_layers). Training
+    reseeds them per epoch (train._reseed_dropout); the noise scale per mini-batch (objective.py)."""
+    found = []
+    for index, layer in enumerate(model.layers):
+        generator = getattr(layer, "seed_generator", None) or getattr(layer, "generator", None)
+        if generator is not None:
+            found.append((index, generator))
+    return found

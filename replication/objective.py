@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from replication import backend
+from replication import backend, models
 
 
 class Objective:
@@ -41,10 +41,8 @@ class Objective:
         self._value_and_grad = backend.compiled(backend.value_and_grad(self._batch_value))
         self._hessian_vector_product = None  # compiled on first use (the hessian command only)
         self._training_value_and_grad = None  # compiled on first use (the noise scale only)
-        # The random layers' generator states among the non-trainable variables, found as
-        # train._reseed_dropout finds them (Dropout's seed_generator, a preprocessing layer's generator).
-        states = {id(generator.state) for layer in model.layers
-                  if (generator := getattr(layer, "seed_generator", None) or getattr(layer, "generator", None))}
+        # The random layers' generator states among the non-trainable variables (models.seed_generators).
+        states = {id(generator.state) for _, generator in models.seed_generators(model)}
         self._generator_states = [i for i, v in enumerate(model.non_trainable_variables) if id(v) in states]
 
     # x <-> variables --------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from replication import config as config_lib
-from replication import backend, progress, regimes, rundir, storage
+from replication import backend, models, progress, regimes, rundir, storage
 
 
 def load_x0(model, config: config_lib.Config, seed: int, log) -> str:
@@ -79,11 +79,8 @@ def _x0_users(config: config_lib.Config, seed: int, path: Path) -> list[Path]:
 def _reseed_dropout(model, seed: int, epoch: int) -> None:
     """Dropout masks (and a remedy run's augmentations) depend on (seed, epoch) only, so a resumed
     epoch draws the same masks."""
-    for index, layer in enumerate(model.layers):
-        # Dropout's seed generator, or a Keras preprocessing layer's (remedies.augmentation_layers)
-        generator = getattr(layer, "seed_generator", None) or getattr(layer, "generator", None)
-        if generator is not None:
-            generator.state.assign(backend.seed_state(seed * 1_000_003 + epoch * 1009 + index, generator.state))
+    for index, generator in models.seed_generators(model):
+        generator.state.assign(backend.seed_state(seed * 1_000_003 + epoch * 1009 + index, generator.state))
 
 
 def _failpoint_callbacks(epoch: int) -> list:
