@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from replication import config as config_lib
-from replication import backend, models, progress, regimes, rundir, storage
+from replication import backend, progress, regimes, rundir, storage
 
 
 def load_x0(model, config: config_lib.Config, seed: int, log) -> str:
@@ -79,6 +79,7 @@ def _x0_users(config: config_lib.Config, seed: int, path: Path) -> list[Path]:
 def _reseed_dropout(model, seed: int, epoch: int) -> None:
     """Dropout masks (and a remedy run's augmentations) depend on (seed, epoch) only, so a resumed
     epoch draws the same masks."""
+    from replication import models  # imports Keras: not at the top, so a bad config is refused before it starts
     for index, generator in models.seed_generators(model):
         generator.state.assign(backend.seed_state(seed * 1_000_003 + epoch * 1009 + index, generator.state))
 
