@@ -243,6 +243,15 @@ def _batch_size(args):
         print(batchsize_report.write_report(config.results_dir))
 
 
+def _recommend(args):
+    from replication import config as config_lib
+    from replication import recommend
+
+    recommend.check(config_lib.load(args.config, args.set), args.budget)  # refused before Keras starts
+    _start_keras()
+    print(recommend.summary(recommend.recommend(args.config, args.set, args.budget, args.seed)))
+
+
 def _make_rules(args):
     from replication import config as config_lib
 
@@ -425,6 +434,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key (dotted for sections), repeatable")
     p.add_argument("--batch", type=int, help="train this batch size's runs only (no noise scale, no report)")
     p.set_defaults(func=_batch_size)
+
+    p = sub.add_parser("recommend", help="a batch size, its learning rate and the steps it needs, from one "
+                       "short run of a batch-size study's config: its noise scale (docs/noise-scale.md); writes "
+                       "RESULTS_DIR/recommend/recommendation.json (prints a summary)")
+    p.add_argument("config")
+    p.add_argument("--budget", type=float, default=0.05, help="the short run's steps as a fraction of the study's "
+                   "step budget, target.max_steps x batch sizes x rate multipliers x seeds (default 0.05)")
+    p.add_argument("--seed", type=int, help="the short run's seed (default: the config's first)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (dotted for sections), repeatable")
+    p.set_defaults(func=_recommend)
 
     p = sub.add_parser("make-rules", help="print Make rules for every result of CONFIGS (used by the Makefile)")
     p.add_argument("--name", required=True, help="profile name: the rules end with <name>-all")

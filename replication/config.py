@@ -158,6 +158,10 @@ class TargetConfig:
     every_examples: int | None = None      # set: check every max(1, round(every_examples / batch)) steps
     eval_subset: int = 5000
     max_steps: int = 20000
+    # Looser values of the same metric met on the way to `value` (issue 25 item 4: B_crit per
+    # target): the first check meeting each is recorded, and the weights and Adam state there are
+    # kept (<run>/targets/), so the noise scale can be measured where each target is met.
+    milestones: tuple[float, ...] = ()
 
     def validate(self, where: str) -> None:
         _check(self.metric in TARGET_METRICS, "target.metric", self.metric, where,
@@ -171,6 +175,19 @@ class TargetConfig:
                self.every_examples, where, "must be >= 1 or null")
         _check(self.eval_subset >= 1, "target.eval_subset", self.eval_subset, where, "must be >= 1")
         _check(self.max_steps >= 1, "target.max_steps", self.max_steps, where, "must be >= 1")
+        _check(all(m > 0 for m in self.milestones) and len(set(self.milestones)) == len(self.milestones),
+               "target.milestones", self.milestones, where, "milestones must be > 0 and must not repeat")
+        _check(self.value is not None or not self.milestones, "target.milestones", self.milestones, where,
+               "milestones are met on the way to target.value: set target.value")
+        _check(self.value is None or all(m > self.value for m in self.milestones), "target.milestones",
+               self.milestones, where, f"each milestone must be looser than target.value {self.value} (larger: "
+               "the run stops at target.value, so a tighter milestone is never met)")
+        _check(self.metric != "train_error" or all(m < 100 for m in self.milestones), "target.milestones",
+               self.milestones, where, "train_error is in %: use values below 100")
+
+    def values(self) -> tuple[float, ...]:
+        """Every target a run records steps to, loosest first: the milestones, then `value`."""
+        return (*sorted(self.milestones, reverse=True), self.value) if self.value is not None else ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,6 +245,13 @@ class BatchSizeStudyConfig:
         low, high = grid[1] / grid[0], grid[-1] / grid[-2]
         below = [grid[0] / low ** k for k in range(self.max_extensions, 0, -1)]
         above = [grid[-1] * high ** k for k in range(1, self.max_extensions + 1)]
+        # A grid of powers of sqrt(n) through 1 written to 6 digits ([0.707107, 1, 1.41421]): its
+        # ladder is the exact powers, so an extension is x2, not x1.99999 of the rounded edge.
+        ratio = math.sqrt(round(high * high))
+        if ratio > 1 and 1.0 in grid and all(abs(ratio ** round(math.log(m, ratio)) / m - 1) < 1e-5 for m in grid):
+            first, last = round(math.log(grid[0], ratio)), round(math.log(grid[-1], ratio))
+            below = [ratio ** (first - k) for k in range(self.max_extensions, 0, -1)]
+            above = [ratio ** (last + k) for k in range(1, self.max_extensions + 1)]
         return tuple(float(f"{m:.6g}") for m in (*below, *grid, *above))
 
 
@@ -824,6 +848,16 @@ def defaults() -> dict:
     run whose resolved config predates a key is taken to have had."""
     return {f.name: _plain(dataclasses.asdict(f.default) if dataclasses.is_dataclass(f.default) else f.default)
             for f in dataclasses.fields(Config) if f.default is not dataclasses.MISSING}
+
+
+def with_defaults(resolved: dict) -> dict:
+    """A run's resolved config with every key it predates at its default, a section's keys too (a
+    run made before target.milestones existed had none)."""
+    out = {}
+    for key, default in {**defaults(), **{k: None for k in resolved if k not in defaults()}}.items():
+        value = resolved.get(key, default)
+        out[key] = {**default, **value} if isinstance(default, dict) and isinstance(value, dict) else value
+    return out
 
 
 def from_dict(data: dict, where: str = "<dict>") -> Config:

@@ -171,14 +171,15 @@ def check_same_config(path: Path, resolved: dict) -> None:
     # Runs made before the JAX port name no backend: they ran on TensorFlow.
     previous.get("run", {}).setdefault("backend", "tensorflow")
     # A key a run's config did not have yet (a run made before it existed) had its default.
-    defaults = config_lib.defaults()
+    filled = config_lib.with_defaults(previous)
     for key in sorted(set(previous) | set(resolved)):
         if key in NON_TRAINING_KEYS:
             continue
-        if previous.get(key, defaults.get(key)) != resolved.get(key):
+        before = filled.get(key)
+        if before != resolved.get(key):
             raise RunError(
                 f"run directory {path} was made by another config ('{key}' was "
-                f"{previous.get(key, defaults.get(key))!r}, now {resolved.get(key)!r}): use another "
+                f"{before!r}, now {resolved.get(key)!r}): use another "
                 "results_dir or delete that directory")
 
 

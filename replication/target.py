@@ -43,6 +43,21 @@ def meets(target: config_lib.TargetConfig, row: dict) -> bool:
     return math.isfinite(value) and value <= target.value
 
 
+def first_meeting(rows: list[dict], metric: str, value: float) -> dict | None:
+    """The first check whose `metric` is finite and at or below `value` (None: never met)."""
+    for row in rows:
+        measured = float(row[metric])
+        if math.isfinite(measured) and measured <= value:
+            return row
+    return None
+
+
+def milestone_path(run_dir, value: float, suffix: str = ".weights.h5") -> Path:
+    """Where a run keeps its weights (suffix .weights.h5) and Adam's state (.adam.npz) at the first
+    check meeting the milestone `value` (target.milestones)."""
+    return Path(run_dir) / "targets" / f"{value:g}{suffix}"
+
+
 def check_interval(target: config_lib.TargetConfig, batch_size: int) -> int:
     """Optimizer steps between two checks: every_examples / batch (rounded, at least 1) when
     every_examples is set, so every batch is checked at about the same examples; else every_steps."""
@@ -108,6 +123,28 @@ def check_summary(summary, path) -> dict:
     number(summary.get("check_every_steps"), path, "target.check_every_steps", fix, integer=True, low=0,
            above=True, optional=True)
     number(summary.get("train_seconds"), path, "target.train_seconds", fix, optional=not reached)
+    targets = summary.get("targets", [])
+    if not isinstance(targets, list) or not all(isinstance(t, dict) for t in targets):
+        raise storage.StorageError(f"{path}: target.targets is not a list of records (edited by hand, or damaged): {fix}")
+    previous = 0
+    for index, record in enumerate(targets):
+        where = f"target.targets[{index}]"
+        number(record.get("value"), path, f"{where}.value", fix, above=True)
+        met = record.get("steps") is not None
+        steps = number(record.get("steps"), path, f"{where}.steps", fix, integer=True, low=0, above=True,
+                       optional=True)
+        number(record.get("examples"), path, f"{where}.examples", fix, integer=True, low=0, above=True,
+               optional=not met)
+        number(record.get("train_seconds"), path, f"{where}.train_seconds", fix, optional=not met)
+        # Looser targets come first, so each is met no later than the next; the last is the run's own.
+        if met and (steps < previous or steps > steps_run):
+            raise storage.StorageError(f"{path}: {where}.steps {steps} is out of order or past target.steps_run "
+                                       f"{steps_run} (edited by hand, or damaged): {fix}")
+        previous = steps if met else math.inf
+    if targets and targets[-1].get("steps") != summary.get("steps"):
+        raise storage.StorageError(f"{path}: the last of target.targets (the run's own target) has steps "
+                                   f"{targets[-1].get('steps')!r}, not target.steps {summary.get('steps')!r} (edited by "
+                                   f"hand, or damaged): {fix}")
     return summary
 
 
@@ -152,6 +189,9 @@ class Tracker:
         self.rows = [row for row in rows if int(row["step"]) <= self.completed_steps]
         inputs, labels = data.subset(x_train, y_train, min(config.target.eval_subset, len(x_train)))
         self.objective = objective.Objective(model, inputs, labels, config.eval_batch_size)
+        # Called with a milestone's value at the first check meeting it, weights then current
+        # (train keeps them and Adam's state there); set by the trainer once its session exists.
+        self.on_milestone = None
 
     @property
     def reached(self) -> dict | None:
@@ -175,7 +215,11 @@ class Tracker:
         row = {"step": step, "examples": step * self.batch_size, "epoch": epoch, "train_loss": loss,
                "train_error": 100 * (1 - accuracy), "train_seconds": round(seconds, 3)}
         row["reached"] = int(meets(self.target, row))
+        met_before = {m for m in self.target.milestones if first_meeting(self.rows, self.target.metric, m)}
         self.rows.append(row)
+        for milestone in self.target.milestones:
+            if milestone not in met_before and first_meeting([row], self.target.metric, milestone) and self.on_milestone:
+                self.on_milestone(milestone)
         return bool(row["reached"]) or step >= self.target.max_steps or not math.isfinite(loss)
 
     def callback(self, epoch: int):
@@ -217,4 +261,16 @@ class Tracker:
                 "steps": int(reached["step"]) if reached else None,
                 "examples": int(reached["examples"]) if reached else None,
                 "train_seconds": float(reached["train_seconds"]) if reached else None,
-                "steps_run": self.steps_done(history_length), "checks": len(self.rows), "check_every_steps": self.every}
+                "steps_run": self.steps_done(history_length), "checks": len(self.rows), "check_every_steps": self.every,
+                **({"targets": self.targets()} if self.target.milestones else {})}
+
+    def targets(self) -> list[dict]:
+        """Steps, examples and training seconds to each of target.values() (loosest first; None
+        where not met), from the checks."""
+        out = []
+        for value in self.target.values():
+            row = first_meeting(self.rows, self.target.metric, value)
+            out.append({"value": value, "steps": int(row["step"]) if row else None,
+                        "examples": int(row["examples"]) if row else None,
+                        "train_seconds": float(row["train_seconds"]) if row else None})
+        return out

@@ -257,9 +257,12 @@ def _prepare(config, spec, seed, path, log, arrays, warm_start=None, parallel=No
         trace = target.trace_path(path)
         tracker = target.Tracker(config, model, x_train, y_train, batch_size, len(history),
                                  storage.read_csv(trace) if trace.exists() else [])
-    return _Session(config, spec, seed, path, log, arrays, batch_size, resolved, model, x0_digest, env,
-                    history, objectives, backend.training_data(x_train, y_train), time.time(), tracker,
-                    warm_start=warm_start)
+    session = _Session(config, spec, seed, path, log, arrays, batch_size, resolved, model, x0_digest, env,
+                       history, objectives, backend.training_data(x_train, y_train), time.time(), tracker,
+                       warm_start=warm_start)
+    if tracker:
+        tracker.on_milestone = lambda value: _save_milestone(session, value)
+    return session
 
 
 def _load_start(model, config: config_lib.Config, path: Path, start: Path | None, seed: int) -> dict:
@@ -347,6 +350,16 @@ def _save_adam_state(session: _Session, target: Path) -> None:
     storage.atomic_savez(target, v=v, t=np.int64(int(optimizer.iterations.numpy())),
                          beta_2=np.float64(optimizer.beta_2), epsilon=np.float64(optimizer.epsilon),
                          weights_sha256=np.str_(storage.weights_digest(model.get_weights())))
+
+
+def _save_milestone(session: _Session, value: float) -> None:
+    """The weights and Adam's state where a milestone (target.milestones) is first met, so the noise
+    scale can be measured there (docs/noise-scale.md: at the first check meeting each target). A
+    resumed run that redoes the epoch writes the same files again (the epoch is redone exactly)."""
+    from replication import target
+
+    _save_plain(session, target.milestone_path(session.path, value))
+    _save_adam_state(session, target.milestone_path(session.path, value, ".adam.npz"))
 
 
 def _finish(session: _Session, reason: str, deviations: list[str]) -> Path:

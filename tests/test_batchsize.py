@@ -2,7 +2,6 @@
 critical-batch fit, the noise scale along training, the report; configs refused in one line."""
 
 import dataclasses
-import math
 import types
 from pathlib import Path
 
@@ -87,27 +86,38 @@ def test_the_grid_comes_first_then_extends_past_a_strictly_best_edge():
     steps = {0.5: None, 1.0: 300, 2.0: 150}
     assert batchsize.next_multiplier(steps, study) == (4.0, "extended high")
     assert batchsize.next_multiplier({**steps, 4.0: 90, 8.0: 80}, study) == (None, "capped high")
-    # A tie with an interior rate is not an edge win; nothing reached -> nothing to extend towards.
-    assert batchsize.next_multiplier({0.5: 100, 1.0: 100, 2.0: 200}, study) == (None, "interior")
+    # Nothing reached -> nothing to extend towards.
     assert batchsize.next_multiplier({0.5: None, 1.0: None, 2.0: None}, study) == (None, "none reached")
 
 
-@pytest.mark.parametrize("steps, best", [
-    ({0.5: 100, 1.0: 100, 2.0: 200}, 1.0),                              # tie with the low edge
-    ({0.5: 200, 1.0: 100, 2.0: 100}, 1.0),                              # tie with the high edge
-    ({0.5: 80, 1.0: 80, 2.0: 80}, 1.0),                                 # C1 CPU, batch 1000
-    ({0.25: 23, 0.5: 23, 1.0: 37, 2.0: 66}, 0.5),                       # F1, batch 2000
-    ({0.5: 9360, 1.0: 8112, 2.0: 6708, 4.0: 6396, 8.0: 6396}, 4.0),     # C1 GPU, batch 32
+@pytest.mark.parametrize("steps, best, extends", [
+    ({0.5: 100, 1.0: 100, 2.0: 200}, 1.0, (0.25, "extended low")),              # tie with the low edge
+    ({0.5: 200, 1.0: 100, 2.0: 100}, 1.0, (4.0, "extended high")),              # tie with the high edge
+    ({0.5: 80, 1.0: 80, 2.0: 80}, 1.0, (0.25, "extended low")),                 # C1 CPU, batch 1000
+    ({0.25: 23, 0.5: 23, 1.0: 37, 2.0: 66}, 0.5, (0.125, "extended low")),      # F1, batch 2000
+    ({0.5: 9360, 1.0: 8112, 2.0: 6708, 4.0: 6396, 8.0: 6396}, 4.0, (None, "capped high")),  # C1 GPU, batch 32
 ])
-def test_a_tie_with_an_edge_is_no_edge_win(steps, best):
-    """Ties go to the middle of the rates tried: an edge that only ties is not the best, so no extra
-    run and no "extended" label (the committed studies hold ties at both edges)."""
-    study = config_lib.BatchSizeStudyConfig(batch_sizes=(32,), lr_multipliers=(0.5, 1.0, 2.0), max_extensions=3)
+def test_a_tie_with_an_edge_counts_as_an_edge(steps, best, extends):
+    """Issue 25 item 3: a rate tied with an edge has not been shown to beat the rate beyond that
+    edge, so the grid extends there (the committed studies held such ties and called them interior);
+    the best reported among tied rates is the one nearest the middle."""
+    study = config_lib.BatchSizeStudyConfig(batch_sizes=(32,), lr_multipliers=(0.5, 1.0, 2.0), max_extensions=2)
     assert batchsize.best_multiplier(steps) == best
-    assert batchsize.next_multiplier(steps, study) == (None, "interior")
-    # Strictly best at either edge still extends.
+    assert batchsize.next_multiplier(steps, study) == extends
+    # Strictly best at either edge extends, and so does a win by no more than the check resolution.
     assert batchsize.next_multiplier({0.5: 200, 1.0: 150, 2.0: 100}, study) == (4.0, "extended high")
     assert batchsize.next_multiplier({0.5: 90, 1.0: 150, 2.0: 100}, study) == (0.25, "extended low")
+
+
+def test_a_win_within_the_check_resolution_is_a_tie():
+    study = config_lib.BatchSizeStudyConfig(batch_sizes=(32,), lr_multipliers=(0.5, 1.0, 2.0), max_extensions=2)
+    steps = {0.5: 105, 1.0: 100, 2.0: 200}
+    assert batchsize.next_multiplier(steps, study, resolution=0) == (None, "interior")
+    assert batchsize.tied(steps, resolution=5) == [0.5, 1.0]
+    assert batchsize.next_multiplier(steps, study, resolution=5) == (0.25, "extended low")
+    # Both edges tied and nothing left beyond either: both named.
+    flat = {0.125: 50, 0.25: 50, 0.5: 50, 1.0: 50, 2.0: 50, 4.0: 50, 8.0: 50}
+    assert batchsize.next_multiplier(flat, study) == (None, "capped low and capped high")
 
 
 def test_the_study_trains_the_grid_and_its_extension(tiny_config, monkeypatch):
@@ -119,7 +129,7 @@ def test_the_study_trains_the_grid_and_its_extension(tiny_config, monkeypatch):
         trained.append(spec.name)
         path = rundir.run_directory(cfg, spec.name, seed)
         steps = fake[spec.multiplier] * 64 // spec.batch
-        storage.atomic_write_json(path / "metrics.json", {"target": {"steps": steps}})
+        storage.atomic_write_json(path / "metrics.json", {"target": {"reached": True, "steps": steps, "examples": steps * spec.batch, "steps_run": steps, "train_seconds": 1.0}})
         return path
 
     monkeypatch.setattr(train, "train", fake_train)
@@ -172,7 +182,9 @@ def two_seed_study(tmp_path_factory):
     folder = tmp_path_factory.mktemp("two-seed-study")
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump({**TINY, **STUDY, "seeds": [0, 1], "results_dir": str(folder / "results"),
-                                    "keep_iterates": [1], "batch_size_study": {
+                                    "keep_iterates": [1], "target": {**STUDY["target"], "milestones": [1.5]},
+                                    "sweep": {**STUDY["sweep"], "noise_definition": "training"},
+                                    "batch_size_study": {
                                         **STUDY["batch_size_study"], "lr_multipliers": [1, 4], "max_extensions": 0}}))
     return path, batchsize.study(str(path))
 
@@ -184,34 +196,51 @@ def _copy(study, tmp_path):
     return Path(shutil.copytree(study[1].results_dir, tmp_path / "results"))
 
 
-def test_the_study_end_to_end_writes_one_report_per_seed(two_seed_study):
+def test_the_study_pools_its_seeds_per_target(two_seed_study):
+    """Issue 25 items 1, 3, 4: both seeds train the same rates; each target (the milestone 1.5, then
+    target.value 1.0) is fitted on the seeds' mean steps, its best rate chosen within one check
+    interval; the reference run keeps weights and Adam's state where it met the milestone, and the
+    noise scale (training definition) is measured there."""
     path, config = two_seed_study
     report = batchsize_report.write_report(config.results_dir)
     assert config == config_lib.load(path)
     text = report.read_text()
-    assert "## Seed 0" in text and "## Seed 1" in text and "### In plain words" in text and "| batch |" in text
-    # Each seed is its own study: never "one seed" where there are two.
-    assert "one seed" not in text.lower() and "seed 1 alone" in text
+    assert "## Target train_loss <= 1.5" in text and "## Target train_loss <= 1" in text
+    assert "2 seeds (0, 1)" in text and "### In plain words" in text and "| batch |" in text
+    assert "one seed" not in text.lower() and "mean of 2 seeds" in text
     record = storage.read_json(report.parent / batchsize_report.SUMMARY_FILE)
     assert record["seeds"] == [0, 1] and "rows" not in record and "fit" not in record
+    assert [study["target"] for study in record["studies"]] == [1.5, 1.0]
     for study in record["studies"]:
-        seed = study["seed"]
+        value = study["target"]
         assert [r["batch_size"] for r in study["rows"]] == [16, 64]
         for row in study["rows"]:
-            # Its best rate, steps and run all come from its own seed's runs.
-            assert row["run"].endswith(f"/seed{seed}") and row["seed"] == seed
-            steps = batchsize.run_steps(config, row["batch_size"], seed)
-            assert row["best_multiplier"] == batchsize.best_multiplier(steps)
-            assert row["steps"] == steps[row["best_multiplier"]]
-        reference = [r for r in study["rows"] if r["batch_size"] == batchsize.reference_batch(config)][0]["run"]
-        kept = storage.read_json(f"{reference}/metrics.json")["kept_iterates"]
-        assert [r["point"] for r in study["noise"]] == ["initial", *[f"epoch{e}" for e in kept], "final"]
-        assert all(r["run"] == reference for r in study["noise"])
-        for r in study["noise"]:
-            if r["b_simple"] is not None:
-                assert math.isfinite(r["b_simple"]) and r["adam_b_simple"] is not None
+            per_seed = [batchsize.run_steps(config, row["batch_size"], seed, value) for seed in (0, 1)]
+            assert set(per_seed[0]) == set(per_seed[1])  # every rate trained for both seeds
+            pooled = batchsize.pooled_steps(config, row["batch_size"], [0, 1], value)
+            check = target.check_interval(config.target, row["batch_size"])
+            assert row["best_multiplier"] == batchsize.best_multiplier(pooled, check)
+            assert row["steps"] == pytest.approx(pooled[row["best_multiplier"]])
+            assert row["steps_per_seed"] == " ".join(str(steps[row["best_multiplier"]]) for steps in per_seed)
+            if value == 1.5:  # a milestone is met no later than the target
+                assert row["steps"] <= next(r for r in record["studies"][1]["rows"]
+                                            if r["batch_size"] == row["batch_size"])["steps"]
+        met = [r for r in study["noise"] if r["at_target"]]
+        assert len(met) == 2 and {r["seed"] for r in met} == {0, 1}
+        assert all(r["point"] == ("target1.5" if value == 1.5 else "final") for r in met)
+        assert study["prediction"]["b_simple"] == pytest.approx(sum(r["b_simple"] for r in met) / 2)
+        assert all(r["definition"] == "training" for r in study["noise"])
+    reference_rate = batchsize.best_rate(config, 16, [0, 1])
     for seed in (0, 1):
-        assert (report.parent / f"batch_size_steps_seed{seed}.png").exists()
+        run = rundir.run_directory(config, f"b16-x{reference_rate:g}", seed)
+        assert (run / "targets" / "1.5.weights.h5").is_file() and (run / "targets" / "1.5.adam.npz").is_file()
+        points = [r["point"] for r in record["studies"][0]["noise"] if r["seed"] == seed]
+        assert points == ["initial", "target1.5", "epoch1", "final"] or points == ["initial", "epoch1", "target1.5", "final"]
+        measured = storage.read_json(run / "noise" / "target1.5.json")
+        # B_adam at the milestone uses the optimizer state saved there, not the final one.
+        assert measured["adam"]["b_simple"] is not None
+        assert measured["settings"]["adam_state_sha256"] == storage.sha256_file(run / "targets" / "1.5.adam.npz")
+    assert (report.parent / "batch_size_steps_1_5.png").exists() and (report.parent / "batch_size_steps.png").exists()
     assert batchsize.reference_batch(config) == 16
     # `report` on the folder rebuilds the same one-page report.
     assert cli("report", config.results_dir).returncode == 0
@@ -240,6 +269,12 @@ def _edit_csv(path, row, field, value):
     ("b64-x4/seed1/metrics.json", lambda m: m["target"].update(train_seconds=-167.0), "target.train_seconds is -167.0"),
     ("b16-x1/seed0/target.csv", (0, "train_seconds", "-167"), "row 1 train_seconds is '-167', must be >= 0"),
     ("b16-x1/seed0/target.csv", (0, "step", "2.5"), "row 1 step is '2.5', not an integer"),
+    # The milestone's steps: after the run's own target's, or not the run's own at the end.
+    ("b16-x1/seed0/metrics.json", lambda m: m["target"]["targets"][0].update(steps=m["target"]["steps"] + 1),
+     "is out of order or past target.steps_run"),
+    ("b16-x1/seed0/metrics.json", lambda m: m["target"]["targets"][1].update(steps=None),
+     "the last of target.targets (the run's own target) has steps None"),
+    ("b16-x1/seed0/metrics.json", lambda m: m["target"]["targets"][0].update(steps="3"), "target.targets[0].steps is '3'"),
 ])
 def test_hand_edited_study_files_are_refused_in_one_line(two_seed_study, tmp_path, file, edit, message):
     """Issue 24, example 10: negative, fractional or NaN steps, negative times were believed ("the
@@ -476,22 +511,48 @@ def test_the_trend_needs_x0_and_the_target():
     assert batchsize_report.noise_trend([_noise("initial", 0, 10, 20), _noise("final", 5, 30, 40)]) is None
 
 
-def _point(batch, multiplier, steps):
-    return types.SimpleNamespace(batch_size=batch, multiplier=multiplier, steps=steps)
+def _row(batch, best, steps, rule_steps="not run", check=None):
+    return {"batch_size": batch, "best_multiplier": best, "steps": steps, "check_every_steps": check,
+            "rule_ran": rule_steps != "not run", "rule_steps": None if rule_steps == "not run" else rule_steps}
 
 
 def test_the_best_rate_sentence_says_whether_the_rule_alone_would_do():
     config = config_lib.from_dict({**STUDY, "network": "F1", "dataset": "synthetic_mnist"})
-    rows = [{"batch_size": 16, "best_multiplier": 2.0, "steps": 90}, {"batch_size": 64, "best_multiplier": 1.0, "steps": 30}]
-    points = [_point(16, 1.0, 100), _point(16, 2.0, 90), _point(64, 1.0, 30), _point(64, 2.0, 40)]
-    text = batchsize_report.best_rate_words(points, rows, config)
+    rows = [_row(16, 2.0, 90, 100), _row(64, 1.0, 30, 30)]
+    text = batchsize_report.best_rate_words(rows, config)
     assert "best learning rate per batch was 2x, 1x the sqrt-rule value" in text
     assert "the rule's own value (1x) took more steps at batch 16 (100 against 90 steps): tune it" in text
-    points[0] = _point(16, 1.0, None)
-    assert "batch 16 (never reached the target; 90 steps at 2x)" in batchsize_report.best_rate_words(points, rows, config)
-    # A tie with the rule's value (the middle won): the rule lost nothing.
-    points[0] = _point(16, 1.0, 90)
-    assert "was as fast as the best at every batch where it ran: on this grid the rule alone was enough" in \
-        batchsize_report.best_rate_words(points, rows, config)
-    assert batchsize_report.best_rate_words([_point(16, 2.0, 90)], rows[:1], config).endswith("^0.5).")
-    assert batchsize_report.best_rate_words([], [{"batch_size": 16, "best_multiplier": None, "steps": None}], config) is None
+    rows[0] = _row(16, 2.0, 90, None)
+    assert "batch 16 (never reached the target; 90 steps at 2x)" in batchsize_report.best_rate_words(rows, config)
+    # A tie with the rule's value (the middle won), or a loss within one check interval: the rule lost nothing.
+    for rule in (_row(16, 2.0, 90, 90), _row(16, 2.0, 90, 100, check=10)):
+        assert "was as fast as the best at every batch where it ran: on this grid the rule alone was enough" in \
+            batchsize_report.best_rate_words([rule, rows[1]], config)
+    assert batchsize_report.best_rate_words([_row(16, 2.0, 90)], config).endswith("^0.5).")
+    assert batchsize_report.best_rate_words([_row(16, None, None)], config) is None
+
+
+def test_a_sqrt2_grid_extends_by_exact_powers():
+    """Issue 25 item 3's finer grid: [0.707107, 1, 1.41421] (sqrt(2) steps written to 6 digits)
+    extends to 2 and 0.5, not to 1.99999 and 0.500001 (other names, other runs)."""
+    study = config_lib.BatchSizeStudyConfig(batch_sizes=(32,), lr_multipliers=(0.707107, 1.0, 1.41421), max_extensions=2)
+    assert study.multipliers() == (0.353553, 0.5, 0.707107, 1.0, 1.41421, 2.0, 2.82843)
+    assert batchsize.next_multiplier({0.707107: 90, 1.0: 100, 1.41421: 120}, study) == (0.5, "extended low")
+
+
+def test_a_prediction_holds_within_a_factor_of_two_of_the_measured_interval():
+    """docs/noise-scale.md's rule: the measured B_crit's 2.5-97.5% interval holds a value within a
+    factor 2 of the predicted 95% interval; an unbounded side reaches 0 or infinity."""
+    rows = [{"b": 1000.0, "b_se": 50.0}, {"b": 1200.0, "b_se": 50.0}]
+    boot = {"p2_5": 2500.0, "p97_5": 4000.0, "unbounded": {}}
+    check = batchsize_report.prediction_check(rows, "b", boot, 3000.0)
+    # Seeds' spread (std 141 / sqrt 2 = 100) beats the combined jackknife errors (35): 95% 904-1296.
+    assert check["mean"] == pytest.approx(1100) and check["se"] == pytest.approx(100)
+    assert check["holds"] and check["ratio"] == pytest.approx(1100 / 3000)   # 1296 x 2 >= 2500
+    assert not batchsize_report.prediction_check(rows, "b", {**boot, "p2_5": 2700.0}, 3000.0)["holds"]
+    # An unbounded upper side: a prediction far below still fails, one far above holds.
+    high = {"p2_5": 5000.0, "p97_5": None, "unbounded": {"p97_5": "above"}}
+    assert not batchsize_report.prediction_check(rows, "b", high, 6000.0)["holds"]
+    assert batchsize_report.prediction_check([{"b": 9e4, "b_se": 1.0}], "b", high, 6000.0)["holds"]
+    assert batchsize_report.prediction_check(rows, "b", boot, None) is None
+    assert batchsize_report.prediction_check([{"b": None, "b_se": None}], "b", boot, 3000.0) is None

@@ -152,9 +152,9 @@ def test_a_damaged_batch_size_summary_is_refused_naming_the_key(tmp_path):
         _copy_run(root, str(metrics.parent.relative_to(ROOT)))
     summary = root / "results/batch-size-gpu/batch_size.json"
     record = json.loads((source / "batch_size.json").read_text())
-    assert "B_crit 2454 (16-84% 2207-2552)" in _row(_contract_with(summary, record, root), "batch-size-gpu")
-    record["fit"]["b_crit"] = "2454"
-    with pytest.raises(results.ResultsError, match=r"batch_size\.json: 'fit\.b_crit' is '2454', not a number"):
+    assert "B_crit 2481 (16-84% 2207-2554)" in _row(_contract_with(summary, record, root), "batch-size-gpu")
+    record["fit"]["b_crit"] = "2481"
+    with pytest.raises(results.ResultsError, match=r"batch_size\.json: 'fit\.b_crit' is '2481', not a number"):
         _contract_with(summary, record, root)
     summary.unlink()
     with pytest.raises(results.ResultsError, match=r"batch_size\.json is missing: write it with "

@@ -1,9 +1,10 @@
 """Reading and reporting a batch-size study folder (replication/experiments/batchsize.py runs the study;
 issue 13): the critical batch size fitted to the best steps of each batch (McCandlish et al.
-2018, eq. 2.11) with a bootstrap over the batch sizes, time per step from each run's own trace,
-B_simple along the reference run, the fair comparison (a)-(d) with sharpness, and the one-page
-REPORT.md with its figures and tables: one study per seed, never pooled, of one network (issue
-24). Everything here reads files through results.load; nothing trains.
+2018, eq. 2.11) per target (target.value and its milestones) on the seeds' mean steps, with a
+bootstrap over seeds and batch sizes together (issue 25 item 1), time per step from each run's own
+trace, B_simple along each seed's reference run, the fair comparison (a)-(d) with sharpness, and
+the one-page REPORT.md with its figures and tables, of one network (issue 24). Everything here
+reads files through results.load; nothing trains.
 
 Symbols -> code: S `steps`, E = B S `examples`, S_min `s_min`, E_min `e_min`, B_crit `b_crit`.
 """
@@ -148,6 +149,11 @@ class Point:
     test_accuracy: float
     diverged: bool
     trace: tuple
+    targets: tuple = ()                  # (value, steps or None) per target, loosest first
+
+    def steps_to(self, value: float) -> int | None:
+        """Steps to the target `value` (the run's own or a milestone); None where not met."""
+        return dict(self.targets).get(value, self.steps if value == self.targets[-1][0] else None)
 
 
 def _kind(spec: regimes.RunSpec | None) -> str | None:
@@ -174,11 +180,13 @@ def read_points(loaded) -> list[Point]:
         parsed = run.spec.batch, run.spec.multiplier
         summary = target.check_summary(run.metrics.get("target"), run.path / "metrics.json")
         trace = tuple(target.read_trace(run.path))
+        value = float(run.metrics["resolved_config"]["target"]["value"])
+        targets = tuple((t["value"], t["steps"]) for t in summary.get("targets", [])) or ((value, summary.get("steps")),)
         out.append(Point(run.path, run.network, run.dataset, run.seed, parsed[0], parsed[1],
                          float(run.metrics["resolved_config"]["learning_rate"]), summary["reached"],
                          summary.get("steps"), summary.get("examples"), summary["steps_run"],
                          seconds_per_step(list(trace)), summary.get("check_every_steps"), run.train_seconds,
-                         float(run.metrics["test_accuracy"]), run.diverged, trace))
+                         float(run.metrics["test_accuracy"]), run.diverged, trace, targets))
     return sorted(out, key=lambda p: (p.seed, p.batch_size, p.multiplier))
 
 
@@ -197,77 +205,209 @@ def _check_one_study(root: Path, loaded) -> None:
                 f"({key(other)}); a report is one study: move one study's runs to its own results_dir")
 
 
-def _best_rows(points: list[Point], study: config_lib.BatchSizeStudyConfig) -> list[dict]:
-    """One row per batch of one seed's points: its runs, best rate and grid state."""
+def pooled(points: list[Point], value: float, seeds) -> dict[float, dict]:
+    """multiplier -> {"steps": the mean over `seeds` of the steps to `value` (None where a seed did not
+    meet it), "per_seed": each seed's steps, "points"} for each multiplier every seed has run at
+    the points' batch (batchsize.pooled_steps' rule, from the run directories the report read)."""
+    out = {}
+    for multiplier in sorted({p.multiplier for p in points}):
+        mine = {p.seed: p for p in points if p.multiplier == multiplier}
+        if not all(seed in mine for seed in seeds):
+            continue
+        per_seed = [mine[seed].steps_to(value) for seed in seeds]
+        mean = None if None in per_seed else sum(per_seed) / len(per_seed)
+        out[multiplier] = {"steps": int(mean) if mean is not None and mean.is_integer() else mean,  # 899, not 899.0
+                           "per_seed": per_seed, "points": [mine[seed] for seed in seeds]}
+    return out
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _best_rows(points: list[Point], study: config_lib.BatchSizeStudyConfig, value: float, seeds, own: bool) -> list[dict]:
+    """One row per batch for the target `value`, on the mean over `seeds`: its runs, best rate (ties
+    within one check interval: batchsize.tied), grid state, steps (mean and per seed) and time.
+    `own`: `value` is the runs' own target (their test accuracy is measured there)."""
     rows = []
     for batch in sorted({p.batch_size for p in points}):
         mine = [p for p in points if p.batch_size == batch]
-        steps = {p.multiplier: p.steps for p in mine}
-        best = batchsize.best_multiplier(steps)
-        nxt, state = batchsize.next_multiplier(steps, study)
-        chosen = next((p for p in mine if p.multiplier == best), None)
+        by_rate = pooled(mine, value, seeds)
+        steps = {m: r["steps"] for m, r in by_rate.items()}
+        resolution = next((p.check_every for p in mine if p.check_every), 0)
+        best = batchsize.best_multiplier(steps, resolution)
+        nxt, state = batchsize.next_multiplier(steps, study, resolution)
+        ties = batchsize.tied(steps, resolution)
+        chosen = by_rate[best] if best is not None else None
+        chosen_points = chosen["points"] if chosen else []
+        per_step = _mean([p.seconds_per_step for p in chosen_points])
+        mean_steps = chosen["steps"] if chosen else None
         rows.append({
-            "seed": mine[0].seed, "batch_size": batch, "multipliers_tried": " ".join(f"{m:g}" for m in sorted(steps)),
-            "steps_by_multiplier": " ".join(f"{m:g}:{'-' if s is None else s}" for m, s in sorted(steps.items())),
-            "best_multiplier": best, "grid": state if nxt is None else f"unfinished ({state})",
-            "learning_rate": chosen.learning_rate if chosen else None,
-            "steps": chosen.steps if chosen else None, "examples": chosen.examples if chosen else None,
-            "check_every_steps": chosen.check_every if chosen else None,
-            "test_accuracy": chosen.test_accuracy if chosen and chosen.reached else None,
-            "seconds_per_step": chosen.seconds_per_step if chosen else None,
-            "seconds_to_target": (chosen.steps * chosen.seconds_per_step
-                                  if chosen and chosen.seconds_per_step is not None else None),
-            "run": str(chosen.path) if chosen else None})
+            "target": value, "seeds": len(seeds), "batch_size": batch,
+            "multipliers_tried": " ".join(f"{m:g}" for m in sorted(steps)),
+            "steps_by_multiplier": " ".join(f"{m:g}:{'-' if s is None else _fmt(s)}" for m, s in sorted(steps.items())),
+            "best_multiplier": best, "tied": " ".join(f"{m:g}" for m in ties) if len(ties) > 1 else "",
+            "grid": state if nxt is None else f"unfinished ({state})",
+            "learning_rate": chosen_points[0].learning_rate if chosen else None,
+            "steps": mean_steps, "steps_per_seed": " ".join(str(s) for s in chosen["per_seed"]) if chosen else "",
+            "examples": mean_steps * batch if mean_steps is not None else None,
+            "check_every_steps": resolution or None,
+            "test_accuracy": _mean([p.test_accuracy for p in chosen_points if p.reached]) if chosen and own else None,
+            "seconds_per_step": per_step,
+            "seconds_to_target": mean_steps * per_step if mean_steps is not None and per_step is not None else None,
+            "run": str(chosen_points[0].path) if chosen else None,
+            # The scaling rule's own rate (1x): whether it ran at every seed, and its mean steps.
+            "rule_ran": 1.0 in by_rate, "rule_steps": by_rate[1.0]["steps"] if 1.0 in by_rate else None})
     return rows
 
 
-def summarize(loaded, study: config_lib.BatchSizeStudyConfig) -> dict:
-    """One study per seed, never mixed: per batch its runs, best rate and grid state; the fit and
-    its bootstrap; the noise scales. {"points": every point, "studies": [{"seed", "rows", "fit",
-    "bootstrap", "noise", "points"}, ...] by seed}."""
+def bootstrap_seeds_and_batches(points: list[Point], value: float, seeds, resamples: int, seed: int = 0) -> dict:
+    """B_crit over `resamples` resamples of the batch sizes and, within each, of the seeds (both with
+    replacement), the best rate chosen again in each resample from the resampled seeds' mean steps
+    (issue 25 item 1: the uncertainty from seeds and batch sizes together, and the best rate's own);
+    counted and ranked as bootstrap_critical_batch does, so a bound among the unresolved resamples is
+    None, named in `unbounded`. A batch where no rate met the target on every resampled seed drops
+    out of that resample."""
+    rng = np.random.default_rng(seed)
+    seeds = list(seeds)
+    batches = sorted({p.batch_size for p in points})
+    # steps[batch][multiplier] = {seed: steps or None}, for rates every seed ran
+    table, resolution = {}, {}
+    for batch in batches:
+        mine = [p for p in points if p.batch_size == batch]
+        rates = pooled(mine, value, seeds)
+        table[batch] = {m: dict(zip(seeds, r["per_seed"])) for m, r in rates.items()}
+        resolution[batch] = next((p.check_every for p in mine if p.check_every), 0)
+    values, sides, used = [], {"below": 0, "above": 0}, 0
+    for _ in range(resamples):
+        xs, ys = [], []
+        for batch in (batches[i] for i in rng.integers(0, len(batches), len(batches))):
+            drawn = [seeds[i] for i in rng.integers(0, len(seeds), len(seeds))]
+            means = {m: (sum(per[s] for s in drawn) / len(drawn) if all(per[s] is not None for s in drawn) else None)
+                     for m, per in table[batch].items()}
+            best = batchsize.best_multiplier(means, resolution[batch])  # the point estimate's rule
+            if best is not None:
+                xs.append(batch)
+                ys.append(means[best])
+        if len(set(xs)) < 2:
+            continue
+        used += 1
+        fit = fit_critical_batch(xs, ys)
+        if fit["b_crit"] is None:
+            sides[fit["unresolved"]] += 1
+        else:
+            values.append(fit["b_crit"])
+    values.sort()
+    out = {"resamples": used, "resolved": len(values), "unresolved": sides["below"] + sides["above"],
+           "unresolved_below": sides["below"], "unresolved_above": sides["above"], "unbounded": {},
+           "over": "seeds and batch sizes" if len(seeds) > 1 else "batch sizes"}
+    for key, q in PERCENTILES:
+        out[key], side = _ranked_percentile(values, sides["below"], sides["above"], q)
+        if side:
+            out["unbounded"][key] = side
+    return out
+
+
+HOLDS_FACTOR = 2.0  # docs/noise-scale.md: a prediction "holds" within this factor (fixed before the runs)
+Z = 1.96            # a 95% normal interval of the seeds' mean prediction
+
+
+def prediction_check(rows: list[dict], key: str, bootstrap: dict | None, b_crit: float | None) -> dict | None:
+    """Whether the noise scale `key` measured where each seed's reference run met the target (`rows`)
+    predicts the measured B_crit (docs/noise-scale.md, "Where, and what is predicted"): the seeds'
+    mean, its 95% interval (the larger of the jackknife standard errors combined and the seeds'
+    spread), the ratio to B_crit, and `holds`: the measured 2.5-97.5% bootstrap interval (an
+    unbounded side reaching 0 or infinity) contains a value within HOLDS_FACTOR of the predicted
+    interval. None without a prediction or a measured B_crit."""
+    values = [r[key] for r in rows if r[key] is not None]
+    if not values or b_crit is None:
+        return None
+    n, mean = len(values), sum(values) / len(values)
+    errors = [r[key + "_se"] or 0.0 for r in rows if r[key] is not None]
+    spread = float(np.std(values, ddof=1)) / math.sqrt(n) if n > 1 else 0.0
+    se = max(math.sqrt(sum(e * e for e in errors)) / n, spread)
+    low, high = max(mean - Z * se, 0.0), mean + Z * se
+    unbounded = (bootstrap or {}).get("unbounded", {})
+    measured_low = 0.0 if "p2_5" in unbounded or not bootstrap else bootstrap["p2_5"]
+    measured_high = math.inf if "p97_5" in unbounded or not bootstrap else bootstrap["p97_5"]
+    return {"n": n, "mean": mean, "se": se, "low": low, "high": high, "ratio": mean / b_crit,
+            "ratio_low": low / b_crit, "ratio_high": high / b_crit, "measured_low": measured_low,
+            "measured_high": measured_high if math.isfinite(measured_high) else None,
+            "holds": low / HOLDS_FACTOR <= measured_high and high * HOLDS_FACTOR >= measured_low}
+
+
+def summarize(loaded, config: config_lib.Config) -> dict:
+    """The study pooled over its seeds, one entry per target (target.values(), loosest first): per
+    batch the seeds' mean steps per rate, best rate and grid state; the fit and its bootstrap over
+    seeds and batch sizes; the noise scale along each seed's reference run. {"points", "seeds",
+    "studies": [{"target", "own", "seeds", "rows", "fit", "bootstrap", "noise", "prediction", "points"}]}."""
     points = read_points(loaded)
+    seeds = sorted({p.seed for p in points})
+    # A seed missing a run another seed has makes that rate unpooled; the report says which runs.
     studies = []
-    for seed in sorted({p.seed for p in points}):
-        mine = [p for p in points if p.seed == seed]
-        rows = _best_rows(mine, study)
+    targets = config.target.values()
+    noise = noise_along_training(loaded, seeds, targets)
+    for value in targets:
+        own = value == targets[-1]
+        rows = _best_rows(points, config.batch_size_study, value, seeds, own)
         fitted = [r for r in rows if r["steps"] is not None]
         fit = bootstrap = None
         if len(fitted) >= 2:
-            b, s = [r["batch_size"] for r in fitted], [r["steps"] for r in fitted]
-            fit = fit_critical_batch(b, s)
-            bootstrap = bootstrap_critical_batch(b, s, study.bootstrap)
-        studies.append({"seed": seed, "rows": rows, "fit": fit, "bootstrap": bootstrap, "points": mine,
-                        "noise": noise_along_training(loaded, seed)})
-    return {"points": points, "studies": studies}
+            fit = fit_critical_batch([r["batch_size"] for r in fitted], [r["steps"] for r in fitted])
+            bootstrap = bootstrap_seeds_and_batches(points, value, seeds, config.batch_size_study.bootstrap)
+        mine = [{**r, "at_target": r["met"] == value} for r in noise]
+        met = [r for r in mine if r["at_target"]]
+        prediction = {key: _mean([r[key] for r in met]) for key in ("b_simple", "adam_b_simple")}
+        prediction["n"] = {key: sum(r[key] is not None for r in met) for key in ("b_simple", "adam_b_simple")}
+        prediction["check"] = {key: prediction_check(met, key, bootstrap, fit["b_crit"] if fit else None)
+                               for key in ("b_simple", "adam_b_simple")}
+        studies.append({"target": value, "own": own, "seeds": seeds, "rows": rows, "fit": fit, "bootstrap": bootstrap,
+                        "points": points, "noise": mine, "prediction": prediction})
+    return {"points": points, "seeds": seeds, "studies": studies}
 
 
-def noise_along_training(loaded, seed: int) -> list[dict]:
-    """B_simple (plain and Adam-preconditioned) at each measured point of each study run of `seed`,
-    with the step of the point: 0 at x0, the epoch end for a kept iterate, steps_run at the final
-    weights."""
+def noise_along_training(loaded, seeds, targets) -> list[dict]:
+    """B_simple (plain and Adam-preconditioned) at each measured point of each study run of `seeds`,
+    with the step of the point (0 at x0, the epoch end for a kept iterate, the check for a
+    milestone, steps_run at the final weights) and `met`: the target of `targets` first met there
+    (a milestone's point, or the final point of a run that met its own target), else None. Every
+    record must be of one definition (docs/noise-scale.md): a folder mixing them is refused."""
     from replication import target
 
-    out = []
+    out, definitions = [], {}
     for run in loaded.runs:
-        if _kind(run.spec) != "study" or not run.noise or run.seed != seed:
+        if _kind(run.spec) != "study" or not run.noise or run.seed not in seeds:
             continue
         parsed = run.spec.batch, run.spec.multiplier
         summary = target.check_summary(run.metrics.get("target"), run.path / "metrics.json")
         per_epoch = batchsize.steps_per_epoch(int(run.metrics["num_train"]), parsed[0])
+        steps_to = {f"target{t['value']:g}": (t["value"], t["steps"]) for t in summary.get("targets", [])}
         for point, measurement in run.noise.items():
             record = measurement.record
+            definitions.setdefault(record.get("definition", "evaluation"), run.path / "noise" / f"{point}.json")
             steps_run = summary["steps_run"]
-            # A run that stopped inside epoch N kept its "epoch N" iterate where it stopped.
-            step = (0 if point == "initial" else steps_run if point == "final"
-                    else min(int(point.removeprefix("epoch")) * per_epoch, steps_run))
+            met = None
+            if point in steps_to:
+                met, step = steps_to[point]
+            elif point == "final":
+                step, met = steps_run, (targets[-1] if summary["reached"] else None)
+            else:
+                # A run that stopped inside epoch N kept its "epoch N" iterate where it stopped.
+                step = 0 if point == "initial" else min(int(point.removeprefix("epoch")) * per_epoch, steps_run)
             adam = record.get("adam") or {}
-            out.append({"seed": seed, "run": str(run.path), "batch_size": parsed[0], "multiplier": parsed[1],
-                        "point": point, "step": step, "at_target": point == "final" and summary["reached"],
+            out.append({"seed": run.seed, "run": str(run.path), "batch_size": parsed[0], "multiplier": parsed[1],
+                        "point": point, "step": step, "met": met, "definition": record.get("definition", "evaluation"),
                         "b_simple": record.get("b_simple"), "b_simple_se": record.get("b_simple_standard_error"),
                         "adam_b_simple": adam.get("b_simple"), "adam_b_simple_se": adam.get("b_simple_standard_error"),
                         "noise_batch": record.get("batch_size"), "noise_batches": record.get("batches"),
                         "noise_examples": record.get("num_examples")})
-    return sorted(out, key=lambda r: (r["run"], r["step"]))
+    if len(definitions) > 1:
+        (a, first), (b, second) = list(definitions.items())[:2]
+        raise results_lib.ResultsError(f"{first} is of the {a} noise-scale definition and {second} of the {b} one "
+                                       "(docs/noise-scale.md): a study reports one; remeasure with "
+                                       "`python -m replication noise RUN_DIR --point POINT --force` under one")
+    return sorted(out, key=lambda r: (r["seed"], r["run"], r["step"]))
 
 
 def read_compare(loaded, compare_epochs: int) -> list[dict]:
@@ -407,8 +547,8 @@ def plot_noise(summary: dict, stem: Path, title: str):
 
 def write_report(results_dir) -> Path:
     """REPORT.md, the figures and the tables of a batch-size study folder, from its files alone: one
-    study per seed, each fitted and reported on its own (seeds are never pooled); a folder holding
-    two networks' studies is refused (_check_one_study)."""
+    study per target, fitted on the seeds' mean steps (summarize); a folder holding two networks'
+    studies is refused (_check_one_study)."""
     root = Path(results_dir)
     loaded = results_lib.load(root)
     points = read_points(loaded)
@@ -428,39 +568,49 @@ def write_report(results_dir) -> Path:
     # A run records its own (scaled) learning rate; the study's base rate is the config's.
     base = config.learning_rate / config.study_lr_factor(regimes.parse(first["regime"]))
     config = dataclasses.replace(config, learning_rate=float(f"{base:.12g}"))
-    summary = summarize(loaded, config.batch_size_study)
+    summary = summarize(loaded, config)
     studies, many = summary["studies"], len(summary["studies"]) > 1
+    seeds = summary["seeds"]
     label = f"{config.network} on {first['dataset_label']}"
     tables = root / "tables"
     storage.atomic_write_csv(tables / "batch_size_steps.csv", [
         {"seed": p.seed, "batch_size": p.batch_size, "multiplier": p.multiplier, "learning_rate": p.learning_rate,
          "reached": int(p.reached), "steps": p.steps, "examples": p.examples, "steps_run": p.steps_run,
+         **({f"steps_to_{v:g}": p.steps_to(v) for v in config.target.values()[:-1]}),
          "seconds_per_step": p.seconds_per_step, "train_seconds": round(p.train_seconds, 3),
          "test_accuracy": p.test_accuracy, "diverged": int(p.diverged), "run": str(p.path)} for p in points])
     storage.atomic_write_csv(tables / "batch_size_best.csv", [r for s in studies for r in s["rows"]])
-    if any(s["noise"] for s in studies):
-        storage.atomic_write_csv(tables / "batch_size_noise.csv", [r for s in studies for r in s["noise"]])
+    noise_rows = studies[-1]["noise"]
+    if noise_rows:
+        storage.atomic_write_csv(tables / "batch_size_noise.csv", noise_rows)
     compared = read_compare(loaded, config.batch_size_study.compare_epochs)
     if compared:
         storage.atomic_write_csv(tables / "batch_size_compare.csv", compared)
+    of_seeds = "" if len(seeds) == 1 else f" ({len(seeds)} seeds, mean)"
     for study in studies:
-        study["compare"] = [r for r in compared if r["seed"] == study["seed"]]
-        study["compare_gaps"] = compare_gaps(study["compare"])
-        suffix, of = (f"_seed{study['seed']}", f" (seed {study['seed']})") if many else ("", "")
-        study["figures"] = [plot_steps(study, root / f"batch_size_steps{suffix}", f"{label}{of}: steps, examples "
-                                       f"and time to {config.target.metric} <= {config.target.value:g}")[0]]
+        # The fair comparison trains at the runs' own target's best rates: it belongs to that target.
+        study["compare"] = [r for r in compared if study["own"]]
+        study["compare_gaps"] = [{**g, "seed": seed} for seed in seeds
+                                 for g in compare_gaps([r for r in study["compare"] if r["seed"] == seed])]
+        # Not "_1.5": the figure's stem takes a suffix (.png), which would replace ".5".
+        suffix = "_" + format(study["target"], "g").replace(".", "_") if many and not study["own"] else ""
+        study["figures"] = [plot_steps(study, root / f"batch_size_steps{suffix}", f"{label}{of_seeds}: steps, examples "
+                                       f"and time to {config.target.metric} <= {study['target']:g}")[0]]
         if study["noise"]:
-            study["figures"].append(plot_noise(study, root / f"batch_size_noise{suffix}", f"{config.network}{of}: "
-                                               "B_simple along training vs the measured B_crit")[0])
+            study["figures"].append(plot_noise(study, root / f"batch_size_noise{suffix}", f"{config.network}: "
+                                               f"B_simple along training vs the measured B_crit at {study['target']:g}")[0])
     cost = sum(p.train_seconds for p in points) + sum(r["train_seconds"] for r in compared)
     noise_cost = sum(float(m.record.get("wall_seconds") or 0) for run in loaded.runs for m in run.noise.values())
     measure_cost = noise_cost + sum(float(m.record.get("wall_seconds") or 0) for run in loaded.runs for m in run.sharpness.values()
                       if batchsize.compare_kind(run.spec, config.batch_size_study.compare_epochs))
-    per_seed = [{key: s[key] for key in ("seed", "fit", "bootstrap", "rows", "noise", "compare", "compare_gaps")}
-                for s in studies]
-    record = {"seeds": [s["seed"] for s in studies],
-              # One seed: its study's keys at the top, as before seeds were kept apart.
-              **({"studies": per_seed} if many else per_seed[0]),
+    per_target = [{key: s[key] for key in ("target", "fit", "bootstrap", "rows", "noise", "prediction", "compare",
+                                           "compare_gaps")} for s in studies]
+    for entry in per_target:
+        if len(seeds) == 1:
+            entry["seed"] = seeds[0]  # one seed: named as before seeds were pooled
+    record = {"seeds": seeds,
+              # One target: its study's keys at the top, as before targets were kept apart.
+              **({"studies": per_target} if many else per_target[0]),
               "runs": len(points) + len(compared), "train_seconds_total": round(cost, 1),
               "noise_seconds_total": round(noise_cost, 1), "measure_seconds_total": round(measure_cost, 1),
               "target": dataclasses.asdict(config.target), "study": dataclasses.asdict(config.batch_size_study),
@@ -571,9 +721,10 @@ def noise_trend(rows: list[dict]) -> str | None:
     return text + "Along this run it hardly moved, so where it is measured matters little here."
 
 
-def best_rate_words(points: list[Point], rows: list[dict], config) -> str | None:
+def best_rate_words(rows: list[dict], config) -> str | None:
     """The sentence on the best learning rate per batch, and whether the scaling rule's own value
-    (multiplier 1) would have done as well: it names each batch where 1x took more steps or never
+    (multiplier 1) would have done as well: it names each batch where 1x took more steps (by more
+    than one check interval, the resolution of steps) or never
     reached the target, or says the rule alone was enough on this grid."""
     best = [r for r in rows if r["best_multiplier"] is not None]
     if not best:
@@ -585,14 +736,14 @@ def best_rate_words(points: list[Point], rows: list[dict], config) -> str | None
             f"(B / {config.sb_batch_size})^{regimes.LR_SCALINGS[study.lr_scaling]:g})")
     lost, tried = [], 0
     for r in best:
-        rule = next((p for p in points if p.batch_size == r["batch_size"] and p.multiplier == 1.0), None)
-        if rule is None:
+        if not r["rule_ran"]:
             continue
         tried += 1
-        if rule.steps is None:
-            lost.append(f"batch {r['batch_size']} (never reached the target; {r['steps']} steps at {r['best_multiplier']:g}x)")
-        elif rule.steps > r["steps"]:
-            lost.append(f"batch {r['batch_size']} ({rule.steps} against {r['steps']} steps)")
+        if r["rule_steps"] is None:
+            lost.append(f"batch {r['batch_size']} (never reached the target; {_fmt(r['steps'])} steps at "
+                        f"{r['best_multiplier']:g}x)")
+        elif r["rule_steps"] > r["steps"] + (r["check_every_steps"] or 0):
+            lost.append(f"batch {r['batch_size']} ({_fmt(r['rule_steps'])} against {_fmt(r['steps'])} steps)")
     if lost:
         return text + f"; the rule's own value (1x) took more steps at {', '.join(lost)}: tune it at every batch size."
     if tried:
@@ -601,20 +752,26 @@ def best_rate_words(points: list[Point], rows: list[dict], config) -> str | None
 
 
 def _markdown(config, label: str, summary: dict, record: dict, root: Path) -> str:
-    studies = summary["studies"]
+    studies, seeds = summary["studies"], summary["seeds"]
     many = len(studies) > 1
     lines = [f"# How to choose the batch size: {label}", "",
              f"Every number below is read from the run directories under `{root}` (rebuild: "
              f"`python -m replication report {root}`; train: `python -m replication batch-size CONFIG`).", ""]
+    if len(seeds) > 1:
+        lines += [f"This folder holds the study of {len(seeds)} seeds ({', '.join(map(str, seeds))}), trained at "
+                  "the same rates: steps to a target are the seeds' mean, the best rate is chosen on that mean, and "
+                  "B_crit's interval resamples seeds and batch sizes together. Every seed's steps are in the table.",
+                  ""]
     if many:
-        lines += [f"This folder holds the study of {len(studies)} seeds ({', '.join(str(s['seed']) for s in studies)}). "
-                  "Each seed is fitted and reported on its own, from its own runs, below; none is pooled, and no "
-                  "seed-to-seed spread is computed here.", ""]
+        values = ", ".join(format(study["target"], "g") for study in studies)
+        lines += [f"Steps are counted to {len(studies)} targets of {config.target.metric} "
+                  f"({values}), each from the same runs' checks: one "
+                  "section per target, the loosest first.", ""]
+    alone = "one seed" if len(seeds) == 1 else f"mean of {len(seeds)} seeds"
     for study in studies:
         if many:
-            lines += [f"## Seed {study['seed']}", ""]
-        lines += _study_markdown(config, study, summary, record, "###" if many else "##",
-                                 f"seed {study['seed']} alone" if many else "one seed")
+            lines += [f"## Target {config.target.metric} <= {study['target']:g}", ""]
+        lines += _study_markdown(config, study, summary, record, "###" if many else "##", alone)
     lines += ["## Cost and provenance", "",
               f"{record['runs']} runs; training time summed over their epochs {record['train_seconds_total']:.0f} s "
               f"(evaluations included), noise-scale and sharpness measurements {record['measure_seconds_total']:.0f} s "
@@ -626,14 +783,15 @@ def _markdown(config, label: str, summary: dict, record: dict, root: Path) -> st
 
 
 def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, alone: str) -> list[str]:
-    """The sections of one seed's study; `h` their heading level, `alone` how its seeds are named
-    ("one seed" where the folder has one, else "seed N alone")."""
+    """The sections of one target's study; `h` their heading level, `alone` how its seeds are named
+    ("one seed", or "mean of N seeds")."""
     rows, fit, boot, noise, figures = study["rows"], study["fit"], study["bootstrap"], study["noise"], study["figures"]
-    target = config.target
+    target = dataclasses.replace(config.target, value=study["target"])
     loss = "training loss" if target.metric == "train_loss" else "training error"
     reached = [r for r in rows if r["steps"] is not None]
     b_crit = fit["b_crit"] if fit else None
-    at_target = next((r for r in noise if r["at_target"]), None)
+    at_target = next((r for r in noise if r["at_target"]), None)  # the first seed's: its run's trend
+    prediction = study["prediction"]
     reference = [r for r in noise if at_target and r["run"] == at_target["run"]]
     at_x0 = next((r for r in reference if r["point"] == "initial"), None)
     timed = [r for r in reached if r["seconds_to_target"] is not None]
@@ -657,13 +815,22 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
     else:
         lines.append(f"- The fit resolved no critical batch size: {unresolved_reason(fit)}.")
     if at_target and b_crit:
+        n = max(prediction["n"].values())
         lines.append(
-            f"- The gradient noise scale B_simple, measured where the reference run meets the target, predicts "
-            f"{_ratio(at_target['b_simple'], b_crit)} x the measured B_crit ({_fmt(at_target['b_simple'])}); with "
-            f"Adam's preconditioner applied, {_ratio(at_target['adam_b_simple'], b_crit)} x "
-            f"({_fmt(at_target['adam_b_simple'])})."
+            f"- The gradient noise scale B_simple, measured where the reference run meets the target"
+            f"{f' (mean of {n} seeds)' if n > 1 else ''}, predicts "
+            f"{_ratio(prediction['b_simple'], b_crit)} x the measured B_crit ({_fmt(prediction['b_simple'])}); with "
+            f"Adam's preconditioner applied, {_ratio(prediction['adam_b_simple'], b_crit)} x "
+            f"({_fmt(prediction['adam_b_simple'])})."
             + (f" Measured at x0 instead, it would predict {_ratio(at_x0['b_simple'], b_crit)} x "
                f"(preconditioned {_ratio(at_x0['adam_b_simple'], b_crit)} x)." if at_x0 else ""))
+        # The rule was fixed before the runs for the training definition only: an earlier study is not judged by it.
+        if any(prediction["check"].values()) and {r["definition"] for r in noise} == {"training"}:
+            lines.append("- Does the prediction hold (docs/noise-scale.md's rule, fixed before the runs: the measured "
+                         f"B_crit's 2.5-97.5% interval holds a value within a factor {HOLDS_FACTOR:g} of the predicted "
+                         "95% interval)? " + "; ".join(_holds_words(name, prediction["check"][key]) for key, name in
+                                                     (("b_simple", "plain"), ("adam_b_simple", "Adam-preconditioned"))
+                                                     if prediction["check"][key]) + ".")
     if (trend := noise_trend(reference)) is not None:
         lines.append(f"- {trend}")
     if fastest:
@@ -681,41 +848,47 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
                      f"- Stopped at the same {loss} with its best learning rate, test accuracy was {a0:.2f}% "
                      f"at batch {b0} and {a1:.2f}% at batch {b1} (range {spread:.2f} points over "
                      f"{len(accuracies)} batch sizes; {alone}).")
-    if (rate := best_rate_words(study["points"], rows, config)) is not None:
+    if (rate := best_rate_words(rows, config)) is not None:
         lines.append(rate)
     lines += _compare_plain(study["compare_gaps"], _sharpness_key(study["compare"]), alone,
                             [r for r in study["compare"] if r["diverged"]])
     seeds = ("one seed, so no seed-to-seed spread of steps to target" if alone == "one seed" else
-             f"{alone} here: the folder's seeds are each fitted on their own, never pooled, and no seed-to-seed "
-             "spread of steps to target is computed")
+             f"steps are the {alone} (each seed's in the table), and B_crit's interval resamples seeds and batch "
+             "sizes together")
+    definition = {r["definition"] for r in noise}
+    estimator = ("B_simple measured with mini-batches of sb_batch_size in training mode (dropout on), and the Adam "
+                 "preconditioner from the run's own second-moment estimate where it was saved (docs/noise-scale.md)"
+                 if definition == {"training"} else
+                 "B_simple measured with mini-batches of sb_batch_size with dropout off (the evaluation definition, "
+                 "made before docs/noise-scale.md); the Adam preconditioner is estimated from those mini-batch "
+                 "gradients, not the run's own second moment")
     lines += ["- Limits: " + "; ".join(record["deviations"] + [
         f"target {target.metric} <= {target.value:g} on the first {target.eval_subset} training examples, "
         + (f"checked every {target.every_examples} examples (every max(1, {target.every_examples} / B) steps; "
            "steps to target are known to within that interval, the table's 'check')" if target.every_examples
            else f"checked every {target.every_steps} steps (steps to target are known to within {target.every_steps})"),
-        seeds,
-        "B_simple measured with mini-batches of sb_batch_size under batch-statistics batch norm; the Adam "
-        "preconditioner is estimated from those mini-batch gradients, not the run's own second moment"]
+        seeds, estimator]
         + _nondeterministic(summary)
         + ([f"grid not interior at batch {', '.join(str(r['batch_size']) for r in capped)} "
             f"({', '.join(r['grid'] for r in capped)})"] if capped else [])) + ".", ""]
     lines += [f"{h} Steps and examples to the target", "",
               f"![steps to target]({figures[0].name})", "",
-              "| batch | rates tried (x rule) | steps per rate (- = not reached) | best | grid | lr | steps S | "
-              "check | examples E | s/step | s to target | test acc. at target (%) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| batch | rates tried (x rule) | steps per rate (- = not reached) | best | tied within a check | "
+              "grid | lr | steps S | per seed | check | examples E | s/step | s to target | test acc. at target (%) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['batch_size']} | {r['multipliers_tried']} | {r['steps_by_multiplier']} | "
-                     f"{_fmt(r['best_multiplier'], 'g')} | {r['grid']} | {_fmt(r['learning_rate'])} | "
-                     f"{_fmt(r['steps'], 'd') if r['steps'] is not None else 'not reached'} | "
+                     f"{_fmt(r['best_multiplier'], 'g')} | {r['tied'] or '-'} | {r['grid']} | {_fmt(r['learning_rate'])} | "
+                     f"{_fmt(r['steps']) if r['steps'] is not None else 'not reached'} | {r['steps_per_seed'] or '-'} | "
                      f"{_fmt(r['check_every_steps'], 'd') if r['check_every_steps'] else '-'} | "
-                     f"{_fmt(r['examples'], 'd') if r['examples'] is not None else '-'} | "
+                     f"{_fmt(r['examples']) if r['examples'] is not None else '-'} | "
                      f"{_fmt(r['seconds_per_step'])} | {_fmt(r['seconds_to_target'])} | "
                      f"{_fmt(r['test_accuracy'], '.2f')} |")
-    lines += ["", "Grid rule: the learning rates are the multipliers times the scaling rule's value; when the "
-              "best (fewest steps; ties go to the middle) is at an edge and strictly best, one more rate is "
-              f"trained beyond that edge, up to {config.batch_size_study.max_extensions} per side (Shallue et al. "
-              "2019). Time per step is each best run's own (its trace, first check interval left out), "
+    lines += ["", "Grid rule: the learning rates are the multipliers times the scaling rule's value; rates whose "
+              "steps (the seeds' mean) differ by no more than one check interval are tied, since steps are known "
+              "to within that interval; the best is the tied rate nearest the middle of those tried. While an edge "
+              "rate is among the tied, one more rate is trained beyond that edge, up to "
+              f"{config.batch_size_study.max_extensions} per side (Shallue et al. 2019; issue 25 item 3). Time per step is each best run's own (its trace, first check interval left out), "
               "so it includes input handling on this machine.", ""]
     lines += [f"{h} The critical batch size: measured and predicted", ""]
     if fit and b_crit is None:
@@ -738,23 +911,38 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
                   "| run | point | step | B_simple | Adam-preconditioned | predicted / measured (plain) | "
                   "predicted / measured (Adam) |", "|---|---|---|---|---|---|---|"]
         for r in noise:
-            lines.append(f"| {Path(r['run']).parent.name} | {r['point']}{' (target met)' if r['at_target'] else ''} | "
+            lines.append(f"| {Path(r['run']).parent.name} seed {r['seed']} | {r['point']}{' (target met)' if r['at_target'] else ''} | "
                          f"{r['step']} | {_fmt(r['b_simple'])} ± {_fmt(r['b_simple_se'])} | "
                          f"{_fmt(r['adam_b_simple'])} ± {_fmt(r['adam_b_simple_se'])} | "
                          f"{_ratio(r['b_simple'], b_crit)} | {_ratio(r['adam_b_simple'], b_crit)} |")
-        if at_target and b_crit and (at_target["b_simple"] or at_target["adam_b_simple"]):
-            plain, adam = at_target["b_simple"], at_target["adam_b_simple"]
+        if at_target and b_crit and (prediction["b_simple"] or prediction["adam_b_simple"]):
+            plain, adam = prediction["b_simple"], prediction["adam_b_simple"]
             closer = ("the plain gradient's" if not adam or (plain and abs(math.log(plain / b_crit)) <=
                       abs(math.log(adam / b_crit))) else "the Adam-preconditioned")
             lines += ["", f"At the point where the reference run meets the target, {closer} noise scale is the "
                       "closer prediction of the measured B_crit."]
+        reference_row = next((r for r in rows if r["batch_size"] == batchsize.reference_batch(config)), None)
+        measured_on = {Path(r["run"]).parent.name for r in noise if r["at_target"]}
+        if reference_row and reference_row["run"] and measured_on - {Path(reference_row["run"]).parent.name}:
+            lines += ["", f"The noise scale was measured on {', '.join(sorted(measured_on))}, the reference run the "
+                      "grid rule of its day chose; under the present rule (ties within a check interval) the best "
+                      f"run at batch {reference_row['batch_size']} is {Path(reference_row['run']).parent.name}."]
         lines += ["", f"B_simple = tr(Sigma) / |G|^2 (replication/measure/noise.py) from {noise[0]['noise_batches']} "
                   f"mini-batches of {noise[0]['noise_batch']} of {noise[0]['noise_examples']} training examples "
                   "(± jackknife standard error), on the best run at the batch nearest sb_batch_size; the "
                   "preconditioned one applies Adam's 1 / (sqrt(v) + eps) to every mini-batch gradient.", ""]
+    if not study["own"]:  # the fair comparison trains at the runs' own target's rates: reported there
+        return lines
     unranked = [r["batch_size"] for r in rows if r["best_multiplier"] is None]
     lines += _compare_section(study["compare"], study["compare_gaps"], config, unranked, h)
     return lines
+
+
+def _holds_words(name: str, check: dict) -> str:
+    measured = f"{_fmt(check['measured_low'])}-{_fmt(check['measured_high']) if check['measured_high'] else 'unbounded'}"
+    return (f"{name}: {'**holds**' if check['holds'] else '**does not hold**'} (predicted {_fmt(check['mean'])}, 95% "
+            f"{_fmt(check['low'])}-{_fmt(check['high'])}, n = {check['n']} seed{'s' if check['n'] != 1 else ''}; "
+            f"ratio {check['ratio']:.2f}, {check['ratio_low']:.2f}-{check['ratio_high']:.2f}; measured {measured})")
 
 
 def _sharpness_key(rows: list[dict]) -> str | None:

@@ -169,12 +169,12 @@ def _checker(record: dict, path: Path):
 
 @dataclasses.dataclass(frozen=True)
 class Study:
-    """One seed's batch-size study of one folder, from its batch_size.json and its runs."""
+    """One target's batch-size study of one folder (its seeds pooled), from its batch_size.json and its runs."""
 
     folder: Path
     label: str                # network, data, training examples
     device: str
-    seed: int
+    seed: int | None          # the one seed of a one-seed study; None where seeds are pooled
     target: str               # what "the target" is, in words
     rows: list                # best run per batch: batch_size, best_multiplier, steps, test_accuracy, seconds_*
     b_crit: float | None
@@ -207,11 +207,14 @@ def studies(root: Path, profile: Profile) -> list[Study]:
     metric = get("target", "metric", kind=str)
     target = f"{'training cross-entropy' if metric == 'train_loss' else metric.replace('_', ' ')} {sig(get('target', 'value'))}"
     where_of = [("studies", i) for i in range(len(get("studies", kind=list)))] if "studies" in record else [()]
+    seeds = get("seeds", kind=list)
     out = []
     for where in where_of:
+        if where:  # one entry per target (batchsize_report.summarize)
+            target = f"{target.rsplit(' ', 1)[0]} {sig(get(*where, 'target'))}"
         rows = [{"batch_size": get(*where, "rows", i, "batch_size", kind=int),
                  "best_multiplier": get(*where, "rows", i, "best_multiplier", none=True),
-                 "steps": get(*where, "rows", i, "steps", kind=int, none=True),
+                 "steps": get(*where, "rows", i, "steps", none=True),  # the seeds' mean
                  "test_accuracy": get(*where, "rows", i, "test_accuracy", none=True),
                  "seconds_per_step": get(*where, "rows", i, "seconds_per_step", none=True),
                  "seconds_to_target": get(*where, "rows", i, "seconds_to_target", none=True)}
@@ -243,7 +246,8 @@ def studies(root: Path, profile: Profile) -> list[Study]:
                          "large_batch": get(*where, "compare_gaps", i, "large_batch", kind=int),
                          "difference": get(*where, "compare_gaps", i, "test_accuracy_difference", signed=True),
                          "ratio": get(*where, "compare_gaps", i, ratio, none=True) if ratio in gap else None})
-        out.append(Study(profile.folder, label, devices, get(*where, "seed", kind=int), target, rows, b_crit, boot,
+        out.append(Study(profile.folder, label, devices, get(*where, "seed", kind=int) if len(seeds) == 1 else None,
+                         target, rows, b_crit, boot,
                          noise, compared, gaps, get("study", "compare_epochs", kind=int), get("train_seconds_total"),
                          get("measure_seconds_total"), get("runs", kind=int), loaded))
     return out
@@ -338,6 +342,8 @@ def measurement_seconds(folder: Path) -> float:
     rule = results.rule_for("wall_seconds")
     for path in sorted(folder.rglob("*.json")):
         if path.name.startswith(".") or path.name in ("metrics.json", "env.json", batchsize_report.SUMMARY_FILE):
+            continue
+        if path.relative_to(folder).parts[0] == "recommend":  # `recommend`'s own cost, reported apart
             continue
         value = storage.read_json(path).get("wall_seconds")
         if value is None:
@@ -534,7 +540,7 @@ def _study_row(root: Path, profile: Profile, config: str, command: str) -> list[
         multipliers = [r["best_multiplier"] for r in study.rows if r["best_multiplier"] is not None]
         fastest = min((r for r in study.rows if r["seconds_to_target"] is not None),
                       key=lambda r: r["seconds_to_target"], default=None)
-        text = (f"seed {study.seed}: " if len(found) > 1 else "") + (
+        text = (f"{study.target}: " if len(found) > 1 else "") + (
             f"B_crit {sig(study.b_crit)} (16-84% {bootstrap_interval(study.bootstrap)})" if study.b_crit
             else "no critical batch resolved")
         if multipliers:
@@ -601,7 +607,8 @@ def _bench_rows(root: Path, profile: Profile, command: str) -> list[list[str]]:
 # docs/batch-size.md and docs/performance.md: the batch-size studies side by side -------------------
 def short_label(study: Study) -> str:
     network = study.label.split(",")[0]
-    return f"{network} ({study.folder.name}{f', seed {study.seed}' if study.seed else ''})"
+    seeds = f", seed {study.seed}" if study.seed else "" if study.seed is not None else ", seeds pooled"
+    return f"{network} ({study.folder.name}{seeds})"
 
 
 def _noise_at(study: Study, where) -> dict | None:

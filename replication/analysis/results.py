@@ -50,7 +50,7 @@ FIX = "delete one set, or put them in separate results_dir"
 # Runs made before the JAX port name no backend: they ran on TensorFlow.
 DEFAULT_BACKEND = "tensorflow"
 # Keys of a measurement's recorded settings that differ by design between runs.
-PER_RUN_SETTINGS = ("weights_digest",)
+PER_RUN_SETTINGS = ("weights_digest", "adam_state_sha256")  # the point measured, and its Adam state
 
 
 class ResultsError(UserError, RuntimeError):
@@ -325,9 +325,9 @@ def protocol(regime: str, resolved: dict, backend: str) -> dict:
     batch size), the learning rate of a scaled sweep run and the epochs of a piggyback run taken back
     to the config's, and the backend that trained it (which replaces the config's optional backend
     pin). A key a run's config did not have yet (an older run) counts as its default."""
-    defaults = config_lib.defaults()
+    filled = config_lib.with_defaults(resolved)
     # Kept iterates change what a run directory holds, not what it computed.
-    out = {key: resolved.get(key, defaults.get(key)) for key in sorted({*resolved, *defaults})
+    out = {key: filled[key] for key in sorted(filled)
            if key not in (*rundir.NON_TRAINING_KEYS, *rundir.RUN_FILE_KEYS, "run", "backend")}
     # A piggyback run (Figure 5) trains its own epochs from an iterate of the trial's SB run.
     warm_start = resolved.get("run", {}).get("warm_start")

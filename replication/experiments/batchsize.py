@@ -10,11 +10,13 @@ trains and measures (steps 1, 3, 5), replication/analysis/batchsize_report.py fi
 1. Steps to a target (Shallue et al. 2019): for each batch B of `batch_size_study.batch_sizes`,
    runs `b<B>-x<m>` (ordinary run directories: resumable, shared x0, `stopping: target`,
    replication/target.py) with the learning rate m x the scaling rule's value at B, for each m of
-   the grid. The best m (fewest steps to the target) must lie inside the grid: while it sits at
-   an edge and is strictly better than every other rate tried, one more rate is trained beyond
-   that edge (`next_multiplier`), at most `max_extensions` per side; a best rate still at the edge
-   then is reported as capped. The command trains these in sequence itself, deciding each
-   extension from the finished runs, so a rerun resumes where it stopped (simpler than a Make loop).
+   the grid and every seed. The best m (fewest steps to the target, on the seeds' mean) must lie
+   inside the grid: while an edge rate is within one check interval of the fewest (a tie: steps
+   are known to within that interval), one more rate is trained beyond that edge
+   (`next_multiplier`), at most `max_extensions` per side; a best rate still at the edge then is
+   reported as capped. With target.milestones, every target decides (issue 25 items 3-4). The
+   command trains these in sequence itself, deciding each extension from the finished runs, so a
+   rerun resumes where it stopped (simpler than a Make loop).
 2. The critical batch size (McCandlish et al. 2018, eq. 2.11): S = S_min (1 + B_crit / B) is
    linear in 1/B (S = S_min + S_min B_crit / 1/B), fitted by least squares on relative residuals
    to the best (B, S) of every batch that reached the target (`fit_critical_batch`); B_crit =
@@ -45,46 +47,61 @@ from replication import config as config_lib
 
 
 # The learning-rate grid ---------------------------------------------------------------------------
-def best_multiplier(steps: dict[float, float | None]) -> float | None:
-    """The multiplier with the fewest steps to the target (None: no run reached it). Ties go to
-    the multiplier nearest the middle of the rates tried, so an edge wins only when strictly best."""
+def tied(steps: dict[float, float | None], resolution: float = 0) -> list[float]:
+    """The multipliers tied for the fewest steps to the target: within `resolution` steps of the
+    fewest (the check interval: a run's steps are known to within one interval, so a rate that wins
+    by no more than that has not been shown to win). Sorted; [] when no run reached the target."""
     reached = {m: s for m, s in steps.items() if s is not None}
     if not reached:
-        return None
+        return []
     fewest = min(reached.values())
+    return sorted(m for m, s in reached.items() if s - fewest <= resolution)
+
+
+def best_multiplier(steps: dict[float, float | None], resolution: float = 0) -> float | None:
+    """The multiplier with the fewest steps to the target (None: no run reached it); among rates
+    tied within `resolution` (tied), the one nearest the middle of the rates tried, so that a rate
+    reported as best is one the grid brackets whenever it can."""
+    ties = tied(steps, resolution)
+    if not ties:
+        return None
     tried = sorted(steps)
     middle = (len(tried) - 1) / 2
-    return min((m for m, s in reached.items() if s == fewest), key=lambda m: abs(tried.index(m) - middle))
+    return min(ties, key=lambda m: (abs(tried.index(m) - middle), m))
 
 
-def next_multiplier(steps: dict[float, float | None], study: config_lib.BatchSizeStudyConfig) -> tuple[float | None, str]:
+def next_multiplier(steps: dict[float, float | None], study: config_lib.BatchSizeStudyConfig,
+                    resolution: float = 0) -> tuple[float | None, str]:
     """(the next multiplier to train at one batch size, or None; the state of its grid).
 
-    `steps`: multiplier -> steps to the target of each finished run (None: not reached). The grid
-    comes first; then, while the best rate is at an edge of the rates tried, the next rate beyond
-    that edge on study.multipliers()' ladder. States: "grid" (grid runs missing), "interior",
+    `steps`: multiplier -> steps to the target (None: not reached); `resolution`: steps within
+    which two rates tie (tied). The grid comes first; then, while an edge of the rates tried is
+    among the tied best, the next rate beyond that edge on study.multipliers()' ladder (issue 25
+    item 3: a tie with an edge counts as an edge). States: "grid" (grid runs missing), "interior",
     "extended low/high" (the next run extends), "capped low/high" (no rate left on that side),
     "none reached" (no rate reached the target: nothing says which way to go)."""
     missing = [m for m in study.lr_multipliers if float(f"{m:.6g}") not in steps]
     if missing:
         return float(f"{missing[0]:.6g}"), "grid"
-    best = best_multiplier(steps)
-    if best is None:
+    ties = tied(steps, resolution)
+    if not ties:
         return None, "none reached"
     tried = sorted(steps)
     ladder = study.multipliers()
-    if best == tried[0] and len(tried) > 1:
-        lower = [m for m in ladder if m < best]
-        return (lower[-1], "extended low") if lower else (None, "capped low")
-    if best == tried[-1] and len(tried) > 1:
-        higher = [m for m in ladder if m > best]
-        return (higher[0], "extended high") if higher else (None, "capped high")
-    return None, "interior"
+    states = []
+    for edge, side, beyond in ((tried[0], "low", [m for m in ladder if m < tried[0]][-1:]),
+                               (tried[-1], "high", [m for m in ladder if m > tried[-1]][:1])):
+        if len(tried) > 1 and edge in ties:
+            if beyond:
+                return beyond[0], f"extended {side}"
+            states.append(f"capped {side}")
+    return None, " and ".join(states) or "interior"
 
 
 # Training the study -------------------------------------------------------------------------------
-def run_steps(config: config_lib.Config, batch: int, seed: int) -> dict[float, float | None]:
-    """multiplier -> steps to the target of each finished run at `batch` (None: not reached)."""
+def run_steps(config: config_lib.Config, batch: int, seed: int, value: float | None = None) -> dict[float, float | None]:
+    """multiplier -> steps to the target `value` (None: the run's own target.value; else one of
+    target.milestones) of each finished run at `batch` (None: not reached)."""
     from replication import rundir, target
 
     out = {}
@@ -92,18 +109,56 @@ def run_steps(config: config_lib.Config, batch: int, seed: int) -> dict[float, f
         path = rundir.run_directory(config, regimes.study(batch, multiplier).name, seed) / "metrics.json"
         if path.exists():
             # The next run to train is decided from this number: a hand-edited one is refused.
-            steps = (storage.read_json(path).get("target") or {}).get("steps")
+            summary = target.check_summary(storage.read_json(path).get("target"), path)
+            steps = summary.get("steps")
+            if value is not None and value != config.target.value:
+                record = next((t for t in summary.get("targets", []) if t["value"] == value), None)
+                if record is None:
+                    raise storage.StorageError(f"{path} records no steps to the milestone {value:g} (made before "
+                                               f"target.milestones named it): {target.STUDY_FIX.format(run=path.parent)}")
+                steps = record["steps"]
             out[multiplier] = target.number(steps, path, "target.steps", target.STUDY_FIX.format(run=path.parent),
                                             integer=True, low=0, above=True, optional=True)
     return out
 
 
-def run_study(config: config_lib.Config, seed: int, log=None, only: int | None = None) -> list[dict]:
-    """Train every run the study needs (module docstring, step 1), in sequence (`only`: at that
-    batch alone); returns one row per batch size: its best multiplier and the state of its grid."""
+def pooled_steps(config: config_lib.Config, batch: int, seeds, value: float | None = None) -> dict[float, float | None]:
+    """multiplier -> the mean over `seeds` of the steps to the target `value` at `batch`, for each
+    multiplier every seed has finished; None where any seed did not reach it (a rate that fails on
+    one seed is not a rate to recommend)."""
+    per_seed = [run_steps(config, batch, seed, value) for seed in seeds]
+    out = {}
+    for multiplier in set.intersection(*(set(steps) for steps in per_seed)):
+        values = [steps[multiplier] for steps in per_seed]
+        out[multiplier] = None if None in values else sum(values) / len(values)
+    return out
+
+
+def grid_state(config: config_lib.Config, batch: int, seeds) -> tuple[float | None, str]:
+    """The next multiplier to train at `batch` for every seed, or None; and the state of its grid.
+    Decided on the seeds' mean steps to each target (target.values(), loosest first), within one
+    check interval at this batch: a rate any target needs beyond an edge is trained."""
+    resolution = _resolution(config, batch)
+    states = []
+    for value in config.target.values():
+        multiplier, state = next_multiplier(pooled_steps(config, batch, seeds, value), config.batch_size_study,
+                                            resolution)
+        if multiplier is not None:
+            return multiplier, state
+        states.append(state)
+    return None, states[-1] if len(set(states)) == 1 else "; ".join(
+        f"{value:g}: {state}" for value, state in zip(config.target.values(), states))
+
+
+def run_study(config: config_lib.Config, seeds, log=None, only: int | None = None) -> list[dict]:
+    """Train every run the study needs (module docstring, step 1) for every seed of `seeds`, in
+    sequence (`only`: at that batch alone): each rate is trained for every seed before the next is
+    chosen from their mean steps (grid_state). Returns one row per batch size: its next multiplier
+    (None: done) and the state of its grid."""
     from replication import train
 
     log = log or sys.stderr
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     _check_study(config)
     if only is not None and only not in config.batch_size_study.batch_sizes:
         raise config_lib.ConfigError(f"--batch {only} is not one of batch_size_study.batch_sizes "
@@ -113,17 +168,35 @@ def run_study(config: config_lib.Config, seed: int, log=None, only: int | None =
         if only is not None and batch != only:
             continue
         while True:
-            steps = run_steps(config, batch, seed)
-            multiplier, state = next_multiplier(steps, config.batch_size_study)
+            # A rate one seed has (an interrupted study) is finished for every seed first.
+            tried = sorted(set().union(*(run_steps(config, batch, seed) for seed in seeds)))
+            for multiplier in tried:
+                for seed in seeds:
+                    if multiplier not in run_steps(config, batch, seed):
+                        train.train(config, regimes.study(batch, multiplier), seed, log)
+            multiplier, state = grid_state(config, batch, seeds)
             if multiplier is None:
                 break
-            print(f"[batch-size study] batch {batch}: training lr multiplier {multiplier:g} ({state})",
-                  file=log, flush=True)
-            train.train(config, regimes.study(batch, multiplier), seed, log)
-        rows.append({"batch_size": batch, "best_multiplier": best_multiplier(steps), "grid": state})
-        print(f"[batch-size study] batch {batch}: best multiplier {best_multiplier(steps)} ({state})",
-              file=log, flush=True)
+            print(f"[batch-size study] batch {batch}: training lr multiplier {multiplier:g} ({state}) for seeds "
+                  f"{', '.join(map(str, seeds))}", file=log, flush=True)
+            for seed in seeds:
+                train.train(config, regimes.study(batch, multiplier), seed, log)
+        best = best_rate(config, batch, seeds)
+        rows.append({"batch_size": batch, "best_multiplier": best, "grid": state})
+        print(f"[batch-size study] batch {batch}: best multiplier {best} ({state})", file=log, flush=True)
     return rows
+
+
+def _resolution(config: config_lib.Config, batch: int) -> int:
+    from replication import target
+
+    return target.check_interval(config.target, batch)
+
+
+def best_rate(config: config_lib.Config, batch: int, seeds) -> float | None:
+    """The best multiplier at `batch` for the run's own target, on the mean steps of `seeds`: the
+    rate the noise scale and the fair comparison use for every seed."""
+    return best_multiplier(pooled_steps(config, batch, seeds), _resolution(config, batch))
 
 
 def _check_study(config: config_lib.Config) -> None:
@@ -157,21 +230,24 @@ def reference_batch(config: config_lib.Config) -> int:
                key=lambda b: (abs(math.log(b / config.sb_batch_size)), b))
 
 
-def measure_noise(config: config_lib.Config, seed: int, log=None) -> list[Path]:
-    """B_simple of the reference run at x0, at each kept iterate and at its final weights (where
-    it met the target); returns the files (noise/<point>.json)."""
+def measure_noise(config: config_lib.Config, seed: int, log=None, seeds=None) -> list[Path]:
+    """B_simple of the reference run of `seed` (the best rate on the mean of `seeds`, default
+    [seed]) at x0, at each kept iterate, where it first met each milestone, and at its final
+    weights (where it met the target); returns the files (noise/<point>.json)."""
     from replication.measure import noise
     from replication import rundir
 
     batch = reference_batch(config)
-    best = best_multiplier(run_steps(config, batch, seed))
+    best = best_rate(config, batch, seeds or [seed])
     if best is None:
         print(f"[batch-size study] no run at batch {batch} reached the target: no noise scale along "
               "training", file=log or sys.stderr)
         return []
     run = rundir.run_directory(config, regimes.study(batch, best).name, seed)
     metrics = storage.read_json(run / "metrics.json")
-    points = ["initial", *[f"epoch{e}" for e in metrics.get("kept_iterates", [])], "final"]
+    met = [t["value"] for t in metrics["target"].get("targets", [])[:-1] if t["steps"] is not None]
+    points = ["initial", *[f"epoch{e}" for e in metrics.get("kept_iterates", [])], *[f"target{v:g}" for v in met],
+              "final"]
     for point in points:
         noise.noise_scale(run, point, log=log)
     return [noise.result_path(run, point) for point in points]
@@ -188,7 +264,7 @@ def steps_per_epoch(num_train: int, batch: int) -> int:
     return -(-num_train // batch)
 
 
-def compare_plan(config: config_lib.Config, seed: int, num_train: int) -> list[tuple[int, str, regimes.RunSpec]]:
+def compare_plan(config: config_lib.Config, seed: int, num_train: int, seeds=None) -> list[tuple[int, str, regimes.RunSpec]]:
     """(batch, kind, run) of every fair-comparison run (Hoffer et al. 2017; issue 13 item 3):
     at each of batch_size_study.compare_batch_sizes, (a) compare_epochs at the fixed learning_rate;
     then, where the study found a best rate at that batch, (b) as many epochs at it, (c) at it for
@@ -204,7 +280,7 @@ def compare_plan(config: config_lib.Config, seed: int, num_train: int) -> list[t
     plan = []
     for batch in sorted(study.compare_batch_sizes):
         plan.append((batch, "fixed", regimes.compare(batch, None, epochs)))
-        best = best_multiplier(run_steps(config, batch, seed))
+        best = best_rate(config, batch, seeds or [seed])
         if best is None:
             continue
         plan.append((batch, "tuned", regimes.compare(batch, best, epochs)))
@@ -216,7 +292,7 @@ def compare_plan(config: config_lib.Config, seed: int, num_train: int) -> list[t
     return plan
 
 
-def run_compare(config: config_lib.Config, seed: int, log=None) -> list[Path]:
+def run_compare(config: config_lib.Config, seed: int, log=None, seeds=None) -> list[Path]:
     """Train every fair-comparison run (compare_plan), then measure each minimiser's sharpness
     (the config's Metric 2.1 settings); returns the run directories. Training first, so a run
     stopped by a deadline leaves the accuracies before the sharpness."""
@@ -227,7 +303,7 @@ def run_compare(config: config_lib.Config, seed: int, log=None) -> list[Path]:
     if not config.batch_size_study.compare_batch_sizes:
         return []
     num_train = len(rundir.load_arrays(config)[1])
-    plan = compare_plan(config, seed, num_train)
+    plan = compare_plan(config, seed, num_train, seeds)
     for batch, kind, spec in plan:
         print(f"[batch-size study] fair comparison at batch {batch}: {COMPARE_KINDS[kind]} ({spec.name})",
               file=log, flush=True)
@@ -255,11 +331,11 @@ def study(config_path: str, overrides=(), seed: int | None = None, log=None, onl
     _check_study(config)
     seeds = [seed] if seed is not None else list(config.seeds)
     tick = time.time()
-    for s in seeds:
-        run_study(config, s, log, only)
-        if only is None:
-            measure_noise(config, s, log)
-            run_compare(config, s, log)
+    run_study(config, seeds, log, only)
+    if only is None:
+        for s in seeds:
+            measure_noise(config, s, log, seeds)
+            run_compare(config, s, log, seeds)
     if only is None:
         print(f"[batch-size study] trained and measured in {time.time() - tick:.0f} s (this process)",
               file=log or sys.stderr, flush=True)

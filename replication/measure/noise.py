@@ -191,8 +191,10 @@ def noise_scale(run_dir, point: str = "final", force: bool = False, log=None, de
     from replication import rundir, train
 
     epoch = re.fullmatch(r"epoch([1-9][0-9]*)", point)
-    if point not in POINTS and not epoch:
-        raise config_lib.ConfigError(f"point must be one of {POINTS} or epoch<N> (a kept iterate), got {point!r}")
+    milestone = re.fullmatch(r"target(.+)", point)
+    if point not in POINTS and not epoch and not milestone:
+        raise config_lib.ConfigError(f"point must be one of {POINTS}, epoch<N> (a kept iterate) or target<value> "
+                                     f"(a milestone of target.milestones), got {point!r}")
     log = log or sys.stderr
     run = rundir.load_run(run_dir)
     config = run.config
@@ -208,12 +210,16 @@ def noise_scale(run_dir, point: str = "final", force: bool = False, log=None, de
             raise config_lib.ConfigError(f"{run.path} kept no iterate of epoch {epoch.group(1)} ({iterate}): "
                                          f"use one of its kept_iterates {run.metrics.get('kept_iterates', [])}")
         storage.load_weights(run.model, iterate)
+    elif milestone:
+        weights = _milestone_weights(run, milestone.group(1))
+        storage.load_weights(run.model, weights)
     settings = {"point": point, "batch_size": config.sb_batch_size, "batches": config.sweep.noise_batches,
                 "subset": config.sharpness.subset, "estimator": "mini-batch moments, jackknife SE",
                 "seed": config.sharpness.seed, "weights_digest": storage.weights_digest(run.model.get_weights()),
                 "backend": backend.name(), "passes": backend.PASSES}
-    state_path = train.adam_state_path(run.path)
-    has_state = definition == "training" and point == "final" and state_path.is_file()
+    state_path = (weights.with_name(weights.name.removesuffix(".weights.h5") + ".adam.npz") if milestone
+                  else train.adam_state_path(run.path))
+    has_state = definition == "training" and point != "initial" and not epoch and state_path.is_file()
     if definition != "evaluation":
         # Only here: the evaluation settings stay exactly as they were, so the committed files
         # measured before the definitions existed are still reused; either way a result made
@@ -257,6 +263,22 @@ def noise_scale(run_dir, point: str = "final", force: bool = False, log=None, de
     print(f"[{run.path}] gradient noise scale at {point} ({record.get('definition', 'evaluation')} definition): "
           f"B_simple = {value} ({record['wall_seconds']:.1f} s) -> {path}", file=log, flush=True)
     return record
+
+
+def _milestone_weights(run, text: str) -> Path:
+    """The weights a run kept where it first met the milestone `text` (target<value>)."""
+    from replication import target
+
+    milestones = run.config.target.milestones
+    value = next((m for m in milestones if f"{m:g}" == text), None)
+    if value is None:
+        raise config_lib.ConfigError(f"{run.path} has no milestone {text!r}: use target<value> with a value of its "
+                                     f"target.milestones {[f'{m:g}' for m in milestones]}")
+    path = target.milestone_path(run.path, value)
+    if not path.is_file():
+        raise config_lib.ConfigError(f"{run.path} never met its milestone {value:g} ({path} is missing): measure a "
+                                     "milestone it met (metrics.json, target.targets)")
+    return path
 
 
 def read_adam_state(path, weights_digest: str) -> AdamState:
