@@ -222,3 +222,31 @@ def test_make_report_rewrites_the_readme_after_the_reports():
     lines = planned.stdout.splitlines()
     reports = next(i for i, line in enumerate(lines) if "-m replication report" in line)
     assert any("-m replication readme" in line for line in lines[reports + 1:])
+
+
+def test_the_recommendation_is_checked_against_each_target_of_its_study(tmp_path):
+    """Issue 25 item 6: per study folder with recommend/recommendation.json, one row per target
+    (the recommended batch, its source, the measured B_crit, their ratio, both times); a number that
+    no result can be is refused naming the file and the key."""
+    import types
+
+    folder = Path("results/critical-batch-f1-mnist")
+    study = lambda target, b_crit: types.SimpleNamespace(  # noqa: E731
+        folder=folder, label="F1, MNIST, 60000 training examples", seed=None, target=target, b_crit=b_crit,
+        bootstrap={"p16": 0.8 * b_crit, "p84": 1.3 * b_crit, "unbounded": {}}, train_seconds=3000.0,
+        measure_seconds=600.0)
+    found = [study("training cross-entropy 0.1", 2000.0), study("training cross-entropy 0.03", 8000.0)]
+    assert readme.recommend_block(tmp_path, found).startswith("No recommendation has been checked")
+    record = {"recommendation": {"batch_size": 2048, "from": "B_adam", "b_crit": 2500.0,
+                                 "interval": {"low": 2100.0, "high": 2900.0}},
+              "no_recommendation": None, "cost_seconds": 90.0}
+    path = tmp_path / folder / "recommend" / "recommendation.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(record) + "\n")
+    text = readme.recommend_block(tmp_path, found)
+    assert "| F1 (critical-batch-f1-mnist, seeds pooled) | training cross-entropy 0.1 | 2048 (B_adam 2500, 2100-2900) | " \
+           "2000 (1600-2600) | 1.25 | 90 s | 3600 s |" in text
+    assert "| training cross-entropy 0.03 | 2048 (B_adam 2500, 2100-2900) | 8000 (6400-10400) | 0.31 |" in text
+    path.write_text(json.dumps({**record, "cost_seconds": -1}) + "\n")
+    with pytest.raises(results.ResultsError, match=r"recommendation\.json: 'cost_seconds' is -1"):
+        readme.recommend_block(tmp_path, found)

@@ -859,7 +859,43 @@ MIN_EPOCHS = 5
 
 
 # Writing the blocks ---------------------------------------------------------------------------------
-BLOCKS = {"README.md": ("results",), "docs/batch-size.md": ("batch-size", "equal-accuracy"),
+def recommend_block(root: Path, found: list[Study]) -> str:
+    """`recommend` checked against the measured studies (issue 25 item 6): per study folder holding
+    recommend/recommendation.json, per target, the recommended batch and the noise scale it came
+    from against the measured B_crit, and each one's CPU time; every number checked before use."""
+    from replication import recommend
+
+    rows = ["| workload | target | recommended batch (from, value, 95% estimator interval) | measured B_crit "
+            "(bootstrap 16-84%) | predicted / measured | recommend's time | the study's time |",
+            "|---|---|---|---|---|---|---|"]
+    for folder in dict.fromkeys(s.folder for s in found):
+        path = root / folder / recommend.FOLDER / recommend.RESULT_FILE
+        if not path.is_file():
+            continue
+        get = _checker(storage.read_json(path), path)
+        if get("recommendation", kind=dict, none=True) is None:
+            advice, value = f"none: {get('no_recommendation', kind=str)}", None
+        else:
+            value = get("recommendation", "b_crit")
+            span = get("recommendation", "interval", kind=dict, none=True)
+            advice = (f"{get('recommendation', 'batch_size', kind=int)} ({get('recommendation', 'from', kind=str)} "
+                      f"{sig(value)}, {sig(get('recommendation', 'interval', 'low', signed=True)) if span else '-'}-"
+                      f"{sig(get('recommendation', 'interval', 'high')) if span else '-'})")
+        cost = get("cost_seconds")
+        for study in (s for s in found if s.folder == folder):
+            ratio = _fmt_ratio(_ratio(value, study.b_crit)) if value is not None else "-"
+            rows.append(f"| {short_label(study)} | {study.target} | {advice} | "
+                        f"{sig(study.b_crit) if study.b_crit else 'not resolved'} ({bootstrap_interval(study.bootstrap)}) | "
+                        f"{ratio} | {cost:.0f} s | {study.train_seconds + study.measure_seconds:.0f} s |")
+    if len(rows) == 2:
+        return ("No recommendation has been checked against a study yet: `python -m replication recommend CONFIG` "
+                "on a study's config (configs/critical-batch/) writes one beside the study's results.\n")
+    return "\n".join(rows) + ("\n\nThe recommended batch is the noise scale of one short run rounded down to a "
+                              "power of two (docs/noise-scale.md); its interval is the estimator's alone. Times are "
+                              "CPU seconds of training and measurement as each result file records them.\n")
+
+
+BLOCKS = {"README.md": ("results",), "docs/batch-size.md": ("batch-size", "equal-accuracy", "recommend-check"),
           "docs/performance.md": ("step-time", "epoch-time")}
 
 
@@ -884,6 +920,7 @@ def render(root: Path = ROOT) -> dict[Path, str]:
     makers = {"results": lambda: contract(root, everything),
               "batch-size": lambda: batch_size_block(found),
               "equal-accuracy": lambda: equal_accuracy_block(root, everything, found),
+              "recommend-check": lambda: recommend_block(root, found),
               "step-time": lambda: step_time_block(found),
               "epoch-time": lambda: epoch_time_block(root, everything)}
     out = {}
