@@ -110,7 +110,7 @@ def _matched(args):
 
     for run_dir in args.run_dir:
         print(matched.measure(run_dir, args.levels, args.patiences, args.epsilon and [args.epsilon],
-                              args.space and [args.space], args.force))
+                              args.space and [args.space], args.force, lambda_max=args.lambda_max))
 
 
 def _budget(args):
@@ -369,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plateau patiences, in epochs (default 2,5,10)")
     p.add_argument("--epsilon", type=float, help="one epsilon (default: config sharpness.epsilons)")
     p.add_argument("--space", choices=("full", "random"), help="one space (default: config sharpness.spaces)")
+    p.add_argument("--lambda-max", action="store_true",
+                   help="also the Hessian's top eigenvalue at each point (Lanczos with the config's hessian "
+                        "iterations, tol, seed); writes RUN_DIR/iterates/lambda_epoch<N>.json")
     p.add_argument("--force", action="store_true", help="recompute even if a result with these settings exists")
     p.set_defaults(func=_matched)
 

@@ -1,6 +1,10 @@
 """Matched-loss points, the plateau rule replayed on a kept history (and checked against a real
 plateau-stopped run), and the solver-budget measurements (measure/matched.py, measure/budget.py)."""
 
+import dataclasses
+import json
+import math
+
 import pytest
 
 from conftest import cli, one_error_line
@@ -62,6 +66,7 @@ def test_matched_measures_the_selected_iterates_and_refuses_runs_that_did_not_ke
         record = storage.read_json(iterates.sharpness_path(run, epoch, "full", 1e-3))
         assert record["iterate_epoch"] == epoch and record["phi"] >= 0
         assert storage.read_json(iterates.xent_path(run, epoch))["train_xent"] > 0
+    assert not list((run / "iterates").glob("lambda_epoch*"))  # lambda_max only when asked for
     some = train.train(config_lib.load(tiny_config(epochs=2, keep_iterates=[2],
                                                    results_dir=str(tmp_path / "some"))), "sb", 0)
     result = cli("matched", some)
@@ -108,6 +113,7 @@ def test_report_sections_read_the_measured_points(tiny_config):
     assert final["ratio"] == pytest.approx(final["lb"]["phi"] / final["sb"]["phi"])
     text = matched_tables.matched_section(loaded)
     assert "## Sharpness at matched training loss" in text and "final (not matched)" in text
+    assert "lambda_max" not in text and text.count("|\n|---|---|---|---|---|---|\n") == 1  # as before lambda_max
     stopping = matched_tables.stopping_section(loaded)
     assert "| fixed | SB | 1 | 3-3 |" in stopping and "n = 1: no interval" in stopping
     assert "| 0 | LB | full, 0.001 | 2 its from y = 0 |" in matched_tables.budget_section(loaded)
@@ -145,3 +151,80 @@ def test_pipeline_schedules_matched_instead_of_every_iterate(tmp_path):
     rules = pipeline.rules("t", [str(path)])
     assert "matched " in rules and "--space full" in rules and " iterates " not in rules
     assert str(matched.summary_path(tmp_path / "r" / "F1_synthetic_mnist" / "sb" / "seed0")) in rules
+
+
+def test_lambda_max_at_the_matched_points_is_the_hessians_top_eigenvalue_and_marks_a_lower_bound(tiny_config):
+    """lambda_max at each selected iterate, on phi's examples and weights; reused; a Lanczos stopped at
+    its cap is a lower bound in the file and in the table; a damaged file is refused in one line."""
+    from replication.analysis import matched_tables, results
+    from replication.measure import hessian
+
+    # min_delta 10: no epoch improves, so patience 1 selects epoch 2 beside the final epoch 3.
+    config = config_lib.load(tiny_config(epochs=3, keep_every=1, min_delta=10.0, sharpness={"subset": 200}))
+    runs = {regime: train.train(config, regime, 0) for regime in ("sb", "lb")}
+    for run in runs.values():
+        matched.measure(run, levels=(10.0,), patiences=(1,), epsilons=[1e-3], spaces=["full"], lambda_max=True)
+    sb = runs["sb"]
+    summary = storage.read_json(matched.summary_path(sb))
+    epochs = [p["epoch"] for p in summary["points"]]
+    assert epochs == [2, 3]
+    records = {e: storage.read_json(matched.lambda_path(sb, e)) for e in epochs}
+    assert all(f"iterates/lambda_epoch{e}.json" in summary["files"] for e in epochs)
+    for epoch, record in records.items():
+        xent = storage.read_json(iterates.xent_path(sb, epoch))
+        assert record["iterate_epoch"] == epoch and record["converged"] and not record["lower_bound"]
+        assert record["train_xent"] == xent["train_xent"] and record["num_examples"] == 200
+        assert record["settings"]["weights_digest"] == xent["settings"]["weights_digest"]
+        assert record["settings"]["iterations"] == config.hessian.iterations and record["wall_seconds"] >= 0
+    # The same number as the Hessian measure's own Lanczos on that iterate and those examples.
+    loaded_run = rundir.load_run(sb)
+    storage.load_weights(loaded_run.model, rundir.iterate_path(sb, epochs[-1]))
+    h = hessian.curvature_objective(loaded_run.model, *rundir.training_examples(config, 200), config.eval_batch_size)
+    direct = hessian.top_eigenvalue(h, h.get_flat(), config.hessian.iterations, config.hessian.tol,
+                                    config.hessian.seed)
+    assert records[epochs[-1]]["eigenvalue"] == pytest.approx(direct["eigenvalue"], rel=1e-5)
+    assert records[epochs[-1]]["products"] == direct["products"]
+    cli("matched", sb, "--levels", "10", "--patiences", "1", "--epsilon", "1e-3", "--space", "full", "--lambda-max",
+        check=True)
+    assert [storage.read_json(matched.lambda_path(sb, e))["wall_seconds"] for e in epochs] == \
+        [r["wall_seconds"] for r in records.values()]  # reused, not recomputed
+
+    final = matched_tables.matched_rows(results.load(config.results_dir))[-1]
+    sb_value, lb_value = (final[regime]["lambda_max"]["value"] for regime in ("sb", "lb"))
+    assert final["lambda_ratio"] == pytest.approx(lb_value / sb_value)
+    text = matched_tables.matched_section(results.load(config.results_dir))
+    assert "LB lambda_max / SB lambda_max |" in text and f", lambda_max {sb_value:.3g} |" in text
+    assert f"| {final['lambda_ratio']:.3g} |" in text and ">= " not in text.split("|---|")[-1]
+
+    # One Lanczos step cannot meet tol 1e-3 here: SB's final value becomes a lower bound.
+    capped = dataclasses.replace(loaded_run, config=dataclasses.replace(
+        config, hessian=dataclasses.replace(config.hessian, iterations=1)))
+    matched.measure_lambda_max(capped, [epochs[-1]], force=True)
+    record = storage.read_json(matched.lambda_path(sb, epochs[-1]))
+    assert record["products"] == 1 and not record["converged"] and record["lower_bound"]
+    assert record["eigenvalue"] <= direct["eigenvalue"] * (1 + 1e-6)  # a Ritz value: below lambda_max
+    text = matched_tables.matched_section(results.load(config.results_dir))
+    bounded = [line for line in text.splitlines() if line.startswith("| 0 | final")][0]
+    ratio = lb_value / record["eigenvalue"]
+    assert f"lambda_max >= {record['eigenvalue']:.3g}" in bounded and bounded.endswith(f"| <= {ratio:.3g} |")
+
+    # A hand-edited file with a non-finite eigenvalue: one line naming the file, exit status 2.
+    record["eigenvalue"] = math.nan
+    matched.lambda_path(sb, epochs[-1]).write_text(json.dumps(record) + "\n")  # as storage writes it
+    result = cli("report", config.results_dir)
+    line = one_error_line(result.returncode, result.stderr)
+    assert f"lambda_epoch{epochs[-1]}.json: 'eigenvalue' is nan" in line and "--lambda-max" in line
+
+
+@pytest.mark.parametrize("sb_bound, lb_bound, cell", [
+    (False, False, "2"), (False, True, ">= 2"), (True, False, "<= 2"), (True, True, "n/a (both lower bounds)")])
+def test_a_lambda_max_ratio_with_a_lower_bound_is_a_bound(sb_bound, lb_bound, cell):
+    from replication.analysis import matched_tables
+
+    def point(value, bound):
+        return {"epoch": 1, "f": 0.1, "phi": 1.0, "capped": False,
+                "lambda_max": {"value": value, "lower_bound": bound}}
+
+    row = {"sb": point(10.0, sb_bound), "lb": point(20.0, lb_bound), "lambda_ratio": 2.0}
+    assert matched_tables._lambda_ratio(row) == cell
+    assert matched_tables._fmt(row["lb"], True).endswith(f"lambda_max {'>= ' if lb_bound else ''}20")

@@ -3,15 +3,17 @@
 1. Sharpness at matched training loss: for each level L of the training cross-entropy, the SB and
    LB iterates nearest L (within measure/matched.MATCH_FACTOR), their measured f and phi, and the
    LB/SB ratio per seed. At equal f the ratio says what the batch size does to sharpness; at the
-   final points (Keskar et al.'s Tables 3-4) it mixes that with how far each run trained.
+   final points (Keskar et al.'s Tables 3-4) it mixes that with how far each run trained. Where
+   `matched --lambda-max` measured it, the Hessian's top eigenvalue at the same iterates too, a
+   Lanczos that stopped at its cap marked as the lower bound it is (">="), and so its ratio.
 2. The stopping rule: phi where `stopping: plateau` (patience P) would have stopped each run
    (its iterate at that epoch), beside the fixed 100 epochs, against Table 3's cells.
 3. The solver's budget: phi at the final weights with 10 (the paper's), 50 and 200 L-BFGS-B
    iterations and from random starts; a solve that stopped at its cap is a lower bound.
 
 Every number is read from the measurement files (iterates/xent_epoch<N>.json,
-iterates/sharpness_epoch<N>_*.json, iterates/matched.json, sharpness/budget/*.json), each checked
-before use; the selection in matched.json is only a label.
+iterates/sharpness_epoch<N>_*.json, iterates/lambda_epoch<N>.json, iterates/matched.json,
+sharpness/budget/*.json), each checked before use; the selection in matched.json is only a label.
 """
 
 from __future__ import annotations
@@ -52,7 +54,22 @@ def _point(run, epoch: int, space: str, epsilon: float) -> dict | None:
     if record.get("failed") or record.get("phi") is None:
         return None
     return {"epoch": epoch, "f": _number(xent, "train_xent", xent_file),
-            "phi": _number(record, "phi", phi_file), "capped": results_lib.at_cap(record)}
+            "phi": _number(record, "phi", phi_file), "capped": results_lib.at_cap(record),
+            "lambda_max": _lambda_max(run, epoch, xent)}
+
+
+def _lambda_max(run, epoch: int, xent: dict) -> dict | None:
+    """lambda_max at a kept iterate ({"value", "lower_bound"}), None if not measured; refused if it was
+    measured at other weights than f and phi (the same f is the point of measuring it here)."""
+    path = matched.lambda_path(run.path, epoch)
+    if not path.exists():
+        return None
+    record = matched.read_lambda(path, epoch, run.path)
+    if record.get("settings", {}).get("weights_digest") != xent.get("settings", {}).get("weights_digest"):
+        raise results_lib.ResultsError(f"{path} was measured at other weights than "
+                                       f"{iterates.xent_path(run.path, epoch)}: run `python -m replication "
+                                       f"matched {run.path} --lambda-max --force`")
+    return {"value": float(record["eigenvalue"]), "lower_bound": record["lower_bound"]}
 
 
 def _pairs(loaded) -> dict[tuple, dict]:
@@ -81,16 +98,37 @@ def matched_rows(loaded, space: str = "full", epsilon: float = 1e-3) -> list[dic
                 row[regime] = point
             sb, lb = row["sb"], row["lb"]
             row["ratio"] = lb["phi"] / sb["phi"] if sb and lb and sb["phi"] > 0 else math.nan
+            sb_lambda, lb_lambda = (point and point["lambda_max"] for point in (sb, lb))
+            row["lambda_ratio"] = (lb_lambda["value"] / sb_lambda["value"] if sb_lambda and lb_lambda
+                                   and sb_lambda["value"] > 0 else math.nan)
             row["f_ratio"] = lb["f"] / sb["f"] if sb and lb and sb["f"] > 0 else math.nan
             row["matched"] = level != "final" and sb is not None and lb is not None
             out.append(row)
     return out
 
 
-def _fmt(point: dict | None) -> str:
+def _fmt(point: dict | None, with_lambda: bool = False) -> str:
     if point is None:
         return "not reached"
-    return f"epoch {point['epoch']}: f {point['f']:.3g}, phi {point['phi']:.3g}{' (cap)' if point['capped'] else ''}"
+    text = f"epoch {point['epoch']}: f {point['f']:.3g}, phi {point['phi']:.3g}{' (cap)' if point['capped'] else ''}"
+    if with_lambda:
+        found = point["lambda_max"]
+        text += (", lambda_max not measured" if found is None else
+                 f", lambda_max {'>= ' if found['lower_bound'] else ''}{found['value']:.3g}")
+    return text
+
+
+def _lambda_ratio(row: dict) -> str:
+    """LB/SB of lambda_max, or the bound it is where a side is a lower bound: LB's true value can only
+    be larger (the ratio too: ">="), SB's too (the ratio smaller: "<="); nothing follows from two."""
+    sb, lb = (row[regime] and row[regime]["lambda_max"] for regime in ("sb", "lb"))
+    if not math.isfinite(row["lambda_ratio"]):
+        return "-"
+    if sb["lower_bound"] and lb["lower_bound"]:
+        return "n/a (both lower bounds)"
+    if sb["lower_bound"] or lb["lower_bound"]:
+        return f"{'>=' if lb['lower_bound'] else '<='} {row['lambda_ratio']:.3g}"
+    return _ratio(row["lambda_ratio"])
 
 
 def matched_section(loaded, space: str = "full", epsilon: float = 1e-3) -> str:
@@ -98,17 +136,25 @@ def matched_section(loaded, space: str = "full", epsilon: float = 1e-3) -> str:
     rows = matched_rows(loaded, space, epsilon)
     if not rows:
         return ""
+    # lambda_max only where some point has it: a report without it reads as before.
+    with_lambda = any(r[regime] and r[regime]["lambda_max"] for r in rows for regime in ("sb", "lb"))
+    lambda_note = (" lambda_max: the Hessian's top eigenvalue at the same iterate and f (Lanczos from one start "
+                   "vector); \">=\": Lanczos stopped at its iteration cap, so the value is a lower bound, and an "
+                   "LB/SB ratio with one is a bound (\">=\" or \"<=\"), with two none (n/a).") if with_lambda else ""
     lines = ["## Sharpness at matched training loss\n",
              f"Metric 2.1 ({space} space, eps {epsilon:g}) at the SB and LB iterates nearest each level of the "
              f"training cross-entropy f (within a factor {matched.MATCH_FACTOR:g}: else 'not reached'), and at "
              "the final points, which are not at equal f. f is the measured training cross-entropy on the "
              "sharpness examples at that iterate. \"(cap)\": every solve stopped at its iteration cap, so phi "
-             "is a lower bound on the maximum (see the solver's budget).\n",
-             "| seed | level | SB | LB | LB f / SB f | LB phi / SB phi |", "|---|---|---|---|---|---|"]
+             f"is a lower bound on the maximum (see the solver's budget).{lambda_note}\n",
+             "| seed | level | SB | LB | LB f / SB f | LB phi / SB phi |" +
+             (" LB lambda_max / SB lambda_max |" if with_lambda else ""),
+             "|---|---|---|---|---|---|" + ("---|" if with_lambda else "")]
     for r in rows:
         level = "final (not matched)" if r["level"] == "final" else f"f ~ {r['level']:g}"
-        lines.append(f"| {r['seed']} | {level} | {_fmt(r['sb'])} | {_fmt(r['lb'])} | "
-                     f"{_ratio(r['f_ratio'])} | {_ratio(r['ratio'])} |")
+        lines.append(f"| {r['seed']} | {level} | {_fmt(r['sb'], with_lambda)} | {_fmt(r['lb'], with_lambda)} | "
+                     f"{_ratio(r['f_ratio'])} | {_ratio(r['ratio'])} |" +
+                     (f" {_lambda_ratio(r)} |" if with_lambda else ""))
     lines += ["", answer(rows), ""]
     return "\n".join(lines)
 
