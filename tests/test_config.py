@@ -86,3 +86,23 @@ def test_dataset_facts_have_one_home_in_the_data_registry(capsys, monkeypatch):
     assert rows.keys() == set(config_lib.NETWORKS)
     assert rows["F2"].split()[1:3] == ["(39,)", "48"]
     assert rows["C3"].split()[1:5] == ["(32,", "32,", "3)", "100"]
+
+
+def test_a_run_made_before_a_section_key_existed_counts_as_having_its_default(tmp_path):
+    """target.milestones (issue 25) was added to an existing section: a run whose config.yaml has a
+    `target` section without it had none, so it is the same run as one made now (the run-directory
+    check and the results loader's protocol agree), while a run made with milestones is not."""
+    import yaml
+
+    from replication import rundir, storage
+    from replication.analysis import results
+
+    now = config_lib.from_dict({"network": "F1", "dataset": "synthetic_mnist"}).to_dict()
+    before = {**now, "target": {k: v for k, v in now["target"].items() if k != "milestones"}}
+    assert config_lib.with_defaults(before)["target"] == now["target"]
+    storage.atomic_write_text(tmp_path / "config.yaml", yaml.safe_dump(before))
+    rundir.check_same_config(tmp_path, now)  # no error
+    assert results.protocol("sb", before, "tensorflow") == results.protocol("sb", now, "tensorflow")
+    later = {**now, "target": {**now["target"], "milestones": [0.3]}}
+    with pytest.raises(rundir.RunError, match="'target' was"):
+        rundir.check_same_config(tmp_path, later)
