@@ -487,8 +487,11 @@ def plot_steps(summary: dict, stem: Path, title: str):
     for axis, key, label in ((axes[0], "steps", "steps to target"), (axes[1], "examples", "examples to target"),
                              (axes[2], "seconds_to_target", "training seconds to target (this machine)")):
         if key != "seconds_to_target":
-            tried = [p for p in summary["points"] if p.steps is not None]
-            axis.scatter([p.batch_size for p in tried], [getattr(p, key) for p in tried], color="grey",
+            # Each run (every seed) at this section's target: a milestone's steps, not the run's own.
+            value = summary.get("target", None)
+            tried = [(p.batch_size, p.steps_to(value) if value is not None else p.steps) for p in summary["points"]]
+            tried = [(b, s) for b, s in tried if s is not None]
+            axis.scatter([b for b, _ in tried], [s if key == "steps" else s * b for b, s in tried], color="grey",
                          alpha=0.4, s=14, label="every learning rate tried")
         mine = timed if key == "seconds_to_target" else rows
         if not mine:
