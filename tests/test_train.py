@@ -247,3 +247,24 @@ def test_a_ghost_config_draws_the_x0_a_plain_config_draws(tiny_config, tmp_path)
     assert digests[0] == digests[1] == digests[2]
     assert (plain_lb / "metrics.json").read_bytes() == (fresh_lb / "metrics.json").read_bytes()
     assert storage.read_json(ghost_sb / "metrics.json")["resolved_config"]["ghost_batch_size"] == 8
+
+
+def test_a_run_resumed_under_another_non_training_key_records_that_config(tmp_path):
+    """A study resumed after its config gained a batch size (batch_size_study is not a training key)
+    finished a run whose config.yaml still held the first process's study section while metrics.json
+    held the new one, and the loader refused the run as mixed. The resumed run now rewrites its
+    config.yaml to the config it finishes under."""
+    import yaml
+
+    from replication.analysis import results
+
+    path = tmp_path / "config.yaml"
+    base = {**_tiny("F1", "synthetic_mnist"), "results_dir": str(tmp_path / "r")}
+    path.write_text(yaml.safe_dump(base))
+    killed = cli("train", path, "--seed", "0", "--regime", "sb", env={storage.FAILPOINT_VARIABLE: "epoch:1:end"})
+    assert killed.returncode == -9, killed.stderr
+    path.write_text(yaml.safe_dump({**base, "sharpness": {"subset": 96}}))  # not a training key
+    assert cli("train", path, "--seed", "0", "--regime", "sb").returncode == 0
+    run = tmp_path / "r" / "F1_synthetic_mnist" / "sb" / "seed0"
+    assert storage.read_yaml(run / "config.yaml")["sharpness"]["subset"] == 96
+    assert [r.path for r in results.load(tmp_path / "r").runs] == [run]
