@@ -4,7 +4,7 @@ docs/noise-scale.md, "The recommendation", and uses its definitions unchanged.
 
 1. The short run: one run at the study's reference batch b (experiments/batchsize.reference_batch)
    at multiplier 1 (the study's scaling rule's rate at b), written under `<results_dir>/recommend/`
-   so it never meets the study's own runs. It stops at the config's target (target.value) or at the
+   so it never meets the study's own runs. It stops at the loosest target (the first of target.milestones, else target.value) or at the
    budget: `fraction` (default 0.05) of the study's step budget, defined as
    target.max_steps x len(batch_sizes) x len(lr_multipliers) x len(seeds), the most the study's
    grid (extensions left out) can cost in optimizer steps; and never past target.max_steps.
@@ -126,8 +126,12 @@ def recommend(config_path, overrides=(), fraction: float = 0.05, seed: int | Non
     seed = config.seeds[0] if seed is None else seed
     folder = Path(config.results_dir) / FOLDER
     # The same config but for where it writes, its step cap and the definition the docs fix.
+    # It stops at the loosest target (the first milestone, else target.value): the docs' short run,
+    # whose noise scale is a lower bound for a tighter target.
+    loosest = config.target.values()[0]
     short = config_lib.load(config_path, [*overrides, f"results_dir={json.dumps(str(folder))}",
-                                          f"target.max_steps={budget}", f"sweep.noise_definition={DEFINITION}"])
+                                          f"target.max_steps={budget}", f"sweep.noise_definition={DEFINITION}",
+                                          f"target.value={loosest!r}", "target.milestones=[]"])
     batch = batchsize.reference_batch(config)
     spec = regimes.study(batch, 1.0)
     run = train.train(short, spec, seed, log)
@@ -145,7 +149,7 @@ def recommend(config_path, overrides=(), fraction: float = 0.05, seed: int | Non
                  "lr_scaling": study.lr_scaling},
         "short_run": {"path": str(run), "batch_size": batch, "multiplier": 1.0,
                       "learning_rate": short.for_regime(spec).learning_rate,
-                      "target": {"metric": config.target.metric, "value": config.target.value}, **progress},
+                      "target": {"metric": config.target.metric, "value": loosest}, **progress},
         "noise": measured,
         **advise(config, measured, batch, progress["steps"]),
         "steps_note": None if progress["reached"] else
@@ -185,21 +189,21 @@ def _fix(run: Path) -> str:
 
 def _checked_run(run: Path) -> dict:
     """The short run's progress from its files, every number checked: whether and when it reached
-    the target, the steps it ran, and its training time up to its last check (target.csv; the
-    checks' own evaluations left out; metrics.json's target.train_seconds where it was reached)."""
-    path, trace_path = run / "metrics.json", target.trace_path(run)
+    the target, the steps it ran, and its training time summed over history.csv's epochs
+    (evaluations included), as the study's reports count each of their runs."""
+    path, history_path = run / "metrics.json", run / "history.csv"
     record = storage.read_json(path).get("target")
     if not isinstance(record, dict) or not isinstance(record.get("reached"), bool):
         raise storage.StorageError(f"{path}: no target record with reached: true/false: {_fix(run)}")
     reached = record["reached"]
-    trace = storage.read_csv(trace_path) if trace_path.exists() else []
+    history = storage.read_csv(history_path)
     return {"reached": reached,
             "steps": target.number(record.get("steps"), path, "target.steps", _fix(run), integer=True, above=True,
                                    optional=not reached),
             "steps_run": target.number(record.get("steps_run"), path, "target.steps_run", _fix(run), integer=True,
                                        above=True),
-            "train_seconds": target.number(trace[-1].get("train_seconds") if trace else None, trace_path,
-                                           "the last row's train_seconds", _fix(run), text=True)}
+            "train_seconds": sum(target.number(row.get("seconds"), history_path, f"row {i + 1} seconds", _fix(run),
+                                               text=True) for i, row in enumerate(history))}
 
 
 def _checked_noise(record: dict, path: Path, fix: str) -> dict:

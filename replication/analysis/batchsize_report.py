@@ -316,10 +316,13 @@ Z = 1.96            # a 95% normal interval of the seeds' mean prediction
 def prediction_check(rows: list[dict], key: str, bootstrap: dict | None, b_crit: float | None) -> dict | None:
     """Whether the noise scale `key` measured where each seed's reference run met the target (`rows`)
     predicts the measured B_crit (docs/noise-scale.md, "Where, and what is predicted"): the seeds'
-    mean, its 95% interval (the larger of the jackknife standard errors combined and the seeds'
-    spread), the ratio to B_crit, and `holds`: the measured 2.5-97.5% bootstrap interval (an
-    unbounded side reaching 0 or infinity) contains a value within HOLDS_FACTOR of the predicted
-    interval. None without a prediction or a measured B_crit."""
+    mean, its interval mean +- 1.96 SE (SE the larger of the jackknife standard errors combined and
+    the seeds' spread; with 2-3 seeds a normal interval, not a t one: labelled so), the ratio to
+    B_crit, and `holds`: the measured 2.5-97.5% bootstrap interval contains a value within
+    HOLDS_FACTOR of the prediction (the docs' rule, on the prediction itself). An interval side
+    unbounded towards 0 or infinity reaches there; where the whole interval lies beyond the
+    batches measured (its 2.5% point unresolved above, or its 97.5% point below), or no bootstrap
+    ran, `holds` is None: not decided. None without a prediction or a measured B_crit."""
     values = [r[key] for r in rows if r[key] is not None]
     if not values or b_crit is None:
         return None
@@ -328,13 +331,28 @@ def prediction_check(rows: list[dict], key: str, bootstrap: dict | None, b_crit:
     spread = float(np.std(values, ddof=1)) / math.sqrt(n) if n > 1 else 0.0
     se = max(math.sqrt(sum(e * e for e in errors)) / n, spread)
     low, high = max(mean - Z * se, 0.0), mean + Z * se
+    out = {"n": n, "mean": mean, "se": se, "low": low, "high": high, "ratio": mean / b_crit,
+           "ratio_low": low / b_crit, "ratio_high": high / b_crit, "measured_low": None, "measured_high": None,
+           "holds": None}
     unbounded = (bootstrap or {}).get("unbounded", {})
-    measured_low = 0.0 if "p2_5" in unbounded or not bootstrap else bootstrap["p2_5"]
-    measured_high = math.inf if "p97_5" in unbounded or not bootstrap else bootstrap["p97_5"]
-    return {"n": n, "mean": mean, "se": se, "low": low, "high": high, "ratio": mean / b_crit,
-            "ratio_low": low / b_crit, "ratio_high": high / b_crit, "measured_low": measured_low,
-            "measured_high": measured_high if math.isfinite(measured_high) else None,
-            "holds": low / HOLDS_FACTOR <= measured_high and high * HOLDS_FACTOR >= measured_low}
+    if not bootstrap or not bootstrap.get("resamples") or unbounded.get("p2_5") == "above" \
+            or unbounded.get("p97_5") == "below":
+        return out
+    measured_low = 0.0 if "p2_5" in unbounded else bootstrap["p2_5"]
+    measured_high = math.inf if "p97_5" in unbounded else bootstrap["p97_5"]
+    return {**out, "measured_low": measured_low, "measured_high": measured_high if math.isfinite(measured_high) else None,
+            "holds": mean / HOLDS_FACTOR <= measured_high and mean * HOLDS_FACTOR >= measured_low}
+
+
+def _one_per_seed(rows: list[dict], reference: tuple | None) -> list[dict]:
+    """One noise row per seed: its reference run's (`reference`: batch, multiplier), else (a study
+    measured under an earlier grid rule) the one run that seed measured."""
+    out = {}
+    for row in rows:
+        mine = (row["batch_size"], row["multiplier"]) == reference
+        if row["seed"] not in out or mine:
+            out[row["seed"]] = row
+    return list(out.values())
 
 
 def summarize(loaded, config: config_lib.Config) -> dict:
@@ -348,6 +366,10 @@ def summarize(loaded, config: config_lib.Config) -> dict:
     studies = []
     targets = config.target.values()
     noise = noise_along_training(loaded, seeds, targets)
+    # The reference run of every seed: the best rate at the reference batch for the runs' own target.
+    batch = batchsize.reference_batch(config)
+    own = _best_rows([p for p in points if p.batch_size == batch], config.batch_size_study, targets[-1], seeds, True)
+    reference = (batch, own[0]["best_multiplier"]) if own else None
     for value in targets:
         own = value == targets[-1]
         rows = _best_rows(points, config.batch_size_study, value, seeds, own)
@@ -357,7 +379,7 @@ def summarize(loaded, config: config_lib.Config) -> dict:
             fit = fit_critical_batch([r["batch_size"] for r in fitted], [r["steps"] for r in fitted])
             bootstrap = bootstrap_seeds_and_batches(points, value, seeds, config.batch_size_study.bootstrap)
         mine = [{**r, "at_target": r["met"] == value} for r in noise]
-        met = [r for r in mine if r["at_target"]]
+        met = _one_per_seed([r for r in mine if r["at_target"]], reference)
         prediction = {key: _mean([r[key] for r in met]) for key in ("b_simple", "adam_b_simple")}
         prediction["n"] = {key: sum(r[key] is not None for r in met) for key in ("b_simple", "adam_b_simple")}
         prediction["check"] = {key: prediction_check(met, key, bootstrap, fit["b_crit"] if fit else None)
@@ -830,8 +852,8 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
         # The rule was fixed before the runs for the training definition only: an earlier study is not judged by it.
         if any(prediction["check"].values()) and {r["definition"] for r in noise} == {"training"}:
             lines.append("- Does the prediction hold (docs/noise-scale.md's rule, fixed before the runs: the measured "
-                         f"B_crit's 2.5-97.5% interval holds a value within a factor {HOLDS_FACTOR:g} of the predicted "
-                         "95% interval)? " + "; ".join(_holds_words(name, prediction["check"][key]) for key, name in
+                         f"B_crit's 2.5-97.5% interval holds a value within a factor {HOLDS_FACTOR:g} of the "
+                         "prediction)? " + "; ".join(_holds_words(name, prediction["check"][key]) for key, name in
                                                      (("b_simple", "plain"), ("adam_b_simple", "Adam-preconditioned"))
                                                      if prediction["check"][key]) + ".")
     if (trend := noise_trend(reference)) is not None:
@@ -845,9 +867,11 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
         spread = max(a for _, a in accuracies) - min(a for _, a in accuracies)
         lines.append(f"- Stopped at the same {loss} with its best learning rate, every batch generalised "
                      f"about alike: test accuracy {a0:.2f}% at batch {b0} and {a1:.2f}% at batch {b1} (range "
-                     f"{spread:.2f} points over {len(accuracies)} batch sizes; {alone}, so differences of a few "
-                     "tenths are within noise). This is a fair comparison in steps and learning rate at an "
-                     "early target, not the paper's 100-epoch regime." if spread < 1 else
+                     f"{spread:.2f} points over {len(accuracies)} batch sizes; {alone}"
+                     + (", so differences of a few tenths are within noise" if alone == "one seed" else
+                        "; each seed's in tables/batch_size_steps.csv")
+                     + "). This is a fair comparison in steps and learning rate at this target, not the paper's "
+                     "100-epoch regime." if spread < 1 else
                      f"- Stopped at the same {loss} with its best learning rate, test accuracy was {a0:.2f}% "
                      f"at batch {b0} and {a1:.2f}% at batch {b1} (range {spread:.2f} points over "
                      f"{len(accuracies)} batch sizes; {alone}).")
@@ -942,8 +966,11 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
 
 
 def _holds_words(name: str, check: dict) -> str:
+    if check["holds"] is None:
+        return (f"{name}: not decided (predicted {_fmt(check['mean'])}; the measured B_crit's interval lies beyond "
+                "the batches measured, or no bootstrap ran)")
     measured = f"{_fmt(check['measured_low'])}-{_fmt(check['measured_high']) if check['measured_high'] else 'unbounded'}"
-    return (f"{name}: {'**holds**' if check['holds'] else '**does not hold**'} (predicted {_fmt(check['mean'])}, 95% "
+    return (f"{name}: {'**holds**' if check['holds'] else '**does not hold**'} (predicted {_fmt(check['mean'])}, +-1.96 SE "
             f"{_fmt(check['low'])}-{_fmt(check['high'])}, n = {check['n']} seed{'s' if check['n'] != 1 else ''}; "
             f"ratio {check['ratio']:.2f}, {check['ratio_low']:.2f}-{check['ratio_high']:.2f}; measured {measured})")
 

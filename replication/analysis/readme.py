@@ -880,7 +880,8 @@ def recommend_block(root: Path, found: list[Study]) -> str:
             span = get("recommendation", "interval", kind=dict, none=True)
             advice = (f"{get('recommendation', 'batch_size', kind=int)} ({get('recommendation', 'from', kind=str)} "
                       f"{sig(value)}, {sig(get('recommendation', 'interval', 'low', signed=True)) if span else '-'}-"
-                      f"{sig(get('recommendation', 'interval', 'high')) if span else '-'})")
+                      f"{sig(get('recommendation', 'interval', 'high')) if span else '-'}; measured at "
+                      f"{get('short_run', 'target', 'metric', kind=str)} <= {sig(get('short_run', 'target', 'value'))})")
         cost = get("cost_seconds")
         for study in (s for s in found if s.folder == folder):
             ratio = _fmt_ratio(_ratio(value, study.b_crit)) if value is not None else "-"

@@ -61,13 +61,13 @@ def tied(steps: dict[float, float | None], resolution: float = 0) -> list[float]
 def best_multiplier(steps: dict[float, float | None], resolution: float = 0) -> float | None:
     """The multiplier with the fewest steps to the target (None: no run reached it); among rates
     tied within `resolution` (tied), the one nearest the middle of the rates tried, so that a rate
-    reported as best is one the grid brackets whenever it can."""
+    reported as best is one the grid brackets whenever it can; of two as near, the fewer steps."""
     ties = tied(steps, resolution)
     if not ties:
         return None
     tried = sorted(steps)
     middle = (len(tried) - 1) / 2
-    return min(ties, key=lambda m: (abs(tried.index(m) - middle), m))
+    return min(ties, key=lambda m: (abs(tried.index(m) - middle), steps[m], m))
 
 
 def next_multiplier(steps: dict[float, float | None], study: config_lib.BatchSizeStudyConfig,
@@ -225,7 +225,11 @@ def _check_backend(config: config_lib.Config) -> None:
 
 
 def reference_batch(config: config_lib.Config) -> int:
-    """The batch whose best run B_simple is measured along: the one nearest sb_batch_size (log scale)."""
+    """The batch whose best run B_simple is measured along: under the training definition the
+    study's smallest batch (docs/noise-scale.md, fixed before those studies ran); under the earlier
+    evaluation definition, as those studies were made, the batch nearest sb_batch_size (log scale)."""
+    if config.sweep.noise_definition == "training":
+        return min(config.batch_size_study.batch_sizes)
     return min(config.batch_size_study.batch_sizes,
                key=lambda b: (abs(math.log(b / config.sb_batch_size)), b))
 
