@@ -126,11 +126,16 @@ def test_report_sections_read_the_measured_points(tiny_config):
 def test_the_plain_words_answer_follows_the_ratios(ratios, words):
     from replication.analysis import matched_tables
 
-    rows = [{"seed": i, "level": 0.01, "matched": True, "ratio": r} for i, r in enumerate(ratios)]
+    solved = {"capped": False}
+    rows = [{"seed": i, "level": 0.01, "matched": True, "ratio": r, "sb": solved, "lb": solved}
+            for i, r in enumerate(ratios)]
     text = matched_tables.answer(rows)
-    assert words in text and "n = 2 seeds" in text and "One seed" not in text
+    assert words in text and "n = 2 seeds" in text and "One seed" not in text and "bounded in neither" not in text
     assert "One seed" in matched_tables.answer(rows[:1])
     assert "not measured" in matched_tables.answer([{**rows[0], "matched": False}])
+    # Both solves at their cap: two lower bounds, whose ratio the answer must not present as measured.
+    capped = [{**rows[0], "sb": {"capped": True}, "lb": {"capped": True}}, rows[1]]
+    assert "At 1 of 2 matched points both solves stopped at their iteration cap" in matched_tables.answer(capped)
 
 
 def test_iterate_measure_matched_needs_every_epoch():

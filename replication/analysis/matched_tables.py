@@ -188,6 +188,11 @@ def answer(rows: list[dict]) -> str:
                 "points and flatter at the others")
     seeds = {r["seed"] for r in rows if r["matched"]}
     caution = (" One seed: an observation, not a finding." if len(seeds) < 2 else "")
+    both = sum(r["matched"] and math.isfinite(r["ratio"]) and r["sb"]["capped"] and r["lb"]["capped"] for r in rows)
+    if both:  # phi of a capped solve is a lower bound: a ratio of two is bounded in neither direction
+        caution += (f" At {both} of {len(all_ratios)} matched points both solves stopped at their iteration cap: "
+                    "each phi is a lower bound, so their ratio is bounded in neither direction (the solver's "
+                    "budget section shows how far short of the maximum a capped solve can be).")
     return f"**At equal training loss:** {head}. LB phi / SB phi: " + "; ".join(parts) + "." + caution
 
 
