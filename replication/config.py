@@ -240,7 +240,8 @@ class BatchSizeStudyConfig:
 
     def multipliers(self) -> tuple[float, ...]:
         """Every multiplier a run may have: the grid, then up to max_extensions more on each side,
-        each one grid ratio (second / first, last / second-last) beyond the edge."""
+        each one grid ratio (second / first, last / second-last) beyond the edge; a grid of exact
+        powers of sqrt(n) through 1 (6 digits allowed) extends by exact powers of its last ratio."""
         grid = self.lr_multipliers
         low, high = grid[1] / grid[0], grid[-1] / grid[-2]
         below = [grid[0] / low ** k for k in range(self.max_extensions, 0, -1)]

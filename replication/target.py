@@ -141,6 +141,11 @@ def check_summary(summary, path) -> dict:
             raise storage.StorageError(f"{path}: {where}.steps {steps} is out of order or past target.steps_run "
                                        f"{steps_run} (edited by hand, or damaged): {fix}")
         previous = steps if met else math.inf
+    values = [record["value"] for record in targets]
+    if values and (values != sorted(values, reverse=True) or len(set(values)) < len(values)
+                   or values[-1] != summary.get("value")):
+        raise storage.StorageError(f"{path}: target.targets' values {values} are not decreasing to target.value "
+                                   f"{summary.get('value')!r} (edited by hand, or damaged): {fix}")
     if targets and targets[-1].get("steps") != summary.get("steps"):
         raise storage.StorageError(f"{path}: the last of target.targets (the run's own target) has steps "
                                    f"{targets[-1].get('steps')!r}, not target.steps {summary.get('steps')!r} (edited by "

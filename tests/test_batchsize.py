@@ -276,6 +276,7 @@ def _edit_csv(path, row, field, value):
     ("b16-x1/seed0/metrics.json", lambda m: m["target"]["targets"][1].update(steps=None),
      "the last of target.targets (the run's own target) has steps None"),
     ("b16-x1/seed0/metrics.json", lambda m: m["target"]["targets"][0].update(steps="3"), "target.targets[0].steps is '3'"),
+    ("b16-x1/seed0/metrics.json", lambda m: m["target"]["targets"][0].update(value=0.5), "are not decreasing to target.value"),
 ])
 def test_hand_edited_study_files_are_refused_in_one_line(two_seed_study, tmp_path, file, edit, message):
     """Issue 24, example 10: negative, fractional or NaN steps, negative times were believed ("the

@@ -180,8 +180,10 @@ def read_points(loaded) -> list[Point]:
         parsed = run.spec.batch, run.spec.multiplier
         summary = target.check_summary(run.metrics.get("target"), run.path / "metrics.json")
         trace = tuple(target.read_trace(run.path))
-        value = float(run.metrics["resolved_config"]["target"]["value"])
-        targets = tuple((t["value"], t["steps"]) for t in summary.get("targets", [])) or ((value, summary.get("steps")),)
+        # check_summary checked the targets' values and that the last is the run's own target.value.
+        targets = tuple((t["value"], t["steps"]) for t in summary.get("targets", [])) or \
+            ((target.number(summary.get("value"), run.path / "metrics.json", "target.value",
+                            target.STUDY_FIX.format(run=run.path), above=True), summary.get("steps")),)
         out.append(Point(run.path, run.network, run.dataset, run.seed, parsed[0], parsed[1],
                          float(run.metrics["resolved_config"]["learning_rate"]), summary["reached"],
                          summary.get("steps"), summary.get("examples"), summary["steps_run"],

@@ -249,7 +249,10 @@ def measure_noise(config: config_lib.Config, seed: int, log=None, seeds=None) ->
         return []
     run = rundir.run_directory(config, regimes.study(batch, best).name, seed)
     metrics = storage.read_json(run / "metrics.json")
-    met = [t["value"] for t in metrics["target"].get("targets", [])[:-1] if t["steps"] is not None]
+    from replication import target
+
+    summary = target.check_summary(metrics.get("target"), run / "metrics.json")  # its numbers checked
+    met = [t["value"] for t in summary.get("targets", [])[:-1] if t["steps"] is not None]
     points = ["initial", *[f"epoch{e}" for e in metrics.get("kept_iterates", [])], *[f"target{v:g}" for v in met],
               "final"]
     for point in points:
