@@ -234,13 +234,8 @@ def _prepare(config, spec, seed, path, log, arrays, warm_start=None, parallel=No
     env = {**rundir.environment(seed), **determinism, "xla": bool(model.jit_compile), "start_time": rundir.now()}
     if parallel:  # only then: the env.json of a one-device run is what it was before the switch existed
         env["data_parallel"] = parallel
-    # A resumed run passed check_same_config, so only keys that do not change training (or ones its
-    # first process predates) may differ: its config.yaml becomes the config it finishes under, which
-    # metrics.json records, else the two disagree and the loader refuses the run as mixed.
-    written = path / "config.yaml"
-    text = config_lib.yaml.safe_dump(resolved, sort_keys=False)
-    if not written.exists() or storage.read_yaml(written) != resolved:
-        storage.atomic_write_text(written, text)
+    if not (path / "config.yaml").exists():
+        storage.atomic_write_text(path / "config.yaml", config_lib.yaml.safe_dump(resolved, sort_keys=False))
     if not (path / "initial.weights.h5").exists():
         storage.atomic_write_bytes(path / "initial.weights.h5", (start or rundir.x0_path(config, seed)).read_bytes())
     if not (path / "env.json").exists():
@@ -253,6 +248,12 @@ def _prepare(config, spec, seed, path, log, arrays, warm_start=None, parallel=No
     if history:
         storage.load_weights(model, path / f"checkpoint-{len(history)}.weights.h5")
         print(f"[{path}] resuming after epoch {len(history)}", file=log)
+    # A resumed run passed check_same_config, so only keys that do not change training (or ones its
+    # first process predates) may differ: its config.yaml becomes the config it finishes under, which
+    # metrics.json records, else the two disagree and the loader refuses the run as mixed. After its
+    # files were read: a resume refused for a damaged file writes nothing.
+    if storage.read_yaml(path / "config.yaml") != resolved:
+        storage.atomic_write_text(path / "config.yaml", config_lib.yaml.safe_dump(resolved, sort_keys=False))
     objectives = (objective.Objective(model, x_train, y_train, config.eval_batch_size),
                   objective.Objective(model, x_test, y_test, config.eval_batch_size))
     tracker = None
