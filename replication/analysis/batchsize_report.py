@@ -80,19 +80,22 @@ def bootstrap_critical_batch(batches, steps, resamples: int, seed: int = 0) -> d
     that falls among them is None, named in `unbounded` with its side: that bound is not measured."""
     batches, steps = np.asarray(batches, float), np.asarray(steps, float)
     rng = np.random.default_rng(seed)
-    values, sides, used = [], {"below": 0, "above": 0}, 0
+    fits = []
     for _ in range(resamples):
         pick = rng.integers(0, len(batches), len(batches))
         if len(set(batches[pick].tolist())) < 2:
             continue
-        used += 1
-        fit = fit_critical_batch(batches[pick], steps[pick])
-        if fit["b_crit"] is None:
-            sides[fit["unresolved"]] += 1
-        else:
-            values.append(fit["b_crit"])
-    values.sort()
-    out = {"resamples": used, "resolved": len(values), "unresolved": sides["below"] + sides["above"],
+        fits.append(fit_critical_batch(batches[pick], steps[pick]))
+    return _ranked_fits(fits)
+
+
+def _ranked_fits(fits: list[dict]) -> dict:
+    """The resamples' fits counted (resolved, unresolved on each side) and ranked: the median and the
+    PERCENTILES, an unresolved fit ranked at its side, a percentile among them None and named in
+    `unbounded` (bootstrap_critical_batch's docstring)."""
+    values = sorted(f["b_crit"] for f in fits if f["b_crit"] is not None)
+    sides = {side: sum(f["unresolved"] == side for f in fits) for side in ("below", "above")}
+    out = {"resamples": len(fits), "resolved": len(values), "unresolved": sides["below"] + sides["above"],
            "unresolved_below": sides["below"], "unresolved_above": sides["above"], "unbounded": {}}
     for key, q in PERCENTILES:
         out[key], side = _ranked_percentile(values, sides["below"], sides["above"], q)
@@ -281,7 +284,7 @@ def bootstrap_seeds_and_batches(points: list[Point], value: float, seeds, resamp
         rates = pooled(mine, value, seeds)
         table[batch] = {m: dict(zip(seeds, r["per_seed"])) for m, r in rates.items()}
         resolution[batch] = next((p.check_every for p in mine if p.check_every), 0)
-    values, sides, used = [], {"below": 0, "above": 0}, 0
+    fits = []
     for _ in range(resamples):
         xs, ys = [], []
         for batch in (batches[i] for i in rng.integers(0, len(batches), len(batches))):
@@ -294,21 +297,8 @@ def bootstrap_seeds_and_batches(points: list[Point], value: float, seeds, resamp
                 ys.append(means[best])
         if len(set(xs)) < 2:
             continue
-        used += 1
-        fit = fit_critical_batch(xs, ys)
-        if fit["b_crit"] is None:
-            sides[fit["unresolved"]] += 1
-        else:
-            values.append(fit["b_crit"])
-    values.sort()
-    out = {"resamples": used, "resolved": len(values), "unresolved": sides["below"] + sides["above"],
-           "unresolved_below": sides["below"], "unresolved_above": sides["above"], "unbounded": {},
-           "over": "seeds and batch sizes" if len(seeds) > 1 else "batch sizes"}
-    for key, q in PERCENTILES:
-        out[key], side = _ranked_percentile(values, sides["below"], sides["above"], q)
-        if side:
-            out["unbounded"][key] = side
-    return out
+        fits.append(fit_critical_batch(xs, ys))
+    return {**_ranked_fits(fits), "over": "seeds and batch sizes" if len(seeds) > 1 else "batch sizes"}
 
 
 HOLDS_FACTOR = 2.0  # docs/noise-scale.md: a prediction "holds" within this factor (fixed before the runs)
