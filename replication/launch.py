@@ -31,6 +31,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -265,6 +266,21 @@ def wait(jobs: list, poll_seconds: float, queue: bool) -> list[dict]:
     return [outcomes[job.job_id] for job in jobs]
 
 
+def _failure(command: str, status: int) -> str:
+    """What a failed command's status means. A negative status is the signal that ended it:
+    Slurm ends a task at its time limit, at scancel and at preemption with SIGTERM (SIGKILL follows
+    KillWait later), which submitit's own process outlives, so run_task still reports."""
+    if status >= 0:
+        return f"`{command}` exited with status {status}"
+    try:
+        name = signal.Signals(-status).name
+    except ValueError:
+        name = f"signal {-status}"
+    why = (" (Slurm's time limit, scancel or preemption: its log says which)" if name == "SIGTERM"
+           else " (out of memory, or killed: its log says which)" if name == "SIGKILL" else "")
+    return f"`{command}` was killed by {name}, status {status}{why}"
+
+
 def _outcome(job) -> dict:
     try:
         return job.result()
@@ -307,7 +323,7 @@ def launch(config_paths: list[str], make_executor, poll_seconds: float = 30, log
         for task, job, outcome in zip(ready, jobs, outcomes):
             where = f"log: {job.paths.stdout}"
             if "error" in outcome or outcome["failed"]:
-                problem = outcome.get("error") or f"`{outcome['failed']}` exited with status {outcome['status']}"
+                problem = outcome.get("error") or _failure(outcome["failed"], outcome["status"])
                 failed.append(task)
                 print(f"[launch] FAILED {task.name}: {problem} ({where})", file=log, flush=True)
             else:

@@ -8,6 +8,7 @@ slurm-wlm), named by TEST_SLURM_CLUSTER; without it they skip, unless REQUIRE_SL
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -103,7 +104,7 @@ def test_launch_makes_everything_then_a_second_launch_submits_nothing(tmp_path, 
     monkeypatch.setenv(storage.FAILPOINT_VARIABLE, "epoch:1:end")
     status, out = run_launch(config, executors)
     assert status == 1
-    failures = re.findall(r"FAILED (\S+): `[^`]* train [^`]*` exited with status -9 \(log: (\S+)\)", out)
+    failures = re.findall(r"FAILED (\S+): `[^`]* train [^`]*` was killed by SIGKILL, status -9 \(out of memory, or killed: its log says which\) \(log: (\S+)\)", out)
     assert sorted(Path(name).parent.name for name, _ in failures) == ["lb", "sb"], out
     assert all(Path(log).parent.is_dir() for _, log in failures)
     assert "blocked " in out and "landscape/seed0_linear.pdf: needs" in out
@@ -195,23 +196,47 @@ def test_an_unknown_partition_is_one_line(tmp_path):
                                                                                      result.stderr)
 
 
-def test_a_task_killed_by_slurm_is_reported_with_its_log(tmp_path):
-    """A task that leaves no result (killed: memory, time limit, node) is found through squeue,
-    since this cluster, like some, has no accounting for submitit's sacct."""
-    environment = slurm_environment()
-    config = tiny_profile(tmp_path)
+def start_killable_launch(tmp_path, environment) -> tuple[subprocess.Popen, Path]:
+    """A launch of the tiny profile, returned once its SB task is running its training command
+    (the task's log says so): killing it earlier races submitit's start-up."""
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "replication", "launch", "slurm", str(config), "--partition", "debug",
-         "--time", "10", "--poll", "1", "--logs", f"{tmp_path}/logs/%j"],
+        [sys.executable, "-m", "replication", "launch", "slurm", str(tiny_profile(tmp_path)), "--partition",
+         "debug", "--time", "10", "--poll", "1", "--logs", f"{tmp_path}/logs/%j"],
         cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline, running = time.time() + 300, ""
-    while not running:
+    deadline = time.time() + 300
+    while True:
         assert time.time() < deadline and launcher.poll() is None, "no task started"
         time.sleep(0.5)
-        running = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%A"], env=environment,
-                                 capture_output=True, text=True).stdout.split()
-        running = running[0] if running else ""
-    subprocess.run(["scancel", "--signal=KILL", running], env=environment, check=True)
+        for log in (tmp_path / "logs").glob("*/*_log.out"):
+            if re.search(r"\[task\] \S+ -m replication train .* --regime sb", log.read_text(errors="replace")):
+                return launcher, log
+
+
+def test_a_task_cancelled_by_slurm_is_reported_as_its_sigterm(tmp_path):
+    """scancel, a time limit and preemption end a task with SIGTERM (SIGKILL only KillWait later):
+    submitit's process outlives it, so the report names the signal and what sends it."""
+    environment = slurm_environment()
+    launcher, log = start_killable_launch(tmp_path, environment)
+    task = "_".join(log.name.split("_")[:2])  # 1_0_0_log.out: array 1, task 0
+    subprocess.run(["scancel", "--signal=KILL", task], env=environment, check=True)
     out, err = launcher.communicate(timeout=300)
     assert launcher.returncode == 1, out + err[-3000:]
-    assert re.search(r"FAILED \S+: ended without a result .* \(log: \S+_log\.out\)", out), out
+    assert re.search(r"FAILED \S+/sb/seed0: `[^`]* train [^`]*` was killed by SIGTERM, status -15 \(Slurm's "
+                     r"time limit, scancel or preemption: its log says which\) \(log: \S+_log\.out\)", out), out
+
+
+def test_a_task_killed_without_a_result_is_found_through_squeue(tmp_path):
+    """A task whose own process dies (a lost node, a memory limit that kills the whole step) leaves no
+    result; it is found through squeue, since this cluster, like some, has no accounting for
+    submitit's sacct."""
+    environment = slurm_environment()
+    launcher, log = start_killable_launch(tmp_path, environment)
+    training = subprocess.run(["pgrep", "-f", f"replication train {tmp_path}/\\S+ .*--regime sb"],
+                              capture_output=True, text=True).stdout.split()
+    assert len(training) == 1, training
+    parent = int(Path(f"/proc/{training[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    for pid in (parent, int(training[0])):  # submitit's process, then its command
+        os.kill(pid, signal.SIGKILL)
+    out, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 1, out + err[-3000:]
+    assert re.search(r"FAILED \S+/sb/seed0: ended without a result .* \(log: \S+_log\.out\)", out), out
