@@ -141,3 +141,22 @@ def test_the_bootstrap_counts_every_resample_and_orders_its_bounds(batches, step
     assert sides == sorted(sides, key=lambda s: {"below": 0, None: 1, "above": 2}[s])
     values = [boot[k] for k in order if k not in boot["unbounded"]]
     assert all(v is not None and v > 0 for v in values) and values == sorted(values)
+
+
+def _point(seed: int, batch: int, steps: int) -> report.Point:
+    return report.Point(path=None, network="F1", dataset="d", seed=seed, batch_size=batch, multiplier=1.0,
+                        learning_rate=1e-3, reached=True, steps=steps, examples=steps * batch, steps_run=steps,
+                        seconds_per_step=None, check_every=None, train_seconds=1.0, test_accuracy=0.9,
+                        diverged=False, trace=(), targets=((0.1, steps),))
+
+
+def test_the_seed_bootstrap_draws_each_seed_for_every_batch_at_once():
+    """A seed is one x0 and one data order for all its batches: the bootstrap resamples seeds as
+    units. Seed 1 takes exactly twice seed 0's steps at every batch, which changes S_min, never
+    B_crit, so every resample gives B_crit back; drawing seeds anew per batch (the old code) mixed
+    the two seeds' curves and spread B_crit out."""
+    s_min, b_crit = 400.0, 1000.0
+    points = [_point(seed, int(b), round((1 + seed) * s_min * (1 + b_crit / b)))
+              for seed in (0, 1) for b in BATCHES]
+    boot = report.bootstrap_seeds_and_batches(points, 0.1, [0, 1], resamples=200)
+    assert boot["p2_5"] == pytest.approx(b_crit, rel=2e-3) and boot["p97_5"] == pytest.approx(b_crit, rel=2e-3)

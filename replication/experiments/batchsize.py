@@ -123,15 +123,17 @@ def run_steps(config: config_lib.Config, batch: int, seed: int, value: float | N
 
 
 def pooled_steps(config: config_lib.Config, batch: int, seeds, value: float | None = None) -> dict[float, float | None]:
-    """multiplier -> the mean over `seeds` of the steps to the target `value` at `batch`, for each
-    multiplier every seed has finished; None where any seed did not reach it (a rate that fails on
-    one seed is not a rate to recommend)."""
+    """multiplier -> seed_mean over `seeds` of the steps to the target `value` at `batch`, for each
+    multiplier every seed has finished."""
     per_seed = [run_steps(config, batch, seed, value) for seed in seeds]
-    out = {}
-    for multiplier in set.intersection(*(set(steps) for steps in per_seed)):
-        values = [steps[multiplier] for steps in per_seed]
-        out[multiplier] = None if None in values else sum(values) / len(values)
-    return out
+    return {multiplier: seed_mean([steps[multiplier] for steps in per_seed])
+            for multiplier in set.intersection(*(set(steps) for steps in per_seed))}
+
+
+def seed_mean(steps: list) -> float | None:
+    """The mean of the seeds' steps to a target; None where any seed did not reach it (a rate that
+    fails on one seed is not a rate to recommend). The study's and the report's one rule."""
+    return None if None in steps else sum(steps) / len(steps)
 
 
 def grid_state(config: config_lib.Config, batch: int, seeds) -> tuple[float | None, str]:
