@@ -143,9 +143,9 @@ def test_the_bootstrap_counts_every_resample_and_orders_its_bounds(batches, step
     assert all(v is not None and v > 0 for v in values) and values == sorted(values)
 
 
-def _point(seed: int, batch: int, steps: int) -> report.Point:
-    return report.Point(path=None, network="F1", dataset="d", seed=seed, batch_size=batch, multiplier=1.0,
-                        learning_rate=1e-3, reached=True, steps=steps, examples=steps * batch, steps_run=steps,
+def _point(seed: int, batch: int, steps: int | None, multiplier: float = 1.0) -> report.Point:
+    return report.Point(path=None, network="F1", dataset="d", seed=seed, batch_size=batch, multiplier=multiplier,
+                        learning_rate=1e-3, reached=steps is not None, steps=steps, examples=steps and steps * batch, steps_run=steps or 99,
                         seconds_per_step=None, check_every=None, train_seconds=1.0, test_accuracy=0.9,
                         diverged=False, trace=(), targets=((0.1, steps),))
 
@@ -160,3 +160,17 @@ def test_the_seed_bootstrap_draws_each_seed_for_every_batch_at_once():
               for seed in (0, 1) for b in BATCHES]
     boot = report.bootstrap_seeds_and_batches(points, 0.1, [0, 1], resamples=200)
     assert boot["p2_5"] == pytest.approx(b_crit, rel=2e-3) and boot["p97_5"] == pytest.approx(b_crit, rel=2e-3)
+
+
+def test_one_multiplier_is_the_smallest_worst_case_excess_over_every_batch():
+    """Issue 25 item 3: the rule the data support. 1x is fastest at two batches but 50% slower at the
+    third; 0.5x is never fastest yet at most 10% slower anywhere, so 0.5x is the one rule; 2x never
+    met the target at batch 64, so it cannot be a rule."""
+    steps = {16: {0.5: 110, 1.0: 100, 2.0: 150}, 64: {0.5: 55, 1.0: 50, 2.0: None}, 256: {0.5: 20, 1.0: 30, 2.0: 40}}
+    points = [_point(seed, b, s and s + seed, m) for seed in (0, 1) for b, row in steps.items() for m, s in row.items()]
+    one = report.one_multiplier(points, 0.1, [0, 1])
+    assert one["multiplier"] == 0.5 and one["worst_batch"] in (16, 64) and one["batches"] == [16, 64, 256]
+    assert one["excess"] == pytest.approx(max(110.5 / 100.5, 55.5 / 50.5) - 1)
+    # A rate one seed did not run at some batch is not pooled there, so it cannot be the rule.
+    assert report.one_multiplier([p for p in points if not (p.multiplier == 0.5 and p.seed == 1 and p.batch_size == 64)],
+                                 0.1, [0, 1])["multiplier"] == 1.0

@@ -267,6 +267,32 @@ def _best_rows(points: list[Point], study: config_lib.BatchSizeStudyConfig, valu
     return rows
 
 
+def one_multiplier(points: list[Point], value: float, seeds) -> dict | None:
+    """The one multiple of the scaling rule that did best at every batch at once (issue 25 item 3:
+    the rule the data support): among the multipliers every seed ran at every batch where some
+    rate met `value`, the one whose largest excess of steps over that batch's fewest (the seeds'
+    means) is smallest. {"multiplier", "excess" (0.04: 4% more steps), "worst_batch", "batches"};
+    None where no multiplier ran at every such batch or none met the target at all of them."""
+    table = {}
+    for batch in sorted({p.batch_size for p in points}):
+        steps = {m: r["steps"] for m, r in pooled([p for p in points if p.batch_size == batch], value, seeds).items()}
+        if any(v is not None for v in steps.values()):
+            table[batch] = steps
+    if len(table) < 2:
+        return None
+    excess = {}
+    for m in set.intersection(*(set(steps) for steps in table.values())):
+        ratios = {b: steps[m] / min(v for v in steps.values() if v is not None) - 1 if steps[m] is not None else math.inf
+                  for b, steps in table.items()}
+        worst = max(ratios, key=ratios.get)
+        excess[m] = (ratios[worst], worst)
+    finite = {m: e for m, e in excess.items() if math.isfinite(e[0])}
+    if not finite:
+        return None
+    m = min(finite, key=lambda k: (finite[k][0], abs(math.log(k))))  # a tie goes to the rule itself's side
+    return {"multiplier": m, "excess": finite[m][0], "worst_batch": finite[m][1], "batches": sorted(table)}
+
+
 def bootstrap_seeds_and_batches(points: list[Point], value: float, seeds, resamples: int, seed: int = 0) -> dict:
     """B_crit over `resamples` resamples of the batch sizes and of the seeds (both with replacement),
     the best rate chosen again in each resample from the resampled seeds' mean steps (issue 25 item
@@ -379,7 +405,8 @@ def summarize(loaded, config: config_lib.Config) -> dict:
         prediction["check"] = {key: prediction_check(met, key, bootstrap, fit["b_crit"] if fit else None)
                                for key in ("b_simple", "adam_b_simple")}
         studies.append({"target": value, "own": own, "seeds": seeds, "rows": rows, "fit": fit, "bootstrap": bootstrap,
-                        "points": points, "noise": mine, "prediction": prediction})
+                        "points": points, "noise": mine, "prediction": prediction,
+                        "one_multiplier": one_multiplier(points, value, seeds)})
     return {"points": points, "seeds": seeds, "studies": studies}
 
 
@@ -622,8 +649,8 @@ def write_report(results_dir) -> Path:
     noise_cost = sum(float(m.record.get("wall_seconds") or 0) for run in loaded.runs for m in run.noise.values())
     measure_cost = noise_cost + sum(float(m.record.get("wall_seconds") or 0) for run in loaded.runs for m in run.sharpness.values()
                       if batchsize.compare_kind(run.spec, config.batch_size_study.compare_epochs))
-    per_target = [{key: s[key] for key in ("target", "fit", "bootstrap", "rows", "noise", "prediction", "compare",
-                                           "compare_gaps")} for s in studies]
+    per_target = [{key: s[key] for key in ("target", "fit", "bootstrap", "rows", "noise", "prediction", "one_multiplier",
+                                           "compare", "compare_gaps")} for s in studies]
     for entry in per_target:
         if len(seeds) == 1:
             entry["seed"] = seeds[0]  # one seed: named as before seeds were pooled
@@ -871,6 +898,13 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
                      f"{len(accuracies)} batch sizes; {alone}).")
     if (rate := best_rate_words(rows, config)) is not None:
         lines.append(rate)
+    if (one := study["one_multiplier"]) is not None:
+        lines.append(f"- One multiple of the rule for every batch: {one['multiplier']:g}x the {config.batch_size_study.lr_scaling}"
+                     "-rule value " + ("took the fewest steps at every batch" if one["excess"] == 0 else
+                                       f"took at most {one['excess']:.0%} more steps than the fewest any rate took (at batch "
+                                       f"{one['worst_batch']})")
+                     + f", over the {len(one['batches'])} batches {one['batches'][0]}-{one['batches'][-1]} where a "
+                     f"rate met the target ({alone}; no multiple did better in the worst case).")
     lines += _compare_plain(study["compare_gaps"], _sharpness_key(study["compare"]), alone,
                             [r for r in study["compare"] if r["diverged"]])
     seeds = ("one seed, so no seed-to-seed spread of steps to target" if alone == "one seed" else

@@ -187,6 +187,7 @@ class Study:
     measure_seconds: float
     runs: int
     loaded: results.Results   # the folder's runs (results.load)
+    one_multiplier: dict | None = None  # batchsize_report.one_multiplier: the rule the data support
 
 
 def studies(root: Path, profile: Profile) -> list[Study]:
@@ -238,6 +239,11 @@ def studies(root: Path, profile: Profile) -> list[Study]:
                      "test_accuracy": get(*where, "compare", i, "test_accuracy"),
                      "run": get(*where, "compare", i, "run", kind=str)}
                     for i in range(len(_optional_list(get, record, where, "compare")))]
+        one = None
+        if get(*where, "one_multiplier", kind=dict, none=True) is not None:
+            one = {"multiplier": get(*where, "one_multiplier", "multiplier"),
+                   "excess": get(*where, "one_multiplier", "excess"),
+                   "worst_batch": get(*where, "one_multiplier", "worst_batch", kind=int)}
         gaps = []
         for i, gap in enumerate(_optional_list(get, record, where, "compare_gaps")):
             ratio = results.sharpness_column("phi", *MAIN_SHARPNESS) + "_ratio"
@@ -249,7 +255,7 @@ def studies(root: Path, profile: Profile) -> list[Study]:
         out.append(Study(profile.folder, label, devices, get(*where, "seed", kind=int) if len(seeds) == 1 else None,
                          target, rows, b_crit, boot,
                          noise, compared, gaps, get("study", "compare_epochs", kind=int), get("train_seconds_total"),
-                         get("measure_seconds_total"), get("runs", kind=int), loaded))
+                         get("measure_seconds_total"), get("runs", kind=int), loaded, one))
     return out
 
 
@@ -665,6 +671,9 @@ def batch_size_block(found: list[Study], prefix: str = "../") -> str:
         f"{sig((_noise_at(s, lambda r: r['at_target']) or {}).get(k))}" for k in ("b_simple", "adam_b_simple")))
     add("best rate / the square-root rule, per batch", lambda s: ", ".join(
         f"{sig(r['best_multiplier'])}x" for r in s.rows if r["best_multiplier"] is not None))
+    add("one multiple of the rule for every batch (most extra steps over the fewest)", lambda s: "-" if s.one_multiplier
+        is None else f"{sig(s.one_multiplier['multiplier'])}x ({s.one_multiplier['excess']:.0%} at batch "
+        f"{s.one_multiplier['worst_batch']})")
     add("test accuracy at the target, over the batches", lambda s: "-" if not any(
         _finite(r["test_accuracy"]) for r in s.rows) else "{:.2f}-{:.2f}%".format(
         min(r["test_accuracy"] for r in s.rows if _finite(r["test_accuracy"])),
