@@ -146,7 +146,7 @@ TARGET_METRICS = ("train_loss", "train_error")
 class TargetConfig:
     """A run stops at a target (stopping: target; Shallue et al. 2019, "steps to result"): every
     `every_steps` optimizer steps it measures `metric` on the first `eval_subset` training examples
-    (data.subset's fixed order) and stops at the first check that meets `value` (train_loss: mean
+    (data.measurement_subset's fixed order) and stops at the first check that meets `value` (train_loss: mean
     cross-entropy <= value; train_error: error in % <= value), or after `max_steps` steps (target
     not reached). With `every_examples`, the interval is every_examples / batch steps instead (at
     least 1), so every batch size has about the same resolution in examples and checks are not

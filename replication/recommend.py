@@ -196,6 +196,7 @@ def _checked_run(run: Path) -> dict:
     if not isinstance(record, dict) or not isinstance(record.get("reached"), bool):
         raise storage.StorageError(f"{path}: no target record with reached: true/false: {_fix(run)}")
     reached = record["reached"]
+    target.check_examples(record, path, _fix(run))
     history = storage.read_csv(history_path)
     return {"reached": reached,
             "steps": target.number(record.get("steps"), path, "target.steps", _fix(run), integer=True, above=True,

@@ -91,10 +91,10 @@ def load_arrays(config: config_lib.Config):
 
 
 def training_examples(config: config_lib.Config, subset: int | None):
-    """(inputs, labels): the run's training set (train_subset applied), then its first `subset`
-    examples in data.subset's fixed order: the examples f is measured on (sharpness, noise scale)."""
+    """(inputs, labels): the run's training set (train_subset applied), then the `subset` of it f is
+    measured on (data.measurement_subset: sharpness, noise scale)."""
     _, x_train, y_train, _, _ = load_arrays(config)
-    return data.subset(x_train, y_train, subset)
+    return data.measurement_subset(x_train, y_train, subset)
 
 
 def build_model(config: config_lib.Config, input_shape, num_classes: int, compiled: bool = True,

@@ -3,7 +3,7 @@ of Data Parallelism on Neural Network Training", section 3.2), for the batch-siz
 
 Beyond Keskar et al. (2017), who train for a fixed number of epochs. A run with `stopping: target`
 measures `target.metric` on a fixed evaluation subset (the first `target.eval_subset` training
-examples in data.subset's fixed order) every `target.every_steps` optimizer steps (or every
+examples in data.measurement_subset's fixed order) every `target.every_steps` optimizer steps (or every
 `target.every_examples` / batch steps, at least 1), inside
 model.fit (a Keras callback), and stops at the first check that meets `target.value`, or at
 `target.max_steps` steps (not reached). Every check is a row of `<run>/target.csv`:
@@ -99,6 +99,16 @@ def number(value, path, field: str, fix: str, *, integer: bool = False, low: flo
     return parsed
 
 
+def check_examples(summary: dict, path, fix: str) -> None:
+    """Refuse a run whose target checks measured other examples than a run made now: before
+    data.MEASUREMENT_SUBSET, seed 0's checks measured the examples its first epoch began with, so
+    its steps to a target met in that epoch are biased low and not comparable with a run of today."""
+    if summary.get("eval_examples") != data.MEASUREMENT_SUBSET:
+        raise storage.StorageError(
+            f"{path}: its target checks were measured on {summary.get('eval_examples') or 'the examples drawn before data.MEASUREMENT_SUBSET (which seed 0 trained on first)'}, "
+            f"not on {data.MEASUREMENT_SUBSET}'s, so its steps to target cannot be set beside a run made now: {fix}")
+
+
 def check_summary(summary, path) -> dict:
     """metrics.json's `target` block (Tracker.summary) of the run in path's folder, checked: steps
     and examples a positive integer where the target was reached and null where not, steps_run a
@@ -192,7 +202,7 @@ class Tracker:
         self.completed_steps = completed_epochs * self.steps_per_epoch
         # Rows past the last completed epoch were made by an epoch that is redone now.
         self.rows = [row for row in rows if int(row["step"]) <= self.completed_steps]
-        inputs, labels = data.subset(x_train, y_train, min(config.target.eval_subset, len(x_train)))
+        inputs, labels = data.measurement_subset(x_train, y_train, min(config.target.eval_subset, len(x_train)))
         self.objective = objective.Objective(model, inputs, labels, config.eval_batch_size)
         # Called with a milestone's value at the first check meeting it, weights then current
         # (train keeps them and Adam's state there); set by the trainer once its session exists.
@@ -267,6 +277,8 @@ class Tracker:
                 "examples": int(reached["examples"]) if reached else None,
                 "train_seconds": float(reached["train_seconds"]) if reached else None,
                 "steps_run": self.steps_done(history_length), "checks": len(self.rows), "check_every_steps": self.every,
+                # Which examples the checks measured (data.measurement_subset): check_examples.
+                "eval_examples": data.MEASUREMENT_SUBSET,
                 **({"targets": self.targets()} if self.target.milestones else {})}
 
     def targets(self) -> list[dict]:

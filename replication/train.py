@@ -296,6 +296,13 @@ def _tag(session: _Session) -> str:
             f"seed {session.seed}")
 
 
+def epoch_order(seed: int, epoch: int, examples: int) -> np.ndarray:
+    """The order of the training examples in epoch `epoch` (0 first) of seed `seed`'s runs: the
+    same for every run of that seed, whatever its batch size. The examples measured are drawn
+    apart from it (data.measurement_subset)."""
+    return np.random.default_rng([seed, epoch]).permutation(examples)
+
+
 def _train_epoch(session: _Session) -> None:
     """One epoch: shuffle and dropout masks from (seed, epoch) alone, fit, evaluate, then a
     checkpoint and the history row that names it."""
@@ -303,7 +310,7 @@ def _train_epoch(session: _Session) -> None:
     epoch = len(history)
     tick = time.time()
     _reseed_dropout(model, session.seed, epoch)
-    order = np.random.default_rng([session.seed, epoch]).permutation(len(session.arrays[1]))
+    order = epoch_order(session.seed, epoch, len(session.arrays[1]))
     # Conservative training's outer step: each batch `inner_steps` times in a row (remedies.py).
     repeat = config.conservative.inner_steps if session.spec.remedy == "conservative" else 1
     model.fit(**backend.epoch_inputs(*session.epoch_data, order, session.batch_size, repeat=repeat), epochs=1,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from replication import regimes, rundir, storage, target, train
+from replication import data, regimes, rundir, storage, target, train
 from replication import config as config_lib
 from replication.experiments import batchsize
 from replication.analysis import batchsize_report
@@ -55,11 +55,11 @@ def test_an_unreachable_target_stops_at_the_step_budget(tiny_config):
 
 
 def test_an_interrupted_target_run_resumes_to_the_same_trace(tiny_config):
-    config = _config(tiny_config, target={**STUDY["target"], "value": 0.0012})
+    config = _config(tiny_config, target={**STUDY["target"], "value": 0.0006})
     whole = storage.read_csv(target.trace_path(train.train(config, "b64-x0.5", 0)))
     assert int(whole[-1]["epoch"]) > 3  # the run spans more than 3 epochs (7 steps each)
-    other = _config(tiny_config, target={**STUDY["target"], "value": 0.0012}, results_dir=str(config.results_dir) + "-b")
-    again_path = tiny_config(**{**STUDY, "target": {**STUDY["target"], "value": 0.0012},
+    other = _config(tiny_config, target={**STUDY["target"], "value": 0.0006}, results_dir=str(config.results_dir) + "-b")
+    again_path = tiny_config(**{**STUDY, "target": {**STUDY["target"], "value": 0.0006},
                                 "results_dir": other.results_dir})
     # Killed mid-epoch 3 (its checks only in memory), then where epoch 3's checks are written but
     # its history row is not (the resumed run must drop them and redo the epoch).
@@ -129,7 +129,8 @@ def test_the_study_trains_the_grid_and_its_extension(tiny_config, monkeypatch):
         trained.append(spec.name)
         path = rundir.run_directory(cfg, spec.name, seed)
         steps = fake[spec.multiplier] * 64 // spec.batch
-        storage.atomic_write_json(path / "metrics.json", {"target": {"reached": True, "steps": steps, "examples": steps * spec.batch, "steps_run": steps, "train_seconds": 1.0}})
+        storage.atomic_write_json(path / "metrics.json", {"target": {"reached": True, "steps": steps, "examples": steps * spec.batch, "steps_run": steps, "train_seconds": 1.0,
+                                                                     "eval_examples": data.MEASUREMENT_SUBSET}})
         return path
 
     monkeypatch.setattr(train, "train", fake_train)
@@ -573,3 +574,20 @@ def test_of_two_tied_rates_equally_central_the_faster_is_best():
     steps = {0.5: 1875, 1.0: 1625, 2.0: 1500, 4.0: 1625}
     assert batchsize.tied(steps, 125) == [1.0, 2.0, 4.0]
     assert batchsize.best_multiplier(steps, 125) == 2.0
+
+
+def test_a_study_run_checked_on_the_old_examples_is_refused(tiny_config, monkeypatch):
+    """A run whose target checks measured the examples seed 0 trained on first (made before
+    data.MEASUREMENT_SUBSET) is not set beside runs of today: the study names it and the fix."""
+    config = _config(tiny_config)
+
+    def fake_train(cfg, spec, seed, log=None):
+        path = rundir.run_directory(cfg, spec.name, seed)
+        storage.atomic_write_json(path / "metrics.json", {"target": {
+            "reached": True, "steps": 10, "examples": 10 * spec.batch, "steps_run": 10, "train_seconds": 1.0}})
+        return path
+
+    monkeypatch.setattr(train, "train", fake_train)
+    with pytest.raises(storage.StorageError, match=r"b16-x0\.5/seed0/metrics.json: its target checks were measured on "
+                                                   r"the examples drawn before .*: delete .*b16-x0\.5/seed0 and rerun"):
+        batchsize.run_study(config, 0)

@@ -295,3 +295,23 @@ def test_jpeg_stand_in_layout_labels_and_order(tmp_path, monkeypatch):
     assert list(ds.y_train) != sorted(ds.y_train)
     assert list((tmp_path / "cache").iterdir())  # decoded once, cached
     np.testing.assert_array_equal(data.load("cifar10_jpeg", str(tmp_path)).y_train, ds.y_train)
+
+
+def test_the_measured_examples_are_not_what_any_seed_trains_on_first(tiny_config):
+    """The examples f is measured on (target checks, sharpness, noise scale) are a random draw
+    apart from every run's data order. They were default_rng(0)'s, which is seed 0's first-epoch
+    order too (SeedSequence ignores a trailing 0), so seed 0 measured the examples it began with."""
+    from replication import config as config_lib, rundir, train
+
+    config = config_lib.load(tiny_config())
+    _, x_train, _, _, _ = rundir.load_arrays(config)
+    measured, _ = rundir.training_examples(config, 100)
+    rows = {x.tobytes(): i for i, x in enumerate(x_train)}
+    measured = {rows[x.tobytes()] for x in measured}
+    assert len(measured) == 100
+    for seed in range(4):
+        first = set(train.epoch_order(seed, 0, len(x_train))[:100].tolist())
+        # A random 100 of 400 shares about 25 with another; the old draw shared all 100 at seed 0.
+        assert len(measured & first) < 50, seed
+    again, _ = rundir.training_examples(config, 100)  # the same examples every time
+    assert {rows[x.tobytes()] for x in again} == measured

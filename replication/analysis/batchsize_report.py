@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from replication import regimes, storage
+from replication import data, regimes, storage
 from replication import config as config_lib
 from replication.experiments import batchsize
 from replication.analysis import results as results_lib
@@ -153,6 +153,7 @@ class Point:
     diverged: bool
     trace: tuple
     targets: tuple = ()                  # (value, steps or None) per target, loosest first
+    eval_examples: str | None = None     # data.MEASUREMENT_SUBSET of its checks; None: drawn before it
 
     def steps_to(self, value: float) -> int | None:
         """Steps to the target `value` (the run's own or a milestone); None where not met."""
@@ -191,7 +192,8 @@ def read_points(loaded) -> list[Point]:
                          float(run.metrics["resolved_config"]["learning_rate"]), summary["reached"],
                          summary.get("steps"), summary.get("examples"), summary["steps_run"],
                          seconds_per_step(list(trace)), summary.get("check_every_steps"), run.train_seconds,
-                         float(run.metrics["test_accuracy"]), run.diverged, trace, targets))
+                         float(run.metrics["test_accuracy"]), run.diverged, trace, targets,
+                         summary.get("eval_examples")))
     return sorted(out, key=lambda p: (p.seed, p.batch_size, p.multiplier))
 
 
@@ -918,7 +920,11 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
                  "made before docs/noise-scale.md); the Adam preconditioner is estimated from those mini-batch "
                  "gradients, not the run's own second moment")
     lines += ["- Limits: " + "; ".join(record["deviations"] + [
-        f"target {target.metric} <= {target.value:g} on the first {target.eval_subset} training examples, "
+        f"target {target.metric} <= {target.value:g} on a fixed {target.eval_subset} of the training examples"
+        + ("" if all(p.eval_examples == data.MEASUREMENT_SUBSET for p in study["points"]) else
+           " (drawn before the measured examples had a stream of their own, data.MEASUREMENT_SUBSET: they are the "
+           "examples seed 0's first epoch began with, so seed 0's steps to a target met in or soon after its first "
+           "epoch may be biased low)") + ", "
         + (f"checked every {target.every_examples} examples (every max(1, {target.every_examples} / B) steps; "
            "steps to target are known to within that interval, the table's 'check')" if target.every_examples
            else f"checked every {target.every_steps} steps (steps to target are known to within {target.every_steps})"),

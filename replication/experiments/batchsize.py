@@ -110,6 +110,7 @@ def run_steps(config: config_lib.Config, batch: int, seed: int, value: float | N
         if path.exists():
             # The next run to train is decided from this number: a hand-edited one is refused.
             summary = target.check_summary(storage.read_json(path).get("target"), path)
+            target.check_examples(summary, path, target.STUDY_FIX.format(run=path.parent))
             steps = summary.get("steps")
             if value is not None and value != config.target.value:
                 record = next((t for t in summary.get("targets", []) if t["value"] == value), None)
@@ -254,6 +255,7 @@ def measure_noise(config: config_lib.Config, seed: int, log=None, seeds=None) ->
     from replication import target
 
     summary = target.check_summary(metrics.get("target"), run / "metrics.json")  # its numbers checked
+    target.check_examples(summary, run / "metrics.json", target.STUDY_FIX.format(run=run))
     met = [t["value"] for t in summary.get("targets", [])[:-1] if t["steps"] is not None]
     points = ["initial", *[f"epoch{e}" for e in metrics.get("kept_iterates", [])], *[f"target{v:g}" for v in met],
               "final"]

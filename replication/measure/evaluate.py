@@ -30,7 +30,7 @@ def evaluate(run_dir) -> dict:
     run = rundir.load_run(run_dir)
     config = run.config
     _, x_train, y_train, x_test, y_test = rundir.load_arrays(config)
-    inputs, labels = data.subset(x_train, y_train, config.sharpness.subset)
+    inputs, labels = data.measurement_subset(x_train, y_train, config.sharpness.subset)
     tick = time.time()
     train_f = objective.Objective(run.model, inputs, labels, config.eval_batch_size)
     train_loss, train_accuracy = train_f.evaluate()

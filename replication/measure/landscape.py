@@ -163,7 +163,7 @@ class _Evaluator:
         from replication import objective
 
         dataset, x_train, y_train, x_test, y_test = rundir.load_arrays(config)
-        self.x_train, y_train = data.subset(x_train, y_train, config.landscape.subset)
+        self.x_train, y_train = data.measurement_subset(x_train, y_train, config.landscape.subset)
         self.dataset_label, self.num_test = dataset.label, len(x_test)
         self.eval_batch_size = config.eval_batch_size
         self.model = sb.model

@@ -469,7 +469,7 @@ def benchmark(run_dir_or_model, epsilon: float = 1e-3, space: str = "full", dim:
         model = run_dir_or_model
         if inputs is None or labels is None or batch_size is None:
             raise ValueError("a model needs inputs, labels and batch_size")
-        inputs, labels = data.subset(inputs, labels, subset)
+        inputs, labels = data.measurement_subset(inputs, labels, subset)
     objective = _TimedObjective(objective_lib.Objective(model, inputs, labels, batch_size))
     x = objective.objective.get_flat()
     objective.value_and_gradient(x)  # warm-up: tracing
