@@ -566,6 +566,12 @@ def test_a_prediction_holds_within_a_factor_of_two_of_the_measured_interval():
     assert batchsize_report.prediction_check(rows, "b", {**boot, "resamples": 0, "p2_5": None}, 3000.0)["holds"] is None
     assert batchsize_report.prediction_check(rows, "b", boot, None) is None
     assert batchsize_report.prediction_check([{"b": None, "b_se": None}], "b", boot, 3000.0) is None
+    # A seed whose estimate's standard error is at least the estimate: named, the rule unchanged.
+    shaky = [{"seed": 0, "b": 2000.0, "b_se": 50.0}, {"seed": 1, "b": 9e5, "b_se": 1.3e6}]
+    check = batchsize_report.prediction_check(shaky, "b", boot, 3000.0)
+    assert check["unresolved_seeds"] == [1] and check["holds"] is False
+    assert "unresolved at seed 1" in batchsize_report._holds_words("plain", check)
+    assert "unresolved" not in batchsize_report._holds_words("plain", batchsize_report.prediction_check(rows, "b", boot, 3000.0))
 
 
 def test_of_two_tied_rates_equally_central_the_faster_is_best():

@@ -253,3 +253,22 @@ def test_the_recommendation_is_checked_against_each_target_of_its_study(tmp_path
     path.write_text(json.dumps({**record, "cost_seconds": -1}) + "\n")
     with pytest.raises(results.ResultsError, match=r"recommendation\.json: 'cost_seconds' is -1"):
         readme.recommend_block(tmp_path, found)
+
+
+def test_the_critical_batch_table_states_the_bracket_and_each_prediction(gpu_study):
+    """Issue 25: one row per pooled study and target; B_crit inside the measured batches is
+    bracketed, outside it an extrapolation; each prediction's rule verdict with its n, and a seed
+    whose estimate was unresolved named; one-seed studies stay out of it."""
+    import dataclasses
+
+    assert readme.critical_batch_block([gpu_study]).startswith("No study pooled over several seeds")
+    boot = {"p16": 2000.0, "p84": 3000.0, "p2_5": 1500.0, "p97_5": None, "unbounded": {"p97_5": "above"}}
+    checks = {"b_simple": {"holds": True, "mean": 2600.0, "n": 3, "unresolved_seeds": []},
+              "adam_b_simple": {"holds": False, "mean": 9e5, "n": 3, "unresolved_seeds": [1]}}
+    pooled = dataclasses.replace(gpu_study, seeds=3, b_crit=2481.0, bootstrap=boot, checks=checks,
+                                 one_multiplier={"multiplier": 0.5, "excess": 0.04, "worst_batch": 500})
+    row = readme.critical_batch_block([gpu_study, pooled]).splitlines()[2]
+    assert "| 3 | 32-5000 | 2481 (2000-3000; 1500-unbounded) | yes | 2600 (holds, n = 3) | " \
+           "900000 (does not hold, n = 3; unresolved at seed 1) | 0.5x (4% at batch 500) |" in row
+    beyond = dataclasses.replace(pooled, b_crit=9000.0)
+    assert "| no: an extrapolation |" in readme.critical_batch_block([beyond]).splitlines()[2]

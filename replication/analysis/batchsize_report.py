@@ -354,7 +354,10 @@ def prediction_check(rows: list[dict], key: str, bootstrap: dict | None, b_crit:
     low, high = max(mean - Z * se, 0.0), mean + Z * se
     # The ratio is of the two point estimates only: an interval of it would need both uncertainties
     # jointly, and `holds` compares the two intervals themselves.
+    # A seed whose estimate's standard error is at least the estimate has not resolved it (the
+    # estimator's |G|^2 near 0): the rule still decides on the mean, and the words say which seeds.
     out = {"n": n, "mean": mean, "se": se, "low": low, "high": high, "ratio": mean / b_crit,
+           "unresolved_seeds": [r["seed"] for r in rows if r[key] is not None and (r[key + "_se"] or 0.0) >= r[key]],
            "measured_low": None, "measured_high": None, "holds": None}
     unbounded = (bootstrap or {}).get("unbounded", {})
     if not bootstrap or not bootstrap.get("resamples") or unbounded.get("p2_5") == "above" \
@@ -1000,6 +1003,12 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
 
 
 def _holds_words(name: str, check: dict) -> str:
+    return _holds_verdict(name, check) + (
+        f" (unresolved at seed {', '.join(map(str, check['unresolved_seeds']))}: a standard error at least the "
+        "estimate itself, so the mean rests on an unresolved value)" if check.get("unresolved_seeds") else "")
+
+
+def _holds_verdict(name: str, check: dict) -> str:
     if check["holds"] is None:
         return (f"{name}: not decided (predicted {_fmt(check['mean'])}; the measured B_crit's interval lies beyond "
                 "the batches measured, or no bootstrap ran)")

@@ -188,6 +188,8 @@ class Study:
     runs: int
     loaded: results.Results   # the folder's runs (results.load)
     one_multiplier: dict | None = None  # batchsize_report.one_multiplier: the rule the data support
+    seeds: int = 1            # how many seeds' steps were pooled
+    checks: dict = dataclasses.field(default_factory=dict)  # the prediction's rule per noise scale (holds, mean, n)
 
 
 def studies(root: Path, profile: Profile) -> list[Study]:
@@ -223,8 +225,16 @@ def studies(root: Path, profile: Profile) -> list[Study]:
         b_crit = get(*where, "fit", "b_crit", none=True) if get(*where, "fit", kind=dict, none=True) else None
         boot = None
         if get(*where, "bootstrap", kind=dict, none=True):
-            boot = {"p16": get(*where, "bootstrap", "p16", none=True), "p84": get(*where, "bootstrap", "p84", none=True),
-                    "unbounded": get(*where, "bootstrap", "unbounded", kind=dict)}
+            boot = {key: get(*where, "bootstrap", key, none=True) for key in ("p16", "p84", "p2_5", "p97_5")}
+            boot["unbounded"] = get(*where, "bootstrap", "unbounded", kind=dict)
+        checks = {}
+        for key in ("b_simple", "adam_b_simple"):
+            if get(*where, "prediction", "check", key, kind=dict, none=True) is not None:
+                holds = get(*where, "prediction", "check", key, "holds", kind=bool, none=True)
+                checks[key] = {"holds": holds, "mean": get(*where, "prediction", "check", key, "mean"),
+                               "n": get(*where, "prediction", "check", key, "n", kind=int),
+                               "unresolved_seeds": get(*where, "prediction", "check", key, "unresolved_seeds",
+                                                       kind=list)}
         noise = [{"point": get(*where, "noise", i, "point", kind=str),
                   "at_target": get(*where, "noise", i, "at_target", kind=bool),
                   "step": get(*where, "noise", i, "step", kind=int),
@@ -255,7 +265,7 @@ def studies(root: Path, profile: Profile) -> list[Study]:
         out.append(Study(profile.folder, label, devices, get(*where, "seed", kind=int) if len(seeds) == 1 else None,
                          target, rows, b_crit, boot,
                          noise, compared, gaps, get("study", "compare_epochs", kind=int), get("train_seconds_total"),
-                         get("measure_seconds_total"), get("runs", kind=int), loaded, one))
+                         get("measure_seconds_total"), get("runs", kind=int), loaded, one, len(seeds), checks))
     return out
 
 
@@ -575,6 +585,55 @@ def bootstrap_interval(boot: dict | None) -> str:
     low, high = (("no lower bound" if boot["unbounded"].get(k) == "below" else "no upper bound")
                  if k in boot["unbounded"] else sig(boot[k]) for k in ("p16", "p84"))
     return f"{low} to {high}" if set(boot["unbounded"]) & {"p16", "p84"} else f"{low}-{high}"
+
+
+def _interval95(boot: dict | None) -> str:
+    if not boot:
+        return "-"
+    low = "0" if "p2_5" in boot["unbounded"] else sig(boot["p2_5"])
+    high = "unbounded" if "p97_5" in boot["unbounded"] else sig(boot["p97_5"])
+    return f"{low}-{high}"
+
+
+def critical_batch_block(found: list[Study], prefix: str = "../") -> str:
+    """The studies pooled over several seeds (issue 25), one row per workload and target: B_crit with
+    its intervals over seeds and batch sizes, whether measured batches bracket it, whether each noise
+    scale's prediction held by docs/noise-scale.md's rule, the one multiple of the rate rule that
+    the data support, and the fastest batch on the machine that ran it. Every number from the
+    folders' batch_size.json."""
+    pooled = [s for s in found if s.seeds > 1]
+    if not pooled:
+        return ("No study pooled over several seeds has results yet (`make batch-size-report "
+                "BATCH_SIZE_CONFIG=configs/critical-batch/...`).\n")
+    lines = ["| workload | target | seeds | batches measured | B_crit (16-84%; 2.5-97.5%) | bracketed by measured "
+             "batches | B_simple at the target, plain: predicted (holds?) | Adam-preconditioned | one multiple of the "
+             "rate rule (most extra steps) | fastest batch on that machine |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in pooled:
+        batches = [r["batch_size"] for r in s.rows if r["steps"] is not None]
+        if s.b_crit:
+            bracketed = "yes" if batches and min(batches) <= s.b_crit <= max(batches) else "no: an extrapolation"
+            b_crit = f"{sig(s.b_crit)} ({bootstrap_interval(s.bootstrap)}; {_interval95(s.bootstrap)})"
+        else:
+            bracketed, b_crit = "-", "not resolved"
+
+        def check(key):
+            c = s.checks.get(key)
+            if not c:
+                return "-"
+            verdict = {True: "holds", False: "does not hold", None: "not decided"}[c["holds"]]
+            shaky = f"; unresolved at seed {', '.join(map(str, c['unresolved_seeds']))}" if c["unresolved_seeds"] else ""
+            return f"{sig(c['mean'])} ({verdict}, n = {c['n']}{shaky})"
+        one = (f"{sig(s.one_multiplier['multiplier'])}x ({s.one_multiplier['excess']:.0%} at batch "
+               f"{s.one_multiplier['worst_batch']})" if s.one_multiplier else "-")
+        timed = sorted((r for r in s.rows if _finite(r["seconds_to_target"])), key=lambda r: r["seconds_to_target"])
+        fastest = f"{timed[0]['batch_size']} ({sig(timed[0]['seconds_to_target'])} s)" if timed else "-"
+        lines.append(f"| {_link(prefix, s.folder / 'REPORT.md', s.label)} | {s.target} | {s.seeds} | "
+                     f"{min(batches) if batches else '-'}-{max(batches) if batches else '-'} | {b_crit} | {bracketed} | "
+                     f"{check('b_simple')} | {check('adam_b_simple')} | {one} | {fastest} |")
+    return "\n".join(lines) + ("\n\nA prediction holds when the measured B_crit's 2.5-97.5% interval holds a value within a "
+                               "factor 2 of it (docs/noise-scale.md, fixed before these studies ran). Steps are the "
+                               "seeds' mean at each batch's best rate; each report gives every seed's.\n")
 
 
 def _bench_rows(root: Path, profile: Profile, command: str) -> list[list[str]]:
@@ -905,7 +964,8 @@ def recommend_block(root: Path, found: list[Study]) -> str:
                               "CPU seconds of training and measurement as each result file records them.\n")
 
 
-BLOCKS = {"README.md": ("results",), "docs/batch-size.md": ("batch-size", "equal-accuracy", "recommend-check"),
+BLOCKS = {"README.md": ("results",), "docs/batch-size.md": ("critical-batch", "batch-size", "equal-accuracy",
+                                                            "recommend-check"),
           "docs/performance.md": ("step-time", "epoch-time")}
 
 
@@ -928,7 +988,8 @@ def render(root: Path = ROOT) -> dict[Path, str]:
     found = [s for p in everything if _has_results(root / p.folder) and batchsize_report.is_study(root / p.folder)
              for s in studies(root, p)]
     makers = {"results": lambda: contract(root, everything),
-              "batch-size": lambda: batch_size_block(found),
+              "batch-size": lambda: batch_size_block([s for s in found if s.seeds == 1]),
+              "critical-batch": lambda: critical_batch_block(found),
               "equal-accuracy": lambda: equal_accuracy_block(root, everything, found),
               "recommend-check": lambda: recommend_block(root, found),
               "step-time": lambda: step_time_block(found),
