@@ -428,6 +428,13 @@ MEASUREMENT_STREAM = np.random.SeedSequence(0, spawn_key=(0x6D656173,))
 MEASUREMENT_SUBSET = "measurement-stream-1"  # recorded by a run with target checks (target.Tracker.summary)
 
 
+def measured_examples(size: int | None) -> dict:
+    """The key a measurement on `size` training examples adds to its recorded settings: a result made
+    on the examples drawn before MEASUREMENT_STREAM lacks it, so it is never reused for a new one
+    (storage.reusable), and a folder mixing the two is refused (results: one trial's settings)."""
+    return {"examples": MEASUREMENT_SUBSET} if size is not None else {}
+
+
 def measurement_subset(x: np.ndarray, y: np.ndarray, size: int | None):
     """The fixed `size` training examples f is measured on, in their original order, drawn apart from
     every run's data order (MEASUREMENT_STREAM); all of them where size is None or not smaller."""

@@ -30,7 +30,7 @@ from replication import config as config_lib
 from replication import data, storage
 
 TRACE_FILE = "target.csv"
-TRACE_FIELDS = ["step", "examples", "epoch", "train_loss", "train_error", "train_seconds", "reached"]
+TRACE_FIELDS = ["step", "examples", "epoch", "train_loss", "train_error", "train_seconds", "reached", "eval_examples"]
 
 
 def trace_path(run_dir) -> Path:
@@ -104,9 +104,11 @@ def check_examples(summary: dict, path, fix: str) -> None:
     data.MEASUREMENT_SUBSET, seed 0's checks measured the examples its first epoch began with, so
     its steps to a target met in that epoch are biased low and not comparable with a run of today."""
     if summary.get("eval_examples") != data.MEASUREMENT_SUBSET:
-        raise storage.StorageError(
-            f"{path}: its target checks were measured on {summary.get('eval_examples') or 'the examples drawn before data.MEASUREMENT_SUBSET (which seed 0 trained on first)'}, "
-            f"not on {data.MEASUREMENT_SUBSET}'s, so its steps to target cannot be set beside a run made now: {fix}")
+        measured = summary.get("eval_examples") or ("the examples drawn before data.MEASUREMENT_SUBSET "
+                                                     "(which seed 0 trained on first)")
+        raise storage.StorageError(f"{path}: its target checks were measured on {measured}, not on "
+                                   f"{data.MEASUREMENT_SUBSET}'s, so its steps to target cannot be set beside a run "
+                                   f"made now: {fix}")
 
 
 def check_summary(summary, path) -> dict:
@@ -188,6 +190,19 @@ def read_trace(run_dir) -> list[dict]:
     return rows
 
 
+def read_resumed_trace(run_dir) -> list[dict]:
+    """The checks a run being resumed made so far ([] if none). A check made on other examples than
+    data.MEASUREMENT_SUBSET's (a run begun before it) would mix two eval sets in one trace, and its
+    summary would name only the new one: refused, one line naming the fix."""
+    path = trace_path(run_dir)
+    rows = storage.read_csv(path) if path.exists() else []
+    if any(row.get("eval_examples") != data.MEASUREMENT_SUBSET for row in rows):
+        raise storage.StorageError(f"{path}: its checks so far measured the examples drawn before "
+                                   f"data.MEASUREMENT_SUBSET, which a resumed run would mix with the new ones: delete "
+                                   f"{Path(run_dir)} and train it again")
+    return rows
+
+
 class Tracker:
     """The target checks of one run: its trace so far, and the callback that extends it."""
 
@@ -230,6 +245,7 @@ class Tracker:
         row = {"step": step, "examples": step * self.batch_size, "epoch": epoch, "train_loss": loss,
                "train_error": 100 * (1 - accuracy), "train_seconds": round(seconds, 3)}
         row["reached"] = int(meets(self.target, row))
+        row["eval_examples"] = data.MEASUREMENT_SUBSET  # read_resumed_trace: a resume keeps like rows only
         met_before = {m for m in self.target.milestones if first_meeting(self.rows, self.target.metric, m)}
         self.rows.append(row)
         for milestone in self.target.milestones:

@@ -248,6 +248,10 @@ def _prepare(config, spec, seed, path, log, arrays, warm_start=None, parallel=No
     if history:
         storage.load_weights(model, path / f"checkpoint-{len(history)}.weights.h5")
         print(f"[{path}] resuming after epoch {len(history)}", file=log)
+    if config.stopping == "target":
+        from replication import target
+
+        checks = target.read_resumed_trace(path)
     # A resumed run passed check_same_config, so only keys that do not change training (or ones its
     # first process predates) may differ: its config.yaml becomes the config it finishes under, which
     # metrics.json records, else the two disagree and the loader refuses the run as mixed. After its
@@ -258,11 +262,7 @@ def _prepare(config, spec, seed, path, log, arrays, warm_start=None, parallel=No
                   objective.Objective(model, x_test, y_test, config.eval_batch_size))
     tracker = None
     if config.stopping == "target":
-        from replication import target
-
-        trace = target.trace_path(path)
-        tracker = target.Tracker(config, model, x_train, y_train, batch_size, len(history),
-                                 storage.read_csv(trace) if trace.exists() else [])
+        tracker = target.Tracker(config, model, x_train, y_train, batch_size, len(history), checks)
     session = _Session(config, spec, seed, path, log, arrays, batch_size, resolved, model, x0_digest, env,
                        history, objectives, backend.training_data(x_train, y_train), time.time(), tracker,
                        warm_start=warm_start)

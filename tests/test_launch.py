@@ -218,7 +218,7 @@ def test_a_task_cancelled_by_slurm_is_reported_as_its_sigterm(tmp_path):
     environment = slurm_environment()
     launcher, log = start_killable_launch(tmp_path, environment)
     task = "_".join(log.name.split("_")[:2])  # 1_0_0_log.out: array 1, task 0
-    subprocess.run(["scancel", "--signal=KILL", task], env=environment, check=True)
+    subprocess.run(["scancel", task], env=environment, check=True)
     out, err = launcher.communicate(timeout=300)
     assert launcher.returncode == 1, out + err[-3000:]
     assert re.search(r"FAILED \S+/sb/seed0: `[^`]* train [^`]*` was killed by SIGTERM, status -15 \(Slurm's "

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from replication import objective, rundir, storage
+from replication.data import MEASUREMENT_SUBSET
 from replication.measure import noise
 
 pytestmark = pytest.mark.backend
@@ -237,10 +238,12 @@ def test_a_target_run_keeps_its_adam_state_and_the_training_definition_uses_it(t
         int(np.prod(v.shape)) for v in loaded.model.trainable_variables)
     assert np.all(state.v >= 0) and np.count_nonzero(state.v) > 0.9 * len(state.v)
 
-    # The default definition: settings exactly as before (committed files stay reusable), Adam's v from the batches.
+    # The default definition: settings as before, plus which examples (files made on the examples drawn
+    # before data.MEASUREMENT_SUBSET are measured again), Adam's v from the batches.
     old = noise.noise_scale(run, "final")
     assert set(old["settings"]) == {"point", "batch_size", "batches", "subset", "estimator", "seed",
-                                    "weights_digest", "backend", "passes"}
+                                    "weights_digest", "backend", "passes", "examples"}
+    assert old["settings"]["examples"] == MEASUREMENT_SUBSET
     assert old["definition"] == "evaluation" and old["adam"]["resolved"] and "adam_step" not in old["adam"]
     # The training definition is a new result (not the evaluation one reused), with B_adam from the state.
     new = noise.noise_scale(run, "final", definition="training")

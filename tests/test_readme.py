@@ -109,7 +109,8 @@ def test_a_partly_finished_folder_says_how_far_it_got(tmp_path):
     contract = readme.contract(root)
     quick = _row(contract, "quick")
     assert "**1 of 4 runs finished** (seed 0: 1 of 2, seed 1 not started)" in quick
-    assert "test SB 89.68" in quick and "no LB run yet" in quick and "`make quick`" in quick
+    sb = json.loads((ROOT / "results/quick/F1_fashion_mnist/sb/seed0/metrics.json").read_text())["test_accuracy"]
+    assert f"test SB {sb:.2f}" in quick and "no LB run yet" in quick and "`make quick`" in quick
     # A configured folder without results is a "not run yet" row; nothing was written into results/.
     assert "| not run yet |" in _row(contract, "paper")
     assert sorted(p.name for p in (root / "results" / "quick").rglob("*") if p.is_file()) == sorted(
@@ -127,7 +128,8 @@ def test_the_numbers_come_from_the_files(tmp_path):
     record["test_accuracy"] = 12.34
     metrics.write_text(json.dumps(record) + "\n")
     after = _row(readme.contract(root), "quick")
-    assert "LB 87.94" in before and "LB 12.34" in after and "LB 87.94" not in after
+    lb = f"LB {json.loads((ROOT / 'results/quick/F1_fashion_mnist/lb/seed0/metrics.json').read_text())['test_accuracy']:.2f}"
+    assert lb in before and "LB 12.34" in after and lb not in after
 
 
 def test_a_file_without_its_markers_is_one_clear_error(tmp_path):
@@ -266,9 +268,11 @@ def test_the_critical_batch_table_states_the_bracket_and_each_prediction(gpu_stu
     checks = {"b_simple": {"holds": True, "mean": 2600.0, "n": 3, "unresolved_seeds": []},
               "adam_b_simple": {"holds": False, "mean": 9e5, "n": 3, "unresolved_seeds": [1]}}
     pooled = dataclasses.replace(gpu_study, seeds=3, b_crit=2481.0, bootstrap=boot, checks=checks,
-                                 one_multiplier={"multiplier": 0.5, "excess": 0.04, "worst_batch": 500})
+                                 one_multiplier={"multiplier": 0.5, "excess": 0.04, "worst_batch": 500, "tied": False})
     row = readme.critical_batch_block([gpu_study, pooled]).splitlines()[2]
-    assert "| 3 | 32-5000 | 2481 (2000-3000; 1500-unbounded) | yes | 2600 (holds, n = 3) | " \
+    assert "| 3 | 32-5000 | 2481 (2000-3000; 1500 to no upper bound) | yes | 2600 (holds, n = 3) | " \
            "900000 (does not hold, n = 3; unresolved at seed 1) | 0.5x (4% at batch 500) |" in row
-    beyond = dataclasses.replace(pooled, b_crit=9000.0)
-    assert "| no: an extrapolation |" in readme.critical_batch_block([beyond]).splitlines()[2]
+    beyond = dataclasses.replace(pooled, b_crit=9000.0, bootstrap={**boot, "p2_5": None, "unbounded": {
+        "p2_5": "above", "p97_5": "above"}})
+    assert "| 9000 (2000-3000; no upper bound to no upper bound) | no: an extrapolation |" in \
+        readme.critical_batch_block([beyond]).splitlines()[2]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from replication import rundir, storage, train
+from replication import data, rundir, storage, train
 from replication import __main__ as cli_main
 from replication import config as config_lib
 from replication.measure import sharpness
@@ -274,6 +274,15 @@ def test_run_directory_results_cache_and_tables(finished_run, capsys):
     assert cli_main.main(["sharpness", str(run_dir), "--epsilon", "1e-3", "--space", "full"]) == 0
     assert "already computed" in capsys.readouterr().err
     assert {k: p.stat().st_mtime_ns for k, p in paths.items()} == stamps
+    # A result measured on the examples drawn before data.MEASUREMENT_SUBSET (no "examples" in its
+    # settings) is not reused: it is measured again, on today's examples.
+    assert storage.read_json(paths["full", 1e-3])["settings"]["examples"] == data.MEASUREMENT_SUBSET
+    old = storage.read_json(paths["full", 1e-3])
+    del old["settings"]["examples"]
+    storage.atomic_write_json(paths["full", 1e-3], old)
+    assert cli_main.main(["sharpness", str(run_dir), "--epsilon", "1e-3", "--space", "full"]) == 0
+    assert "already computed" not in capsys.readouterr().err
+    assert storage.read_json(paths["full", 1e-3])["settings"]["examples"] == data.MEASUREMENT_SUBSET
 
     # A run whose weights are NaN: the failure is recorded and counted, not averaged in.
     # (Seed 1 trained for real: a copy of seed 0's directory is refused by the loader as a run

@@ -132,3 +132,20 @@ def test_a_trace_may_end_in_the_check_that_saw_the_run_diverge(tmp_path):
     (tmp_path / target.TRACE_FILE).write_text(TRACE + "3,48,1,0.9,20,1,0\n6,96,1,nan,nan,2,0\n")
     assert [r["step"] for r in target.read_trace(tmp_path)] == ["3", "6"]
     assert target.read_trace(tmp_path / "absent") == []
+
+
+def test_a_resume_refuses_checks_made_on_the_examples_drawn_before(tmp_path):
+    """A trace begun before data.MEASUREMENT_SUBSET (its rows name no eval_examples) would mix two
+    eval sets in one run: its resume is refused in one line naming the fix; today's rows pass."""
+    from replication import data
+
+    rows = [{"step": 3, "examples": 48, "epoch": 1, "train_loss": 1.0, "train_error": 30.0, "train_seconds": 0.1,
+             "reached": 0}]
+    storage.atomic_write_csv(target.trace_path(tmp_path), rows)
+    with pytest.raises(storage.StorageError, match=r"target\.csv: its checks so far measured the examples drawn "
+                                                   r"before data\.MEASUREMENT_SUBSET.*: delete .* and train it again"):
+        target.read_resumed_trace(tmp_path)
+    storage.atomic_write_csv(target.trace_path(tmp_path), [{**rows[0], "eval_examples": data.MEASUREMENT_SUBSET}],
+                             target.TRACE_FIELDS)
+    assert [int(r["step"]) for r in target.read_resumed_trace(tmp_path)] == [3]
+    assert target.read_resumed_trace(tmp_path / "none") == []

@@ -273,13 +273,17 @@ def one_multiplier(points: list[Point], value: float, seeds) -> dict | None:
     """The one multiple of the scaling rule that did best at every batch at once (issue 25 item 3:
     the rule the data support): among the multipliers every seed ran at every batch where some
     rate met `value`, the one whose largest excess of steps over that batch's fewest (the seeds'
-    means) is smallest. {"multiplier", "excess" (0.04: 4% more steps), "worst_batch", "batches"};
-    None where no multiplier ran at every such batch or none met the target at all of them."""
-    table = {}
+    means) is smallest. {"multiplier", "excess" (0.04: 4% more steps), "worst_batch", "batches",
+    "tied": its excess is within one check interval at every batch (steps are known to no better,
+    so it tied with the fewest everywhere)}; None where no multiplier ran at every such batch or
+    none met the target at all of them."""
+    table, resolution = {}, {}
     for batch in sorted({p.batch_size for p in points}):
-        steps = {m: r["steps"] for m, r in pooled([p for p in points if p.batch_size == batch], value, seeds).items()}
+        mine = [p for p in points if p.batch_size == batch]
+        steps = {m: r["steps"] for m, r in pooled(mine, value, seeds).items()}
         if any(v is not None for v in steps.values()):
             table[batch] = steps
+            resolution[batch] = next((p.check_every for p in mine if p.check_every), 0)
     if len(table) < 2:
         return None
     excess = {}
@@ -292,7 +296,8 @@ def one_multiplier(points: list[Point], value: float, seeds) -> dict | None:
     if not finite:
         return None
     m = min(finite, key=lambda k: (finite[k][0], abs(math.log(k))))  # a tie goes to the rule itself's side
-    return {"multiplier": m, "excess": finite[m][0], "worst_batch": finite[m][1], "batches": sorted(table)}
+    tied = all(steps[m] - min(v for v in steps.values() if v is not None) <= resolution[b] for b, steps in table.items())
+    return {"multiplier": m, "excess": finite[m][0], "worst_batch": finite[m][1], "batches": sorted(table), "tied": tied}
 
 
 def bootstrap_seeds_and_batches(points: list[Point], value: float, seeds, resamples: int, seed: int = 0) -> dict:
@@ -337,8 +342,9 @@ Z = 1.96            # a 95% normal interval of the seeds' mean prediction
 def prediction_check(rows: list[dict], key: str, bootstrap: dict | None, b_crit: float | None) -> dict | None:
     """Whether the noise scale `key` measured where each seed's reference run met the target (`rows`)
     predicts the measured B_crit (docs/noise-scale.md, "Where, and what is predicted"): the seeds'
-    mean, its interval mean +- 1.96 SE (SE the larger of the jackknife standard errors combined and
-    the seeds' spread; with 2-3 seeds a normal interval, not a t one: labelled so), the ratio to
+    mean, its interval mean +- 1.96 SE (SE the larger of the jackknife standard errors combined, a
+    missing one counted 0, and the seeds' spread; with 2-3 seeds a normal interval, not a t one:
+    labelled so), the ratio to
     B_crit, and `holds`: the measured 2.5-97.5% bootstrap interval contains a value within
     HOLDS_FACTOR of the prediction (the docs' rule, on the prediction itself). An interval side
     unbounded towards 0 or infinity reaches there; where the whole interval lies beyond the
@@ -352,12 +358,14 @@ def prediction_check(rows: list[dict], key: str, bootstrap: dict | None, b_crit:
     spread = float(np.std(values, ddof=1)) / math.sqrt(n) if n > 1 else 0.0
     se = max(math.sqrt(sum(e * e for e in errors)) / n, spread)
     low, high = max(mean - Z * se, 0.0), mean + Z * se
-    # The ratio is of the two point estimates only: an interval of it would need both uncertainties
-    # jointly, and `holds` compares the two intervals themselves.
-    # A seed whose estimate's standard error is at least the estimate has not resolved it (the
-    # estimator's |G|^2 near 0): the rule still decides on the mean, and the words say which seeds.
+    # The ratio is of the two point estimates only (an interval of it would need both uncertainties
+    # jointly); `holds` compares the prediction itself with the measured interval.
+    # A seed whose estimate's standard error is at least the estimate, or has none (the jackknife
+    # gives none where a leave-one-out |G|^2 is <= 0), has not resolved it: the rule still decides
+    # on the mean, and the words say which seeds.
     out = {"n": n, "mean": mean, "se": se, "low": low, "high": high, "ratio": mean / b_crit,
-           "unresolved_seeds": [r["seed"] for r in rows if r[key] is not None and (r[key + "_se"] or 0.0) >= r[key]],
+           "unresolved_seeds": [r["seed"] for r in rows if r[key] is not None
+                                and (r[key + "_se"] is None or r[key + "_se"] >= r[key])],
            "measured_low": None, "measured_high": None, "holds": None}
     unbounded = (bootstrap or {}).get("unbounded", {})
     if not bootstrap or not bootstrap.get("resamples") or unbounded.get("p2_5") == "above" \
@@ -907,7 +915,9 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
         lines.append(f"- One multiple of the rule for every batch: {one['multiplier']:g}x the {config.batch_size_study.lr_scaling}"
                      "-rule value " + ("took the fewest steps at every batch" if one["excess"] == 0 else
                                        f"took at most {one['excess']:.0%} more steps than the fewest any rate took (at batch "
-                                       f"{one['worst_batch']})")
+                                       f"{one['worst_batch']}" + ("; within one check interval of the fewest at every "
+                                                                  "batch, so tied with the best everywhere)" if one["tied"]
+                                                                  else ")"))
                      + f", over the {len(one['batches'])} batches {one['batches'][0]}-{one['batches'][-1]} where a "
                      f"rate met the target ({alone}; no multiple did better in the worst case).")
     lines += _compare_plain(study["compare_gaps"], _sharpness_key(study["compare"]), alone,

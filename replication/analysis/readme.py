@@ -233,8 +233,9 @@ def studies(root: Path, profile: Profile) -> list[Study]:
                 holds = get(*where, "prediction", "check", key, "holds", kind=bool, none=True)
                 checks[key] = {"holds": holds, "mean": get(*where, "prediction", "check", key, "mean"),
                                "n": get(*where, "prediction", "check", key, "n", kind=int),
-                               "unresolved_seeds": get(*where, "prediction", "check", key, "unresolved_seeds",
-                                                       kind=list)}
+                               "unresolved_seeds": [get(*where, "prediction", "check", key, "unresolved_seeds", i, kind=int)
+                                                    for i in range(len(get(*where, "prediction", "check", key,
+                                                                           "unresolved_seeds", kind=list)))]}
         noise = [{"point": get(*where, "noise", i, "point", kind=str),
                   "at_target": get(*where, "noise", i, "at_target", kind=bool),
                   "step": get(*where, "noise", i, "step", kind=int),
@@ -253,7 +254,11 @@ def studies(root: Path, profile: Profile) -> list[Study]:
         if get(*where, "one_multiplier", kind=dict, none=True) is not None:
             one = {"multiplier": get(*where, "one_multiplier", "multiplier"),
                    "excess": get(*where, "one_multiplier", "excess"),
-                   "worst_batch": get(*where, "one_multiplier", "worst_batch", kind=int)}
+                   "worst_batch": get(*where, "one_multiplier", "worst_batch", kind=int),
+                   "tied": get(*where, "one_multiplier", "tied", kind=bool)}
+            if not one["multiplier"] > 0:
+                raise results.ResultsError(f"{path}: 'one_multiplier.multiplier' is {one['multiplier']!r}, not a "
+                                           f"number > 0: rebuild it with `python -m replication report {path.parent}`")
         gaps = []
         for i, gap in enumerate(_optional_list(get, record, where, "compare_gaps")):
             ratio = results.sharpness_column("phi", *MAIN_SHARPNESS) + "_ratio"
@@ -588,11 +593,10 @@ def bootstrap_interval(boot: dict | None) -> str:
 
 
 def _interval95(boot: dict | None) -> str:
-    if not boot:
-        return "-"
-    low = "0" if "p2_5" in boot["unbounded"] else sig(boot["p2_5"])
-    high = "unbounded" if "p97_5" in boot["unbounded"] else sig(boot["p97_5"])
-    return f"{low}-{high}"
+    """The bootstrap's 2.5-97.5% interval, a side among unresolved resamples in bootstrap_interval's words."""
+    return bootstrap_interval({"p16": boot["p2_5"], "p84": boot["p97_5"],
+                               "unbounded": {{"p2_5": "p16", "p97_5": "p84"}[k]: side for k, side in boot["unbounded"].items()
+                                             if k in ("p2_5", "p97_5")}}) if boot else "-"
 
 
 def critical_batch_block(found: list[Study], prefix: str = "../") -> str:
@@ -625,7 +629,8 @@ def critical_batch_block(found: list[Study], prefix: str = "../") -> str:
             shaky = f"; unresolved at seed {', '.join(map(str, c['unresolved_seeds']))}" if c["unresolved_seeds"] else ""
             return f"{sig(c['mean'])} ({verdict}, n = {c['n']}{shaky})"
         one = (f"{sig(s.one_multiplier['multiplier'])}x ({s.one_multiplier['excess']:.0%} at batch "
-               f"{s.one_multiplier['worst_batch']})" if s.one_multiplier else "-")
+               f"{s.one_multiplier['worst_batch']}{'; within a check interval everywhere' if s.one_multiplier['tied'] else ''})"
+               if s.one_multiplier else "-")
         timed = sorted((r for r in s.rows if _finite(r["seconds_to_target"])), key=lambda r: r["seconds_to_target"])
         fastest = f"{timed[0]['batch_size']} ({sig(timed[0]['seconds_to_target'])} s)" if timed else "-"
         lines.append(f"| {_link(prefix, s.folder / 'REPORT.md', s.label)} | {s.target} | {s.seeds} | "
@@ -732,7 +737,7 @@ def batch_size_block(found: list[Study], prefix: str = "../") -> str:
         f"{sig(r['best_multiplier'])}x" for r in s.rows if r["best_multiplier"] is not None))
     add("one multiple of the rule for every batch (most extra steps over the fewest)", lambda s: "-" if s.one_multiplier
         is None else f"{sig(s.one_multiplier['multiplier'])}x ({s.one_multiplier['excess']:.0%} at batch "
-        f"{s.one_multiplier['worst_batch']})")
+        f"{s.one_multiplier['worst_batch']}{'; within a check interval everywhere' if s.one_multiplier['tied'] else ''})")
     add("test accuracy at the target, over the batches", lambda s: "-" if not any(
         _finite(r["test_accuracy"]) for r in s.rows) else "{:.2f}-{:.2f}%".format(
         min(r["test_accuracy"] for r in s.rows if _finite(r["test_accuracy"])),

@@ -55,7 +55,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from replication import backend, models, storage
+from replication import backend, data, models, storage
 from replication import config as config_lib
 from replication.measure import filter_landscape, reparametrize, sharpness
 
@@ -241,7 +241,7 @@ class _Context:
         config = self.run.config
         return {**specific, "subset": config.sharpness.subset, "eval_batch_size": config.eval_batch_size,
                 "batchnorm": config.batchnorm, "backend": backend.name(), "passes": backend.PASSES,
-                "weights_digest": self.digest}
+                "weights_digest": self.digest, **data.measured_examples(config.sharpness.subset)}
 
     def record(self, name: str, settings: dict, compute, force: bool, summary) -> dict:
         """The result `name`: reused if its settings match, else computed and written atomically;

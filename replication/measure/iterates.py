@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from replication import backend, rundir, storage
+from replication import backend, data, rundir, storage
 
 
 class IteratesError(rundir.RunError):
@@ -100,7 +100,8 @@ def _xent(run, epoch: int, digest: str, objective, force: bool, log) -> Path:
     """f and the accuracy at the iterate in `run.model`, on the sharpness examples."""
     cfg = run.config
     settings = {"subset": cfg.sharpness.subset, "eval_batch_size": cfg.eval_batch_size,
-                "backend": backend.name(), "passes": backend.PASSES, "weights_digest": digest}
+                "backend": backend.name(), "passes": backend.PASSES, "weights_digest": digest,
+                **data.measured_examples(cfg.sharpness.subset)}
     path = xent_path(run.path, epoch)
     with storage.locked(path.with_suffix(".lock")):
         if storage.reusable(path, settings, force, log) is not None:

@@ -138,7 +138,7 @@ def settings(config, sb, lb, path: str, num_train: int, num_test: int) -> dict:
         "train_examples": num_train, "test_examples": num_test,
         "sb_final_sha256": storage.sha256_file(sb.path / "final.weights.h5"),
         "lb_final_sha256": storage.sha256_file(lb.path / "final.weights.h5"),
-        "backend": backend.name(), "passes": backend.PASSES,
+        "backend": backend.name(), "passes": backend.PASSES, **data.measured_examples(config.landscape.subset),
     }
 
 

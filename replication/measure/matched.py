@@ -40,7 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-from replication import rundir, storage, train
+from replication import data, rundir, storage, train
 
 LEVELS = (0.1, 0.03, 0.01, 0.003, 0.001)
 MATCH_FACTOR = 1.5
@@ -150,7 +150,7 @@ def measure_lambda_max(run, epochs, force: bool = False, log=None) -> list[Path]
                     "iterations": cfg.hessian.iterations, "tol": cfg.hessian.tol, "seed": cfg.hessian.seed,
                     "draw": 0, "subset": cfg.sharpness.subset, "eval_batch_size": cfg.eval_batch_size,
                     "batchnorm": cfg.batchnorm, "backend": backend.name(), "passes": backend.PASSES,
-                    "weights_digest": digest}
+                    "weights_digest": digest, **data.measured_examples(cfg.sharpness.subset)}
         path = lambda_path(run.path, epoch)
         with storage.locked(path.with_suffix(".lock")):
             if storage.reusable(path, settings, force, log) is None:

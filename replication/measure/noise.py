@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from replication import backend, storage
+from replication import backend, data, storage
 from replication import config as config_lib
 
 REFERENCE = "McCandlish et al. (2018), An Empirical Model of Large-Batch Training, eq. 2.8"
@@ -216,7 +216,7 @@ def noise_scale(run_dir, point: str = "final", force: bool = False, log=None, de
     settings = {"point": point, "batch_size": config.sb_batch_size, "batches": config.sweep.noise_batches,
                 "subset": config.sharpness.subset, "estimator": "mini-batch moments, jackknife SE",
                 "seed": config.sharpness.seed, "weights_digest": storage.weights_digest(run.model.get_weights()),
-                "backend": backend.name(), "passes": backend.PASSES}
+                "backend": backend.name(), "passes": backend.PASSES, **data.measured_examples(config.sharpness.subset)}
     state_path = (weights.with_name(weights.name.removesuffix(".weights.h5") + ".adam.npz") if milestone
                   else train.adam_state_path(run.path))
     has_state = definition == "training" and point != "initial" and not epoch and state_path.is_file()

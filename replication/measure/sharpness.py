@@ -45,7 +45,7 @@ import numpy as np
 
 from keras import ops
 
-from replication import backend, progress, storage
+from replication import backend, data, progress, storage
 from replication import config as config_lib
 
 BLOCK_ROWS = 1 << 17            # rows of A generated together; part of A's definition, recorded
@@ -404,6 +404,7 @@ def _measure_run(run, epsilon: float, space: str, p: int, digest: str, objective
         "block_rows": BLOCK_ROWS if space == "random" else None,
         "a_distribution": A_DISTRIBUTION if space == "random" else None,
         "backend": backend.name(), "passes": backend.PASSES, "weights_digest": digest,
+        **data.measured_examples(cfg.subset),
     }
     with storage.locked(path.with_suffix(".lock")):
         if (previous := storage.reusable(path, settings, force, log)) is not None:
@@ -459,7 +460,7 @@ def benchmark(run_dir_or_model, epsilon: float = 1e-3, space: str = "full", dim:
     - setup_seconds: A (random space) and A+ x, made once per measurement, not part of the solve.
     Also: space, epsilon, iterations, n, p, examples, phi, failed, device.
     """
-    from replication import data, objective as objective_lib, rundir
+    from replication import objective as objective_lib, rundir
 
     if isinstance(run_dir_or_model, (str, Path)):
         run = rundir.load_run(run_dir_or_model)
