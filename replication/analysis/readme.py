@@ -599,6 +599,15 @@ def _interval95(boot: dict | None) -> str:
                                              if k in ("p2_5", "p97_5")}}) if boot else "-"
 
 
+def _one_rule(study: Study) -> str:
+    """batchsize_report.one_multiplier in a cell: the multiple, its worst excess and batch, and a tie."""
+    one = study.one_multiplier
+    if one is None:
+        return "-"
+    tied = "; within a check interval everywhere" if one["tied"] else ""
+    return f"{sig(one['multiplier'])}x ({one['excess']:.0%} at batch {one['worst_batch']}{tied})"
+
+
 def critical_batch_block(found: list[Study], prefix: str = "../") -> str:
     """The studies pooled over several seeds (issue 25), one row per workload and target: B_crit with
     its intervals over seeds and batch sizes, whether measured batches bracket it, whether each noise
@@ -628,9 +637,7 @@ def critical_batch_block(found: list[Study], prefix: str = "../") -> str:
             verdict = {True: "holds", False: "does not hold", None: "not decided"}[c["holds"]]
             shaky = f"; unresolved at seed {', '.join(map(str, c['unresolved_seeds']))}" if c["unresolved_seeds"] else ""
             return f"{sig(c['mean'])} ({verdict}, n = {c['n']}{shaky})"
-        one = (f"{sig(s.one_multiplier['multiplier'])}x ({s.one_multiplier['excess']:.0%} at batch "
-               f"{s.one_multiplier['worst_batch']}{'; within a check interval everywhere' if s.one_multiplier['tied'] else ''})"
-               if s.one_multiplier else "-")
+        one = _one_rule(s)
         timed = sorted((r for r in s.rows if _finite(r["seconds_to_target"])), key=lambda r: r["seconds_to_target"])
         fastest = f"{timed[0]['batch_size']} ({sig(timed[0]['seconds_to_target'])} s)" if timed else "-"
         lines.append(f"| {_link(prefix, s.folder / 'REPORT.md', s.label)} | {s.target} | {s.seeds} | "
@@ -735,9 +742,7 @@ def batch_size_block(found: list[Study], prefix: str = "../") -> str:
         f"{sig((_noise_at(s, lambda r: r['at_target']) or {}).get(k))}" for k in ("b_simple", "adam_b_simple")))
     add("best rate / the square-root rule, per batch", lambda s: ", ".join(
         f"{sig(r['best_multiplier'])}x" for r in s.rows if r["best_multiplier"] is not None))
-    add("one multiple of the rule for every batch (most extra steps over the fewest)", lambda s: "-" if s.one_multiplier
-        is None else f"{sig(s.one_multiplier['multiplier'])}x ({s.one_multiplier['excess']:.0%} at batch "
-        f"{s.one_multiplier['worst_batch']}{'; within a check interval everywhere' if s.one_multiplier['tied'] else ''})")
+    add("one multiple of the rule for every batch (most extra steps over the fewest)", _one_rule)
     add("test accuracy at the target, over the batches", lambda s: "-" if not any(
         _finite(r["test_accuracy"]) for r in s.rows) else "{:.2f}-{:.2f}%".format(
         min(r["test_accuracy"] for r in s.rows if _finite(r["test_accuracy"])),
