@@ -11,7 +11,7 @@ import pytest
 from replication import data, regimes, rundir, storage, target, train
 from replication import config as config_lib
 from replication.experiments import batchsize
-from replication.analysis import batchsize_report
+from replication.analysis import batchsize_report, critical_batch
 
 from conftest import cli, one_error_line
 
@@ -145,23 +145,23 @@ def test_the_study_trains_the_grid_and_its_extension(tiny_config, monkeypatch):
 def test_the_fit_recovers_s_min_and_b_crit_from_exact_data():
     batches = np.array([32, 100, 316, 1000, 3162])
     steps = 250 * (1 + 600 / batches)
-    fit = batchsize_report.fit_critical_batch(batches, steps)
+    fit = critical_batch.fit_critical_batch(batches, steps)
     assert fit["s_min"] == pytest.approx(250, rel=1e-9) and fit["b_crit"] == pytest.approx(600, rel=1e-9)
     assert fit["e_min"] == pytest.approx(250 * 600, rel=1e-9)
-    boot = batchsize_report.bootstrap_critical_batch(batches, steps, 200)
+    boot = critical_batch.bootstrap_critical_batch(batches, steps, 200)
     assert boot["median"] == pytest.approx(600, rel=1e-6) and boot["unresolved"] == 0
     # Steps falling at least as fast as 1/B everywhere: no positive S_min, so no critical batch.
-    assert batchsize_report.fit_critical_batch(batches, 1e5 / batches - 5)["b_crit"] is None
+    assert critical_batch.fit_critical_batch(batches, 1e5 / batches - 5)["b_crit"] is None
     # Steps exactly proportional to 1/B (C2's CPU smoke run: 4 steps at 16, 2 at 32) fit S_min = 0
     # up to round-off, which must not read as a critical batch of 1e16.
-    assert batchsize_report.fit_critical_batch([16, 32], [4, 2])["b_crit"] is None
-    assert batchsize_report.fit_critical_batch(batches, 64 * 100 / batches)["b_crit"] is None
+    assert critical_batch.fit_critical_batch([16, 32], [4, 2])["b_crit"] is None
+    assert critical_batch.fit_critical_batch(batches, 64 * 100 / batches)["b_crit"] is None
     # The report names the reason: steps falling as 1/B, or steps not falling at all.
-    assert "as fast as 1/B" in batchsize_report.unresolved_reason(batchsize_report.fit_critical_batch([16, 32], [4, 2]))
-    rising = batchsize_report.fit_critical_batch([16, 32, 64], [10, 12, 14])
+    assert "as fast as 1/B" in batchsize_report.unresolved_reason(critical_batch.fit_critical_batch([16, 32], [4, 2]))
+    rising = critical_batch.fit_critical_batch([16, 32, 64], [10, 12, 14])
     assert rising["b_crit"] is None and "do not fall" in batchsize_report.unresolved_reason(rising)
     with pytest.raises(ValueError):
-        batchsize_report.fit_critical_batch([32, 32], [10, 10])
+        critical_batch.fit_critical_batch([32, 32], [10, 10])
 
 
 def test_seconds_per_step_leaves_the_first_interval_out():
@@ -549,29 +549,29 @@ def test_a_prediction_holds_within_a_factor_of_two_of_the_measured_interval():
     and one lying wholly beyond the batches measured (or no bootstrap) decides nothing."""
     rows = [{"b": 1200.0, "b_se": 50.0}, {"b": 1400.0, "b_se": 50.0}]
     boot = {"resamples": 1000, "p2_5": 2500.0, "p97_5": 4000.0, "unbounded": {}}
-    check = batchsize_report.prediction_check(rows, "b", boot, 3000.0)
+    check = critical_batch.prediction_check(rows, "b", boot, 3000.0)
     # Seeds' spread (std 141 / sqrt 2 = 100) beats the combined jackknife errors (35).
     assert check["mean"] == pytest.approx(1300) and check["se"] == pytest.approx(100)
     assert check["holds"] and check["ratio"] == pytest.approx(1300 / 3000)   # 1300 x 2 >= 2500
     # The rule is on the prediction, not its interval: 2200 < 2500 fails though 1296 x 2 would pass.
     low = [{"b": 1000.0, "b_se": 50.0}, {"b": 1200.0, "b_se": 50.0}]
-    assert batchsize_report.prediction_check(low, "b", boot, 3000.0)["holds"] is False
+    assert critical_batch.prediction_check(low, "b", boot, 3000.0)["holds"] is False
     # Unbounded above at the 97.5% point: a prediction far above holds, one far below does not.
     high = {"resamples": 1000, "p2_5": 5000.0, "p97_5": None, "unbounded": {"p97_5": "above"}}
-    assert batchsize_report.prediction_check([{"b": 9e4, "b_se": 1.0}], "b", high, 6000.0)["holds"] is True
-    assert batchsize_report.prediction_check(rows, "b", high, 6000.0)["holds"] is False
+    assert critical_batch.prediction_check([{"b": 9e4, "b_se": 1.0}], "b", high, 6000.0)["holds"] is True
+    assert critical_batch.prediction_check(rows, "b", high, 6000.0)["holds"] is False
     # Wholly beyond the batches measured, or no bootstrap: not decided (it was "holds" for anything).
     beyond = {"resamples": 1000, "p2_5": None, "p97_5": None, "unbounded": {"p2_5": "above", "p97_5": "above"}}
-    assert batchsize_report.prediction_check(rows, "b", beyond, 100.0)["holds"] is None
-    assert batchsize_report.prediction_check(rows, "b", {**boot, "resamples": 0, "p2_5": None}, 3000.0)["holds"] is None
-    assert batchsize_report.prediction_check(rows, "b", boot, None) is None
-    assert batchsize_report.prediction_check([{"b": None, "b_se": None}], "b", boot, 3000.0) is None
+    assert critical_batch.prediction_check(rows, "b", beyond, 100.0)["holds"] is None
+    assert critical_batch.prediction_check(rows, "b", {**boot, "resamples": 0, "p2_5": None}, 3000.0)["holds"] is None
+    assert critical_batch.prediction_check(rows, "b", boot, None) is None
+    assert critical_batch.prediction_check([{"b": None, "b_se": None}], "b", boot, 3000.0) is None
     # A seed whose estimate's standard error is at least the estimate: named, the rule unchanged.
     shaky = [{"seed": 0, "b": 2000.0, "b_se": 50.0}, {"seed": 1, "b": 9e5, "b_se": 1.3e6}]
-    check = batchsize_report.prediction_check(shaky, "b", boot, 3000.0)
+    check = critical_batch.prediction_check(shaky, "b", boot, 3000.0)
     assert check["unresolved_seeds"] == [1] and check["holds"] is False
     assert "unresolved at seed 1" in batchsize_report._holds_words("plain", check)
-    assert "unresolved" not in batchsize_report._holds_words("plain", batchsize_report.prediction_check(rows, "b", boot, 3000.0))
+    assert "unresolved" not in batchsize_report._holds_words("plain", critical_batch.prediction_check(rows, "b", boot, 3000.0))
 
 
 def test_of_two_tied_rates_equally_central_the_faster_is_best():

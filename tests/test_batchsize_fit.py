@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st
 from scipy import optimize
 
 from replication.analysis import batchsize_report as report
+from replication.analysis import critical_batch
 
 BATCHES = np.array([16, 32, 64, 128, 256, 512, 1024, 2048], float)
 # Multiplicative noise of a few percent, fixed so the test is exact: steps to a target scatter
@@ -21,7 +22,7 @@ def test_the_fit_minimises_relative_residuals_on_noisy_points():
     """The only earlier test fitted exact data, which every weighting fits: here noisy points,
     against scipy's minimiser of the sum of squared relative residuals (S - fit) / S."""
     steps = 300 * (1 + 700 / BATCHES) * NOISE
-    fit = report.fit_critical_batch(BATCHES, steps)
+    fit = critical_batch.fit_critical_batch(BATCHES, steps)
     expected = optimize.least_squares(lambda p: (steps - p[0] - p[1] / BATCHES) / steps, [100.0, 1e5],
                                       xtol=1e-14, ftol=1e-14, gtol=1e-14).x
     assert fit["s_min"] == pytest.approx(expected[0], rel=1e-6)
@@ -38,17 +39,17 @@ def test_the_fit_minimises_relative_residuals_on_noisy_points():
 def test_a_flat_pair_and_steps_as_1_over_b_resolve_no_critical_batch():
     """Issue 24, example 1: two batches needing the same steps fitted a slope of 8.6e-15, reported
     as B_crit = 2.14e-15."""
-    flat = report.fit_critical_batch([16, 32], [10, 10])
+    flat = critical_batch.fit_critical_batch([16, 32], [10, 10])
     assert flat["b_crit"] is None and flat["s_min"] is None and flat["unresolved"] == "below"
     assert "do not fall" in report.unresolved_reason(flat)
-    proportional = report.fit_critical_batch([16, 32], [4, 2])
+    proportional = critical_batch.fit_critical_batch([16, 32], [4, 2])
     assert proportional["b_crit"] is None and proportional["unresolved"] == "above"
     assert "as fast as 1/B" in report.unresolved_reason(proportional)
     # Just above round-off on both terms: a real, if tiny, critical batch.
-    tiny = report.fit_critical_batch([16, 32, 64], 1000 * (1 + 1e-3 / np.array([16, 32, 64])))
+    tiny = critical_batch.fit_critical_batch([16, 32, 64], 1000 * (1 + 1e-3 / np.array([16, 32, 64])))
     assert tiny["b_crit"] == pytest.approx(1e-3, rel=1e-4)
     with pytest.raises(ValueError, match="positive, finite"):
-        report.fit_critical_batch([16, 32], [10, float("nan")])
+        critical_batch.fit_critical_batch([16, 32], [10, float("nan")])
 
 
 def test_unresolved_resamples_bound_nothing():
@@ -56,13 +57,13 @@ def test_unresolved_resamples_bound_nothing():
     side, so a bound that falls among such resamples is reported as unbounded there."""
     # Steps flat over the three smallest batches: a resample without batch 800 (about a third) has
     # a round-off slope, B_crit below its smallest batch.
-    boot = report.bootstrap_critical_batch([100, 200, 400, 800], [50, 50, 50, 30], 400)
+    boot = critical_batch.bootstrap_critical_batch([100, 200, 400, 800], [50, 50, 50, 30], 400)
     assert boot["resolved"] + boot["unresolved_below"] + boot["unresolved_above"] == boot["resamples"]
     assert boot["unresolved_above"] == 0 and 0.2 < boot["unresolved_below"] / boot["resamples"] < 0.45
     assert boot["p2_5"] is None and boot["p16"] is None and boot["unbounded"] == {"p2_5": "below", "p16": "below"}
     assert boot["median"] > 10 and boot["p84"] >= boot["median"]  # resolved values, not round-off (1e-15)
     # Steps exactly as 1/B over the smallest three: those resamples put B_crit beyond their largest.
-    boot = report.bootstrap_critical_batch([100, 200, 400, 800], [80, 40, 20, 15], 400)
+    boot = critical_batch.bootstrap_critical_batch([100, 200, 400, 800], [80, 40, 20, 15], 400)
     assert boot["unresolved_below"] == 0 and boot["unresolved_above"] / boot["resamples"] > 0.2
     assert boot["p97_5"] is None and boot["p84"] is None and boot["unbounded"] == {"p84": "above", "p97_5": "above"}
     assert boot["p2_5"] is not None and 0 < boot["p2_5"] <= boot["p16"] <= boot["median"]
@@ -75,14 +76,14 @@ def test_unresolved_resamples_bound_nothing():
 def test_percentiles_match_numpy_where_every_resample_resolves():
     batches = np.array([32, 100, 316, 1000, 3162])
     steps = 250 * (1 + 600 / batches) * np.array([1.03, 0.98, 1.02, 0.97, 1.01])
-    boot = report.bootstrap_critical_batch(batches, steps, 300)
+    boot = critical_batch.bootstrap_critical_batch(batches, steps, 300)
     assert boot["resolved"] == boot["resamples"] and boot["unbounded"] == {}
     values = []
     rng = np.random.default_rng(0)
     for _ in range(300):
         pick = rng.integers(0, 5, 5)
         if len(set(pick)) >= 2:
-            values.append(report.fit_critical_batch(batches[pick], steps[pick])["b_crit"])
+            values.append(critical_batch.fit_critical_batch(batches[pick], steps[pick])["b_crit"])
     np.testing.assert_allclose([boot[k] for k in ("median", "p16", "p84", "p2_5", "p97_5")],
                                np.percentile(values, [50, 16, 84, 2.5, 97.5]), rtol=1e-12)
 
@@ -96,7 +97,7 @@ positive = st.floats(1.0, 1e4)
 @given(batch_sets, positive, st.floats(1.0, 1e5))
 def test_exact_points_give_back_their_s_min_and_b_crit(batches, s_min, b_crit):
     b = np.array(batches, float)
-    fit = report.fit_critical_batch(b, s_min * (1 + b_crit / b))
+    fit = critical_batch.fit_critical_batch(b, s_min * (1 + b_crit / b))
     assert fit["unresolved"] is None
     assert fit["s_min"] == pytest.approx(s_min, rel=1e-6) and fit["b_crit"] == pytest.approx(b_crit, rel=1e-6)
 
@@ -107,10 +108,10 @@ def test_exact_points_give_back_their_s_min_and_b_crit(batches, s_min, b_crit):
 def test_the_fit_scales_with_its_units_and_ignores_order(batches, s_min, b_crit, noise, step_unit, batch_unit):
     b = np.array(batches, float)
     steps = s_min * (1 + b_crit / b) * np.array(noise[:len(b)])
-    fit = report.fit_critical_batch(b, steps)
-    scaled = report.fit_critical_batch(b * batch_unit, steps * step_unit)
+    fit = critical_batch.fit_critical_batch(b, steps)
+    scaled = critical_batch.fit_critical_batch(b * batch_unit, steps * step_unit)
     order = np.arange(len(b))[::-1]
-    reversed_fit = report.fit_critical_batch(b[order], steps[order])
+    reversed_fit = critical_batch.fit_critical_batch(b[order], steps[order])
     assert scaled["unresolved"] == fit["unresolved"] == reversed_fit["unresolved"]
     if fit["unresolved"] is None:
         assert fit["s_min"] > 0 and 0 < fit["b_crit"] < math.inf
@@ -125,15 +126,15 @@ def test_the_fit_scales_with_its_units_and_ignores_order(batches, s_min, b_crit,
 @given(batch_sets, positive)
 def test_flat_steps_and_steps_as_1_over_b_are_never_a_critical_batch(batches, steps):
     b = np.array(batches, float)
-    assert report.fit_critical_batch(b, np.full_like(b, steps))["unresolved"] == "below"
-    assert report.fit_critical_batch(b, steps * 1000 / b)["unresolved"] == "above"
+    assert critical_batch.fit_critical_batch(b, np.full_like(b, steps))["unresolved"] == "below"
+    assert critical_batch.fit_critical_batch(b, steps * 1000 / b)["unresolved"] == "above"
 
 
 @settings(max_examples=60, deadline=None)
 @given(batch_sets, st.lists(st.floats(1.0, 1e4), min_size=7, max_size=7), st.integers(0, 2 ** 16))
 def test_the_bootstrap_counts_every_resample_and_orders_its_bounds(batches, steps, seed):
     b = np.array(batches, float)
-    boot = report.bootstrap_critical_batch(b, np.array(steps[:len(b)]), 50, seed)
+    boot = critical_batch.bootstrap_critical_batch(b, np.array(steps[:len(b)]), 50, seed)
     assert boot["resolved"] + boot["unresolved_below"] + boot["unresolved_above"] == boot["resamples"] <= 50
     order = ["p2_5", "p16", "median", "p84", "p97_5"]
     sides = [boot["unbounded"].get(k) for k in order]
@@ -143,8 +144,8 @@ def test_the_bootstrap_counts_every_resample_and_orders_its_bounds(batches, step
     assert all(v is not None and v > 0 for v in values) and values == sorted(values)
 
 
-def _point(seed: int, batch: int, steps: int | None, multiplier: float = 1.0) -> report.Point:
-    return report.Point(path=None, network="F1", dataset="d", seed=seed, batch_size=batch, multiplier=multiplier,
+def _point(seed: int, batch: int, steps: int | None, multiplier: float = 1.0) -> critical_batch.Point:
+    return critical_batch.Point(path=None, network="F1", dataset="d", seed=seed, batch_size=batch, multiplier=multiplier,
                         learning_rate=1e-3, reached=steps is not None, steps=steps, examples=steps and steps * batch, steps_run=steps or 99,
                         seconds_per_step=None, check_every=None, train_seconds=1.0, test_accuracy=0.9,
                         diverged=False, trace=(), targets=((0.1, steps),))
@@ -158,7 +159,7 @@ def test_the_seed_bootstrap_draws_each_seed_for_every_batch_at_once():
     s_min, b_crit = 400.0, 1000.0
     points = [_point(seed, int(b), round((1 + seed) * s_min * (1 + b_crit / b)))
               for seed in (0, 1) for b in BATCHES]
-    boot = report.bootstrap_seeds_and_batches(points, 0.1, [0, 1], resamples=200)
+    boot = critical_batch.bootstrap_seeds_and_batches(points, 0.1, [0, 1], resamples=200)
     assert boot["p2_5"] == pytest.approx(b_crit, rel=2e-3) and boot["p97_5"] == pytest.approx(b_crit, rel=2e-3)
 
 
@@ -168,9 +169,9 @@ def test_one_multiplier_is_the_smallest_worst_case_excess_over_every_batch():
     met the target at batch 64, so it cannot be a rule."""
     steps = {16: {0.5: 110, 1.0: 100, 2.0: 150}, 64: {0.5: 55, 1.0: 50, 2.0: None}, 256: {0.5: 20, 1.0: 30, 2.0: 40}}
     points = [_point(seed, b, s and s + seed, m) for seed in (0, 1) for b, row in steps.items() for m, s in row.items()]
-    one = report.one_multiplier(points, 0.1, [0, 1])
+    one = critical_batch.one_multiplier(points, 0.1, [0, 1])
     assert one["multiplier"] == 0.5 and one["worst_batch"] in (16, 64) and one["batches"] == [16, 64, 256]
     assert one["excess"] == pytest.approx(max(110.5 / 100.5, 55.5 / 50.5) - 1)
     # A rate one seed did not run at some batch is not pooled there, so it cannot be the rule.
-    assert report.one_multiplier([p for p in points if not (p.multiplier == 0.5 and p.seed == 1 and p.batch_size == 64)],
+    assert critical_batch.one_multiplier([p for p in points if not (p.multiplier == 0.5 and p.seed == 1 and p.batch_size == 64)],
                                  0.1, [0, 1])["multiplier"] == 1.0

@@ -1,12 +1,9 @@
 """Reading and reporting a batch-size study folder (replication/experiments/batchsize.py runs the study;
-issue 13): the critical batch size fitted to the best steps of each batch (McCandlish et al.
-2018, eq. 2.11) per target (target.value and its milestones) on the seeds' mean steps, with a
-bootstrap over seeds and batch sizes together (issue 25 item 1), time per step from each run's own
-trace, B_simple along each seed's reference run, the fair comparison (a)-(d) with sharpness, and
-the one-page REPORT.md with its figures and tables, of one network (issue 24). Everything here
-reads files through results.load; nothing trains.
-
-Symbols -> code: S `steps`, E = B S `examples`, S_min `s_min`, E_min `e_min`, B_crit `b_crit`.
+issue 13): per target (target.value and its milestones), the best steps of each batch on the seeds'
+mean, the critical batch size and its bootstrap over seeds and batch sizes (critical_batch.py, the
+statistics), time per step from each run's own trace, B_simple along each seed's reference run, the
+fair comparison (a)-(d) with sharpness, and the one-page REPORT.md with its figures and tables, of
+one network (issue 24). Everything here reads files through results.load; nothing trains.
 """
 
 from __future__ import annotations
@@ -21,39 +18,11 @@ from replication import data, regimes, storage
 from replication import config as config_lib
 from replication.experiments import batchsize
 from replication.analysis import results as results_lib
+from replication.analysis.critical_batch import (HOLDS_FACTOR, Point, bootstrap_seeds_and_batches, fit_critical_batch,
+                                                 one_multiplier, pooled, prediction_check)
 
 REPORT_FILE = "REPORT.md"
 SUMMARY_FILE = "batch_size.json"
-
-
-# The critical batch size --------------------------------------------------------------------------
-# A fitted term smaller than this share of every point's steps is round-off, not a measurement:
-# it moves no point by a billionth of its steps (far below one step, the resolution of S).
-ROUND_OFF = 1e-9
-
-
-def fit_critical_batch(batches, steps) -> dict:
-    """Fit S = S_min + (S_min B_crit) / B by least squares on relative residuals (S - fit) / S;
-    returns s_min, b_crit, e_min, or None for all three when the fit resolves no critical batch, with
-    `unresolved` saying on which side B_crit lies then: "above" (S_min zero within round-off, or
-    below: steps fall at least as fast as 1/B, so B_crit is beyond the largest batch) or "below"
-    (the slope S_min B_crit zero within round-off, or below: steps do not fall as the batch grows,
-    so B_crit is below the smallest). Round-off: a term below ROUND_OFF of every point's steps. Steps
-    exactly proportional to 1/B otherwise gave B_crit = 7e16, and a flat pair of batches 2e-15."""
-    batches, steps = np.asarray(batches, float), np.asarray(steps, float)
-    if len(batches) < 2 or len(set(batches.tolist())) < 2:
-        raise ValueError("the fit needs at least two distinct batch sizes")
-    if not (np.all(np.isfinite(batches)) and np.all(np.isfinite(steps)) and np.all(batches > 0) and np.all(steps > 0)):
-        raise ValueError("the fit needs positive, finite batch sizes and steps")
-    design = np.stack([1 / steps, 1 / (batches * steps)], axis=1)  # rows: [1, 1/B] / S
-    (s_min, slope), *_ = np.linalg.lstsq(design, np.ones_like(steps), rcond=None)
-    # Each term's largest share of a point's fitted steps: S_min / S and (S_min B_crit) / (B S).
-    side = ("above" if s_min <= ROUND_OFF * steps.min() else
-            "below" if slope <= ROUND_OFF * (batches * steps).min() else None)
-    ok = side is None
-    return {"s_min": float(s_min) if ok else None, "b_crit": float(slope / s_min) if ok else None,
-            "e_min": float(slope) if ok else None, "intercept": float(s_min), "slope": float(slope),
-            "unresolved": side}
 
 
 def unresolved_reason(fit: dict) -> str:
@@ -66,60 +35,6 @@ def unresolved_reason(fit: dict) -> str:
             "as fast as 1/B over these batches, so B_crit lies beyond the largest")
 
 
-PERCENTILES = (("median", 50.0), ("p16", 16.0), ("p84", 84.0), ("p2_5", 2.5), ("p97_5", 97.5))
-
-
-def bootstrap_critical_batch(batches, steps, resamples: int, seed: int = 0) -> dict:
-    """B_crit over `resamples` resamples of the batch sizes (with replacement; resamples with fewer
-    than two distinct sizes skipped): how many resolved a B_crit and how many did not, on each side
-    (fit_critical_batch's `unresolved`), and the median and the 16-84 and 2.5-97.5 percentiles.
-
-    A resample that resolves no B_crit is no number (its fit's ratio is round-off or negative), but
-    it does say where B_crit lies: beyond every resolved value ("above") or below them ("below").
-    So the percentiles rank every resample, the unresolved ones at their side, and a percentile
-    that falls among them is None, named in `unbounded` with its side: that bound is not measured."""
-    batches, steps = np.asarray(batches, float), np.asarray(steps, float)
-    rng = np.random.default_rng(seed)
-    fits = []
-    for _ in range(resamples):
-        pick = rng.integers(0, len(batches), len(batches))
-        if len(set(batches[pick].tolist())) < 2:
-            continue
-        fits.append(fit_critical_batch(batches[pick], steps[pick]))
-    return _ranked_fits(fits)
-
-
-def _ranked_fits(fits: list[dict]) -> dict:
-    """The resamples' fits counted (resolved, unresolved on each side) and ranked: the median and the
-    PERCENTILES, an unresolved fit ranked at its side, a percentile among them None and named in
-    `unbounded` (bootstrap_critical_batch's docstring)."""
-    values = sorted(f["b_crit"] for f in fits if f["b_crit"] is not None)
-    sides = {side: sum(f["unresolved"] == side for f in fits) for side in ("below", "above")}
-    out = {"resamples": len(fits), "resolved": len(values), "unresolved": sides["below"] + sides["above"],
-           "unresolved_below": sides["below"], "unresolved_above": sides["above"], "unbounded": {}}
-    for key, q in PERCENTILES:
-        out[key], side = _ranked_percentile(values, sides["below"], sides["above"], q)
-        if side:
-            out["unbounded"][key] = side
-    return out
-
-
-def _ranked_percentile(values: list[float], below: int, above: int, q: float) -> tuple[float | None, str | None]:
-    """The q-th percentile (NumPy's linear rule) of `below` values under every one of the sorted
-    `values` and `above` values over them: (value, None), or (None, side) where it touches those."""
-    count = below + len(values) + above
-    if count == 0:
-        return None, None
-    position = q / 100 * (count - 1)
-    low, high = math.floor(position), math.ceil(position)
-    if low < below:
-        return None, "below"
-    if high >= below + len(values):
-        return None, "above"
-    a, b = values[low - below], values[high - below]
-    return float(a + (b - a) * (position - low)), None
-
-
 def seconds_per_step(trace: list[dict]) -> float | None:
     """Training seconds per optimizer step from a run's target.csv: the slope over the checks
     after the first (the first interval holds compilation); None with fewer than three checks."""
@@ -128,36 +43,6 @@ def seconds_per_step(trace: list[dict]) -> float | None:
         return None
     (s0, t0), (s1, t1) = rows[1], rows[-1]
     return (t1 - t0) / (s1 - s0) if s1 > s0 else None
-
-
-# Reading the results -------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Point:
-    """One run of the study, read from its directory and checked (read_points)."""
-
-    path: Path
-    network: str
-    dataset: str
-    seed: int
-    batch_size: int
-    multiplier: float
-    learning_rate: float
-    reached: bool
-    steps: int | None
-    examples: int | None
-    steps_run: int
-    seconds_per_step: float | None
-    check_every: int | None              # steps between target checks: S is known to within this
-    train_seconds: float
-    test_accuracy: float
-    diverged: bool
-    trace: tuple
-    targets: tuple = ()                  # (value, steps or None) per target, loosest first
-    eval_examples: str | None = None     # data.MEASUREMENT_SUBSET of its checks; None: drawn before it
-
-    def steps_to(self, value: float) -> int | None:
-        """Steps to the target `value` (the run's own or a milestone); None where not met."""
-        return dict(self.targets).get(value, self.steps if value == self.targets[-1][0] else None)
 
 
 def _kind(spec: regimes.RunSpec | None) -> str | None:
@@ -212,22 +97,6 @@ def _check_one_study(root: Path, loaded) -> None:
                 f"({key(other)}); a report is one study: move one study's runs to its own results_dir")
 
 
-def pooled(points: list[Point], value: float, seeds) -> dict[float, dict]:
-    """multiplier -> {"steps": the mean over `seeds` of the steps to `value` (None where a seed did not
-    meet it), "per_seed": each seed's steps, "points"} for each multiplier every seed has run at
-    the points' batch (batchsize.pooled_steps' rule, from the run directories the report read)."""
-    out = {}
-    for multiplier in sorted({p.multiplier for p in points}):
-        mine = {p.seed: p for p in points if p.multiplier == multiplier}
-        if not all(seed in mine for seed in seeds):
-            continue
-        per_seed = [mine[seed].steps_to(value) for seed in seeds]
-        mean = batchsize.seed_mean(per_seed)
-        out[multiplier] = {"steps": int(mean) if mean is not None and mean.is_integer() else mean,  # 899, not 899.0
-                           "per_seed": per_seed, "points": [mine[seed] for seed in seeds]}
-    return out
-
-
 def _mean(values):
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
@@ -267,114 +136,6 @@ def _best_rows(points: list[Point], study: config_lib.BatchSizeStudyConfig, valu
             # The scaling rule's own rate (1x): whether it ran at every seed, and its mean steps.
             "rule_ran": 1.0 in by_rate, "rule_steps": by_rate[1.0]["steps"] if 1.0 in by_rate else None})
     return rows
-
-
-def one_multiplier(points: list[Point], value: float, seeds) -> dict | None:
-    """The one multiple of the scaling rule that did best at every batch at once (issue 25 item 3:
-    the rule the data support): among the multipliers every seed ran at every batch where some
-    rate met `value`, the one whose largest excess of steps over that batch's fewest (the seeds'
-    means) is smallest. {"multiplier", "excess" (0.04: 4% more steps), "worst_batch", "batches",
-    "tied": its excess is within one check interval at every batch (steps are known to no better,
-    so it tied with the fewest everywhere)}; None where no multiplier ran at every such batch or
-    none met the target at all of them."""
-    table, resolution = {}, {}
-    for batch in sorted({p.batch_size for p in points}):
-        mine = [p for p in points if p.batch_size == batch]
-        steps = {m: r["steps"] for m, r in pooled(mine, value, seeds).items()}
-        if any(v is not None for v in steps.values()):
-            table[batch] = steps
-            resolution[batch] = next((p.check_every for p in mine if p.check_every), 0)
-    if len(table) < 2:
-        return None
-    excess = {}
-    for m in set.intersection(*(set(steps) for steps in table.values())):
-        ratios = {b: steps[m] / min(v for v in steps.values() if v is not None) - 1 if steps[m] is not None else math.inf
-                  for b, steps in table.items()}
-        worst = max(ratios, key=ratios.get)
-        excess[m] = (ratios[worst], worst)
-    finite = {m: e for m, e in excess.items() if math.isfinite(e[0])}
-    if not finite:
-        return None
-    m = min(finite, key=lambda k: (finite[k][0], abs(math.log(k))))  # a tie goes to the rule itself's side
-    tied = all(steps[m] - min(v for v in steps.values() if v is not None) <= resolution[b] for b, steps in table.items())
-    return {"multiplier": m, "excess": finite[m][0], "worst_batch": finite[m][1], "batches": sorted(table), "tied": tied}
-
-
-def bootstrap_seeds_and_batches(points: list[Point], value: float, seeds, resamples: int, seed: int = 0) -> dict:
-    """B_crit over `resamples` resamples of the batch sizes and of the seeds (both with replacement),
-    the best rate chosen again in each resample from the resampled seeds' mean steps (issue 25 item
-    1: the uncertainty from seeds and batch sizes together, and the best rate's own). The seeds are
-    drawn once per resample, for every batch: a seed is one x0 and one data order shared by all of
-    its batches' runs, so it is the unit resampled (a cluster bootstrap), not each run apart;
-    counted and ranked as bootstrap_critical_batch does, so a bound among the unresolved resamples is
-    None, named in `unbounded`. A batch where no rate met the target on every resampled seed drops
-    out of that resample."""
-    rng = np.random.default_rng(seed)
-    seeds = list(seeds)
-    batches = sorted({p.batch_size for p in points})
-    # steps[batch][multiplier] = {seed: steps or None}, for rates every seed ran
-    table, resolution = {}, {}
-    for batch in batches:
-        mine = [p for p in points if p.batch_size == batch]
-        rates = pooled(mine, value, seeds)
-        table[batch] = {m: dict(zip(seeds, r["per_seed"])) for m, r in rates.items()}
-        resolution[batch] = next((p.check_every for p in mine if p.check_every), 0)
-    fits = []
-    for _ in range(resamples):
-        xs, ys = [], []
-        drawn = [seeds[i] for i in rng.integers(0, len(seeds), len(seeds))]
-        for batch in (batches[i] for i in rng.integers(0, len(batches), len(batches))):
-            means = {m: batchsize.seed_mean([per[s] for s in drawn]) for m, per in table[batch].items()}
-            best = batchsize.best_multiplier(means, resolution[batch])  # the point estimate's rule
-            if best is not None:
-                xs.append(batch)
-                ys.append(means[best])
-        if len(set(xs)) < 2:
-            continue
-        fits.append(fit_critical_batch(xs, ys))
-    return {**_ranked_fits(fits), "over": "seeds and batch sizes" if len(seeds) > 1 else "batch sizes"}
-
-
-HOLDS_FACTOR = 2.0  # docs/noise-scale.md: a prediction "holds" within this factor (fixed before the runs)
-Z = 1.96            # a 95% normal interval of the seeds' mean prediction
-
-
-def prediction_check(rows: list[dict], key: str, bootstrap: dict | None, b_crit: float | None) -> dict | None:
-    """Whether the noise scale `key` measured where each seed's reference run met the target (`rows`)
-    predicts the measured B_crit (docs/noise-scale.md, "Where, and what is predicted"): the seeds'
-    mean, its interval mean +- 1.96 SE (SE the larger of the jackknife standard errors combined, a
-    missing one counted 0, and the seeds' spread; with 2-3 seeds a normal interval, not a t one:
-    labelled so), the ratio to
-    B_crit, and `holds`: the measured 2.5-97.5% bootstrap interval contains a value within
-    HOLDS_FACTOR of the prediction (the docs' rule, on the prediction itself). An interval side
-    unbounded towards 0 or infinity reaches there; where the whole interval lies beyond the
-    batches measured (its 2.5% point unresolved above, or its 97.5% point below), or no bootstrap
-    ran, `holds` is None: not decided. None without a prediction or a measured B_crit."""
-    values = [r[key] for r in rows if r[key] is not None]
-    if not values or b_crit is None:
-        return None
-    n, mean = len(values), sum(values) / len(values)
-    errors = [r[key + "_se"] or 0.0 for r in rows if r[key] is not None]
-    spread = float(np.std(values, ddof=1)) / math.sqrt(n) if n > 1 else 0.0
-    se = max(math.sqrt(sum(e * e for e in errors)) / n, spread)
-    low, high = max(mean - Z * se, 0.0), mean + Z * se
-    # The ratio is of the two point estimates only (an interval of it would need both uncertainties
-    # jointly); `holds` compares the prediction itself with the measured interval.
-    # A seed whose estimate's standard error is at least the estimate, or has none (the jackknife
-    # gives none where a leave-one-out |G|^2 is <= 0), has not resolved it: the rule still decides
-    # on the mean, and the words say which seeds.
-    out = {"n": n, "mean": mean, "se": se, "low": low, "high": high, "ratio": mean / b_crit,
-           "unresolved_seeds": [r["seed"] for r in rows if r[key] is not None
-                                and (r[key + "_se"] is None or r[key + "_se"] >= r[key])],
-           "measured_low": None, "measured_high": None, "holds": None}
-    unbounded = (bootstrap or {}).get("unbounded", {})
-    if not bootstrap or not bootstrap.get("resamples") or unbounded.get("p2_5") == "above" \
-            or unbounded.get("p97_5") == "below":
-        return out
-    measured_low = 0.0 if "p2_5" in unbounded else bootstrap["p2_5"]
-    measured_high = math.inf if "p97_5" in unbounded else bootstrap["p97_5"]
-    return {**out, "measured_low": measured_low, "measured_high": measured_high if math.isfinite(measured_high) else None,
-            "holds": mean / HOLDS_FACTOR <= measured_high and mean * HOLDS_FACTOR >= measured_low}
 
 
 def _one_per_seed(rows: list[dict], reference: tuple | None) -> list[dict]:

@@ -187,7 +187,7 @@ class Study:
     measure_seconds: float
     runs: int
     loaded: results.Results   # the folder's runs (results.load)
-    one_multiplier: dict | None = None  # batchsize_report.one_multiplier: the rule the data support
+    one_multiplier: dict | None = None  # critical_batch.one_multiplier: the rule the data support
     seeds: int = 1            # how many seeds' steps were pooled
     checks: dict = dataclasses.field(default_factory=dict)  # the prediction's rule per noise scale (holds, mean, n)
 
@@ -600,7 +600,7 @@ def _interval95(boot: dict | None) -> str:
 
 
 def _one_rule(study: Study) -> str:
-    """batchsize_report.one_multiplier in a cell: the multiple, its worst excess and batch, and a tie."""
+    """critical_batch.one_multiplier in a cell: the multiple, its worst excess and batch, and a tie."""
     one = study.one_multiplier
     if one is None:
         return "-"
