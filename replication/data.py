@@ -407,7 +407,7 @@ def _synthetic(name):
     return _checked(name, "generated", *make(2000), *make(500))
 
 
-def subset(x: np.ndarray, y: np.ndarray, size: int | None, seed: int = 0):
+def subset(x: np.ndarray, y: np.ndarray, size: int | None, seed: int | np.random.SeedSequence = 0):
     """A fixed random subset of `size` examples, in their original order (same for every run): the
     training set a config's train_subset keeps, and a test_subset. Not for measuring f on training
     examples: measurement_subset."""
@@ -438,7 +438,4 @@ def measured_examples(size: int | None) -> dict:
 def measurement_subset(x: np.ndarray, y: np.ndarray, size: int | None):
     """The fixed `size` training examples f is measured on, in their original order, drawn apart from
     every run's data order (MEASUREMENT_STREAM); all of them where size is None or not smaller."""
-    if size is None or size >= len(x):
-        return x, y
-    index = np.sort(np.random.default_rng(MEASUREMENT_STREAM).permutation(len(x))[:size])
-    return x[index], y[index]
+    return subset(x, y, size, seed=MEASUREMENT_STREAM)

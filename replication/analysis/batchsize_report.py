@@ -18,8 +18,8 @@ from replication import data, regimes, storage
 from replication import config as config_lib
 from replication.experiments import batchsize
 from replication.analysis import results as results_lib
-from replication.analysis.critical_batch import (HOLDS_FACTOR, Point, bootstrap_seeds_and_batches, fit_critical_batch,
-                                                 one_multiplier, pooled, prediction_check)
+from replication.analysis.critical_batch import (HOLDS_FACTOR, Point, bootstrap_seeds_and_batches, check_resolution,
+                                                 fit_critical_batch, one_multiplier, pooled, prediction_check)
 
 REPORT_FILE = "REPORT.md"
 SUMMARY_FILE = "batch_size.json"
@@ -111,7 +111,7 @@ def _best_rows(points: list[Point], study: config_lib.BatchSizeStudyConfig, valu
         mine = [p for p in points if p.batch_size == batch]
         by_rate = pooled(mine, value, seeds)
         steps = {m: r["steps"] for m, r in by_rate.items()}
-        resolution = next((p.check_every for p in mine if p.check_every), 0)
+        resolution = check_resolution(mine)
         best = batchsize.best_multiplier(steps, resolution)
         nxt, state = batchsize.next_multiplier(steps, study, resolution)
         ties = batchsize.tied(steps, resolution)

@@ -149,6 +149,12 @@ def pooled(points: list[Point], value: float, seeds) -> dict[float, dict]:
     return out
 
 
+def check_resolution(points: list[Point]) -> int:
+    """Steps between target checks at one batch (its points share it): steps to a target are known
+    to within this; 0 where the runs predate recording it."""
+    return next((p.check_every for p in points if p.check_every), 0)
+
+
 def one_multiplier(points: list[Point], value: float, seeds) -> dict | None:
     """The one multiple of the scaling rule that did best at every batch at once (issue 25 item 3:
     the rule the data support): among the multipliers every seed ran at every batch where some
@@ -163,7 +169,7 @@ def one_multiplier(points: list[Point], value: float, seeds) -> dict | None:
         steps = {m: r["steps"] for m, r in pooled(mine, value, seeds).items()}
         if any(v is not None for v in steps.values()):
             table[batch] = steps
-            resolution[batch] = next((p.check_every for p in mine if p.check_every), 0)
+            resolution[batch] = check_resolution(mine)
     if len(table) < 2:
         return None
     excess = {}
@@ -198,7 +204,7 @@ def bootstrap_seeds_and_batches(points: list[Point], value: float, seeds, resamp
         mine = [p for p in points if p.batch_size == batch]
         rates = pooled(mine, value, seeds)
         table[batch] = {m: dict(zip(seeds, r["per_seed"])) for m, r in rates.items()}
-        resolution[batch] = next((p.check_every for p in mine if p.check_every), 0)
+        resolution[batch] = check_resolution(mine)
     fits = []
     for _ in range(resamples):
         xs, ys = [], []
