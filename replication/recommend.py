@@ -192,17 +192,10 @@ def _checked_run(run: Path) -> dict:
     the target, the steps it ran, and its training time summed over history.csv's epochs
     (evaluations included), as the study's reports count each of their runs."""
     path, history_path = run / "metrics.json", run / "history.csv"
-    record = storage.read_json(path).get("target")
-    if not isinstance(record, dict) or not isinstance(record.get("reached"), bool):
-        raise storage.StorageError(f"{path}: no target record with reached: true/false: {_fix(run)}")
-    reached = record["reached"]
+    record = target.check_summary(storage.read_json(path).get("target"), path, _fix(run))
     target.check_examples(record, path, _fix(run))
     history = storage.read_csv(history_path)
-    return {"reached": reached,
-            "steps": target.number(record.get("steps"), path, "target.steps", _fix(run), integer=True, above=True,
-                                   optional=not reached),
-            "steps_run": target.number(record.get("steps_run"), path, "target.steps_run", _fix(run), integer=True,
-                                       above=True),
+    return {"reached": record["reached"], "steps": record.get("steps"), "steps_run": record["steps_run"],
             "train_seconds": sum(target.number(row.get("seconds"), history_path, f"row {i + 1} seconds", _fix(run),
                                                text=True) for i, row in enumerate(history))}
 

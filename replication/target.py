@@ -111,13 +111,14 @@ def check_examples(summary: dict, path, fix: str) -> None:
                                    f"made now: {fix}")
 
 
-def check_summary(summary, path) -> dict:
+def check_summary(summary, path, fix: str | None = None) -> dict:
     """metrics.json's `target` block (Tracker.summary) of the run in path's folder, checked: steps
     and examples a positive integer where the target was reached and null where not, steps_run a
     positive integer, check_every_steps a positive integer (or absent, in runs that predate it),
-    train_seconds >= 0. Returns it; StorageError (one line: file, field, fix) otherwise."""
+    train_seconds >= 0. Returns it; StorageError (one line: file, field, fix: `fix`, else the
+    study's rerun) otherwise."""
     path = Path(path)
-    fix = STUDY_FIX.format(run=path.parent)
+    fix = fix or STUDY_FIX.format(run=path.parent)
     if not isinstance(summary, dict) or not isinstance(summary.get("reached"), bool):
         raise storage.StorageError(f"{path}: its 'target' record has no reached: true/false (edited by hand, "
                                    f"or damaged): {fix}")

@@ -204,11 +204,27 @@ def test_a_short_run_that_missed_the_target_gives_no_steps(recommended, tmp_path
     path, overrides = _copy(recommended, tmp_path)
     run = tmp_path / "results" / "recommend" / "F1_synthetic_mnist" / "b16-x1" / "seed0"
     metrics = storage.read_json(run / "metrics.json")
-    metrics["target"].update(reached=False, steps=None, examples=None, train_seconds=None)
+    missed = dict(steps=None, examples=None, train_seconds=None)
+    metrics["target"].update(reached=False, **missed)
+    for record in metrics["target"].get("targets", []):
+        record.update(missed)
     storage.atomic_write_json(run / "metrics.json", metrics)
     made = recommend.recommend(path, overrides)
     assert made["recommendation"]["batch_size"] >= 1 and made["recommendation"]["steps_expected"] is None
     assert "steps expected: not estimated" in recommend.summary(made)
+
+
+def test_a_hand_edited_target_record_is_refused_with_recommends_own_fix(recommended, tmp_path):
+    # The short run's target record is checked as the study checks its runs (target.check_summary),
+    # with the rerun that remakes it here: recommend's, not the study's.
+    path, overrides = _copy(recommended, tmp_path)
+    run = tmp_path / "results" / "recommend" / "F1_synthetic_mnist" / "b16-x1" / "seed0"
+    metrics = storage.read_json(run / "metrics.json")
+    metrics["target"]["steps"] = metrics["target"]["steps_run"] + 1
+    storage.atomic_write_json(run / "metrics.json", metrics)
+    with pytest.raises(errors.UserError, match=r"metrics.json: target.steps \d+ is more than target.steps_run .*"
+                                               r"rerun `python -m replication recommend CONFIG`"):
+        recommend.recommend(path, overrides)
 
 
 def test_a_hand_edited_noise_result_is_refused_and_nothing_is_written(recommended, tmp_path):
