@@ -129,18 +129,25 @@ def build_model(config: config_lib.Config, input_shape, num_classes: int, compil
     return model
 
 
-def environment(seed: int) -> dict:
-    """Where and with what a result was computed: git state, versions, backend, device, seed."""
+def git_state(root: Path = storage.PROJECT_ROOT) -> dict:
+    """The commit of the code in `root` and whether it differs from that commit (tracked files only).
+    Result files do not count: `results/` is what runs write, so a finished report or a results
+    folder linked in from elsewhere would otherwise mark every later run as made by uncommitted code."""
     def git(*args):
         try:
-            return subprocess.run(["git", *args], cwd=storage.PROJECT_ROOT, capture_output=True, text=True,
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
                                   timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
+    return {"git_commit": git("rev-parse", "HEAD") or "unknown",
+            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"))}
+
+
+def environment(seed: int) -> dict:
+    """Where and with what a result was computed: git state, versions, backend, device, seed."""
     return {
-        "git_commit": git("rev-parse", "HEAD") or "unknown",
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        **git_state(),
         "python": platform.python_version(),
         **backend.describe(),
         "numpy": np.__version__,

@@ -60,6 +60,27 @@ def test_run_directory_is_self_describing(tiny_config):
     assert loaded.config.network == "F1" and loaded.metrics["regime"] == "sb"
 
 
+def test_git_dirty_names_uncommitted_code_not_result_files(tmp_path):
+    # A report rewritten under results/ (or a results folder linked in from another checkout) is
+    # what runs produce, not the code that made them: it must not mark a run as made by
+    # uncommitted code. An edit to a tracked code file must.
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "REPORT.md").write_text("old\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("commit", "-qm", "start")
+    assert rundir.git_state(tmp_path)["git_dirty"] is False
+    (tmp_path / "results" / "REPORT.md").write_text("rewritten\n")
+    assert rundir.git_state(tmp_path)["git_dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    state = rundir.git_state(tmp_path)
+    assert state["git_dirty"] is True and len(state["git_commit"]) == 40
+
+
 def test_same_seed_is_bit_identical_and_other_seed_differs(tiny_config, tmp_path):
     a = train.train(config_lib.load(tiny_config(results_dir=str(tmp_path / "a"))), "sb", 0)
     b = train.train(config_lib.load(tiny_config(results_dir=str(tmp_path / "b"))), "sb", 0)
