@@ -209,6 +209,9 @@ def test_the_study_pools_its_seeds_per_target(two_seed_study):
     assert "## Target train_loss <= 1.5" in text and "## Target train_loss <= 1" in text
     assert "2 seeds (0, 1)" in text and "### In plain words" in text and "| batch |" in text
     assert "one seed" not in text.lower() and "mean of 2 seeds" in text
+    # Under the training definition the reference run is at the smallest batch (docs/noise-scale.md).
+    assert "on the best run at the study's smallest batch (the training definition" in text
+    assert "the batch nearest sb_batch_size" not in text
     record = storage.read_json(report.parent / batchsize_report.SUMMARY_FILE)
     assert record["seeds"] == [0, 1] and "rows" not in record and "fit" not in record
     assert [study["target"] for study in record["studies"]] == [1.5, 1.0]
@@ -570,7 +573,14 @@ def test_a_prediction_holds_within_a_factor_of_two_of_the_measured_interval():
     shaky = [{"seed": 0, "b": 2000.0, "b_se": 50.0}, {"seed": 1, "b": 9e5, "b_se": 1.3e6}]
     check = critical_batch.prediction_check(shaky, "b", boot, 3000.0)
     assert check["unresolved_seeds"] == [1] and check["holds"] is False
-    assert "unresolved at seed 1" in batchsize_report._holds_words("plain", check)
+    # Beside the verdict, whether it rests on the unresolved seed: seed 0 alone (2000) holds.
+    assert check["resolved_only"] == {"n": 1, "mean": 2000.0, "holds": True}
+    words = batchsize_report._holds_words("plain", check)
+    assert "unresolved at seed 1" in words and "seeds alone (n = 1) predict 2000, which holds" in words
+    # A seed without a standard error (a jackknife replicate's |G|^2 not positive) is unresolved too.
+    none = critical_batch.prediction_check([{**shaky[0], "b_se": None}, shaky[1]], "b", boot, 3000.0)
+    assert none["unresolved_seeds"] == [0, 1] and none["resolved_only"] is None
+    assert critical_batch.prediction_check(rows, "b", boot, 3000.0)["resolved_only"] is None
     assert "unresolved" not in batchsize_report._holds_words("plain", critical_batch.prediction_check(rows, "b", boot, 3000.0))
 
 

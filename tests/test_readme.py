@@ -247,10 +247,10 @@ def test_the_recommendation_is_checked_against_each_target_of_its_study(tmp_path
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(record) + "\n")
     text = readme.recommend_block(tmp_path, found)
-    assert "| F1 (critical-batch-f1-mnist, seeds pooled) | training cross-entropy 0.1 | 2048 (B_adam 2500, 2100-2900; " \
+    assert "| F1 (critical-batch-f1-mnist, seeds pooled) | training cross-entropy 0.1 | 2048 (B_adam 2500, 2100 to 2900; " \
            "measured at train_loss <= 0.1) | " \
            "2000 (1600-2600) | 1.25 | 90 s | 3600 s |" in text
-    assert "| training cross-entropy 0.03 | 2048 (B_adam 2500, 2100-2900; measured at train_loss <= 0.1) | " \
+    assert "| training cross-entropy 0.03 | 2048 (B_adam 2500, 2100 to 2900; measured at train_loss <= 0.1) | " \
            "8000 (6400-10400) | 0.31 |" in text
     path.write_text(json.dumps({**record, "cost_seconds": -1}) + "\n")
     with pytest.raises(results.ResultsError, match=r"recommendation\.json: 'cost_seconds' is -1"):

@@ -642,8 +642,10 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
             f"{_ratio(prediction['b_simple'], b_crit)} x the measured B_crit ({_fmt(prediction['b_simple'])}); with "
             f"Adam's preconditioner applied, {_ratio(prediction['adam_b_simple'], b_crit)} x "
             f"({_fmt(prediction['adam_b_simple'])})."
-            + (f" Measured at x0 instead, it would predict {_ratio(at_x0['b_simple'], b_crit)} x "
-               f"(preconditioned {_ratio(at_x0['adam_b_simple'], b_crit)} x)." if at_x0 else ""))
+            + (f" Measured at x0 instead, it would predict {_ratio(at_x0['b_simple'], b_crit)} x"
+               + (f" (preconditioned {_ratio(at_x0['adam_b_simple'], b_crit)} x)." if at_x0["adam_b_simple"] else
+                  " (preconditioned: not defined there, before Adam's first step has a second-moment estimate).")
+               if at_x0 else ""))
         # The rule was fixed before the runs for the training definition only: an earlier study is not judged by it.
         if any(prediction["check"].values()) and {r["definition"] for r in noise} == {"training"}:
             lines.append("- Does the prediction hold (docs/noise-scale.md's rule, fixed before the runs: the measured "
@@ -759,12 +761,18 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
         reference_row = next((r for r in rows if r["batch_size"] == batchsize.reference_batch(config)), None)
         measured_on = {Path(r["run"]).parent.name for r in noise if r["at_target"]}
         if reference_row and reference_row["run"] and measured_on - {Path(reference_row["run"]).parent.name}:
-            lines += ["", f"The noise scale was measured on {', '.join(sorted(measured_on))}, the reference run the "
-                      "grid rule of its day chose; under the present rule (ties within a check interval) the best "
-                      f"run at batch {reference_row['batch_size']} is {Path(reference_row['run']).parent.name}."]
+            # measure_noise picks the reference by the runs' own target: a milestone's best may differ.
+            why = ("the best at its batch for the runs' own target (B_simple is measured along one run for every "
+                   "target); at this target" if not study["own"] else
+                   "the reference run the grid rule of its day chose; under the present rule (ties within a check "
+                   "interval)")
+            lines += ["", f"The noise scale was measured on {', '.join(sorted(measured_on))}, {why} the best run at "
+                      f"batch {reference_row['batch_size']} is {Path(reference_row['run']).parent.name}."]
+        where = ("the study's smallest batch (the training definition, docs/noise-scale.md)"
+                 if {r["definition"] for r in noise} == {"training"} else "the batch nearest sb_batch_size")
         lines += ["", f"B_simple = tr(Sigma) / |G|^2 (replication/measure/noise.py) from {noise[0]['noise_batches']} "
                   f"mini-batches of {noise[0]['noise_batch']} of {noise[0]['noise_examples']} training examples "
-                  "(± jackknife standard error), on the best run at the batch nearest sb_batch_size; the "
+                  f"(± jackknife standard error), on the best run at {where}; the "
                   "preconditioned one applies Adam's 1 / (sqrt(v) + eps) to every mini-batch gradient.", ""]
     if not study["own"]:  # the fair comparison trains at the runs' own target's rates: reported there
         return lines
@@ -776,7 +784,16 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
 def _holds_words(name: str, check: dict) -> str:
     return _holds_verdict(name, check) + (
         f" (unresolved at seed {', '.join(map(str, check['unresolved_seeds']))}: a standard error at least the "
-        "estimate itself, so the mean rests on an unresolved value)" if check.get("unresolved_seeds") else "")
+        "estimate itself, or none, where a jackknife replicate's |G|^2 was not positive; the mean rests on an "
+        "unresolved value" + _resolved_only(check.get("resolved_only")) + ")" if check.get("unresolved_seeds") else "")
+
+
+def _resolved_only(alone: dict | None) -> str:
+    """critical_batch.prediction_check's resolved_only in words: the same rule on the resolved seeds."""
+    if not alone:
+        return ""
+    return (f"; the resolved seeds alone (n = {alone['n']}) predict {_fmt(alone['mean'])}, which "
+            f"{'holds' if alone['holds'] else 'does not hold'} by the same rule")
 
 
 def _holds_verdict(name: str, check: dict) -> str:

@@ -251,9 +251,10 @@ def prediction_check(rows: list[dict], key: str, bootstrap: dict | None, b_crit:
     # A seed whose estimate's standard error is at least the estimate, or has none (the jackknife
     # gives none where a leave-one-out |G|^2 is <= 0), has not resolved it: the rule still decides
     # on the mean, and the words say which seeds.
+    measured = [r for r in rows if r[key] is not None]
+    unresolved = [r for r in measured if r[key + "_se"] is None or r[key + "_se"] >= r[key]]
     out = {"n": n, "mean": mean, "se": se, "low": low, "high": high, "ratio": mean / b_crit,
-           "unresolved_seeds": [r["seed"] for r in rows if r[key] is not None
-                                and (r[key + "_se"] is None or r[key + "_se"] >= r[key])],
+           "unresolved_seeds": [r["seed"] for r in unresolved],
            "measured_low": None, "measured_high": None, "holds": None}
     unbounded = (bootstrap or {}).get("unbounded", {})
     if not bootstrap or not bootstrap.get("resamples") or unbounded.get("p2_5") == "above" \
@@ -261,5 +262,14 @@ def prediction_check(rows: list[dict], key: str, bootstrap: dict | None, b_crit:
         return out
     measured_low = 0.0 if "p2_5" in unbounded else bootstrap["p2_5"]
     measured_high = math.inf if "p97_5" in unbounded else bootstrap["p97_5"]
+
+    def holds(value):
+        return value / HOLDS_FACTOR <= measured_high and value * HOLDS_FACTOR >= measured_low
+
+    # Not a second rule: whether the verdict rests on the unresolved seeds, said beside it.
+    resolved = [r[key] for r in measured if r not in unresolved]
     return {**out, "measured_low": measured_low, "measured_high": measured_high if math.isfinite(measured_high) else None,
-            "holds": mean / HOLDS_FACTOR <= measured_high and mean * HOLDS_FACTOR >= measured_low}
+            "holds": holds(mean),
+            "resolved_only": ({"n": len(resolved), "mean": sum(resolved) / len(resolved),
+                               "holds": holds(sum(resolved) / len(resolved))}
+                              if out["unresolved_seeds"] and resolved else None)}

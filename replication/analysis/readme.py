@@ -900,11 +900,13 @@ def equal_accuracy_block(root: Path, everything: list[Profile], found: list[Stud
 
 def step_time_block(found: list[Study]) -> str:
     """Time per optimizer step of each study's best run at each batch (its own trace, target.csv)."""
-    lines = ["| workload | machine | batch | s per step | examples/s | ms per example |", "|---|---|---|---|---|---|"]
+    lines = ["| workload | machine | target (its best run per batch) | batch | s per step | examples/s | ms per example |",
+             "|---|---|---|---|---|---|---|"]
     for s in found:
         for r in s.rows:
             if _finite(r["seconds_per_step"]) and r["seconds_per_step"] > 0:
-                lines.append(f"| {short_label(s)} | {s.device} | {r['batch_size']} | {sig(r['seconds_per_step'])} | "
+                lines.append(f"| {short_label(s)} | {s.device} | {s.target} | {r['batch_size']} | "
+                             f"{sig(r['seconds_per_step'])} | "
                              f"{r['batch_size'] / r['seconds_per_step']:.0f} | {sig(_per_example_ms(r), 2)} |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else "No batch-size study has timed steps yet.\n"
 
@@ -957,7 +959,7 @@ def recommend_block(root: Path, found: list[Study]) -> str:
             value = get("recommendation", "b_crit")
             span = get("recommendation", "interval", kind=dict, none=True)
             advice = (f"{get('recommendation', 'batch_size', kind=int)} ({get('recommendation', 'from', kind=str)} "
-                      f"{sig(value)}, {sig(get('recommendation', 'interval', 'low', signed=True)) if span else '-'}-"
+                      f"{sig(value)}, {sig(get('recommendation', 'interval', 'low', signed=True)) if span else '-'} to "
                       f"{sig(get('recommendation', 'interval', 'high')) if span else '-'}; measured at "
                       f"{get('short_run', 'target', 'metric', kind=str)} <= {sig(get('short_run', 'target', 'value'))})")
         cost = get("cost_seconds")
