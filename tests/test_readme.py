@@ -276,3 +276,31 @@ def test_the_critical_batch_table_states_the_bracket_and_each_prediction(gpu_stu
         "p2_5": "above", "p97_5": "above"}})
     assert "| 9000 (2000-3000; no upper bound to no upper bound) | no: an extrapolation |" in \
         readme.critical_batch_block([beyond]).splitlines()[2]
+
+
+@pytest.fixture(scope="module")
+def mnist_studies():
+    profile = next(p for p in readme.profiles(ROOT) if p.name == "critical-batch-f1-mnist")
+    return readme.studies(ROOT, profile)
+
+
+def test_choosing_a_batch_size_states_only_what_the_pooled_studies_support(gpu_study, mnist_studies):
+    """Issue 25 item 7: each point is chosen by the pooled studies' numbers and names how many
+    workloads and targets it rests on; one-seed studies add nothing to it."""
+    import dataclasses
+
+    assert readme.choosing_block([gpu_study]).startswith("No study pooled over several seeds")
+    early, late = mnist_studies
+    text = readme.choosing_block([gpu_study, early, late])
+    assert text.startswith("From 1 workload and 2 workload-target pairs, 3 seeds each")
+    assert f"B_crit was larger at the tighter target on 1 of 1 workload" in text
+    assert f"{readme.sig(late.b_crit / early.b_crit, 2)}x; the 16-84% intervals do not overlap" in text
+    # B_crit smaller at the tighter target: said as measured, with no advice drawn from it.
+    shrunk = dataclasses.replace(late, b_crit=early.b_crit / 2, bootstrap=early.bootstrap)
+    text = readme.choosing_block([early, shrunk])
+    assert "larger at the tighter target on 0 of 1 workload" in text and "too small for a late one" not in text
+    assert "the 16-84% intervals overlap" in text
+    # The test-accuracy point follows the spread of the batches' accuracies.
+    assert "barely changed test accuracy (within a point)" in readme.choosing_block([early, late])
+    rows = [{**r, "test_accuracy": 90.0 + 2 * i} for i, r in enumerate(late.rows)]
+    assert "changed test accuracy by up to 10.00 points" in readme.choosing_block([dataclasses.replace(late, rows=rows)])

@@ -939,6 +939,100 @@ MIN_EPOCHS = 5
 
 
 # Writing the blocks ---------------------------------------------------------------------------------
+EXAMPLES_FACTOR = 1.5  # "about the same examples": within this factor of a study's fewest
+
+
+def choosing_block(found: list[Study]) -> str:
+    """Issue 25 item 7: what the studies pooled over seeds support for choosing a batch size, one
+    point per question, each sentence chosen by the numbers it states (workloads, targets, n)."""
+    pooled = [s for s in found if s.seeds > 1 and s.b_crit]
+    if not pooled:
+        return "No study pooled over several seeds has resolved a critical batch yet: nothing here is a rule.\n"
+    by_folder: dict[Path, list[Study]] = {}
+    for s in pooled:
+        by_folder.setdefault(s.folder, []).append(s)
+    n_work, n_cells = len(by_folder), len(pooled)
+    seeds = sorted({s.seeds for s in pooled})
+    lines = [f"From {n_work} workload{'s' if n_work > 1 else ''} and {n_cells} workload-target pair"
+             f"{'s' if n_cells > 1 else ''}, {'-'.join(map(str, seeds[::max(1, len(seeds) - 1)]))} seeds each (the "
+             "table above):", ""]
+    # 1. The target: B_crit at each target of one workload (loosest first, as the report orders them).
+    moves, grew = [], 0
+    for studies_ in by_folder.values():
+        if len(studies_) < 2:
+            continue
+        first, last = studies_[0], studies_[-1]
+        apart = bool(first.bootstrap and last.bootstrap and first.bootstrap.get("p84") and last.bootstrap.get("p16")
+                     and first.bootstrap["p84"] < last.bootstrap["p16"])
+        grew += last.b_crit > first.b_crit
+        moves.append(f"{short_label(first)}: {sig(first.b_crit)} ({bootstrap_interval(first.bootstrap)}) at "
+                     f"{first.target}, {sig(last.b_crit)} ({bootstrap_interval(last.bootstrap)}) at {last.target}, "
+                     f"{last.b_crit / first.b_crit:.2g}x; the 16-84% intervals {'do not overlap' if apart else 'overlap'}")
+    if moves:
+        lines.append(f"1. **Choose for the loss you will train to.** B_crit was larger at the tighter target on "
+                     f"{grew} of {len(moves)} workload{'s' if len(moves) > 1 else ''} ({'; '.join(moves)})"
+                     + (": a batch size chosen for an early target is too small for a late one." if grew == len(moves)
+                        else "."))
+    # 2. Examples: how far the batch grows before the examples to the target do.
+    spans = []
+    for s in pooled:
+        measured = [(r["batch_size"], r["steps"] * r["batch_size"]) for r in s.rows if r["steps"] is not None]
+        fewest = min(e for _, e in measured)
+        cheap = [b for b, e in measured if e <= EXAMPLES_FACTOR * fewest]
+        worst = max(measured, key=lambda m: m[1])
+        spans.append(f"{short_label(s)} at {s.target}: batch {min(cheap)}-{max(cheap)}, B_crit {sig(s.b_crit)}; "
+                     f"batch {worst[0]} needed {worst[1] / fewest:.2g}x the fewest")
+    lines.append(f"2. **How far the batch grows at about the same examples.** The examples to the target stayed "
+                 f"within {EXAMPLES_FACTOR:g}x of the fewest over ({'; '.join(spans)}).")
+    # 3. Predicting B_crit from the noise scale (docs/noise-scale.md's rule, fixed in advance).
+    verdicts = []
+    for key, name in (("b_simple", "the plain B_simple"), ("adam_b_simple", "the Adam-preconditioned one")):
+        judged = [s for s in pooled if key in s.checks and s.checks[key]["holds"] is not None]
+        held = [s for s in judged if s.checks[key]["holds"]]
+        if judged:
+            verdicts.append(f"{name} held on {len(held)} of {len(judged)}")
+    if verdicts:
+        lines.append("3. **Predicting B_crit.** Measured where the smallest batch's best run met each target, "
+                     f"{' and '.join(verdicts)} workload-target pairs by the rule fixed before the runs (within a "
+                     "factor 2 of the measured 2.5-97.5% interval). `recommend` estimates it from one short run "
+                     "(the check table below).")
+    # 4. The learning rate.
+    rules = [f"{short_label(s)} at {s.target}: {_one_rule(s)}" for s in pooled if s.one_multiplier]
+    if rules:
+        lines.append("4. **Tune the learning rate at each batch, or at least the multiple of a rule.** The one "
+                     "multiple of the square-root rule's rate that came closest to every batch's fewest steps (the "
+                     f"most extra steps it took, and where): {'; '.join(rules)}.")
+    # 5. Time, on the machine that ran it.
+    fastest = []
+    for s in pooled:
+        timed = sorted((r for r in s.rows if _finite(r["seconds_to_target"])), key=lambda r: r["seconds_to_target"])
+        if timed:
+            where = "below" if timed[0]["batch_size"] < s.b_crit else "at or above"
+            fastest.append(f"{short_label(s)} at {s.target}: batch {timed[0]['batch_size']}, {where} B_crit "
+                           f"{sig(s.b_crit)} ({s.device})")
+    if fastest:
+        lines.append("5. **Then pick the fastest batch on your hardware.** Fewer steps are not less time once a "
+                     f"step's time grows with the batch: the fastest measured batch was {'; '.join(fastest)}.")
+    # 6. Generalisation at the target, when steps and rate are fair.
+    alike, spread = [], 0.0
+    for s in pooled:
+        accuracies = [(r["batch_size"], r["test_accuracy"]) for r in s.rows if _finite(r["test_accuracy"])]
+        if len(accuracies) > 1:
+            values = [a for _, a in accuracies]
+            spread = max(spread, max(values) - min(values))
+            alike.append(f"{short_label(s)} at {s.target}: {min(values):.2f}-{max(values):.2f}% over batches "
+                         f"{accuracies[0][0]}-{accuracies[-1][0]} (range {max(values) - min(values):.2f} points, "
+                         f"mean of {s.seeds} seeds each)")
+    if alike:
+        moved = ("barely changed test accuracy (within a point)" if spread <= 1 else
+                 f"changed test accuracy by up to {spread:.2f} points")
+        lines.append(f"6. **At the same training loss, reached with a tuned rate, the batch {moved}**: "
+                     f"{'; '.join(alike)}. This is stopping at a training loss, not the paper's 100 "
+                     "epochs: the gap the paper measured at convergence is the [paper-protocol runs'](../README.md#results) "
+                     "question.")
+    return "\n".join(lines) + "\n"
+
+
 def recommend_block(root: Path, found: list[Study]) -> str:
     """`recommend` checked against the measured studies (issue 25 item 6): per study folder holding
     recommend/recommendation.json, per target, the recommended batch and the noise scale it came
@@ -977,7 +1071,7 @@ def recommend_block(root: Path, found: list[Study]) -> str:
 
 
 BLOCKS = {"README.md": ("results",), "docs/batch-size.md": ("critical-batch", "batch-size", "equal-accuracy",
-                                                            "recommend-check"),
+                                                            "recommend-check", "choosing"),
           "docs/performance.md": ("step-time", "epoch-time")}
 
 
@@ -1004,6 +1098,7 @@ def render(root: Path = ROOT) -> dict[Path, str]:
               "critical-batch": lambda: critical_batch_block(found),
               "equal-accuracy": lambda: equal_accuracy_block(root, everything, found),
               "recommend-check": lambda: recommend_block(root, found),
+              "choosing": lambda: choosing_block(found),
               "step-time": lambda: step_time_block(found),
               "epoch-time": lambda: epoch_time_block(root, everything)}
     out = {}
