@@ -148,6 +148,11 @@ def test_the_fit_recovers_s_min_and_b_crit_from_exact_data():
     fit = critical_batch.fit_critical_batch(batches, steps)
     assert fit["s_min"] == pytest.approx(250, rel=1e-9) and fit["b_crit"] == pytest.approx(600, rel=1e-9)
     assert fit["e_min"] == pytest.approx(250 * 600, rel=1e-9)
+    assert abs(fit["worst_residual"]) < 1e-9
+    # A batch that needs more steps than the curve allows is named with its relative residual.
+    bumped = steps * np.where(batches == 32, 1.3, 1.0)
+    off = critical_batch.fit_critical_batch(batches, bumped)
+    assert off["worst_residual_batch"] == 32 and off["worst_residual"] > 0.1
     boot = critical_batch.bootstrap_critical_batch(batches, steps, 200)
     assert boot["median"] == pytest.approx(600, rel=1e-6) and boot["unresolved"] == 0
     # Steps falling at least as fast as 1/B everywhere: no positive S_min, so no critical batch.

@@ -736,7 +736,9 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
         lines += [f"Fit of S = S_min (1 + B_crit / B) (McCandlish et al. 2018, eq. 2.11) to the best steps of "
                   f"{len(reached)} batch sizes, least squares on relative residuals of S against 1/B: "
                   f"S_min = {_fmt(fit['s_min'])}, E_min = {_fmt(fit['e_min'])}, **B_crit = E_min / S_min = "
-                  f"{_fmt(b_crit)}**" + (f" ({_bootstrap_words(boot)})" if boot else "") + ".", ""]
+                  f"{_fmt(b_crit)}**" + (f" ({_bootstrap_words(boot)})" if boot else "") + "."
+                  + (f" The fit's largest relative residual (S - fit) / S is {fit['worst_residual']:+.0%}, at batch "
+                     f"{fit['worst_residual_batch']:g}." if "worst_residual" in fit else ""), ""]
     else:
         lines += [f"Not measured: {len(reached)} batch size{'s' if len(reached) != 1 else ''} reached the target, "
                   "and the fit needs two.", ""]

@@ -44,9 +44,13 @@ def fit_critical_batch(batches, steps) -> dict:
     side = ("above" if s_min <= ROUND_OFF * steps.min() else
             "below" if slope <= ROUND_OFF * (batches * steps).min() else None)
     ok = side is None
+    # How well the curve fits: the largest relative residual (S - fit) / S, and where (the curve
+    # cannot bend the way a batch that needs more examples than a larger one does).
+    residuals = 1 - (s_min + slope / batches) / steps
+    worst = int(np.argmax(np.abs(residuals)))
     return {"s_min": float(s_min) if ok else None, "b_crit": float(slope / s_min) if ok else None,
             "e_min": float(slope) if ok else None, "intercept": float(s_min), "slope": float(slope),
-            "unresolved": side}
+            "unresolved": side, "worst_residual": float(residuals[worst]), "worst_residual_batch": float(batches[worst])}
 
 
 PERCENTILES = (("median", 50.0), ("p16", 16.0), ("p84", 84.0), ("p2_5", 2.5), ("p97_5", 97.5))
