@@ -241,7 +241,7 @@ def test_the_recommendation_is_checked_against_each_target_of_its_study(tmp_path
     assert readme.recommend_block(tmp_path, found).startswith("No recommendation has been checked")
     record = {"recommendation": {"batch_size": 2048, "from": "B_adam", "b_crit": 2500.0,
                                  "interval": {"low": 2100.0, "high": 2900.0}},
-              "no_recommendation": None, "cost_seconds": 90.0,
+              "no_recommendation": None, "cost_seconds": 90.0, "noise": {"b_noise": 1000.0},
               "short_run": {"target": {"metric": "train_loss", "value": 0.1}}}
     path = tmp_path / folder / "recommend" / "recommendation.json"
     path.parent.mkdir(parents=True)
@@ -249,9 +249,17 @@ def test_the_recommendation_is_checked_against_each_target_of_its_study(tmp_path
     text = readme.recommend_block(tmp_path, found)
     assert "| F1 (critical-batch-f1-mnist, seeds pooled) | training cross-entropy 0.1 | 2048 (B_adam 2500, 2100 to 2900; " \
            "measured at train_loss <= 0.1) | " \
-           "2000 (1600-2600) | 1.25 | 90 s | 3600 s |" in text
+           "2000 (1600-2600) | 1.25 | 1000 (0.50) | 90 s | 3600 s |" in text
     assert "| training cross-entropy 0.03 | 2048 (B_adam 2500, 2100 to 2900; measured at train_loss <= 0.1) | " \
            "8000 (6400-10400) | 0.31 |" in text
+    assert "By the rule" not in text  # no 2.5-97.5% interval: nothing judged
+    # With the measured 2.5-97.5% intervals, the rule judges the recommended value and B_noise beside it:
+    # 2500 is within 2x of [1500, 3000] but not of [6000, 12000]; 1000 within 2x of the first only.
+    for one, (low, high) in zip(found, [(1500.0, 3000.0), (6000.0, 12000.0)]):
+        one.bootstrap.update(p2_5=low, p97_5=high)
+    text = readme.recommend_block(tmp_path, found)
+    assert "the value recommend predicts from held on 1 of 2 workload-target pairs; the B_noise printed beside " \
+           "it would have held on 1 of 2" in text
     path.write_text(json.dumps({**record, "cost_seconds": -1}) + "\n")
     with pytest.raises(results.ResultsError, match=r"recommendation\.json: 'cost_seconds' is -1"):
         readme.recommend_block(tmp_path, found)

@@ -231,6 +231,12 @@ HOLDS_FACTOR = 2.0  # docs/noise-scale.md: a prediction "holds" within this fact
 Z = 1.96            # a 95% normal interval of the seeds' mean prediction
 
 
+def within_rule(value: float, measured_low: float, measured_high: float) -> bool:
+    """docs/noise-scale.md's rule: the measured interval [low, high] holds a value within
+    HOLDS_FACTOR of the prediction `value` (high may be inf: unbounded above)."""
+    return value / HOLDS_FACTOR <= measured_high and value * HOLDS_FACTOR >= measured_low
+
+
 def prediction_check(rows: list[dict], key: str, bootstrap: dict | None, b_crit: float | None) -> dict | None:
     """Whether the noise scale `key` measured where each seed's reference run met the target (`rows`)
     predicts the measured B_crit (docs/noise-scale.md, "Where, and what is predicted"): the seeds'
@@ -268,7 +274,7 @@ def prediction_check(rows: list[dict], key: str, bootstrap: dict | None, b_crit:
     measured_high = math.inf if "p97_5" in unbounded else bootstrap["p97_5"]
 
     def holds(value):
-        return value / HOLDS_FACTOR <= measured_high and value * HOLDS_FACTOR >= measured_low
+        return within_rule(value, measured_low, measured_high)
 
     # Not a second rule: whether the verdict rests on the unresolved seeds, said beside it.
     resolved = [r[key] for r in measured if r not in unresolved]

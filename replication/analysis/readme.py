@@ -23,8 +23,8 @@ from pathlib import Path
 
 from replication import config as config_lib
 from replication import storage
-from replication.analysis import (batchsize_report, compare, hessian_tables, iterate_tables, remedy_tables,
-                                  results, sweep, verdicts, warmstart)
+from replication.analysis import (batchsize_report, compare, critical_batch, hessian_tables, iterate_tables,
+                                  remedy_tables, results, sweep, verdicts, warmstart)
 from replication.experiments import batchsize
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: README.md, configs/, results/
@@ -1039,9 +1039,11 @@ def recommend_block(root: Path, found: list[Study]) -> str:
     from against the measured B_crit, and each one's CPU time; every number checked before use."""
     from replication import recommend
 
+    judged = {"recommended": [], "b_noise": []}
     rows = ["| workload | target | recommended batch (from, value, 95% estimator interval) | measured B_crit "
-            "(bootstrap 16-84%) | predicted / measured | recommend's time | the study's time |",
-            "|---|---|---|---|---|---|---|"]
+            "(bootstrap 16-84%) | predicted / measured | B_noise of the same run, printed beside (/ measured) | "
+            "recommend's time | the study's time |",
+            "|---|---|---|---|---|---|---|---|"]
     for folder in dict.fromkeys(s.folder for s in found):
         path = root / folder / recommend.FOLDER / recommend.RESULT_FILE
         if not path.is_file():
@@ -1057,17 +1059,50 @@ def recommend_block(root: Path, found: list[Study]) -> str:
                       f"{sig(get('recommendation', 'interval', 'high')) if span else '-'}; measured at "
                       f"{get('short_run', 'target', 'metric', kind=str)} <= {sig(get('short_run', 'target', 'value'))})")
         cost = get("cost_seconds")
+        # B_noise is printed beside the recommendation (docs/noise-scale.md step 3), not made it: shown
+        # here so a reader sees both, the recommendation unchanged.
+        b_noise = get("noise", "b_noise", none=True)
         for study in (s for s in found if s.folder == folder):
+            span = _measured_span(study.bootstrap)
+            if span and value is not None:
+                judged["recommended"].append(critical_batch.within_rule(value, *span))
+            if span and b_noise is not None:
+                judged["b_noise"].append(critical_batch.within_rule(b_noise, *span))
             ratio = _fmt_ratio(_ratio(value, study.b_crit)) if value is not None else "-"
+            beside = (f"{sig(b_noise)} ({_fmt_ratio(_ratio(b_noise, study.b_crit))})" if b_noise is not None
+                      else "not resolved")
             rows.append(f"| {short_label(study)} | {study.target} | {advice} | "
                         f"{sig(study.b_crit) if study.b_crit else 'not resolved'} ({bootstrap_interval(study.bootstrap)}) | "
-                        f"{ratio} | {cost:.0f} s | {study.train_seconds + study.measure_seconds:.0f} s |")
+                        f"{ratio} | {beside} | {cost:.0f} s | {study.train_seconds + study.measure_seconds:.0f} s |")
     if len(rows) == 2:
         return ("No recommendation has been checked against a study yet: `python -m replication recommend CONFIG` "
                 "on a study's config (configs/critical-batch/) writes one beside the study's results.\n")
+    verdict = ""
+    if judged["recommended"]:
+        n = len(judged["recommended"])
+        verdict = (f" By the rule fixed in advance (a value within a factor {critical_batch.HOLDS_FACTOR:g} of the "
+                   f"measured B_crit's 2.5-97.5% interval), the value recommend predicts from held on "
+                   f"{sum(judged['recommended'])} of {n} workload-target pair{'s' if n > 1 else ''}"
+                   + (f"; the B_noise printed beside it would have held on {sum(judged['b_noise'])} of "
+                      f"{len(judged['b_noise'])} (an observation after the fact, not the predictor the page fixed)."
+                      if judged["b_noise"] else "."))
     return "\n".join(rows) + ("\n\nThe recommended batch is the noise scale of one short run rounded down to a "
                               "power of two (docs/noise-scale.md); its interval is the estimator's alone. Times are "
-                              "CPU seconds of training and measurement as each result file records them.\n")
+                              "CPU seconds of training and measurement as each result file records them."
+                              + verdict + "\n")
+
+
+def _measured_span(boot: dict | None) -> tuple[float, float] | None:
+    """The measured B_crit's 2.5-97.5% interval as the rule reads it (an unbounded side reaches 0 or
+    infinity), or None where no bootstrap ran or the interval lies wholly beyond the batches measured."""
+    if not boot:
+        return None
+    unbounded = boot.get("unbounded", {})
+    if unbounded.get("p2_5") == "above" or unbounded.get("p97_5") == "below" or \
+            (boot.get("p2_5") is None and "p2_5" not in unbounded):
+        return None
+    return (0.0 if "p2_5" in unbounded else boot["p2_5"],
+            math.inf if "p97_5" in unbounded or boot.get("p97_5") is None else boot["p97_5"])
 
 
 BLOCKS = {"README.md": ("results",), "docs/batch-size.md": ("critical-batch", "batch-size", "equal-accuracy",
