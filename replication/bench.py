@@ -18,6 +18,7 @@ Training variants, each a row:
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -183,10 +184,13 @@ def run(out: str | Path, quick: bool = False, networks=None) -> str:
 
 
 def folder_name() -> str:
-    """One folder per backend and device kind, so a GPU's numbers never overwrite a CPU's."""
+    """One folder per backend and device model, so one machine's numbers never overwrite another's
+    (a GPU's a CPU's, an Intel CPU's an AMD one's: results/bench/tensorflow-cpu, from before the
+    CPU model was named, is the AMD EPYC's)."""
     gpus = backend.gpu_names()
-    where = gpus[0] if gpus else "cpu"
-    return f"{backend.name()}-" + "".join(c if c.isalnum() else "-" for c in where.lower()).strip("-")
+    where = gpus[0] if gpus else f"cpu {backend.cpu_name()}"
+    slug = "".join(c if c.isalnum() else "-" for c in where.lower())
+    return f"{backend.name()}-" + re.sub("-+", "-", slug).strip("-")
 
 
 def _markdown(record: dict) -> str:

@@ -22,6 +22,11 @@ def test_bench_record_is_consistent(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "BATCHES", {"F1": {"sb": 8, "lb": 16}})
     markdown = bench.run(tmp_path, quick=True, networks=["F1"])
     folder = tmp_path / bench.folder_name()
+    # One folder per backend and device model: a CPU's names its model (an Intel and an AMD CPU
+    # of the same backend used to share "tensorflow-cpu" and overwrite each other).
+    assert folder.name.startswith(backend.name() + "-") and "--" not in folder.name
+    if not backend.gpu_names():
+        assert folder.name.startswith(f"{backend.name()}-cpu-") and len(folder.name) > len(backend.name()) + 5
     record = json.loads((folder / "bench.json").read_text())
     assert (folder / "bench.md").read_text() == markdown
     assert record["backend"] == backend.name() and record["device"] == backend.device() and record["quick"]
