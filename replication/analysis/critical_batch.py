@@ -231,6 +231,20 @@ HOLDS_FACTOR = 2.0  # docs/noise-scale.md: a prediction "holds" within this fact
 Z = 1.96            # a 95% normal interval of the seeds' mean prediction
 
 
+def measured_interval(bootstrap: dict | None) -> tuple[float, float] | None:
+    """The measured B_crit's 2.5-97.5% interval as the rule reads it: a side unbounded towards 0 or
+    infinity reaches there; None where there is no interval or it lies wholly beyond the batches
+    measured (its 2.5% point unresolved above, or its 97.5% point below): then nothing is decided."""
+    if not bootstrap:
+        return None
+    unbounded = bootstrap.get("unbounded", {})
+    if unbounded.get("p2_5") == "above" or unbounded.get("p97_5") == "below" or \
+            (bootstrap.get("p2_5") is None and "p2_5" not in unbounded):
+        return None
+    return (0.0 if "p2_5" in unbounded else bootstrap["p2_5"],
+            math.inf if "p97_5" in unbounded or bootstrap.get("p97_5") is None else bootstrap["p97_5"])
+
+
 def within_rule(value: float, measured_low: float, measured_high: float) -> bool:
     """docs/noise-scale.md's rule: the measured interval [low, high] holds a value within
     HOLDS_FACTOR of the prediction `value` (high may be inf: unbounded above)."""
@@ -266,12 +280,10 @@ def prediction_check(rows: list[dict], key: str, bootstrap: dict | None, b_crit:
     out = {"n": n, "mean": mean, "se": se, "low": low, "high": high, "ratio": mean / b_crit,
            "unresolved_seeds": [r["seed"] for r in unresolved],
            "measured_low": None, "measured_high": None, "holds": None}
-    unbounded = (bootstrap or {}).get("unbounded", {})
-    if not bootstrap or not bootstrap.get("resamples") or unbounded.get("p2_5") == "above" \
-            or unbounded.get("p97_5") == "below":
+    span = measured_interval(bootstrap) if bootstrap and bootstrap.get("resamples") else None
+    if span is None:
         return out
-    measured_low = 0.0 if "p2_5" in unbounded else bootstrap["p2_5"]
-    measured_high = math.inf if "p97_5" in unbounded else bootstrap["p97_5"]
+    measured_low, measured_high = span
 
     def holds(value):
         return within_rule(value, measured_low, measured_high)

@@ -1063,7 +1063,7 @@ def recommend_block(root: Path, found: list[Study]) -> str:
         # here so a reader sees both, the recommendation unchanged.
         b_noise = get("noise", "b_noise", none=True)
         for study in (s for s in found if s.folder == folder):
-            span = _measured_span(study.bootstrap)
+            span = critical_batch.measured_interval(study.bootstrap)
             if span and value is not None:
                 judged["recommended"].append(critical_batch.within_rule(value, *span))
             if span and b_noise is not None:
@@ -1090,19 +1090,6 @@ def recommend_block(root: Path, found: list[Study]) -> str:
                               "power of two (docs/noise-scale.md); its interval is the estimator's alone. Times are "
                               "CPU seconds of training and measurement as each result file records them."
                               + verdict + "\n")
-
-
-def _measured_span(boot: dict | None) -> tuple[float, float] | None:
-    """The measured B_crit's 2.5-97.5% interval as the rule reads it (an unbounded side reaches 0 or
-    infinity), or None where no bootstrap ran or the interval lies wholly beyond the batches measured."""
-    if not boot:
-        return None
-    unbounded = boot.get("unbounded", {})
-    if unbounded.get("p2_5") == "above" or unbounded.get("p97_5") == "below" or \
-            (boot.get("p2_5") is None and "p2_5" not in unbounded):
-        return None
-    return (0.0 if "p2_5" in unbounded else boot["p2_5"],
-            math.inf if "p97_5" in unbounded or boot.get("p97_5") is None else boot["p97_5"])
 
 
 BLOCKS = {"README.md": ("results",), "docs/batch-size.md": ("critical-batch", "batch-size", "equal-accuracy",
