@@ -119,6 +119,22 @@ def test_report_sections_read_the_measured_points(tiny_config):
     assert "| 0 | LB | full, 0.001 | 2 its from y = 0 |" in matched_tables.budget_section(loaded)
 
 
+def test_the_budget_section_says_whether_the_order_of_sb_and_lb_depends_on_the_budget():
+    from replication.analysis import matched_tables
+
+    def row(regime, iterations, phi, start="zero"):
+        return {"seed": 0, "regime": regime, "space": "full", "epsilon": 1e-3, "iterations": iterations,
+                "start": start, "phi": phi}
+    # results/paper-cpu seed 0: LB flatter at 10 iterations, far sharper at 50 and 200.
+    flipped = [row("sb", 10, 0.0635), row("lb", 10, 0.00055), row("sb", 50, 0.59), row("lb", 50, 241.0),
+               row("sb", 10, 0.053, start="random")]
+    (line,) = matched_tables.budget_order(flipped)
+    assert "10 its 0.00866, 50 its 408" in line and "10 and 50 iterations give opposite orders" in line
+    same = [row("sb", 10, 1.0), row("lb", 10, 3.0), row("sb", 50, 2.0), row("lb", 50, 9.0)]
+    assert matched_tables.budget_order(same)[0].endswith("the same order at every budget.\n")
+    assert matched_tables.budget_order([row("sb", 10, 1.0)]) == []  # no LB at that budget: nothing compared
+
+
 @pytest.mark.parametrize("ratios, words", [
     ([2.0, 3.0], "LB was sharper than SB at every matched level and seed"),
     ([0.5, 0.8], "LB was flatter than SB at every matched level and seed"),

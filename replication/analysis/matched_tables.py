@@ -336,4 +336,26 @@ def budget_section(loaded) -> str:
                      f"{r['f_x']:.3g} | {'failed' if r['phi'] is None else format(r['phi'], '.4g')} | "
                      f"{_ratio(ratio)} | {ended} |")
     lines.append("")
+    lines += budget_order(rows)
     return "\n".join(lines)
+
+
+def budget_order(rows: list[dict]) -> list[str]:
+    """SB and LB at each equal budget (budget_rows, solves from y = 0), one line per seed, space and
+    eps: LB phi / SB phi per budget, and whether their order depends on the budget."""
+    phi = {(r["seed"], r["regime"], r["space"], r["epsilon"], r["iterations"]): r["phi"] for r in rows
+           if r["start"] == "zero" and r["phi"]}
+    lines = []
+    for seed, space, epsilon in sorted({(k[0], k[2], k[3]) for k in phi}):
+        pairs = [(n, phi[(seed, "lb", space, epsilon, n)] / phi[(seed, "sb", space, epsilon, n)])
+                 for n in sorted({k[4] for k in phi}) if (seed, "lb", space, epsilon, n) in phi
+                 and (seed, "sb", space, epsilon, n) in phi]
+        if not pairs:
+            continue
+        words = ", ".join(f"{n} its {_ratio(ratio)}" for n, ratio in pairs)
+        flips = (pairs[0][1] > 1) != (pairs[-1][1] > 1)
+        lines.append(f"LB phi / SB phi at the same budget (seed {seed}, {space}, eps {epsilon:g}): {words}"
+                     + (f": which of the two is sharper depends on the budget ({pairs[0][0]} and {pairs[-1][0]} "
+                        "iterations give opposite orders), so a comparison at one budget alone does not say which "
+                        "minimiser is sharper." if flips else ": the same order at every budget.") + "\n")
+    return lines
