@@ -218,11 +218,21 @@ def check_finished(config: config_lib.Config, spec: regimes.RunSpec, seed: int, 
     check_same_config(path, resolved_config(config, spec, seed, config.batch_size(spec, num_train), warm_start))
 
 
+def require_backend(config: config_lib.Config) -> None:
+    """ConfigError unless this process runs the backend `config` is bound to (if any)."""
+    if config.backend is not None and config.backend != backend.name():
+        raise config_lib.ConfigError(
+            f"profile {config.profile} runs on the {config.backend} backend, this process on "
+            f"{backend.name()}: set KERAS_BACKEND={config.backend}")
+
+
 def check(config: config_lib.Config) -> int:
     """Every finished run of `config` was made by it (RunError names the first key that differs);
     returns how many there are. `make` runs this before a profile's steps: a finished run is a
     file target it never remakes, so without this an edited config would have its old runs
-    reported beside new ones."""
+    reported beside new ones. A process on the wrong backend is refused first: its runs differ
+    from the finished ones only in the backend, and the fix is KERAS_BACKEND, not deleting them."""
+    require_backend(config)
     finished = 0
     for seed in config.seeds:
         for spec in config.runs() + _study_runs_on_disk(config):

@@ -128,10 +128,7 @@ def train(config: config_lib.Config, regime: regimes.RunSpec | str, seed: int, l
     spec = regimes.parse(regime) if isinstance(regime, str) else regime
     if not 0 <= seed < 2 ** 32:  # NumPy's generators and Keras' seeding take 32-bit seeds
         raise config_lib.ConfigError(f"seed {seed} is out of range: use a seed in [0, 2**32)")
-    if config.backend is not None and config.backend != backend.name():
-        raise config_lib.ConfigError(
-            f"profile {config.profile} runs on the {config.backend} backend, this process on "
-            f"{backend.name()}: set KERAS_BACKEND={config.backend}")
+    rundir.require_backend(config)
     deviations = config.run_deviations(spec)
     warm_start = config.warm_start_settings(spec)
     config = config.for_regime(spec)

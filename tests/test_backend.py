@@ -151,6 +151,19 @@ def test_a_profile_bound_to_the_other_backend_is_refused(tiny_config, capsys):
     assert code == 2 and f"set KERAS_BACKEND={other}" in err and err.count("\n") == 1
 
 
+def test_check_on_the_other_backend_names_keras_backend_not_deleting_runs(tiny_config, capsys):
+    # `make PROFILE` runs check first: on the wrong backend it used to report every finished run as
+    # "made by another config" and advise deleting it.
+    other = "jax" if backend.name() == "tensorflow" else "tensorflow"
+    from replication import __main__ as entry
+
+    train.train(config_lib.load(tiny_config(epochs=1)), "sb", 0)
+    capsys.readouterr()  # the training's own log
+    code = entry.main(["check", str(tiny_config(epochs=1, backend=other))])
+    err = capsys.readouterr().err
+    assert code == 2 and f"set KERAS_BACKEND={other}" in err and "delete" not in err and err.count("\n") == 1
+
+
 def test_run_records_its_backend_and_a_run_from_the_other_backend_is_refused(tiny_config, tmp_path):
     config = config_lib.load(tiny_config(epochs=1))
     path = train.train(config, "sb", 0)
