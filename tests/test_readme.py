@@ -312,3 +312,18 @@ def test_choosing_a_batch_size_states_only_what_the_pooled_studies_support(gpu_s
     assert "barely changed test accuracy (within a point)" in readme.choosing_block([early, late])
     rows = [{**r, "test_accuracy": 90.0 + 2 * i} for i, r in enumerate(late.rows)]
     assert "changed test accuracy by up to 10.00 points" in readme.choosing_block([dataclasses.replace(late, rows=rows)])
+
+
+def test_a_study_names_fashion_mnist_as_a_workload_not_a_stand_in():
+    """In the critical-batch studies Fashion-MNIST is a second workload beside the real MNIST, so
+    their rows and reports name it plainly; its runs still record the stand-in label that the
+    paper-protocol profiles' verdicts read."""
+    from replication.analysis import results as results_lib
+
+    profile = next(p for p in readme.profiles(ROOT) if p.name == "critical-batch-f1-fashion")
+    (study, *_) = readme.studies(ROOT, profile)
+    assert study.label == "F1, Fashion-MNIST, 60000 training examples"
+    runs = results_lib.load(ROOT / profile.folder).runs
+    assert {r.metrics["dataset_label"] for r in runs} == {"Fashion-MNIST (stand-in for MNIST)"}
+    assert (ROOT / profile.folder / "REPORT.md").read_text().startswith(
+        "# How to choose the batch size: F1 on Fashion-MNIST\n")

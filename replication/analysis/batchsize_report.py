@@ -391,7 +391,7 @@ def write_report(results_dir) -> Path:
     summary = summarize(loaded, config)
     studies, many = summary["studies"], len(summary["studies"]) > 1
     seeds = summary["seeds"]
-    label = f"{config.network} on {first['dataset_label']}"
+    label = f"{config.network} on {data.DATASETS[config.dataset].workload_label()}"
     tables = root / "tables"
     storage.atomic_write_csv(tables / "batch_size_steps.csv", [
         {"seed": p.seed, "batch_size": p.batch_size, "multiplier": p.multiplier, "learning_rate": p.learning_rate,

@@ -22,7 +22,7 @@ import statistics
 from pathlib import Path
 
 from replication import config as config_lib
-from replication import storage
+from replication import data, storage
 from replication.analysis import (batchsize_report, compare, critical_batch, hessian_tables, iterate_tables,
                                   remedy_tables, results, sweep, verdicts, warmstart)
 from replication.experiments import batchsize
@@ -205,7 +205,7 @@ def studies(root: Path, profile: Profile) -> list[Study]:
     if first is None:
         raise results.ResultsError(f"{folder} holds {batchsize_report.SUMMARY_FILE} but no study run (b<batch>-x<m>): "
                                    f"delete {path}, or run `python -m replication batch-size CONFIG`")
-    label = f"{first.network}, {first.metrics['dataset_label']}, {first.metrics['num_train']} training examples"
+    label = f"{first.network}, {data.DATASETS[first.dataset].workload_label()}, {first.metrics['num_train']} training examples"
     devices = ", ".join(sorted({f"{r.env.get('device', 'unknown')}, {r.backend}" for r in loaded.runs}))
     metric = get("target", "metric", kind=str)
     target = f"{'training cross-entropy' if metric == 'train_loss' else metric.replace('_', ' ')} {sig(get('target', 'value'))}"
