@@ -7,6 +7,8 @@ One run = (network, regime, seed) -> a self-describing run directory:
     <results_dir>/<network>_<dataset>/<regime>/seed<N>/
         config.yaml         resolved config (plus regime, seed, batch size)
         env.json            git commit/dirty, versions, device, seed, start/end time, wall time
+                            (of the process that finished it; a resumed run also keeps each earlier
+                            process's and its epochs: earlier_processes)
         history.csv         one row per epoch: train/test loss and accuracy
         metrics.json        final numbers, stopping reason, divergence, deviations from the paper
         initial.weights.h5  x0, shared by the SB and LB runs of the trial (same SHA-256)

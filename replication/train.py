@@ -205,6 +205,24 @@ class _Session:
     warm_start: dict | None = None  # a piggyback run's settings and the weights it started from
 
 
+# What env.json keeps of each earlier process of a resumed run (its top level describes the process
+# that trains on): the code and machine that made those epochs, which may differ from the last one's.
+PROCESS_KEYS = ("git_commit", "git_dirty", "device", "backend", "backend_version", "keras", "numpy",
+                "python", "platform", "xla", "deterministic_ops")
+
+
+def _resumed(previous: dict, done: int) -> dict:
+    """env.json's record of the processes before this one: `previous` is env.json as the last process
+    left it, `done` the epochs finished. A process that finished no epoch made nothing, so it is left
+    out. Written at the resume (not only at the end), so a run resumed several times keeps each."""
+    first = previous.get("resumed_after_epoch", 0) + 1
+    earlier = list(previous.get("earlier_processes", []))
+    if done >= first:
+        earlier.append({"first_epoch": first, "last_epoch": done,
+                        **{key: previous[key] for key in PROCESS_KEYS if key in previous}})
+    return {"earlier_processes": earlier, "resumed_after_epoch": done}
+
+
 def _prepare(config, spec, seed, path, log, arrays, warm_start=None, parallel=None) -> _Session:
     """Start the run, or resume it after its last completed epoch. Each start-up file (config.yaml,
     initial.weights.h5, env.json) is written if missing, so a run killed between two of them
@@ -245,6 +263,7 @@ def _prepare(config, spec, seed, path, log, arrays, warm_start=None, parallel=No
     if history:
         storage.load_weights(model, path / f"checkpoint-{len(history)}.weights.h5")
         print(f"[{path}] resuming after epoch {len(history)}", file=log)
+        env.update(_resumed(storage.read_json(path / "env.json"), len(history)))
     if config.stopping == "target":
         from replication import target
 
@@ -255,6 +274,8 @@ def _prepare(config, spec, seed, path, log, arrays, warm_start=None, parallel=No
     # files were read: a resume refused for a damaged file writes nothing.
     if storage.read_yaml(path / "config.yaml") != resolved:
         storage.atomic_write_text(path / "config.yaml", config_lib.yaml.safe_dump(resolved, sort_keys=False))
+    if history:  # now, so a process killed before the end is still on record at the next resume
+        storage.atomic_write_json(path / "env.json", env)
     objectives = (objective.Objective(model, x_train, y_train, config.eval_batch_size),
                   objective.Objective(model, x_test, y_test, config.eval_batch_size))
     tracker = None

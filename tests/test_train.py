@@ -289,3 +289,26 @@ def test_a_run_resumed_under_another_non_training_key_records_that_config(tmp_pa
     run = tmp_path / "r" / "F1_synthetic_mnist" / "sb" / "seed0"
     assert storage.read_yaml(run / "config.yaml")["sharpness"]["subset"] == 96
     assert [r.path for r in results.load(tmp_path / "r").runs] == [run]
+
+
+def test_a_resumed_run_records_which_process_made_which_epochs(tmp_path):
+    """env.json recorded only the process that finished a run, so a run resumed across commits (the
+    CPU runs span sessions) named the last commit for epochs an earlier one made. It now keeps each
+    earlier process's code and machine with its epochs, and the report's provenance shows them."""
+    import yaml
+
+    from replication.analysis import report, results
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**_tiny("F1", "synthetic_mnist"), "results_dir": str(tmp_path / "r")}))
+    args = ("train", path, "--seed", "0", "--regime", "sb")
+    assert cli(*args, env={storage.FAILPOINT_VARIABLE: "epoch:2:mid"}).returncode == -9
+    run = tmp_path / "r" / "F1_synthetic_mnist" / "sb" / "seed0"
+    first = storage.read_json(run / "env.json")
+    storage.atomic_write_json(run / "env.json", {**first, "git_commit": "a" * 40})  # made by other code
+    cli(*args, check=True)
+    env = storage.read_json(run / "env.json")
+    assert env["resumed_after_epoch"] == 1 and env["git_commit"] == first["git_commit"]
+    assert [(p["first_epoch"], p["last_epoch"], p["git_commit"]) for p in env["earlier_processes"]] == [(1, 1, "a" * 40)]
+    assert results.load(tmp_path / "r").runs[0].env == env
+    assert f"(epochs 2 on; epochs 1-1: {'a' * 12}" in report.build(tmp_path / "r").read_text()

@@ -315,8 +315,8 @@ def _provenance_section(loaded: results.Results) -> str:
         run_rows.append({
             "run": str(run.path.relative_to(root)), "config": str((run.path / "config.yaml").relative_to(root)),
             "git_commit": _commit(env),
-            "device": env.get("device", "unknown"), "versions": _versions(env),
-            "start": env.get("start_time", "?"), "end": env.get("end_time", "?"),
+            "device": _by_process(env, lambda e: e.get("device", "unknown")),
+            "versions": _by_process(env, _versions), "start": env.get("start_time", "?"), "end": env.get("end_time", "?"),
             "epochs": run.metrics["epochs_run"], "train_seconds": round(run.train_seconds, 1)})
     text = ["## Provenance\n",
             "Every Table 2 number is the mean (sample std, ddof=1) over the SB and LB runs below "
@@ -418,7 +418,18 @@ def _sharpness_provenance(result: dict, root: Path) -> dict:
 
 
 def _commit(env: dict) -> str:
-    return str(env.get("git_commit", "unknown"))[:12] + (" (dirty)" if env.get("git_dirty") else "")
+    return _by_process(env, lambda e: str(e.get("git_commit", "unknown"))[:12] + (" (dirty)" if e.get("git_dirty") else ""))
+
+
+def _by_process(env: dict, describe) -> str:
+    """describe(env) of the process that finished a run; for a resumed run whose earlier processes
+    (train._resumed) differ in it, which epochs each made."""
+    last = describe(env)
+    earlier = [(p["first_epoch"], p["last_epoch"], describe(p)) for p in env.get("earlier_processes", [])]
+    if all(value == last for *_, value in earlier):
+        return last
+    spans = [f"epochs {first}-{end}: {value}" for first, end, value in earlier]
+    return f"{last} (epochs {env['resumed_after_epoch'] + 1} on; " + "; ".join(spans) + ")"
 
 
 def _versions(env: dict) -> str:
