@@ -256,14 +256,15 @@ def _prepare(config, spec, seed, path, log, arrays, warm_start=None, parallel=No
     if not (path / "env.json").exists():
         storage.atomic_write_json(path / "env.json", env)
     # env.json describes the process that trains on: a run resumed without the switch drops its record.
-    env = {**{k: v for k, v in storage.read_json(path / "env.json").items() if k != "data_parallel"},
+    previous = storage.read_json(path / "env.json")  # as the last process left it
+    env = {**{k: v for k, v in previous.items() if k != "data_parallel"},
            **{k: v for k, v in env.items() if k != "start_time"}}
 
     history = storage.read_csv(path / "history.csv") if (path / "history.csv").exists() else []
     if history:
         storage.load_weights(model, path / f"checkpoint-{len(history)}.weights.h5")
         print(f"[{path}] resuming after epoch {len(history)}", file=log)
-        env.update(_resumed(storage.read_json(path / "env.json"), len(history)))
+        env.update(_resumed(previous, len(history)))
     if config.stopping == "target":
         from replication import target
 
