@@ -327,6 +327,23 @@ def test_sharpness_columns_one_naming_and_order_for_every_table():
     assert results.sharpness_columns(rows, "sharpness") == []
 
 
+def test_a_small_sharpness_keeps_three_significant_figures():
+    """Metric 2.1 at a flat minimiser is 1e-4 and below: printed with 2 decimals it read 0.00 beside
+    the paper's 232 (Table 7, paper-cpu); a sharpness cell keeps 3 significant figures below 0.1,
+    its standard deviation at the same decimals, and the 2 decimals elsewhere."""
+    assert compare.phi_cell(7.09e-5, math.nan) == "0.0000709"
+    assert compare.phi_cell(0.0221, 0.0235) == "0.0221 ± 0.0235"
+    assert compare.phi_cell(27.25, 60.92) == compare.cell(27.25, 60.92) == "27.25 ± 60.92"
+    assert compare.phi_cell(0.0, 0.0) == "0.00 ± 0.00"
+    assert compare.phi_cell(0.5, math.nan, digits=3) == "0.500"
+    assert compare.phi_cell(math.nan, math.nan) == "n/a"
+    row = {"network": "F1", "data": "MNIST", "regime": "LB", "batch_size": 6000, "seeds": 5, "diverged": 0,
+           "settings": "s", "deviations": "none", "paper_phi_full_eps0.001_mean": 205.14, "paper_phi_full_eps0.001_std": 69.52,
+           "phi_full_eps0.001_mean": 0.000549, "phi_full_eps0.001_std": 0.00003, "phi_full_eps0.001_n": 5,
+           "phi_full_eps0.001_at_cap": 5, "phi_full_eps0.001_failed": 0, "phi_full_eps0.001_missing": 0}
+    assert "| 0.000549 ± 0.000030 | 205.14 ± 69.52 |" in compare.table_sharpness_markdown([row])
+
+
 def test_sharpness_tables_count_the_solves_that_ended_at_their_cap(tree):
     """A solve stopped at its iteration limit (status 1) reports a lower bound: Tables 3-4 count them."""
     edit_json(sharpness.result_path(run_dir(tree, "sb", 0), "full", 1e-3),

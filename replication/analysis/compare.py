@@ -36,6 +36,14 @@ def cell(mean: float, std: float, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if not math.isnan(std) else f"{mean:.{digits}f}"
 
 
+def phi_cell(mean: float, std: float, digits: int = 2) -> str:
+    """`cell` for sharpness: at least `digits` decimals, and enough for 3 significant figures of a
+    mean below 0.1 (Metric 2.1 at a flat minimiser is 1e-4 and below, which 2 decimals print as 0.00)."""
+    if not math.isnan(mean) and 0 < abs(mean) < 0.1:
+        digits = max(digits, min(8, 2 - math.floor(math.log10(abs(mean)))))
+    return cell(mean, std, digits)
+
+
 def z_score(ours: float, paper_mean: float, paper_std: float) -> float:
     """Difference from the published mean in published standard deviations (nan if std is 0)."""
     return (ours - paper_mean) / paper_std if paper_std > 0 else math.nan
@@ -130,7 +138,7 @@ def table_sharpness_markdown(rows: list[dict]) -> str:
              "solved (at cap) / failed / missing | phi, eps 5e-4 | paper | solved (at cap) / failed / missing |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        cells = [f"{cell(r[f'{k}_mean'], r[f'{k}_std'])} | {cell(r[f'paper_{k}_mean'], r[f'paper_{k}_std'])} | "
+        cells = [f"{phi_cell(r[f'{k}_mean'], r[f'{k}_std'])} | {cell(r[f'paper_{k}_mean'], r[f'paper_{k}_std'])} | "
                  f"{r[f'{k}_n']} ({r[f'{k}_at_cap']}) / {r[f'{k}_failed']} / {r[f'{k}_missing']}"
                  for k in results_lib.sharpness_columns([r], "phi")]
         lines.append(f"| {r['network']} | {r['data']} | {r['regime']} | {r['batch_size']} | {r['seeds']} "

@@ -129,11 +129,11 @@ def markdown(rows_: list[dict]) -> str:
             f"{compare.cell(r['paper_lb_test_mean'], r['paper_lb_test_std'])} | "
             f"{_points(r['gap'])} ({_points(r['plain_gap'])}) | "
             f"{_points(r['paper_gap'])} ({_points(r['paper_plain_gap'])}) | "
-            + " | ".join(f"{compare.cell(r[f'lb_{k}_mean'], r[f'lb_{k}_std'])} | "
+            + " | ".join(f"{compare.phi_cell(r[f'lb_{k}_mean'], r[f'lb_{k}_std'])} | "
                          f"{compare.cell(r[f'paper_lb_{k}_mean'], r[f'paper_lb_{k}_std'])}"
                          for k in PHI.values())
-            + f" | {compare.cell(r[f'sb_{main}_mean'], r[f'sb_{main}_std'])} | "
-            f"{compare.cell(r[f'plain_lb_{main}_mean'], r[f'plain_lb_{main}_std'])} |")
+            + f" | {compare.phi_cell(r[f'sb_{main}_mean'], r[f'sb_{main}_std'])} | "
+            f"{compare.phi_cell(r[f'plain_lb_{main}_mean'], r[f'plain_lb_{main}_std'])} |")
     extra = [r for r in rows_ if r["remedy"] == "conservative"]
     if extra:
         lines += ["", "Our SB runs under conservative training (not in the paper): " + "; ".join(

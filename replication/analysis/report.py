@@ -207,7 +207,7 @@ def _sweep_section(loaded: results.Results) -> str:
             out["noise"] = compare.cell(r["noise_scale_mean"], r["noise_scale_std"], digits=0)
         for key in sharp:
             failed = r.get(key + "_failed", 0)
-            out[key] = compare.cell(r.get(key + "_mean", math.nan), r.get(key + "_std", math.nan)) + (
+            out[key] = compare.phi_cell(r.get(key + "_mean", math.nan), r.get(key + "_std", math.nan)) + (
                 f" ({failed} failed)" if failed else "")
             if "paper_" + key in r:  # the published curve (full space only)
                 out["paper_" + key] = compare.cell(r["paper_" + key], math.nan)

@@ -330,7 +330,7 @@ def table(rows: list[dict]) -> tuple[list[dict], dict[str, str]]:
         row["train"] = compare.cell(p["train_mean"], p["train_std"])
         for key in keys:
             failed = p[key + "_failed"]
-            row[key] = compare.cell(p[key + "_mean"], p[key + "_std"], digits=3) + (f" ({failed} failed)" if failed else "")
+            row[key] = compare.phi_cell(p[key + "_mean"], p[key + "_std"], digits=3) + (f" ({failed} failed)" if failed else "")
             published = PUBLISHED_SHARPNESS.get(key)
             if published:
                 row["paper_" + key] = compare.cell(p["paper_" + published], math.nan, digits=3)
