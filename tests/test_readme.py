@@ -349,14 +349,14 @@ def _report_folders() -> list[str]:
 def test_each_committed_report_agrees_with_its_result_files(name, tmp_path, monkeypatch):
     from replication.analysis import report
 
-    files = subprocess.run(["git", "ls-files", "-z", f"results/{name}"], cwd=ROOT, check=True,
-                           capture_output=True, text=True).stdout.split("\0")
-    for rel in filter(None, files):
+    files = [rel for rel in subprocess.run(["git", "ls-files", "-z", f"results/{name}"], cwd=ROOT, check=True,
+                                           capture_output=True, text=True).stdout.split("\0") if rel]
+    for rel in files:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, tmp_path / rel)
     monkeypatch.chdir(tmp_path)  # the report names its folder as given: results/<name>, as `make report`
     report.build(Path("results") / name)
-    stale = [rel for rel in filter(None, files) if Path(rel).suffix in (".md", ".csv", ".tex")
+    stale = [rel for rel in files if Path(rel).suffix in (".md", ".csv", ".tex")
              and (tmp_path / rel).read_bytes() != (ROOT / rel).read_bytes()]
     assert not stale, (f"results/{name}: {', '.join(stale)} differ from what its files give: run "
                        f"`python -m replication report results/{name}` on the committed files, then commit")

@@ -338,7 +338,8 @@ def test_a_small_sharpness_keeps_three_significant_figures():
     assert compare.phi_cell(0.5, math.nan, digits=3) == "0.500"
     assert compare.phi_cell(math.nan, math.nan) == "n/a"
     row = {"network": "F1", "data": "MNIST", "regime": "LB", "batch_size": 6000, "seeds": 5, "diverged": 0,
-           "settings": "s", "deviations": "none", "paper_phi_full_eps0.001_mean": 205.14, "paper_phi_full_eps0.001_std": 69.52,
+           "settings": "s", "deviations": "none",
+           "paper_phi_full_eps0.001_mean": 205.14, "paper_phi_full_eps0.001_std": 69.52,
            "phi_full_eps0.001_mean": 0.000549, "phi_full_eps0.001_std": 0.00003, "phi_full_eps0.001_n": 5,
            "phi_full_eps0.001_at_cap": 5, "phi_full_eps0.001_failed": 0, "phi_full_eps0.001_missing": 0}
     assert "| 0.000549 ± 0.000030 | 205.14 ± 69.52 |" in compare.table_sharpness_markdown([row])
