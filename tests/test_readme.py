@@ -133,6 +133,24 @@ def test_the_numbers_come_from_the_files(tmp_path):
     assert lb in before and "LB 12.34" in after and lb not in after
 
 
+def test_a_folder_no_config_writes_to_is_named_by_its_provenance(tmp_path):
+    # Runs of the quick profile in a folder of their own (copied, as hessian-quick, or retrained
+    # there, as paper-cpu-rerun): the row says whose runs they are and takes what they are from the
+    # folder's PROVENANCE.md title, instead of calling every such folder "copies".
+    root = _repository(tmp_path, "configs/quick/f1.yaml")
+    for regime in ("sb", "lb"):
+        source = _copy_run(root, f"results/quick/F1_fashion_mnist/{regime}/seed0")
+        target = root / "results/apart/F1_fashion_mnist" / regime / "seed0"
+        target.parent.mkdir(parents=True)
+        shutil.move(source, target)
+    row = _row(readme.contract(root), "apart")
+    assert "runs made outside their profile folder: runs of profile quick" in row
+    (root / "results/apart/PROVENANCE.md").write_text("# Seed 0 retrained on another CPU\n\nHow.\n")
+    row = _row(readme.contract(root), "apart")
+    assert row.startswith("| **apart**: Seed 0 retrained on another CPU: runs of profile quick (")
+    assert "copies" not in row and "runs of [configs/quick/f1.yaml]" in row
+
+
 def test_a_file_without_its_markers_is_one_clear_error(tmp_path):
     root = _repository(tmp_path, "configs/quick/f1.yaml")
     _copy_run(root, "results/quick/F1_fashion_mnist/sb/seed0")

@@ -332,11 +332,14 @@ def _rows(root: Path, profile: Profile, targets: dict, by_profile: dict) -> list
         return [_study_row(root, profile, config, command)]
     loaded = results.load(folder)
     experiment = f"**{profile.name}**: {_descriptions(profile, loaded)}"
-    if not config:  # a folder no config writes to: measurements on copies of another profile's runs
+    if not config:  # a folder no config writes to: another profile's runs, copied or rerun there
         names = sorted({str(r.metrics.get("profile")) for r in loaded.runs})
         made_by = sorted({p for name in names for p in by_profile.get(name, [])})
         config = ("runs of " + ", ".join(_link("", p, p.as_posix()) for p in made_by)) if made_by else "-"
-        experiment = f"**{profile.name}**: copies of runs of profile {', '.join(names)} ({_descriptions(profile, loaded)})"
+        # Copies measured apart (hessian-quick) or reruns into another folder (paper-cpu-rerun): the
+        # folder's PROVENANCE.md title says which, so the row does not guess.
+        experiment = (f"**{profile.name}**: {_provenance_title(folder) or 'runs made outside their profile folder'}: "
+                      f"runs of profile {', '.join(names)} ({_descriptions(profile, loaded)})")
     devices = "; ".join(sorted({f"{r.env.get('device', 'unknown')}, {_backend_version(r)}" for r in loaded.runs}))
     train = sum(r.train_seconds for r in loaded.runs)
     measured = measurement_seconds(folder)
@@ -348,6 +351,15 @@ def _rows(root: Path, profile: Profile, targets: dict, by_profile: dict) -> list
     paper = "; ".join([_paper(networks)] + _remedy_paper(loaded))
     return [[experiment, config, command, devices, time,
              "; ".join(clauses) + " · " + _links(root, profile), paper]]
+
+
+def _provenance_title(folder: Path) -> str | None:
+    """The first heading of FOLDER/PROVENANCE.md, without its '#', or None."""
+    path = folder / "PROVENANCE.md"
+    if not path.is_file():
+        return None
+    heading = next((line for line in path.read_text().splitlines() if line.startswith("# ")), None)
+    return heading[2:].strip() if heading else None
 
 
 def _backend_version(run: results.Run) -> str:
