@@ -154,6 +154,28 @@ def test_the_plain_words_answer_follows_the_ratios(ratios, words):
     assert "At 1 of 2 matched points both solves stopped at their iteration cap" in matched_tables.answer(capped)
 
 
+def test_the_answer_gives_lambda_max_ratios_only_where_lanczos_converged():
+    from replication.analysis import matched_tables
+
+    def side(value, bound=False):
+        return {"capped": True, "lambda_max": {"value": value, "lower_bound": bound}}
+
+    rows = [{"seed": 0, "level": 0.01, "matched": True, "ratio": 4.0, "sb": side(0.5), "lb": side(1.5),
+             "lambda_ratio": 3.0},
+            {"seed": 0, "level": 0.003, "matched": True, "ratio": 9.0, "sb": side(0.1), "lb": side(0.4, True),
+             "lambda_ratio": 4.0},
+            {"seed": 0, "level": "final", "matched": False, "ratio": 0.1, "sb": side(0.04), "lb": side(0.02),
+             "lambda_ratio": 0.5}]
+    text = matched_tables.answer(rows)
+    # The converged pair is a measured ratio; the bounded one and the unmatched final points are left out.
+    assert "LB lambda_max / SB lambda_max: f ~ 0.01: 3x (n = 1 seed)." in text
+    assert "f ~ 0.003: 4" not in text and "0.5x" not in text
+    assert "1 matched point where Lanczos stopped at its cap on a side (a lower bound) left out" in text
+    # Without lambda_max the answer reads as before.
+    plain = [{**r, "sb": {"capped": True}, "lb": {"capped": True}} for r in rows]
+    assert "lambda_max" not in matched_tables.answer(plain)
+
+
 def test_iterate_measure_matched_needs_every_epoch():
     base = {"network": "F1", "dataset": "synthetic_mnist", "epochs": 4, "seeds": [0]}
     with pytest.raises(config_lib.ConfigError, match="'iterate_measure'.*keep_every: 1"):

@@ -163,9 +163,29 @@ def _ratio(value: float) -> str:
     return "-" if not math.isfinite(value) else f"{value:.3g}"
 
 
+def _per_level(by_level: dict) -> list[str]:
+    """'f ~ <level>: <geometric mean>x (n = <seeds>, range a-b)' per level, the highest level first."""
+    parts = []
+    for level, ratios in sorted(by_level.items(), reverse=True):
+        g = math.exp(float(np.mean(np.log(ratios))))
+        spread = f", range {min(ratios):.3g}-{max(ratios):.3g}" if len(ratios) > 1 else ""
+        parts.append(f"f ~ {level:g}: {g:.3g}x (n = {len(ratios)} seed{'s' if len(ratios) > 1 else ''}{spread})")
+    return parts
+
+
+def _direction(ratios: list[float]) -> str:
+    if all(x > 1 for x in ratios):
+        return "LB was sharper than SB at every matched level and seed"
+    if all(x < 1 for x in ratios):
+        return "LB was flatter than SB at every matched level and seed"
+    return (f"LB was sharper than SB at {sum(x > 1 for x in ratios)} of {len(ratios)} matched "
+            "points and flatter at the others")
+
+
 def answer(rows: list[dict]) -> str:
     """The plain-words answer, chosen by what the matched rows show: per level, the LB/SB ratio
-    over seeds (geometric mean, range, n), and whether LB was sharper at every matched level."""
+    over seeds (geometric mean, range, n), and whether LB was sharper at every matched level; the
+    same for lambda_max where it was measured."""
     by_level: dict = {}
     for r in rows:
         if r["matched"] and math.isfinite(r["ratio"]):
@@ -173,19 +193,7 @@ def answer(rows: list[dict]) -> str:
     if not by_level:
         return ("**At equal training loss:** not measured: no level was reached by both SB and LB "
                 "within the matching factor.")
-    parts = []
-    for level, ratios in sorted(by_level.items(), reverse=True):
-        g = math.exp(float(np.mean(np.log(ratios))))
-        spread = f", range {min(ratios):.3g}-{max(ratios):.3g}" if len(ratios) > 1 else ""
-        parts.append(f"f ~ {level:g}: {g:.3g}x (n = {len(ratios)} seed{'s' if len(ratios) > 1 else ''}{spread})")
     all_ratios = [x for v in by_level.values() for x in v]
-    if all(x > 1 for x in all_ratios):
-        head = "LB was sharper than SB at every matched level and seed"
-    elif all(x < 1 for x in all_ratios):
-        head = "LB was flatter than SB at every matched level and seed"
-    else:
-        head = (f"LB was sharper than SB at {sum(x > 1 for x in all_ratios)} of {len(all_ratios)} matched "
-                "points and flatter at the others")
     seeds = {r["seed"] for r in rows if r["matched"]}
     caution = (" One seed: an observation, not a finding." if len(seeds) < 2 else "")
     both = sum(r["matched"] and math.isfinite(r["ratio"]) and r["sb"]["capped"] and r["lb"]["capped"] for r in rows)
@@ -193,7 +201,36 @@ def answer(rows: list[dict]) -> str:
         caution += (f" At {both} of {len(all_ratios)} matched points both solves stopped at their iteration cap: "
                     "each phi is a lower bound, so their ratio is bounded in neither direction (the solver's "
                     "budget section shows how far short of the maximum a capped solve can be).")
-    return f"**At equal training loss:** {head}. LB phi / SB phi: " + "; ".join(parts) + "." + caution
+    return (f"**At equal training loss:** {_direction(all_ratios)}. LB phi / SB phi: " + "; ".join(_per_level(by_level))
+            + "." + caution + _lambda_answer(rows))
+
+
+def _lambda_answer(rows: list[dict]) -> str:
+    """lambda_max's LB/SB ratios at the matched points, from converged Lanczos runs only: unlike a
+    capped phi, a converged lambda_max is a measurement, so its ratio is one too (issue 22 item 4)."""
+    by_level: dict = {}
+    bounded = 0
+    for r in rows:
+        sides = [r.get(regime) and r[regime].get("lambda_max") for regime in ("sb", "lb")]
+        if not (r["matched"] and all(sides) and math.isfinite(r.get("lambda_ratio", math.nan))):
+            continue
+        if any(side["lower_bound"] for side in sides):
+            bounded += 1
+        else:
+            by_level.setdefault(r["level"], []).append(r["lambda_ratio"])
+    if not by_level and not bounded:
+        return ""
+    text = " **By lambda_max** (the Hessian's top eigenvalue at the same weights)"
+    if by_level:
+        ratios = [x for v in by_level.values() for x in v]
+        text += (f", from Lanczos runs that converged on both sides, so these ratios are measured, not bounded: "
+                 f"{_direction(ratios)}. LB lambda_max / SB lambda_max: " + "; ".join(_per_level(by_level)) + ".")
+    else:
+        text += ": no matched point where Lanczos converged on both sides."
+    if bounded:
+        text += (f" {bounded} matched point{'s' if bounded > 1 else ''} where Lanczos stopped at its cap on a "
+                 "side (a lower bound) left out of these ratios.")
+    return text
 
 
 def stopping_rows(loaded, space: str = "full", epsilon: float = 1e-3) -> list[dict]:
