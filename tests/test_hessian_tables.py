@@ -91,3 +91,25 @@ def test_a_ratio_with_a_bound_is_a_bound(pair, sb_converged, lb_converged, ratio
     row, _ = eigen_row(root)
     assert row["ratio"] == ratio
     assert row["lb_sharper"] is sharper
+
+
+def _filter(run_dir, regime, f_x):
+    storage.atomic_write_json(run_dir / "hessian/filter_landscape.json", {
+        "network": "F1", "regime": regime, "run_seed": 0, "num_examples": 100, "wall_seconds": 1.0,
+        "settings": {}, "f_x": f_x, "step": 0.5, "spread": {"mean": 0.1, "std": 0.01, "draws": 3}})
+
+
+@pytest.mark.parametrize("lb_f, words", [(0.0015, "LB/SB 0.75, matched"), (3e-5, "LB/SB 0.015, not matched")])
+def test_the_section_states_both_training_losses_and_whether_they_match(pair, lb_f, words):
+    # Standards: every sharpness verdict states the training loss of both sides and whether they were
+    # matched; the Hessian section compares final points, which need not be at equal f.
+    root, sb, lb = pair
+    write_eigenvalue(sb, "sb", [3.0, 3.1, 2.9], [True] * 3)
+    write_eigenvalue(lb, "lb", [26.0, 26.2, 25.8], [True] * 3)
+    _filter(sb, "sb", 0.002)
+    _filter(lb, "lb", lb_f)
+    loaded = results.load(root)
+    text = hessian_tables.training_loss_summary(loaded, hessian_tables.rows(loaded))
+    assert f"F1 seed 0 at f = 0.002 (SB) and {lb_f:.3g} (LB), {words}" in text
+    assert ("different stages of training" in text) == ("not matched" in words)
+    assert "Each minimiser is its run's final weights" in report._hessian_section(loaded)

@@ -227,6 +227,46 @@ def separation_summary(table_rows: list[dict]) -> str:
             + (" " + lanczos_text if lanczos_text else ""))
 
 
+def _f_measured(run: results_lib.Run) -> float | None:
+    """The training cross-entropy f at the weights the Hessian measures were made at, on the examples
+    they used: the filter-normalised slices' f(x), else the random-subspace solve's first f_x."""
+    for name, measurement in sorted(run.hessian.items()):
+        record = measurement.record
+        value = record.get("f_x") if name == "filter_landscape" else (
+            (record.get("per_draw") or [{}])[0].get("f_x") if name.startswith("sharpness_random_eps") else None)
+        if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0:
+            return float(value)
+    return None
+
+
+def training_loss_summary(loaded: results_lib.Results, table_rows: list[dict]) -> str:
+    """Where each pair was compared: its SB and LB training cross-entropy and whether they are matched
+    (within matched.MATCH_FACTOR of each other), since a sharpness ordering means little at unequal f."""
+    from replication.measure import matched
+
+    parts, unmatched = [], 0
+    for network, dataset, seed in dict.fromkeys((r["network"], r["dataset"], r["seed"]) for r in table_rows):
+        regimes = loaded.trials()[(network, dataset)]
+        runs = {regime: run for regime in ("sb", "lb") for run in regimes.get(regime, [])
+                if run.seed == seed and run.hessian}
+        f = {regime: _f_measured(run) for regime, run in runs.items()}
+        if f.get("sb") is None or f.get("lb") is None:
+            parts.append(f"{network} seed {seed}: f not recorded")
+            continue
+        ratio = f["lb"] / f["sb"] if f["sb"] > 0 else math.inf
+        matched_here = 1 / matched.MATCH_FACTOR <= ratio <= matched.MATCH_FACTOR
+        unmatched += not matched_here
+        parts.append(f"{network} seed {seed} at f = {f['sb']:.3g} (SB) and {f['lb']:.3g} (LB), LB/SB {ratio:.3g}, "
+                     + ("matched" if matched_here else "not matched"))
+    text = ("Each minimiser is its run's final weights, at the training cross-entropy f it reached on the "
+            f"measured examples: {'; '.join(parts)} (matched: within a factor {matched.MATCH_FACTOR:g}).")
+    if unmatched:
+        text += (" Where f is not matched, an ordering here compares points at different stages of training, not "
+                 "minimisers alike; the section \"Sharpness at matched training loss\", where measured, compares "
+                 "Metric 2.1 and lambda_max at equal f.")
+    return text
+
+
 def lanczos_summary(table_rows: list[dict]) -> str:
     """One sentence on the convergence of every top eigenvalue in the table ("" if none records it)."""
     rows = [r for r in table_rows if r["measure"] == MEASURES[0][0]

@@ -531,8 +531,11 @@ def _hessian_clause(loaded: results.Results) -> str | None:
     for network, seed in dict.fromkeys((r["network"], r["seed"]) for r in rows):
         mine = [r for r in rows if (r["network"], r["seed"]) == (network, seed)]
         ratios = ", ".join(f"{_measure(r)} {sig(r['ratio'])}" for r in mine if _finite(r["ratio"]))
+        if not any("survives_batchnorm" in r or "survives_relu" in r for r in mine):
+            texts.append(f"{network} seed {seed} (final points), LB/SB: {ratios}; reparametrisations not measured")
+            continue
         kept = [_measure(r) for r in mine
-                if str(r["survives_batchnorm"]).startswith("yes") and str(r["survives_relu"]).startswith("yes")]
+                if str(r.get("survives_batchnorm")).startswith("yes") and str(r.get("survives_relu")).startswith("yes")]
         texts.append(f"{network} seed {seed}, LB/SB: {ratios}; order survives both reparametrisations: "
                      + (", ".join(kept) if kept else "none"))
     return "; ".join(texts) or None
