@@ -109,7 +109,20 @@ def test_the_section_states_both_training_losses_and_whether_they_match(pair, lb
     _filter(sb, "sb", 0.002)
     _filter(lb, "lb", lb_f)
     loaded = results.load(root)
-    text = hessian_tables.training_loss_summary(loaded, hessian_tables.rows(loaded))
+    text = hessian_tables.training_loss_summary(hessian_tables.rows(loaded))
     assert f"F1 seed 0 at f = 0.002 (SB) and {lb_f:.3g} (LB), {words}" in text
     assert ("different stages of training" in text) == ("not matched" in words)
     assert "Each minimiser is its run's final weights" in report._hessian_section(loaded)
+
+
+def test_the_readme_clause_says_final_points_with_or_without_reparametrisations(pair):
+    # Both branches compare the runs' final weights (not matched in f), so both say so; before, only the
+    # pair without reparametrisations did.
+    from replication.analysis import readme
+
+    root, sb, lb = pair
+    write_eigenvalue(sb, "sb", [3.0, 3.1, 2.9], [True] * 3)
+    write_eigenvalue(lb, "lb", [26.0, 26.2, 25.8], [True] * 3)
+    clause = readme._hessian_clause(results.load(root))
+    assert clause.startswith("F1 seed 0 (final points), LB/SB: top eigenvalue of H 8.67")
+    assert "order survives both reparametrisations" in clause

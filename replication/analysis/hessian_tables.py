@@ -149,6 +149,7 @@ def rows(loaded: results_lib.Results) -> list[dict]:
         for seed in sorted(set(by_seed["sb"]) & set(by_seed["lb"])):
             sb, lb = by_seed["sb"][seed], by_seed["lb"][seed]
             kinds = sorted({*_reparametrizations(sb), *_reparametrizations(lb)})
+            f_sb, f_lb = _f_measured(sb), _f_measured(lb)
             factors = {r["factor"] for run in (sb, lb) for r in _reparametrizations(run).values()}
             for label, prefix, key in MEASURES:
                 (s_sb, detail), (s_lb, _) = _spread(sb, prefix), _spread(lb, prefix)
@@ -165,7 +166,7 @@ def rows(loaded: results_lib.Results) -> list[dict]:
                 if (bound[0] and sharper) or (bound[1] and sharper is False):
                     sharper = None
                 row = {"network": network, "dataset": dataset, "data": sb.metrics.get("dataset_label", dataset),
-                       "seed": seed, "measure": label + (f" ({detail})" if detail else ""),
+                       "seed": seed, "measure": label + (f" ({detail})" if detail else ""), "sb_f": f_sb, "lb_f": f_lb,
                        "sb": _cell(s_sb, counts[0]), "lb": _cell(s_lb, counts[1]), "sb_mean": s_sb and s_sb["mean"],
                        "sb_std": s_sb and s_sb["std"], "lb_mean": s_lb and s_lb["mean"],
                        "lb_std": s_lb and s_lb["std"], "draws": s_sb and s_sb["draws"],
@@ -239,24 +240,22 @@ def _f_measured(run: results_lib.Run) -> float | None:
     return None
 
 
-def training_loss_summary(loaded: results_lib.Results, table_rows: list[dict]) -> str:
-    """Where each pair was compared: its SB and LB training cross-entropy and whether they are matched
-    (within matched.MATCH_FACTOR of each other), since a sharpness ordering means little at unequal f."""
+def training_loss_summary(table_rows: list[dict]) -> str:
+    """Where each pair was compared: its SB and LB training cross-entropy (the rows' sb_f, lb_f) and
+    whether they are matched (within matched.MATCH_FACTOR of each other), since a sharpness ordering
+    means little at unequal f."""
     from replication.measure import matched
 
     parts, unmatched = [], 0
-    for network, dataset, seed in dict.fromkeys((r["network"], r["dataset"], r["seed"]) for r in table_rows):
-        regimes = loaded.trials()[(network, dataset)]
-        runs = {regime: run for regime in ("sb", "lb") for run in regimes.get(regime, [])
-                if run.seed == seed and run.hessian}
-        f = {regime: _f_measured(run) for regime, run in runs.items()}
-        if f.get("sb") is None or f.get("lb") is None:
+    pairs = {(r["network"], r["seed"]): (r["sb_f"], r["lb_f"]) for r in table_rows}
+    for (network, seed), (f_sb, f_lb) in pairs.items():
+        if f_sb is None or f_lb is None:
             parts.append(f"{network} seed {seed}: f not recorded")
             continue
-        ratio = f["lb"] / f["sb"] if f["sb"] > 0 else math.inf
+        ratio = f_lb / f_sb if f_sb > 0 else math.inf
         matched_here = 1 / matched.MATCH_FACTOR <= ratio <= matched.MATCH_FACTOR
         unmatched += not matched_here
-        parts.append(f"{network} seed {seed} at f = {f['sb']:.3g} (SB) and {f['lb']:.3g} (LB), LB/SB {ratio:.3g}, "
+        parts.append(f"{network} seed {seed} at f = {f_sb:.3g} (SB) and {f_lb:.3g} (LB), LB/SB {ratio:.3g}, "
                      + ("matched" if matched_here else "not matched"))
     text = ("Each minimiser is its run's final weights, at the training cross-entropy f it reached on the "
             f"measured examples: {'; '.join(parts)} (matched: within a factor {matched.MATCH_FACTOR:g}).")

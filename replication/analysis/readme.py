@@ -536,7 +536,7 @@ def _hessian_clause(loaded: results.Results) -> str | None:
             continue
         kept = [_measure(r) for r in mine
                 if str(r.get("survives_batchnorm")).startswith("yes") and str(r.get("survives_relu")).startswith("yes")]
-        texts.append(f"{network} seed {seed}, LB/SB: {ratios}; order survives both reparametrisations: "
+        texts.append(f"{network} seed {seed} (final points), LB/SB: {ratios}; order survives both reparametrisations: "
                      + (", ".join(kept) if kept else "none"))
     return "; ".join(texts) or None
 

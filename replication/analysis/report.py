@@ -181,7 +181,7 @@ def _hessian_section(loaded: results.Results) -> str:
             "minimiser. \"order survives\" applies Dinh et al. (2017)'s function-preserving "
             "transformations to either minimiser alone: \"no\" means a network computing the same "
             "function can be made to reverse the SB/LB order by that measure.\n\n"
-            + table + "\n" + hessian_tables.training_loss_summary(loaded, rows) + " "
+            + table + "\n" + hessian_tables.training_loss_summary(rows) + " "
             + hessian_tables.separation_summary(rows)
             + "\n\nFiles: [hessian.csv](tables/hessian.csv), [hessian.tex](tables/hessian.tex); each "
             "run's `hessian/*.json` holds every draw, setting and cost:\n\n"
