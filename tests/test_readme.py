@@ -322,6 +322,12 @@ def test_choosing_a_batch_size_states_only_what_the_pooled_studies_support(gpu_s
     assert text.startswith("From 1 workload and 2 workload-target pairs, 3 seeds each")
     assert f"B_crit was larger at the tighter target on 1 of 1 workload" in text
     assert f"{readme.sig(late.b_crit / early.b_crit, 2)}x; the 16-84% intervals do not overlap" in text
+    # As measured the 2.5-97.5% intervals overlap, so the advice is a direction, not a certainty; only
+    # intervals apart at that level too make it plain.
+    assert "the 2.5-97.5% ones do)" in text and "may be too small for a late one, not surely" in text
+    apart = dataclasses.replace(late, bootstrap={**late.bootstrap, "p2_5": early.bootstrap["p97_5"] * 1.1})
+    text = readme.choosing_block([early, apart])
+    assert "the 2.5-97.5% ones do not)" in text and "an early target is too small for a late one." in text
     # B_crit smaller at the tighter target: said as measured, with no advice drawn from it.
     shrunk = dataclasses.replace(late, b_crit=early.b_crit / 2, bootstrap=early.bootstrap)
     text = readme.choosing_block([early, shrunk])

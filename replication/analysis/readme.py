@@ -815,8 +815,10 @@ def _reading(found: list[Study]) -> list[str]:
         text = (f"At the target, the Adam-preconditioned B_simple was the closer prediction of B_crit on "
                 f"{len(adam_closer)} of {len(judged)} workloads"
                 + (f" (within a factor of {factor:.2g} there)" if factor else ""))
-        text += (f"; the plain one underestimated B_crit on {len(under)} of {len(judged)}." if under else
-                 "; the plain one never underestimated it.")
+        text += (f"; the plain one underestimated B_crit on {len(under)} of {len(judged)}" if under else
+                 "; the plain one never underestimated it")
+        text += (" (one seed each, the earlier estimator with dropout off; the pooled studies above use the "
+                 "definitions fixed in advance).")
         lines.append(text)
     for s in found:
         timed = [r for r in s.rows if _finite(r["seconds_per_step"])]
@@ -957,6 +959,13 @@ MIN_EPOCHS = 5
 EXAMPLES_FACTOR = 1.5  # "about the same examples": within this factor of a study's fewest
 
 
+def _apart(first: Study, last: Study, low: str, high: str) -> bool:
+    """Whether `first`'s bootstrap interval (percentiles low-high) lies wholly below `last`'s; a side
+    among the unresolved resamples (None) is not measured, so it separates nothing."""
+    a, b = first.bootstrap or {}, last.bootstrap or {}
+    return a.get(high) is not None and b.get(low) is not None and a[high] < b[low]
+
+
 def choosing_block(found: list[Study]) -> str:
     """Issue 25 item 7: what the studies pooled over seeds support for choosing a batch size, one
     point per question, each sentence chosen by the numbers it states (workloads, targets, n)."""
@@ -972,22 +981,26 @@ def choosing_block(found: list[Study]) -> str:
              f"{'s' if n_cells > 1 else ''}, {'-'.join(map(str, seeds[::max(1, len(seeds) - 1)]))} seeds each (the "
              "table above):", ""]
     # 1. The target: B_crit at each target of one workload (loosest first, as the report orders them).
-    moves, grew = [], 0
+    moves, grew, separated = [], 0, 0
     for studies_ in by_folder.values():
         if len(studies_) < 2:
             continue
         first, last = studies_[0], studies_[-1]
-        apart = bool(first.bootstrap and last.bootstrap and first.bootstrap.get("p84") and last.bootstrap.get("p16")
-                     and first.bootstrap["p84"] < last.bootstrap["p16"])
+        apart, apart95 = _apart(first, last, "p16", "p84"), _apart(first, last, "p2_5", "p97_5")
         grew += last.b_crit > first.b_crit
+        separated += apart95
         moves.append(f"{short_label(first)}: {sig(first.b_crit)} ({bootstrap_interval(first.bootstrap)}) at "
                      f"{first.target}, {sig(last.b_crit)} ({bootstrap_interval(last.bootstrap)}) at {last.target}, "
-                     f"{last.b_crit / first.b_crit:.2g}x; the 16-84% intervals {'do not overlap' if apart else 'overlap'}")
+                     f"{last.b_crit / first.b_crit:.2g}x; the 16-84% intervals {'do not overlap' if apart else 'overlap'}"
+                     f", the 2.5-97.5% ones {'do not' if apart95 else 'do'}")
     if moves:
+        # The advice follows the 2.5-97.5% intervals: a move within them is a direction, not a measured one.
         lines.append(f"1. **Choose for the loss you will train to.** B_crit was larger at the tighter target on "
                      f"{grew} of {len(moves)} workload{'s' if len(moves) > 1 else ''} ({'; '.join(moves)})"
-                     + (": a batch size chosen for an early target is too small for a late one." if grew == len(moves)
-                        else "."))
+                     + (": a batch size chosen for an early target is too small for a late one." if
+                        separated == grew == len(moves) else
+                        f"; the 2.5-97.5% intervals are apart on {separated} of {len(moves)}, so a batch chosen for an "
+                        "early target may be too small for a late one, not surely." if grew == len(moves) else "."))
     # 2. Examples: how far the batch grows before the examples to the target do.
     spans = []
     for s in pooled:
@@ -1007,7 +1020,8 @@ def choosing_block(found: list[Study]) -> str:
         if judged:
             verdicts.append(f"{name} held on {len(held)} of {len(judged)}")
     if verdicts:
-        lines.append("3. **Predicting B_crit.** Measured where the smallest batch's best run met each target, "
+        lines.append("3. **Predicting B_crit.** Measured where the smallest batch's run at its best rate for the "
+                     "study's own (tightest) target met each target, "
                      f"{' and '.join(verdicts)} workload-target pairs by the rule fixed before the runs (within a "
                      "factor 2 of the measured 2.5-97.5% interval). `recommend` estimates it from one short run "
                      "(the check table below).")
