@@ -1,6 +1,7 @@
 """Make rules generated from configs: one file target per result, a valid makefile, right order."""
 
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -33,6 +34,28 @@ def test_rules_cover_every_result_and_parse_with_make(tmp_path):
     assert first_train < first_sharpness and lines[-1].endswith(f"report {results}")
     assert sum(" train " in line for line in lines) == 4  # 2 seeds x 2 regimes
     assert " check " in lines[0]  # the config check comes before every step
+
+
+def test_file_times_never_make_a_finished_measurement_redo(tmp_path):
+    # A fresh clone gives committed files arbitrary times (pipeline's docstring): with every result
+    # present and each run's metrics.json newer than its measurements, nothing is trained or measured
+    # again; only the check and the report (which reads files alone) run.
+    import os
+    import re
+
+    config = tmp_path / "tiny.yaml"
+    results = tmp_path / "results"
+    config.write_text(yaml.safe_dump({**TINY, "results_dir": str(results)}))
+    rules = pipeline.rules("tiny", [str(config)])
+    targets = [line.split(":")[0] for line in rules.splitlines() if re.match(r"^/\S+:", line)]
+    runs = [t for t in targets if t.endswith("metrics.json")]
+    assert runs and len(targets) > len(runs) + 1
+    for i, path in enumerate(t for t in targets if not t.endswith("REPORT.md")):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text("{}")
+        os.utime(path, (1000, 1000 + (10 ** 6 if path in runs else i)))  # every run newer
+    lines = planned_commands(rules, "tiny-all", tmp_path)
+    assert [line.split()[3] for line in lines] == ["check", "report"], lines
 
 
 def test_make_refuses_an_edited_config_before_reporting_old_runs(tmp_path):

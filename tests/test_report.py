@@ -226,13 +226,14 @@ def test_runs_of_another_protocol_are_refused(tree, capsys, regime, seed, key, o
     other = run_dir(tree, "lb", 1) if changed == run_dir(tree, "lb", 0) else run_dir(tree, "lb", 0)
     if changed == run_dir(tree, "lb", 0):
         ours, theirs = theirs, ours
-    code = entry.main(["report", str(tree)])
-    err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
-    assert str(changed) in err and str(other) in err
-    assert f"'{key}' is {ours} in the first, {theirs} in the second" in err
-    assert "delete one set, or put them in separate results_dir" in err
-    assert not (tree / "REPORT.md").exists()
+    for command in ("report", "table2", "table3", "table4"):  # every command that averages runs
+        code = entry.main([command, str(tree)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, command
+        assert str(changed) in err and str(other) in err
+        assert f"'{key}' is {ours} in the first, {theirs} in the second" in err
+        assert "delete one set, or put them in separate results_dir" in err
+    assert not (tree / "REPORT.md").exists() and not (tree / "tables").exists()
 
 
 def test_diverged_runs_are_counted_not_averaged(tree):
@@ -290,6 +291,10 @@ def test_measurements_that_do_not_match_are_refused(tree):
          r"seed0_linear.csv was computed with x0_sha256 'x0-other', but its SB run .*sb/seed0 has 'x0-0'"),
         (curve.with_suffix(".json"), lambda m: m["settings"].update(batchnorm="moving_average"),
          r"seed0_linear.csv was computed with batchnorm 'moving_average', but its SB run"),
+        (curve.with_suffix(".json"), lambda m: m["settings"].update(eval_batch_size=256),
+         r"seed0_linear.csv was computed with eval_batch_size 256, but its SB run .* has 5000"),
+        (sb1 / "sharpness" / "full_eps0.001.json", lambda r: r.setdefault("settings", {}).update(eval_batch_size=256),
+         r"full_eps0.001.json is not a measurement of the run it lies in \('eval_batch_size' is 256 there, 5000"),
     ]
     for path, change, message in cases:
         before = path.read_bytes()

@@ -108,8 +108,18 @@ def test_finished_run_is_not_redone_and_other_config_is_refused(tiny_config, cap
                            ("batchnorm=moving_average", "batchnorm", "'batch_statistics'")):
         with pytest.raises(rundir.RunError, match=rf"\('{key}' was {re.escape(was)}, now "):
             train.train(config_lib.load(path, [edit]), "sb", 0)
-    # Keys that do not (a description, the measurement sections) leave the run finished.
-    assert train.train(config_lib.load(path, ["description=edited", "sharpness.iterations=3"]), "sb", 0) == run
+    # Keys that do not (rundir.NON_TRAINING_KEYS: a description, the measurement and extra-run sections)
+    # leave the run finished, each of them (results_dir names another folder: no run there to compare;
+    # iterate_measure's other value needs keep_every 1, a key that is compared).
+    untouched = {"description": "description=edited", "profile": "profile=edited", "seeds": "seeds=[0, 1]",
+                 "sharpness": "sharpness.iterations=3", "landscape": "landscape.points=5",
+                 "sweep": "sweep.noise_batches=7", "augmentation": "augmentation.enabled=true",
+                 "conservative": "conservative.enabled=true", "hessian": "hessian.enabled=true",
+                 "batch_size_study": "batch_size_study.batch_sizes=[8, 16]", "warm_start": "warm_start.epochs=3"}
+    assert set(untouched) == set(rundir.NON_TRAINING_KEYS) - {"results_dir", "iterate_measure"}
+    for key, edit in untouched.items():
+        assert train.train(config_lib.load(path, [edit]), "sb", 0) == run, key
+    assert (run / "metrics.json").stat().st_mtime_ns == before
 
 
 def test_plateau_stopping_is_explicit(tiny_config):
