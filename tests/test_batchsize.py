@@ -301,10 +301,11 @@ def test_hand_edited_study_files_are_refused_in_one_line(two_seed_study, tmp_pat
         batchsize_report.write_report(root)
     assert str(error.value).startswith(str(path)) and message in str(error.value) and "\n" not in str(error.value)
     if file.endswith("target.csv"):  # and through the CLI: one line, exit 2, nothing written
-        before = (root / batchsize_report.REPORT_FILE).exists()
+        written = [root / batchsize_report.REPORT_FILE, root / batchsize_report.SUMMARY_FILE]
+        before = {p: p.read_bytes() if p.exists() else None for p in written}
         result = cli("report", root)
         assert message in one_error_line(result.returncode, result.stderr)
-        assert (root / batchsize_report.REPORT_FILE).exists() == before
+        assert {p: p.read_bytes() if p.exists() else None for p in written} == before
 
 
 def test_a_study_under_the_other_backend_is_refused_before_anything_trains(tiny_config):

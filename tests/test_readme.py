@@ -279,6 +279,14 @@ def test_the_recommendation_is_checked_against_each_target_of_its_study(tmp_path
     text = readme.recommend_block(tmp_path, found)
     assert "the value recommend predicts from held on 1 of 2 workload-target pairs; the B_noise printed beside " \
            "it would have held on 1 of 2" in text
+    assert "reaches 0 or below" not in text
+    # An estimator interval that reaches below 0 (F1 MNIST's B_adam, 13822 +- 1.96 x 8353) is said to be
+    # unresolved at that level, beside the value the rule still judges.
+    path.write_text(json.dumps({**record, "recommendation": {**record["recommendation"],
+                                                             "interval": {"low": -2550.0, "high": 30194.0}}}) + "\n")
+    text = readme.recommend_block(tmp_path, found)
+    assert "2048 (B_adam 2500, -2550 to 30194;" in text
+    assert "In critical-batch-f1-mnist the estimator's 95% interval reaches 0 or below" in text
     path.write_text(json.dumps({**record, "cost_seconds": -1}) + "\n")
     with pytest.raises(results.ResultsError, match=r"recommendation\.json: 'cost_seconds' is -1"):
         readme.recommend_block(tmp_path, found)
@@ -334,9 +342,10 @@ def test_choosing_a_batch_size_states_only_what_the_pooled_studies_support(gpu_s
     assert "larger at the tighter target on 0 of 1 workload" in text and "too small for a late one" not in text
     assert "the 16-84% intervals overlap" in text
     # The test-accuracy point follows the spread of the batches' accuracies.
-    assert "barely changed test accuracy (within a point)" in readme.choosing_block([early, late])
+    assert "barely changed the seeds' mean test accuracy (within a point; no test of a difference)" in \
+        readme.choosing_block([early, late])
     rows = [{**r, "test_accuracy": 90.0 + 2 * i} for i, r in enumerate(late.rows)]
-    assert "changed test accuracy by up to 10.00 points" in readme.choosing_block([dataclasses.replace(late, rows=rows)])
+    assert "changed the seeds' mean test accuracy by up to 10.00 points" in readme.choosing_block([dataclasses.replace(late, rows=rows)])
 
 
 def test_a_study_names_fashion_mnist_as_a_workload_not_a_stand_in():

@@ -50,7 +50,7 @@ def test_other_device_lists_differences_without_judging(tmp_path, capsys):
     assert "phi: 35.25 vs 40.0" in out and "not judged" in out and "Intel Xeon" in out
 
 
-def test_the_summary_says_what_is_reproduced_what_differs_and_why(tmp_path, capsys):
+def test_the_summary_says_what_is_reproduced_what_differs_and_why(tmp_path, capsys, monkeypatch):
     # make quick ends with `diff REFERENCE LOCAL --summary --started T`. Numbers per folder: metrics'
     # test_accuracy, history's epoch and train_loss, the sharpness phi twice (times are not results).
     from replication import __main__ as entry
@@ -59,7 +59,9 @@ def test_the_summary_says_what_is_reproduced_what_differs_and_why(tmp_path, caps
     (reference / "REPORT.md").write_text("# reference\n")
     same = _folder(tmp_path / "same", seconds=75.0)
     (same / "REPORT.md").write_text("# here\n")
-    started = time.time() - 125
+    now = time.time()
+    monkeypatch.setattr(rerun.time, "time", lambda: now)  # the wall time, not the test's own speed
+    started = now - 125
     assert entry.main(["diff", str(reference), str(same), "--summary", "--started", str(started)]) == 0
     out = capsys.readouterr().out
     assert "reproduced exactly: 4 of 4 result files, 5 of 5 numbers" in out

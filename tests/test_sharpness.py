@@ -237,8 +237,10 @@ def test_benchmark_reports_passes_and_glue():
                                  materialize_bytes=0)
     assert report["materialized"] is False
     assert report["passes"] >= 2 and report["solve_seconds"] > 0 and report["bare_seconds"] > 0
-    assert report["glue_seconds"] == pytest.approx(
-        report["solve_seconds"] - report["pass_seconds"] - report["solver_seconds"])
+    # Timed inside the solve: the passes and SciPy's routine fit in it, the glue is the rest.
+    assert 0 < report["pass_seconds"] and 0 <= report["solver_seconds"]
+    assert report["pass_seconds"] + report["solver_seconds"] <= report["solve_seconds"]
+    assert 0 <= report["glue_seconds"] <= report["solve_seconds"]
     assert set(report) >= {"glue_fraction", "glue_ratio_to_bare", "within_budget", "n", "p"}
 
 

@@ -32,7 +32,8 @@ def weights(path):
 
 def assert_same_run(a, b):
     assert (a / "metrics.json").read_bytes() == (b / "metrics.json").read_bytes()
-    for (name_a, wa), (name_b, wb) in zip(weights(a / "final.weights.h5"), weights(b / "final.weights.h5")):
+    for (name_a, wa), (name_b, wb) in zip(weights(a / "final.weights.h5"), weights(b / "final.weights.h5"),
+                                          strict=True):
         assert name_a == name_b
         np.testing.assert_array_equal(wa, wb)
 

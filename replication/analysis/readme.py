@@ -1053,8 +1053,9 @@ def choosing_block(found: list[Study]) -> str:
                          f"{accuracies[0][0]}-{accuracies[-1][0]} (range {max(values) - min(values):.2f} points, "
                          f"mean of {s.seeds} seeds each)")
     if alike:
-        moved = ("barely changed test accuracy (within a point)" if spread <= 1 else
-                 f"changed test accuracy by up to {spread:.2f} points")
+        # Means of the seeds at each batch, compared by their range: a description, not a test.
+        moved = ("barely changed the seeds' mean test accuracy (within a point; no test of a difference)"
+                 if spread <= 1 else f"changed the seeds' mean test accuracy by up to {spread:.2f} points")
         lines.append(f"6. **At the same training loss, reached with a tuned rate, the batch {moved}**: "
                      f"{'; '.join(alike)}. This is stopping at a training loss, not the paper's 100 "
                      "epochs: the gap the paper measured at convergence is the [paper-protocol runs'](../README.md#results) "
@@ -1069,6 +1070,7 @@ def recommend_block(root: Path, found: list[Study]) -> str:
     from replication import recommend
 
     judged = {"recommended": [], "b_noise": []}
+    unresolved = []  # studies whose recommendation's 95% interval reaches 0 or below
     rows = ["| workload | target | recommended batch (from, value, 95% estimator interval) | measured B_crit "
             "(bootstrap 16-84%) | predicted / measured | B_noise of the same run, printed beside (/ measured) | "
             "recommend's time | the study's time |",
@@ -1083,6 +1085,8 @@ def recommend_block(root: Path, found: list[Study]) -> str:
         else:
             value = get("recommendation", "b_crit")
             span = get("recommendation", "interval", kind=dict, none=True)
+            if span and get("recommendation", "interval", "low", signed=True) <= 0:
+                unresolved.append(folder.name)
             advice = (f"{get('recommendation', 'batch_size', kind=int)} ({get('recommendation', 'from', kind=str)} "
                       f"{sig(value)}, {sig(get('recommendation', 'interval', 'low', signed=True)) if span else '-'} to "
                       f"{sig(get('recommendation', 'interval', 'high')) if span else '-'}; measured at "
@@ -1118,7 +1122,17 @@ def recommend_block(root: Path, found: list[Study]) -> str:
     return "\n".join(rows) + ("\n\nThe recommended batch is the noise scale of one short run rounded down to a "
                               "power of two (docs/noise-scale.md); its interval is the estimator's alone. Times are "
                               "CPU seconds of training and measurement as each result file records them."
-                              + verdict + "\n")
+                              + verdict + _unresolved_words(unresolved) + "\n")
+
+
+def _unresolved_words(folders: list[str]) -> str:
+    """The recommendations whose estimator interval reaches 0: a point estimate that every batch up to
+    the interval's top is consistent with (the docs' rule still judges the value itself)."""
+    if not folders:
+        return ""
+    return (f" In {', '.join(folders)} the estimator's 95% interval reaches 0 or below: there the noise scale is "
+            "not resolved at that level, and the recommended batch is a point estimate that every batch up to the "
+            "interval's top is consistent with.")
 
 
 BLOCKS = {"README.md": ("results",), "docs/batch-size.md": ("critical-batch", "batch-size", "equal-accuracy",
