@@ -185,6 +185,7 @@ def read_trace(run_dir) -> list[dict]:
                                        f"check's {previous} (edited by hand, or damaged): {fix}")
         previous = step
         number(row["train_seconds"], path, f"{where} train_seconds", fix, text=True)
+        number(row["epoch"], path, f"{where} epoch", fix, integer=True, low=0, above=True, text=True)
         for field, high in (("train_loss", math.inf), ("train_error", 100.0)):
             if not (last and row[field].strip().lower() in ("nan", "inf", "-inf")):
                 number(row[field], path, f"{where} {field}", fix, high=high, text=True)
@@ -218,6 +219,10 @@ class Tracker:
         self.completed_steps = completed_epochs * self.steps_per_epoch
         # Rows past the last completed epoch were made by an epoch that is redone now.
         self.rows = [row for row in rows if int(row["step"]) <= self.completed_steps]
+        # Training seconds so far, every step timed (the callback adds each epoch's steps after its
+        # last check at the epoch's end); a resumed run starts from its last check's, so the steps of
+        # the epoch before the resume that came after that check go untimed.
+        self.seconds = float(self.rows[-1]["train_seconds"]) if self.rows else 0.0
         inputs, labels = data.measurement_subset(x_train, y_train, min(config.target.eval_subset, len(x_train)))
         self.objective = objective.Objective(model, inputs, labels, config.eval_batch_size)
         # Called with a milestone's value at the first check meeting it, weights then current
@@ -261,12 +266,10 @@ class Tracker:
 
         tracker = self
         first_step = epoch * self.steps_per_epoch
-        seconds = float(self.rows[-1]["train_seconds"]) if self.rows else 0.0
 
         class TargetCheck(keras.callbacks.Callback):
             def on_train_begin(self, logs=None):
                 self.tick = time.perf_counter()
-                self.seconds = seconds
 
             def on_train_batch_end(self, batch, logs=None):
                 step = first_step + batch + 1
@@ -274,10 +277,15 @@ class Tracker:
                     return
                 # Under JAX, `self.model` writes the trainer's state back into the variables first.
                 model = self.model
-                self.seconds += time.perf_counter() - self.tick
-                if tracker.check(step, epoch + 1, self.seconds):
+                tracker.seconds += time.perf_counter() - self.tick
+                if tracker.check(step, epoch + 1, tracker.seconds):
                     model.stop_training = True
-                self.tick = time.perf_counter()
+                self.tick = time.perf_counter()  # the check's own evaluation is not training time
+
+            def on_train_end(self, logs=None):
+                # The epoch's steps after its last check count too (before 2026-12-07 they did not:
+                # batchsize_report.seconds_per_step reads within-epoch intervals for that reason).
+                tracker.seconds += time.perf_counter() - self.tick
 
         return TargetCheck()
 

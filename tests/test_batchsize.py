@@ -169,11 +169,19 @@ def test_the_fit_recovers_s_min_and_b_crit_from_exact_data():
         critical_batch.fit_critical_batch([32, 32], [10, 10])
 
 
-def test_seconds_per_step_leaves_the_first_interval_out():
-    trace = [{"step": 10, "train_seconds": 5.0}, {"step": 20, "train_seconds": 6.0},
-             {"step": 30, "train_seconds": 7.0}, {"step": 40, "train_seconds": 8.0}]
+def test_seconds_per_step_leaves_the_first_interval_and_epoch_ends_out():
+    trace = [{"step": 10, "epoch": 1, "train_seconds": 5.0}, {"step": 20, "epoch": 1, "train_seconds": 6.0},
+             {"step": 30, "epoch": 1, "train_seconds": 7.0}, {"step": 40, "epoch": 1, "train_seconds": 8.0}]
     assert batchsize_report.seconds_per_step(trace) == pytest.approx(0.1)
     assert batchsize_report.seconds_per_step(trace[:2]) is None
+    # A trace of the timer before 2026-12-07: epochs of 25 steps, the 5 after an epoch's last check
+    # untimed, so the interval across the epoch's end (20 -> 30) shows 10 steps in 0.5 s. The slope
+    # over every check gave 0.0833 s per step; within epochs it is the true 0.1.
+    old = [{"step": 10, "epoch": 1, "train_seconds": 5.0}, {"step": 20, "epoch": 1, "train_seconds": 6.0},
+           {"step": 30, "epoch": 2, "train_seconds": 6.5}, {"step": 40, "epoch": 2, "train_seconds": 7.5},
+           {"step": 50, "epoch": 2, "train_seconds": 8.5}]
+    assert batchsize_report.seconds_per_step(old) == pytest.approx(0.1)
+    assert batchsize_report.seconds_per_step(old[:3]) is None  # no two checks after the first in one epoch
 
 
 # End to end: runs, noise along training, report -------------------------------------------------
@@ -436,7 +444,21 @@ def test_a_study_where_no_rate_reaches_the_target_says_what_is_missing_and_why(t
     assert "Not measured: 0 batch sizes reached the target, and the fit needs two." in measured
     assert "No noise scale yet" in measured
     assert "Not run: (b) fixed epochs, tuned learning rate; (c)" in text and "at batch 16, 64: set a target" in text
+    assert "raise target.max_steps and epochs" in text
     assert "Not finished here" not in text
+    # Each batch left out of the fit is named, with the budget its runs stopped at: a bound on its steps.
+    assert "- Batch 16 is left out of the fit: no rate met the training loss 1e-06 on every seed within its " \
+           "runs (at most 6 steps each" in text and "- Batch 64 is left out of the fit" in text
+
+
+def test_the_bootstrap_says_what_it_resampled():
+    # A pooled study resamples seeds with the batch sizes (bootstrap_seeds_and_batches records it);
+    # the words said "over the batch sizes" for every study.
+    boot = {"resamples": 10, "resolved": 10, "unresolved": 0, "unresolved_above": 0, "unresolved_below": 0,
+            "median": 100.0, "p16": 90.0, "p84": 110.0, "p2_5": 80.0, "p97_5": 120.0, "unbounded": {}}
+    assert batchsize_report._bootstrap_words({**boot, "over": "seeds and batch sizes"}).startswith(
+        "bootstrap over the seeds and batch sizes: 10 of 10")
+    assert batchsize_report._bootstrap_words(boot).startswith("bootstrap over the batch sizes: 10 of 10")
 
 
 # Studies kept apart, diverged runs left out ---------------------------------------------------------
@@ -533,9 +555,11 @@ def test_the_best_rate_sentence_says_whether_the_rule_alone_would_do():
     rows = [_row(16, 2.0, 90, 100), _row(64, 1.0, 30, 30)]
     text = batchsize_report.best_rate_words(rows, config)
     assert "best learning rate per batch was 2x, 1x the sqrt-rule value" in text
-    assert "the rule's own value (1x) took more steps at batch 16 (100 against 90 steps): tune it" in text
+    assert "the rule's own value (1x) took more steps at batch 16 (100 against 90 steps): the rule alone was " \
+           "not enough at 1 of the 2 batches where it ran" in text
     rows[0] = _row(16, 2.0, 90, None)
-    assert "batch 16 (never reached the target; 90 steps at 2x)" in batchsize_report.best_rate_words(rows, config)
+    assert "batch 16 (did not reach the target on every seed; 90 steps at 2x)" in \
+        batchsize_report.best_rate_words(rows, config)
     # A tie with the rule's value (the middle won), or a loss within one check interval: the rule lost nothing.
     for rule in (_row(16, 2.0, 90, 90), _row(16, 2.0, 90, 100, check=10)):
         assert "was as fast as the best at every batch where it ran: on this grid the rule alone was enough" in \

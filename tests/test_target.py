@@ -30,8 +30,9 @@ def _tracker(tmp_path, losses, batch_size=16, examples=100, **target_overrides):
     return config, tracker
 
 
-def _fit(config, tracker) -> list[dict]:
-    """train's loop around model.fit, with the target callback: epochs until should_stop says stop."""
+def _fit(config, tracker, clock=None) -> list[dict]:
+    """train's loop around model.fit, with the target callback: epochs until should_stop says stop;
+    `clock` (a one-item list read by a patched time.perf_counter) advances a second per step."""
     history = []
     while train.should_stop(config, history, tracker) is None:
         model = types.SimpleNamespace(stop_training=False)
@@ -39,9 +40,12 @@ def _fit(config, tracker) -> list[dict]:
         callback.set_model(model)
         callback.on_train_begin()
         for batch in range(tracker.steps_per_epoch):
+            if clock is not None:
+                clock[0] += 1.0  # one second per step
             callback.on_train_batch_end(batch)
             if model.stop_training:
                 break
+        callback.on_train_end()
         history.append({"train_loss": 1.0, "test_loss": 1.0})
     return history
 
@@ -69,6 +73,17 @@ def test_the_step_budget_is_kept_to_the_step(tmp_path, max_steps, checks):
     assert train.should_stop(config, history, tracker) == "not_reached"
     summary = tracker.summary(len(history))
     assert summary["steps_run"] == max_steps and not summary["reached"] and summary["steps"] is None
+
+
+def test_every_step_is_timed_across_epoch_ends(tmp_path, monkeypatch):
+    """train_seconds at a check is the time of every step so far: epochs of 7 steps, checks every 3,
+    a second per step. Before 2026-12-07 the steps after an epoch's last check went untimed (step 9
+    read 8 s, step 14 read 12 s)."""
+    clock = [0.0]
+    monkeypatch.setattr(target.time, "perf_counter", lambda: clock[0])
+    config, tracker = _tracker(tmp_path, [2.0] * 20, batch_size=16, examples=112, max_steps=14)
+    _fit(config, tracker, clock)
+    assert [(r["step"], r["train_seconds"]) for r in tracker.rows] == [(s, float(s)) for s in (3, 6, 9, 12, 14)]
 
 
 def test_every_examples_is_turned_into_steps(tmp_path):
@@ -118,6 +133,7 @@ TRACE = "step,examples,epoch,train_loss,train_error,train_seconds,reached\n"
 
 @pytest.mark.parametrize("rows, field", [
     (["3,48,1,0.9,20,-167,0"], "row 1 train_seconds"), (["0,0,1,0.9,20,1,0"], "row 1 step"),
+    (["3,48,one,0.9,20,1,0"], "row 1 epoch"),
     (["2.5,40,1,0.9,20,1,0"], "row 1 step"), (["3,48,1,0.9,20,1,0", "3,48,1,0.8,20,2,0"], "row 2 step"),
     (["3,48,1,-0.9,20,1,0"], "row 1 train_loss"), (["3,48,1,0.9,150,1,0"], "row 1 train_error"),
     (["3,48,1,nan,20,1,0", "6,96,1,0.8,20,2,0"], "row 1 train_loss"), (["3,48,1,0.9,20,nan,0"], "row 1 train_seconds"),

@@ -36,13 +36,17 @@ def unresolved_reason(fit: dict) -> str:
 
 
 def seconds_per_step(trace: list[dict]) -> float | None:
-    """Training seconds per optimizer step from a run's target.csv: the slope over the checks
-    after the first (the first interval holds compilation); None with fewer than three checks."""
-    rows = [(int(r["step"]), float(r["train_seconds"])) for r in trace]
-    if len(rows) < 3:
-        return None
-    (s0, t0), (s1, t1) = rows[1], rows[-1]
-    return (t1 - t0) / (s1 - s0) if s1 > s0 else None
+    """Training seconds per optimizer step from a run's target.csv: the seconds between consecutive
+    checks of one epoch, after the first check (the time before it holds compilation), over the steps
+    between them. Within one epoch only: until 2026-12-07 the timer did not count an epoch's steps
+    after its last check (target.Tracker), so an interval across an epoch's end held more steps than
+    time (C1 on 10000 images at batch 32: about a fifth of its steps). It also leaves out model.fit's
+    start-up at each epoch (this trainer's one fit call per epoch), which is not a cost of the step.
+    None when no two checks after the first share an epoch."""
+    rows = [(int(r["step"]), int(r["epoch"]), float(r["train_seconds"])) for r in trace]
+    pairs = [(b[0] - a[0], b[2] - a[2]) for a, b in zip(rows[1:], rows[2:]) if a[1] == b[1]]
+    steps = sum(s for s, _ in pairs)
+    return sum(t for _, t in pairs) / steps if steps else None
 
 
 def _kind(spec: regimes.RunSpec | None) -> str | None:
@@ -466,7 +470,9 @@ def _bootstrap_words(boot: dict) -> str:
     sides = [(boot["unresolved_above"], "steps falling at least as fast as 1/B (B_crit beyond their largest batch)"),
              (boot["unresolved_below"], "steps not falling as the batch grew (B_crit below their smallest batch)")]
     sides = [(count, words) for count, words in sides if count]
-    text = f"bootstrap over the batch sizes: {boot['resolved']} of {boot['resamples']} resamples resolved a B_crit"
+    # What was resampled is the bootstrap's own record (one seed: the batch sizes; pooled: seeds too).
+    text = (f"bootstrap over the {boot.get('over', 'batch sizes')}: {boot['resolved']} of {boot['resamples']} "
+            "resamples resolved a B_crit")
     if len(sides) == 1:
         text += f"; {boot['unresolved']} did not, with {sides[0][1]}"
     elif sides:
@@ -560,12 +566,13 @@ def best_rate_words(rows: list[dict], config) -> str | None:
             continue
         tried += 1
         if r["rule_steps"] is None:
-            lost.append(f"batch {r['batch_size']} (never reached the target; {_fmt(r['steps'])} steps at "
+            lost.append(f"batch {r['batch_size']} (did not reach the target on every seed; {_fmt(r['steps'])} steps at "
                         f"{r['best_multiplier']:g}x)")
         elif r["rule_steps"] > r["steps"] + (r["check_every_steps"] or 0):
             lost.append(f"batch {r['batch_size']} ({_fmt(r['rule_steps'])} against {_fmt(r['steps'])} steps)")
     if lost:
-        return text + f"; the rule's own value (1x) took more steps at {', '.join(lost)}: tune it at every batch size."
+        return text + (f"; the rule's own value (1x) took more steps at {', '.join(lost)}: the rule alone was not "
+                       f"enough at {len(lost)} of the {tried} batches where it ran.")
     if tried:
         return text + "; the rule's own value (1x) was as fast as the best at every batch where it ran: on this grid the rule alone was enough."
     return text + "."
@@ -627,13 +634,21 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
             f"faster. At B = B_crit it takes twice the fewest steps possible (S_min = {_fmt(fit['s_min'])}) "
             "and twice the fewest examples; beyond it, each doubling costs many more examples for few "
             "steps saved."
-            + (f" B_crit lies outside the batches measured ({reached[0]['batch_size']}-{reached[-1]['batch_size']}): "
+            + (f" B_crit lies outside the batches that reached the target ({reached[0]['batch_size']}-"
+               f"{reached[-1]['batch_size']}): "
                "it is an extrapolation of the fit." if not reached[0]["batch_size"] <= b_crit <= reached[-1]["batch_size"]
                else ""))
     elif len(reached) < 2:
-        lines.append(f"- Not enough batch sizes reached the target yet ({len(reached)}) to fit a critical batch size.")
+        lines.append(f"- Not enough batch sizes reached the target ({len(reached)}) to fit a critical batch size.")
     else:
         lines.append(f"- The fit resolved no critical batch size: {unresolved_reason(fit)}.")
+    for row in (r for r in rows if r["steps"] is None):
+        # Stopped by the epochs or target.max_steps: more steps than any of its runs took, a bound.
+        budget = max((p.steps_run for p in study["points"] if p.batch_size == row["batch_size"]), default=None)
+        lines.append(f"- Batch {row['batch_size']} is left out of the fit: no rate met the {loss} "
+                     f"{_fmt(study['target'])} on every seed within its runs (at most {budget} steps each, stopped by "
+                     "`epochs` or target.max_steps), so its steps to the target exceed that: a bound, not a point "
+                     "of the curve.")
     if at_target and b_crit:
         n = max(prediction["n"].values())
         lines.append(
@@ -710,7 +725,7 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
             f"({', '.join(r['grid'] for r in capped)})"] if capped else [])) + ".", ""]
     lines += [f"{h} Steps and examples to the target", "",
               f"![steps to target]({figures[0].name})", "",
-              "| batch | rates tried (x rule) | steps per rate (- = not reached) | best | tied within a check | "
+              "| batch | rates tried (x rule) | steps per rate (seeds' mean; - = not reached by every seed) | best | tied within a check | "
               "grid | lr | steps S | per seed | check | examples E | s/step | s to target | test acc. at target (%) |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -803,7 +818,8 @@ def _holds_verdict(name: str, check: dict) -> str:
         return (f"{name}: not decided (predicted {_fmt(check['mean'])}; the measured B_crit's interval lies beyond "
                 "the batches measured, or no bootstrap ran)")
     measured = f"{_fmt(check['measured_low'])}-{_fmt(check['measured_high']) if check['measured_high'] else 'unbounded'}"
-    return (f"{name}: {'**holds**' if check['holds'] else '**does not hold**'} (predicted {_fmt(check['mean'])}, +-1.96 SE "
+    normal = " (a normal interval: with this few seeds it covers less than 95%)" if check["n"] < 5 else ""
+    return (f"{name}: {'**holds**' if check['holds'] else '**does not hold**'} (predicted {_fmt(check['mean'])}, +-1.96 SE{normal} "
             f"{_fmt(check['low'])}-{_fmt(check['high'])}, n = {check['n']} seed{'s' if check['n'] != 1 else ''}; "
             f"ratio {check['ratio']:.2f} to the measured point estimate; measured {measured})")
 
@@ -889,7 +905,7 @@ def _compare_section(rows: list[dict], gaps: list[dict], config, unranked: list[
     if missing and blocked:
         lines += ["", f"Not run: {'; '.join(missing)}. They train at the study's best rate for each compared "
                   f"batch, and no rate reached the target at batch {', '.join(map(str, blocked))}: set a target "
-                  "the runs can reach (target.value) or raise target.max_steps."]
+                  "the runs can reach (target.value) or raise target.max_steps and epochs."]
     elif missing:
         lines += ["", f"Not finished here: {'; '.join(missing)} (`python -m replication batch-size CONFIG` "
                   "trains what is missing and resumes)."]

@@ -25,8 +25,9 @@ trains and measures (steps 1, 3, 5), replication/analysis/batchsize_report.py fi
 3. The prediction: B_simple (replication/measure/noise.py) of the reference run (the best run at the
    batch nearest sb_batch_size) at x0, at each kept iterate and where it met the target (its final
    weights), plain and with Adam's preconditioner; the ratio predicted / measured.
-4. Time: seconds per optimizer step of each best run from its own trace (the slope of
-   train_seconds over the checks after the first, so compilation is left out) -> time to target.
+4. Time: seconds per optimizer step of each best run from its own trace (the time between
+   consecutive checks of one epoch, after the first check, so compilation is left out:
+   batchsize_report.seconds_per_step) -> time to target.
 5. Generalisation once steps and learning rate are fair (Hoffer et al. 2017): at each batch of
    compare_batch_sizes, runs (a) b<B>-fixed-e<E> (the fixed learning rate), (b) b<B>-x<m>-e<E>
    (the best rate of step 1), (c) b<B>-x<m>-e<E'> (the smallest compared batch's steps), (d) (c)
