@@ -637,3 +637,10 @@ def test_a_study_run_checked_on_the_old_examples_is_refused(tiny_config, monkeyp
     with pytest.raises(storage.StorageError, match=r"b16-x0\.5/seed0/metrics.json: its target checks were measured on "
                                                    r"the examples drawn before .*: delete .*b16-x0\.5/seed0 and rerun"):
         batchsize.run_study(config, 0)
+
+
+def test_a_fitted_batch_whose_best_rate_is_capped_is_named_as_an_upper_bound():
+    rows = [{"batch_size": 32, "grid": "interior"}, {"batch_size": 16384, "grid": "capped low"}]
+    assert batchsize_report._capped_words(rows) == (
+        " At batch 16384 the best rate is at a capped edge of the grid, so the steps fitted there are an upper bound.")
+    assert batchsize_report._capped_words(rows[:1]) == ""

@@ -463,6 +463,16 @@ def _interval(boot: dict | None, low: str, high: str) -> str:
     return f"{a} to {b}" if boot and {low, high} & set(boot.get("unbounded", {})) else f"{a}-{b}"
 
 
+def _capped_words(reached: list[dict]) -> str:
+    """The fitted batches whose best rate sat at a capped edge of its grid: their steps are an upper
+    bound (a rate beyond the edge might need fewer), said beside the fit they enter."""
+    capped = [r for r in reached if str(r.get("grid", "")).startswith("capped")]
+    if not capped:
+        return ""
+    return (f" At batch {', '.join(str(r['batch_size']) for r in capped)} the best rate is at a capped edge of the "
+            "grid, so the steps fitted there are an upper bound.")
+
+
 def _bootstrap_words(boot: dict) -> str:
     """The bootstrap's counts and percentiles (bootstrap_critical_batch), in words."""
     if not boot["resamples"]:
@@ -657,7 +667,7 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
             f"{_ratio(prediction['b_simple'], b_crit)} x the measured B_crit ({_fmt(prediction['b_simple'])}); with "
             f"Adam's preconditioner applied, {_ratio(prediction['adam_b_simple'], b_crit)} x "
             f"({_fmt(prediction['adam_b_simple'])})."
-            + (f" Measured at x0 instead, it would predict {_ratio(at_x0['b_simple'], b_crit)} x"
+            + (f" Measured at x0 instead (seed {at_x0['seed']}'s run), it would predict {_ratio(at_x0['b_simple'], b_crit)} x"
                + (f" (preconditioned {_ratio(at_x0['adam_b_simple'], b_crit)} x)." if at_x0["adam_b_simple"] else
                   " (preconditioned: not defined there, before Adam's first step has a second-moment estimate).")
                if at_x0 else ""))
@@ -669,7 +679,8 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
                                                      (("b_simple", "plain"), ("adam_b_simple", "Adam-preconditioned"))
                                                      if prediction["check"][key]) + ".")
     if (trend := noise_trend(reference)) is not None:
-        lines.append(f"- {trend}")
+        # One run's trend (the first seed's reference run), beside numbers that are seeds' means.
+        lines.append(f"- {trend}" + (f" (seed {at_target['seed']}'s reference run)" if len(study['seeds']) > 1 else ""))
     if fastest:
         lines.append(f"- On this machine ({_device(summary)}) the fastest batch to the target was "
                      f"**{fastest['batch_size']}** ({fastest['seconds_to_target']:.3g} s of training).")
@@ -740,8 +751,9 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
               "steps (the seeds' mean) differ by no more than one check interval are tied, since steps are known "
               "to within that interval; the best is the tied rate nearest the middle of those tried. While an edge "
               "rate is among the tied, one more rate is trained beyond that edge, up to "
-              f"{config.batch_size_study.max_extensions} per side (Shallue et al. 2019; issue 25 item 3). Time per step is each best run's own (its trace, first check interval left out), "
-              "so it includes input handling on this machine.", ""]
+              f"{config.batch_size_study.max_extensions} per side (Shallue et al. 2019; issue 25 item 3). Time per step is each best run's own (its trace: the intervals "
+              "between checks within one epoch, after the first check), so it includes input handling on this "
+              "machine.", ""]
     lines += [f"{h} The critical batch size: measured and predicted", ""]
     if fit and b_crit is None:
         lines += [f"Fit of S = S_min (1 + B_crit / B) (McCandlish et al. 2018, eq. 2.11) to the best steps of "
@@ -752,6 +764,7 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
                   f"{len(reached)} batch sizes, least squares on relative residuals of S against 1/B: "
                   f"S_min = {_fmt(fit['s_min'])}, E_min = {_fmt(fit['e_min'])}, **B_crit = E_min / S_min = "
                   f"{_fmt(b_crit)}**" + (f" ({_bootstrap_words(boot)})" if boot else "") + "."
+                  + _capped_words(reached)
                   + (f" The fit's largest relative residual (S - fit) / S is {fit['worst_residual']:+.0%}, at batch "
                      f"{fit['worst_residual_batch']:g}." if "worst_residual" in fit else ""), ""]
     else:
