@@ -18,8 +18,10 @@ docs/noise-scale.md, "The recommendation", and uses its definitions unchanged.
    B_crit / b) from the short run's S_b steps to the target; not estimated where it did not reach
    it. The uncertainty: B_crit +- 1.96 SE and the batches its ends round down to, the estimator's
    interval only (no seeds, no targets).
-4. The caveat: the noise scale grows as the loss falls (McCandlish et al., section 3), so for a
-   target tighter than the short run reached the recommendation is a lower bound.
+4. The caveat: the critical batch grows as the loss falls (McCandlish et al., section 3), so for a
+   target tighter than the short run reached the recommendation is likely too small; an estimate at
+   the short run's loss, not a bound (the docs' step 4 called it a lower bound; the F1 studies did
+   not bear that out: docs/noise-scale.md, "What the studies showed").
 
 Writes `<results_dir>/recommend/recommendation.json` (every number, the short run, what it cost,
 the environment). A rerun reuses the finished run and its noise result, so it costs seconds.
@@ -44,8 +46,9 @@ BUDGET_RULE = ("the study's step budget is target.max_steps x len(batch_size_stu
                "len(batch_size_study.lr_multipliers) x len(seeds): the most the study's grid (extensions left "
                "out) can cost in optimizer steps; the short run takes at most the given fraction of it, and "
                "at most target.max_steps")
-CAVEAT = ("the noise scale grows as the loss falls (McCandlish et al. 2018, section 3), so for a target "
-          "tighter than the short run reached, the recommended batch is a lower bound")
+CAVEAT = ("the critical batch grows as the loss falls (McCandlish et al. 2018, section 3), so for a target "
+          "tighter than the short run reached the recommended batch is likely too small; it is an estimate at "
+          "the short run's loss, not a bound (docs/noise-scale.md, 'What the studies showed')")
 
 
 # Pure functions -----------------------------------------------------------------------------------
@@ -126,8 +129,7 @@ def recommend(config_path, overrides=(), fraction: float = 0.05, seed: int | Non
     seed = config.seeds[0] if seed is None else seed
     folder = Path(config.results_dir) / FOLDER
     # The same config but for where it writes, its step cap and the definition the docs fix.
-    # It stops at the loosest target (the first milestone, else target.value): the docs' short run,
-    # whose noise scale is a lower bound for a tighter target.
+    # It stops at the loosest target (the first milestone, else target.value): the docs' short run.
     loosest = config.target.values()[0]
     short = config_lib.load(config_path, [*overrides, f"results_dir={json.dumps(str(folder))}",
                                           f"target.max_steps={budget}", f"sweep.noise_definition={DEFINITION}",

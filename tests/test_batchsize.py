@@ -461,6 +461,21 @@ def test_the_bootstrap_says_what_it_resampled():
     assert batchsize_report._bootstrap_words(boot).startswith("bootstrap over the batch sizes: 10 of 10")
 
 
+def test_a_bootstrap_over_few_seeds_says_it_is_coarse():
+    # Two seeds drawn with replacement give 3 distinct draws ({0,0}, {1,1}, {0,1}); the words said
+    # nothing of it, so a 2-seed interval read as a full measure of the seeds' spread.
+    boot = {"resamples": 10, "resolved": 10, "unresolved": 0, "unresolved_above": 0, "unresolved_below": 0,
+            "median": 100.0, "p16": 90.0, "p84": 110.0, "p2_5": 80.0, "p97_5": 120.0, "unbounded": {},
+            "over": "seeds and batch sizes"}
+    assert "one of only 3 distinct sets of seeds" in batchsize_report._bootstrap_words({**boot, "seeds": 2})
+    assert "one of only 10 distinct sets" in batchsize_report._bootstrap_words({**boot, "seeds": 3})
+    assert "distinct sets" not in batchsize_report._bootstrap_words({**boot, "seeds": 5})
+    points = [critical_batch.Point(Path(f"r/b{b}/seed{s}"), "F1", "mnist", s, b, 1.0, 0.001, True, steps, None,
+                                   steps, None, 10, None, 90.0, False, (), ((0.1, steps),), None)
+              for s in (0, 1) for b, steps in ((16, 400), (64, 130), (256, 60))]
+    assert critical_batch.bootstrap_seeds_and_batches(points, 0.1, [0, 1], 20)["seeds"] == 2
+
+
 # Studies kept apart, diverged runs left out ---------------------------------------------------------
 def _run(network, regime, scaling="sqrt"):
     return types.SimpleNamespace(network=network, dataset="synthetic_mnist", regime=regime,
@@ -538,6 +553,15 @@ def test_the_noise_scale_trend_sentence_is_chosen_by_sign_and_size(series, words
     for expected in words:
         assert expected in text, text
     assert "grows as the loss falls" not in text
+
+
+def test_the_trend_names_no_point_measured_after_the_target():
+    # A run that went on to a tighter target has noise points after this target's; the sentence
+    # called F1 Fashion's final point (step 5642, target met at 1798) a rise "on the way".
+    rows = [_noise("initial", 0, 227, 500), _noise("target", 1798, 2629, 600, at_target=True),
+            _noise("final", 5642, 3619, 700)]
+    text = batchsize_report.noise_trend(rows)
+    assert "grew from 227 at x0 to 2629" in text and "3619" not in text and "on the way" not in text
 
 
 def test_the_trend_needs_x0_and_the_target():

@@ -254,7 +254,7 @@ def test_the_recommendation_is_checked_against_each_target_of_its_study(tmp_path
     folder = Path("results/critical-batch-f1-mnist")
     study = lambda target, b_crit: types.SimpleNamespace(  # noqa: E731
         folder=folder, label="F1, MNIST, 60000 training examples", seed=None, target=target, b_crit=b_crit,
-        bootstrap={"p16": 0.8 * b_crit, "p84": 1.3 * b_crit, "unbounded": {}}, train_seconds=3000.0,
+        bootstrap={"resamples": 1000, "p16": 0.8 * b_crit, "p84": 1.3 * b_crit, "unbounded": {}}, train_seconds=3000.0,
         measure_seconds=600.0)
     found = [study("training cross-entropy 0.1", 2000.0), study("training cross-entropy 0.03", 8000.0)]
     assert readme.recommend_block(tmp_path, found).startswith("No recommendation has been checked")
@@ -268,9 +268,9 @@ def test_the_recommendation_is_checked_against_each_target_of_its_study(tmp_path
     text = readme.recommend_block(tmp_path, found)
     assert "| F1 (critical-batch-f1-mnist, seeds pooled) | training cross-entropy 0.1 | 2048 (B_adam 2500, 2100 to 2900; " \
            "measured at train_loss <= 0.1) | " \
-           "2000 (1600-2600) | 1.25 | 1000 (0.50) | 90 s | 3600 s |" in text
+           "2000 (1600-2600) | - | 1.25 | 1000 (0.50) | 90 s | 3600 s |" in text
     assert "| training cross-entropy 0.03 | 2048 (B_adam 2500, 2100 to 2900; measured at train_loss <= 0.1) | " \
-           "8000 (6400-10400) | 0.31 |" in text
+           "8000 (6400-10400) | - | 0.31 |" in text
     assert "By the rule" not in text  # no 2.5-97.5% interval: nothing judged
     # With the measured 2.5-97.5% intervals, the rule judges the recommended value and B_noise beside it:
     # 2500 is within 2x of [1500, 3000] but not of [6000, 12000]; 1000 within 2x of the first only.
@@ -279,6 +279,7 @@ def test_the_recommendation_is_checked_against_each_target_of_its_study(tmp_path
     text = readme.recommend_block(tmp_path, found)
     assert "the value recommend predicts from held on 1 of 2 workload-target pairs; the B_noise printed beside " \
            "it would have held on 1 of 2" in text
+    assert "| 2000 (1600-2600) | 750-6000 | 1.25 |" in text  # what the rule accepts, beside each verdict
     assert "reaches 0 or below" not in text
     # An estimator interval that reaches below 0 (F1 MNIST's B_adam, 13822 +- 1.96 x 8353) is said to be
     # unresolved at that level, beside the value the rule still judges.
@@ -287,6 +288,8 @@ def test_the_recommendation_is_checked_against_each_target_of_its_study(tmp_path
     text = readme.recommend_block(tmp_path, found)
     assert "2048 (B_adam 2500, -2550 to 30194;" in text
     assert "In critical-batch-f1-mnist the estimator's 95% interval reaches 0 or below" in text
+    # ...and a hold from such an estimate is counted apart (F1 MNIST at 0.03 was counted as a plain hold).
+    assert "held on 1 of 2 workload-target pairs (1 of them from an estimate whose 95% interval reaches 0" in text
     path.write_text(json.dumps({**record, "cost_seconds": -1}) + "\n")
     with pytest.raises(results.ResultsError, match=r"recommendation\.json: 'cost_seconds' is -1"):
         readme.recommend_block(tmp_path, found)
@@ -299,14 +302,23 @@ def test_the_critical_batch_table_states_the_bracket_and_each_prediction(gpu_stu
     import dataclasses
 
     assert readme.critical_batch_block([gpu_study]).startswith("No study pooled over several seeds")
-    boot = {"p16": 2000.0, "p84": 3000.0, "p2_5": 1500.0, "p97_5": None, "unbounded": {"p97_5": "above"}}
+    boot = {"resamples": 1000, "p16": 2000.0, "p84": 3000.0, "p2_5": 1500.0, "p97_5": None,
+            "unbounded": {"p97_5": "above"}}
     checks = {"b_simple": {"holds": True, "mean": 2600.0, "n": 3, "unresolved_seeds": []},
               "adam_b_simple": {"holds": False, "mean": 9e5, "n": 3, "unresolved_seeds": [1]}}
     pooled = dataclasses.replace(gpu_study, seeds=3, b_crit=2481.0, bootstrap=boot, checks=checks,
                                  one_multiplier={"multiplier": 0.5, "excess": 0.04, "worst_batch": 500, "tied": False})
     row = readme.critical_batch_block([gpu_study, pooled]).splitlines()[2]
-    assert "| 3 | 32-5000 | 2481 (2000-3000; 1500 to no upper bound) | yes | 2600 (holds, n = 3) | " \
+    # The 2.5-97.5% interval reaches past the largest batch: bracketed by the point and 16-84% only (it
+    # said "yes" for F1 MNIST at 0.03, whose 97.5% point is 44556, beyond batch 16384); and the range
+    # of predictions the rule accepts is stated beside its verdicts.
+    assert "| 3 | 32-5000 | 2481 (2000-3000; 1500 to no upper bound) | point and 16-84%; the 2.5-97.5% " \
+           "interval reaches past 5000 | above 750, no upper bound | 2600 (holds, n = 3) | " \
            "900000 (does not hold, n = 3; unresolved at seed 1) | 0.5x (4% at batch 500) |" in row
+    inside = dataclasses.replace(pooled, bootstrap={**boot, "p97_5": 4000.0, "unbounded": {}})
+    assert "| yes, its 2.5-97.5% interval too | 750-8000 |" in readme.critical_batch_block([inside]).splitlines()[2]
+    narrow = dataclasses.replace(pooled, bootstrap={**boot, "p16": 20.0})
+    assert "| point only; its intervals reach below 32 |" in readme.critical_batch_block([narrow]).splitlines()[2]
     beyond = dataclasses.replace(pooled, b_crit=9000.0, bootstrap={**boot, "p2_5": None, "unbounded": {
         "p2_5": "above", "p97_5": "above"}})
     assert "| 9000 (2000-3000; no upper bound to no upper bound) | no: an extrapolation |" in \
@@ -393,3 +405,11 @@ def test_each_committed_report_agrees_with_its_result_files(name, tmp_path, monk
              and (tmp_path / rel).read_bytes() != (ROOT / rel).read_bytes()]
     assert not stale, (f"results/{name}: {', '.join(stale)} differ from what its files give: run "
                        f"`python -m replication report results/{name}` on the committed files, then commit")
+
+
+def test_a_best_rate_at_a_capped_grid_edge_is_named_in_the_results_row():
+    # F1 MNIST's best rate at batch 16384 is 0.25x, the capped low edge of its grid: the row said
+    # "best rate 0.25-0.707x the sqrt rule" as if 0.25x were measured to be the best there.
+    profile = next(p for p in readme.profiles(ROOT) if p.name == "critical-batch-f1-mnist")
+    row = readme._study_row(ROOT, profile, "config", "command")
+    assert "best rate 0.25-0.707x the sqrt rule (at a capped grid edge at batch 16384)" in " ".join(row)

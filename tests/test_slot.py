@@ -44,10 +44,14 @@ def test_makefile_sets_run_from_gpus():
 
 
 def record_jobs(tmp_path, run: str, jobs: int, parallel: int, seconds: float = 0.6, before=(),
-                environment=None) -> list[tuple]:
+                environment=None, together: int = 1) -> list[tuple]:
     """`make -j parallel` of `jobs` recipes behind `run` (make itself behind the command `before`);
-    each records (GPU, start, end, preallocate)."""
-    recipe = ("$(RUN) sh -c 'start=$$(date +%s.%N); sleep " + str(seconds) + "; "
+    each records (GPU, start, end, preallocate). A job ends only once `together` jobs have started
+    (or after 30 s): jobs the wrapper lets run at once then overlap however slowly a loaded machine
+    starts them, where a fixed sleep alone made the overlap a race."""
+    barrier = (f"i=0; while [ $$(ls started.* | wc -l) -lt {together} ] && [ $$i -lt 300 ]; "
+               "do sleep 0.1; i=$$((i+1)); done; ")
+    recipe = ("$(RUN) sh -c 'start=$$(date +%s.%N); touch started.$@; " + barrier + "sleep " + str(seconds) + "; "
               "echo \"$${CUDA_VISIBLE_DEVICES-none} $$start $$(date +%s.%N) "
               "$${XLA_PYTHON_CLIENT_PREALLOCATE-unset}\" > $@'")
     targets = [f"job{i}" for i in range(jobs)]
@@ -72,7 +76,7 @@ def most_at_once(intervals) -> int:
 
 
 def test_make_j_gives_each_job_a_gpu_of_its_own(tmp_path):
-    jobs = record_jobs(tmp_path, makefile_run(GPUS="0 1"), jobs=6, parallel=4)
+    jobs = record_jobs(tmp_path, makefile_run(GPUS="0 1"), jobs=6, parallel=4, together=2)
     assert {gpu for gpu, *_ in jobs} == {"0", "1"}
     for gpu in ("0", "1"):
         assert most_at_once([(start, end) for g, start, end, _ in jobs if g == gpu]) == 1
@@ -81,7 +85,7 @@ def test_make_j_gives_each_job_a_gpu_of_its_own(tmp_path):
 
 
 def test_several_slots_per_gpu_share_it_without_preallocating(tmp_path):
-    jobs = record_jobs(tmp_path, makefile_run(GPUS="0 1", SLOTS_PER_GPU=2), jobs=4, parallel=4, seconds=1.5)
+    jobs = record_jobs(tmp_path, makefile_run(GPUS="0 1", SLOTS_PER_GPU=2), jobs=4, parallel=4, together=4)
     for gpu in ("0", "1"):
         assert most_at_once([(start, end) for g, start, end, _ in jobs if g == gpu]) == 2
     assert {preallocate for *_, preallocate in jobs} == {"false"}

@@ -222,7 +222,8 @@ def bootstrap_seeds_and_batches(points: list[Point], value: float, seeds, resamp
         if len(set(xs)) < 2:
             continue
         fits.append(fit_critical_batch(xs, ys))
-    return {**_ranked_fits(fits), "over": "seeds and batch sizes" if len(seeds) > 1 else "batch sizes"}
+    return {**_ranked_fits(fits), "over": "seeds and batch sizes" if len(seeds) > 1 else "batch sizes",
+            "seeds": len(seeds)}
 
 
 HOLDS_FACTOR = 2.0  # docs/noise-scale.md: a prediction "holds" within this factor (fixed before the runs)

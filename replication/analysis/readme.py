@@ -220,7 +220,8 @@ def studies(root: Path, profile: Profile) -> list[Study]:
                  "steps": get(*where, "rows", i, "steps", none=True),  # the seeds' mean
                  "test_accuracy": get(*where, "rows", i, "test_accuracy", none=True),
                  "seconds_per_step": get(*where, "rows", i, "seconds_per_step", none=True),
-                 "seconds_to_target": get(*where, "rows", i, "seconds_to_target", none=True)}
+                 "seconds_to_target": get(*where, "rows", i, "seconds_to_target", none=True),
+                 "grid": get(*where, "rows", i, "grid", kind=str)}
                 for i in range(len(get(*where, "rows", kind=list)))]
         b_crit = get(*where, "fit", "b_crit", none=True) if get(*where, "fit", kind=dict, none=True) else None
         boot = None
@@ -580,7 +581,12 @@ def _study_row(root: Path, profile: Profile, config: str, command: str) -> list[
             f"B_crit {sig(study.b_crit)} (16-84% {bootstrap_interval(study.bootstrap)})" if study.b_crit
             else "no critical batch resolved")
         if multipliers:
-            text += f"; best rate {sig(min(multipliers))}-{sig(max(multipliers))}x the sqrt rule"
+            span = sorted({sig(min(multipliers)), sig(max(multipliers))}, key=float)
+            text += f"; best rate {'-'.join(span)}x the sqrt rule" + ("" if len(span) > 1 else " at every batch")
+            # A best rate at a capped grid edge is a bound, not the best (the report says which side).
+            capped = [r["batch_size"] for r in study.rows if r["grid"].startswith("capped")]
+            if capped:
+                text += f" (at a capped grid edge at batch {', '.join(map(str, capped))})"
         if fastest:
             text += f"; fastest to the target: batch {fastest['batch_size']}"
         if study.gaps:
@@ -634,13 +640,13 @@ def critical_batch_block(found: list[Study], prefix: str = "../") -> str:
         return ("No study pooled over several seeds has results yet (`make batch-size-report "
                 "BATCH_SIZE_CONFIG=configs/critical-batch/...`).\n")
     lines = ["| workload | target | seeds | batches measured | B_crit (16-84%; 2.5-97.5%) | bracketed by measured "
-             "batches | B_simple at the target, plain: predicted (holds?) | Adam-preconditioned | one multiple of the "
-             "rate rule (most extra steps) | fastest batch on that machine |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "batches | a prediction holds within | B_simple at the target, plain: predicted (holds?) | "
+             "Adam-preconditioned | one multiple of the rate rule (most extra steps) | fastest batch on that machine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in pooled:
         batches = [r["batch_size"] for r in s.rows if r["steps"] is not None]
         if s.b_crit:
-            bracketed = "yes" if batches and min(batches) <= s.b_crit <= max(batches) else "no: an extrapolation"
+            bracketed = _bracketed(s, batches)
             b_crit = f"{sig(s.b_crit)} ({bootstrap_interval(s.bootstrap)}; {_interval95(s.bootstrap)})"
         else:
             bracketed, b_crit = "-", "not resolved"
@@ -657,10 +663,50 @@ def critical_batch_block(found: list[Study], prefix: str = "../") -> str:
         fastest = f"{timed[0]['batch_size']} ({sig(timed[0]['seconds_to_target'])} s)" if timed else "-"
         lines.append(f"| {_link(prefix, s.folder / 'REPORT.md', s.label)} | {s.target} | {s.seeds} | "
                      f"{min(batches) if batches else '-'}-{max(batches) if batches else '-'} | {b_crit} | {bracketed} | "
-                     f"{check('b_simple')} | {check('adam_b_simple')} | {one} | {fastest} |")
+                     f"{_holds_range(s.bootstrap)} | {check('b_simple')} | {check('adam_b_simple')} | {one} | {fastest} |")
     return "\n".join(lines) + ("\n\nA prediction holds when the measured B_crit's 2.5-97.5% interval holds a value within a "
-                               "factor 2 of it (docs/noise-scale.md, fixed before these studies ran). Steps are the "
-                               "seeds' mean at each batch's best rate; each report gives every seed's.\n")
+                               "factor 2 of it (docs/noise-scale.md, fixed before these studies ran), so any prediction "
+                               "in the column \"a prediction holds within\" holds: where that range is wide, a hold says "
+                               "little. \"Bracketed\" asks whether measured batches lie on both sides of B_crit and of "
+                               "each of its intervals. Steps are the seeds' mean at each batch's best rate; each report "
+                               "gives every seed's.\n")
+
+
+def _bracketed(study: Study, batches: list[int]) -> str:
+    """Whether the measured batches bracket B_crit and its 16-84% and 2.5-97.5% intervals (a bound
+    among unresolved resamples lies past every batch on its side)."""
+    low, high = min(batches), max(batches)
+    if not low <= study.b_crit <= high:
+        return "no: an extrapolation"
+    boot = study.bootstrap or {}
+
+    def outside(keys: tuple[str, str]) -> list[str]:
+        sides = set()
+        for key in keys:
+            value, side = boot.get(key), boot.get("unbounded", {}).get(key)
+            if value is None:
+                sides.add(side or "above")  # no value and no side: not measured, so not bracketed
+            elif value < low:
+                sides.add("below")
+            elif value > high:
+                sides.add("above")
+        return [f"below {low}" if side == "below" else f"past {high}" for side in ("below", "above") if side in sides]
+
+    if not (wide := outside(("p2_5", "p97_5"))):
+        return "yes, its 2.5-97.5% interval too"
+    if not outside(("p16", "p84")):
+        return f"point and 16-84%; the 2.5-97.5% interval reaches {' and '.join(wide)}"
+    return f"point only; its intervals reach {' and '.join(outside(('p16', 'p84')))}"
+
+
+def _holds_range(boot: dict | None) -> str:
+    """The predictions docs/noise-scale.md's rule accepts: within HOLDS_FACTOR of the measured 2.5-97.5%
+    interval ('-' where the interval is not measured)."""
+    span = critical_batch.measured_interval(boot)
+    if span is None:
+        return "-"
+    low, high = span[0] / critical_batch.HOLDS_FACTOR, span[1] * critical_batch.HOLDS_FACTOR
+    return f"{sig(low)}-{sig(high)}" if math.isfinite(high) else f"above {sig(low)}, no upper bound"
 
 
 def _bench_rows(root: Path, profile: Profile, command: str) -> list[list[str]]:
@@ -968,7 +1014,8 @@ def _apart(first: Study, last: Study, low: str, high: str) -> bool:
 
 def choosing_block(found: list[Study]) -> str:
     """Issue 25 item 7: what the studies pooled over seeds support for choosing a batch size, one
-    point per question, each sentence chosen by the numbers it states (workloads, targets, n)."""
+    point per question, each sentence chosen by the numbers it states (workloads, targets, n).
+    README.md's "Choosing a batch size" holds it, above recommend_block's check table."""
     pooled = [s for s in found if s.seeds > 1 and s.b_crit]
     if not pooled:
         return "No study pooled over several seeds has resolved a critical batch yet: nothing here is a rule.\n"
@@ -978,8 +1025,8 @@ def choosing_block(found: list[Study]) -> str:
     n_work, n_cells = len(by_folder), len(pooled)
     seeds = sorted({s.seeds for s in pooled})
     lines = [f"From {n_work} workload{'s' if n_work > 1 else ''} and {n_cells} workload-target pair"
-             f"{'s' if n_cells > 1 else ''}, {'-'.join(map(str, seeds[::max(1, len(seeds) - 1)]))} seeds each (the "
-             "table above):", ""]
+             f"{'s' if n_cells > 1 else ''}, {'-'.join(map(str, seeds[::max(1, len(seeds) - 1)]))} seeds each ("
+             "[their table](docs/batch-size.md#the-critical-batch-studies-several-seeds-two-targets-each)):", ""]
     # 1. The target: B_crit at each target of one workload (loosest first, as the report orders them).
     moves, grew, separated = [], 0, 0
     for studies_ in by_folder.values():
@@ -1058,7 +1105,7 @@ def choosing_block(found: list[Study]) -> str:
                  if spread <= 1 else f"changed the seeds' mean test accuracy by up to {spread:.2f} points")
         lines.append(f"6. **At the same training loss, reached with a tuned rate, the batch {moved}**: "
                      f"{'; '.join(alike)}. This is stopping at a training loss, not the paper's 100 "
-                     "epochs: the gap the paper measured at convergence is the [paper-protocol runs'](../README.md#results) "
+                     "epochs: the gap the paper measured at convergence is the [paper-protocol runs'](#results) "
                      "question.")
     return "\n".join(lines) + "\n"
 
@@ -1069,12 +1116,12 @@ def recommend_block(root: Path, found: list[Study]) -> str:
     from against the measured B_crit, and each one's CPU time; every number checked before use."""
     from replication import recommend
 
-    judged = {"recommended": [], "b_noise": []}
+    judged = {"recommended": [], "b_noise": [], "unresolved_holds": []}
     unresolved = []  # studies whose recommendation's 95% interval reaches 0 or below
     rows = ["| workload | target | recommended batch (from, value, 95% estimator interval) | measured B_crit "
-            "(bootstrap 16-84%) | predicted / measured | B_noise of the same run, printed beside (/ measured) | "
-            "recommend's time | the study's time |",
-            "|---|---|---|---|---|---|---|---|"]
+            "(bootstrap 16-84%) | a prediction holds within | predicted / measured | B_noise of the same run, "
+            "printed beside (/ measured) | recommend's time | the study's time |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for folder in dict.fromkeys(s.folder for s in found):
         path = root / folder / recommend.FOLDER / recommend.RESULT_FILE
         if not path.is_file():
@@ -1085,10 +1132,11 @@ def recommend_block(root: Path, found: list[Study]) -> str:
         else:
             value = get("recommendation", "b_crit")
             span = get("recommendation", "interval", kind=dict, none=True)
-            if span and get("recommendation", "interval", "low", signed=True) <= 0:
+            low = get("recommendation", "interval", "low", signed=True) if span else None
+            if low is not None and low <= 0:
                 unresolved.append(folder.name)
             advice = (f"{get('recommendation', 'batch_size', kind=int)} ({get('recommendation', 'from', kind=str)} "
-                      f"{sig(value)}, {sig(get('recommendation', 'interval', 'low', signed=True)) if span else '-'} to "
+                      f"{sig(value)}, {sig(low) if span else '-'} to "
                       f"{sig(get('recommendation', 'interval', 'high')) if span else '-'}; measured at "
                       f"{get('short_run', 'target', 'metric', kind=str)} <= {sig(get('short_run', 'target', 'value'))})")
         cost = get("cost_seconds")
@@ -1099,6 +1147,7 @@ def recommend_block(root: Path, found: list[Study]) -> str:
             span = critical_batch.measured_interval(study.bootstrap)
             if span and value is not None:
                 judged["recommended"].append(critical_batch.within_rule(value, *span))
+                judged["unresolved_holds"].append(judged["recommended"][-1] and folder.name in unresolved)
             if span and b_noise is not None:
                 judged["b_noise"].append(critical_batch.within_rule(b_noise, *span))
             ratio = _fmt_ratio(_ratio(value, study.b_crit)) if value is not None else "-"
@@ -1106,7 +1155,7 @@ def recommend_block(root: Path, found: list[Study]) -> str:
                       else "not resolved")
             rows.append(f"| {short_label(study)} | {study.target} | {advice} | "
                         f"{sig(study.b_crit) if study.b_crit else 'not resolved'} ({bootstrap_interval(study.bootstrap)}) | "
-                        f"{ratio} | {beside} | {cost:.0f} s | {study.train_seconds + study.measure_seconds:.0f} s |")
+                        f"{_holds_range(study.bootstrap)} | {ratio} | {beside} | {cost:.0f} s | {study.train_seconds + study.measure_seconds:.0f} s |")
     if len(rows) == 2:
         return ("No recommendation has been checked against a study yet: `python -m replication recommend CONFIG` "
                 "on a study's config (configs/critical-batch/) writes one beside the study's results.\n")
@@ -1116,6 +1165,8 @@ def recommend_block(root: Path, found: list[Study]) -> str:
         verdict = (f" By the rule fixed in advance (a value within a factor {critical_batch.HOLDS_FACTOR:g} of the "
                    f"measured B_crit's 2.5-97.5% interval), the value recommend predicts from held on "
                    f"{sum(judged['recommended'])} of {n} workload-target pair{'s' if n > 1 else ''}"
+                   + (f" ({sum(judged['unresolved_holds'])} of them from an estimate whose 95% interval reaches 0: "
+                      "below)" if any(judged["unresolved_holds"]) else "")
                    + (f"; the B_noise printed beside it would have held on {sum(judged['b_noise'])} of "
                       f"{len(judged['b_noise'])} (an observation after the fact, not the predictor the page fixed)."
                       if judged["b_noise"] else "."))
@@ -1135,8 +1186,8 @@ def _unresolved_words(folders: list[str]) -> str:
             "interval's top is consistent with.")
 
 
-BLOCKS = {"README.md": ("results",), "docs/batch-size.md": ("critical-batch", "batch-size", "equal-accuracy",
-                                                            "recommend-check", "choosing"),
+BLOCKS = {"README.md": ("results", "choosing", "recommend-check"),
+          "docs/batch-size.md": ("critical-batch", "batch-size", "equal-accuracy"),
           "docs/performance.md": ("step-time", "epoch-time")}
 
 
