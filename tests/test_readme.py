@@ -317,8 +317,12 @@ def test_the_critical_batch_table_states_the_bracket_and_each_prediction(gpu_stu
            "900000 (does not hold, n = 3; unresolved at seed 1) | 0.5x (4% at batch 500) |" in row
     inside = dataclasses.replace(pooled, bootstrap={**boot, "p97_5": 4000.0, "unbounded": {}})
     assert "| yes, its 2.5-97.5% interval too | 750-8000 |" in readme.critical_batch_block([inside]).splitlines()[2]
-    narrow = dataclasses.replace(pooled, bootstrap={**boot, "p16": 20.0})
-    assert "| point only; its intervals reach below 32 |" in readme.critical_batch_block([narrow]).splitlines()[2]
+    narrow = dataclasses.replace(pooled, bootstrap={**boot, "p16": 20.0, "p2_5": 10.0})
+    assert "| point only; its intervals reach below 32 and past 5000 |" in \
+        readme.critical_batch_block([narrow]).splitlines()[2]
+    unmeasured = dataclasses.replace(pooled, bootstrap={**dict.fromkeys(("p16", "p84", "p2_5", "p97_5")),
+                                                        "unbounded": {}})  # batch_size_study.bootstrap: 0
+    assert "| point; no interval measured | - |" in readme.critical_batch_block([unmeasured]).splitlines()[2]
     beyond = dataclasses.replace(pooled, b_crit=9000.0, bootstrap={**boot, "p2_5": None, "unbounded": {
         "p2_5": "above", "p97_5": "above"}})
     assert "| 9000 (2000-3000; no upper bound to no upper bound) | no: an extrapolation |" in \

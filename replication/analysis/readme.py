@@ -582,7 +582,9 @@ def _study_row(root: Path, profile: Profile, config: str, command: str) -> list[
             else "no critical batch resolved")
         if multipliers:
             span = sorted({sig(min(multipliers)), sig(max(multipliers))}, key=float)
-            text += f"; best rate {'-'.join(span)}x the sqrt rule" + ("" if len(span) > 1 else " at every batch")
+            every = ("at every batch" if len(multipliers) == len(study.rows)
+                     else "at every batch where a rate met the target")
+            text += f"; best rate {'-'.join(span)}x the sqrt rule" + ("" if len(span) > 1 else f" {every}")
             # A best rate at a capped grid edge is a bound, not the best (the report says which side).
             capped = [r["batch_size"] for r in study.rows if r["grid"].startswith("capped")]
             if capped:
@@ -680,12 +682,15 @@ def _bracketed(study: Study, batches: list[int]) -> str:
         return "no: an extrapolation"
     boot = study.bootstrap or {}
 
+    if all(boot.get(key) is None and key not in boot.get("unbounded", {}) for key in ("p16", "p84")):
+        return "point; no interval measured"
+
     def outside(keys: tuple[str, str]) -> list[str]:
         sides = set()
         for key in keys:
             value, side = boot.get(key), boot.get("unbounded", {}).get(key)
             if value is None:
-                sides.add(side or "above")  # no value and no side: not measured, so not bracketed
+                sides.add(side or "above")  # a bound among unresolved resamples, or none: not bracketed
             elif value < low:
                 sides.add("below")
             elif value > high:
@@ -696,7 +701,7 @@ def _bracketed(study: Study, batches: list[int]) -> str:
         return "yes, its 2.5-97.5% interval too"
     if not outside(("p16", "p84")):
         return f"point and 16-84%; the 2.5-97.5% interval reaches {' and '.join(wide)}"
-    return f"point only; its intervals reach {' and '.join(outside(('p16', 'p84')))}"
+    return f"point only; its intervals reach {' and '.join(wide)}"
 
 
 def _holds_range(boot: dict | None) -> str:
