@@ -668,3 +668,21 @@ def test_a_fitted_batch_whose_best_rate_is_capped_is_named_as_an_upper_bound():
     assert batchsize_report._capped_words(rows) == (
         " At batch 16384 the best rate is at a capped edge of the grid, so the steps fitted there are an upper bound.")
     assert batchsize_report._capped_words(rows[:1]) == ""
+
+
+def test_the_smaller_last_batch_of_each_epoch_is_named_and_the_fit_redone_on_average_batches():
+    # model.fit ends each epoch with the examples left over: at 16384 on 60000 a quarter of the steps
+    # take 10848, so "batch 16384" averaged 15000 examples per step, and the reports never said so.
+    batches, n = [32, 512, 4096, 16384], 60000
+    steps = [100 * (1 + 2000 / b) for b in batches]  # exactly S_min (1 + B_crit / B) at the nominal batches
+    again = batchsize_report.mean_batch_fit(batches, steps, n)
+    assert again["mean_batches"] == {"4096": 4000.0, "16384": 15000.0}  # 32 and 512 are within 1%
+    assert again["b_crit"] == pytest.approx(critical_batch.fit_critical_batch(
+        [32, 60000 / 118, 4000, 15000], steps)["b_crit"]) != pytest.approx(2000, rel=1e-3)  # every batch averaged
+    study = {"fit": critical_batch.fit_critical_batch(batches, steps), "mean_batch_fit": again}
+    words = batchsize_report._mean_batch_words(study)
+    assert "Each epoch of 60000 examples ends with the examples left over as one smaller batch" in words
+    assert "batch 4096 averages 4000, batch 16384 averages 15000 examples" in words
+    assert f"(nominal: 2000, {2000 / again['b_crit'] - 1:+.0%})" in words and "a sensitivity check, not a correction" in words
+    assert batchsize_report.mean_batch_fit([32, 64, 100], [300, 200, 150], 6400) is None  # whole batches only
+    assert batchsize_report._mean_batch_words({**study, "mean_batch_fit": None}) == ""
