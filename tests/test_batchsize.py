@@ -686,3 +686,8 @@ def test_the_smaller_last_batch_of_each_epoch_is_named_and_the_fit_redone_on_ave
     assert f"(nominal: 2000, {2000 / again['b_crit'] - 1:+.0%})" in words and "a sensitivity check, not a correction" in words
     assert batchsize_report.mean_batch_fit([32, 64, 100], [300, 200, 150], 6400) is None  # whole batches only
     assert batchsize_report._mean_batch_words({**study, "mean_batch_fit": None}) == ""
+    # 64 and 100 on 128 examples both average 64 per step: no fit (it raised on two equal batches).
+    merged = batchsize_report.mean_batch_fit([64, 100], [30, 25], 128)
+    assert merged["b_crit"] is None and "no refit: the averages leave fewer than two distinct batches" in \
+        batchsize_report._mean_batch_words({"fit": critical_batch.fit_critical_batch([64, 100], [30, 25]),
+                                            "mean_batch_fit": merged})

@@ -168,7 +168,9 @@ def mean_batch_fit(batches, steps, num_train: int) -> dict | None:
     short = {b: m for b, m in means.items() if m < (1 - PARTIAL_SHARE) * b}
     if not short:
         return None
-    fit = fit_critical_batch([means[int(b)] for b in batches], steps)
+    averaged = [means[int(b)] for b in batches]
+    # Two batches can average alike (64 and 100 on 128 examples: 64 each); below two apart, no fit.
+    fit = fit_critical_batch(averaged, steps) if len(set(averaged)) >= 2 else {"b_crit": None, "unresolved": "merged"}
     return {"num_train": num_train, "mean_batches": {str(b): m for b, m in sorted(short.items())},
             "b_crit": fit["b_crit"], "unresolved": fit["unresolved"]}
 
@@ -181,6 +183,7 @@ def _mean_batch_words(study: dict) -> str:
     shares = ", ".join(f"batch {b} averages {m:.0f}" for b, m in again["mean_batches"].items())
     refit = (f"B_crit = {_fmt(again['b_crit'])} (nominal: {_fmt(fit['b_crit'])}, "
              f"{fit['b_crit'] / again['b_crit'] - 1:+.0%})" if again["b_crit"] is not None
+             else "no refit: the averages leave fewer than two distinct batches" if again["unresolved"] == "merged"
              else f"no B_crit resolves ({'beyond the largest batch' if again['unresolved'] == 'above' else 'below the smallest'})")
     return (f" Each epoch of {again['num_train']} examples ends with the examples left over as one smaller batch, so "
             f"per optimizer step {shares} examples over an epoch; the examples E in the table above count steps x the nominal batch "
