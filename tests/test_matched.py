@@ -131,7 +131,11 @@ def test_the_budget_section_says_whether_the_order_of_sb_and_lb_depends_on_the_b
     (line,) = matched_tables.budget_order(flipped)
     assert "10 its 0.00866, 50 its 408" in line and "10 and 50 iterations give opposite orders" in line
     same = [row("sb", 10, 1.0), row("lb", 10, 3.0), row("sb", 50, 2.0), row("lb", 50, 9.0)]
-    assert matched_tables.budget_order(same)[0].endswith("the same order at every budget.\n")
+    assert matched_tables.budget_order(same)[0].endswith("the same order at both budgets measured.\n")
+    # A flip at a middle budget is a flip: only the first and last budgets were compared.
+    middle = [r for r in same if not (r["regime"] == "lb" and r["iterations"] == 50)] + [
+        row("lb", 50, 0.5), row("sb", 200, 4.0), row("lb", 200, 12.0)]
+    assert "10 and 50 iterations give opposite orders" in matched_tables.budget_order(middle)[0]
     assert matched_tables.budget_order([row("sb", 10, 1.0)]) == []  # no LB at that budget: nothing compared
 
 
@@ -152,6 +156,11 @@ def test_the_plain_words_answer_follows_the_ratios(ratios, words):
     # Both solves at their cap: two lower bounds, whose ratio the answer must not present as measured.
     capped = [{**rows[0], "sb": {"capped": True}, "lb": {"capped": True}}, rows[1]]
     assert "At 1 of 2 matched points both solves stopped at their iteration cap" in matched_tables.answer(capped)
+    # Capped at every point: the order is of lower bounds, not "LB was sharper" (paper-cpu, 20 of 20).
+    every = [{**r, "sb": {"capped": True}, "lb": {"capped": True}} for r in rows]
+    text = matched_tables.answer(every)
+    assert "LB's capped phi" in text and "both lower bounds: no ordering of the maxima follows" in text
+    assert "LB was sharper than SB" not in text and "LB was flatter than SB" not in text
 
 
 def test_the_answer_gives_lambda_max_ratios_only_where_lanczos_converged():

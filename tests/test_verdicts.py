@@ -354,3 +354,20 @@ def test_claim7_with_one_seed_is_inconclusive_not_partly():
     assert result["verdict"] == "inconclusive (1 seed; the rule needs 5)"
     assert remedy_tables.claim7([]) == ([], [])
     assert verdicts.claim7([])["verdict"] == "not run"
+
+
+def test_claim_2_names_the_seeds_whose_solves_stopped_at_their_cap():
+    # paper-cpu's random subspace at eps 1e-3: SB capped on seeds 0-2, LB on none; the evidence read
+    # "19.1x ... holds" with no word that three of its ratios are upper bounds of a ratio of maxima.
+    capped, done = {"solves": [{"status": 1}]}, {"solves": [{"status": 0}]}
+    sb = {0: capped, 1: capped, 2: capped, 3: done, 4: done}
+    lb = {s: done for s in range(5)}
+    results = [{"network": "F1", "dataset": "mnist", "dataset_label": "MNIST", "space": "random", "epsilon": 1e-3,
+                "regime": regime, "seed": seed, "failed": False, "phi": phi, "deviations": [],
+                "record": {**record, "f_x": 0.001}}  # as compare.sharpness_results gives them
+               for regime, side, phi in (("sb", sb, 0.03), ("lb", lb, 0.5)) for seed, record in side.items()]
+    reason = verdicts.claim2(results)["reason"]
+    assert "at the iteration cap: SB on 3 of 5 seeds, LB on 0" in reason and "3 seeds give an upper bound" in reason
+    both = paired.cap_words([(True, True), (True, False), (True, False), (False, False)])
+    assert "2 seeds give an upper bound, 1 seed gives no bound either way" in both
+    assert paired.cap_words([(False, False)]) == ""

@@ -68,7 +68,8 @@ def _spread(run: results_lib.Run, prefix: str) -> tuple[dict | None, str]:
         if not records:
             return None, ""
         phi = records[0]["before"]["phi_full"]
-        return {"mean": phi["phi"], "std": None, "draws": 0}, f"eps {records[0]['settings']['epsilon']:g}"
+        return ({"mean": phi["phi"], "std": None, "draws": 0},
+                f"eps {records[0]['settings']['epsilon']:g}; {_cap_detail([phi])}")
     records = _records(run, prefix)
     if not records:
         return None, ""
@@ -76,8 +77,18 @@ def _spread(run: results_lib.Run, prefix: str) -> tuple[dict | None, str]:
     if prefix == "filter_landscape":
         return record["spread"], f"t = {record['step']:g}"
     if prefix == "sharpness_random_eps":
-        return record["spread"], f"eps {record['settings']['epsilon']:g}, p {record['settings']['p']}"
+        return record["spread"], (f"eps {record['settings']['epsilon']:g}, p {record['settings']['p']}; "
+                                  + _cap_detail(record.get("per_draw") or []))
     return record["spread"], ""
+
+
+def _cap_detail(solved: list) -> str:
+    """How many Metric 2.1 draws stopped at their iteration cap (a lower bound on the maximum, as in
+    results.at_cap), or that the records do not say (made before their solves' status was kept)."""
+    if not solved or any(not isinstance(d, dict) or "solves" not in d for d in solved):
+        return "iteration cap not recorded: each may be a lower bound"
+    capped = sum(results_lib.at_cap(d) for d in solved)
+    return f"{capped} of {len(solved)} at the iteration cap" + (" (lower bounds)" if capped else "")
 
 
 def lanczos(run: results_lib.Run) -> tuple[int, int] | None:

@@ -84,6 +84,8 @@ def rows(loaded: results_lib.Results | str | Path) -> list[dict]:
                 ok = not record["failed"] and record["phi"] is not None
                 row[key] = float(record["phi"]) if ok else math.nan
                 row[key + "_failed"] = 0 if ok else 1
+                # A solve that stopped at its iteration cap: phi is a lower bound on the maximum.
+                row[key + "_capped"] = int(ok and results_lib.at_cap(record))
             for file, record, kind in records:
                 _check_owner(run, epoch, file, record)
                 _check_settings(first, (run.network, run.dataset, kind), file, record)
@@ -91,9 +93,9 @@ def rows(loaded: results_lib.Results | str | Path) -> list[dict]:
             row["run"] = str(run.path.relative_to(loaded.root))
             out.append(row)
     keys = phi_keys(out)  # every row gets every column (CSV), nan where a trial lacks one
-    columns = [k for key in keys for k in (key, key + "_failed")]
+    columns = [k for key in keys for k in (key, key + "_failed", key + "_capped")]
     return [{**{k: v for k, v in r.items() if k not in ("deviations", "run")},
-             **{c: r.get(c, math.nan if not c.endswith("_failed") else 0) for c in columns},
+             **{c: r.get(c, 0 if c.endswith(("_failed", "_capped")) else math.nan) for c in columns},
              "deviations": r["deviations"], "run": r["run"]} for r in out]
 
 
@@ -187,6 +189,7 @@ def trends(rows: list[dict]) -> list[dict]:
                         "key": key, "rho": spearman(xs, ys),
                         "iterates": sum(math.isfinite(x) and math.isfinite(y) for x, y in zip(xs, ys)),
                         "failed": sum(int(r.get(key + "_failed", 0)) for r in items),
+                        "capped": sum(int(r.get(key + "_capped", 0)) for r in items),
                         "paper_rho": paper_rho(network, regime, float(epsilon)) if space == "full" else math.nan})
     return out
 
@@ -217,7 +220,10 @@ def judge(rows: list[dict]) -> tuple[list[dict], list[str]]:
             tests.append(test)
             paper = next((t["paper_rho"] for t in mine), math.nan)
             failed = sum(t["failed"] for t in mine)
+            capped, solved = sum(t.get("capped", 0) for t in mine), sum(t["iterates"] for t in mine)
             parts.append(paired.describe(test) + (f" ({failed} failed solve(s) left out)" if failed else "")
+                         + (f" ({capped} of {solved} iterate solves at their iteration cap: those phi are lower "
+                            "bounds, which rho ranks as values)" if capped else "")
                          + (f" (paper {paper:+.2f})" if math.isfinite(paper) else ""))
         last = {regime: [_last_f(rows, network, label, regime, seed) for seed in
                          sorted({t["seed"] for t in items if t["regime"] == regime})] for regime in regimes.REGIMES}
@@ -303,7 +309,7 @@ def trend_table(rows: list[dict]) -> tuple[list[dict], dict[str, str]]:
     """(rows, {key: header}) of the report's rho table: one row per run and sharpness column."""
     columns = {"network": "network", "data": "data", "regime": "regime", "seed": "seed",
                "sharpness": "sharpness", "rho": "Spearman rho vs f", "iterates": "iterates",
-               "failed": "failed solves", "paper_rho": "paper rho"}
+               "failed": "failed solves", "capped": "solves at the iteration cap", "paper_rho": "paper rho"}
     return [{**t, "regime": t["regime"].upper(), "sharpness": phi_label(t["key"])} for t in trends(rows)], columns
 
 

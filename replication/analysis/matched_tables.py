@@ -201,7 +201,12 @@ def answer(rows: list[dict]) -> str:
         caution += (f" At {both} of {len(all_ratios)} matched points both solves stopped at their iteration cap: "
                     "each phi is a lower bound, so their ratio is bounded in neither direction (the solver's "
                     "budget section shows how far short of the maximum a capped solve can be).")
-    return (f"**At equal training loss:** {_direction(all_ratios)}. LB phi / SB phi: " + "; ".join(_per_level(by_level))
+    # With both phi capped at every point, the order is of two lower bounds: said before any ratio.
+    order = (_direction(all_ratios).replace("LB was sharper than SB", "LB's capped phi exceeded SB's")
+             .replace("LB was flatter than SB", "LB's capped phi was below SB's")
+             + " (both lower bounds: no ordering of the maxima follows)" if all_ratios and both == len(all_ratios)
+             else _direction(all_ratios))
+    return (f"**At equal training loss:** {order}. LB phi / SB phi: " + "; ".join(_per_level(by_level))
             + "." + caution + _lambda_answer(rows))
 
 
@@ -390,9 +395,14 @@ def budget_order(rows: list[dict]) -> list[str]:
         if not pairs:
             continue
         words = ", ".join(f"{n} its {_ratio(ratio)}" for n, ratio in pairs)
-        flips = (pairs[0][1] > 1) != (pairs[-1][1] > 1)
+        sides = [ratio > 1 for _, ratio in pairs]
+        flips = len(set(sides)) > 1  # any two budgets, not only the first and the last
+        first = pairs[0][0]
+        other = next(n for n, ratio in pairs if (ratio > 1) != sides[0]) if flips else None
         lines.append(f"LB phi / SB phi at the same budget (seed {seed}, {space}, eps {epsilon:g}): {words}"
-                     + (f": which of the two is sharper depends on the budget ({pairs[0][0]} and {pairs[-1][0]} "
+                     + (f": which of the two is sharper depends on the budget ({first} and {other} "
                         "iterations give opposite orders), so a comparison at one budget alone does not say which "
-                        "minimiser is sharper." if flips else ": the same order at every budget.") + "\n")
+                        "minimiser is sharper." if flips else
+                        f": the same order at {'both budgets' if len(pairs) == 2 else f'all {len(pairs)} budgets'} "
+                        "measured.") + "\n")
     return lines

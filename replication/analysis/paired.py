@@ -207,3 +207,20 @@ def accuracy_margin(network: str) -> float:
     seed standard deviations of test accuracy for `network` (Table 2), nan for another network."""
     row = compare.published("table2_accuracy").get(network)
     return max(row["test_sb_std"], row["test_lb_std"]) if row else math.nan
+
+
+def cap_words(capped: list[tuple[bool, bool]]) -> str:
+    """Which seeds' SB and LB Metric 2.1 solves stopped at their iteration cap, from (SB capped, LB
+    capped) per seed (results.at_cap). A verdict is on the paper's metric, a 10-iteration solve, so a
+    capped phi is that metric's value; as the maximum over the box it is a lower bound, which makes a
+    seed's LB/SB an upper bound where SB's solve alone is capped, a lower bound where LB's alone is,
+    and no bound either way where both are. "" where none is capped."""
+    sb, lb = sum(a for a, _ in capped), sum(b for _, b in capped)
+    if not sb and not lb:
+        return ""
+    kinds = [(sum(a and not b for a, b in capped), "an upper bound"), (sum(b and not a for a, b in capped), "a lower bound"),
+             (sum(a and b for a, b in capped), "no bound either way")]
+    return (f"; at the iteration cap: SB on {sb} of {len(capped)} seeds, LB on {lb} (the paper's 10-iteration "
+            "metric; as the maximum over the box a capped phi is a lower bound, so as a ratio of maxima "
+            + ", ".join(f"{n} seed{'s' if n > 1 else ''} {'give' if n > 1 else 'gives'} {what}" for n, what in kinds if n)
+            + ")")

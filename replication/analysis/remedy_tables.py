@@ -137,7 +137,9 @@ def markdown(rows_: list[dict]) -> str:
     extra = [r for r in rows_ if r["remedy"] == "conservative"]
     if extra:
         lines += ["", "Our SB runs under conservative training (not in the paper): " + "; ".join(
-            f"{r['network']} {compare.cell(r['remedy_sb_test_mean'], r['remedy_sb_test_std'])}%" for r in extra)]
+            f"{r['network']} {compare.cell(r['remedy_sb_test_mean'], r['remedy_sb_test_std'])}%"
+            if r["remedy_sb_test_mean"] is not None and math.isfinite(r["remedy_sb_test_mean"])
+            else f"{r['network']} none run" for r in extra)]
     lines += ["", "Remedy settings: " + " | ".join(sorted({r["settings"] for r in rows_})),
               "", "Deviations from the paper's protocol: " + " | ".join(sorted({r["deviations"] for r in rows_}))]
     return "\n".join(lines) + "\n"
@@ -170,6 +172,8 @@ def seed_rows(loaded: results_lib.Results, remedy: str) -> list[dict]:
                     phi = results_lib.sharpness_value(run, SPACE, epsilon) if run else None
                     f_x = run.sharpness[(SPACE, epsilon)].record.get("f_x") if isinstance(phi, float) else None
                     row[f"{role}_{PHI[tag]}"] = phi if isinstance(phi, float) else math.nan
+                    row[f"{role}_{PHI[tag]}_capped"] = (isinstance(phi, float)
+                                                        and results_lib.at_cap(run.sharpness[(SPACE, epsilon)].record))
                     row[f"{role}_{results_lib.f_column(PHI[tag])}"] = math.nan if f_x is None else float(f_x)
             row["deviations"] = "; ".join(sorted({d for r in remedy_runs for d in r.metrics["deviations"]})) or "none"
             out.append(row)
@@ -199,6 +203,8 @@ def claim7(rows_: list[dict]) -> tuple[list[dict], list[str]]:
                                   paired.SHARP_FACTOR, what, "ratio")
             loss = "; " + paired.side_losses([paired.loss(r[f"sb_{f_key}"], r["sb_train_loss"]) for r in measured],
                                              [paired.loss(r[f"lb_{f_key}"], r["lb_train_loss"]) for r in measured])
+            loss += paired.cap_words([(bool(r.get(f"sb_{key}_capped")), bool(r.get(f"lb_{key}_capped")))
+                                      for r in measured])
         else:
             sharp, loss = paired.not_computed("sharpness", paired.SHARP_FACTOR, "ratio"), ""
         level = paired.level([narrows, sharp])

@@ -178,9 +178,11 @@ def _hessian_section(loaded: results.Results) -> str:
             "and the filter-normalised rise (Li et al. 2018: r(t) = (f(x + t d) + f(x - t d)) / 2 - f(x) "
             "along random directions d whose every filter has the norm of x's, biases and batch-norm "
             "parameters left out), each as mean ± sample std over its independent draws (n) at one "
-            "minimiser. \"order survives\" applies Dinh et al. (2017)'s function-preserving "
-            "transformations to either minimiser alone: \"no\" means a network computing the same "
-            "function can be made to reverse the SB/LB order by that measure.\n\n"
+            "minimiser." + (" \"order survives\" applies Dinh et al. (2017)'s function-preserving "
+                            "transformations to either minimiser alone: \"no\" means a network computing the same "
+                            "function can be made to reverse the SB/LB order by that measure."
+                            if any(key.startswith("survives_") for row in rows for key in row) else "")
+            + "\n\n"
             + table + "\n" + hessian_tables.training_loss_summary(rows) + " "
             + hessian_tables.separation_summary(rows)
             + "\n\nFiles: [hessian.csv](tables/hessian.csv), [hessian.tex](tables/hessian.tex); each "

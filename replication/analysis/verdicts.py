@@ -246,7 +246,9 @@ def claim2(results: list[dict]) -> dict:
                              paired.SHARP_FACTOR, "sharpness LB / SB", "ratio")
         loss = paired.side_losses([_sharpness_loss(sb[s]) for s in seeds], [_sharpness_loss(lb[s]) for s in seeds])
         units.append(paired.unit(name, network, [test], paired.level([test]),
-                          f"{name}: {paired.describe(test)}; {loss}{note}"))
+                          f"{name}: {paired.describe(test)}; {loss}{note}"
+                          + paired.cap_words([(results_lib.at_cap(sb[s]["record"]), results_lib.at_cap(lb[s]["record"]))
+                                             for s in seeds])))
     cap = _not_computed({"full", "random"}, {r["space"] for r in results}, "space")
     return verdict(2, units, results, notes, cap, "no sharpness results")
 

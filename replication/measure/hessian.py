@@ -440,7 +440,7 @@ def _filter_record(context, settings: dict, o: dict, force: bool) -> dict:
 def _sharpness_draws(context, o) -> dict:
     """Metric 2.1 in random subspaces, A drawn from sharpness.seed + draw (draw 0: the run's own A)."""
     cfg = context.run.config.sharpness
-    kept = ("phi", "failed", "failure", "f_x", "max_f", "function_evaluations", "seconds")
+    kept = ("phi", "failed", "failure", "f_x", "max_f", "function_evaluations", "seconds", "solves")
 
     def solve(draw):
         result = sharpness.measure(context.run.model, None, None, context.batch_size, o["epsilon"], "random",
@@ -462,7 +462,8 @@ def _phi_full(context, weights: list, epsilon: float) -> dict:
                                    objective=context.objective())
     finally:
         model.set_weights(saved)
-    return {key: result[key] for key in ("phi", "failed", "f_x", "max_f", "function_evaluations", "seconds")}
+    # "solves" keeps each solve's status: one that stopped at its iteration cap is a lower bound.
+    return {key: result[key] for key in ("phi", "failed", "f_x", "max_f", "function_evaluations", "seconds", "solves")}
 
 
 def _reparametrized(context, kind: str, o: dict, base: dict) -> dict:
