@@ -125,7 +125,8 @@ def qualifier(records: list[dict], ignore: tuple[str, ...] = ()) -> str:
     if stand_in:
         parts.append(f"on data other than the paper's ({', '.join(stand_in)})")
     if protocol:
-        parts.append(f"reduced/changed protocol ({len(protocol)} deviations, listed in the evidence)")
+        parts.append(f"reduced/changed protocol ({len(protocol)} deviation{'s' if len(protocol) > 1 else ''}, "
+                     "listed in the evidence)")
     return "; ".join(parts)
 
 
