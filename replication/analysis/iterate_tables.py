@@ -220,7 +220,7 @@ def judge(rows: list[dict]) -> tuple[list[dict], list[str]]:
             tests.append(test)
             paper = next((t["paper_rho"] for t in mine), math.nan)
             failed = sum(t["failed"] for t in mine)
-            capped, solved = sum(t.get("capped", 0) for t in mine), sum(t["iterates"] for t in mine)
+            capped, solved = sum(t["capped"] for t in mine), sum(t["iterates"] for t in mine)
             parts.append(paired.describe(test) + (f" ({failed} failed solve(s) left out)" if failed else "")
                          + (f" ({capped} of {solved} iterate solves at their iteration cap: those phi are lower "
                             "bounds, which rho ranks as values)" if capped else "")

@@ -173,13 +173,18 @@ def _per_level(by_level: dict) -> list[str]:
     return parts
 
 
-def _direction(ratios: list[float]) -> str:
+def _direction(ratios: list[float], capped: bool = False) -> str:
+    """Which way LB/SB points at the matched points; `capped`: every phi is a capped solve's, so the
+    order is of two lower bounds and no ordering of the maxima follows."""
+    above, below = (("LB's capped phi exceeded SB's", "LB's capped phi was below SB's") if capped
+                    else ("LB was sharper than SB", "LB was flatter than SB"))
     if all(x > 1 for x in ratios):
-        return "LB was sharper than SB at every matched level and seed"
-    if all(x < 1 for x in ratios):
-        return "LB was flatter than SB at every matched level and seed"
-    return (f"LB was sharper than SB at {sum(x > 1 for x in ratios)} of {len(ratios)} matched "
-            "points and flatter at the others")
+        text = f"{above} at every matched level and seed"
+    elif all(x < 1 for x in ratios):
+        text = f"{below} at every matched level and seed"
+    else:
+        text = f"{above} at {sum(x > 1 for x in ratios)} of {len(ratios)} matched points and flatter at the others"
+    return text + (" (both lower bounds: no ordering of the maxima follows)" if capped else "")
 
 
 def answer(rows: list[dict]) -> str:
@@ -202,10 +207,7 @@ def answer(rows: list[dict]) -> str:
                     "each phi is a lower bound, so their ratio is bounded in neither direction (the solver's "
                     "budget section shows how far short of the maximum a capped solve can be).")
     # With both phi capped at every point, the order is of two lower bounds: said before any ratio.
-    order = (_direction(all_ratios).replace("LB was sharper than SB", "LB's capped phi exceeded SB's")
-             .replace("LB was flatter than SB", "LB's capped phi was below SB's")
-             + " (both lower bounds: no ordering of the maxima follows)" if all_ratios and both == len(all_ratios)
-             else _direction(all_ratios))
+    order = _direction(all_ratios, capped=bool(all_ratios) and both == len(all_ratios))
     return (f"**At equal training loss:** {order}. LB phi / SB phi: " + "; ".join(_per_level(by_level))
             + "." + caution + _lambda_answer(rows))
 

@@ -697,9 +697,10 @@ def _bracketed(study: Study, batches: list[int]) -> str:
                 sides.add("above")
         return [f"below {low}" if side == "below" else f"past {high}" for side in ("below", "above") if side in sides]
 
-    if not (wide := outside(("p2_5", "p97_5"))):
+    wide, narrow = outside(("p2_5", "p97_5")), outside(("p16", "p84"))
+    if not wide:
         return "yes, its 2.5-97.5% interval too"
-    if not outside(("p16", "p84")):
+    if not narrow:
         return f"point and 16-84%; the 2.5-97.5% interval reaches {' and '.join(wide)}"
     return f"point only; its intervals reach {' and '.join(wide)}"
 

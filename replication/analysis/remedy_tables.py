@@ -170,10 +170,10 @@ def seed_rows(loaded: results_lib.Results, remedy: str) -> list[dict]:
                 row[f"{role}_train_loss"] = float(run.metrics.get("train_loss", math.nan)) if run else math.nan
                 for tag, epsilon in EPSILONS.items():
                     phi = results_lib.sharpness_value(run, SPACE, epsilon) if run else None
-                    f_x = run.sharpness[(SPACE, epsilon)].record.get("f_x") if isinstance(phi, float) else None
+                    record = run.sharpness[(SPACE, epsilon)].record if isinstance(phi, float) else {}
+                    f_x = record.get("f_x")
                     row[f"{role}_{PHI[tag]}"] = phi if isinstance(phi, float) else math.nan
-                    row[f"{role}_{PHI[tag]}_capped"] = (isinstance(phi, float)
-                                                        and results_lib.at_cap(run.sharpness[(SPACE, epsilon)].record))
+                    row[f"{role}_{PHI[tag]}_capped"] = bool(record) and results_lib.at_cap(record)
                     row[f"{role}_{results_lib.f_column(PHI[tag])}"] = math.nan if f_x is None else float(f_x)
             row["deviations"] = "; ".join(sorted({d for r in remedy_runs for d in r.metrics["deviations"]})) or "none"
             out.append(row)
