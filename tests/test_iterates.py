@@ -24,7 +24,12 @@ def test_kept_epochs_and_their_checks():
     config = config_lib.from_dict({**base, "keep_iterates": [7, 1, 2], "keep_every": 4})
     assert config.kept_epochs() == (1, 2, 4, 7, 8)
     assert "iterates kept at epochs 1, 2, 4, 7, 8 of 10" in " | ".join(config.deviations())
-    assert "iterates kept at every epoch of 10" in config_lib.from_dict({**base, "keep_every": 1}).deviations()
+    # Every epoch kept and measured is Figure 6's own protocol; measuring only the matched ones is not.
+    assert not any("iterates" in d for d in config_lib.from_dict({**base, "keep_every": 1}).deviations())
+    matched = config_lib.from_dict({**base, "keep_every": 1, "iterate_measure": "matched"}).deviations()
+    assert [d for d in matched if d.startswith("iterates")] == [
+        "iterates kept at every epoch of 10, but Figure 6's sharpness measured only at those nearest the matched "
+        "training-loss levels and at the plateau stops (the paper has a point at about every epoch)"]
     assert not any("iterates" in d for d in config_lib.from_dict(base).deviations())
     for bad, key in (({"keep_iterates": [0]}, "keep_iterates"), ({"keep_iterates": [11]}, "keep_iterates"),
                      ({"keep_iterates": [2, 2]}, "keep_iterates"), ({"keep_every": 0}, "keep_every"),
@@ -170,6 +175,24 @@ def write_run(root, regime, phis, kept=EPOCHS, settings=None, network="F1"):
                 "failed": phi is None, "f_x": loss,
                 "settings": {"epsilon": epsilon, "iterations": 10, "weights_digest": f"w{epoch}", **(settings or {})}})
     return path
+
+
+def test_the_loader_rewords_what_older_runs_recorded_for_every_epochs_iterate(tmp_path):
+    """Runs made before config.iterate_deviation recorded "iterates kept at every epoch of N" as a
+    deviation: the loader drops it where every iterate was measured and names the matched-only
+    measurement (measure/matched.py's summary present) where not."""
+    old = "iterates kept at every epoch of 7"
+    for regime, matched in (("sb", False), ("lb", True)):
+        path = write_run(tmp_path, regime, GROWS)
+        metrics = storage.read_json(path / "metrics.json")
+        storage.atomic_write_json(path / "metrics.json", {**metrics, "deviations": [old, "1 seed(s) instead of 5"]})
+        if matched:
+            storage.atomic_write_json(path / "iterates" / "matched.json", {})
+    runs = {run.regime: run for run in results.load(tmp_path).runs}
+    assert runs["sb"].metrics["deviations"] == ["1 seed(s) instead of 5"]
+    assert runs["lb"].metrics["deviations"] == [
+        config_lib.iterate_deviation(tuple(range(1, 8)), 7, matched=True), "1 seed(s) instead of 5"]
+    assert runs["lb"].metrics["deviations"][0].startswith("iterates kept at every epoch of 7, but")
 
 
 GROWS, FALLS = [10.0, 30.0, 90.0, 200.0, 400.0], [40.0, 20.0, 10.0, 5.0, 2.0]

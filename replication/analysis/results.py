@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -299,6 +300,7 @@ def _read_run(path: Path) -> Run:
         raise _impossible(path / "metrics.json", "resolved_config", resolved, "the run's config, with its run entry")
     backend = resolved.get("run", {}).get("backend") or env.get("backend") or DEFAULT_BACKEND
     _check_identity(path, metrics, env, resolved)
+    metrics = {**metrics, "deviations": _current_deviations(path, metrics["deviations"], resolved)}
     measurements = {measure.name: _read_measurements(path, measure)
                     for measure in registry.MEASURES.values() if measure.files}
     hessian = measurements.get("hessian", {})
@@ -308,6 +310,28 @@ def _read_run(path: Path) -> Run:
     return Run(path, _frozen(metrics), _frozen(env), seconds, backend,
                _frozen(protocol(metrics["regime"], resolved, backend)), measurements.get("sharpness", _frozen({})),
                measurements.get("noise", _frozen({})), hessian, _frozen(slices), tuple(history), _frozen(measurements))
+
+
+# What runs made before config_lib.iterate_deviation recorded for a run that kept every epoch's
+# iterate: not a departure from Figure 6, while measuring only the matched ones (told by the
+# resolved config or, for runs older than iterate_measure, by measure/matched.py's summary) is.
+_OLD_EVERY_EPOCH = re.compile(r"iterates kept at every epoch of (\d+)")
+
+
+def _current_deviations(path: Path, recorded, resolved: Mapping) -> list:
+    """A run's recorded deviations, with an older run's iterate wording replaced by today's."""
+    out = []
+    for text in recorded if isinstance(recorded, list) else [recorded]:
+        old = _OLD_EVERY_EPOCH.fullmatch(text) if isinstance(text, str) else None
+        if old is None:
+            out.append(text)
+            continue
+        epochs = int(old.group(1))
+        # measure/matched.summary_path, not imported: that module brings in the training stack
+        matched = resolved.get("iterate_measure") == "matched" or (path / "iterates" / "matched.json").exists()
+        if (now := config_lib.iterate_deviation(tuple(range(1, epochs + 1)), epochs, matched)):
+            out.append(now)
+    return out
 
 
 def _read_measurements(path: Path, measure: registry.Measure) -> Mapping:
@@ -364,6 +388,10 @@ def _read_curve(csv_path: Path, runs: dict[Path, Run]) -> Curve | None:
         raise ResultsError(f"{csv_path} was computed from runs that are not finished in this folder "
                            f"({', '.join(missing)}): delete {csv_path.with_suffix('')}.* or train "
                            "those runs and run the landscape step again")
+    if "deviations" in meta:  # the SB run's, recorded when the curve was computed
+        sb = pair["sb"]
+        meta = {**meta, "deviations": _current_deviations(sb.path, meta["deviations"],
+                                                          sb.metrics.get("resolved_config") or {})}
     curve = Curve(csv_path, _frozen(meta), _frozen(_float_columns(rows)), pair["sb"], pair["lb"])
     _check_curve(curve)
     return curve

@@ -109,7 +109,7 @@ def overall(levels: list[str], cap: str | None = None) -> str:
 UNRELATED = {1: ("sharpness", "parametric plots", "iterates"), 2: ("parametric plots", "iterates"),
              3: ("sharpness", "iterates"), 4: ("parametric plots", "iterates"), 5: ("parametric plots",),
              6: ("parametric plots",),
-             7: ("parametric plots",)}
+             7: ("parametric plots", "iterates")}
 
 
 def qualifier(records: list[dict], ignore: tuple[str, ...] = ()) -> str:
