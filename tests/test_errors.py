@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -260,8 +261,6 @@ def _direct_writes(source: str) -> list[str]:
 def test_every_result_file_goes_through_storages_atomic_writers():
     # guarantees.md: "every result file is written atomically"; the test above proves the writers,
     # this one that nothing in the package writes a file around them.
-    from pathlib import Path
-
     package = Path(storage.__file__).parent
     direct = {str(path.relative_to(package)): found for path in sorted(package.rglob("*.py"))
               if path.name != "storage.py" and (found := _direct_writes(path.read_text()))}
@@ -272,10 +271,21 @@ def test_every_result_file_goes_through_storages_atomic_writers():
 
 
 def test_read_only_results_directory_for_real(tmp_path, capsys):
-    if os.geteuid() == 0:
-        pytest.skip("root ignores permission bits; the simulated test above covers it")
-    (tmp_path / "ro").mkdir(mode=0o555)
-    path = write_config(tmp_path, {"results_dir": str(tmp_path / "ro" / "results")})
+    """A folder the operating system refuses: a mode-0555 one, or, for root (whom permission bits do
+    not stop, as on CI), one under /sys, where the kernel refuses every new directory."""
+    if os.geteuid() != 0:
+        (tmp_path / "ro").mkdir(mode=0o555)
+        results_dir = tmp_path / "ro" / "results"
+    else:
+        results_dir = Path("/sys/replication-test/results")
+        try:
+            results_dir.parent.mkdir()
+        except OSError:
+            pass  # refused, as it should be
+        else:
+            results_dir.parent.rmdir()
+            pytest.skip("this root may write under /sys; the simulated test above covers it")
+    path = write_config(tmp_path, {"results_dir": str(results_dir)})
     code, err = run_main(capsys, "train", path)
     assert "cannot write here" in one_error_line(code, err)
 
