@@ -280,6 +280,27 @@ def _edit_csv(path, row, field, value):
     storage.atomic_write_csv(path, rows, list(rows[0]))
 
 
+def test_the_report_reads_the_study_settings_of_the_run_that_finished_last(two_seed_study, tmp_path):
+    """The C1 study grew its grid (max_extensions 3 -> 6) and changed its batches while it trained;
+    each run records the study section of the day it finished, and the report read the first run's,
+    so it told the old rule ("up to 3 per side") under runs decided by the new one."""
+    import yaml
+
+    root = _copy(two_seed_study, tmp_path)
+    runs = sorted((root / "F1_synthetic_mnist").glob("b*/seed*"))
+    last = runs[len(runs) // 2]  # not the first by name: the first finished need not be that
+    for run in runs:
+        _edit_json(run / "env.json", lambda env: env.update(end_time="2026-12-07T08:00:00+00:00"))
+    _edit_json(last / "env.json", lambda env: env.update(end_time="2026-12-07T09:00:00+00:00"))
+    _edit_json(last / "metrics.json", lambda m: m["resolved_config"]["batch_size_study"].update(max_extensions=5))
+    resolved = storage.read_yaml(last / "config.yaml")  # as a run resumed under the new config writes both
+    resolved["batch_size_study"]["max_extensions"] = 5
+    storage.atomic_write_text(last / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    text = batchsize_report.write_report(root).read_text()
+    assert "up to 5 per side" in text and "up to 0 per side" not in text
+    assert storage.read_json(root / batchsize_report.SUMMARY_FILE)["study"]["max_extensions"] == 5
+
+
 @pytest.mark.parametrize("file, edit, message", [
     ("b16-x1/seed0/metrics.json", lambda m: m["target"].update(steps=-5), "target.steps is -5, must be > 0"),
     ("b16-x1/seed0/metrics.json", lambda m: m["target"].update(steps=2.5), "target.steps is 2.5, not an integer"),
@@ -443,6 +464,11 @@ def test_a_study_where_no_rate_reaches_the_target_says_what_is_missing_and_why(t
     measured = text.split("## The critical batch size: measured and predicted")[1].split("## Generalisation")[0]
     assert "Not measured: 0 batch sizes reached the target, and the fit needs two." in measured
     assert "No noise scale yet" in measured
+    # and names the batch it will be measured at; its limits describe no estimator that measured
+    # nothing, and its provenance lists no noise table that was not written
+    assert f"measured along the best run at batch {batchsize.reference_batch(config)} (" in measured
+    assert "B_simple measured with" not in text
+    assert "batch_size_noise.csv" not in text and not (Path(config.results_dir) / "tables/batch_size_noise.csv").exists()
     assert "Not run: (b) fixed epochs, tuned learning rate; (c)" in text and "at batch 16, 64: set a target" in text
     assert "raise target.max_steps and epochs" in text
     assert "Not finished here" not in text

@@ -423,14 +423,16 @@ def write_report(results_dir) -> Path:
                                        "run `python -m replication batch-size CONFIG` first")
     _check_one_study(root, loaded)
     first = storage.read_json(points[0].path / "metrics.json")
-    # The study section is not a training key, so a run records the one of its day: a comparison
-    # run (made last) holds the compare_* settings its names were planned with.
-    compared_runs = [r for r in loaded.runs if _kind(r.spec) == "compare"]
-    study_section = (compared_runs[0].metrics["resolved_config"] if compared_runs else first["resolved_config"]).get(
-        "batch_size_study", {})
+    # The study and sweep sections are not training keys, so a run records the ones of the day it
+    # finished, and a study's batches or grid may grow while it trains (its config says when): the
+    # report reads those of the run that finished last (env.json's end_time), which hold the
+    # settings every later decision was made with (a comparison run, made last, the compare_* its
+    # names were planned with).
+    newest = max(loaded.runs, key=lambda run: (str(run.env.get("end_time") or ""), _kind(run.spec) == "compare"))
+    sections = {key: newest.metrics["resolved_config"][key] for key in ("batch_size_study", "sweep")
+                if key in newest.metrics["resolved_config"]}
     config = config_lib.from_dict({**{k: v for k, v in first["resolved_config"].items() if k != "run"},
-                                   "batch_size_study": study_section, "results_dir": str(root)},
-                                  where=str(points[0].path / "config.yaml"))
+                                   **sections, "results_dir": str(root)}, where=str(points[0].path / "config.yaml"))
     # A run records its own (scaled) learning rate; the study's base rate is the config's.
     base = config.learning_rate / config.study_lr_factor(regimes.parse(first["regime"]))
     config = dataclasses.replace(config, learning_rate=float(f"{base:.12g}"))
@@ -660,13 +662,16 @@ def _markdown(config, label: str, summary: dict, record: dict, root: Path) -> st
         if many:
             lines += [f"## Target {config.target.metric} <= {study['target']:g}", ""]
         lines += _study_markdown(config, study, summary, record, "###" if many else "##", alone)
+    # The tables write_report wrote: the noise table once a noise scale is measured, the comparison's once run.
+    record_noise, record_compare = bool(studies[-1]["noise"]), any(study["compare"] for study in studies)
     lines += ["## Cost and provenance", "",
               f"{record['runs']} runs; training time summed over their epochs {record['train_seconds_total']:.0f} s "
               f"(evaluations included), noise-scale and sharpness measurements {record['measure_seconds_total']:.0f} s "
               f"({_device(summary)}; process start-ups and waits for a shared CPU not counted). Tables: "
-              "`tables/batch_size_steps.csv` (every run), `tables/batch_size_best.csv` (best per batch), "
-              "`tables/batch_size_noise.csv`, `tables/batch_size_compare.csv` (the fair comparison); everything in "
-              "`batch_size.json`. Each run's checks: `<run>/target.csv`.", ""]
+              "`tables/batch_size_steps.csv` (every run), `tables/batch_size_best.csv` (best per batch)"
+              + (", `tables/batch_size_noise.csv`" if record_noise else "")
+              + (", `tables/batch_size_compare.csv` (the fair comparison)" if record_compare else "")
+              + "; everything in `batch_size.json`. Each run's checks: `<run>/target.csv`.", ""]
     return "\n".join(lines)
 
 
@@ -765,12 +770,13 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
              f"steps are the {alone} (each seed's in the table), and B_crit's interval resamples seeds and batch "
              "sizes together")
     definition = {r["definition"] for r in noise}
-    estimator = ("B_simple measured with mini-batches of sb_batch_size in training mode (dropout on), and the Adam "
-                 "preconditioner from the run's own second-moment estimate where it was saved (docs/noise-scale.md)"
+    estimator = ([] if not definition else  # nothing measured yet: no estimator to describe
+                 ["B_simple measured with mini-batches of sb_batch_size in training mode (dropout on), and the Adam "
+                  "preconditioner from the run's own second-moment estimate where it was saved (docs/noise-scale.md)"]
                  if definition == {"training"} else
-                 "B_simple measured with mini-batches of sb_batch_size with dropout off (the evaluation definition, "
-                 "made before docs/noise-scale.md); the Adam preconditioner is estimated from those mini-batch "
-                 "gradients, not the run's own second moment")
+                 ["B_simple measured with mini-batches of sb_batch_size with dropout off (the evaluation definition, "
+                  "made before docs/noise-scale.md); the Adam preconditioner is estimated from those mini-batch "
+                  "gradients, not the run's own second moment"])
     lines += ["- Limits: " + "; ".join(record["deviations"] + [
         f"target {target.metric} <= {target.value:g} on a fixed {target.eval_subset} of the training examples"
         + ("" if all(p.eval_examples == data.MEASUREMENT_SUBSET for p in study["points"]) else
@@ -780,7 +786,7 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
         + (f"checked every {target.every_examples} examples (every max(1, {target.every_examples} / B) steps; "
            "steps to target are known to within that interval, the table's 'check')" if target.every_examples
            else f"checked every {target.every_steps} steps (steps to target are known to within {target.every_steps})"),
-        seeds, estimator]
+        seeds, *estimator]
         + _nondeterministic(summary)
         + ([f"grid not interior at batch {', '.join(str(r['batch_size']) for r in capped)} "
             f"({', '.join(r['grid'] for r in capped)})"] if capped else [])) + ".", ""]
@@ -822,8 +828,11 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
         lines += [f"Not measured: {len(reached)} batch size{'s' if len(reached) != 1 else ''} reached the target, "
                   "and the fit needs two.", ""]
     if not noise:
-        lines += ["No noise scale yet: it is measured along the best run at the batch nearest sb_batch_size, "
-                  "once a run there has reached the target (`python -m replication batch-size CONFIG`).", ""]
+        where = ("the study's smallest, under the training definition" if config.sweep.noise_definition == "training"
+                 else "the batch nearest sb_batch_size, under the evaluation definition")
+        lines += [f"No noise scale yet: it is measured along the best run at batch {batchsize.reference_batch(config)} "
+                  f"({where}; docs/noise-scale.md), once every batch of the study is trained "
+                  "(`python -m replication batch-size CONFIG`).", ""]
     else:
         lines += [f"![noise scale]({figures[1].name})", "",
                   "| run | point | step | B_simple | Adam-preconditioned | predicted / measured (plain) | "
