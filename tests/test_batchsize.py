@@ -222,6 +222,10 @@ def test_the_study_pools_its_seeds_per_target(two_seed_study):
     assert "## Target train_loss <= 1.5" in text and "## Target train_loss <= 1" in text
     assert "2 seeds (0, 1)" in text and "### In plain words" in text and "| batch |" in text
     assert "one seed" not in text.lower() and "mean of 2 seeds" in text
+    # Its limits leave out what bears on no number of the study: the iterate kept at epoch 1 (a point
+    # of the noise scale, not Figure 6's) and, with no fair comparison, the sharpness settings.
+    limits = [line for line in text.splitlines() if line.startswith("- Limits: ")]
+    assert limits and not any("iterates kept" in line or "sharpness on" in line for line in limits)
     # Under the training definition the reference run is at the smallest batch (docs/noise-scale.md).
     assert "on the best run at the study's smallest batch (the training definition" in text
     assert "the batch nearest sb_batch_size" not in text

@@ -482,9 +482,13 @@ def write_report(results_dir) -> Path:
               "runs": len(points) + len(compared), "train_seconds_total": round(cost, 1),
               "noise_seconds_total": round(noise_cost, 1), "measure_seconds_total": round(measure_cost, 1),
               "target": dataclasses.asdict(config.target), "study": dataclasses.asdict(config.batch_size_study),
-              # Each run's own learning rate and the target are stated in their own places.
+              # Those that bear on this study's numbers: each run's own learning rate and the target
+              # are stated in their own places; the iterate a run keeps (epoch 1) is a point of the
+              # noise scale along training, not Figure 6's; no parametric plot is made; sharpness
+              # settings matter only where the fair comparison measured sharpness.
               "deviations": sorted({d for p in points for d in storage.read_json(p.path / "metrics.json")["deviations"]
-                                    if not d.startswith(("learning rate ", "stopped at a target"))})}
+                                    if not d.startswith(("learning rate ", "stopped at a target", "iterates kept",
+                                                         "parametric plots", *(() if compared else ("sharpness ",))))})}
     storage.atomic_write_json(root / SUMMARY_FILE, record)
     text = _markdown(config, label, summary, record, root)
     storage.atomic_write_text(root / REPORT_FILE, text)
