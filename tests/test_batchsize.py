@@ -231,6 +231,8 @@ def test_the_study_pools_its_seeds_per_target(two_seed_study):
     assert "the batch nearest sb_batch_size" not in text
     record = storage.read_json(report.parent / batchsize_report.SUMMARY_FILE)
     assert record["seeds"] == [0, 1] and "rows" not in record and "fit" not in record
+    assert 0 < record["train_seconds_capped"] <= record["train_seconds_total"]
+    assert f"{record['train_seconds_capped']:.0f} s counting each epoch after the first at most" in text
     assert [study["target"] for study in record["studies"]] == [1.5, 1.0]
     for study in record["studies"]:
         value = study["target"]
@@ -282,6 +284,21 @@ def _edit_csv(path, row, field, value):
     rows = storage.read_csv(path)
     rows[row][field] = value
     storage.atomic_write_csv(path, rows, list(rows[0]))
+
+
+def test_the_capped_cost_discounts_slowed_epochs_but_keeps_the_first_and_a_short_last():
+    """The C1 study shared its CPU with tests at times, so its summed epoch times overstate its cost:
+    the report also counts each epoch after the first at most at its batch's median."""
+    import types
+
+    def run(batch, seconds):
+        return types.SimpleNamespace(metrics={"batch_size": batch},
+                                     history=[{"epoch": str(e), "seconds": str(s)} for e, s in enumerate(seconds, 1)])
+
+    # batch 16: first epoch 5 s (compiles), later 2, 2, 10 (slowed), 1 (cut short at the target): median 2
+    # batch 64: first 4, later 3 and 3: median 3
+    assert batchsize_report.capped_seconds([run(16, [5, 2, 2, 10, 1]), run(64, [4, 3, 3])]) == pytest.approx(
+        5 + 2 + 2 + 2 + 1 + 4 + 3 + 3)
 
 
 def test_the_report_reads_the_study_settings_of_the_run_that_finished_last(two_seed_study, tmp_path):
