@@ -422,7 +422,8 @@ def write_report(results_dir) -> Path:
         raise results_lib.ResultsError(f"no batch-size study runs (b<batch>-x<multiplier>) under {root}: "
                                        "run `python -m replication batch-size CONFIG` first")
     _check_one_study(root, loaded)
-    first = storage.read_json(points[0].path / "metrics.json")
+    runs = {run.path: run for run in loaded.runs}  # each run's files, read once by the loader
+    first = runs[points[0].path].metrics
     # The study and sweep sections are not training keys, so a run records the ones of the day it
     # finished, and a study's batches or grid may grow while it trains (its config says when): the
     # report reads those of the run that finished last (env.json's end_time), which hold the
@@ -468,8 +469,7 @@ def write_report(results_dir) -> Path:
             study["figures"].append(plot_noise(study, root / f"batch_size_noise{suffix}", f"{config.network}: "
                                                f"B_simple along training vs the measured B_crit at {study['target']:g}")[0])
     cost = sum(p.train_seconds for p in points) + sum(r["train_seconds"] for r in compared)
-    trained = {p.path for p in points} | {Path(r["run"]) for r in compared}
-    capped = capped_seconds([run for run in loaded.runs if run.path in trained])
+    capped = capped_seconds([runs[p.path] for p in points] + [runs[Path(r["run"])] for r in compared])
     noise_cost = sum(float(m.record.get("wall_seconds") or 0) for run in loaded.runs for m in run.noise.values())
     measure_cost = noise_cost + sum(float(m.record.get("wall_seconds") or 0) for run in loaded.runs for m in run.sharpness.values()
                       if batchsize.compare_kind(run.spec, config.batch_size_study.compare_epochs))
@@ -489,7 +489,7 @@ def write_report(results_dir) -> Path:
               # are stated in their own places; the iterate a run keeps (epoch 1) is a point of the
               # noise scale along training, not Figure 6's; no parametric plot is made; sharpness
               # settings matter only where the fair comparison measured sharpness.
-              "deviations": sorted({d for p in points for d in storage.read_json(p.path / "metrics.json")["deviations"]
+              "deviations": sorted({d for p in points for d in runs[p.path].metrics["deviations"]
                                     if not d.startswith(("learning rate ", "stopped at a target", "iterates kept",
                                                          "parametric plots", *(() if compared else ("sharpness ",))))})}
     storage.atomic_write_json(root / SUMMARY_FILE, record)

@@ -388,7 +388,7 @@ def _read_curve(csv_path: Path, runs: dict[Path, Run]) -> Curve | None:
         raise ResultsError(f"{csv_path} was computed from runs that are not finished in this folder "
                            f"({', '.join(missing)}): delete {csv_path.with_suffix('')}.* or train "
                            "those runs and run the landscape step again")
-    if "deviations" in meta:  # the SB run's, recorded when the curve was computed
+    if "deviations" in meta:  # its trial's, recorded when it was computed: reworded as its SB run's are
         sb = pair["sb"]
         meta = {**meta, "deviations": _current_deviations(sb.path, meta["deviations"],
                                                           sb.metrics.get("resolved_config") or {})}
