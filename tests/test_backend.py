@@ -44,8 +44,9 @@ def test_one_saved_run_gives_the_same_numbers_on_both_backends(tiny_config):
     assert tf_record["environment"]["backend"] == "tensorflow" and jax_record["environment"]["backend"] == "jax"
     for key in ("train_loss", "test_loss", "gradient_norm"):
         assert jax_record[key] == pytest.approx(tf_record[key], rel=1e-5), key
-    for key in ("train_accuracy", "test_accuracy"):  # at most one example flips at a float32 tie
-        assert abs(jax_record[key] - tf_record[key]) <= 100 / tf_record["test_examples"], key
+    for key, examples in (("train_accuracy", "train_examples"), ("test_accuracy", "test_examples")):
+        # at most one example flips at a float32 tie: one example of that accuracy's own set
+        assert abs(jax_record[key] - tf_record[key]) <= 100 / tf_record[examples] + 1e-9, key
     assert jax_record["phi"] == pytest.approx(tf_record["phi"], rel=1e-3)
     assert "abs. difference" in result.stdout  # the printed table sets both side by side
 

@@ -154,7 +154,7 @@ def test_recommend_writes_a_consistent_recommendation(recommended):
     assert best["interval"]["batches"] == [recommend.power_of_two_floor(low), recommend.power_of_two_floor(high)]
     assert made["environment"]["git_commit"] and made["cost_seconds"] > 0
     assert f"recommended batch: {size} " in stdout and "step budget 1200" in stdout
-    assert "likely too small" in stdout and "not a bound" in stdout  # no longer "a lower bound"
+    assert "likely needs a larger batch" in stdout and "a bound in neither direction" in stdout  # no longer "a lower bound"
 
 
 def _copy(recommended, tmp_path) -> tuple[Path, list[str]]:
