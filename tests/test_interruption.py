@@ -34,6 +34,20 @@ def test_killed_sharpness_leaves_nothing_and_reruns(pair):
     cli("sharpness", run, check=True)
     first = storage.read_json(run / "sharpness" / "full_eps0.001.json")
     assert not first["failed"] and first["phi"] is not None
+    # What an uninterrupted measurement gives, bit for bit (times and environment aside).
+    (run / "sharpness" / "full_eps0.001.json").unlink()
+    cli("sharpness", run, check=True)
+    again = storage.read_json(run / "sharpness" / "full_eps0.001.json")
+    assert _numbers(again) == _numbers(first)
+
+
+def _numbers(record):
+    """A result record less what differs between two identical measurements: times, the environment."""
+    if isinstance(record, dict):
+        return {k: _numbers(v) for k, v in record.items() if "seconds" not in k and k != "environment"}
+    if isinstance(record, list):
+        return [_numbers(v) for v in record]
+    return record
 
 
 @pytest.mark.parametrize("point", ["write:seed0_linear.csv", "write:seed0_linear.json", "write:seed0_linear.png"])
