@@ -496,6 +496,42 @@ def test_a_study_where_no_rate_reaches_the_target_says_what_is_missing_and_why(t
     # Each batch left out of the fit is named, with the budget its runs stopped at: a bound on its steps.
     assert "- Batch 16 is left out of the fit: no rate met the training loss 1e-06 on every seed within its " \
            "runs (at most 6 steps each" in text and "- Batch 64 is left out of the fit" in text
+    assert "at every rate tried its seeds' mean steps to the target exceed 6 (" in text
+
+
+def _point(multiplier, seed, steps, steps_run, diverged=False, batch=5000):
+    return critical_batch.Point(
+        path=Path(f"b{batch}-x{multiplier:g}/seed{seed}"), network="C1", dataset="cifar10", seed=seed,
+        batch_size=batch, multiplier=multiplier, learning_rate=1e-3 * multiplier, reached=steps is not None,
+        steps=steps, examples=None if steps is None else steps * batch, steps_run=steps_run, seconds_per_step=1.0,
+        check_every=1, train_seconds=1.0, test_accuracy=50.0, diverged=diverged, trace=(), targets=((0.3, steps),))
+
+
+def test_a_batch_no_rate_reached_on_every_seed_is_bounded_by_each_rates_seed_mean():
+    # Seed 0 met the target at 150 steps, seed 1 stopped at 200: that rate's mean steps exceed 175,
+    # not 200 (the old sentence said "exceed" the most steps any run took); a rate with a diverged
+    # run never meets the target and bounds nothing, and is named.
+    points = [_point(1, 0, 150, 150), _point(1, 1, None, 200), _point(2, 0, None, 200), _point(2, 1, None, 200),
+              _point(4, 0, None, 40, diverged=True), _point(4, 1, None, 200)]
+    bound = batchsize_report.unreached_bound(points, 0.3, [0, 1])
+    assert bound == {"bound": 175, "rates": 2, "diverged": ["4x seed 0"]}
+    every = [_point(1, 0, None, 3, diverged=True), _point(1, 1, None, 200)]
+    assert batchsize_report.unreached_bound(every, 0.3, [0, 1])["bound"] is None
+
+
+def test_a_fit_on_the_fewest_tied_steps_is_given_beside_the_chosen_best():
+    # C1 at batch 32: 2.83x (3625 steps, the tied rate nearest the middle) was fitted while 8x took 3500.
+    rows = [{"batch_size": 32, "steps": 3625, "fewest_steps": 3500}, {"batch_size": 128, "steps": 930, "fewest_steps": 930},
+            {"batch_size": 500, "steps": 288, "fewest_steps": 284}, {"batch_size": 5000, "steps": None, "fewest_steps": None}]
+    again = batchsize_report.fewest_fit(rows)
+    assert again["batches"] == {"32": [3625, 3500], "500": [288, 284]}
+    assert again["b_crit"] == pytest.approx(critical_batch.fit_critical_batch([32, 128, 500], [3500, 930, 284])["b_crit"])
+    fit = critical_batch.fit_critical_batch([32, 128, 500], [3625, 930, 288])
+    words = batchsize_report._fewest_words({"fit": fit, "fewest_fit": again})
+    assert "At 2 batches a rate tied with the best took fewer steps (batch 32: 3500 against 3625, batch 500: 284 " \
+           "against 288: tied" in words
+    assert f"B_crit = {batchsize_report._fmt(again['b_crit'])} (as fitted: {batchsize_report._fmt(fit['b_crit'])}," in words
+    assert batchsize_report.fewest_fit([{**r, "fewest_steps": r["steps"]} for r in rows]) is None
 
 
 def test_the_bootstrap_says_what_it_resampled():

@@ -124,6 +124,7 @@ def _best_rows(points: list[Point], study: config_lib.BatchSizeStudyConfig, valu
         chosen_points = chosen["points"] if chosen else []
         per_step = _mean([p.seconds_per_step for p in chosen_points])
         mean_steps = chosen["steps"] if chosen else None
+        fewest = min((s for s in steps.values() if s is not None), default=None)
         rows.append({
             "target": value, "seeds": len(seeds), "batch_size": batch,
             "multipliers_tried": " ".join(f"{m:g}" for m in sorted(steps)),
@@ -132,6 +133,7 @@ def _best_rows(points: list[Point], study: config_lib.BatchSizeStudyConfig, valu
             "grid": state if nxt is None else f"unfinished ({state})",
             "learning_rate": chosen_points[0].learning_rate if chosen else None,
             "steps": mean_steps, "steps_per_seed": " ".join(str(s) for s in chosen["per_seed"]) if chosen else "",
+            "fewest_steps": fewest,  # of any rate (the best is the tied rate nearest the middle: fewest_fit)
             "examples": mean_steps * batch if mean_steps is not None else None,
             "check_every_steps": resolution or None,
             "test_accuracy": _mean([p.test_accuracy for p in chosen_points if p.reached]) if chosen and own else None,
@@ -191,6 +193,51 @@ def _mean_batch_words(study: dict) -> str:
             f"not a correction), {refit}.")
 
 
+def fewest_fit(rows: list[dict]) -> dict | None:
+    """The fit again on each batch's fewest steps (the seeds' mean) of any rate, where the best (the
+    tied rate nearest the middle of those tried: batchsize.best_multiplier) took more: a sensitivity
+    check of that rule, which chooses among rates whose steps differ by at most one check interval.
+    {"batches": {batch: [the best's steps, the fewest]}, "b_crit", "unresolved"}; None where every
+    fitted batch's best is its fewest, or fewer than two batches are fitted."""
+    fitted = [r for r in rows if r["steps"] is not None]
+    differ = {str(r["batch_size"]): [r["steps"], r["fewest_steps"]] for r in fitted if r["fewest_steps"] < r["steps"]}
+    if not differ or len(fitted) < 2:
+        return None
+    fit = fit_critical_batch([r["batch_size"] for r in fitted], [r["fewest_steps"] for r in fitted])
+    return {"batches": differ, "b_crit": fit["b_crit"], "unresolved": fit["unresolved"]}
+
+
+def _fewest_words(study: dict) -> str:
+    """The sentence on batches where a tied rate took fewer steps than the best, and the fit on those."""
+    again, fit = study.get("fewest_fit"), study["fit"]
+    if not again or not fit or fit.get("b_crit") is None:
+        return ""
+    where = ", ".join(f"batch {b}: {_fmt(fewest)} against {_fmt(best)}" for b, (best, fewest) in again["batches"].items())
+    refit = (f"B_crit = {_fmt(again['b_crit'])} (as fitted: {_fmt(fit['b_crit'])}, {fit['b_crit'] / again['b_crit'] - 1:+.0%})"
+             if again["b_crit"] is not None else
+             f"no B_crit resolves ({'beyond the largest batch' if again['unresolved'] == 'above' else 'below the smallest'})")
+    count = f"{len(again['batches'])} batches" if len(again["batches"]) > 1 else "one batch"
+    return (f" At {count} a rate tied with the best took fewer steps "
+            f"({where}: tied, as within one check interval, and the best is the tied rate nearest the middle of those "
+            f"tried). Fitted on each batch's fewest steps instead (a sensitivity check, not a correction), {refit}.")
+
+
+def unreached_bound(points: list[Point], value: float, seeds) -> dict:
+    """What the runs of one batch where no rate met `value` on every seed say about its steps: per rate
+    every seed ran, the seeds' mean of each run's steps to `value` or, where a run did not meet it, the
+    steps it ran (its own are more), so that rate's mean steps exceed it; `bound`: the smallest over
+    those rates (None where every rate had a diverged run: no bound). {"bound", "rates" (rates
+    counted), "diverged": ["<multiplier>x seed <seed>", ...]}."""
+    counts = {}
+    for multiplier, rate in pooled(points, value, seeds).items():
+        if any(p.diverged for p in rate["points"]):
+            continue  # it never meets the target: no finite bound from this rate
+        counts[multiplier] = sum(p.steps_to(value) if p.steps_to(value) is not None else p.steps_run
+                                 for p in rate["points"]) / len(rate["points"])
+    diverged = [f"{p.multiplier:g}x seed {p.seed}" for p in sorted(points, key=lambda p: (p.multiplier, p.seed)) if p.diverged]
+    return {"bound": min(counts.values()) if counts else None, "rates": len(counts), "diverged": diverged}
+
+
 def summarize(loaded, config: config_lib.Config) -> dict:
     """The study pooled over its seeds, one entry per target (target.values(), loosest first): per
     batch the seeds' mean steps per rate, best rate and grid state; the fit and its bootstrap over
@@ -211,6 +258,10 @@ def summarize(loaded, config: config_lib.Config) -> dict:
         own = value == targets[-1]
         rows = _best_rows(points, config.batch_size_study, value, seeds, own)
         fitted = [r for r in rows if r["steps"] is not None]
+        for row in rows:  # a batch no rate's seeds all reached: a bound on its steps, not a point
+            bound = (unreached_bound([p for p in points if p.batch_size == row["batch_size"]], value, seeds)
+                     if row["steps"] is None else {"bound": None, "diverged": []})
+            row.update({"steps_above": bound["bound"], "diverged_runs": "; ".join(bound["diverged"])})
         fit = bootstrap = again = None
         if len(fitted) >= 2:
             fit = fit_critical_batch([r["batch_size"] for r in fitted], [r["steps"] for r in fitted])
@@ -224,6 +275,7 @@ def summarize(loaded, config: config_lib.Config) -> dict:
         prediction["check"] = {key: prediction_check(met, key, bootstrap, fit["b_crit"] if fit else None)
                                for key in ("b_simple", "adam_b_simple")}
         studies.append({"target": value, "own": own, "seeds": seeds, "rows": rows, "fit": fit, "mean_batch_fit": again,
+                        "fewest_fit": fewest_fit(rows),
                         "bootstrap": bootstrap,
                         "points": points, "noise": mine, "prediction": prediction,
                         "one_multiplier": one_multiplier(points, value, seeds)})
@@ -473,7 +525,7 @@ def write_report(results_dir) -> Path:
     noise_cost = sum(float(m.record.get("wall_seconds") or 0) for run in loaded.runs for m in run.noise.values())
     measure_cost = noise_cost + sum(float(m.record.get("wall_seconds") or 0) for run in loaded.runs for m in run.sharpness.values()
                       if batchsize.compare_kind(run.spec, config.batch_size_study.compare_epochs))
-    per_target = [{key: s[key] for key in ("target", "fit", "mean_batch_fit", "bootstrap", "rows", "noise", "prediction",
+    per_target = [{key: s[key] for key in ("target", "fit", "mean_batch_fit", "fewest_fit", "bootstrap", "rows", "noise", "prediction",
                                            "one_multiplier", "compare", "compare_gaps")} for s in studies]
     for entry in per_target:
         if len(seeds) == 1:
@@ -737,12 +789,24 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
     else:
         lines.append(f"- The fit resolved no critical batch size: {unresolved_reason(fit)}.")
     for row in (r for r in rows if r["steps"] is None):
-        # Stopped by the epochs or target.max_steps: more steps than any of its runs took, a bound.
-        budget = max((p.steps_run for p in study["points"] if p.batch_size == row["batch_size"]), default=None)
-        lines.append(f"- Batch {row['batch_size']} is left out of the fit: no rate met the {loss} "
-                     f"{_fmt(study['target'])} on every seed within its runs (at most {budget} steps each, stopped by "
-                     "`epochs` or target.max_steps), so its steps to the target exceed that: a bound, not a point "
-                     "of the curve.")
+        # Its runs stopped by the epochs or target.max_steps (or diverged): a bound at the rates tried.
+        batch, bound = row["batch_size"], row["steps_above"]
+        budget = max((p.steps_run for p in study["points"] if p.batch_size == batch and not p.diverged), default=None)
+        words = (f"- Batch {batch} is left out of the fit: no rate met the {loss} {_fmt(study['target'])} on every seed "
+                 f"within its runs" + (f" (at most {budget} steps each, stopped by `epochs` or target.max_steps)"
+                                       if budget is not None else ""))
+        if bound is None:
+            words += ": every rate tried had a diverged run, so its runs bound nothing"
+        else:
+            words += (f", so at every rate tried its seeds' mean steps to the target exceed {_fmt(bound)} (each run "
+                      "counted at its steps to the target or, where it did not meet it, at the steps it ran): a bound "
+                      "at the rates tried, not a point of the curve")
+            if fit and b_crit:
+                predicted = fit["s_min"] * (1 + b_crit / batch)
+                words += (f"; the fitted curve predicts {_fmt(predicted)} steps there, "
+                          + ("below that bound: this batch needed more steps than the curve allows, so B_crit is likely "
+                             "overstated" if predicted < bound else "above that bound, consistent with it"))
+        lines.append(words + (f" (diverged: {row['diverged_runs']})" if row["diverged_runs"] else "") + ".")
     if at_target and b_crit:
         n = max(prediction["n"].values())
         lines.append(
@@ -812,8 +876,10 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
            "examples seed 0's first epoch began with, so seed 0's steps to a target met in or soon after its first "
            "epoch may be biased low)") + ", "
         + (f"checked every {target.every_examples} examples (every max(1, {target.every_examples} / B) steps; "
-           "steps to target are known to within that interval, the table's 'check')" if target.every_examples
-           else f"checked every {target.every_steps} steps (steps to target are known to within {target.every_steps})"),
+           "steps to target are counted at the first check that met it, so they overstate by less than that interval, "
+           "the table's 'check')" if target.every_examples
+           else f"checked every {target.every_steps} steps (steps to target are counted at the first check that met it, "
+                f"so they overstate by less than {target.every_steps})"),
         seeds, *estimator]
         + _nondeterministic(summary)
         + ([f"grid not interior at batch {', '.join(str(r['batch_size']) for r in capped)} "
@@ -851,7 +917,7 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
                   + _capped_words(reached)
                   + (f" The fit's largest relative residual (S - fit) / S is {fit['worst_residual']:+.0%}, at batch "
                      f"{fit['worst_residual_batch']:g}." if "worst_residual" in fit else "")
-                  + _mean_batch_words(study), ""]
+                  + _mean_batch_words(study) + _fewest_words(study), ""]
     else:
         lines += [f"Not measured: {len(reached)} batch size{'s' if len(reached) != 1 else ''} reached the target, "
                   "and the fit needs two.", ""]
