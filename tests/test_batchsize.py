@@ -519,6 +519,20 @@ def test_a_batch_no_rate_reached_on_every_seed_is_bounded_by_each_rates_seed_mea
     assert batchsize_report.unreached_bound(every, 0.3, [0, 1])["bound"] is None
 
 
+def test_the_bootstrap_counts_resamples_that_fit_a_batch_the_point_estimate_left_out():
+    # Batch 5000: seed 0 met the target at 150 steps, seed 1 stopped at 200. The fit leaves 5000 out,
+    # but a resample that draws seed 0 twice fits it at 150, a point that exists only because that
+    # seed finished within the budget; the words did not say so.
+    points = [_point(1, s, steps, steps, batch=b) for b, steps in ((32, 3000), (128, 800)) for s in (0, 1)]
+    points += [_point(1, 0, 150, 150), _point(1, 1, None, 200)]
+    boot = critical_batch.bootstrap_seeds_and_batches(points, 0.3, [0, 1], 200)
+    assert 0 < boot["outside"] < boot["resamples"]
+    assert f"; {boot['outside']} resamples fitted a batch the point estimate leaves out" in \
+        batchsize_report._bootstrap_words(boot)
+    both = critical_batch.bootstrap_seeds_and_batches(points[:4] + [_point(1, 1, 160, 160)] + points[4:5], 0.3, [0, 1], 50)
+    assert both["outside"] == 0
+
+
 def test_a_fit_on_the_fewest_tied_steps_is_given_beside_the_chosen_best():
     # C1 at batch 32: 2.83x (3625 steps, the tied rate nearest the middle) was fitted while 8x took 3500.
     rows = [{"batch_size": 32, "steps": 3625, "fewest_steps": 3500}, {"batch_size": 128, "steps": 930, "fewest_steps": 930},

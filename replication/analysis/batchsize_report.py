@@ -614,6 +614,11 @@ def _bootstrap_words(boot: dict) -> str:
     if boot["unbounded"]:
         text += ("; every resample is ranked, an unresolved one at its side, so a bound that falls among them is "
                  "not measured")
+    if boot.get("outside"):
+        # A resample's seeds that all met the target at a batch the point estimate left out: such a batch
+        # enters through the seeds that happened to finish within the budget, a pull towards fewer steps.
+        text += (f"; {boot['outside']} resamples fitted a batch the point estimate leaves out (their drawn seeds "
+                 "all met the target there, within the run budget that stopped another seed)")
     n = boot.get("seeds", 0)
     if 1 < n < 5:
         # n seeds drawn with replacement make only C(2n-1, n) distinct draws (3 for 2 seeds), and a

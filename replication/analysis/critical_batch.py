@@ -198,7 +198,8 @@ def bootstrap_seeds_and_batches(points: list[Point], value: float, seeds, resamp
     its batches' runs, so it is the unit resampled (a cluster bootstrap), not each run apart;
     counted and ranked as bootstrap_critical_batch does, so a bound among the unresolved resamples is
     None, named in `unbounded`. A batch where no rate met the target on every resampled seed drops
-    out of that resample."""
+    out of that resample; one where the point estimate's seeds did not all meet it (so its fit left the
+    batch out) can come in where only seeds that met it were drawn: `outside` counts those resamples."""
     rng = np.random.default_rng(seed)
     seeds = list(seeds)
     batches = sorted({p.batch_size for p in points})
@@ -209,7 +210,11 @@ def bootstrap_seeds_and_batches(points: list[Point], value: float, seeds, resamp
         rates = pooled(mine, value, seeds)
         table[batch] = {m: dict(zip(seeds, r["per_seed"])) for m, r in rates.items()}
         resolution[batch] = check_resolution(mine)
-    fits = []
+    # The batches the point estimate fits: some rate met the target on every seed.
+    fitted = {b for b, rates in table.items()
+              if batchsize.best_multiplier({m: batchsize.seed_mean([per[s] for s in seeds]) for m, per in rates.items()},
+                                           resolution[b]) is not None}
+    fits, outside = [], 0
     for _ in range(resamples):
         xs, ys = [], []
         drawn = [seeds[i] for i in rng.integers(0, len(seeds), len(seeds))]
@@ -222,8 +227,9 @@ def bootstrap_seeds_and_batches(points: list[Point], value: float, seeds, resamp
         if len(set(xs)) < 2:
             continue
         fits.append(fit_critical_batch(xs, ys))
+        outside += not set(xs) <= fitted
     return {**_ranked_fits(fits), "over": "seeds and batch sizes" if len(seeds) > 1 else "batch sizes",
-            "seeds": len(seeds)}
+            "seeds": len(seeds), "outside": outside}
 
 
 HOLDS_FACTOR = 2.0  # docs/noise-scale.md: a prediction "holds" within this factor (fixed before the runs)
