@@ -765,6 +765,8 @@ def test_a_fitted_batch_whose_best_rate_is_capped_is_named_as_an_upper_bound():
     assert batchsize_report._capped_words(rows) == (
         " At batch 16384 the best rate is at a capped edge of the grid, so the steps fitted there are an upper bound.")
     assert batchsize_report._capped_words(rows[:1]) == ""
+    assert batchsize_report._capped_words([{"batch_size": 32, "grid": "capped high"}, *rows]).startswith(
+        " At batches 32 and 16384 the best rate")
 
 
 def test_the_smaller_last_batch_of_each_epoch_is_named_and_the_fit_redone_on_average_batches():

@@ -590,8 +590,9 @@ def _capped_words(reached: list[dict]) -> str:
     capped = [r for r in reached if r["grid"].startswith("capped")]
     if not capped:
         return ""
-    return (f" At batch {', '.join(str(r['batch_size']) for r in capped)} the best rate is at a capped edge of the "
-            "grid, so the steps fitted there are an upper bound.")
+    names = [str(r["batch_size"]) for r in capped]
+    where = f"batch {names[0]}" if len(names) == 1 else f"batches {', '.join(names[:-1])} and {names[-1]}"
+    return f" At {where} the best rate is at a capped edge of the grid, so the steps fitted there are an upper bound."
 
 
 def _bootstrap_words(boot: dict) -> str:
