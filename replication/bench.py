@@ -196,7 +196,8 @@ def run(out: str | Path, quick: bool = False, networks=None) -> str:
                   f"{result['passes']} passes, {result['solve_seconds'] / result['bare_seconds']:.2f}x bare",
                   flush=True)
 
-    record = {**backend.describe(), "matmul_peak_flop_per_second": peaks,
+    # The code measured: a bench.md cited in the docs names its commit (its own, not the one that committed it).
+    record = {**backend.describe(), **rundir.git_state(), "matmul_peak_flop_per_second": peaks,
               "training_peak": training_peak_name, "training": rows,
               "sharpness": sharp, "quick": quick, "time": rundir.now()}
     storage.atomic_write_json(out / "bench.json", record)
@@ -218,7 +219,8 @@ def folder_name() -> str:
 def _markdown(record: dict) -> str:
     peaks = record["matmul_peak_flop_per_second"]
     lines = [f"# Benchmark ({record['device']}, {record['backend_version']}, Keras {record['keras']}, "
-             f"{record['time']})", "",
+             f"{record['time']}" + (f", commit {record['git_commit'][:7]}{' with local changes' if record['git_dirty'] else ''}"
+                                    if "git_commit" in record else "") + ")", "",
              "Matrix-multiply peaks measured in the same run: " +
              ", ".join(f"{name} {value / 1e12:.2f} TFLOP/s" for name, value in peaks.items()) + ".", "",
              f"## Training throughput (model.fit, synthetic data of the dataset's shape; peak = "

@@ -31,6 +31,8 @@ def test_bench_record_is_consistent(tmp_path, monkeypatch):
     assert (folder / "bench.md").read_text() == markdown
     assert record["backend"] == backend.name() and record["device"] == backend.device() and record["quick"]
     datetime.datetime.fromisoformat(record["time"])
+    assert record["git_commit"] and isinstance(record["git_dirty"], bool)  # the code measured, for citing it
+    assert f"commit {record['git_commit'][:7]}" in (folder / "bench.md").read_text().splitlines()[0]
     peaks = record["matmul_peak_flop_per_second"]
     if backend.gpu_names():
         assert set(peaks) == {"float32", "tf32"} and record["training_peak"] == "tf32"
