@@ -3,6 +3,7 @@ own final losses, the files are complete and valid, work is skipped, a pair must
 both ways of treating moving batch-norm statistics work."""
 
 import io
+import math
 import shutil
 
 import numpy as np
@@ -58,6 +59,11 @@ def test_path_coefficients_in_closed_form():
     lb, sb = landscape.coefficients("curvilinear", 1.0)
     assert lb == 1.0 and abs(sb) < 1e-15
     assert np.allclose(landscape.coefficients("curvilinear", -1.0), (-1.0, 0.0))
+    # Between and beyond the ends, where another path with the same ends (alpha, 1 - alpha^2) differs:
+    # Figure 7's path sin(alpha pi / 2) x_LB + cos(alpha pi / 2) x_SB.
+    assert np.allclose(landscape.coefficients("curvilinear", 0.5), (math.sqrt(0.5), math.sqrt(0.5)))
+    assert np.allclose(landscape.coefficients("curvilinear", 2.0), (0.0, -1.0), atol=1e-15)
+    assert np.allclose(landscape.coefficients("curvilinear", 1 / 3), (0.5, math.sqrt(3) / 2))
     with pytest.raises(ValueError, match="unknown path"):
         landscape.coefficients("spiral", 0.5)
 
@@ -90,6 +96,9 @@ def test_outputs_are_complete_and_valid(pair):
         assert stem.with_suffix(".png").read_bytes()[:8] == PNG_MAGIC
         assert stem.with_suffix(".pdf").read_bytes()[:5] == PDF_MAGIC
         assert not list(stem.parent.glob(".*tmp*"))
+    # The two paths share their ends only: inside, Figure 7's curve passes through other weights.
+    linear, curved = curve(pair, "linear"), curve(pair, "curvilinear")
+    assert float(linear[0.5]["train_xent"]) != pytest.approx(float(curved[0.5]["train_xent"]), rel=1e-4)
 
 
 def test_done_work_is_skipped_and_figures_drawn_from_the_files(pair):

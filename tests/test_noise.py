@@ -87,6 +87,30 @@ def test_few_batches_are_unbiased_for_the_squared_gradient_norm():
     assert np.mean(estimates) == pytest.approx(norm_sq, rel=0.4)  # ~3 standard errors of the mean
 
 
+def test_the_estimator_on_fixed_gradients_is_the_documented_formula():
+    """The few-batch tests above bound the |G|^2 correction loosely (V / (K - 1) instead of V / K
+    would pass them at K = 3); here each number is checked against the formula written out apart:
+    V the batches' sample variance, |G|^2 = |mean g|^2 - V / K, tr(Sigma) = V b (N - 1) / (N - b)
+    (docs/noise-scale.md), and the jackknife over leaving each batch out."""
+    g = np.random.default_rng(0).normal(size=(5, 4)) + 1.0  # K = 5 batch gradients of n = 4 weights
+    b, n_examples = 8, 64
+
+    def formula(rows):
+        k = len(rows)
+        mean = rows.mean(axis=0)
+        variance = ((rows - mean) ** 2).sum() / (k - 1)
+        return variance * b * (n_examples - 1) / (n_examples - b), mean @ mean - variance / k
+
+    total = g.sum(axis=0)
+    got = noise._noise_scale(float(total @ total), (g * g).sum(axis=1), g @ total, b, n_examples)
+    trace, norm_sq = formula(g)
+    assert got["trace_sigma"] == pytest.approx(trace, rel=1e-12) and got["grad_norm_sq"] == pytest.approx(norm_sq, rel=1e-12)
+    assert got["b_simple"] == pytest.approx(trace / norm_sq, rel=1e-12)
+    jack = np.array([t / s for t, s in (formula(np.delete(g, i, axis=0)) for i in range(len(g)))])
+    expected_se = np.sqrt((len(g) - 1) / len(g) * ((jack - jack.mean()) ** 2).sum())
+    assert got["b_simple_standard_error"] == pytest.approx(expected_se, rel=1e-10)
+
+
 def test_jackknife_standard_error_matches_the_spread_over_seeds():
     model, (x, y) = softmax_regression(), data()
     runs = [noise.estimate(model, x, y, batch_size=8, batches=200, seed=s) for s in range(12)]

@@ -13,7 +13,7 @@ import yaml
 
 from conftest import ROOT, TINY, cli
 from test_train import assert_same_run  # metrics.json byte for byte, weights bit for bit
-from replication import backend, pipeline, regimes, rundir, storage, train
+from replication import backend, pipeline, regimes, remedies, rundir, storage, train
 from replication import config as config_lib
 from replication.measure import sharpness
 from replication.analysis import remedy_tables, results
@@ -292,6 +292,13 @@ def test_conservative_run_records_its_settings_resumes_and_refuses_others(tmp_pa
     assert m_run["resolved_config"]["run"]["remedy"] == {"remedy": "conservative", "proximal_lambda": 1e-3,
                                                          "inner_steps": 3}
     assert m_run["train_loss"] != m_plain["train_loss"]  # three steps per batch: another minimiser
+    # The proximal term reaches the run: the same run with lambda = 0 (three plain Adam steps per batch)
+    # ends elsewhere; a run compiled with plain Adam, or with the lambda lost, would end the same.
+    zero = _config(tmp_path, "z", conservative={"enabled": True, "proximal_lambda": 0.0}, train_subset=200)
+    assert storage.read_json(train.train(zero, "lb-conservative", 0) / "metrics.json")["train_loss"] != m_run["train_loss"]
+    model = rundir.build_model(config, rundir.load_arrays(config)[1].shape[1:], 10, remedy="conservative")
+    assert isinstance(model.optimizer, remedies.ProximalAdam)
+    assert (model.optimizer.proximal_lambda, model.optimizer.inner_steps) == (1e-3, 3)
     # Killed half-way through epoch 2 (a mid-epoch count needs the repeated pipeline's length) and rerun.
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({**config.to_dict(), "results_dir": str(tmp_path / "k")}))
