@@ -192,6 +192,12 @@ def test_the_table_walks_every_kind_of_result_file_the_loader_reads():
     kinds = {file.split("/seed0/")[-1].split("/")[0] if "/seed0/" in file else file.split(".")[-1]
              for file, *_ in IMPOSSIBLE}
     assert kinds == {"metrics.json", "env.json", "history.csv", "sharpness", "noise", "hessian", "csv", "json"}
+    # ... and that is every kind the loader reads: each registered measure's folder (a new measure
+    # with no case here fails), and the kinds whose keys the tables read with [].
+    from replication.measure import registry
+
+    assert {m.files.split("/")[0] for m in registry.MEASURES.values() if m.files} <= kinds
+    assert {f"{kind}.json" for kind in results.REQUIRED if kind != "curve"} <= kinds and "json" in kinds  # curves: <stem>.json
     hessian = {file.rsplit("/", 1)[1] for file, *_ in IMPOSSIBLE if "/hessian/" in file}
     assert hessian == {"top_eigenvalue.json", "trace.json", "sharpness_random_eps0.001.json", "filter_landscape.json",
                        "reparametrization_relu_a10.json", "reparametrization_batchnorm_a10.json",
