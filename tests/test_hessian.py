@@ -204,6 +204,13 @@ def test_run_directory_results_settings_cache_and_errors(finished_run, capsys):
     assert relu["output_change"]["predictions_changed"] == 0
     assert set(relu["ratio_after_to_before"]) == {"phi_full", "top_eigenvalue", "trace", "filter_rise"}
     assert relu["before"]["top_eigenvalue"] == eigen["per_draw"][0]  # the same draw on both sides
+    # Dinh et al.'s point: the function is the same, the curvature is not (H -> D^-1 H D^-1 with a = 10),
+    # so measures taken at x instead of the rescaled x would read ratio 1 and "invariant".
+    for record in (relu, records["reparametrization_batchnorm_a10"]):
+        assert record["output_change"]["predictions_changed"] == 0
+        for name in ("top_eigenvalue", "trace"):
+            assert abs(record["ratio_after_to_before"][name] - 1) > 0.05, (record["kind"], name)
+            # (whether it "moved" beyond its own error is left undecided by 4 Lanczos steps here)
     # Filter-normalised slices: f as sharpness's f (the 1-D slices at t = 0 too), 2 draws x 5 points
     # and 3 x 3, a figure; the exact ReLU rescaling leaves the rise where it was.
     landscape = records["filter_landscape"]
