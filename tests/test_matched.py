@@ -82,6 +82,7 @@ def test_budget_measures_each_cap_and_random_starts_and_records_how_each_solve_e
     assert [r["iterations"] for r in records] == [2, 5, 2]
     assert [len(r["solves"]) for r in records] == [1, 1, 2]
     assert all(s["status"] in (0, 1, 2) for r in records for s in r["solves"])
+    assert records[0]["solves"][0]["status"] == 1  # 2 iterations from the minimiser: stopped at the cap
     # More iterations from the same start never find a lower maximum (max f is the best point seen).
     assert records[1]["max_f"] >= records[0]["max_f"]
     again = budget.measure(run, iterations=(2, 5), restarts=2)  # reused, not recomputed

@@ -242,6 +242,9 @@ def test_benchmark_reports_passes_and_glue():
     assert report["pass_seconds"] + report["solver_seconds"] <= report["solve_seconds"]
     assert 0 <= report["glue_seconds"] <= report["solve_seconds"]
     assert set(report) >= {"glue_fraction", "glue_ratio_to_bare", "within_budget", "n", "p"}
+    assert report["glue_fraction"] == pytest.approx(report["glue_seconds"] / report["solve_seconds"])
+    assert report["glue_ratio_to_bare"] == pytest.approx(report["glue_seconds"] / report["bare_seconds"])
+    assert report["within_budget"] == (report["glue_fraction"] <= 0.15)
 
 
 @pytest.fixture(scope="module")
