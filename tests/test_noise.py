@@ -6,7 +6,7 @@ by a target run)."""
 import numpy as np
 import pytest
 
-from replication import objective, rundir, storage
+from replication import objective, rundir, storage, train
 from replication.data import MEASUREMENT_SUBSET
 from replication.measure import noise
 
@@ -300,3 +300,20 @@ def test_a_fixed_length_run_saves_no_adam_state(tiny_config):
 
     run = train.train(config_lib.load(tiny_config(epochs=1)), "sb", 0)
     assert (run / "metrics.json").exists() and not train.adam_state_path(run).exists()
+
+
+def test_unseen_inputs_counts_features_no_trained_example_lit_that_a_measured_batch_does():
+    # Definition 2's P is 1 / epsilon where v = 0: a first-layer weight whose input was zero in every
+    # example trained on so far. F1 MNIST seed 2 at training loss 0.1 had 4 such pixels lit in 3 of
+    # its 100 measured batches, and an unresolved B_adam 80x the other seeds'.
+    from replication.analysis import unseen_inputs
+
+    assert list(unseen_inputs.examples_trained(0, 4, 2, 10)) == sorted(train.epoch_order(0, 0, 10)[:8])
+    assert list(unseen_inputs.examples_trained(0, 4, 3, 10)) == list(range(10))  # a whole epoch (4 + 4 + 2)
+    assert list(unseen_inputs.examples_trained(1, 4, 4, 10)) == list(range(10))
+    x_train = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 5]], float)
+    measured = np.array([[0, 0, 2, 0], [1, 0, 0, 0], [0, 0, 3, 4]], float)
+    counted = unseen_inputs.count(x_train, measured, np.array([0, 1]), [np.array([0, 1]), np.array([1]), np.array([2])])
+    assert counted == {"features_never_nonzero": 2, "of_them_nonzero_in_measured_batches": 2,
+                       "measured_batches_with_one": 2, "measured_examples_with_one": 2}
+    assert noise.batch_indices(10, 3, 2, 0)[0].tolist() == sorted(np.random.default_rng([0, 7]).choice(10, 3, replace=False))

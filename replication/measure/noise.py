@@ -106,8 +106,7 @@ def estimate(model, inputs, labels, batch_size: int, batches: int, seed: int = 0
         raise ValueError(f"the Adam state holds {len(adam_state.v)} second moments, the model "
                          f"{objective.dimension} trainable weights")
     training = definition == "training"
-    rng = np.random.default_rng([seed, 7])
-    indices = [np.sort(rng.choice(size, batch_size, replace=False)) for _ in range(batches)]
+    indices = batch_indices(size, batch_size, batches, seed)
 
     def gradient(k):  # one compiled pass, the same traced function as f; float64 on the host
         index = indices[k]
@@ -152,6 +151,13 @@ def estimate(model, inputs, labels, batch_size: int, batches: int, seed: int = 0
     if training and adam_state is not None:
         adam["adam_step"] = adam_state.step
     return {**plain, "adam": adam, "batch_size": batch_size, "batches": batches, "num_examples": size}
+
+
+def batch_indices(size: int, batch_size: int, batches: int, seed: int) -> list[np.ndarray]:
+    """The K mini-batches of an estimate: `batches` draws of `batch_size` of the `size` examples
+    without replacement, from the stream (seed, 7)."""
+    rng = np.random.default_rng([seed, 7])
+    return [np.sort(rng.choice(size, batch_size, replace=False)) for _ in range(batches)]
 
 
 def _noise_scale(total_sq: float, squares: np.ndarray, dots: np.ndarray, batch_size: int, size: int) -> dict:

@@ -1,0 +1,89 @@
+"""Inputs a run had never seen when its Adam-preconditioned noise scale was measured.
+
+Definition 2 of docs/noise-scale.md preconditions with P = 1 / (sqrt(v_hat) + epsilon), v_hat the
+optimizer's own second moment. A first-layer weight of a dense network (F1) whose input feature was
+zero in every example trained on so far has had a zero gradient at every step, so v = 0 exactly and
+P = 1 / epsilon (1e8): if the measured mini-batches hold an example where that feature is not zero,
+its gradient enters tr(P Sigma P) scaled by 1e8 (one such batch among K can dominate the estimate).
+This counts, for each training-definition noise record of a folder that has an Adam value, the
+features zero in every example its run had trained on by the measured step, and how many of them the
+measured batches light. Noted after the F1 studies ran (docs/noise-scale.md, "What the studies
+showed"); the definitions are unchanged.
+
+`python -m replication.analysis.unseen_inputs RESULTS_DIR` writes RESULTS_DIR/tables/unseen_inputs.csv.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from replication import rundir, storage, train
+from replication import config as config_lib
+from replication.analysis import results as results_lib
+from replication.experiments import batchsize
+from replication.measure import noise
+
+
+def examples_trained(seed: int, batch: int, steps: int, num_train: int) -> np.ndarray:
+    """The indices of the training examples a run of `seed` at `batch` had trained on after `steps`
+    steps (train.epoch_order per epoch; each epoch ends with one smaller batch)."""
+    per_epoch = batchsize.steps_per_epoch(num_train, batch)
+    seen = [train.epoch_order(seed, epoch, num_train) for epoch in range(steps // per_epoch)]
+    left = steps % per_epoch
+    if left:
+        seen.append(train.epoch_order(seed, steps // per_epoch, num_train)[:left * batch])
+    return np.unique(np.concatenate(seen)) if seen else np.array([], int)
+
+
+def count(x_train: np.ndarray, measured: np.ndarray, trained: np.ndarray, batches: list[np.ndarray]) -> dict:
+    """Features zero in every trained example, and how the measured batches light them."""
+    flat, inputs = x_train.reshape(len(x_train), -1), measured.reshape(len(measured), -1)
+    never = ~(flat[trained] != 0).any(axis=0)
+    lit = [inputs[index][:, never] != 0 for index in batches]  # per batch: examples x such features
+    return {"features_never_nonzero": int(never.sum()),
+            "of_them_nonzero_in_measured_batches": int(np.logical_or.reduce([m.any(axis=0) for m in lit]).sum()),
+            "measured_batches_with_one": int(sum(m.any() for m in lit)),
+            "measured_examples_with_one": int(sum(m.any(axis=1).sum() for m in lit))}
+
+
+def table(results_dir) -> list[dict]:
+    """One row per training-definition noise record with an Adam value (a seed's point along its run)."""
+    loaded = results_lib.load(results_dir)
+    rows = []
+    for run in loaded.runs:
+        for record in (m.record for m in run.noise.values()):
+            adam, settings = record.get("adam") or {}, record["settings"]
+            if record.get("definition") != "training" or adam.get("b_simple") is None:
+                continue
+            resolved = {k: v for k, v in run.metrics["resolved_config"].items() if k != "run"}
+            config = config_lib.from_dict(resolved, where=str(run.path / "metrics.json"))  # no weights needed
+            _, x_train, y_train, _, _ = rundir.load_arrays(config)
+            measured, _ = rundir.training_examples(config, settings["subset"])
+            trained = examples_trained(record["run_seed"], record["run_batch_size"], adam["adam_step"], len(x_train))
+            batches = noise.batch_indices(len(measured), settings["batch_size"], settings["batches"], settings["seed"])
+            rows.append({"run": str(run.path), "seed": record["run_seed"], "point": settings["point"],
+                         "step": adam["adam_step"], "adam_b_simple": adam["b_simple"],
+                         "adam_b_simple_se": adam["b_simple_standard_error"],
+                         **count(x_train, measured, trained, batches)})
+    return sorted(rows, key=lambda r: (r["run"], r["step"]))
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m replication.analysis.unseen_inputs RESULTS_DIR", file=sys.stderr)
+        return 2
+    rows = table(argv[0])
+    path = Path(argv[0]) / "tables" / "unseen_inputs.csv"
+    storage.atomic_write_csv(path, rows, list(rows[0]) if rows else ["run"])
+    for row in rows:
+        print(", ".join(f"{k} {v}" for k, v in row.items()))
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
