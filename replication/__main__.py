@@ -252,6 +252,14 @@ def _recommend(args):
     print(recommend.summary(recommend.recommend(args.config, args.set, args.budget, args.seed)))
 
 
+def _unseen_inputs(args):
+    _start_keras()
+    from replication.analysis import unseen_inputs
+
+    path = unseen_inputs.write(args.results_dir)
+    print(path)
+
+
 def _make_rules(args):
     from replication import config as config_lib
 
@@ -448,6 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (dotted for sections), repeatable")
     p.set_defaults(func=_recommend)
+
+    p = sub.add_parser("unseen-inputs", help="for each noise record with an Adam value under RESULTS_DIR: the input "
+                       "features no example trained on so far had lit (their first-layer weights: v = 0, P = "
+                       "1/epsilon) and how many measured batches light them; writes RESULTS_DIR/tables/unseen_inputs.csv")
+    p.add_argument("results_dir")
+    p.set_defaults(func=_unseen_inputs)
 
     p = sub.add_parser("make-rules", help="print Make rules for every result of CONFIGS (used by the Makefile)")
     p.add_argument("--name", required=True, help="profile name: the rules end with <name>-all")

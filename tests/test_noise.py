@@ -317,3 +317,11 @@ def test_unseen_inputs_counts_features_no_trained_example_lit_that_a_measured_ba
     assert counted == {"features_never_nonzero": 2, "of_them_nonzero_in_measured_batches": 2,
                        "measured_batches_with_one": 2, "measured_examples_with_one": 2}
     assert noise.batch_indices(10, 3, 2, 0)[0].tolist() == sorted(np.random.default_rng([0, 7]).choice(10, 3, replace=False))
+
+
+def test_the_unseen_inputs_command_refuses_a_missing_folder_in_one_line(tmp_path, capsys):
+    from replication import __main__ as entry
+    from conftest import one_error_line
+
+    line = one_error_line(entry.main(["unseen-inputs", str(tmp_path / "missing")]), capsys.readouterr().err)
+    assert "does not exist" in line

@@ -10,12 +10,11 @@ features zero in every example its run had trained on by the measured step, and 
 measured batches light. Noted after the F1 studies ran (docs/noise-scale.md, "What the studies
 showed"); the definitions are unchanged.
 
-`python -m replication.analysis.unseen_inputs RESULTS_DIR` writes RESULTS_DIR/tables/unseen_inputs.csv.
+`python -m replication unseen-inputs RESULTS_DIR` writes RESULTS_DIR/tables/unseen_inputs.csv.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,19 +70,9 @@ def table(results_dir) -> list[dict]:
     return sorted(rows, key=lambda r: (r["run"], r["step"]))
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m replication.analysis.unseen_inputs RESULTS_DIR", file=sys.stderr)
-        return 2
-    rows = table(argv[0])
-    path = Path(argv[0]) / "tables" / "unseen_inputs.csv"
+def write(results_dir) -> Path:
+    """RESULTS_DIR/tables/unseen_inputs.csv from `table`."""
+    rows = table(results_dir)
+    path = Path(results_dir) / "tables" / "unseen_inputs.csv"
     storage.atomic_write_csv(path, rows, list(rows[0]) if rows else ["run"])
-    for row in rows:
-        print(", ".join(f"{k} {v}" for k, v in row.items()))
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return path
