@@ -124,6 +124,7 @@ def recommend(config_path, overrides=(), fraction: float = 0.05, seed: int | Non
     """Train (or reuse) the short run, measure (or reuse) its noise scale, and write and return the
     recommendation (module docstring)."""
     from replication import rundir, train
+    from replication.analysis import unseen_inputs
     from replication.measure import noise
 
     log = log or sys.stderr
@@ -140,8 +141,10 @@ def recommend(config_path, overrides=(), fraction: float = 0.05, seed: int | Non
     batch = batchsize.reference_batch(config)
     spec = regimes.study(batch, 1.0)
     run = train.train(short, spec, seed, log)
-    measured = _checked_noise(noise.noise_scale(run, "final", log=log, definition=DEFINITION),
-                              noise.result_path(run, "final"), _fix(run))
+    record = noise.noise_scale(run, "final", log=log, definition=DEFINITION)
+    measured = _checked_noise(record, noise.result_path(run, "final"), _fix(run))
+    # Inputs the short run never saw lit, lit in a measured batch: B_adam's P is 1/epsilon there.
+    unseen = unseen_inputs.for_record(short, record) if measured["b_adam"] is not None else None
     progress = _checked_run(run)
     study = config.batch_size_study
     result = {
@@ -161,6 +164,7 @@ def recommend(config_path, overrides=(), fraction: float = 0.05, seed: int | Non
         "not estimated: the short run did not reach the target within its budget",
         "interval_note": f"B_crit +- {Z} jackknife SE: the estimator's interval only (no seeds, no targets)",
         "caveat": CAVEAT,
+        "unseen_inputs": unseen,
         "cost_seconds": round(progress["train_seconds"] + measured["noise_seconds"], 3),
         "environment": rundir.environment(seed),
     }
@@ -223,6 +227,18 @@ def _checked_noise(record: dict, path: Path, fix: str) -> dict:
             "noise_seconds": number(record.get("wall_seconds"), "wall_seconds", optional=False)}
 
 
+def unseen_warning(unseen: dict | None) -> str | None:
+    """Words for measured batches lighting inputs the short run never trained on (analysis/unseen_inputs),
+    None where none does (or nothing was counted: a record made before the count)."""
+    if not unseen or not unseen["measured_batches_with_one"]:
+        return None
+    return (f"{unseen['measured_batches_with_one']} of the measured batches hold {unseen['measured_examples_with_one']} "
+            f"example(s) lighting {unseen['of_them_nonzero_in_measured_batches']} input feature(s) that no example the "
+            "short run trained on had lit; their first-layer weights have Adam's v = 0, so P = 1/epsilon there and "
+            "B_adam may rest on them (docs/noise-scale.md, 'What the studies showed'); after one whole epoch no "
+            "measured example (they are training examples) could light such a feature")
+
+
 def summary(result: dict) -> str:
     """The recommendation in a few lines, for people."""
     run, noise_part, budget, best = result["short_run"], result["noise"], result["budget"], result["recommendation"]
@@ -259,6 +275,8 @@ def summary(result: dict) -> str:
                      f"uncertainty: {best['from']} {span['low']:.4g} to {span['high']:.4g} "
                      f"({result['interval_note']}): batches {span['batches'][0]} to {span['batches'][1]}")
     lines.append(f"caveat: {result['caveat']}")
+    if unseen_warning(result.get("unseen_inputs")):
+        lines.append(f"warning: {unseen_warning(result['unseen_inputs'])}")
     lines.append(f"cost: {run['train_seconds']:.1f} s training + {noise_part['noise_seconds']:.1f} s noise scale "
                  f"-> {result['file']}")
     return "\n".join(lines)

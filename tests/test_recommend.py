@@ -155,6 +155,18 @@ def test_recommend_writes_a_consistent_recommendation(recommended):
     assert made["environment"]["git_commit"] and made["cost_seconds"] > 0
     assert f"recommended batch: {size} " in stdout and "step budget 1200" in stdout
     assert "likely needs a larger batch" in stdout and "a bound in neither direction" in stdout  # no longer "a lower bound"
+    # The synthetic clusters light every input: no measured batch holds a feature the run never saw.
+    assert made["unseen_inputs"]["features_never_nonzero"] == 0 and "warning:" not in stdout
+
+
+def test_a_measured_batch_lighting_inputs_the_run_never_saw_is_warned_of(recommended):
+    # F1 MNIST seed 2 at training loss 0.1: 4 never-seen pixels lit in 3 of 100 batches, B_adam 80x.
+    made = storage.read_json(recommended[1] / "recommend" / recommend.RESULT_FILE)
+    made["unseen_inputs"] = {"features_never_nonzero": 80, "of_them_nonzero_in_measured_batches": 4,
+                             "measured_batches_with_one": 3, "measured_examples_with_one": 3}
+    words = recommend.summary(made)
+    assert "warning: 3 of the measured batches hold 3 example(s) lighting 4 input feature(s)" in words
+    assert recommend.unseen_warning(None) is None  # a recommendation made before the count
 
 
 def _copy(recommended, tmp_path) -> tuple[Path, list[str]]:

@@ -48,6 +48,17 @@ def count(x_train: np.ndarray, measured: np.ndarray, trained: np.ndarray, batche
             "measured_examples_with_one": int(sum(m.any(axis=1).sum() for m in lit))}
 
 
+def for_record(config: config_lib.Config, record: dict) -> dict:
+    """`count` for one noise record (measure/noise.noise_scale's) with an Adam value, of a run made by
+    `config`: its training set, the examples it had trained on by the measured step, the measured batches."""
+    settings = record["settings"]
+    _, x_train, _, _, _ = rundir.load_arrays(config)
+    measured, _ = rundir.training_examples(config, settings["subset"])
+    trained = examples_trained(record["run_seed"], record["run_batch_size"], record["adam"]["adam_step"], len(x_train))
+    batches = noise.batch_indices(len(measured), settings["batch_size"], settings["batches"], settings["seed"])
+    return count(x_train, measured, trained, batches)
+
+
 def table(results_dir) -> list[dict]:
     """One row per training-definition noise record with an Adam value (a seed's point along its run)."""
     loaded = results_lib.load(results_dir)
@@ -59,14 +70,9 @@ def table(results_dir) -> list[dict]:
                 continue
             resolved = {k: v for k, v in run.metrics["resolved_config"].items() if k != "run"}
             config = config_lib.from_dict(resolved, where=str(run.path / "metrics.json"))  # no weights needed
-            _, x_train, y_train, _, _ = rundir.load_arrays(config)
-            measured, _ = rundir.training_examples(config, settings["subset"])
-            trained = examples_trained(record["run_seed"], record["run_batch_size"], adam["adam_step"], len(x_train))
-            batches = noise.batch_indices(len(measured), settings["batch_size"], settings["batches"], settings["seed"])
             rows.append({"run": str(run.path), "seed": record["run_seed"], "point": settings["point"],
                          "step": adam["adam_step"], "adam_b_simple": adam["b_simple"],
-                         "adam_b_simple_se": adam["b_simple_standard_error"],
-                         **count(x_train, measured, trained, batches)})
+                         "adam_b_simple_se": adam["b_simple_standard_error"], **for_record(config, record)})
     return sorted(rows, key=lambda r: (r["run"], r["step"]))
 
 
