@@ -144,7 +144,7 @@ def recommend(config_path, overrides=(), fraction: float = 0.05, seed: int | Non
     record = noise.noise_scale(run, "final", log=log, definition=DEFINITION)
     measured = _checked_noise(record, noise.result_path(run, "final"), _fix(run))
     # Inputs the short run never saw lit, lit in a measured batch: B_adam's P is 1/epsilon there.
-    unseen = unseen_inputs.for_record(short, record) if measured["b_adam"] is not None else None
+    unseen = unseen_inputs.for_record(short, record) if "adam_step" in (record.get("adam") or {}) else None
     progress = _checked_run(run)
     study = config.batch_size_study
     result = {
@@ -234,8 +234,8 @@ def unseen_warning(unseen: dict | None) -> str | None:
         return None
     return (f"{unseen['measured_batches_with_one']} of the measured batches hold {unseen['measured_examples_with_one']} "
             f"example(s) lighting {unseen['of_them_nonzero_in_measured_batches']} input feature(s) that no example the "
-            "short run trained on had lit; their first-layer weights have Adam's v = 0, so P = 1/epsilon there and "
-            "B_adam may rest on them (docs/noise-scale.md, 'What the studies showed'); after one whole epoch no "
+            "short run trained on had lit; in a dense first layer their weights have Adam's v = 0, so P = 1/epsilon "
+            "there and B_adam may rest on them (docs/noise-scale.md, 'Where it is built'); after one whole epoch no "
             "measured example (they are training examples) could light such a feature")
 
 

@@ -496,7 +496,7 @@ def test_a_study_where_no_rate_reaches_the_target_says_what_is_missing_and_why(t
     # Each batch left out of the fit is named, with the budget its runs stopped at: a bound on its steps.
     assert "- Batch 16 is left out of the fit: no rate met the training loss 1e-06 on every seed within its " \
            "runs (at most 6 steps each" in text and "- Batch 64 is left out of the fit" in text
-    assert "at every rate tried its seeds' mean steps to the target exceed 6 (" in text
+    assert "at every rate its seeds all ran their mean steps to the target exceed 6 (" in text
 
 
 def _point(multiplier, seed, steps, steps_run, diverged=False, batch=5000):
@@ -514,9 +514,20 @@ def test_a_batch_no_rate_reached_on_every_seed_is_bounded_by_each_rates_seed_mea
     points = [_point(1, 0, 150, 150), _point(1, 1, None, 200), _point(2, 0, None, 200), _point(2, 1, None, 200),
               _point(4, 0, None, 40, diverged=True), _point(4, 1, None, 200)]
     bound = batchsize_report.unreached_bound(points, 0.3, [0, 1])
-    assert bound == {"bound": 175, "rates": 2, "diverged": ["4x seed 0"]}
+    assert bound == {"bound": 175, "why": None, "rates": 2, "diverged": ["4x seed 0"]}
     every = [_point(1, 0, None, 3, diverged=True), _point(1, 1, None, 200)]
-    assert batchsize_report.unreached_bound(every, 0.3, [0, 1])["bound"] is None
+    assert batchsize_report.unreached_bound(every, 0.3, [0, 1]) == {"bound": None, "why": "diverged", "rates": 0,
+                                                                   "diverged": ["1x seed 0"]}
+    # Seed 1 has not run this batch yet: nothing bounds it, and no run diverged.
+    assert batchsize_report.unreached_bound([_point(1, 0, None, 200)], 0.3, [0, 1])["why"] == "unpooled"
+
+
+@pytest.mark.parametrize("batch, words", [(5000, "overstated"), (16, "understated"), (300, "the curve misses")])
+def test_a_bound_above_the_curve_says_which_way_b_crit_moves(batch, words):
+    # More steps than the curve allows past the largest fitted batch means a larger S_min (B_crit
+    # = E_min / S_min smaller); below the smallest, a larger E_min (B_crit larger); between, neither.
+    assert words in batchsize_report._against_bound(100, 150, batch, [32, 128, 500])
+    assert batchsize_report._against_bound(150, 100, batch, [32, 128, 500]) == "above that bound, consistent with it"
 
 
 def test_the_bootstrap_counts_resamples_that_fit_a_batch_the_point_estimate_left_out():

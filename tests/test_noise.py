@@ -304,8 +304,8 @@ def test_a_fixed_length_run_saves_no_adam_state(tiny_config):
 
 def test_unseen_inputs_counts_features_no_trained_example_lit_that_a_measured_batch_does():
     # Definition 2's P is 1 / epsilon where v = 0: a first-layer weight whose input was zero in every
-    # example trained on so far. F1 MNIST seed 2 at training loss 0.1 had 4 such pixels lit in 3 of
-    # its 100 measured batches, and an unresolved B_adam 80x the other seeds'.
+    # example trained on so far. F1 MNIST seed 2 at training loss 0.1 had 4 such pixels lit (one example) in 3 of
+    # its 100 measured batches, and a B_adam 80x the other seeds' with no standard error.
     from replication.analysis import unseen_inputs
 
     assert list(unseen_inputs.examples_trained(0, 4, 2, 10)) == sorted(train.epoch_order(0, 0, 10)[:8])
@@ -316,6 +316,9 @@ def test_unseen_inputs_counts_features_no_trained_example_lit_that_a_measured_ba
     counted = unseen_inputs.count(x_train, measured, np.array([0, 1]), [np.array([0, 1]), np.array([1]), np.array([2])])
     assert counted == {"features_never_nonzero": 2, "of_them_nonzero_in_measured_batches": 2,
                        "measured_batches_with_one": 2, "measured_examples_with_one": 2}
+    # An example drawn into two batches is one example (and both batches hold one).
+    again = unseen_inputs.count(x_train, measured, np.array([0, 1]), [np.array([0]), np.array([0, 1])])
+    assert again["measured_batches_with_one"] == 2 and again["measured_examples_with_one"] == 1
     assert noise.batch_indices(10, 3, 2, 0)[0].tolist() == sorted(np.random.default_rng([0, 7]).choice(10, 3, replace=False))
 
 

@@ -226,16 +226,29 @@ def unreached_bound(points: list[Point], value: float, seeds) -> dict:
     """What the runs of one batch where no rate met `value` on every seed say about its steps: per rate
     every seed ran, the seeds' mean of each run's steps to `value` or, where a run did not meet it, the
     steps it ran (its own are more), so that rate's mean steps exceed it; `bound`: the smallest over
-    those rates (None where every rate had a diverged run: no bound). {"bound", "rates" (rates
-    counted), "diverged": ["<multiplier>x seed <seed>", ...]}."""
-    counts = {}
-    for multiplier, rate in pooled(points, value, seeds).items():
+    those rates, None where none bounds: every rate every seed ran had a diverged run ("diverged"), or
+    no rate has run on every seed yet ("unpooled"). {"bound", "why" (None, "diverged", "unpooled"),
+    "rates" (rates counted), "diverged": ["<multiplier>x seed <seed>", ...]}."""
+    counts, rates = {}, pooled(points, value, seeds)
+    for multiplier, rate in rates.items():
         if any(p.diverged for p in rate["points"]):
             continue  # it never meets the target: no finite bound from this rate
         counts[multiplier] = sum(p.steps_to(value) if p.steps_to(value) is not None else p.steps_run
                                  for p in rate["points"]) / len(rate["points"])
     diverged = [f"{p.multiplier:g}x seed {p.seed}" for p in sorted(points, key=lambda p: (p.multiplier, p.seed)) if p.diverged]
-    return {"bound": min(counts.values()) if counts else None, "rates": len(counts), "diverged": diverged}
+    why = None if counts else "diverged" if rates else "unpooled"
+    return {"bound": min(counts.values()) if counts else None, "why": why, "rates": len(counts), "diverged": diverged}
+
+
+def _against_bound(predicted: float, bound: float, batch: int, fitted: list[int]) -> str:
+    """The fitted curve at an unreached batch against that batch's bound, in words. More steps than the
+    curve allows above the fitted batches means a larger S_min, so a smaller B_crit (E_min / S_min);
+    below them, a larger E_min, so a larger B_crit; between them no direction follows."""
+    if predicted >= bound:
+        return "above that bound, consistent with it"
+    direction = ("so B_crit is likely overstated" if batch > max(fitted) else
+                 "so B_crit is likely understated" if batch < min(fitted) else "so the curve misses this batch")
+    return f"below that bound: this batch needed more steps than the curve allows, {direction}"
 
 
 def summarize(loaded, config: config_lib.Config) -> dict:
@@ -260,8 +273,8 @@ def summarize(loaded, config: config_lib.Config) -> dict:
         fitted = [r for r in rows if r["steps"] is not None]
         for row in rows:  # a batch no rate's seeds all reached: a bound on its steps, not a point
             bound = (unreached_bound([p for p in points if p.batch_size == row["batch_size"]], value, seeds)
-                     if row["steps"] is None else {"bound": None, "diverged": []})
-            row.update({"steps_above": bound["bound"], "diverged_runs": "; ".join(bound["diverged"])})
+                     if row["steps"] is None else {"bound": None, "why": None, "diverged": []})
+            row.update({"steps_above": bound["bound"], "no_bound": bound["why"], "diverged_runs": "; ".join(bound["diverged"])})
         fit = bootstrap = again = None
         if len(fitted) >= 2:
             fit = fit_critical_batch([r["batch_size"] for r in fitted], [r["steps"] for r in fitted])
@@ -802,16 +815,16 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
                  f"within its runs" + (f" (at most {budget} steps each, stopped by `epochs` or target.max_steps)"
                                        if budget is not None else ""))
         if bound is None:
-            words += ": every rate tried had a diverged run, so its runs bound nothing"
+            words += (": every rate its seeds all ran had a diverged run, so its runs bound nothing"
+                      if row["no_bound"] == "diverged" else ": no rate has run on every seed yet, so nothing bounds it")
         else:
-            words += (f", so at every rate tried its seeds' mean steps to the target exceed {_fmt(bound)} (each run "
-                      "counted at its steps to the target or, where it did not meet it, at the steps it ran): a bound "
-                      "at the rates tried, not a point of the curve")
+            words += (f", so at every rate its seeds all ran their mean steps to the target exceed {_fmt(bound)} (each "
+                      "run counted at its steps to the target or, where it did not meet it, at the steps it ran): a "
+                      "bound at the rates tried, not a point of the curve")
             if fit and b_crit:
                 predicted = fit["s_min"] * (1 + b_crit / batch)
-                words += (f"; the fitted curve predicts {_fmt(predicted)} steps there, "
-                          + ("below that bound: this batch needed more steps than the curve allows, so B_crit is likely "
-                             "overstated" if predicted < bound else "above that bound, consistent with it"))
+                words += f"; the fitted curve predicts {_fmt(predicted)} steps there, " + _against_bound(
+                    predicted, bound, batch, [r["batch_size"] for r in reached])
         lines.append(words + (f" (diverged: {row['diverged_runs']})" if row["diverged_runs"] else "") + ".")
     if at_target and b_crit:
         n = max(prediction["n"].values())
@@ -882,14 +895,14 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
            "examples seed 0's first epoch began with, so seed 0's steps to a target met in or soon after its first "
            "epoch may be biased low)") + ", "
         + (f"checked every {target.every_examples} examples (every max(1, {target.every_examples} / B) steps; "
-           "steps to target are counted at the first check that met it, so they overstate by less than that interval, "
-           "the table's 'check')" if target.every_examples
+           "steps to target are counted at the first check that met it, the check before not, so they may overstate "
+           "by about that interval, the table's 'check')" if target.every_examples
            else f"checked every {target.every_steps} steps (steps to target are counted at the first check that met it, "
-                f"so they overstate by less than {target.every_steps})"),
+                f"the check before not, so they may overstate by about {target.every_steps})"),
         seeds, *estimator]
         + _nondeterministic(summary)
-        + ([f"grid not interior at batch {', '.join(str(r['batch_size']) for r in capped)} "
-            f"({', '.join(r['grid'] for r in capped)})"] if capped else [])) + ".", ""]
+        + (["grid not interior at " + ", ".join(f"batch {r['batch_size']} ({r['grid'].replace(' (', ', ').rstrip(')')})"
+                                                  for r in capped)] if capped else [])) + ".", ""]
     lines += [f"{h} Steps and examples to the target", "",
               f"![steps to target]({figures[0].name})", "",
               "| batch | rates tried (x rule) | steps per rate (seeds' mean; - = not reached by every seed) | best | tied within a check | "

@@ -1,14 +1,15 @@
 """Inputs a run had never seen when its Adam-preconditioned noise scale was measured.
 
 Definition 2 of docs/noise-scale.md preconditions with P = 1 / (sqrt(v_hat) + epsilon), v_hat the
-optimizer's own second moment. A first-layer weight of a dense network (F1) whose input feature was
+optimizer's own second moment. A first-layer weight of a dense network (F1, F2) whose input feature was
 zero in every example trained on so far has had a zero gradient at every step, so v = 0 exactly and
 P = 1 / epsilon (1e8): if the measured mini-batches hold an example where that feature is not zero,
 its gradient enters tr(P Sigma P) scaled by 1e8 (one such batch among K can dominate the estimate).
 This counts, for each training-definition noise record of a folder that has an Adam value, the
 features zero in every example its run had trained on by the measured step, and how many of them the
-measured batches light. Noted after the F1 studies ran (docs/noise-scale.md, "What the studies
-showed"); the definitions are unchanged.
+measured batches light. For a convolutional first layer (C1-C4) the count says nothing of v: its
+weights are shared across pixels. Noted after the F1 studies ran (docs/noise-scale.md, "Where it
+is built"); the definitions are unchanged.
 
 `python -m replication unseen-inputs RESULTS_DIR` writes RESULTS_DIR/tables/unseen_inputs.csv.
 """
@@ -38,14 +39,16 @@ def examples_trained(seed: int, batch: int, steps: int, num_train: int) -> np.nd
 
 
 def count(x_train: np.ndarray, measured: np.ndarray, trained: np.ndarray, batches: list[np.ndarray]) -> dict:
-    """Features zero in every trained example, and how the measured batches light them."""
+    """Features zero in every trained example, and how the measured batches light them (an example
+    drawn into several batches counts once in measured_examples_with_one)."""
     flat, inputs = x_train.reshape(len(x_train), -1), measured.reshape(len(measured), -1)
     never = ~(flat[trained] != 0).any(axis=0)
-    lit = [inputs[index][:, never] != 0 for index in batches]  # per batch: examples x such features
+    lights = (inputs[:, never] != 0).any(axis=1)  # per measured example
+    used = np.unique(np.concatenate(batches)) if batches else np.array([], int)
     return {"features_never_nonzero": int(never.sum()),
-            "of_them_nonzero_in_measured_batches": int(np.logical_or.reduce([m.any(axis=0) for m in lit]).sum()),
-            "measured_batches_with_one": int(sum(m.any() for m in lit)),
-            "measured_examples_with_one": int(sum(m.any(axis=1).sum() for m in lit))}
+            "of_them_nonzero_in_measured_batches": int((inputs[used][:, never] != 0).any(axis=0).sum()),
+            "measured_batches_with_one": int(sum(lights[index].any() for index in batches)),
+            "measured_examples_with_one": int(lights[used].sum())}
 
 
 def for_record(config: config_lib.Config, record: dict) -> dict:
@@ -66,8 +69,8 @@ def table(results_dir) -> list[dict]:
     for run in loaded.runs:
         for record in (m.record for m in run.noise.values()):
             adam, settings = record.get("adam") or {}, record["settings"]
-            if record.get("definition") != "training" or adam.get("b_simple") is None:
-                continue
+            if record.get("definition") != "training" or "adam_step" not in adam:
+                continue  # no optimizer state measured (an unresolved B_adam still has one: counted)
             resolved = {k: v for k, v in run.metrics["resolved_config"].items() if k != "run"}
             config = config_lib.from_dict(resolved, where=str(run.path / "metrics.json"))  # no weights needed
             rows.append({"run": str(run.path), "seed": record["run_seed"], "point": settings["point"],
