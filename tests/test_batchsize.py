@@ -54,6 +54,36 @@ def test_an_unreachable_target_stops_at_the_step_budget(tiny_config):
     assert int(storage.read_csv(target.trace_path(path))[-1]["step"]) == 30
 
 
+def test_the_examples_a_run_trained_on_are_the_ones_unseen_inputs_derives(tiny_config, monkeypatch):
+    """analysis/unseen_inputs.examples_trained re-derives which examples a run had trained on by a step
+    (for B_adam's v = 0 weights); checked against training itself: a pixel lit in one example only
+    leaves Adam's v exactly 0 on its first-layer weights until that example is trained on."""
+    from replication.analysis import unseen_inputs
+
+    real, pixels = rundir.load_arrays, list(range(0, 40, 4))
+
+    def one_example_per_pixel(config):
+        dataset, x, y, x_test, y_test = real(config)
+        x = x.copy()
+        flat = x.reshape(len(x), -1)
+        flat[:, pixels] = 0
+        for k, pixel in enumerate(pixels):
+            flat[37 * k + 5, pixel] = 1.0  # example 37k + 5 alone lights pixel k
+        return dataset, x, y, x_test, y_test
+
+    monkeypatch.setattr(rundir, "load_arrays", one_example_per_pixel)
+    # 400 examples at batch 16: 25 steps an epoch; stopped at step 12, mid-way through the first.
+    config = _config(tiny_config, target={**STUDY["target"], "value": 1e-6, "max_steps": 12})
+    path = train.train(config, "b16-x1", 0)
+    state = np.load(path / "final.adam.npz")
+    assert int(state["t"]) == 12
+    kernel_v = state["v"][:784 * 512].reshape(784, 512)  # the first Dense layer's kernel, row per pixel
+    trained = set(unseen_inputs.examples_trained(0, 16, 12, 400).tolist())
+    assert 0 < sum(37 * k + 5 in trained for k in range(len(pixels))) < len(pixels)  # both kinds occur
+    for k, pixel in enumerate(pixels):
+        assert (kernel_v[pixel] == 0).all() == (37 * k + 5 not in trained), (pixel, 37 * k + 5)
+
+
 def test_an_interrupted_target_run_resumes_to_the_same_trace(tiny_config):
     config = _config(tiny_config, target={**STUDY["target"], "value": 0.0006})
     whole = storage.read_csv(target.trace_path(train.train(config, "b64-x0.5", 0)))
