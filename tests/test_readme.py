@@ -348,20 +348,46 @@ def test_choosing_a_batch_size_states_only_what_the_pooled_studies_support(gpu_s
     assert f"{readme.sig(late.b_crit / early.b_crit, 2)}x; the 16-84% intervals do not overlap" in text
     # As measured the 2.5-97.5% intervals overlap, so the advice is a direction, not a certainty; only
     # intervals apart at that level too make it plain.
-    assert "the 2.5-97.5% ones do)" in text and "may be too small for a late one, not surely" in text
+    assert "the 2.5-97.5% ones do)" in text and "may be below a late one's B_crit, not surely" in text
     apart = dataclasses.replace(late, bootstrap={**late.bootstrap, "p2_5": early.bootstrap["p97_5"] * 1.1})
     text = readme.choosing_block([early, apart])
-    assert "the 2.5-97.5% ones do not)" in text and "an early target is too small for a late one." in text
+    assert "the 2.5-97.5% ones do not)" in text and "an early target is below the late target's B_crit." in text
     # B_crit smaller at the tighter target: said as measured, with no advice drawn from it.
     shrunk = dataclasses.replace(late, b_crit=early.b_crit / 2, bootstrap=early.bootstrap)
     text = readme.choosing_block([early, shrunk])
-    assert "larger at the tighter target on 0 of 1 workload" in text and "too small for a late one" not in text
+    assert "larger at the tighter target on 0 of 1 workload" in text and "below the late" not in text
     assert "the 16-84% intervals overlap" in text
     # The test-accuracy point follows the spread of the batches' accuracies.
     assert "barely changed the seeds' mean test accuracy (within a point; no test of a difference)" in \
         readme.choosing_block([early, late])
     rows = [{**r, "test_accuracy": 90.0 + 2 * i} for i, r in enumerate(late.rows)]
-    assert "changed the seeds' mean test accuracy by up to 10.00 points" in readme.choosing_block([dataclasses.replace(late, rows=rows)])
+    assert "changed the seeds' mean test accuracy by up to 10.00 points (the range of the seeds' means over " \
+           "batches; no test of a difference)" in readme.choosing_block([dataclasses.replace(late, rows=rows)])
+
+
+def test_choosing_points_name_what_qualifies_a_c1_shaped_study(mnist_studies, tmp_path):
+    # The C1 study (2 seeds, best rates at a capped grid edge, a large batch met on one seed only, a
+    # target whose B_crit may not resolve) would have been summarised in words true only of the F1
+    # studies: "3 seeds each", a batch range over a batch left out, a workload dropped silently.
+    import dataclasses
+
+    early, late = mnist_studies
+    rows = [dict(r) for r in late.rows]
+    rows[0]["grid"] = "capped high"
+    rows[-1] = {**rows[-1], "steps": None, "seconds_to_target": None, "test_accuracy": None}
+    c1 = dataclasses.replace(late, folder=tmp_path / "critical-batch-c1", seeds=2, rows=rows)
+    text = readme.choosing_block([early, late, c1])
+    assert text.startswith("From 2 workloads and 3 workload-target pairs, seeds: critical-batch-f1-mnist 3, "
+                           "critical-batch-c1 2")
+    assert f"Left out: critical-batch-c1 (B_crit resolved at {late.target} only)." in text
+    assert f"(steps at batch {rows[0]['batch_size']} an upper bound: best rate at a capped grid edge; batch " \
+           f"{rows[-1]['batch_size']} not met on every seed: left out)" in text
+    # A B_crit beyond the batches fitted is named as an extrapolation wherever it is printed.
+    beyond = dataclasses.replace(c1, b_crit=10 * max(r["batch_size"] for r in rows))
+    assert f"(extrapolated past batch {rows[-2]['batch_size']})" in readme.choosing_block([early, late, beyond])
+    # A range names only batches that all stayed within 1.5x: a gap is listed, not bridged.
+    assert readme._batches([32, 512], [32, 128, 512]) == "batches 32, 512"
+    assert readme._batches([32, 128], [32, 128, 512]) == "batch 32-128"
 
 
 def test_a_study_names_fashion_mnist_as_a_workload_not_a_stand_in():

@@ -1018,6 +1018,39 @@ def _apart(first: Study, last: Study, low: str, high: str) -> bool:
     return a.get(high) is not None and b.get(low) is not None and a[high] < b[low]
 
 
+def _batches(batches: list[int], measured: list[int]) -> str:
+    """Batches in words: "batch 32-512" where they are a run of consecutive measured batches, else each."""
+    i = measured.index(batches[0])
+    if batches == measured[i:i + len(batches)]:
+        return f"batch {batches[0]}-{batches[-1]}" if len(batches) > 1 else f"batch {batches[0]}"
+    return f"batches {', '.join(map(str, batches))}"
+
+
+def _extrapolated(study: Study) -> str:
+    """" (extrapolated past batch N)" where B_crit lies outside the batches whose steps it was fitted to."""
+    fitted = [r["batch_size"] for r in study.rows if r["steps"] is not None]
+    if not fitted or min(fitted) <= study.b_crit <= max(fitted):
+        return ""
+    return f" (extrapolated {'past' if study.b_crit > max(fitted) else 'below'} batch " \
+           f"{max(fitted) if study.b_crit > max(fitted) else min(fitted)})"
+
+
+def _row_caveats(study: Study) -> str:
+    """What qualifies a study's per-batch steps: batches whose best rate sits at a capped grid edge
+    (their steps an upper bound), batches no rate's seeds all reached (left out), and an unfinished grid."""
+    notes = []
+    capped = [str(r["batch_size"]) for r in study.rows if r["grid"].startswith("capped") and r["steps"] is not None]
+    if capped:
+        notes.append(f"steps at batch {', '.join(capped)} an upper bound: best rate at a capped grid edge")
+    missing = [str(r["batch_size"]) for r in study.rows if r["steps"] is None]
+    if missing:
+        notes.append(f"batch {', '.join(missing)} not met on every seed: left out")
+    unfinished = [str(r["batch_size"]) for r in study.rows if r["grid"].startswith("unfinished")]
+    if unfinished:
+        notes.append(f"grid unfinished at batch {', '.join(unfinished)}")
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
 def choosing_block(found: list[Study]) -> str:
     """Issue 25 item 7: what the studies pooled over seeds support for choosing a batch size, one
     point per question, each sentence chosen by the numbers it states (workloads, targets, n).
@@ -1030,30 +1063,35 @@ def choosing_block(found: list[Study]) -> str:
         by_folder.setdefault(s.folder, []).append(s)
     n_work, n_cells = len(by_folder), len(pooled)
     seeds = sorted({s.seeds for s in pooled})
+    # One count for all, else each workload's: "2-3 seeds each" would hide which has which.
+    counted = (f"{seeds[0]} seeds each" if len(seeds) == 1 else
+               "seeds: " + ", ".join(f"{studies_[0].folder.name} {studies_[0].seeds}" for studies_ in by_folder.values()))
     lines = [f"From {n_work} workload{'s' if n_work > 1 else ''} and {n_cells} workload-target pair"
-             f"{'s' if n_cells > 1 else ''}, {'-'.join(map(str, seeds[::max(1, len(seeds) - 1)]))} seeds each ("
+             f"{'s' if n_cells > 1 else ''}, {counted} ("
              "[their table](docs/batch-size.md#the-critical-batch-studies-several-seeds-two-targets-each)):", ""]
     # 1. The target: B_crit at each target of one workload (loosest first, as the report orders them).
-    moves, grew, separated = [], 0, 0
+    moves, grew, separated, single = [], 0, 0, []
     for studies_ in by_folder.values():
         if len(studies_) < 2:
+            single.append(f"{studies_[0].folder.name} (B_crit resolved at {studies_[0].target} only)")
             continue
         first, last = studies_[0], studies_[-1]
         apart, apart95 = _apart(first, last, "p16", "p84"), _apart(first, last, "p2_5", "p97_5")
         grew += last.b_crit > first.b_crit
         separated += apart95
-        moves.append(f"{short_label(first)}: {sig(first.b_crit)} ({bootstrap_interval(first.bootstrap)}) at "
-                     f"{first.target}, {sig(last.b_crit)} ({bootstrap_interval(last.bootstrap)}) at {last.target}, "
+        moves.append(f"{short_label(first)}: {sig(first.b_crit)}{_extrapolated(first)} ({bootstrap_interval(first.bootstrap)}) at "
+                     f"{first.target}, {sig(last.b_crit)}{_extrapolated(last)} ({bootstrap_interval(last.bootstrap)}) at {last.target}, "
                      f"{last.b_crit / first.b_crit:.2g}x; the 16-84% intervals {'do not overlap' if apart else 'overlap'}"
                      f", the 2.5-97.5% ones {'do not' if apart95 else 'do'}")
     if moves:
         # The advice follows the 2.5-97.5% intervals: a move within them is a direction, not a measured one.
         lines.append(f"1. **Choose for the loss you will train to.** B_crit was larger at the tighter target on "
                      f"{grew} of {len(moves)} workload{'s' if len(moves) > 1 else ''} ({'; '.join(moves)})"
-                     + (": a batch size chosen for an early target is too small for a late one." if
+                     + (": a batch size chosen for an early target is below the late target's B_crit." if
                         separated == grew == len(moves) else
                         f"; the 2.5-97.5% intervals are apart on {separated} of {len(moves)}, so a batch chosen for an "
-                        "early target may be too small for a late one, not surely." if grew == len(moves) else "."))
+                        "early target may be below a late one's B_crit, not surely." if grew == len(moves) else ".")
+                     + (f" Left out: {', '.join(single)}." if single else ""))
     # 2. Examples: how far the batch grows before the examples to the target do.
     spans = []
     for s in pooled:
@@ -1061,8 +1099,9 @@ def choosing_block(found: list[Study]) -> str:
         fewest = min(e for _, e in measured)
         cheap = [b for b, e in measured if e <= EXAMPLES_FACTOR * fewest]
         worst = max(measured, key=lambda m: m[1])
-        spans.append(f"{short_label(s)} at {s.target}: batch {min(cheap)}-{max(cheap)}, B_crit {sig(s.b_crit)}; "
-                     f"batch {worst[0]} needed {worst[1] / fewest:.2g}x the fewest")
+        spans.append(f"{short_label(s)} at {s.target}: {_batches(cheap, [b for b, _ in measured])}, B_crit "
+                     f"{sig(s.b_crit)}{_extrapolated(s)}; batch {worst[0]} needed {worst[1] / fewest:.2g}x the fewest"
+                     + _row_caveats(s))
     lines.append(f"2. **How far the batch grows at about the same examples.** The examples to the target stayed "
                  f"within {EXAMPLES_FACTOR:g}x of the fewest over ({'; '.join(spans)}).")
     # 3. Predicting B_crit from the noise scale (docs/noise-scale.md's rule, fixed in advance).
@@ -1070,8 +1109,14 @@ def choosing_block(found: list[Study]) -> str:
     for key, name in (("b_simple", "the plain B_simple"), ("adam_b_simple", "the Adam-preconditioned one")):
         judged = [s for s in pooled if key in s.checks and s.checks[key]["holds"] is not None]
         held = [s for s in judged if s.checks[key]["holds"]]
+        # Against an interval with no upper end anything large enough holds: such holds say little.
+        open_ = [s for s in held if math.isinf((critical_batch.measured_interval(s.bootstrap) or (0, 0))[1])]
         if judged:
-            verdicts.append(f"{name} held on {len(held)} of {len(judged)}")
+            # A pair the rule leaves undecided (no noise scale there, or B_crit's interval beyond the
+            # batches measured) is counted apart, so the counts add up to the pairs above.
+            notes = ([f"{len(open_)} of those against an interval with no upper end"] if open_ else []) + \
+                    ([f"{len(pooled) - len(judged)} not decided"] if len(judged) < len(pooled) else [])
+            verdicts.append(f"{name} held on {len(held)} of {len(judged)}" + (f" ({'; '.join(notes)})" if notes else ""))
     if verdicts:
         lines.append("3. **Predicting B_crit.** Measured where the smallest batch's run at its best rate for the "
                      "study's own (tightest) target met each target, "
@@ -1079,7 +1124,10 @@ def choosing_block(found: list[Study]) -> str:
                      "factor 2 of the measured 2.5-97.5% interval). `recommend` estimates it from one short run "
                      "(the check table below).")
     # 4. The learning rate.
-    rules = [f"{short_label(s)} at {s.target}: {_one_rule(s)}" for s in pooled if s.one_multiplier]
+    rules = [f"{short_label(s)} at {s.target}: {_one_rule(s)}"
+             + (f" over batches {', '.join(map(str, s.one_multiplier['batches']))}"
+                if s.one_multiplier.get("batches") and len(s.one_multiplier["batches"]) < len(s.rows) else "")
+             for s in pooled if s.one_multiplier]
     if rules:
         lines.append("4. **Tune the learning rate at each batch, or at least the multiple of a rule.** The one "
                      "multiple of the square-root rule's rate that came closest to every batch's fewest steps (the "
@@ -1090,8 +1138,11 @@ def choosing_block(found: list[Study]) -> str:
         timed = sorted((r for r in s.rows if _finite(r["seconds_to_target"])), key=lambda r: r["seconds_to_target"])
         if timed:
             where = "below" if timed[0]["batch_size"] < s.b_crit else "at or above"
+            # The runner-up's time beside it: means of the seeds' steps times a mean step time, no test.
+            next_ = (f"; batch {timed[1]['batch_size']} next at {timed[1]['seconds_to_target'] / timed[0]['seconds_to_target']:.2g}x"
+                     f" its time" if len(timed) > 1 and timed[0]["seconds_to_target"] > 0 else "")
             fastest.append(f"{short_label(s)} at {s.target}: batch {timed[0]['batch_size']}, {where} B_crit "
-                           f"{sig(s.b_crit)} ({s.device})")
+                           f"{sig(s.b_crit)}{_extrapolated(s)} ({s.device}{next_})")
     if fastest:
         lines.append("5. **Then pick the fastest batch on your hardware.** Fewer steps are not less time once a "
                      f"step's time grows with the batch: the fastest measured batch was {'; '.join(fastest)}.")
@@ -1108,7 +1159,8 @@ def choosing_block(found: list[Study]) -> str:
     if alike:
         # Means of the seeds at each batch, compared by their range: a description, not a test.
         moved = ("barely changed the seeds' mean test accuracy (within a point; no test of a difference)"
-                 if spread <= 1 else f"changed the seeds' mean test accuracy by up to {spread:.2f} points")
+                 if spread <= 1 else f"changed the seeds' mean test accuracy by up to {spread:.2f} points (the "
+                 "range of the seeds' means over batches; no test of a difference)")
         lines.append(f"6. **At the same training loss, reached with a tuned rate, the batch {moved}**: "
                      f"{'; '.join(alike)}. This is stopping at a training loss, not the paper's 100 "
                      "epochs: the gap the paper measured at convergence is the [paper-protocol runs'](#results) "
@@ -1122,7 +1174,7 @@ def recommend_block(root: Path, found: list[Study]) -> str:
     from against the measured B_crit, and each one's CPU time; every number checked before use."""
     from replication import recommend
 
-    judged = {"recommended": [], "b_noise": [], "unresolved_holds": []}
+    judged = {"recommended": [], "b_noise": [], "unresolved_holds": [], "undecided": 0}
     unresolved = []  # studies whose recommendation's 95% interval reaches 0 or below
     rows = ["| workload | target | recommended batch (from, value, 95% estimator interval) | measured B_crit "
             "(bootstrap 16-84%) | a prediction holds within | predicted / measured | B_noise of the same run, "
@@ -1151,6 +1203,7 @@ def recommend_block(root: Path, found: list[Study]) -> str:
         b_noise = get("noise", "b_noise", none=True)
         for study in (s for s in found if s.folder == folder):
             span = critical_batch.measured_interval(study.bootstrap)
+            judged["undecided"] += span is None and value is not None
             if span and value is not None:
                 judged["recommended"].append(critical_batch.within_rule(value, *span))
                 judged["unresolved_holds"].append(judged["recommended"][-1] and folder.name in unresolved)
@@ -1173,12 +1226,15 @@ def recommend_block(root: Path, found: list[Study]) -> str:
                    f"{sum(judged['recommended'])} of {n} workload-target pair{'s' if n > 1 else ''}"
                    + (f" ({sum(judged['unresolved_holds'])} of them from an estimate whose 95% interval reaches 0: "
                       "below)" if any(judged["unresolved_holds"]) else "")
+                   + (f" ({judged['undecided']} more not decided: B_crit's interval lies beyond the batches measured)"
+                      if judged["undecided"] else "")
                    + (f"; the B_noise printed beside it would have held on {sum(judged['b_noise'])} of "
                       f"{len(judged['b_noise'])} (an observation after the fact, not the predictor the page fixed)."
                       if judged["b_noise"] else "."))
     return "\n".join(rows) + ("\n\nThe recommended batch is the noise scale of one short run rounded down to a "
                               "power of two (docs/noise-scale.md); its interval is the estimator's alone. Times are "
-                              "CPU seconds of training and measurement as each result file records them."
+                              "CPU seconds of training and measurement as each result file records them, each on "
+                              "the machine its files name (compare the two where those agree)."
                               + verdict + _unresolved_words(unresolved) + "\n")
 
 
