@@ -641,7 +641,7 @@ def critical_batch_block(found: list[Study], prefix: str = "../") -> str:
     if not pooled:
         return ("No study pooled over several seeds has results yet (`make batch-size-report "
                 "BATCH_SIZE_CONFIG=configs/critical-batch/...`).\n")
-    lines = ["| workload | target | seeds | batches measured | B_crit (16-84%; 2.5-97.5%) | bracketed by measured "
+    lines = ["| workload | target | seeds | batches fitted | B_crit (16-84%; 2.5-97.5%) | bracketed by measured "
              "batches | a prediction holds within | B_simple at the target, plain: predicted (holds?) | "
              "Adam-preconditioned | one multiple of the rate rule (most extra steps) | fastest batch on that machine |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -663,8 +663,12 @@ def critical_batch_block(found: list[Study], prefix: str = "../") -> str:
         one = _one_rule(s)
         timed = sorted((r for r in s.rows if _finite(r["seconds_to_target"])), key=lambda r: r["seconds_to_target"])
         fastest = f"{timed[0]['batch_size']} ({sig(timed[0]['seconds_to_target'])} s)" if timed else "-"
+        # The batches fitted, and those measured but met on no rate by every seed (a bound, not fitted).
+        missing = [str(r["batch_size"]) for r in s.rows if r["steps"] is None]
+        measured = (f"{min(batches)}-{max(batches)}" if batches else "-") + \
+                   (f" ({', '.join(missing)}: not met on every seed)" if missing else "")
         lines.append(f"| {_link(prefix, s.folder / 'REPORT.md', s.label)} | {s.target} | {s.seeds} | "
-                     f"{min(batches) if batches else '-'}-{max(batches) if batches else '-'} | {b_crit} | {bracketed} | "
+                     f"{measured} | {b_crit} | {bracketed} | "
                      f"{_holds_range(s.bootstrap)} | {check('b_simple')} | {check('adam_b_simple')} | {one} | {fastest} |")
     return "\n".join(lines) + ("\n\nA prediction holds when the measured B_crit's 2.5-97.5% interval holds a value within a "
                                "factor 2 of it (docs/noise-scale.md, fixed before these studies ran), so any prediction "
