@@ -1030,13 +1030,14 @@ def _batches(batches: list[int], measured: list[int]) -> str:
     return f"batches {', '.join(map(str, batches))}"
 
 
-def _extrapolated(study: Study) -> str:
-    """" (extrapolated past batch N)" where B_crit lies outside the batches whose steps it was fitted to."""
+def _extrapolated(study: Study, before: str = " (", after: str = ")") -> str:
+    """"extrapolated past batch N", between `before` and `after`, where B_crit lies outside the batches
+    whose steps it was fitted to; "" where it lies among them."""
     fitted = [r["batch_size"] for r in study.rows if r["steps"] is not None]
     if not fitted or min(fitted) <= study.b_crit <= max(fitted):
         return ""
-    return f" (extrapolated {'past' if study.b_crit > max(fitted) else 'below'} batch " \
-           f"{max(fitted) if study.b_crit > max(fitted) else min(fitted)})"
+    above = study.b_crit > max(fitted)
+    return f"{before}extrapolated {'past' if above else 'below'} batch {max(fitted) if above else min(fitted)}{after}"
 
 
 def _row_caveats(study: Study) -> str:
@@ -1083,8 +1084,9 @@ def choosing_block(found: list[Study]) -> str:
         apart, apart95 = _apart(first, last, "p16", "p84"), _apart(first, last, "p2_5", "p97_5")
         grew += last.b_crit > first.b_crit
         separated += apart95
-        moves.append(f"{short_label(first)}: {sig(first.b_crit)}{_extrapolated(first)} ({bootstrap_interval(first.bootstrap)}) at "
-                     f"{first.target}, {sig(last.b_crit)}{_extrapolated(last)} ({bootstrap_interval(last.bootstrap)}) at {last.target}, "
+        moves.append(f"{short_label(first)}: {sig(first.b_crit)} ({bootstrap_interval(first.bootstrap)}"
+                     f"{_extrapolated(first, '; ', '')}) at {first.target}, {sig(last.b_crit)} "
+                     f"({bootstrap_interval(last.bootstrap)}{_extrapolated(last, '; ', '')}) at {last.target}, "
                      f"{last.b_crit / first.b_crit:.2g}x; the 16-84% intervals {'do not overlap' if apart else 'overlap'}"
                      f", the 2.5-97.5% ones {'do not' if apart95 else 'do'}")
     if moves:
