@@ -261,6 +261,14 @@ def _study_runs_on_disk(config: config_lib.Config) -> list[regimes.RunSpec]:
     return [spec for spec in on_disk if spec is not None and spec.kind in ("study", "compare") and named(spec)]
 
 
+def run_config(path: Path, metrics: dict) -> config_lib.Config:
+    """The config a finished run at `path` was made by, from its metrics.json's resolved config."""
+    resolved = dict(metrics["resolved_config"])
+    resolved.pop("run")
+    resolved["results_dir"] = str(path.parents[2])
+    return config_lib.from_dict(resolved, where=str(path / "config.yaml"))
+
+
 def load_run(path: str | os.PathLike) -> Run:
     """A finished run: its config, metrics and a model holding the final weights."""
     path = Path(path)
@@ -268,10 +276,7 @@ def load_run(path: str | os.PathLike) -> Run:
         raise RunError(f"{path} is not a finished run directory (no metrics.json): "
                        "train it first with `python -m replication train CONFIG`")
     metrics = storage.read_json(path / "metrics.json")
-    resolved = dict(metrics["resolved_config"])
-    resolved.pop("run")
-    resolved["results_dir"] = str(path.parents[2])
-    config = config_lib.from_dict(resolved, where=str(path / "config.yaml"))
+    config = run_config(path, metrics)
     spec = data.DATASETS[config.dataset]
     model = build_model(config, spec.input_shape, spec.num_classes, compiled=False)
     storage.load_weights(model, path / "final.weights.h5")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from replication import rundir, storage, train
+from replication import data, rundir, storage, train
 from replication import config as config_lib
 from replication.analysis import results as results_lib
 from replication.experiments import batchsize
@@ -55,8 +55,8 @@ def for_record(config: config_lib.Config, record: dict) -> dict:
     """`count` for one noise record (measure/noise.noise_scale's) with an Adam value, of a run made by
     `config`: its training set, the examples it had trained on by the measured step, the measured batches."""
     settings = record["settings"]
-    _, x_train, _, _, _ = rundir.load_arrays(config)
-    measured, _ = rundir.training_examples(config, settings["subset"])
+    _, x_train, y_train, _, _ = rundir.load_arrays(config)
+    measured, _ = data.measurement_subset(x_train, y_train, settings["subset"])  # rundir.training_examples, loaded once
     trained = examples_trained(record["run_seed"], record["run_batch_size"], record["adam"]["adam_step"], len(x_train))
     batches = noise.batch_indices(len(measured), settings["batch_size"], settings["batches"], settings["seed"])
     return count(x_train, measured, trained, batches)
@@ -71,11 +71,9 @@ def table(results_dir) -> list[dict]:
             adam, settings = record.get("adam") or {}, record["settings"]
             if record.get("definition") != "training" or "adam_step" not in adam:
                 continue  # no optimizer state measured (an unresolved B_adam still has one: counted)
-            resolved = {k: v for k, v in run.metrics["resolved_config"].items() if k != "run"}
-            config = config_lib.from_dict(resolved, where=str(run.path / "metrics.json"))  # no weights needed
             rows.append({"run": str(run.path), "seed": record["run_seed"], "point": settings["point"],
                          "step": adam["adam_step"], "adam_b_simple": adam["b_simple"],
-                         "adam_b_simple_se": adam["b_simple_standard_error"], **for_record(config, record)})
+                         "adam_b_simple_se": adam["b_simple_standard_error"], **for_record(rundir.run_config(run.path, run.metrics), record)})
     return sorted(rows, key=lambda r: (r["run"], r["step"]))
 
 
