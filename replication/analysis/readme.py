@@ -586,7 +586,7 @@ def _study_row(root: Path, profile: Profile, config: str, command: str) -> list[
                      else "at every batch where a rate met the target")
             text += f"; best rate {'-'.join(span)}x the sqrt rule" + ("" if len(span) > 1 else f" {every}")
             # A best rate at a capped grid edge is a bound, not the best (the report says which side).
-            capped = [r["batch_size"] for r in study.rows if r["grid"].startswith("capped")]
+            capped = _capped(study)
             if capped:
                 text += f" (at a capped grid edge at batch {', '.join(map(str, capped))})"
         if fastest:
@@ -1040,13 +1040,20 @@ def _extrapolated(study: Study, before: str = " (", after: str = ")") -> str:
     return f"{before}extrapolated {'past' if above else 'below'} batch {max(fitted) if above else min(fitted)}{after}"
 
 
+def _capped(study: Study, fitted_only: bool = False) -> list[int]:
+    """The batches whose best rate sits at a capped grid edge (a bound, not the best); with
+    `fitted_only`, only those whose steps the fit used (every seed met the target)."""
+    return [r["batch_size"] for r in study.rows
+            if r["grid"].startswith("capped") and (r["steps"] is not None or not fitted_only)]
+
+
 def _row_caveats(study: Study) -> str:
     """What qualifies a study's per-batch steps: batches whose best rate sits at a capped grid edge
     (their steps an upper bound), batches no rate's seeds all reached (left out), and an unfinished grid."""
     notes = []
-    capped = [str(r["batch_size"]) for r in study.rows if r["grid"].startswith("capped") and r["steps"] is not None]
+    capped = _capped(study, fitted_only=True)
     if capped:
-        notes.append(f"steps at batch {', '.join(capped)} an upper bound: best rate at a capped grid edge")
+        notes.append(f"steps at batch {', '.join(map(str, capped))} an upper bound: best rate at a capped grid edge")
     missing = [str(r["batch_size"]) for r in study.rows if r["steps"] is None]
     if missing:
         notes.append(f"batch {', '.join(missing)} not met on every seed: left out")

@@ -51,11 +51,12 @@ def count(x_train: np.ndarray, measured: np.ndarray, trained: np.ndarray, batche
             "measured_examples_with_one": int(lights[used].sum())}
 
 
-def for_record(config: config_lib.Config, record: dict) -> dict:
+def for_record(config: config_lib.Config, record: dict, train_arrays=None) -> dict:
     """`count` for one noise record (measure/noise.noise_scale's) with an Adam value, of a run made by
-    `config`: its training set, the examples it had trained on by the measured step, the measured batches."""
+    `config`: its training set (`train_arrays` (x_train, y_train) where the caller loaded it already),
+    the examples it had trained on by the measured step, the measured batches."""
     settings = record["settings"]
-    _, x_train, y_train, _, _ = rundir.load_arrays(config)
+    x_train, y_train = train_arrays or rundir.load_arrays(config)[1:3]
     measured, _ = data.measurement_subset(x_train, y_train, settings["subset"])  # rundir.training_examples, loaded once
     trained = examples_trained(record["run_seed"], record["run_batch_size"], record["adam"]["adam_step"], len(x_train))
     batches = noise.batch_indices(len(measured), settings["batch_size"], settings["batches"], settings["seed"])
@@ -65,15 +66,19 @@ def for_record(config: config_lib.Config, record: dict) -> dict:
 def table(results_dir) -> list[dict]:
     """One row per training-definition noise record with an Adam value (a seed's point along its run)."""
     loaded = results_lib.load(results_dir)
-    rows = []
+    rows, arrays = [], {}  # the training set once per dataset and subset, not once per record
     for run in loaded.runs:
+        config = rundir.run_config(run.path, run.metrics)
+        key = (config.dataset, str(config.data_dir), config.train_subset, config.test_subset)  # load_arrays' inputs
         for record in (m.record for m in run.noise.values()):
             adam, settings = record.get("adam") or {}, record["settings"]
             if record.get("definition") != "training" or "adam_step" not in adam:
                 continue  # no optimizer state measured (an unresolved B_adam still has one: counted)
+            if key not in arrays:
+                arrays[key] = rundir.load_arrays(config)[1:3]
             rows.append({"run": str(run.path), "seed": record["run_seed"], "point": settings["point"],
                          "step": adam["adam_step"], "adam_b_simple": adam["b_simple"],
-                         "adam_b_simple_se": adam["b_simple_standard_error"], **for_record(rundir.run_config(run.path, run.metrics), record)})
+                         "adam_b_simple_se": adam["b_simple_standard_error"], **for_record(config, record, arrays[key])})
     return sorted(rows, key=lambda r: (r["run"], r["step"]))
 
 
