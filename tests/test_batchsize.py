@@ -730,6 +730,32 @@ def test_the_best_rate_sentence_says_whether_the_rule_alone_would_do():
     assert batchsize_report.best_rate_words([_row(16, None, None)], config) is None
 
 
+def _timed(batch, mean, per_seed):
+    return {"batch_size": batch, "seconds_to_target": mean, "seconds_to_target_per_seed": per_seed}
+
+
+def test_each_seeds_time_to_target_is_its_own_steps_times_its_own_step_time():
+    config = config_lib.from_dict({**STUDY, "network": "C1", "dataset": "synthetic_cifar10"})
+    points = [_point(1, 0, 100, 100), dataclasses.replace(_point(1, 1, 120, 120), seconds_per_step=2.0)]
+    row, = batchsize_report._best_rows(points, config.batch_size_study, 0.3, [0, 1], own=False)
+    assert row["seconds_to_target_per_seed"] == [100.0, 240.0]
+    assert row["seconds_to_target"] == 110 * 1.5  # the seeds' mean steps times their mean step time
+    assert batchsize_report._best_rows([dataclasses.replace(p, seconds_per_step=None) for p in points],
+                                       config.batch_size_study, 0.3, [0, 1], own=False)[0][
+        "seconds_to_target_per_seed"] == [None, None]
+
+
+def test_the_fastest_batch_is_compared_with_the_runner_up_seed_by_seed():
+    """The fastest batch by the seeds' means, the runner-up, and on how many seeds (paired: each
+    seed's own runs at the two batches) the fastest was faster; a seed missing a time is not compared."""
+    rows = [_timed(32, 30.0, [20.0, 40.0, 30.0]), _timed(128, 10.0, [9.0, 12.0, None]),
+            _timed(512, 11.0, [12.0, 10.0, 11.0]), _timed(2048, None, [])]
+    fastest, runner_up, faster, compared = batchsize_report.fastest_two(rows)
+    assert (fastest["batch_size"], runner_up["batch_size"], faster, compared) == (128, 512, 1, 2)
+    assert batchsize_report.fastest_two(rows[:1] + rows[3:]) == (rows[0], None, 0, 0)
+    assert batchsize_report.fastest_two(rows[3:]) == (None, None, 0, 0)
+
+
 def test_a_sqrt2_grid_extends_by_exact_powers():
     """Issue 25 item 3's finer grid: [0.707107, 1, 1.41421] (sqrt(2) steps written to 6 digits)
     extends to 2 and 0.5, not to 1.99999 and 0.500001 (other names, other runs)."""

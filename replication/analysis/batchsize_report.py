@@ -139,6 +139,9 @@ def _best_rows(points: list[Point], study: config_lib.BatchSizeStudyConfig, valu
             "test_accuracy": _mean([p.test_accuracy for p in chosen_points if p.reached]) if chosen and own else None,
             "seconds_per_step": per_step,
             "seconds_to_target": mean_steps * per_step if mean_steps is not None and per_step is not None else None,
+            # Each seed's own steps times its own step time: fastest_two pairs batches by seed.
+            "seconds_to_target_per_seed": [s * p.seconds_per_step if s is not None and p.seconds_per_step is not None
+                                           else None for s, p in zip(chosen["per_seed"], chosen_points)] if chosen else [],
             "run": str(chosen_points[0].path) if chosen else None,
             # The scaling rule's own rate (1x): whether it ran at every seed, and its mean steps.
             "rule_ran": 1.0 in by_rate, "rule_steps": by_rate[1.0]["steps"] if 1.0 in by_rate else None})
@@ -392,6 +395,21 @@ def compare_gaps(rows: list[dict]) -> list[dict]:
 
 
 # The report ----------------------------------------------------------------------------------------
+def fastest_two(rows: list[dict]) -> tuple[dict | None, dict | None, int, int]:
+    """(fastest, runner-up, faster, compared): the two batches with the least training time to the
+    target (the seeds' mean steps times their mean time per step; either None where fewer rows are
+    timed), and on how many of the `compared` seeds the fastest's own time was below the
+    runner-up's. Paired by seed: a seed is one x0 and one data order shared by its runs at every
+    batch. A count, not a test: with 2-3 seeds no test could reach significance."""
+    timed = sorted((r for r in rows if r["seconds_to_target"] is not None and math.isfinite(r["seconds_to_target"])),
+                   key=lambda r: r["seconds_to_target"])
+    if len(timed) < 2:
+        return (timed[0] if timed else None), None, 0, 0
+    pairs = [(a, b) for a, b in zip(timed[0]["seconds_to_target_per_seed"], timed[1]["seconds_to_target_per_seed"])
+             if a is not None and b is not None]
+    return timed[0], timed[1], sum(a < b for a, b in pairs), len(pairs)
+
+
 def _fmt(value, spec: str = ".3g") -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
@@ -513,7 +531,9 @@ def write_report(results_dir) -> Path:
          **({f"steps_to_{v:g}": p.steps_to(v) for v in config.target.values()[:-1]}),
          "seconds_per_step": p.seconds_per_step, "train_seconds": round(p.train_seconds, 3),
          "test_accuracy": p.test_accuracy, "diverged": int(p.diverged), "run": str(p.path)} for p in points])
-    storage.atomic_write_csv(tables / "batch_size_best.csv", [r for s in studies for r in s["rows"]])
+    storage.atomic_write_csv(tables / "batch_size_best.csv", [
+        {k: " ".join(_fmt(x) for x in v) if isinstance(v, list) else v for k, v in r.items()}
+        for s in studies for r in s["rows"]])
     noise_rows = studies[-1]["noise"]
     if noise_rows:
         storage.atomic_write_csv(tables / "batch_size_noise.csv", noise_rows)
@@ -786,8 +806,7 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
     prediction = study["prediction"]
     reference = [r for r in noise if at_target and r["run"] == at_target["run"]]
     at_x0 = next((r for r in reference if r["point"] == "initial"), None)
-    timed = [r for r in reached if r["seconds_to_target"] is not None]
-    fastest = min(timed, key=lambda r: r["seconds_to_target"]) if timed else None
+    fastest, runner_up, faster, compared = fastest_two(reached)
     capped = [r for r in rows if r["grid"].startswith(("capped", "unfinished", "none"))]
     lines = [f"{h} In plain words", ""]
     if b_crit is not None:
@@ -851,7 +870,11 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
                      if len(study['seeds']) > 1 else f"- {trend}")
     if fastest:
         lines.append(f"- On this machine ({_device(summary)}) the fastest batch to the target was "
-                     f"**{fastest['batch_size']}** ({fastest['seconds_to_target']:.3g} s of training).")
+                     f"**{fastest['batch_size']}** ({fastest['seconds_to_target']:.3g} s of training"
+                     + (f"; batch {runner_up['batch_size']} next at {runner_up['seconds_to_target'] / fastest['seconds_to_target']:.2g}x "
+                        f"its time" if runner_up and fastest["seconds_to_target"] > 0 else "")
+                     + (f"; faster on {faster} of {compared} seeds, each seed's own runs, no test of a difference"
+                        if compared > 1 else "") + ").")
     accuracies = [(r["batch_size"], r["test_accuracy"]) for r in reached if r["test_accuracy"] is not None]
     if len(accuracies) >= 2:
         (b0, a0), (b1, a1) = accuracies[0], accuracies[-1]

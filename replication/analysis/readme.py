@@ -221,6 +221,9 @@ def studies(root: Path, profile: Profile) -> list[Study]:
                  "test_accuracy": get(*where, "rows", i, "test_accuracy", none=True),
                  "seconds_per_step": get(*where, "rows", i, "seconds_per_step", none=True),
                  "seconds_to_target": get(*where, "rows", i, "seconds_to_target", none=True),
+                 "seconds_to_target_per_seed": [get(*where, "rows", i, "seconds_to_target_per_seed", k, none=True)
+                                                for k in range(len(get(*where, "rows", i, "seconds_to_target_per_seed",
+                                                                       kind=list)))],
                  "grid": get(*where, "rows", i, "grid", kind=str)}
                 for i in range(len(get(*where, "rows", kind=list)))]
         b_crit = get(*where, "fit", "b_crit", none=True) if get(*where, "fit", kind=dict, none=True) else None
@@ -1148,17 +1151,21 @@ def choosing_block(found: list[Study]) -> str:
     # 5. Time, on the machine that ran it.
     fastest = []
     for s in pooled:
-        timed = sorted((r for r in s.rows if _finite(r["seconds_to_target"])), key=lambda r: r["seconds_to_target"])
-        if timed:
-            where = "below" if timed[0]["batch_size"] < s.b_crit else "at or above"
-            # The runner-up's time beside it: means of the seeds' steps times a mean step time, no test.
-            next_ = (f"; batch {timed[1]['batch_size']} next at {timed[1]['seconds_to_target'] / timed[0]['seconds_to_target']:.2g}x"
-                     f" its time" if len(timed) > 1 and timed[0]["seconds_to_target"] > 0 else "")
-            fastest.append(f"{short_label(s)} at {s.target}: batch {timed[0]['batch_size']}, {where} B_crit "
+        first, second, faster, compared = batchsize_report.fastest_two(s.rows)
+        if first:
+            where = "below" if first["batch_size"] < s.b_crit else "at or above"
+            # The runner-up's time beside it (means of the seeds' steps times a mean step time), and
+            # on how many seeds the order held, each seed's own runs: a count, no test.
+            next_ = (f"; batch {second['batch_size']} next at {second['seconds_to_target'] / first['seconds_to_target']:.2g}x"
+                     f" its time" + (f", faster on {faster} of {compared} seeds" if compared > 1 else "")
+                     if second and first["seconds_to_target"] > 0 else "")
+            fastest.append(f"{short_label(s)} at {s.target}: batch {first['batch_size']}, {where} B_crit "
                            f"{sig(s.b_crit)}{_extrapolated(s)} ({s.device}{next_})")
     if fastest:
         lines.append("5. **Then pick the fastest batch on your hardware.** Fewer steps are not less time once a "
-                     f"step's time grows with the batch: the fastest measured batch was {'; '.join(fastest)}.")
+                     "step's time grows with the batch: the fastest measured batch (by the seeds' means; \"faster on "
+                     "k of n seeds\" compares each seed's own runs, no test of a difference) was "
+                     f"{'; '.join(fastest)}.")
     # 6. Generalisation at the target, when steps and rate are fair.
     alike, spread = [], 0.0
     for s in pooled:
