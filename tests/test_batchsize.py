@@ -589,6 +589,26 @@ def test_a_fit_on_the_fewest_tied_steps_is_given_beside_the_chosen_best():
     assert batchsize_report.fewest_fit([{**r, "fewest_steps": r["steps"]} for r in rows]) is None
 
 
+def test_a_fit_without_the_capped_batches_is_given_beside_the_fit():
+    # C1 at 0.3: batch 32's best rate sat at the capped high edge, so its 3625 steps are an upper bound.
+    rows = [{"batch_size": 32, "steps": 3625, "grid": "capped high"},
+            {"batch_size": 128, "steps": 930, "grid": "interior"}, {"batch_size": 500, "steps": 284, "grid": "interior"},
+            {"batch_size": 5000, "steps": None, "grid": "capped high"}]
+    again = batchsize_report.uncapped_fit(rows)
+    assert again["left_out"] == [32]  # 5000 was never fitted: nothing to leave out
+    assert again["b_crit"] == pytest.approx(critical_batch.fit_critical_batch([128, 500], [930, 284])["b_crit"])
+    fit = critical_batch.fit_critical_batch([32, 128, 500], [3625, 930, 284])
+    words = batchsize_report._capped_words([r for r in rows if r["steps"]]) + \
+        batchsize_report._uncapped_words({"fit": fit, "uncapped_fit": again})
+    assert words.startswith(" At batch 32 the best rate is at a capped edge of the grid, so the steps fitted there "
+                            "are an upper bound. Fitted without it (a sensitivity check, not a correction), B_crit = "
+                            f"{batchsize_report._fmt(again['b_crit'])} (as fitted: {batchsize_report._fmt(fit['b_crit'])},")
+    # Two of three batches capped: one is left, no refit; none capped: no sentence.
+    rows[1]["grid"] = "capped low"
+    assert batchsize_report.uncapped_fit(rows) == {"left_out": [32, 128], "b_crit": None, "unresolved": "too few"}
+    assert batchsize_report.uncapped_fit([{**r, "grid": "interior"} for r in rows]) is None
+
+
 def test_the_bootstrap_says_what_it_resampled():
     # A pooled study resamples seeds with the batch sizes (bootstrap_seeds_and_batches records it);
     # the words said "over the batch sizes" for every study.

@@ -225,6 +225,35 @@ def _fewest_words(study: dict) -> str:
             f"tried). Fitted on each batch's fewest steps instead (a sensitivity check, not a correction), {refit}.")
 
 
+def uncapped_fit(rows: list[dict]) -> dict | None:
+    """The fit again without the batches whose best rate sat at a capped edge of its grid: their steps
+    are an upper bound (a rate past the edge, not allowed, might have needed fewer), so the fit leans
+    on them as on measurements. A sensitivity check of that: {"left_out": [batches], "b_crit",
+    "unresolved" ("too few" where fewer than two distinct batches remain)}; None where no fitted
+    batch is capped."""
+    fitted = [r for r in rows if r["steps"] is not None]
+    capped = [r["batch_size"] for r in fitted if r["grid"].startswith("capped")]
+    if not capped or len(fitted) < 2:
+        return None
+    kept = [r for r in fitted if r["batch_size"] not in capped]
+    if len(kept) < 2:
+        return {"left_out": capped, "b_crit": None, "unresolved": "too few"}
+    fit = fit_critical_batch([r["batch_size"] for r in kept], [r["steps"] for r in kept])
+    return {"left_out": capped, "b_crit": fit["b_crit"], "unresolved": fit["unresolved"]}
+
+
+def _uncapped_words(study: dict) -> str:
+    """The sentence on the fit without the capped batches (uncapped_fit)."""
+    again, fit = study.get("uncapped_fit"), study["fit"]
+    if not again or not fit or fit.get("b_crit") is None:
+        return ""
+    refit = (f"B_crit = {_fmt(again['b_crit'])} (as fitted: {_fmt(fit['b_crit'])}, {fit['b_crit'] / again['b_crit'] - 1:+.0%})"
+             if again["b_crit"] is not None else
+             "no refit: fewer than two batches remain" if again["unresolved"] == "too few" else
+             f"no B_crit resolves ({'beyond the largest batch' if again['unresolved'] == 'above' else 'below the smallest'})")
+    return f" Fitted without {'them' if len(again['left_out']) > 1 else 'it'} (a sensitivity check, not a correction), {refit}."
+
+
 def unreached_bound(points: list[Point], value: float, seeds) -> dict:
     """What the runs of one batch where no rate met `value` on every seed say about its steps: per rate
     every seed ran, the seeds' mean of each run's steps to `value` or, where a run did not meet it, the
@@ -291,7 +320,7 @@ def summarize(loaded, config: config_lib.Config) -> dict:
         prediction["check"] = {key: prediction_check(met, key, bootstrap, fit["b_crit"] if fit else None)
                                for key in ("b_simple", "adam_b_simple")}
         studies.append({"target": value, "own": own, "seeds": seeds, "rows": rows, "fit": fit, "mean_batch_fit": again,
-                        "fewest_fit": fewest_fit(rows),
+                        "fewest_fit": fewest_fit(rows), "uncapped_fit": uncapped_fit(rows),
                         "bootstrap": bootstrap,
                         "points": points, "noise": mine, "prediction": prediction,
                         "one_multiplier": one_multiplier(points, value, seeds)})
@@ -558,7 +587,7 @@ def write_report(results_dir) -> Path:
     noise_cost = sum(float(m.record.get("wall_seconds") or 0) for run in loaded.runs for m in run.noise.values())
     measure_cost = noise_cost + sum(float(m.record.get("wall_seconds") or 0) for run in loaded.runs for m in run.sharpness.values()
                       if batchsize.compare_kind(run.spec, config.batch_size_study.compare_epochs))
-    per_target = [{key: s[key] for key in ("target", "fit", "mean_batch_fit", "fewest_fit", "bootstrap", "rows", "noise", "prediction",
+    per_target = [{key: s[key] for key in ("target", "fit", "mean_batch_fit", "fewest_fit", "uncapped_fit", "bootstrap", "rows", "noise", "prediction",
                                            "one_multiplier", "compare", "compare_gaps")} for s in studies]
     for entry in per_target:
         if len(seeds) == 1:
@@ -956,7 +985,7 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
                   f"{len(reached)} batch sizes, least squares on relative residuals of S against 1/B: "
                   f"S_min = {_fmt(fit['s_min'])}, E_min = {_fmt(fit['e_min'])}, **B_crit = E_min / S_min = "
                   f"{_fmt(b_crit)}**" + (f" ({_bootstrap_words(boot)})" if boot else "") + "."
-                  + _capped_words(reached)
+                  + _capped_words(reached) + _uncapped_words(study)
                   + (f" The fit's largest relative residual (S - fit) / S is {fit['worst_residual']:+.0%}, at batch "
                      f"{fit['worst_residual_batch']:g}." if "worst_residual" in fit else "")
                   + _mean_batch_words(study) + _fewest_words(study), ""]
