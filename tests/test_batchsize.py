@@ -352,6 +352,20 @@ def test_the_report_reads_the_study_settings_of_the_run_that_finished_last(two_s
     assert storage.read_json(root / batchsize_report.SUMMARY_FILE)["study"]["max_extensions"] == 5
 
 
+def test_a_batch_not_yet_run_on_every_seed_is_named_without_a_budget(two_seed_study, tmp_path):
+    """A partial study (C1 while its batch 2000 trained: seed 0 had met the target at each rate run,
+    seed 1 had not started) was said to have stopped "at most N steps each, by `epochs` or
+    target.max_steps": N was seed 0's steps to its target, and no run had stopped at a budget."""
+    import shutil
+
+    root = _copy(two_seed_study, tmp_path)
+    for run in (root / "F1_synthetic_mnist").glob("b64-x*/seed1"):
+        shutil.rmtree(run)
+    text = batchsize_report.write_report(root).read_text()
+    assert "- Batch 64 is left out of the fit: no rate has run on every seed yet, so nothing bounds it." in text
+    assert "stopped by `epochs`" not in text and "stopped at" not in text.split("- Batch 64 is left out")[1].split("\n")[0]
+
+
 @pytest.mark.parametrize("file, edit, message", [
     ("b16-x1/seed0/metrics.json", lambda m: m["target"].update(steps=-5), "target.steps is -5, must be > 0"),
     ("b16-x1/seed0/metrics.json", lambda m: m["target"].update(steps=2.5), "target.steps is 2.5, not an integer"),
@@ -525,7 +539,7 @@ def test_a_study_where_no_rate_reaches_the_target_says_what_is_missing_and_why(t
     assert "Not finished here" not in text
     # Each batch left out of the fit is named, with the budget its runs stopped at: a bound on its steps.
     assert "- Batch 16 is left out of the fit: no rate met the training loss 1e-06 on every seed within its " \
-           "runs (at most 6 steps each" in text and "- Batch 64 is left out of the fit" in text
+           "runs (those that did not meet it stopped at 6 steps or fewer" in text and "- Batch 64 is left out of the fit" in text
     assert "at every rate its seeds all ran their mean steps to the target exceed 6 (" in text
 
 

@@ -858,13 +858,19 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
     for row in (r for r in rows if r["steps"] is None):
         # Its runs stopped by the epochs or target.max_steps (or diverged): a bound at the rates tried.
         batch, bound = row["batch_size"], row["steps_above"]
-        budget = max((p.steps_run for p in study["points"] if p.batch_size == batch and not p.diverged), default=None)
-        words = (f"- Batch {batch} is left out of the fit: no rate met the {loss} {_fmt(study['target'])} on every seed "
-                 f"within its runs" + (f" (at most {budget} steps each, stopped by `epochs` or target.max_steps)"
-                                       if budget is not None else ""))
+        # The budget of the runs that did not meet this target (a run that met it stopped there, not at a budget).
+        budget = max((p.steps_run for p in study["points"] if p.batch_size == batch and not p.diverged
+                      and p.steps_to(study["target"]) is None), default=None)
+        words = f"- Batch {batch} is left out of the fit: "
+        if row["no_bound"] == "unpooled":
+            words += "no rate has run on every seed yet, so nothing bounds it"
+        else:
+            words += (f"no rate met the {loss} {_fmt(study['target'])} on every seed within its runs"
+                      + (f" (those that did not meet it stopped at {budget} steps or fewer, by `epochs` or "
+                         "target.max_steps)" if budget is not None else ""))
         if bound is None:
-            words += (": every rate its seeds all ran had a diverged run, so its runs bound nothing"
-                      if row["no_bound"] == "diverged" else ": no rate has run on every seed yet, so nothing bounds it")
+            if row["no_bound"] == "diverged":
+                words += ": every rate its seeds all ran had a diverged run, so its runs bound nothing"
         else:
             words += (f", so at every rate its seeds all ran their mean steps to the target exceed {_fmt(bound)} (each "
                       "run counted at its steps to the target or, where it did not meet it, at the steps it ran): a "
