@@ -566,6 +566,22 @@ def test_a_batch_no_rate_reached_on_every_seed_is_bounded_by_each_rates_seed_mea
     assert batchsize_report.unreached_bound([_point(1, 0, None, 200)], 0.3, [0, 1])["why"] == "unpooled"
 
 
+def test_the_budget_named_is_that_of_the_runs_that_did_not_meet_the_target():
+    # Seed 0 met the target at 1x after 500 steps; seed 1 stopped unmet at 300: the budget is 300 (the
+    # most steps a run that met the target took is no budget), and the mean bounds the steps (400).
+    points = [_point(1, 0, 500, 500), _point(1, 1, None, 300)]
+    row = {"batch_size": 5000, "steps": None, "diverged_runs": "",
+           **dict(zip(("steps_above", "no_bound"), (lambda b: (b["bound"], b["why"]))(
+               batchsize_report.unreached_bound(points, 0.3, [0, 1]))))}
+    words = batchsize_report.left_out_words(row, {"points": points, "target": 0.3}, "training loss", None, [32, 128])
+    assert words.startswith("- Batch 5000 is left out of the fit: no rate met the training loss 0.3 on every seed within "
+                            "its runs (those that did not meet it stopped at 300 steps or fewer, by `epochs`")
+    assert "their mean steps to the target exceed 400 (" in words
+    fit = critical_batch.fit_critical_batch([32, 128], [1000, 300])
+    assert "; the fitted curve predicts" in batchsize_report.left_out_words(
+        row, {"points": points, "target": 0.3}, "training loss", fit, [32, 128])
+
+
 @pytest.mark.parametrize("batch, words", [(5000, "overstated"), (16, "understated"), (300, "the curve misses")])
 def test_a_bound_above_the_curve_says_which_way_b_crit_moves(batch, words):
     # More steps than the curve allows past the largest fitted batch means a larger S_min (B_crit
@@ -599,28 +615,34 @@ def test_a_fit_on_the_fewest_tied_steps_is_given_beside_the_chosen_best():
     words = batchsize_report._fewest_words({"fit": fit, "fewest_fit": again})
     assert "At 2 batches a rate tied with the best took fewer steps (batch 32: 3500 against 3625, batch 500: 284 " \
            "against 288: tied" in words
-    assert f"B_crit = {batchsize_report._fmt(again['b_crit'])} (as fitted: {batchsize_report._fmt(fit['b_crit'])}," in words
+    change = again["b_crit"] / fit["b_crit"] - 1  # the refit against the fit: the sign reads as the move
+    assert change < 0 and f"B_crit = {batchsize_report._fmt(again['b_crit'])}, {-change:.0%} below the fit's " \
+        f"{batchsize_report._fmt(fit['b_crit'])}." in words
     assert batchsize_report.fewest_fit([{**r, "fewest_steps": r["steps"]} for r in rows]) is None
 
 
-def test_a_fit_without_the_capped_batches_is_given_beside_the_fit():
+def test_a_fit_without_the_batches_at_a_grid_edge_is_given_beside_the_fit():
     # C1 at 0.3: batch 32's best rate sat at the capped high edge, so its 3625 steps are an upper bound.
     rows = [{"batch_size": 32, "steps": 3625, "grid": "capped high"},
             {"batch_size": 128, "steps": 930, "grid": "interior"}, {"batch_size": 500, "steps": 284, "grid": "interior"},
             {"batch_size": 5000, "steps": None, "grid": "capped high"}]
     again = batchsize_report.uncapped_fit(rows)
-    assert again["left_out"] == [32]  # 5000 was never fitted: nothing to leave out
+    assert again["left_out"] == {"32": "capped"}  # 5000 was never fitted: nothing to leave out
     assert again["b_crit"] == pytest.approx(critical_batch.fit_critical_batch([128, 500], [930, 284])["b_crit"])
     fit = critical_batch.fit_critical_batch([32, 128, 500], [3625, 930, 284])
-    words = batchsize_report._capped_words([r for r in rows if r["steps"]]) + \
+    words = batchsize_report._uncapped_words({"fit": fit, "uncapped_fit": again})
+    assert words == (" Fitted without the batch whose best rate sits at an edge of its grid (32: capped; steps an upper "
+                     "bound there; a sensitivity check, not a correction), B_crit = "
+                     f"{batchsize_report._fmt(again['b_crit'])}, {1 - again['b_crit'] / fit['b_crit']:.0%} below the "
+                     f"fit's {batchsize_report._fmt(fit['b_crit'])}.")  # 1801, 9% below 1988: the refit's move
+    # An edge a study stopped before extending (the one-seed studies' older rule) is an upper bound too.
+    rows[1]["grid"] = "unfinished (extended low)"
+    again = batchsize_report.uncapped_fit(rows)
+    assert again == {"left_out": {"32": "capped", "128": "to be extended"}, "b_crit": None, "unresolved": "too few"}
+    assert "(32: capped; 128: to be extended; steps an upper bound there;" in \
         batchsize_report._uncapped_words({"fit": fit, "uncapped_fit": again})
-    assert words.startswith(" At batch 32 the best rate is at a capped edge of the grid, so the steps fitted there "
-                            "are an upper bound. Fitted without it (a sensitivity check, not a correction), B_crit = "
-                            f"{batchsize_report._fmt(again['b_crit'])} (as fitted: {batchsize_report._fmt(fit['b_crit'])},")
-    # Two of three batches capped: one is left, no refit; none capped: no sentence.
-    rows[1]["grid"] = "capped low"
-    assert batchsize_report.uncapped_fit(rows) == {"left_out": [32, 128], "b_crit": None, "unresolved": "too few"}
     assert batchsize_report.uncapped_fit([{**r, "grid": "interior"} for r in rows]) is None
+    assert batchsize_report.uncapped_fit([{**r, "grid": "unfinished (grid)"} for r in rows]) is None
 
 
 def test_the_bootstrap_says_what_it_resampled():
@@ -782,10 +804,12 @@ def test_each_seeds_time_to_target_is_its_own_steps_times_its_own_step_time():
 def test_the_fastest_batch_is_compared_with_the_runner_up_seed_by_seed():
     """The fastest batch by the seeds' means, the runner-up, and on how many seeds (paired: each
     seed's own runs at the two batches) the fastest was faster; a seed missing a time is not compared."""
-    rows = [_timed(32, 30.0, [20.0, 40.0, 30.0]), _timed(128, 10.0, [9.0, 12.0, None]),
+    rows = [_timed(32, 30.0, [20.0, 40.0, 30.0]), _timed(128, 10.0, [9.0, 9.5, None]),
             _timed(512, 11.0, [12.0, 10.0, 11.0]), _timed(2048, None, [])]
     fastest, runner_up, faster, compared = batchsize_report.fastest_two(rows)
-    assert (fastest["batch_size"], runner_up["batch_size"], faster, compared) == (128, 512, 1, 2)
+    assert (fastest["batch_size"], runner_up["batch_size"], faster, compared) == (128, 512, 2, 2)
+    rows[1]["seconds_to_target_per_seed"] = [13.0, 9.5, 8.0]  # seed 0 slower at the fastest batch
+    assert batchsize_report.fastest_two(rows)[2:] == (2, 3)
     assert batchsize_report.fastest_two(rows[:1] + rows[3:]) == (rows[0], None, 0, 0)
     assert batchsize_report.fastest_two(rows[3:]) == (None, None, 0, 0)
 
@@ -883,7 +907,8 @@ def test_the_smaller_last_batch_of_each_epoch_is_named_and_the_fit_redone_on_ave
     words = batchsize_report._mean_batch_words(study)
     assert "Each epoch of 60000 examples ends with the examples left over as one smaller batch" in words
     assert "batch 4096 averages 4000, batch 16384 averages 15000 examples" in words
-    assert f"(nominal: 2000, {2000 / again['b_crit'] - 1:+.0%})" in words and "a sensitivity check, not a correction" in words
+    assert f"B_crit = {batchsize_report._fmt(again['b_crit'])}, {again['b_crit'] / 2000 - 1:.0%} above the nominal " \
+        "fit's 2000." in words and "a sensitivity check, not a correction" in words
     assert batchsize_report.mean_batch_fit([32, 64, 100], [300, 200, 150], 6400) is None  # whole batches only
     assert batchsize_report._mean_batch_words({**study, "mean_batch_fit": None}) == ""
     # 64 and 100 on 128 examples both average 64 per step: no fit (it raised on two equal batches).

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from replication import errors
-from replication.analysis import readme, results
+from replication.analysis import batchsize_report, readme, results
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -360,6 +360,13 @@ def test_choosing_a_batch_size_states_only_what_the_pooled_studies_support(gpu_s
     # The test-accuracy point follows the spread of the batches' accuracies.
     assert "barely changed the seeds' mean test accuracy (within a point; no test of a difference)" in \
         readme.choosing_block([early, late])
+    # The fastest batch against the runner-up, seed by seed (each seed's own runs), as the rows say.
+    first, second, faster, compared = batchsize_report.fastest_two(late.rows)
+    alone = readme.choosing_block([late])
+    assert compared == 3 and f"batch {second['batch_size']} next at " in alone and f"its time, faster on {faster} of 3 seeds)" in alone
+    slower = [{**r, "seconds_to_target_per_seed": [1e9, *r["seconds_to_target_per_seed"][1:]]}
+              if r is first else r for r in late.rows]  # seed 0 slowest at the fastest batch
+    assert f"faster on {faster - 1} of 3 seeds)" in readme.choosing_block([dataclasses.replace(late, rows=slower)])
     rows = [{**r, "test_accuracy": 90.0 + 2 * i} for i, r in enumerate(late.rows)]
     assert "changed the seeds' mean test accuracy by up to 10.00 points (the range of the seeds' means over " \
            "batches; no test of a difference)" in readme.choosing_block([dataclasses.replace(late, rows=rows)])

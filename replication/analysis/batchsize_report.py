@@ -180,14 +180,22 @@ def mean_batch_fit(batches, steps, num_train: int) -> dict | None:
             "b_crit": fit["b_crit"], "unresolved": fit["unresolved"]}
 
 
+def _refit(value: float, fit: float, name: str) -> str:
+    """A sensitivity refit in words, its change from the fit it checks: "B_crit = 2395, 5% above the
+    fit's 2285" (the refit against the fit, so the sign reads as the move)."""
+    change = value / fit - 1
+    side = "above" if change > 0 else "below"
+    moved = f"{abs(change):.0%} {side}" if round(abs(change), 2) else "within 1% of"
+    return f"B_crit = {_fmt(value)}, {moved} {name} {_fmt(fit)}"
+
+
 def _mean_batch_words(study: dict) -> str:
     """The sentence on the smaller last batch of each epoch and the fit on average batches."""
     again, fit = study.get("mean_batch_fit"), study["fit"]
     if not again or not fit or fit.get("b_crit") is None:
         return ""
     shares = ", ".join(f"batch {b} averages {m:.0f}" for b, m in again["mean_batches"].items())
-    refit = (f"B_crit = {_fmt(again['b_crit'])} (nominal: {_fmt(fit['b_crit'])}, "
-             f"{fit['b_crit'] / again['b_crit'] - 1:+.0%})" if again["b_crit"] is not None
+    refit = (_refit(again["b_crit"], fit["b_crit"], "the nominal fit's") if again["b_crit"] is not None
              else "no refit: the averages leave fewer than two distinct batches" if again["unresolved"] == "merged"
              else f"no B_crit resolves ({'beyond the largest batch' if again['unresolved'] == 'above' else 'below the smallest'})")
     return (f" Each epoch of {again['num_train']} examples ends with the examples left over as one smaller batch, so "
@@ -216,8 +224,7 @@ def _fewest_words(study: dict) -> str:
     if not again or not fit or fit.get("b_crit") is None:
         return ""
     where = ", ".join(f"batch {b}: {_fmt(fewest)} against {_fmt(best)}" for b, (best, fewest) in again["batches"].items())
-    refit = (f"B_crit = {_fmt(again['b_crit'])} (as fitted: {_fmt(fit['b_crit'])}, {fit['b_crit'] / again['b_crit'] - 1:+.0%})"
-             if again["b_crit"] is not None else
+    refit = (_refit(again["b_crit"], fit["b_crit"], "the fit's") if again["b_crit"] is not None else
              f"no B_crit resolves ({'beyond the largest batch' if again['unresolved'] == 'above' else 'below the smallest'})")
     count = f"{len(again['batches'])} batches" if len(again["batches"]) > 1 else "one batch"
     return (f" At {count} a rate tied with the best took fewer steps "
@@ -225,33 +232,44 @@ def _fewest_words(study: dict) -> str:
             f"tried). Fitted on each batch's fewest steps instead (a sensitivity check, not a correction), {refit}.")
 
 
+def at_edge(row: dict) -> str | None:
+    """How a batch's best rate sits at an edge of its grid, where it does (an edge rate tied with the
+    best, so a rate beyond it might need fewer steps and its steps are an upper bound): "capped" (no
+    rate left on that side) or "to be extended" (a study run under an older rule, or still training,
+    stopped before the next rate); None where the grid is interior or not yet run."""
+    grid = row["grid"]
+    return "capped" if grid.startswith("capped") else "to be extended" if "(extended" in grid else None
+
+
 def uncapped_fit(rows: list[dict]) -> dict | None:
-    """The fit again without the batches whose best rate sat at a capped edge of its grid: their steps
-    are an upper bound (a rate past the edge, not allowed, might have needed fewer), so the fit leans
-    on them as on measurements. A sensitivity check of that: {"left_out": [batches], "b_crit",
-    "unresolved" ("too few" where fewer than two distinct batches remain)}; None where no fitted
-    batch is capped."""
+    """The fit again without the batches whose best rate sat at an edge of its grid (at_edge): their
+    steps are an upper bound, which the fit takes as a measurement. A sensitivity check of that:
+    {"left_out": {batch: how}, "b_crit", "unresolved" ("too few" where fewer than two batches
+    remain)}; None where no fitted batch is at an edge."""
     fitted = [r for r in rows if r["steps"] is not None]
-    capped = [r["batch_size"] for r in fitted if r["grid"].startswith("capped")]
-    if not capped or len(fitted) < 2:
+    edges = {str(r["batch_size"]): at_edge(r) for r in fitted if at_edge(r)}
+    if not edges or len(fitted) < 2:
         return None
-    kept = [r for r in fitted if r["batch_size"] not in capped]
+    kept = [r for r in fitted if str(r["batch_size"]) not in edges]
     if len(kept) < 2:
-        return {"left_out": capped, "b_crit": None, "unresolved": "too few"}
+        return {"left_out": edges, "b_crit": None, "unresolved": "too few"}
     fit = fit_critical_batch([r["batch_size"] for r in kept], [r["steps"] for r in kept])
-    return {"left_out": capped, "b_crit": fit["b_crit"], "unresolved": fit["unresolved"]}
+    return {"left_out": edges, "b_crit": fit["b_crit"], "unresolved": fit["unresolved"]}
 
 
 def _uncapped_words(study: dict) -> str:
-    """The sentence on the fit without the capped batches (uncapped_fit)."""
+    """The sentence on the fit without the batches at an edge of their grid (uncapped_fit)."""
     again, fit = study.get("uncapped_fit"), study["fit"]
     if not again or not fit or fit.get("b_crit") is None:
         return ""
-    refit = (f"B_crit = {_fmt(again['b_crit'])} (as fitted: {_fmt(fit['b_crit'])}, {fit['b_crit'] / again['b_crit'] - 1:+.0%})"
-             if again["b_crit"] is not None else
+    refit = (_refit(again["b_crit"], fit["b_crit"], "the fit's") if again["b_crit"] is not None else
              "no refit: fewer than two batches remain" if again["unresolved"] == "too few" else
              f"no B_crit resolves ({'beyond the largest batch' if again['unresolved'] == 'above' else 'below the smallest'})")
-    return f" Fitted without {'them' if len(again['left_out']) > 1 else 'it'} (a sensitivity check, not a correction), {refit}."
+    kinds = {how: [b for b, h in again["left_out"].items() if h == how] for how in ("capped", "to be extended")}
+    named = "; ".join(f"{', '.join(batches)}: {how}" for how, batches in kinds.items() if batches)
+    many = len(again["left_out"]) > 1
+    return (f" Fitted without the batch{'es' if many else ''} whose best rate sits at an edge of {'their' if many else 'its'} "
+            f"grid ({named}; steps an upper bound there; a sensitivity check, not a correction), {refit}.")
 
 
 def unreached_bound(points: list[Point], value: float, seeds) -> dict:
@@ -281,6 +299,35 @@ def _against_bound(predicted: float, bound: float, batch: int, fitted: list[int]
     direction = ("so B_crit is likely overstated" if batch > max(fitted) else
                  "so B_crit is likely understated" if batch < min(fitted) else "so the curve misses this batch")
     return f"below that bound: this batch needed more steps than the curve allows, {direction}"
+
+
+def left_out_words(row: dict, study: dict, loss: str, fit: dict | None, fitted: list[int]) -> str:
+    """The sentence on a batch no rate's seeds all met the target at (`row`, one of study["rows"]):
+    not yet run on every seed; or the budget its unmet runs stopped at and the bound their steps give
+    (unreached_bound), against the fitted curve where a B_crit was fitted (`fit`, over the `fitted` batches)."""
+    batch, bound = row["batch_size"], row["steps_above"]
+    # The budget of the runs that did not meet this target (a run that met it stopped there, not at a budget).
+    budget = max((p.steps_run for p in study["points"] if p.batch_size == batch and not p.diverged
+                  and p.steps_to(study["target"]) is None), default=None)
+    words = f"- Batch {batch} is left out of the fit: "
+    if row["no_bound"] == "unpooled":
+        words += "no rate has run on every seed yet, so nothing bounds it"
+    else:
+        words += (f"no rate met the {loss} {_fmt(study['target'])} on every seed within its runs"
+                  + (f" (those that did not meet it stopped at {budget} steps or fewer, by `epochs` or "
+                     "target.max_steps)" if budget is not None else ""))
+    if bound is None:
+        if row["no_bound"] == "diverged":
+            words += ": every rate its seeds all ran had a diverged run, so its runs bound nothing"
+    else:
+        words += (f", so at every rate its seeds all ran their mean steps to the target exceed {_fmt(bound)} (each "
+                  "run counted at its steps to the target or, where it did not meet it, at the steps it ran): a "
+                  "bound at the rates tried, not a point of the curve")
+        if fit:
+            predicted = fit["s_min"] * (1 + fit["b_crit"] / batch)
+            words += f"; the fitted curve predicts {_fmt(predicted)} steps there, " + _against_bound(
+                predicted, bound, batch, fitted)
+    return words + (f" (diverged: {row['diverged_runs']})" if row["diverged_runs"] else "") + "."
 
 
 def summarize(loaded, config: config_lib.Config) -> dict:
@@ -856,30 +903,7 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
     else:
         lines.append(f"- The fit resolved no critical batch size: {unresolved_reason(fit)}.")
     for row in (r for r in rows if r["steps"] is None):
-        # Its runs stopped by the epochs or target.max_steps (or diverged): a bound at the rates tried.
-        batch, bound = row["batch_size"], row["steps_above"]
-        # The budget of the runs that did not meet this target (a run that met it stopped there, not at a budget).
-        budget = max((p.steps_run for p in study["points"] if p.batch_size == batch and not p.diverged
-                      and p.steps_to(study["target"]) is None), default=None)
-        words = f"- Batch {batch} is left out of the fit: "
-        if row["no_bound"] == "unpooled":
-            words += "no rate has run on every seed yet, so nothing bounds it"
-        else:
-            words += (f"no rate met the {loss} {_fmt(study['target'])} on every seed within its runs"
-                      + (f" (those that did not meet it stopped at {budget} steps or fewer, by `epochs` or "
-                         "target.max_steps)" if budget is not None else ""))
-        if bound is None:
-            if row["no_bound"] == "diverged":
-                words += ": every rate its seeds all ran had a diverged run, so its runs bound nothing"
-        else:
-            words += (f", so at every rate its seeds all ran their mean steps to the target exceed {_fmt(bound)} (each "
-                      "run counted at its steps to the target or, where it did not meet it, at the steps it ran): a "
-                      "bound at the rates tried, not a point of the curve")
-            if fit and b_crit:
-                predicted = fit["s_min"] * (1 + b_crit / batch)
-                words += f"; the fitted curve predicts {_fmt(predicted)} steps there, " + _against_bound(
-                    predicted, bound, batch, [r["batch_size"] for r in reached])
-        lines.append(words + (f" (diverged: {row['diverged_runs']})" if row["diverged_runs"] else "") + ".")
+        lines.append(left_out_words(row, study, loss, fit if b_crit else None, [r["batch_size"] for r in reached]))
     if at_target and b_crit:
         n = max(prediction["n"].values())
         lines.append(

@@ -68,12 +68,12 @@ def table(results_dir) -> list[dict]:
     loaded = results_lib.load(results_dir)
     rows, arrays = [], {}  # the training set once per dataset and subset, not once per record
     for run in loaded.runs:
-        config = rundir.run_config(run.path, run.metrics)
-        key = (config.dataset, str(config.data_dir), config.train_subset, config.test_subset)  # load_arrays' inputs
         for record in (m.record for m in run.noise.values()):
             adam, settings = record.get("adam") or {}, record["settings"]
             if record.get("definition") != "training" or "adam_step" not in adam:
                 continue  # no optimizer state measured (an unresolved B_adam still has one: counted)
+            config = rundir.run_config(run.path, run.metrics)  # only for a run with something to count
+            key = (config.dataset, str(config.data_dir), config.train_subset, config.test_subset)  # load_arrays' inputs
             if key not in arrays:
                 arrays[key] = rundir.load_arrays(config)[1:3]
             rows.append({"run": str(run.path), "seed": record["run_seed"], "point": settings["point"],
