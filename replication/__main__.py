@@ -302,6 +302,10 @@ def _launch(args):
     for path in args.configs:  # every config checked before Keras starts
         config_lib.load(path)
     folder = args.logs or str(storage.cache_directory() / "launch" / "%j")
+    if not args.poll >= 1:  # NaN fails this too; 0 would ask squeue in a tight loop, -1 fails in sleep
+        print(f"error: --poll {args.poll:g} is not a number of seconds >= 1: give how often to look at the "
+              "queue (default 30)", file=sys.stderr)
+        return 2
     try:
         executors = launch.slurm_executors(folder, args.partition, args.time, args.gres, args.parallel,
                                            args.sbatch_flag, "replication")

@@ -26,7 +26,9 @@ resumes from its last finished epoch when the next launch submits it again (trai
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
 import re
 import shlex
@@ -141,15 +143,38 @@ def run_task(commands: list[list[str]], root: str) -> dict:
     return record
 
 
-def prepare(configs: list[config_lib.Config], stale_runs: set[str], log=sys.stdout) -> None:
-    """Shared inputs of the stale runs, made once here before any task starts: each dataset (a TFDS
-    download, the JPEG stand-in's decoded cache) and each trial's x0. x0 is made as train._prepare
-    makes it (seeds, then the SB network's fresh weights; test_launch checks they agree)."""
+class RunTask:
+    """run_task as submitit calls it on a node. Its `checkpoint` makes submitit requeue the task when
+    Slurm warns of its time limit or preempts it (SIGUSR2, 90 s ahead: submitit's --signal), up to
+    submitit's max_num_timeout (3) time-outs, instead of ending it: the requeued task runs the same
+    commands, each run resumes from its last finished epoch (train.py) and a finished measurement is
+    skipped (its file is there), while one cut short starts again. Not a submitit class, so this
+    module imports without submitit; submitit only asks whether `checkpoint` exists."""
+
+    def __call__(self, commands: list[list[str]], root: str) -> dict:
+        return run_task(commands, root)
+
+    def checkpoint(self, commands: list[list[str]], root: str):
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, commands, root)
+
+
+def prepare(configs: list[config_lib.Config], stale_runs: set[str], stale_targets: list[str] = (),
+            log=sys.stdout) -> None:
+    """Shared inputs of the stale work, made once here before any task starts: the dataset of each
+    config with a stale target (a TFDS download, the JPEG stand-in's decoded cache) and each stale
+    run's trial's x0. x0 is made as train._prepare makes it (seeds, then the SB network's fresh
+    weights; test_launch checks they agree)."""
     from replication import backend, data, rundir, train
 
     wanted = [(config, seed) for config in configs for seed in config.seeds
               if any(str(rundir.run_directory(config, regime, seed)) in stale_runs for regime in config.regimes())]
-    for dataset, data_dir in dict.fromkeys((config.dataset, config.data_dir) for config, _ in wanted):
+    # The data of every config with stale work, a measurement of a finished run's weights included.
+    targets = [Path(target).resolve() for target in stale_targets]
+    needs_data = [config for config, _ in wanted] + [
+        config for config in configs if any(t.is_relative_to(Path(config.results_dir).resolve()) for t in targets)]
+    for dataset, data_dir in dict.fromkeys((config.dataset, config.data_dir) for config in needs_data):
         print(f"[launch] loading {dataset} once before the tasks start", file=log, flush=True)
         data.load(dataset, data_dir)
     for config, seed in wanted:
@@ -210,8 +235,25 @@ def slurm_executors(folder: str, partition: str, time_limit: str | None, gres: s
     if shutil.which("sbatch") is None or shutil.which("srun") is None:
         raise LaunchError("sbatch and srun are not on PATH: run the launch on a Slurm login node "
                           "(docs/cluster.md), or use GPUS=... make -jN on one node")
+    # Asked with --time too: sbatch would refuse an unknown partition only after the shared inputs are
+    # made, and a limit above the partition's leaves the tasks pending for ever where Slurm does not enforce it.
+    longest = partition_time_limit(partition)
     if minutes is None:
-        minutes = partition_time_limit(partition)
+        minutes = longest
+    elif longest and (minutes == 0 or minutes > longest):
+        raise LaunchError(f"--time {time_limit} ({'no limit' if minutes == 0 else f'{minutes} min'}) is above partition "
+                          f"{partition!r}'s longest, {longest} min: give at most that (or leave --time out)")
+    logs = Path(folder.split("%j", 1)[0] or ".")  # the folder every task's log folder goes in
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        writable = os.access(logs, os.W_OK | os.X_OK)
+    except OSError as err:
+        writable, why = False, err.strerror
+    else:
+        why = "not writable"
+    if not writable:
+        raise LaunchError(f"the log folder {logs} cannot be used ({why}): give --logs a folder on a shared "
+                          "filesystem you can write to")
 
     def make():
         import submitit
@@ -304,15 +346,15 @@ def launch(config_paths: list[str], make_executor, poll_seconds: float = 30, log
     print(f"[launch] {len(all_tasks)} tasks, {len(stale)} with results missing", file=log, flush=True)
     if stale:
         executor = make_executor()  # before the shared inputs, which are made for it
-        prepare(configs, {task.name for task in stale}, log)
+        prepare(configs, {task.name for task in stale}, [t for task in stale for t in task.stale()], log)
     python, root = sys.executable, os.getcwd()
     submitted, failed = set(), []
     while ready := [task for task in all_tasks if task.stale() and task.ready() and task.name not in submitted]:
-        jobs = executor.map_array(run_task, [[command_line(task.commands[t], python) for t in task.stale()]
-                                             for task in ready], [root] * len(ready))
+        jobs = _submit(executor, [[command_line(task.commands[t], python) for t in task.stale()] for task in ready],
+                       [root] * len(ready))
         submitted.update(task.name for task in ready)
         print(f"[launch] submitted {len(ready)} task(s), one GPU each, as job {jobs[0].job_id.split('_')[0]}; "
-              f"logs in {Path(str(jobs[0].paths.stdout)).parent.parent}", file=log, flush=True)
+              f"the first task's log: {jobs[0].paths.stdout}", file=log, flush=True)
         try:
             outcomes = wait(jobs, poll_seconds, _is_slurm(executor))
         except KeyboardInterrupt:  # the tasks run on: a launch now would submit them again
@@ -335,6 +377,24 @@ def launch(config_paths: list[str], make_executor, poll_seconds: float = 30, log
             print(f"[launch] blocked {task.name}: needs {', '.join(n for n in task.needs if not Path(n).exists())}",
                   file=log, flush=True)
     return _reports(rules, python, log) or (1 if failed else 0)
+
+
+def _submit(executor, commands: list, roots: list) -> list:
+    """One job array of RunTask over `commands`; sbatch's refusal (an unknown account or qos, a --gres
+    or --sbatch-flag the site rejects, an array above its MaxArraySize) as one LaunchError line, not
+    submitit's traceback with sbatch's message printed above it."""
+    from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+    printed = io.StringIO()  # submitit prints sbatch's stderr when it fails; the error below says it
+    try:
+        with contextlib.redirect_stderr(printed):
+            jobs = executor.map_array(RunTask(), commands, roots)
+    except (FailedJobError, FailedSubmissionError) as err:
+        why = " ".join(str(err).split()) or " ".join(printed.getvalue().split()) or type(err).__name__
+        raise LaunchError(f"sbatch refused the job array ({why}): fix the option it names (--partition, --time, "
+                          "--gres, --sbatch-flag) and launch again; runs already finished are kept") from None
+    sys.stderr.write(printed.getvalue())
+    return jobs
 
 
 def _is_slurm(executor) -> bool:

@@ -152,6 +152,61 @@ def test_launch_without_slurm_says_where_to_run_it(tmp_path):
     assert "sbatch and srun are not on PATH" in one_error_line(result.returncode, result.stderr)
 
 
+def fake_slurm(tmp_path, sinfo="echo 2:00:00", sbatch="echo Submitted batch job 7") -> dict:
+    """An environment whose PATH finds sinfo, sbatch and srun as these shell lines (no cluster)."""
+    folder = tmp_path / "fake-bin"
+    folder.mkdir(exist_ok=True)
+    for name, body in (("sinfo", sinfo), ("sbatch", sbatch), ("srun", "exit 0")):
+        (folder / name).write_text(f"#!/bin/sh\n{body}\n")
+        (folder / name).chmod(0o755)
+    return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
+
+
+@pytest.mark.parametrize("options, sinfo, problem", [
+    # Above the partition's longest: pending for ever where Slurm does not enforce it, else refused late.
+    (["--time", "3:00:00"], "echo 2:00:00", "--time 3:00:00 (180 min) is above partition 'p''s longest, 120 min"),
+    (["--time", "0"], "echo 2:00:00", "--time 0 (no limit) is above partition 'p''s longest, 120 min"),
+    # An unknown partition is asked of sinfo with --time given too (sbatch refused it only after the work).
+    (["--time", "10"], "echo 'sinfo: error: invalid partition' >&2; exit 1", "partition 'p' is not known to Slurm"),
+    (["--poll", "0"], "echo 2:00:00", "--poll 0 is not a number of seconds >= 1"),
+])
+def test_launch_options_slurm_would_refuse_late_are_one_line_before_any_work(tmp_path, options, sinfo, problem):
+    config = tiny_profile(tmp_path)
+    result = cli("launch", "slurm", config, "--partition", "p", *options, env=fake_slurm(tmp_path, sinfo=sinfo))
+    assert problem in one_error_line(result.returncode, result.stderr)
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_log_folder_that_cannot_be_made_is_one_line_before_any_work(tmp_path):
+    config = tiny_profile(tmp_path)
+    (tmp_path / "a-file").write_text("")
+    result = cli("launch", "slurm", config, "--partition", "p", "--logs", f"{tmp_path}/a-file/logs/%j",
+                 env=fake_slurm(tmp_path))
+    assert f"the log folder {tmp_path}/a-file/logs cannot be used" in one_error_line(result.returncode, result.stderr)
+    assert not (tmp_path / "results").exists()
+
+
+def test_sbatch_refusing_the_array_is_one_line_not_a_traceback(tmp_path):
+    """An account, qos or --gres the site rejects is known only when sbatch runs: submitit raised
+    its FailedJobError (a traceback, exit 1) after printing sbatch's message."""
+    config = tiny_profile(tmp_path)
+    refuse = "echo 'sbatch: error: Batch job submission failed: Invalid account or account/partition combination " \
+             "specified' >&2; exit 1"
+    result = cli("launch", "slurm", config, "--partition", "p", "--logs", f"{tmp_path}/logs/%j",
+                 env=fake_slurm(tmp_path, sbatch=refuse))
+    line = one_error_line(result.returncode, result.stderr)
+    assert "sbatch refused the job array (sbatch: error: Batch job submission failed: Invalid account" in line
+    assert "runs already finished are kept" in line
+
+
+def test_a_task_is_requeued_by_submitit_at_its_time_limit():
+    """submitit requeues a task at Slurm's time-limit warning or a preemption only where the function
+    has `checkpoint`: the task submitted again is the same commands (each run resumes from its epoch)."""
+    task, commands = launch.RunTask(), [["python", "-c", "pass"]]
+    again = task.checkpoint(commands, "/project")
+    assert again.function is task and again.args == (commands, "/project") and again.kwargs == {}
+
+
 def test_time_limits_in_slurm_forms():
     assert [launch.parse_time(t) for t in ("90", "5:30", "1:00:01", "2-3", "1-00:30", "0-01:30:00")] == \
            [90, 6, 61, 51 * 60, 24 * 60 + 30, 90]
