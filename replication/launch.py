@@ -344,8 +344,11 @@ def launch(config_paths: list[str], make_executor, poll_seconds: float = 30, log
     all_tasks = tasks(rules, phony)
     stale = [task for task in all_tasks if task.stale()]
     print(f"[launch] {len(all_tasks)} tasks, {len(stale)} with results missing", file=log, flush=True)
+    folders = {str(Path(config.results_dir).resolve()) for config in configs}
     if stale:
         executor = make_executor()  # before the shared inputs, which are made for it
+        if _is_slurm(executor):
+            refuse_a_second_launch(folders)
         prepare(configs, {task.name for task in stale}, [t for task in stale for t in task.stale()], log)
     python, root = sys.executable, os.getcwd()
     submitted, failed = set(), []
@@ -353,15 +356,19 @@ def launch(config_paths: list[str], make_executor, poll_seconds: float = 30, log
         jobs = _submit(executor, [[command_line(task.commands[t], python) for t in task.stale()] for task in ready],
                        [root] * len(ready))
         submitted.update(task.name for task in ready)
-        print(f"[launch] submitted {len(ready)} task(s), one GPU each, as job {jobs[0].job_id.split('_')[0]}; "
+        job_id = jobs[0].job_id.split("_")[0]
+        if _is_slurm(executor):
+            _remember(job_id, folders)
+        print(f"[launch] submitted {len(ready)} task(s), one GPU each, as job {job_id}; "
               f"the first task's log: {jobs[0].paths.stdout}", file=log, flush=True)
         try:
             outcomes = wait(jobs, poll_seconds, _is_slurm(executor))
-        except KeyboardInterrupt:  # the tasks run on: a launch now would submit them again
-            job_id = jobs[0].job_id.split("_")[0]
+        except KeyboardInterrupt:  # the tasks run on: a launch now is refused while they are queued
             print(f"[launch] interrupted: job {job_id} keeps running (`scancel {job_id}` stops it); launch "
                   "again once it has ended", file=log, flush=True)
             return 130
+        if _is_slurm(executor):
+            _remember(job_id, None)
         for task, job, outcome in zip(ready, jobs, outcomes):
             where = f"log: {job.paths.stdout}"
             if "error" in outcome or outcome["failed"]:
@@ -377,6 +384,53 @@ def launch(config_paths: list[str], make_executor, poll_seconds: float = 30, log
             print(f"[launch] blocked {task.name}: needs {', '.join(n for n in task.needs if not Path(n).exists())}",
                   file=log, flush=True)
     return _reports(rules, python, log) or (1 if failed else 0)
+
+
+JOBS_FILE = "jobs.json"  # {array job id: [results folders]} of launches whose jobs may still run
+
+
+def _jobs_path() -> Path:
+    return storage.cache_directory() / "launch" / JOBS_FILE
+
+
+def _queued_arrays() -> set[str] | None:
+    """The base job ids squeue lists (an array's own id for each of its tasks); None if it cannot say."""
+    result = subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True)
+    return set(result.stdout.split()) if result.returncode == 0 else None
+
+
+def _earlier_jobs() -> dict:
+    """JOBS_FILE's record; {} where it is missing or damaged (a guard, not a result: rewritten)."""
+    try:
+        record = storage.read_json(_jobs_path()) if _jobs_path().exists() else {}
+    except storage.StorageError:
+        return {}
+    return {str(job): [str(f) for f in folders] for job, folders in record.items() if isinstance(folders, list)}
+
+
+def refuse_a_second_launch(folders: set[str]) -> None:
+    """A launch whose job array still runs makes runs of these results folders: a second launch now
+    would submit the same runs again, two tasks training one run directory at once. Refused in one
+    line naming the job; jobs squeue no longer lists are dropped from the record."""
+    record, queued = _earlier_jobs(), _queued_arrays()
+    if not record or queued is None:
+        return
+    for job, made in record.items():
+        shared = sorted(set(made) & folders)
+        if job in queued and shared:
+            raise LaunchError(f"job {job} of an earlier launch is still in the queue and makes results in {shared[0]}: "
+                              f"launch again once it has ended (`squeue -j {job}`), or stop it with `scancel {job}`")
+    storage.atomic_write_json(_jobs_path(), {job: made for job, made in record.items() if job in queued})
+
+
+def _remember(job: str, folders: set[str] | None) -> None:
+    """Record a submitted array (`folders`: the results folders it makes), or forget it (None)."""
+    record = _earlier_jobs()
+    if folders is None:
+        record.pop(job, None)
+    else:
+        record[job] = sorted(folders)
+    storage.atomic_write_json(_jobs_path(), record)
 
 
 def _submit(executor, commands: list, roots: list) -> list:

@@ -199,6 +199,34 @@ def test_sbatch_refusing_the_array_is_one_line_not_a_traceback(tmp_path):
     assert "runs already finished are kept" in line
 
 
+def test_a_second_launch_while_the_first_ones_jobs_run_is_one_line(tmp_path):
+    """Two launches at once would submit the same runs twice: two tasks training one run directory."""
+    config = tiny_profile(tmp_path)
+    cache = tmp_path / "cache"
+    (cache / "launch").mkdir(parents=True)
+    storage.atomic_write_json(cache / "launch" / launch.JOBS_FILE, {"7": [str((tmp_path / "results").resolve())]})
+    environment = {**fake_slurm(tmp_path), "REPLICATION_CACHE": str(cache)}
+    (tmp_path / "fake-bin" / "squeue").write_text("#!/bin/sh\necho 7\n")
+    (tmp_path / "fake-bin" / "squeue").chmod(0o755)
+    result = cli("launch", "slurm", config, "--partition", "p", env=environment)
+    assert "job 7 of an earlier launch is still in the queue and makes results in " in \
+        one_error_line(result.returncode, result.stderr)
+    assert not (tmp_path / "results").exists()
+
+
+def test_the_record_of_launched_jobs_keeps_only_those_still_queued(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPLICATION_CACHE", str(tmp_path))
+    launch._remember("7", {"/results/a"})
+    launch._remember("8", {"/results/b"})
+    monkeypatch.setattr(launch, "_queued_arrays", lambda: {"8"})
+    launch.refuse_a_second_launch({"/results/a"})  # job 7 has ended: no refusal, and it is dropped
+    assert storage.read_json(tmp_path / "launch" / launch.JOBS_FILE) == {"8": ["/results/b"]}
+    with pytest.raises(launch.LaunchError, match="job 8 of an earlier launch"):
+        launch.refuse_a_second_launch({"/results/b", "/results/c"})
+    launch._remember("8", None)  # its wave was waited for
+    assert storage.read_json(tmp_path / "launch" / launch.JOBS_FILE) == {}
+
+
 def test_a_task_is_requeued_by_submitit_at_its_time_limit():
     """submitit requeues a task at Slurm's time-limit warning or a preemption only where the function
     has `checkpoint`: the task submitted again is the same commands (each run resumes from its epoch)."""
