@@ -302,13 +302,13 @@ def _launch(args):
     for path in args.configs:  # every config checked before Keras starts
         config_lib.load(path)
     folder = args.logs or str(storage.cache_directory() / "launch" / "%j")
-    if not args.poll >= 1:  # NaN fails this too; 0 would ask squeue in a tight loop, -1 fails in sleep
-        print(f"error: --poll {args.poll:g} is not a number of seconds >= 1: give how often to look at the "
+    if not 1 <= args.poll < float("inf"):  # NaN fails this too; 0 would ask squeue in a tight loop, inf fails in sleep
+        print(f"error: --poll {args.poll:g} is not a finite number of seconds >= 1: give how often to look at the "
               "queue (default 30)", file=sys.stderr)
         return 2
     try:
         executors = launch.slurm_executors(folder, args.partition, args.time, args.gres, args.parallel,
-                                           args.sbatch_flag, "replication")
+                                           args.sbatch_flag, launch.JOB_NAME)
         _start_keras()
         return launch.launch(args.configs, executors, args.poll)
     except launch.LaunchError as err:

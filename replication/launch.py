@@ -145,8 +145,9 @@ def run_task(commands: list[list[str]], root: str) -> dict:
 
 class RunTask:
     """run_task as submitit calls it on a node. Its `checkpoint` makes submitit requeue the task when
-    Slurm warns of its time limit or preempts it (SIGUSR2, 90 s ahead: submitit's --signal), up to
-    submitit's max_num_timeout (3) time-outs, instead of ending it: the requeued task runs the same
+    Slurm warns of its time limit (SIGUSR2, 90 s ahead: submitit's --signal) or of a preemption
+    (where the site sends that signal: PreemptParameters=send_user_signal), instead of ending it:
+    up to 3 times (submitit's max_num_timeout), a 4th time-out ends it. The requeued task runs the same
     commands, each run resumes from its last finished epoch (train.py) and a finished measurement is
     skipped (its file is there), while one cut short starts again. Not a submitit class, so this
     module imports without submitit; submitit only asks whether `checkpoint` exists."""
@@ -229,11 +230,12 @@ def slurm_executors(folder: str, partition: str, time_limit: str | None, gres: s
             raise LaunchError(f"--sbatch-flag {flag!r}: give sbatch's long option without dashes, "
                               "KEY=VALUE or KEY (e.g. account=abc, constraint=a100, exclusive)")
         extra[key] = value if has_value else True
+    extra.setdefault("requeue", True)  # RunTask's requeue needs it where the site's JobRequeue is 0
     if parallel is not None and parallel < 1:
         raise LaunchError(f"--parallel {parallel}: give how many tasks may run at once (1 or more)")
     minutes = parse_time(time_limit) if time_limit is not None else None
-    if shutil.which("sbatch") is None or shutil.which("srun") is None:
-        raise LaunchError("sbatch and srun are not on PATH: run the launch on a Slurm login node "
+    if any(shutil.which(tool) is None for tool in ("sbatch", "srun", "squeue")):
+        raise LaunchError("sbatch, srun and squeue are not all on PATH: run the launch on a Slurm login node "
                           "(docs/cluster.md), or use GPUS=... make -jN on one node")
     # Asked with --time too: sbatch would refuse an unknown partition only after the shared inputs are
     # made, and a limit above the partition's leaves the tasks pending for ever where Slurm does not enforce it.
@@ -243,7 +245,9 @@ def slurm_executors(folder: str, partition: str, time_limit: str | None, gres: s
     elif longest and (minutes == 0 or minutes > longest):
         raise LaunchError(f"--time {time_limit} ({'no limit' if minutes == 0 else f'{minutes} min'}) is above partition "
                           f"{partition!r}'s longest, {longest} min: give at most that (or leave --time out)")
-    logs = Path(folder.split("%j", 1)[0] or ".")  # the folder every task's log folder goes in
+    from submitit.core.utils import JobPaths
+
+    logs = JobPaths.get_first_id_independent_folder(folder)  # as submitit reads --logs: ~, %j, %A, %a, %t
     try:
         logs.mkdir(parents=True, exist_ok=True)
         writable = os.access(logs, os.W_OK | os.X_OK)
@@ -327,7 +331,11 @@ def _outcome(job) -> dict:
     try:
         return job.result()
     except Exception as err:  # submitit's error for a task whose Python failed (its traceback)
-        lines = [line for line in str(err).splitlines() if line.strip()]
+        # Slurm's: "... with trace:\n-----\n<traceback>\n-----\nYou can check full logs ... - <path>":
+        # the traceback's last line says what failed (its log path is printed beside it anyway).
+        text = str(err)
+        parts = text.split("----------------------")
+        lines = [line for line in (parts[1] if len(parts) >= 3 else text).splitlines() if line.strip()]
         return {"error": lines[-1].strip() if lines else type(err).__name__}
 
 
@@ -352,11 +360,15 @@ def launch(config_paths: list[str], make_executor, poll_seconds: float = 30, log
         prepare(configs, {task.name for task in stale}, [t for task in stale for t in task.stale()], log)
     python, root = sys.executable, os.getcwd()
     submitted, failed = set(), []
+    own: set[str] = set()  # this launch's arrays
     while ready := [task for task in all_tasks if task.stale() and task.ready() and task.name not in submitted]:
+        if _is_slurm(executor):
+            refuse_a_second_launch(folders, own)
         jobs = _submit(executor, [[command_line(task.commands[t], python) for t in task.stale()] for task in ready],
                        [root] * len(ready))
         submitted.update(task.name for task in ready)
         job_id = jobs[0].job_id.split("_")[0]
+        own.add(job_id)
         if _is_slurm(executor):
             _remember(job_id, folders)
         print(f"[launch] submitted {len(ready)} task(s), one GPU each, as job {job_id}; "
@@ -393,10 +405,19 @@ def _jobs_path() -> Path:
     return storage.cache_directory() / "launch" / JOBS_FILE
 
 
+JOB_NAME = "replication"  # every launch's job name (slurm_executors' `name` in __main__)
+
+
 def _queued_arrays() -> set[str] | None:
-    """The base job ids squeue lists (an array's own id for each of its tasks); None if it cannot say."""
-    result = subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True)
-    return set(result.stdout.split()) if result.returncode == 0 else None
+    """The base job ids (an array's own id for each of its tasks) of the jobs named JOB_NAME that
+    squeue lists, hidden partitions too; None if it cannot say."""
+    try:
+        result = subprocess.run(["squeue", "-h", "--all", "-o", "%F %j"], capture_output=True, text=True)
+    except OSError:
+        return None
+    if result.returncode != 0:
+        return None
+    return {line.split()[0] for line in result.stdout.splitlines() if line.split()[1:] == [JOB_NAME]}
 
 
 def _earlier_jobs() -> dict:
@@ -408,14 +429,18 @@ def _earlier_jobs() -> dict:
     return {str(job): [str(f) for f in folders] for job, folders in record.items() if isinstance(folders, list)}
 
 
-def refuse_a_second_launch(folders: set[str]) -> None:
+def refuse_a_second_launch(folders: set[str], own: set[str] = frozenset()) -> None:
     """A launch whose job array still runs makes runs of these results folders: a second launch now
     would submit the same runs again, two tasks training one run directory at once. Refused in one
-    line naming the job; jobs squeue no longer lists are dropped from the record."""
+    line naming the job (not one of this launch's `own`); jobs squeue no longer lists are dropped
+    from the record. Asked before the shared inputs and again before each wave: two launches started
+    within minutes both pass the first (no lock across login nodes makes it exact)."""
     record, queued = _earlier_jobs(), _queued_arrays()
     if not record or queued is None:
         return
     for job, made in record.items():
+        if job in own:
+            continue
         shared = sorted(set(made) & folders)
         if job in queued and shared:
             raise LaunchError(f"job {job} of an earlier launch is still in the queue and makes results in {shared[0]}: "

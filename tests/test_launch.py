@@ -125,6 +125,7 @@ def test_launch_makes_everything_then_a_second_launch_submits_nothing(tmp_path, 
     sharpness.unlink()
     status, out = run_launch(config, executors)
     assert status == 0 and out.count("submitted ") == 1 and "1 with results missing" in out
+    assert "loading synthetic_mnist once before the tasks start" in out  # its data, though its run is done
     assert sharpness.exists() and f"building {tmp_path}/results/REPORT.md" in out
 
     # The x0 the launch made before any task ran is the one training makes by itself.
@@ -149,17 +150,18 @@ def test_bad_launch_options_are_one_line_before_any_work(tmp_path, options, prob
 def test_launch_without_slurm_says_where_to_run_it(tmp_path):
     config = tiny_profile(tmp_path)
     result = cli("launch", "slurm", config, "--partition", "p", env={"PATH": str(tmp_path)})
-    assert "sbatch and srun are not on PATH" in one_error_line(result.returncode, result.stderr)
+    assert "sbatch, srun and squeue are not all on PATH" in one_error_line(result.returncode, result.stderr)
 
 
-def fake_slurm(tmp_path, sinfo="echo 2:00:00", sbatch="echo Submitted batch job 7") -> dict:
-    """An environment whose PATH finds sinfo, sbatch and srun as these shell lines (no cluster)."""
+def fake_slurm(tmp_path, sinfo="echo 2:00:00", sbatch="echo Submitted batch job 7", squeue="exit 0") -> dict:
+    """An environment whose PATH finds sinfo, sbatch, srun and squeue as these shell lines (no
+    cluster), and whose cache (the launch's record of its jobs) is in tmp_path."""
     folder = tmp_path / "fake-bin"
     folder.mkdir(exist_ok=True)
-    for name, body in (("sinfo", sinfo), ("sbatch", sbatch), ("srun", "exit 0")):
+    for name, body in (("sinfo", sinfo), ("sbatch", sbatch), ("srun", "exit 0"), ("squeue", squeue)):
         (folder / name).write_text(f"#!/bin/sh\n{body}\n")
         (folder / name).chmod(0o755)
-    return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
+    return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}", "REPLICATION_CACHE": str(tmp_path / "cache")}
 
 
 @pytest.mark.parametrize("options, sinfo, problem", [
@@ -168,7 +170,8 @@ def fake_slurm(tmp_path, sinfo="echo 2:00:00", sbatch="echo Submitted batch job 
     (["--time", "0"], "echo 2:00:00", "--time 0 (no limit) is above partition 'p''s longest, 120 min"),
     # An unknown partition is asked of sinfo with --time given too (sbatch refused it only after the work).
     (["--time", "10"], "echo 'sinfo: error: invalid partition' >&2; exit 1", "partition 'p' is not known to Slurm"),
-    (["--poll", "0"], "echo 2:00:00", "--poll 0 is not a number of seconds >= 1"),
+    (["--poll", "0"], "echo 2:00:00", "--poll 0 is not a finite number of seconds >= 1"),
+    (["--poll", "inf"], "echo 2:00:00", "--poll inf is not a finite number of seconds >= 1"),
 ])
 def test_launch_options_slurm_would_refuse_late_are_one_line_before_any_work(tmp_path, options, sinfo, problem):
     config = tiny_profile(tmp_path)
@@ -202,12 +205,9 @@ def test_sbatch_refusing_the_array_is_one_line_not_a_traceback(tmp_path):
 def test_a_second_launch_while_the_first_ones_jobs_run_is_one_line(tmp_path):
     """Two launches at once would submit the same runs twice: two tasks training one run directory."""
     config = tiny_profile(tmp_path)
-    cache = tmp_path / "cache"
-    (cache / "launch").mkdir(parents=True)
-    storage.atomic_write_json(cache / "launch" / launch.JOBS_FILE, {"7": [str((tmp_path / "results").resolve())]})
-    environment = {**fake_slurm(tmp_path), "REPLICATION_CACHE": str(cache)}
-    (tmp_path / "fake-bin" / "squeue").write_text("#!/bin/sh\necho 7\n")
-    (tmp_path / "fake-bin" / "squeue").chmod(0o755)
+    environment = fake_slurm(tmp_path, squeue="echo '7 replication'; echo '8 someone-elses'")
+    storage.atomic_write_json(tmp_path / "cache" / "launch" / launch.JOBS_FILE,
+                              {"7": [str((tmp_path / "results").resolve())]})
     result = cli("launch", "slurm", config, "--partition", "p", env=environment)
     assert "job 7 of an earlier launch is still in the queue and makes results in " in \
         one_error_line(result.returncode, result.stderr)
@@ -227,12 +227,45 @@ def test_the_record_of_launched_jobs_keeps_only_those_still_queued(tmp_path, mon
     assert storage.read_json(tmp_path / "launch" / launch.JOBS_FILE) == {}
 
 
-def test_a_task_is_requeued_by_submitit_at_its_time_limit():
+def test_a_task_is_requeued_by_submitit_at_its_time_limit(tmp_path, monkeypatch):
     """submitit requeues a task at Slurm's time-limit warning or a preemption only where the function
-    has `checkpoint`: the task submitted again is the same commands (each run resumes from its epoch)."""
+    it submitted has `checkpoint`: the task submitted again is the same commands (each run resumes
+    from its epoch), pickled by reference to this module, as the node unpickles it."""
+    import cloudpickle
+    from submitit.core.utils import DelayedSubmission, FailedJobError
+
     task, commands = launch.RunTask(), [["python", "-c", "pass"]]
     again = task.checkpoint(commands, "/project")
     assert again.function is task and again.args == (commands, "/project") and again.kwargs == {}
+    back = cloudpickle.loads(cloudpickle.dumps(DelayedSubmission(task, commands, "/project")))
+    assert type(back.function) is launch.RunTask and b"replication.launch" in cloudpickle.dumps(task)
+
+    class Refusing:  # what the launch submits, then sbatch's refusal
+        def map_array(self, function, *args):
+            self.function = function
+            raise FailedJobError("sbatch: error: Invalid qos specification")
+
+    executor = Refusing()
+    monkeypatch.setenv("REPLICATION_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(launch.LaunchError, match=r"sbatch refused the job array \(sbatch: error: Invalid qos"):
+        launch.launch([str(tiny_profile(tmp_path))], lambda: executor, log=io.StringIO())
+    assert isinstance(executor.function, launch.RunTask) and hasattr(executor.function, "checkpoint")
+
+
+def test_a_task_whose_python_failed_is_reported_by_its_error_not_its_log_path():
+    # submitit's error for a failed task ends with the log paths; the traceback's last line says why.
+    from submitit.core.utils import FailedJobError
+
+    class Job:
+        def result(self):
+            raise FailedJobError("Job (task=0) failed during processing with trace:\n----------------------\n"
+                                 "Traceback (most recent call last):\n  File \"x\", line 1\nsubmitit.core.utils."
+                                 "UncompletedJobError: Job not requeued because: timed-out too many times.\n"
+                                 "----------------------\nYou can check full logs with 'job.stderr(0)' and "
+                                 "'job.stdout(0)'or at paths:\n  - /logs/1_0_0_log.err\n  - /logs/1_0_0_log.out")
+
+    assert launch._outcome(Job()) == {"error": "submitit.core.utils.UncompletedJobError: Job not requeued because: "
+                                               "timed-out too many times."}
 
 
 def test_time_limits_in_slurm_forms():
@@ -242,7 +275,8 @@ def test_time_limits_in_slurm_forms():
 
 # --- On a real single-node Slurm with two fake GPUs (.ci/slurm-up) ---------------------------------
 
-def slurm_environment() -> dict:
+def slurm_environment(tmp_path=None) -> dict:
+    """The test cluster's environment; with `tmp_path`, the launch's cache (its record of jobs) there."""
     cluster = os.environ.get("TEST_SLURM_CLUSTER")
     if not cluster or not (Path(cluster) / "slurm.conf").is_file():
         if os.environ.get("REQUIRE_SLURM"):
@@ -250,11 +284,12 @@ def slurm_environment() -> dict:
                         "started by .ci/slurm-up")
         pytest.skip("no test Slurm cluster: start one with `.ci/slurm-up` (root, slurm-wlm) and set "
                     "TEST_SLURM_CLUSTER to the folder it prints")
-    return {**os.environ, "SLURM_CONF": str(Path(cluster) / "slurm.conf")}
+    return {**os.environ, "SLURM_CONF": str(Path(cluster) / "slurm.conf"),
+            **({"REPLICATION_CACHE": str(tmp_path / "cache")} if tmp_path else {})}
 
 
 def test_launch_on_slurm_gives_each_run_its_own_gpu(tmp_path):
-    environment = slurm_environment()
+    environment = slurm_environment(tmp_path)
     config = tiny_profile(tmp_path)
     logs = tmp_path / "logs"
     command = [sys.executable, "-m", "replication", "launch", "slurm", str(config), "--partition", "debug",
@@ -271,7 +306,7 @@ def test_launch_on_slurm_gives_each_run_its_own_gpu(tmp_path):
 
 
 def test_an_unknown_partition_is_one_line(tmp_path):
-    environment = slurm_environment()
+    environment = slurm_environment(tmp_path)
     result = subprocess.run([sys.executable, "-m", "replication", "launch", "slurm", str(tiny_profile(tmp_path)),
                              "--partition", "no-such-partition"], cwd=ROOT, env=environment,
                             capture_output=True, text=True, timeout=120)
@@ -296,9 +331,10 @@ def start_killable_launch(tmp_path, environment) -> tuple[subprocess.Popen, Path
 
 
 def test_a_task_cancelled_by_slurm_is_reported_as_its_sigterm(tmp_path):
-    """scancel, a time limit and preemption end a task with SIGTERM (SIGKILL only KillWait later):
-    submitit's process outlives it, so the report names the signal and what sends it."""
-    environment = slurm_environment()
+    """scancel (and a preemption or time limit Slurm gave no warning signal of) ends a task with
+    SIGTERM (SIGKILL only KillWait later): submitit's process outlives it, so the report names the
+    signal and what sends it."""
+    environment = slurm_environment(tmp_path)
     launcher, log = start_killable_launch(tmp_path, environment)
     task = "_".join(log.name.split("_")[:2])  # 1_0_0_log.out: array 1, task 0
     subprocess.run(["scancel", task], env=environment, check=True)
@@ -312,7 +348,7 @@ def test_a_task_killed_without_a_result_is_found_through_squeue(tmp_path):
     """A task whose own process dies (a lost node, a memory limit that kills the whole step) leaves no
     result; it is found through squeue, since this cluster, like some, has no accounting for
     submitit's sacct."""
-    environment = slurm_environment()
+    environment = slurm_environment(tmp_path)
     launcher, log = start_killable_launch(tmp_path, environment)
     training = subprocess.run(["pgrep", "-f", f"replication train {tmp_path}/\\S+ .*--regime sb"],
                               capture_output=True, text=True).stdout.split()
