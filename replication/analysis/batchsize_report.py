@@ -180,9 +180,19 @@ def mean_batch_fit(batches, steps, num_train: int) -> dict | None:
             "b_crit": fit["b_crit"], "unresolved": fit["unresolved"]}
 
 
-def _refit(value: float, fit: float, name: str) -> str:
-    """A sensitivity refit in words, its change from the fit it checks: "B_crit = 2395, 5% above the
-    fit's 2285" (the refit against the fit, so the sign reads as the move)."""
+_NO_REFIT = {"merged": "no refit: the averages leave fewer than two distinct batches",
+             "too few": "no refit: fewer than two batches remain",
+             "above": "no B_crit resolves (beyond the largest batch)",
+             "below": "no B_crit resolves (below the smallest)"}
+
+
+def _refit(again: dict, fit: float, name: str) -> str:
+    """A sensitivity refit (`again`: its b_crit, else why not) in words, its change from the fit it
+    checks: "B_crit = 2395, 5% above the fit's 2285" (the refit against the fit, so the sign reads as
+    the move); why there is none where it resolved no B_crit."""
+    value = again["b_crit"]
+    if value is None:
+        return _NO_REFIT[again["unresolved"]]
     change = value / fit - 1
     side = "above" if change > 0 else "below"
     moved = f"{abs(change):.0%} {side}" if round(abs(change), 2) else "within 1% of"
@@ -195,9 +205,7 @@ def _mean_batch_words(study: dict) -> str:
     if not again or not fit or fit.get("b_crit") is None:
         return ""
     shares = ", ".join(f"batch {b} averages {m:.0f}" for b, m in again["mean_batches"].items())
-    refit = (_refit(again["b_crit"], fit["b_crit"], "the nominal fit's") if again["b_crit"] is not None
-             else "no refit: the averages leave fewer than two distinct batches" if again["unresolved"] == "merged"
-             else f"no B_crit resolves ({'beyond the largest batch' if again['unresolved'] == 'above' else 'below the smallest'})")
+    refit = _refit(again, fit["b_crit"], "the nominal fit's")
     return (f" Each epoch of {again['num_train']} examples ends with the examples left over as one smaller batch, so "
             f"per optimizer step {shares} examples over an epoch; the examples E in the table above count steps x the nominal batch "
             f"and overstate by as much. Fitted on those averages instead of the nominal batches (a sensitivity check, "
@@ -224,8 +232,7 @@ def _fewest_words(study: dict) -> str:
     if not again or not fit or fit.get("b_crit") is None:
         return ""
     where = ", ".join(f"batch {b}: {_fmt(fewest)} against {_fmt(best)}" for b, (best, fewest) in again["batches"].items())
-    refit = (_refit(again["b_crit"], fit["b_crit"], "the fit's") if again["b_crit"] is not None else
-             f"no B_crit resolves ({'beyond the largest batch' if again['unresolved'] == 'above' else 'below the smallest'})")
+    refit = _refit(again, fit["b_crit"], "the fit's")
     count = f"{len(again['batches'])} batches" if len(again["batches"]) > 1 else "one batch"
     return (f" At {count} a rate tied with the best took fewer steps "
             f"({where}: tied, as within one check interval, and the best is the tied rate nearest the middle of those "
@@ -262,9 +269,7 @@ def _uncapped_words(study: dict) -> str:
     again, fit = study.get("uncapped_fit"), study["fit"]
     if not again or not fit or fit.get("b_crit") is None:
         return ""
-    refit = (_refit(again["b_crit"], fit["b_crit"], "the fit's") if again["b_crit"] is not None else
-             "no refit: fewer than two batches remain" if again["unresolved"] == "too few" else
-             f"no B_crit resolves ({'beyond the largest batch' if again['unresolved'] == 'above' else 'below the smallest'})")
+    refit = _refit(again, fit["b_crit"], "the fit's")
     kinds = {how: [b for b, h in again["left_out"].items() if h == how] for how in ("capped", "to be extended")}
     named = "; ".join(f"{', '.join(batches)}: {how}" for how, batches in kinds.items() if batches)
     many = len(again["left_out"]) > 1
