@@ -916,3 +916,21 @@ def test_the_smaller_last_batch_of_each_epoch_is_named_and_the_fit_redone_on_ave
     assert merged["b_crit"] is None and "no refit: the averages leave fewer than two distinct batches" in \
         batchsize_report._mean_batch_words({"fit": critical_batch.fit_critical_batch([64, 100], [30, 25]),
                                             "mean_batch_fit": merged})
+
+
+def test_a_comparison_run_off_the_present_best_rate_is_named():
+    # The GPU study's (b) at batch 256 ran at 4x, the best by the grid rule of its day; the present
+    # rule ties 4x with the best 2x. The section said "(b) as many epochs at the rate the study found
+    # best" and nothing else.
+    rows = [{"batch_size": 256, "best_multiplier": 2.0, "tied": "2 4"},
+            {"batch_size": 5000, "best_multiplier": 0.5, "tied": "-"}]
+    compare = [{"batch_size": 256, "multiplier": None}, {"batch_size": 256, "multiplier": 4.0},
+               {"batch_size": 5000, "multiplier": 0.5}]
+    words = batchsize_report._compare_off_best(compare, rows)
+    assert words == ("Trained under an earlier grid rule, the comparison's tuned-rate runs ran at batch 256 at 4x "
+                     "the rule, which the present rule ties with the best 2x, so those runs are at a rate tied "
+                     "with the best.")
+    rows[0]["tied"] = "2"
+    assert "does not tie with the best 2x, so those runs are at another rate than the best" in \
+        batchsize_report._compare_off_best(compare, rows)
+    assert batchsize_report._compare_off_best(compare[::2], rows) is None  # at the best: nothing to say

@@ -58,7 +58,7 @@ def test_two_devices_train_the_run_one_device_trains(tiny_config, tmp_path):
     training itself, as any rounding is: an activation within 1e-6 of ReLU's kink switches its
     derivative, and Adam divides gradients whose true value is 0 (a Dense bias before batch norm)
     or nearly 0 by their own size, turning rounding into steps of up to the learning rate; after
-    26 steps the float32 losses differed by up to 5% (docs/cluster.md). At 2^-53 neither
+    26 steps the float32 losses differed by a few percent (seen once, not kept). At 2^-53 neither
     happens, so the same function shows as the same numbers: measured, at most 3e-11 relative in
     the history and 1.4e-12 absolute in a weight (the pre-batch-norm biases, which are rounding
     themselves). Batch-norm statistics taken per device instead (ghost batch norm over the two

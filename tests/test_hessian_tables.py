@@ -126,3 +126,40 @@ def test_the_readme_clause_says_final_points_with_or_without_reparametrisations(
     clause = readme._hessian_clause(results.load(root))
     assert clause.startswith("F1 seed 0 (final points), LB/SB: top eigenvalue of H 8.67")
     assert "order survives both reparametrisations" in clause
+
+
+def _full_space(run_dir, regime, before, after, status):
+    """The run's own full-space Metric 2.1 (eps 1e-3) with its solve's status, and a batchnorm
+    reparametrisation record whose phi before (as the Hessian command wrote it, with no status) and
+    after are given; `status` 1: both solves stopped at their iteration cap, 0: converged."""
+    path = run_dir / "sharpness" / "full_eps0.001.json"
+    record = {**storage.read_json(path), "phi": before, "solves": [{"status": status}]}
+    storage.atomic_write_json(path, record)
+    base = {"network": "F1", "regime": regime, "run_seed": 0, "num_examples": 100, "wall_seconds": 1.0,
+            "settings": {"epsilon": 1e-3}}
+    storage.atomic_write_json(run_dir / "hessian/reparametrization_batchnorm_a10.json", {
+        **base, "kind": "batchnorm", "factor": 10.0,
+        "before": {**OTHERS, "top_eigenvalue": _draw(3.0, True), "phi_full": {"phi": before}},
+        "after": {**OTHERS, "top_eigenvalue": _draw(3.0, True), "phi_full": {"phi": after, "solves": [{"status": status}]}}})
+
+
+@pytest.mark.parametrize("status, verdict", [
+    (1, "not established (4 of 4 solves at their iteration cap; a capped phi is a lower bound): "
+        "transformed LB 20 vs SB 30"),
+    (0, "no: transformed LB 20 vs SB 30")])
+def test_a_full_space_order_flipped_between_capped_solves_is_not_established(tmp_path, status, verdict):
+    # Each phi is the best f its solve reached: stopped at the iteration cap it is a lower bound on the
+    # maximum, so LB's transformed 20 below SB's 30 reverses nothing that is known. Before, the table
+    # said "no" and the cap "not recorded", though the runs' own solves at those weights record it.
+    from test_report import write_run
+
+    root = tmp_path / "results"
+    sb = write_run(root, "sb", 0, 99.0, 90.0, phis={("full", 1e-3): 30.0})
+    lb = write_run(root, "lb", 0, 99.0, 89.0, phis={("full", 1e-3): 300.0})
+    _full_space(sb, "sb", 30.0, 30.0, status)
+    _full_space(lb, "lb", 300.0, 20.0, status)
+    rows = hessian_tables.rows(results.load(root))
+    row = next(r for r in rows if r["measure"].startswith("Metric 2.1, full space"))
+    capped = "1 of 1 at the iteration cap (lower bounds)" if status else "0 of 1 at the iteration cap"
+    assert row["measure"] == f"Metric 2.1, full space (eps 0.001; {capped})"
+    assert row["survives_batchnorm"] == verdict

@@ -173,7 +173,7 @@ def test_a_damaged_batch_size_summary_is_refused_naming_the_key(tmp_path):
         _copy_run(root, str(metrics.parent.relative_to(ROOT)))
     summary = root / "results/batch-size-gpu/batch_size.json"
     record = json.loads((source / "batch_size.json").read_text())
-    assert "B_crit 2481 (16-84% 2207-2554)" in _row(_contract_with(summary, record, root), "batch-size-gpu")
+    assert "B_crit 2481 (16-84% 2207-2554; 1 seed)" in _row(_contract_with(summary, record, root), "batch-size-gpu")
     record["fit"]["b_crit"] = "2481"
     with pytest.raises(results.ResultsError, match=r"batch_size\.json: 'fit\.b_crit' is '2481', not a number"):
         _contract_with(summary, record, root)
@@ -358,8 +358,10 @@ def test_choosing_a_batch_size_states_only_what_the_pooled_studies_support(gpu_s
     assert "larger at the tighter target on 0 of 1 workload" in text and "below the late" not in text
     assert "the 16-84% intervals overlap" in text
     # The test-accuracy point follows the spread of the batches' accuracies.
-    assert "barely changed the seeds' mean test accuracy (within a point; no test of a difference)" in \
-        readme.choosing_block([early, late])
+    # A small range is stated as an observation, not read as "no effect" (there is no test behind it).
+    small = readme.choosing_block([early, late])
+    assert "moved the seeds' mean test accuracy by at most" in small and "no equivalence test" in small
+    assert "barely" not in small
     # The fastest batch against the runner-up, seed by seed (each seed's own runs), as the rows say.
     first, second, faster, compared = batchsize_report.fastest_two(late.rows)
     alone = readme.choosing_block([late])
@@ -368,8 +370,8 @@ def test_choosing_a_batch_size_states_only_what_the_pooled_studies_support(gpu_s
               if r is first else r for r in late.rows]  # seed 0 slowest at the fastest batch
     assert f"faster on {faster - 1} of 3 seeds)" in readme.choosing_block([dataclasses.replace(late, rows=slower)])
     rows = [{**r, "test_accuracy": 90.0 + 2 * i} for i, r in enumerate(late.rows)]
-    assert "changed the seeds' mean test accuracy by up to 10.00 points (the range of the seeds' means over " \
-           "batches; no test of a difference)" in readme.choosing_block([dataclasses.replace(late, rows=rows)])
+    assert "moved the seeds' mean test accuracy by at most 10.00 points (the range of the seeds' means over " \
+           "batches; an observation: no test of a difference" in readme.choosing_block([dataclasses.replace(late, rows=rows)])
 
 
 def test_choosing_points_name_what_qualifies_a_c1_shaped_study(mnist_studies, tmp_path):
@@ -452,3 +454,26 @@ def test_a_best_rate_at_a_capped_grid_edge_is_named_in_the_results_row():
     profile = next(p for p in readme.profiles(ROOT) if p.name == "critical-batch-f1-mnist")
     row = readme._study_row(ROOT, profile, "config", "command")
     assert "best rate 0.25-0.707x the sqrt rule (at a capped grid edge at batch 16384)" in " ".join(row)
+
+
+@pytest.mark.parametrize("name, words", [
+    # One seed, B_crit above every batch fitted, grids stopped with an edge rate among the tied: the
+    # row read "B_crit 2465 (16-84% 2012-3609); best rate 0.5x the sqrt rule at every batch", as if
+    # it were a several-seed estimate inside the batches measured, with every best rate resolved.
+    ("batch-size", ["B_crit 2465 (16-84% 2012-3609; 1 seed; extrapolated past batch 2000)",
+                    "(grid unfinished at batch 32, 2000)"]),
+    ("batch-size-c1-cpu", ["; 1 seed; extrapolated past batch 1000)", "(grid unfinished at batch 32, 100, 316, 1000)"]),
+    ("critical-batch-f1-mnist", ["2285 (16-84% 2007-2561; 3 seeds)"])])
+def test_a_study_row_says_its_seeds_an_extrapolation_and_unfinished_grids(name, words):
+    profile = next(p for p in readme.profiles(ROOT) if p.name == name)
+    row = " ".join(readme._study_row(ROOT, profile, "config", "command"))
+    assert all(w in row for w in words), row
+    assert name != "critical-batch-f1-mnist" or ("extrapolated" not in row and "unfinished" not in row)
+
+
+def test_a_sharpness_cell_says_how_many_solves_stopped_at_their_iteration_cap():
+    # Every full-space solve of the sweep's SB and LB stopped at the paper's 10-iteration cap: the
+    # value is the best f it reached, a lower bound on the maximum; the row gave it bare.
+    loaded = results.load(ROOT / "results" / "sweep")
+    clause = " ".join(readme._pair_clauses(loaded))
+    assert "full SB 35.4 / LB 367 (at the iteration cap, lower bounds: SB 1 of 1, LB 1 of 1)" in clause

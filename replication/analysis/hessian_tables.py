@@ -24,6 +24,7 @@ Per network, data and seed with hessian results for both SB and LB, one row per 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 from replication.analysis import results as results_lib
@@ -67,9 +68,8 @@ def _spread(run: results_lib.Run, prefix: str) -> tuple[dict | None, str]:
         records = _records(run, prefix)
         if not records:
             return None, ""
-        phi = records[0]["before"]["phi_full"]
-        return ({"mean": phi["phi"], "std": None, "draws": 0},
-                f"eps {records[0]['settings']['epsilon']:g}; {_cap_detail([phi])}")
+        phi, epsilon = _solve_before(run, records[0]), records[0]["settings"]["epsilon"]
+        return ({"mean": phi["phi"], "std": None, "draws": 0}, f"eps {epsilon:g}; {_cap_detail([phi])}")
     records = _records(run, prefix)
     if not records:
         return None, ""
@@ -82,10 +82,19 @@ def _spread(run: results_lib.Run, prefix: str) -> tuple[dict | None, str]:
     return record["spread"], ""
 
 
+def _solve_before(run: results_lib.Run, record: Mapping) -> Mapping:
+    """A transformation record's full-space Metric 2.1 before it; where made before solves kept their
+    status, the run's own full-space solve at these weights and settings if it gave the same phi to
+    the bit (it records whether it stopped at its cap)."""
+    phi = record["before"]["phi_full"]
+    own = run.sharpness.get(("full", record["settings"]["epsilon"]))
+    return own.record if "solves" not in phi and own is not None and own.record.get("phi") == phi["phi"] else phi
+
+
 def _cap_detail(solved: list) -> str:
     """How many Metric 2.1 draws stopped at their iteration cap (a lower bound on the maximum, as in
     results.at_cap), or that the records do not say (made before their solves' status was kept)."""
-    if not solved or any(not isinstance(d, dict) or "solves" not in d for d in solved):
+    if not solved or any(not isinstance(d, Mapping) or "solves" not in d for d in solved):
         return "iteration cap not recorded: each may be a lower bound"
     capped = sum(results_lib.at_cap(d) for d in solved)
     return f"{capped} of {len(solved)} at the iteration cap" + (" (lower bounds)" if capped else "")
@@ -148,7 +157,20 @@ def _survives(sb: results_lib.Run, lb: results_lib.Run, key: str, kind: str) -> 
         flips.append(f"transformed LB {lb_after:.3g} vs SB {sb_before:.3g}")
     if (lb_before > sb_after) != sharper:
         flips.append(f"LB {lb_before:.3g} vs transformed SB {sb_after:.3g}")
-    return "yes" if not flips else "no: " + "; ".join(flips)
+    if not flips:
+        return "yes"
+    if key == "phi_full":
+        # Each phi is the best f its solve reached; one stopped at its iteration cap is a lower bound
+        # on the maximum, so a flip between such values is not established (nor is an order).
+        solves = [_solve_before(run, r) for run, r in zip((sb, lb), records)] + [r["after"][key] for r in records]
+        capped = sum("solves" in p and results_lib.at_cap(p) for p in solves)
+        unrecorded = sum("solves" not in p for p in solves)
+        if capped or unrecorded:
+            counted = ", ".join(part for part in (f"{capped} of 4 solves at their iteration cap" if capped else "",
+                                                   f"{unrecorded} of 4 with no record of it" if unrecorded else "")
+                                if part)
+            return f"not established ({counted}; a capped phi is a lower bound): " + "; ".join(flips)
+    return "no: " + "; ".join(flips)
 
 
 def rows(loaded: results_lib.Results) -> list[dict]:

@@ -438,7 +438,7 @@ def _pair_clauses(loaded: results.Results) -> list[str]:
                 + ("" if len(pair) == 2 else f"; no {'LB' if pair[0][0] == 'SB' else 'SB'} run yet") + ")")
         measured = []
         for space, rows in sharp.items():
-            cells = []
+            cells, capped = [], []
             key = results.sharpness_column("phi", space, MAIN_SHARPNESS[1])
             for regime, r in pair:
                 row = rows.get((network, regime))
@@ -449,8 +449,13 @@ def _pair_clauses(loaded: results.Results) -> list[str]:
                     continue  # not measured in this space
                 cells.append(f"{regime} {sig(row[f'{key}_mean'])}" + (f" ({solved} of {wanted} solved)"
                                                                        if solved < wanted else ""))
+                if row[f"{key}_at_cap"]:
+                    capped.append(f"{regime} {row[f'{key}_at_cap']} of {solved}")
             if cells:
-                measured.append(f"{space} " + " / ".join(cells))
+                # A solve stopped at its iteration cap (the paper's 10-iteration metric) gives the best f
+                # it reached: a lower bound on the maximum, so the cell says how many did.
+                measured.append(f"{space} " + " / ".join(cells)
+                                + (f" (at the iteration cap, lower bounds: {', '.join(capped)})" if capped else ""))
         if measured:
             text += "; sharpness (eps 1e-3) " + ", ".join(measured)
         out.append(text)
@@ -580,9 +585,16 @@ def _study_row(root: Path, profile: Profile, config: str, command: str) -> list[
         multipliers = [r["best_multiplier"] for r in study.rows if r["best_multiplier"] is not None]
         fastest = min((r for r in study.rows if r["seconds_to_target"] is not None),
                       key=lambda r: r["seconds_to_target"], default=None)
+        # A one-seed study is an observation, and a B_crit past the batches fitted an extrapolation:
+        # the row says both where they apply, not only the report.
+        batches = [r["batch_size"] for r in study.rows if r["steps"] is not None]
+        outside = (f"; extrapolated past batch {max(batches)}" if study.b_crit and batches and study.b_crit > max(batches)
+                   else f"; extrapolated below batch {min(batches)}" if study.b_crit and batches
+                   and study.b_crit < min(batches) else "")
+        seeds = f"{study.seeds} seed{'s' if study.seeds != 1 else ''}"
         text = (f"{study.target}: " if len(found) > 1 else "") + (
-            f"B_crit {sig(study.b_crit)} (16-84% {bootstrap_interval(study.bootstrap)})" if study.b_crit
-            else "no critical batch resolved")
+            f"B_crit {sig(study.b_crit)} (16-84% {bootstrap_interval(study.bootstrap)}; {seeds}{outside})"
+            if study.b_crit else f"no critical batch resolved ({seeds})")
         if multipliers:
             span = sorted({sig(min(multipliers)), sig(max(multipliers))}, key=float)
             every = ("at every batch" if len(multipliers) == len(study.rows)
@@ -592,6 +604,10 @@ def _study_row(root: Path, profile: Profile, config: str, command: str) -> list[
             capped = _capped(study)
             if capped:
                 text += f" (at a capped grid edge at batch {', '.join(map(str, capped))})"
+            # A grid stopped with its best rate tied with an edge (an older study's rule): not resolved.
+            unfinished = [r["batch_size"] for r in study.rows if r["grid"].startswith("unfinished")]
+            if unfinished:
+                text += f" (grid unfinished at batch {', '.join(map(str, unfinished))})"
         if fastest:
             text += f"; fastest to the target: batch {fastest['batch_size']}"
         if study.gaps:
@@ -1178,9 +1194,9 @@ def choosing_block(found: list[Study]) -> str:
                          f"mean of {s.seeds} seeds each)")
     if alike:
         # Means of the seeds at each batch, compared by their range: a description, not a test.
-        moved = ("barely changed the seeds' mean test accuracy (within a point; no test of a difference)"
-                 if spread <= 1 else f"changed the seeds' mean test accuracy by up to {spread:.2f} points (the "
-                 "range of the seeds' means over batches; no test of a difference)")
+        # "Barely changed" would conclude no effect without a test: the range is stated, nothing more.
+        moved = (f"moved the seeds' mean test accuracy by at most {spread:.2f} points (the range of the seeds' "
+                 "means over batches; an observation: no test of a difference, no equivalence test)")
         lines.append(f"6. **At the same training loss, reached with a tuned rate, the batch {moved}**: "
                      f"{'; '.join(alike)}. This is stopping at a training loss, not the paper's 100 "
                      "epochs: the gap the paper measured at convergence is the [paper-protocol runs'](#results) "
