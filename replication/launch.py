@@ -337,8 +337,10 @@ def _outcome(job) -> dict:
         parts = text.split("----------------------")
         lines = [line for line in (parts[1] if len(parts) >= 3 else text).splitlines() if line.strip()]
         if "timed-out too many times" in text:  # submitit's UncompletedJobError after its last requeue
-            return {"error": "timed out at Slurm's time limit 4 times (submitit requeued it 3 times, each resuming "
-                             "from its last finished epoch): give a longer --time, and launch again to resume it"}
+            # submitit counts a warning signal late in --time as a time-out (a late preemption too).
+            return {"error": "submitit counted a time-out once more than it requeues (Slurm's time-limit warning, "
+                             "or a preemption late in --time; each requeue resumed from the last finished epoch): "
+                             "give a longer --time, and launch again to resume it"}
         return {"error": lines[-1].strip() if lines else type(err).__name__}
 
 

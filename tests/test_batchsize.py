@@ -927,10 +927,12 @@ def test_a_comparison_run_off_the_present_best_rate_is_named():
     compare = [{"batch_size": 256, "multiplier": None}, {"batch_size": 256, "multiplier": 4.0},
                {"batch_size": 5000, "multiplier": 0.5}]
     words = batchsize_report._compare_off_best(compare, rows)
-    assert words == ("Trained under an earlier grid rule, the comparison's tuned-rate runs ran at batch 256 at 4x "
-                     "the rule, which the present rule ties with the best 2x, so those runs are at a rate tied "
-                     "with the best.")
+    assert words == ("The comparison's tuned-rate runs ran at batch 256 at 4x the rule, not the best 2x the study "
+                     "finds now (tied with it).")
     rows[0]["tied"] = "2"
-    assert "does not tie with the best 2x, so those runs are at another rate than the best" in \
+    assert "not the best 2x the study finds now (not tied with it)" in batchsize_report._compare_off_best(compare, rows)
+    rows[1]["best_multiplier"] = None  # no rate meets the target at 5000 now
+    assert "at batch 5000 at 0.5x the rule, where no rate meets the target now" in \
         batchsize_report._compare_off_best(compare, rows)
+    rows[1]["best_multiplier"] = 0.5
     assert batchsize_report._compare_off_best(compare[::2], rows) is None  # at the best: nothing to say

@@ -54,15 +54,12 @@ def test_two_devices_train_the_run_one_device_trains(tiny_config, tmp_path):
 
     Why float64 and 1e-9: the two programs differ only in the order of float additions (the
     gradient's sum over the batch and batch norm's moments as two partial sums plus a cross-device
-    sum). In float32 that rounding (about 1e-6 of an activation, measured) is amplified by the
-    training itself, as any rounding is: an activation within 1e-6 of ReLU's kink switches its
-    derivative, and Adam divides gradients whose true value is 0 (a Dense bias before batch norm)
-    or nearly 0 by their own size, turning rounding into steps of up to the learning rate; after
-    26 steps the float32 losses differed by a few percent (seen once, not kept). At 2^-53 neither
-    happens, so the same function shows as the same numbers: measured, at most 3e-11 relative in
-    the history and 1.4e-12 absolute in a weight (the pre-batch-norm biases, which are rounding
-    themselves). Batch-norm statistics taken per device instead (ghost batch norm over the two
-    halves of each batch, the same run otherwise) differ by 35% in the loss and 0.03 in weights."""
+    sum). In float32 that rounding is amplified by the training itself, as any rounding is: an
+    activation within rounding of ReLU's kink switches its derivative, and Adam divides gradients
+    whose true value is 0 (a Dense bias before batch norm) or nearly 0 by their own size, turning
+    rounding into steps of up to the learning rate. At 2^-53 neither happens, so the same function
+    shows as the same numbers to 1e-9. Batch-norm statistics taken per device instead (ghost batch
+    norm over the two halves of each batch) would be another function, not a rounding difference."""
     config = tiny_config(results_dir=str(tmp_path / "one"))
     env = {**TWO_DEVICES, **_float64(tmp_path)}
     one = cli("train", config, "--regime", "sb", env={**env, backend.DATA_PARALLEL_VARIABLE: "0"}, check=True)

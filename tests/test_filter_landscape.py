@@ -228,8 +228,11 @@ def test_report_section_from_hand_made_hessian_results(tmp_path):
     assert "| 35 (no draw) | 360 (no draw) | 10.29 | - |" in lines[full]
     from replication.analysis import hessian_tables
     capped, done = {"solves": [{"status": 1}]}, {"solves": [{"status": 0}]}
-    assert hessian_tables._cap_detail([capped, done, capped]) == "2 of 3 at the iteration cap (lower bounds)"
-    assert hessian_tables._cap_detail([done]) == "0 of 1 at the iteration cap"
+    assert hessian_tables._cap_words([capped, done, capped], [done]) == \
+        "at the iteration cap: SB 2 of 3, LB 0 of 1 (lower bounds)"
+    assert hessian_tables._cap_words([done], [done]) == "at the iteration cap: SB 0 of 1, LB 0 of 1"
+    assert hessian_tables._cap_words([done], [{}]) == "at the iteration cap: SB 0 of 1, LB not recorded (lower bounds)"
+    assert hessian_tables._cap_words(None, None) == ""
     assert "7 draw(s) per estimate suffice" in section
     png = root / "F1_fashion_mnist/hessian/seed0_filter_landscape.png"
     assert png.read_bytes().startswith(b"\x89PNG") and f"]({png.relative_to(root)})" in section

@@ -133,10 +133,12 @@ def _full_space(run_dir, regime, before, after, status):
     reparametrisation record whose phi before (as the Hessian command wrote it, with no status) and
     after are given; `status` 1: both solves stopped at their iteration cap, 0: converged."""
     path = run_dir / "sharpness" / "full_eps0.001.json"
-    record = {**storage.read_json(path), "phi": before, "solves": [{"status": status}]}
+    digest = f"weights of {regime}"
+    record = {**storage.read_json(path), "phi": before, "solves": [{"status": status}],
+              "settings": {"weights_digest": digest, "iterations": 10, "subset": 100, "restarts": 1}}
     storage.atomic_write_json(path, record)
     base = {"network": "F1", "regime": regime, "run_seed": 0, "num_examples": 100, "wall_seconds": 1.0,
-            "settings": {"epsilon": 1e-3}}
+            "settings": {"epsilon": 1e-3, "weights_digest": digest, "sharpness_iterations": 10, "subset": 100}}
     storage.atomic_write_json(run_dir / "hessian/reparametrization_batchnorm_a10.json", {
         **base, "kind": "batchnorm", "factor": 10.0,
         "before": {**OTHERS, "top_eigenvalue": _draw(3.0, True), "phi_full": {"phi": before}},
@@ -160,6 +162,33 @@ def test_a_full_space_order_flipped_between_capped_solves_is_not_established(tmp
     _full_space(lb, "lb", 300.0, 20.0, status)
     rows = hessian_tables.rows(results.load(root))
     row = next(r for r in rows if r["measure"].startswith("Metric 2.1, full space"))
-    capped = "1 of 1 at the iteration cap (lower bounds)" if status else "0 of 1 at the iteration cap"
-    assert row["measure"] == f"Metric 2.1, full space (eps 0.001; {capped})"
+    capped = "SB 1 of 1, LB 1 of 1 (lower bounds)" if status else "SB 0 of 1, LB 0 of 1"
+    assert row["measure"] == f"Metric 2.1, full space (eps 0.001; at the iteration cap: {capped})"
     assert row["survives_batchnorm"] == verdict
+    # The run's own solve stands in only where it is the same solve: other weights, and it does not.
+    record = storage.read_json(lb / "sharpness" / "full_eps0.001.json")
+    storage.atomic_write_json(lb / "sharpness" / "full_eps0.001.json",
+                              {**record, "settings": {**record["settings"], "weights_digest": "other weights"}})
+    row = next(r for r in hessian_tables.rows(results.load(root)) if r["measure"].startswith("Metric 2.1, full"))
+    assert row["measure"] == (f"Metric 2.1, full space (eps 0.001; at the iteration cap: SB {1 if status else 0} of 1, "
+                              "LB not recorded (lower bounds))")
+
+
+def _solve(phi, status):
+    return {"phi": phi, "solves": [{"status": status}]} if status is not None else {"phi": phi}
+
+
+@pytest.mark.parametrize("solves, verdict", [
+    # SB's 30 only a lower bound: LB's 300 above it is not known, so no order is judged.
+    ((30, 1, 300, 0, 30, 0, 20, 0), "not established (1 of 4 solves at their iteration cap; a capped phi is a "
+                                    "lower bound): transformed LB 20 vs SB 30"),
+    # LB's values are lower bounds above SB's exact ones: the order holds whatever LB's maxima are.
+    ((30, 0, 300, 1, 30, 0, 200, 1), "yes"),
+    # LB's transformed 20 is a lower bound: below SB's 30 proves nothing.
+    ((30, 0, 300, 1, 30, 0, 20, 1), "not established (2 of 4 solves at their iteration cap; a capped phi is a "
+                                    "lower bound): transformed LB 20 vs SB 30"),
+    # A converged 20 below an exact 30 is a reversal, whatever the other pair's caps.
+    ((30, 0, 300, 1, 30, None, 20, 0), "no: transformed LB 20 vs SB 30")])
+def test_an_order_between_lower_bounds_counts_only_where_it_is_established(solves, verdict):
+    sb_before, lb_before, sb_after, lb_after = (_solve(*solves[i:i + 2]) for i in range(0, 8, 2))
+    assert hessian_tables._survives_capped(sb_before, lb_before, sb_after, lb_after) == verdict

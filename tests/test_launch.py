@@ -271,9 +271,8 @@ def test_a_task_whose_python_failed_is_reported_by_its_error_not_its_log_path():
     # The 4th time-out (submitit's words, as a real cluster gave them at a 1-minute limit) says what to do.
     timed_out = launch._outcome(Job("submitit.core.utils.UncompletedJobError: Job not requeued because: "
                                     "timed-out too many times."))
-    assert timed_out == {"error": "timed out at Slurm's time limit 4 times (submitit requeued it 3 times, each "
-                                  "resuming from its last finished epoch): give a longer --time, and launch again "
-                                  "to resume it"}
+    assert "give a longer --time, and launch again to resume it" in timed_out["error"]
+    assert timed_out["error"].startswith("submitit counted a time-out once more than it requeues")
 
 
 def test_time_limits_in_slurm_forms():
@@ -373,9 +372,9 @@ def test_a_task_signalled_by_slurm_is_requeued_and_resumes_its_run(tmp_path):
     """Slurm's warning signal (SIGUSR2: at the time limit, as launch asks, or a preemption where the
     site sends it) makes submitit call RunTask.checkpoint and requeue the task, which resumes its run
     from the last finished epoch instead of starting again. Opt-in (TEST_SLURM_REQUEUE=1): Slurm holds
-    a requeued job for minutes before it runs again (2.5-3 min on the test cluster), too long for CI.
-    The signal is sent by hand once training is under way, so where it lands is not left to the
-    controller's timer; a launch with --time 1 on this cluster, by hand, showed the same path."""
+    a requeued job for minutes before it runs again, too long for CI. The signal is sent by hand once
+    training is under way, so where it lands is not left to the controller's timer; with --time 10,
+    submitit counts any such signal as a time-out (its path here), not as a preemption."""
     if not os.environ.get("TEST_SLURM_REQUEUE"):
         pytest.skip("slow: set TEST_SLURM_REQUEUE=1 (with TEST_SLURM_CLUSTER) to run it")
     environment = slurm_environment(tmp_path)

@@ -1074,24 +1074,25 @@ def _study_markdown(config, study: dict, summary: dict, record: dict, h: str, al
 
 
 def _compare_off_best(compare: list[dict], rows: list[dict]) -> str | None:
-    """(b)-(d) train at the study's best rate per batch (batchsize.compare_plan); a run trained under
-    an earlier grid rule may sit at a rate the present rule only ties with the best. Say which, so the
-    section's "the rate the study found best" is not read as true of it."""
+    """(b)-(d) train at the study's best rate per batch as compare_plan found it when they ran; the
+    best can move after (an extended grid, more seeds, a changed grid rule). Say where the runs'
+    rate is not the present best, so the section's "the rate the study found best" is not read as
+    true of them."""
     best = {r["batch_size"]: r for r in rows}
     off = sorted({(r["batch_size"], r["multiplier"]) for r in compare if r["multiplier"] is not None
-                  and best.get(r["batch_size"]) and best[r["batch_size"]]["best_multiplier"] is not None
-                  and not math.isclose(r["multiplier"], best[r["batch_size"]]["best_multiplier"], rel_tol=1e-4)})
+                  and r["batch_size"] in best and (best[r["batch_size"]]["best_multiplier"] is None or not math.isclose(
+                      r["multiplier"], best[r["batch_size"]]["best_multiplier"], rel_tol=1e-4))})
     if not off:
         return None
 
     def where(batch, multiplier):
         row = best[batch]
+        if row["best_multiplier"] is None:
+            return f"at batch {batch} at {_fmt(multiplier)}x the rule, where no rate meets the target now"
         tied = any(math.isclose(multiplier, float(m), rel_tol=1e-4) for m in (row.get("tied") or "").split() if m != "-")
-        return (f"at batch {batch} at {_fmt(multiplier)}x the rule, which the present rule "
-                f"{'ties with' if tied else 'does not tie with'} the best {_fmt(row['best_multiplier'])}x, so "
-                f"those runs are at {'a rate tied with the best' if tied else 'another rate than the best'}")
-    return ("Trained under an earlier grid rule, the comparison's tuned-rate runs ran "
-            + "; ".join(where(b, m) for b, m in off) + ".")
+        return (f"at batch {batch} at {_fmt(multiplier)}x the rule, not the best {_fmt(row['best_multiplier'])}x "
+                f"the study finds now ({'tied with it' if tied else 'not tied with it'})")
+    return "The comparison's tuned-rate runs ran " + "; ".join(where(b, m) for b, m in off) + "."
 
 
 def _holds_words(name: str, check: dict) -> str:

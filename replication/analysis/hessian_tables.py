@@ -11,6 +11,12 @@ Per network, data and seed with hessian results for both SB and LB, one row per 
   then a bound too (">=" when only LB's value is one, "<=" when only SB's, "n/a" when both), and no
   draws-to-separate or order-survives verdict is drawn from it. `lanczos_summary` says, for every
   pair, how many draws converged.
+- Metric 2.1 (random subspace, full space): how many solves of SB and of LB stopped at their
+  iteration cap (each then a lower bound on the maximum) or kept no status (made before it was kept;
+  the full space then reads it from the run's own solve where that is the same solve). Its LB/SB is
+  the ratio of the paper's 10-iteration values; an order before or after a transformation counts
+  only where it is established (x > y needs y's solve to have ended before its cap), else "not
+  established".
 - LB/SB: the ratio of the means.
 - draws to separate (SEPARATION_RULE): the smallest n >= 2 at which SB's and LB's intervals
   mean ± 2 std / sqrt(n) no longer overlap, taking each measure's sample std over the draws made
@@ -62,42 +68,58 @@ def _reparametrizations(run: results_lib.Run) -> dict[str, dict]:
     return {r["kind"]: r for r in _records(run, "reparametrization_")}
 
 
-def _spread(run: results_lib.Run, prefix: str) -> tuple[dict | None, str]:
-    """(spread, detail) of one measure of one run; None if not measured."""
-    if prefix == "reparametrization_":
-        records = _records(run, prefix)
-        if not records:
-            return None, ""
-        phi, epsilon = _solve_before(run, records[0]), records[0]["settings"]["epsilon"]
-        return ({"mean": phi["phi"], "std": None, "draws": 0}, f"eps {epsilon:g}; {_cap_detail([phi])}")
+def _spread(run: results_lib.Run, prefix: str) -> tuple[dict | None, str, list | None]:
+    """(spread, detail, solves) of one measure of one run; None if not measured. `solves`: the
+    Metric 2.1 records whose iteration cap the row counts (None for the other measures)."""
     records = _records(run, prefix)
     if not records:
-        return None, ""
+        return None, "", None
     record = records[0]
+    if prefix == "reparametrization_":
+        phi = _solve_before(run, record)
+        return {"mean": phi["phi"], "std": None, "draws": 0}, f"eps {record['settings']['epsilon']:g}", [phi]
     if prefix == "filter_landscape":
-        return record["spread"], f"t = {record['step']:g}"
+        return record["spread"], f"t = {record['step']:g}", None
     if prefix == "sharpness_random_eps":
-        return record["spread"], (f"eps {record['settings']['epsilon']:g}, p {record['settings']['p']}; "
-                                  + _cap_detail(record.get("per_draw") or []))
-    return record["spread"], ""
+        return (record["spread"], f"eps {record['settings']['epsilon']:g}, p {record['settings']['p']}",
+                list(record.get("per_draw") or []))
+    return record["spread"], "", None
 
 
 def _solve_before(run: results_lib.Run, record: Mapping) -> Mapping:
-    """A transformation record's full-space Metric 2.1 before it; where made before solves kept their
-    status, the run's own full-space solve at these weights and settings if it gave the same phi to
-    the bit (it records whether it stopped at its cap)."""
-    phi = record["before"]["phi_full"]
-    own = run.sharpness.get(("full", record["settings"]["epsilon"]))
-    return own.record if "solves" not in phi and own is not None and own.record.get("phi") == phi["phi"] else phi
+    """A transformation record's full-space Metric 2.1 before it. Records made before solves kept
+    their status say nothing of the cap; then the run's own full-space solve is used where it is the
+    same solve: the same weights (digest), epsilon, iterations and subset, one restart, and the same
+    phi to the bit (it records whether it stopped at its cap)."""
+    phi, settings = record["before"]["phi_full"], record["settings"]
+    own = run.sharpness.get(("full", settings["epsilon"]))
+    if "solves" in phi or own is None:
+        return phi
+    mine = own.record.get("settings") or {}
+    same = (mine.get("weights_digest") is not None and mine.get("weights_digest") == settings.get("weights_digest")
+            and mine.get("iterations") == settings.get("sharpness_iterations")
+            and mine.get("subset") == settings.get("subset") and mine.get("restarts") == 1
+            and own.record.get("phi") == phi["phi"])
+    return own.record if same else phi
 
 
-def _cap_detail(solved: list) -> str:
-    """How many Metric 2.1 draws stopped at their iteration cap (a lower bound on the maximum, as in
-    results.at_cap), or that the records do not say (made before their solves' status was kept)."""
-    if not solved or any(not isinstance(d, Mapping) or "solves" not in d for d in solved):
+def _cap_words(sb: list | None, lb: list | None) -> str:
+    """How many Metric 2.1 solves of SB and of LB stopped at their iteration cap (a lower bound on the
+    maximum, as in results.at_cap), or that their records do not say (made before the status was
+    kept); "" for measures without a cap."""
+    if sb is None and lb is None:
+        return ""
+    counts = {}
+    for regime, solved in (("SB", sb), ("LB", lb)):
+        if solved and all(isinstance(d, Mapping) and "solves" in d for d in solved):
+            counts[regime] = (sum(results_lib.at_cap(d) for d in solved), len(solved))
+        elif solved is not None:
+            counts[regime] = None
+    if all(c is None for c in counts.values()):
         return "iteration cap not recorded: each may be a lower bound"
-    capped = sum(results_lib.at_cap(d) for d in solved)
-    return f"{capped} of {len(solved)} at the iteration cap" + (" (lower bounds)" if capped else "")
+    parts = [f"{regime} {f'{c[0]} of {c[1]}' if c else 'not recorded'}" for regime, c in counts.items()]
+    bounds = any(c is None or c[0] for c in counts.values())
+    return "at the iteration cap: " + ", ".join(parts) + (" (lower bounds)" if bounds else "")
 
 
 def lanczos(run: results_lib.Run) -> tuple[int, int] | None:
@@ -151,26 +173,51 @@ def _survives(sb: results_lib.Run, lb: results_lib.Run, key: str, kind: str) -> 
         (r["before"][key][value], r["after"][key][value]) for r in records)
     if None in (sb_before, sb_after, lb_before, lb_after):
         return "not measured"
+    if key == "phi_full":
+        return _survives_capped(*(_solve_before(run, r) for run, r in zip((sb, lb), records)),
+                                *(r["after"][key] for r in records))
     sharper = lb_before > sb_before
     flips = []
     if (lb_after > sb_before) != sharper:
         flips.append(f"transformed LB {lb_after:.3g} vs SB {sb_before:.3g}")
     if (lb_before > sb_after) != sharper:
         flips.append(f"LB {lb_before:.3g} vs transformed SB {sb_after:.3g}")
-    if not flips:
+    return "yes" if not flips else "no: " + "; ".join(flips)
+
+
+def _exact(solve: Mapping) -> bool:
+    """A Metric 2.1 solve known to have ended before its iteration cap: its phi is the maximum it
+    found, not a lower bound (one that hit the cap, or whose status was not kept, may be)."""
+    return "solves" in solve and not results_lib.at_cap(solve)
+
+
+def _ordered(x: Mapping, y: Mapping) -> tuple[bool, bool]:
+    """(phi_x > phi_y, whether that is established): each phi can only be a lower bound, so x > y is
+    known only when y's solve is exact, and x < y only when x's is."""
+    greater = x["phi"] > y["phi"]
+    return greater, _exact(y) if greater else _exact(x)
+
+
+def _survives_capped(sb_before: Mapping, lb_before: Mapping, sb_after: Mapping, lb_after: Mapping) -> str:
+    """_survives for full-space Metric 2.1, whose values may be lower bounds: an order (before, or
+    after a transformation) counts only where it is established (_ordered); otherwise "not
+    established", with how many of the four solves stopped at their cap or kept no status."""
+    sharper, known = _ordered(lb_before, sb_before)
+    pairs = [(f"transformed LB {lb_after['phi']:.3g} vs SB {sb_before['phi']:.3g}", _ordered(lb_after, sb_before)),
+             (f"LB {lb_before['phi']:.3g} vs transformed SB {sb_after['phi']:.3g}", _ordered(lb_before, sb_after))]
+    flips = [words for words, (greater, sure) in pairs if greater != sharper and sure and known]
+    if flips:
+        return "no: " + "; ".join(flips)
+    if known and all(sure and greater == sharper for _, (greater, sure) in pairs):
         return "yes"
-    if key == "phi_full":
-        # Each phi is the best f its solve reached; one stopped at its iteration cap is a lower bound
-        # on the maximum, so a flip between such values is not established (nor is an order).
-        solves = [_solve_before(run, r) for run, r in zip((sb, lb), records)] + [r["after"][key] for r in records]
-        capped = sum("solves" in p and results_lib.at_cap(p) for p in solves)
-        unrecorded = sum("solves" not in p for p in solves)
-        if capped or unrecorded:
-            counted = ", ".join(part for part in (f"{capped} of 4 solves at their iteration cap" if capped else "",
-                                                   f"{unrecorded} of 4 with no record of it" if unrecorded else "")
-                                if part)
-            return f"not established ({counted}; a capped phi is a lower bound): " + "; ".join(flips)
-    return "no: " + "; ".join(flips)
+    solves = (sb_before, lb_before, sb_after, lb_after)
+    capped = sum("solves" in p and results_lib.at_cap(p) for p in solves)
+    unrecorded = sum("solves" not in p for p in solves)
+    counted = ", ".join(part for part in (f"{capped} of 4 solves at their iteration cap" if capped else "",
+                                          f"{unrecorded} of 4 with no record of it" if unrecorded else "") if part)
+    unsure = [words for words, (greater, _) in pairs if greater != sharper]
+    return (f"not established ({counted}; a capped phi is a lower bound)"
+            + (": " + "; ".join(unsure) if unsure else ""))
 
 
 def rows(loaded: results_lib.Results) -> list[dict]:
@@ -185,7 +232,8 @@ def rows(loaded: results_lib.Results) -> list[dict]:
             f_sb, f_lb = _f_measured(sb), _f_measured(lb)
             factors = {r["factor"] for run in (sb, lb) for r in _reparametrizations(run).values()}
             for label, prefix, key in MEASURES:
-                (s_sb, detail), (s_lb, _) = _spread(sb, prefix), _spread(lb, prefix)
+                (s_sb, detail, solves_sb), (s_lb, _, solves_lb) = _spread(sb, prefix), _spread(lb, prefix)
+                detail = "; ".join(part for part in (detail, _cap_words(solves_sb, solves_lb)) if part)
                 if s_sb is None and s_lb is None:
                     continue
                 counts = (lanczos(sb), lanczos(lb)) if prefix == "top_eigenvalue" else (None, None)

@@ -587,14 +587,10 @@ def _study_row(root: Path, profile: Profile, config: str, command: str) -> list[
                       key=lambda r: r["seconds_to_target"], default=None)
         # A one-seed study is an observation, and a B_crit past the batches fitted an extrapolation:
         # the row says both where they apply, not only the report.
-        batches = [r["batch_size"] for r in study.rows if r["steps"] is not None]
-        outside = (f"; extrapolated past batch {max(batches)}" if study.b_crit and batches and study.b_crit > max(batches)
-                   else f"; extrapolated below batch {min(batches)}" if study.b_crit and batches
-                   and study.b_crit < min(batches) else "")
         seeds = f"{study.seeds} seed{'s' if study.seeds != 1 else ''}"
         text = (f"{study.target}: " if len(found) > 1 else "") + (
-            f"B_crit {sig(study.b_crit)} (16-84% {bootstrap_interval(study.bootstrap)}; {seeds}{outside})"
-            if study.b_crit else f"no critical batch resolved ({seeds})")
+            f"B_crit {sig(study.b_crit)} (16-84% {bootstrap_interval(study.bootstrap)}; {seeds}"
+            f"{_extrapolated(study, '; ', '')})" if study.b_crit else f"no critical batch resolved ({seeds})")
         if multipliers:
             span = sorted({sig(min(multipliers)), sig(max(multipliers))}, key=float)
             every = ("at every batch" if len(multipliers) == len(study.rows)
@@ -604,10 +600,11 @@ def _study_row(root: Path, profile: Profile, config: str, command: str) -> list[
             capped = _capped(study)
             if capped:
                 text += f" (at a capped grid edge at batch {', '.join(map(str, capped))})"
-            # A grid stopped with its best rate tied with an edge (an older study's rule): not resolved.
+            # A grid not finished (its rates not all run, or an edge rate among the tied and not yet
+            # extended, as under an older study's rule): its best rate is not resolved there.
             unfinished = [r["batch_size"] for r in study.rows if r["grid"].startswith("unfinished")]
             if unfinished:
-                text += f" (grid unfinished at batch {', '.join(map(str, unfinished))})"
+                text += f" (not resolved at batch {', '.join(map(str, unfinished))}: grid unfinished)"
         if fastest:
             text += f"; fastest to the target: batch {fastest['batch_size']}"
         if study.gaps:

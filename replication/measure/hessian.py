@@ -11,8 +11,8 @@ lambda_max `top_eigenvalue`, tr(H) `trace`.
 - Hessian of batch-statistics batch norm: TensorFlow's tf.nn.moments (behind keras.ops.moments)
   stops the gradient through the mean inside the variance. First derivatives are unaffected (the
   variance is stationary in the mean), second derivatives are not: under TensorFlow the model's
-  own H v was 20% off finite differences (tests/test_hessian.py) and 23-35% (in norm) off the
-  correct one at the quick profile's F1 SB minimiser. H v is therefore taken of
+  own H v misses central differences of the gradient by more than 2% on a small network
+  (tests/test_hessian.py), the copy below meets them within 0.2%. H v is therefore taken of
   `second_order_model`, a copy of the network whose batch norm computes the same variance with
   every derivative kept (the same f and gradient, checked by a test to float32 rounding; JAX's
   moments have no such stop, and the copy changes nothing there).
