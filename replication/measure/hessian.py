@@ -36,8 +36,8 @@ lambda_max `top_eigenvalue`, tr(H) `trace`.
   standard deviation (ddof 1) and the number of draws. Draw d of A is sharpness seed + d, so draw 0
   is the run's own random-subspace A.
 Cost, in passes (one compiled pass per evaluation batch): an H v costs one forward-over-reverse
-pass per batch (2.5 gradient passes for F1 on a 2-core CPU under TensorFlow: 1.35 s vs 0.54 s on
-10,000 examples); the eigenvalue costs `products` of them per draw (9-11 for F1 at tol 1e-3), the
+pass per batch (1.35 s for F1 on 10,000 examples on a 2-core CPU under TensorFlow:
+results/hessian-quick's top_eigenvalue.json); the eigenvalue costs `products` of them per draw (9-11 for F1 at tol 1e-3), the
 trace `probes` per draw, a Metric 2.1 solve its `function_evaluations` gradient passes, the
 filter-normalised slices one forward pass per point (filter_landscape.py); every record holds its
 products, passes (or evaluations) and seconds.
