@@ -461,8 +461,9 @@ def test_a_best_rate_at_a_capped_grid_edge_is_named_in_the_results_row():
     # row read "B_crit 2465 (16-84% 2012-3609); best rate 0.5x the sqrt rule at every batch", as if
     # it were a several-seed estimate inside the batches measured, with every best rate resolved.
     ("batch-size", ["B_crit 2465 (16-84% 2012-3609; 1 seed; extrapolated past batch 2000)",
-                    "(not resolved at batch 32, 2000: grid unfinished)"]),
-    ("batch-size-c1-cpu", ["; 1 seed; extrapolated past batch 1000)", "(not resolved at batch 32, 100, 316, 1000: grid unfinished)"]),
+                    "(at batch 32, 2000 only the best of an unfinished grid)"]),
+    ("batch-size-c1-cpu", ["; 1 seed; extrapolated past batch 1000)",
+                           "(at batch 32, 100, 316, 1000 only the best of an unfinished grid)"]),
     ("critical-batch-f1-mnist", ["2285 (16-84% 2007-2561; 3 seeds)"])])
 def test_a_study_row_says_its_seeds_an_extrapolation_and_unfinished_grids(name, words):
     profile = next(p for p in readme.profiles(ROOT) if p.name == name)

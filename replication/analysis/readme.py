@@ -604,7 +604,7 @@ def _study_row(root: Path, profile: Profile, config: str, command: str) -> list[
             # extended, as under an older study's rule): its best rate is not resolved there.
             unfinished = [r["batch_size"] for r in study.rows if r["grid"].startswith("unfinished")]
             if unfinished:
-                text += f" (not resolved at batch {', '.join(map(str, unfinished))}: grid unfinished)"
+                text += f" (at batch {', '.join(map(str, unfinished))} only the best of an unfinished grid)"
         if fastest:
             text += f"; fastest to the target: batch {fastest['batch_size']}"
         if study.gaps:
