@@ -1079,9 +1079,12 @@ def _compare_off_best(compare: list[dict], rows: list[dict]) -> str | None:
     rate is not the present best, so the section's "the rate the study found best" is not read as
     true of them."""
     best = {r["batch_size"]: r for r in rows}
-    off = sorted({(r["batch_size"], r["multiplier"]) for r in compare if r["multiplier"] is not None
-                  and r["batch_size"] in best and (best[r["batch_size"]]["best_multiplier"] is None or not math.isclose(
-                      r["multiplier"], best[r["batch_size"]]["best_multiplier"], rel_tol=1e-4))})
+
+    def at_best(run):
+        multiplier = best[run["batch_size"]]["best_multiplier"]
+        return multiplier is not None and math.isclose(run["multiplier"], multiplier, rel_tol=1e-4)
+    off = sorted({(r["batch_size"], r["multiplier"]) for r in compare
+                  if r["multiplier"] is not None and r["batch_size"] in best and not at_best(r)})
     if not off:
         return None
 
