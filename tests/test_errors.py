@@ -523,13 +523,19 @@ def test_a_damaged_or_missing_run_file_is_one_line_naming_it_and_the_fix(
 
 
 # Ctrl-C and TensorFlow's start-up chatter: real processes --------------------------------------
+def _as_in_a_terminal():
+    """SIGINT as a shell's foreground job gets it, whatever this suite inherited: a background job
+    ignores SIGINT, and a CI runner may start it with SIGINT blocked (the mask survives exec, so the
+    signal would stay pending and the run finish with status 0, as on CI on 2026-12-07)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(tmp_path):
     path = write_config(tmp_path, {"epochs": 6})
     command = [sys.executable, "-m", "replication", "train", str(path), "--regime", "sb"]
-    # Ctrl-C's default action, also when this suite runs as a background job (which ignores SIGINT)
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, preexec_fn=_as_in_a_terminal)
     before = []
     for line in process.stderr:  # training, between epoch 1 and 2
         before.append(line)
