@@ -9,6 +9,11 @@ import pytest
 import yaml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Variables that would put more than the one promised line on a subprocess's stderr (warnings) or
+# stop `python -m replication` importing this checkout from its folder (safe path): the tests'
+# subprocesses run without them, whatever the shell that started the suite sets.
+for _name in ("PYTHONWARNINGS", "PYTHONDEVMODE", "PYTHONSAFEPATH"):
+    os.environ.pop(_name, None)
 ROOT = Path(__file__).resolve().parent.parent
 
 TINY = {
@@ -58,6 +63,14 @@ def planned_commands(rules: str, goal: str, folder) -> list[str]:
                          capture_output=True, text=True, cwd=folder)
     assert dry.returncode == 0, dry.stderr
     return dry.stdout.splitlines()
+
+
+def stamp(path) -> tuple[int, int]:
+    """A file's inode and modification time, to tell a file left alone from one written again:
+    storage writes a new file and renames it over the old, so a rewrite changes the inode even where
+    the filesystem's clock has not ticked since (a time alone could miss it)."""
+    status = Path(path).stat()
+    return status.st_ino, status.st_mtime_ns
 
 
 def one_error_line(code, err: str) -> str:

@@ -13,7 +13,7 @@ from replication import config as config_lib
 from replication.experiments import batchsize
 from replication.analysis import batchsize_report, critical_batch
 
-from conftest import cli, one_error_line
+from conftest import cli, one_error_line, stamp
 
 pytestmark = pytest.mark.backend
 
@@ -481,9 +481,9 @@ def test_the_fair_comparison_trains_measures_and_reports(tiny_config, monkeypatc
     assert len(record["compare"]) == 6 and [g["kind"] for g in record["compare_gaps"]] == list(batchsize.COMPARE_KINDS)
     assert all(r["phi_full_eps0.001"] is not None for r in record["compare"])
     # A second pass trains nothing and reuses every measurement.
-    before = {p: (p / "metrics.json").stat().st_mtime for p in paths}
+    before = {p: stamp(p / "metrics.json") for p in paths}
     batchsize.run_compare(config, 0)
-    assert before == {p: (p / "metrics.json").stat().st_mtime for p in paths}
+    assert before == {p: stamp(p / "metrics.json") for p in paths}
 
 
 # Bad input ------------------------------------------------------------------------------------------

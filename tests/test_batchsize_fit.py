@@ -93,7 +93,7 @@ batch_sets = st.lists(st.integers(1, 100_000), min_size=2, max_size=7, unique=Tr
 positive = st.floats(1.0, 1e4)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(batch_sets, positive, st.floats(1.0, 1e5))
 def test_exact_points_give_back_their_s_min_and_b_crit(batches, s_min, b_crit):
     b = np.array(batches, float)
@@ -102,7 +102,7 @@ def test_exact_points_give_back_their_s_min_and_b_crit(batches, s_min, b_crit):
     assert fit["s_min"] == pytest.approx(s_min, rel=1e-6) and fit["b_crit"] == pytest.approx(b_crit, rel=1e-6)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(batch_sets, positive, st.floats(1.0, 1e5), st.lists(st.floats(0.7, 1.4), min_size=7, max_size=7),
        st.floats(0.01, 100), st.floats(0.01, 100))
 def test_the_fit_scales_with_its_units_and_ignores_order(batches, s_min, b_crit, noise, step_unit, batch_unit):
@@ -122,7 +122,7 @@ def test_the_fit_scales_with_its_units_and_ignores_order(batches, s_min, b_crit,
         assert fit["b_crit"] is None and fit["s_min"] is None and fit["e_min"] is None
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(batch_sets, positive)
 def test_flat_steps_and_steps_as_1_over_b_are_never_a_critical_batch(batches, steps):
     b = np.array(batches, float)
@@ -130,7 +130,7 @@ def test_flat_steps_and_steps_as_1_over_b_are_never_a_critical_batch(batches, st
     assert critical_batch.fit_critical_batch(b, steps * 1000 / b)["unresolved"] == "above"
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(batch_sets, st.lists(st.floats(1.0, 1e4), min_size=7, max_size=7), st.integers(0, 2 ** 16))
 def test_the_bootstrap_counts_every_resample_and_orders_its_bounds(batches, steps, seed):
     b = np.array(batches, float)

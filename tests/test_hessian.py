@@ -8,6 +8,7 @@ import pytest
 import keras
 from keras import ops
 
+from conftest import stamp
 from replication import models, rundir, storage, train
 from replication import __main__ as cli_main
 from replication import config as config_lib
@@ -228,10 +229,10 @@ def test_run_directory_results_settings_cache_and_errors(finished_run, capsys):
     assert relu["moved"]["filter_rise"] is False
     assert storage.weights_digest(rundir.load_run(run_dir).model.get_weights()) == digest
 
-    stamps = {name: hessian.result_path(run_dir, name).stat().st_mtime_ns for name in names}
+    stamps = {name: stamp(hessian.result_path(run_dir, name)) for name in names}
     assert cli_main.main(["hessian", str(run_dir), *OPTIONS]) == 0
     assert capsys.readouterr().err.count("already computed") == len(names)
-    assert {name: hessian.result_path(run_dir, name).stat().st_mtime_ns for name in names} == stamps
+    assert {name: stamp(hessian.result_path(run_dir, name)) for name in names} == stamps
     # Another setting recomputes what depends on it, and only that.
     assert cli_main.main(["hessian", str(run_dir), *OPTIONS[:-2], "--tol", "0.05",
                           "--measures", "eigenvalue"]) == 0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import TINY, cli, one_error_line
+from conftest import TINY, cli, one_error_line, stamp
 from replication import pipeline, rundir, storage, train
 from replication import __main__ as cli_main
 from replication import config as config_lib
@@ -132,11 +132,11 @@ def test_measure_every_kept_iterate_and_reuse(tmp_path, capsys):
             assert (record["phi"] == at_final["phi"]) == (epoch == 2)
             assert (record["settings"]["weights_digest"] == at_final["settings"]["weights_digest"]) == (epoch == 2)
     files = [run / f for f in summary["files"]]
-    stamps = [f.stat().st_mtime_ns for f in files]
+    stamps = [stamp(f) for f in files]
     assert cli_main.main(["iterates", str(run)]) == 0
     assert "already computed with these settings" in capsys.readouterr().err
-    assert [f.stat().st_mtime_ns for f in files] == stamps
-    assert iterates.measure(run, force=True) and [f.stat().st_mtime_ns for f in files] != stamps
+    assert [stamp(f) for f in files] == stamps
+    assert iterates.measure(run, force=True) and [stamp(f) for f in files] != stamps
 
 
 def test_a_run_without_iterates_is_one_error_line(tiny_config):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import TINY, cli
+from conftest import TINY, cli, stamp
 from replication import rundir, storage, train
 from replication import config as config_lib
 from replication.measure import landscape
@@ -103,12 +103,12 @@ def test_outputs_are_complete_and_valid(pair):
 
 def test_done_work_is_skipped_and_figures_drawn_from_the_files(pair):
     stem = landscape.output_stem(pair, 0, "linear")
-    before = stem.with_suffix(".csv").stat().st_mtime_ns
+    before = stamp(stem.with_suffix(".csv"))
     stem.with_suffix(".png").unlink()
     log = io.StringIO()
     assert landscape.compute(pair, 0, ["linear"], log=log) == [stem.with_suffix(".csv")]
     assert "skipping" in log.getvalue()
-    assert stem.with_suffix(".csv").stat().st_mtime_ns == before
+    assert stamp(stem.with_suffix(".csv")) == before
     assert not stem.with_suffix(".png").exists()  # measuring draws nothing
     landscape_figures.plot(stem.with_suffix(".csv"))
     assert stem.with_suffix(".png").read_bytes()[:8] == PNG_MAGIC
@@ -179,14 +179,14 @@ def test_cli_computes_every_finished_pair(pair, tmp_path):
             "results_dir": pair.results_dir}
     config_path.write_text(yaml.safe_dump(data))
     landscape.output_stem(pair, 0, "curvilinear").with_suffix(".pdf").unlink()
-    kept = landscape.output_stem(pair, 0, "linear").with_suffix(".png").stat().st_mtime_ns
+    kept = stamp(landscape.output_stem(pair, 0, "linear").with_suffix(".png"))
     result = cli("landscape", config_path, check=True)
     assert result.stdout.split() == [str(landscape.output_stem(pair, 0, p).with_suffix(".csv"))
                                      for p in ("linear", "curvilinear")]
     assert "skipping" in result.stderr
     for p in ("linear", "curvilinear"):  # the command draws a missing figure from the files
         assert landscape.output_stem(pair, 0, p).with_suffix(".pdf").read_bytes()[:5] == PDF_MAGIC
-    assert landscape.output_stem(pair, 0, "linear").with_suffix(".png").stat().st_mtime_ns == kept
+    assert stamp(landscape.output_stem(pair, 0, "linear").with_suffix(".png")) == kept
     result = cli("landscape", config_path, "--set", "seeds=[5]")
     assert result.returncode == 0 and "train them first" in result.stderr
 

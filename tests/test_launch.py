@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, cli, one_error_line
+from conftest import ROOT, cli, one_error_line, stamp
 from replication import launch, pipeline, storage
 
 
@@ -116,10 +116,10 @@ def test_launch_makes_everything_then_a_second_launch_submits_nothing(tmp_path, 
     assert out.count("submitted ") == 2  # the runs, then the landscape that needed both
     assert [t for t in targets(config) if not Path(t).exists()] == []
     # Everything is there: a second launch submits nothing and rebuilds nothing.
-    made, report_time = executors.made, (tmp_path / "results" / "REPORT.md").stat().st_mtime_ns
+    made, report_time = executors.made, stamp(tmp_path / "results" / "REPORT.md")
     status, out = run_launch(config, executors)
     assert status == 0 and executors.made == made and "submitted" not in out
-    assert (tmp_path / "results" / "REPORT.md").stat().st_mtime_ns == report_time
+    assert stamp(tmp_path / "results" / "REPORT.md") == report_time
     # A missing measurement is one task with one command, its run untouched.
     sharpness = tmp_path / "results" / "F1_synthetic_mnist" / "lb" / "seed0" / "sharpness" / "full_eps0.001.json"
     sharpness.unlink()
@@ -291,7 +291,11 @@ def slurm_environment(tmp_path=None) -> dict:
                         "started by .ci/slurm-up")
         pytest.skip("no test Slurm cluster: start one with `.ci/slurm-up` (root, slurm-wlm) and set "
                     "TEST_SLURM_CLUSTER to the folder it prints")
-    return {**os.environ, "SLURM_CONF": str(Path(cluster) / "slurm.conf"),
+    # Without the Slurm variables of a job this suite may itself run in (an account, a partition):
+    # they would reach the test cluster's sbatch, salloc and srun.
+    inherited = {key: value for key, value in os.environ.items()
+                 if not key.startswith(("SLURM_", "SBATCH_", "SALLOC_", "SRUN_"))}
+    return {**inherited, "SLURM_CONF": str(Path(cluster) / "slurm.conf"),
             **({"REPLICATION_CACHE": str(tmp_path / "cache")} if tmp_path else {})}
 
 
@@ -321,9 +325,24 @@ def test_an_unknown_partition_is_one_line(tmp_path):
                                                                                      result.stderr)
 
 
+def training_processes(tmp_path) -> list[int]:
+    """The pids of the SB trainings of the tiny profile in tmp_path (from /proc: no procps needed)."""
+    pattern = re.compile(rf"replication train {re.escape(str(tmp_path))}/\S+ .*--regime sb")
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            words = cmdline.read_bytes().split(b"\0")
+        except OSError:  # ended meanwhile
+            continue
+        if pattern.search(b" ".join(words).decode(errors="replace")):
+            found.append(int(cmdline.parent.name))
+    return found
+
+
 def start_killable_launch(tmp_path, environment) -> tuple[subprocess.Popen, Path]:
-    """A launch of the tiny profile, returned once its SB task is running its training command
-    (the task's log says so): killing it earlier races submitit's start-up."""
+    """A launch of the tiny profile, returned once its SB task is running its training command (the
+    task's log says so, and the process is there: the log's line is printed just before it starts):
+    killing it earlier races submitit's start-up."""
     launcher = subprocess.Popen(
         [sys.executable, "-m", "replication", "launch", "slurm", str(tiny_profile(tmp_path)), "--partition",
          "debug", "--time", "10", "--poll", "1", "--logs", f"{tmp_path}/logs/%j"],
@@ -333,7 +352,8 @@ def start_killable_launch(tmp_path, environment) -> tuple[subprocess.Popen, Path
         assert time.time() < deadline and launcher.poll() is None, "no task started"
         time.sleep(0.5)
         for log in (tmp_path / "logs").glob("*/*_log.out"):
-            if re.search(r"\[task\] \S+ -m replication train .* --regime sb", log.read_text(errors="replace")):
+            if (re.search(r"\[task\] \S+ -m replication train .* --regime sb", log.read_text(errors="replace"))
+                    and training_processes(tmp_path)):
                 return launcher, log
 
 
@@ -357,11 +377,10 @@ def test_a_task_killed_without_a_result_is_found_through_squeue(tmp_path):
     submitit's sacct."""
     environment = slurm_environment(tmp_path)
     launcher, log = start_killable_launch(tmp_path, environment)
-    training = subprocess.run(["pgrep", "-f", f"replication train {tmp_path}/\\S+ .*--regime sb"],
-                              capture_output=True, text=True).stdout.split()
+    training = training_processes(tmp_path)
     assert len(training) == 1, training
     parent = int(Path(f"/proc/{training[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    for pid in (parent, int(training[0])):  # submitit's process, then its command
+    for pid in (parent, training[0]):  # submitit's process, then its command
         os.kill(pid, signal.SIGKILL)
     out, err = launcher.communicate(timeout=300)
     assert launcher.returncode == 1, out + err[-3000:]

@@ -422,7 +422,9 @@ def _report_folders() -> list[str]:
     try:
         tracked = subprocess.run(["git", "ls-files", "results/*/REPORT.md"], cwd=ROOT, check=True,
                                  capture_output=True, text=True).stdout.split()
-    except (OSError, subprocess.CalledProcessError):
+    except (OSError, subprocess.CalledProcessError) as err:
+        if (ROOT / ".git").exists():  # a checkout git refuses (e.g. "dubious ownership"): not a skip
+            raise RuntimeError(f"git ls-files failed in the checkout {ROOT}: {getattr(err, 'stderr', err)}")
         return []  # not a git checkout (an unpacked archive): nothing says which files are committed
     return sorted(Path(p).parent.name for p in tracked
                   if any((ROOT / p).parent.glob("*/*/seed*/metrics.json")))

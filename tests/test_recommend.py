@@ -13,7 +13,7 @@ import yaml
 from replication import errors, recommend, storage
 from replication import config as config_lib
 
-from conftest import TINY, cli, one_error_line
+from conftest import TINY, cli, one_error_line, stamp
 
 pytestmark = pytest.mark.backend
 
@@ -180,9 +180,9 @@ def _copy(recommended, tmp_path) -> tuple[Path, list[str]]:
 def test_a_rerun_reuses_the_run_and_the_noise_result(recommended, tmp_path):
     path, overrides = _copy(recommended, tmp_path)
     run = tmp_path / "results" / "recommend" / "F1_synthetic_mnist" / "b16-x1" / "seed0"
-    before = {name: (run / name).stat().st_mtime_ns for name in ("metrics.json", "noise/final.json")}
+    before = {name: stamp(run / name) for name in ("metrics.json", "noise/final.json")}
     again = recommend.recommend(path, overrides)
-    assert {name: (run / name).stat().st_mtime_ns for name in before} == before
+    assert {name: stamp(run / name) for name in before} == before
     first = storage.read_json(recommended[1] / "recommend" / "recommendation.json")
     assert again["recommendation"] == first["recommendation"] and again["noise"] == {
         **first["noise"], "path": str(run / "noise" / "final.json")}
@@ -244,9 +244,9 @@ def test_a_hand_edited_noise_result_is_refused_and_nothing_is_written(recommende
     path, overrides = _copy(recommended, tmp_path)
     run = tmp_path / "results" / "recommend" / "F1_synthetic_mnist" / "b16-x1" / "seed0"
     written = tmp_path / "results" / "recommend" / "recommendation.json"
-    before = written.stat().st_mtime_ns
+    before = stamp(written)
     _edit_noise(run, lambda r: r["adam"].update(b_simple=-3.0))
     # A UserError: the CLI prints it as one line and exits 2.
     with pytest.raises(errors.UserError, match=r"noise/final.json: adam.b_simple is -3.0, must be >= 0 .*delete"):
         recommend.recommend(path, overrides)
-    assert written.stat().st_mtime_ns == before
+    assert stamp(written) == before

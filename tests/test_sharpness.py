@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from conftest import stamp
 from replication import data, rundir, storage, train
 from replication import __main__ as cli_main
 from replication import config as config_lib
@@ -275,10 +276,10 @@ def test_run_directory_results_cache_and_tables(finished_run, capsys):
     assert storage.weights_digest(rundir.load_run(run_dir).model.get_weights()) == digest
 
     assert cli_main.main(["sharpness", str(run_dir), "--epsilon", "-1"]) == 2  # ConfigError, one line
-    stamps = {k: p.stat().st_mtime_ns for k, p in paths.items()}
+    stamps = {k: stamp(p) for k, p in paths.items()}
     assert cli_main.main(["sharpness", str(run_dir), "--epsilon", "1e-3", "--space", "full"]) == 0
     assert "already computed" in capsys.readouterr().err
-    assert {k: p.stat().st_mtime_ns for k, p in paths.items()} == stamps
+    assert {k: stamp(p) for k, p in paths.items()} == stamps
     # A result measured on the examples drawn before data.MEASUREMENT_SUBSET (no "examples" in its
     # settings) is not reused: it is measured again, on today's examples.
     assert storage.read_json(paths["full", 1e-3])["settings"]["examples"] == data.MEASUREMENT_SUBSET

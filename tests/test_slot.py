@@ -95,7 +95,7 @@ def test_srun_steps_inside_a_slurm_allocation_get_a_gpu_each(tmp_path):
     """RUN="srun --exclusive -n1 --gres=gpu:1" in a two-GPU allocation: Slurm is the slot wrapper."""
     from test_launch import slurm_environment
 
-    jobs = record_jobs(tmp_path, "srun --exclusive -n1 --gres=gpu:1", jobs=4, parallel=2,
+    jobs = record_jobs(tmp_path, "srun --exclusive -n1 --gres=gpu:1", jobs=4, parallel=2, together=2,
                        before=["salloc", "-n2", "--gres=gpu:2"], environment=slurm_environment())
     assert {gpu for gpu, *_ in jobs} == {"0", "1"}
     for gpu in ("0", "1"):

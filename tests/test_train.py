@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, cli
+from conftest import ROOT, cli, stamp
 from replication import rundir, storage, train
 from replication import config as config_lib
 
@@ -96,9 +96,9 @@ def test_finished_run_is_not_redone_and_other_config_is_refused(tiny_config, cap
     path = tiny_config()
     config = config_lib.load(path)
     run = train.train(config, "sb", 0)
-    before = (run / "metrics.json").stat().st_mtime_ns
+    before = stamp(run / "metrics.json")
     assert train.train(config, "sb", 0) == run
-    assert (run / "metrics.json").stat().st_mtime_ns == before
+    assert stamp(run / "metrics.json") == before
     assert "already finished" in capsys.readouterr().err
     other = config_lib.load(path, ["sb_batch_size=16"])
     with pytest.raises(rundir.RunError, match=r"made by another config \('run' was .*use another results_dir"):
@@ -120,7 +120,7 @@ def test_finished_run_is_not_redone_and_other_config_is_refused(tiny_config, cap
     assert set(untouched) == set(rundir.NON_TRAINING_KEYS) - {"results_dir", "iterate_measure"}
     for key, edit in untouched.items():
         assert train.train(config_lib.load(path, [edit]), "sb", 0) == run, key
-    assert (run / "metrics.json").stat().st_mtime_ns == before
+    assert stamp(run / "metrics.json") == before
 
 
 def test_plateau_stopping_is_explicit(tiny_config):
