@@ -655,6 +655,23 @@ def test_the_bootstrap_says_what_it_resampled():
     assert batchsize_report._bootstrap_words(boot).startswith("bootstrap over the batch sizes: 10 of 10")
 
 
+def test_the_bootstrap_counts_the_resamples_it_left_out():
+    # A resample that drew one batch size only fits no curve and was skipped; the words said "829 of
+    # 829 resamples" where 1000 were drawn, so the 171 left out were nowhere.
+    boot = critical_batch.bootstrap_critical_batch([100, 200], [80, 45], 400)
+    assert boot["drawn"] == 400 and 120 < 400 - boot["resamples"] < 280  # each draw: one size with p = 1/2
+    words = batchsize_report._bootstrap_words(boot)
+    assert (f"{boot['resolved']} of {boot['resamples']} resamples resolved a B_crit (of 400 drawn, "
+            f"{400 - boot['resamples']} held fewer than two distinct batch sizes") in words
+    points = [critical_batch.Point(Path(f"r/b{b}/seed{s}"), "F1", "mnist", s, b, 1.0, 0.001, True, steps, None,
+                                   steps, None, 10, None, 90.0, False, (), ((0.1, steps),), None)
+              for s in (0, 1) for b, steps in ((16, 400), (64, 130))]
+    pooled = critical_batch.bootstrap_seeds_and_batches(points, 0.1, [0, 1], 100)
+    assert pooled["drawn"] == 100 and pooled["resamples"] < 100
+    every = critical_batch.bootstrap_critical_batch([100, 200, 400, 800], [80, 45, 30, 25], 50)
+    assert "drawn" not in batchsize_report._bootstrap_words({**every, "drawn": every["resamples"]})
+
+
 def test_a_bootstrap_over_few_seeds_says_it_is_coarse():
     # Two seeds drawn with replacement give 3 distinct draws ({0,0}, {1,1}, {0,1}); the words said
     # nothing of it, so a 2-seed interval read as a full measure of the seeds' spread.

@@ -719,6 +719,9 @@ def _bootstrap_words(boot: dict) -> str:
     # What was resampled is the bootstrap's own record (one seed: the batch sizes; pooled: seeds too).
     text = (f"bootstrap over the {boot.get('over', 'batch sizes')}: {boot['resolved']} of {boot['resamples']} "
             "resamples resolved a B_crit")
+    if boot.get("drawn", boot["resamples"]) > boot["resamples"]:  # a resample of one batch size fits no curve
+        text += (f" (of {boot['drawn']} drawn, {boot['drawn'] - boot['resamples']} held fewer than two distinct "
+                 "batch sizes, which fit no curve: left out)")
     if len(sides) == 1:
         text += f"; {boot['unresolved']} did not, with {sides[0][1]}"
     elif sides:

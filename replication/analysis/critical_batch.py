@@ -73,16 +73,17 @@ def bootstrap_critical_batch(batches, steps, resamples: int, seed: int = 0) -> d
         if len(set(batches[pick].tolist())) < 2:
             continue
         fits.append(fit_critical_batch(batches[pick], steps[pick]))
-    return _ranked_fits(fits)
+    return _ranked_fits(fits, resamples)
 
 
-def _ranked_fits(fits: list[dict]) -> dict:
+def _ranked_fits(fits: list[dict], drawn: int) -> dict:
     """The resamples' fits counted (resolved, unresolved on each side) and ranked: the median and the
     PERCENTILES, an unresolved fit ranked at its side, a percentile among them None and named in
-    `unbounded` (bootstrap_critical_batch's docstring)."""
+    `unbounded` (bootstrap_critical_batch's docstring). `drawn` counts the skipped resamples too
+    (fewer than two distinct batch sizes: no curve to fit), so a report can say how many there were."""
     values = sorted(f["b_crit"] for f in fits if f["b_crit"] is not None)
     sides = {side: sum(f["unresolved"] == side for f in fits) for side in ("below", "above")}
-    out = {"resamples": len(fits), "resolved": len(values), "unresolved": sides["below"] + sides["above"],
+    out = {"drawn": drawn, "resamples": len(fits), "resolved": len(values), "unresolved": sides["below"] + sides["above"],
            "unresolved_below": sides["below"], "unresolved_above": sides["above"], "unbounded": {}}
     for key, q in PERCENTILES:
         out[key], side = _ranked_percentile(values, sides["below"], sides["above"], q)
@@ -228,7 +229,7 @@ def bootstrap_seeds_and_batches(points: list[Point], value: float, seeds, resamp
             continue
         fits.append(fit_critical_batch(xs, ys))
         outside += not set(xs) <= fitted
-    return {**_ranked_fits(fits), "over": "seeds and batch sizes" if len(seeds) > 1 else "batch sizes",
+    return {**_ranked_fits(fits, resamples), "over": "seeds and batch sizes" if len(seeds) > 1 else "batch sizes",
             "seeds": len(seeds), "outside": outside}
 
 
