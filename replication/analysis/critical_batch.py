@@ -83,7 +83,8 @@ def _ranked_fits(fits: list[dict], drawn: int) -> dict:
     (fewer than two distinct batch sizes: no curve to fit), so a report can say how many there were."""
     values = sorted(f["b_crit"] for f in fits if f["b_crit"] is not None)
     sides = {side: sum(f["unresolved"] == side for f in fits) for side in ("below", "above")}
-    out = {"drawn": drawn, "resamples": len(fits), "resolved": len(values), "unresolved": sides["below"] + sides["above"],
+    out = {"drawn": drawn, "resamples": len(fits), "resolved": len(values),
+           "unresolved": sides["below"] + sides["above"],
            "unresolved_below": sides["below"], "unresolved_above": sides["above"], "unbounded": {}}
     for key, q in PERCENTILES:
         out[key], side = _ranked_percentile(values, sides["below"], sides["above"], q)
