@@ -663,10 +663,8 @@ def test_the_bootstrap_counts_the_resamples_it_left_out():
     words = batchsize_report._bootstrap_words(boot)
     assert (f"{boot['resolved']} of {boot['resamples']} resamples resolved a B_crit (of 400 drawn, "
             f"{400 - boot['resamples']} held fewer than two distinct batch sizes") in words
-    points = [critical_batch.Point(Path(f"r/b{b}/seed{s}"), "F1", "mnist", s, b, 1.0, 0.001, True, steps, None,
-                                   steps, None, 10, None, 90.0, False, (), ((0.1, steps),), None)
-              for s in (0, 1) for b, steps in ((16, 400), (64, 130))]
-    pooled = critical_batch.bootstrap_seeds_and_batches(points, 0.1, [0, 1], 100)
+    points = [_point(1.0, s, steps, steps, batch=b) for s in (0, 1) for b, steps in ((16, 400), (64, 130))]
+    pooled = critical_batch.bootstrap_seeds_and_batches(points, 0.3, [0, 1], 100)
     assert pooled["drawn"] == 100 and pooled["resamples"] < 100
     every = critical_batch.bootstrap_critical_batch([100, 200, 400, 800], [80, 45, 30, 25], 50)
     assert "drawn" not in batchsize_report._bootstrap_words({**every, "drawn": every["resamples"]})

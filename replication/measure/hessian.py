@@ -38,9 +38,9 @@ lambda_max `top_eigenvalue`, tr(H) `trace`.
 Cost, in passes (one compiled pass per evaluation batch): an H v costs one forward-over-reverse
 pass per batch (1.35 s for F1 on 10,000 examples on a 2-core CPU under TensorFlow:
 results/hessian-quick's top_eigenvalue.json); the eigenvalue costs `products` of them per draw
-(9-11 for F1 at tol 1e-3), the trace `probes` per draw, a Metric 2.1 solve its `function_evaluations` gradient passes, the
-filter-normalised slices one forward pass per point (filter_landscape.py); every record holds its
-products, passes (or evaluations) and seconds.
+(9-11 for F1 at tol 1e-3), the trace `probes` per draw, a Metric 2.1 solve its
+`function_evaluations` gradient passes, the filter-normalised slices one forward pass per point
+(filter_landscape.py); every record holds its products, passes (or evaluations) and seconds.
 """
 
 from __future__ import annotations
